@@ -1,0 +1,374 @@
+//! The public `spyctl` YAML documents (`apiVersion: spyderbat/v1`), as Rust types.
+//!
+//! Field names follow the public format exactly (see `shared/docs/guardian-model.md`).
+//! Optional fields are `Option` and skipped when absent, so that a document read and written
+//! again parses to the same value (the round-trip invariant the tests check on the public
+//! policy library). Unknown keys are refused (`deny_unknown_fields`) so that a typo such as
+//! `names:` is an error, not a silently ignored field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "spyderbat/v1";
+pub const KIND_FINGERPRINT: &str = "SpyderbatFingerprint";
+pub const KIND_FINGERPRINT_GROUP: &str = "FingerprintGroup";
+pub const KIND_POLICY: &str = "SpyderbatPolicy";
+pub const KIND_DEVIATION: &str = "GuardianDeviation";
+
+/// A fingerprint or a policy: the same shape, told apart by `kind`. A fingerprint has no
+/// `enabled`, `mode` or `response`; a policy has a `mode` (files written before modes existed
+/// have none and are treated as audit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GuardDocument {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+pub type Fingerprint = GuardDocument;
+pub type Policy = GuardDocument;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    /// `container` or `linux-service`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_timestamp: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_timestamp: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
+    pub image_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_selector: Option<ContainerSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<ServiceSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_selector: Option<MachineSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    pub process_policy: Vec<ProcessNode>,
+    pub network_policy: NetworkPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Response>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Audit,
+    Enforce,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerName")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
+    pub container_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "machineUID")]
+    pub machine_uid: Option<String>,
+}
+
+/// A Kubernetes-style label selector.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelExpression>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelExpression {
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// One node of the process forest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProcessNode {
+    pub name: String,
+    /// Executable paths; globs allowed.
+    pub exe: Vec<String>,
+    /// Unique in the document; by convention `<name>_<n>`.
+    pub id: String,
+    /// Effective users; required on roots, inherited by children when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub euser: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening_sockets: Option<Vec<PortSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<ProcessNode>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    pub ingress: Vec<IngressNode>,
+    pub egress: Vec<EgressNode>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressNode {
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub from: Vec<Peer>,
+    /// Process ids from `processPolicy`; empty means any process.
+    #[serde(default)]
+    pub processes: Vec<String>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressNode {
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub to: Vec<Peer>,
+    #[serde(default)]
+    pub processes: Vec<String>,
+    pub ports: Vec<PortSpec>,
+}
+
+/// A `to`/`from` item: an IP block or a list of DNS names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum Peer {
+    DnsSelector(Vec<String>),
+    IpBlock(IpBlock),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpBlock {
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSpec {
+    pub protocol: String,
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub default: Vec<ResponseAction>,
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub actions: Vec<ResponseAction>,
+}
+
+/// One response action; exactly one key per list item, as in the public format
+/// (fields holding these use serde_yaml's `singleton_map`, so `{makeRedFlag: {...}}` and not a YAML tag).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum ResponseAction {
+    MakeRedFlag(FlagAction),
+    MakeOpsFlag(FlagAction),
+    AgentKillPod(ActionSelectors),
+    AgentKillProcess(ActionSelectors),
+    AgentKillProcessGroup(ActionSelectors),
+    AgentKillProcessTree(ActionSelectors),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    High,
+    Medium,
+    Low,
+    Info,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlagAction {
+    pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// Selectors that narrow where an action applies. A `default` action may have none; an item
+/// of `actions` needs at least one (checked by validation, not by the parser).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ActionSelectors {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_selector: Option<ContainerSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_selector: Option<ProcessSelector>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSelector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub name: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exe: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub euser: Vec<String>,
+}
+
+/// Fingerprints of one image, bundled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FingerprintGroup {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: GroupMetadata,
+    pub data: GroupData,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupMetadata {
+    pub image: String,
+    #[serde(default, rename = "imageID")]
+    pub image_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_timestamp: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_timestamp: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupData {
+    pub fingerprints: Vec<Fingerprint>,
+    #[serde(default)]
+    pub container_names: Vec<String>,
+    #[serde(default, rename = "containerIDs")]
+    pub container_ids: Vec<String>,
+    #[serde(default)]
+    pub machines: Vec<String>,
+}
+
+/// One piece of behaviour a policy does not allow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Deviation {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: DeviationMetadata,
+    pub spec: DeviationSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviationType {
+    Process,
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviationMetadata {
+    #[serde(rename = "type")]
+    pub kind: DeviationType,
+    pub policy_uid: String,
+    pub checksum: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviationSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_policy: Vec<DeviationProcess>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<DeviationNetwork>,
+}
+
+/// A new process node hung under the policy node it grew from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviationProcess {
+    pub policy_node: PolicyNodeRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyNodeRef {
+    pub id: String,
+    pub children: Vec<ProcessNode>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviationNetwork {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IngressNode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressNode>,
+}
