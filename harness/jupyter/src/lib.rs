@@ -1,0 +1,1 @@
+//! Drives Jupyter through its HTTP and WebSocket APIs, as a browser would.

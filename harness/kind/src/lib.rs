@@ -1,0 +1,1 @@
+//! The kind backend: the same lab on a Kubernetes cluster.

@@ -1,0 +1,106 @@
+//! The lab interface, and the local backend.
+//!
+//! A lab is a place where the scenario's pod runs with a sensor watching it. The scenario runner
+//! only talks to [`Lab`]; `LocalLab` (namespaces and a cgroup on this host) and the kind backend
+//! (`guardlab-kind`, a Kubernetes cluster) are two implementations of it, and both read the same
+//! Deployment from `manifests/`.
+
+#![allow(async_fn_in_trait)] // The runner uses labs through generics, never `dyn`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use guardlab_events::Event;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// One pod of the lab, as the runner and the engine need to know it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub container_name: String,
+    pub container_id: String,
+    pub image: String,
+    pub image_id: String,
+    /// The container's cgroup, when the backend knows it on this host.
+    pub cgroup_path: Option<PathBuf>,
+    pub cgroup_id: Option<u64>,
+    /// Host pid of the container's first process, when known on this host.
+    pub root_pid: Option<u32>,
+}
+
+/// What `up` and `status` report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabInfo {
+    /// Which backend: `local` or `kind`.
+    pub backend: String,
+    /// Where a learner opens the notebook, e.g. `http://127.0.0.1:1234/`.
+    pub notebook_url: String,
+    pub pods: Vec<PodInfo>,
+}
+
+/// An action of a policy's response, for the backend to carry out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabAction {
+    /// Kill one process (host pid) with SIGKILL.
+    KillProcess { pid: u32 },
+    /// Kill a process and all its descendants.
+    KillProcessTree { pid: u32 },
+    /// Kill the pod (on Kubernetes its Deployment brings a new one).
+    KillPod { namespace: String, name: String },
+}
+
+/// Progress of long work (image builds, rollouts), shown by the CLI layer.
+pub trait Progress: Send + Sync {
+    /// A new phase starts, e.g. "building the pod image".
+    fn phase(&self, what: &str);
+    /// A line of detail inside the current phase.
+    fn detail(&self, line: &str);
+}
+
+/// Progress that goes nowhere (tests).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn phase(&self, _: &str) {}
+    fn detail(&self, _: &str) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Something the backend needs is not on this machine (root, Docker, kind, BTF...).
+    #[error("{what} is missing: {hint}")]
+    Missing { what: String, hint: String },
+    /// The lab could not be brought up or torn down.
+    #[error("{0}")]
+    Failed(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A lab backend.
+pub trait Lab {
+    /// `local` or `kind`.
+    fn backend(&self) -> &'static str;
+
+    /// Bring the lab up; harmless when it is already up (returns what is running).
+    async fn up(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError>;
+
+    /// What is running now; `None` when the lab is down.
+    async fn status(&self) -> Result<Option<LabInfo>, LabError>;
+
+    /// Remove everything the lab made, also after a harness that was killed mid-way.
+    async fn down(&mut self, progress: &dyn Progress) -> Result<(), LabError>;
+
+    /// The sensor's events for the lab's pods, from now on.
+    async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError>;
+
+    /// Carry out a response action decided by the engine.
+    async fn carry_out(&mut self, action: &LabAction) -> Result<(), LabError>;
+}
