@@ -46,7 +46,11 @@ pub struct Metadata {
     pub first_timestamp: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_timestamp: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "containerID"
+    )]
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
@@ -97,9 +101,17 @@ pub struct ContainerSelector {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
     pub image_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerName")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "containerName"
+    )]
     pub container_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "containerID"
+    )]
     pub container_id: Option<String>,
 }
 
@@ -115,7 +127,11 @@ pub struct ServiceSelector {
 pub struct MachineSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "machineUID")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "machineUID"
+    )]
     pub machine_uid: Option<String>,
 }
 
@@ -242,6 +258,9 @@ pub enum Severity {
     Info,
 }
 
+/// `makeRedFlag` / `makeOpsFlag`. In `default` a flag has no selectors; an item of `actions`
+/// narrows it with at least one, like the kill actions (spyctl accepts selectors on flags too).
+/// Build one with [`FlagAction::new`] so that adding a field here does not break callers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FlagAction {
@@ -250,6 +269,32 @@ pub struct FlagAction {
     pub impact: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_selector: Option<ContainerSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_selector: Option<MachineSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_selector: Option<ProcessSelector>,
+}
+
+impl FlagAction {
+    /// A flag of this severity with no text and no selectors (what `default` holds).
+    pub fn new(severity: Severity) -> Self {
+        Self {
+            severity,
+            impact: None,
+            content: None,
+            namespace_selector: None,
+            pod_selector: None,
+            container_selector: None,
+            machine_selector: None,
+            process_selector: None,
+        }
+    }
 }
 
 /// Selectors that narrow where an action applies. A `default` action may have none; an item
@@ -263,6 +308,8 @@ pub struct ActionSelectors {
     pub pod_selector: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_selector: Option<ContainerSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_selector: Option<MachineSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_selector: Option<ProcessSelector>,
 }

@@ -1,0 +1,211 @@
+//! The command line: clap definitions only. What each command does lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guardlab",
+    version,
+    about = "A lab and scenario harness for container runtime security",
+    long_about = "guardlab stands up a lab with an unguarded Jupyter notebook pod and an eBPF sensor, \
+learns a fingerprint of what the pod does, turns it into a guard policy, runs an attack, and \
+checks the deviations, red flags and process traces against snapshot files.\n\n\
+The file commands (validate, fingerprint, policy, merge, deviations, investigate) need no lab \
+and no privileges.",
+    after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check spyctl YAML files (policies, fingerprints, groups, deviations).
+    #[command(after_help = "Example:\n  guardlab validate policy.yaml fingerprints.yaml\n\nExit codes: 0 all valid, 1 a file has problems, 2 a file could not be read.")]
+    Validate {
+        /// Files to check; each may hold several documents separated by `---`.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+
+    /// Learn fingerprints (one per container, grouped per image) from a sensor event stream.
+    #[command(after_help = "Example:\n  guardlab fingerprint --events baseline.ndjson > fingerprints.yaml")]
+    Fingerprint {
+        /// NDJSON events written by the sensor or by `scenario --record`.
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Print one SpyderbatFingerprint per container instead of FingerprintGroups.
+        #[arg(long)]
+        ungrouped: bool,
+    },
+
+    /// Policies: create one from fingerprints.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+
+    /// Merge fingerprints or deviations into a policy (asymmetric: the policy only grows).
+    #[command(after_help = "Example:\n  guardlab merge --policy policy.yaml --with deviations.yaml > policy.new.yaml")]
+    Merge {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Fingerprints, fingerprint groups or deviations to merge in.
+        #[arg(long = "with", required = true, value_name = "FILE")]
+        with: Vec<PathBuf>,
+    },
+
+    /// Match an event stream against a policy and print the deviations.
+    #[command(after_help = "Example:\n  guardlab deviations --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input.")]
+    Deviations {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Print JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Rebuild the causal trace of every deviation: root process to deviant process.
+    #[command(after_help = "Example:\n  guardlab investigate --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input.")]
+    Investigate {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        /// Print JSON instead of a text tree.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Bring the lab up, tear it down, or say what runs. Needs root.
+    #[command(subcommand)]
+    Lab(LabCommand),
+
+    /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
+    #[command(after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay")]
+    Scenario(ScenarioArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Create a policy from fingerprints or fingerprint groups (symmetric merge, mode audit).
+    #[command(after_help = "Example:\n  guardlab policy create --from fingerprints.yaml --name jupyter-policy > policy.yaml")]
+    Create {
+        #[arg(long = "from", required = true, value_name = "FILE")]
+        from: Vec<PathBuf>,
+        /// metadata.name of the policy (default: from the fingerprints).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t = ModeArg::Audit)]
+        mode: ModeArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Audit,
+    Enforce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Namespaces and a cgroup on this host (default).
+    Local,
+    /// A kind (Kubernetes in Docker) cluster, or an existing one with --context.
+    Kind,
+    /// The engine side only, from a recorded event stream (no privileges).
+    Replay,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Bring the lab up (harmless when it is already up).
+    #[command(after_help = "Examples:\n  guardlab lab up\n  guardlab lab up --backend kind --dry-run")]
+    Up(LabArgs),
+    /// Remove everything the lab made, also after a crash.
+    #[command(after_help = "Example:\n  guardlab lab down")]
+    Down(LabArgs),
+    /// Say what runs and where to open the notebook.
+    #[command(after_help = "Example:\n  guardlab lab status")]
+    Status(LabArgs),
+    /// The local lab's daemon (started by `lab up`; not for direct use).
+    #[command(hide = true)]
+    Daemon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[arg(long, value_enum, default_value_t = BackendArg::Local)]
+    pub backend: BackendArg,
+    /// kind backend: use this kubeconfig context instead of creating a kind cluster.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// kind backend: the namespace to use (one per workshop participant).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Print every step and manifest, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioArgs {
+    /// Scenario name (a file in scenarios/) or a path to a scenario file.
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List the scenarios with their descriptions.
+    #[arg(long)]
+    pub list: bool,
+    #[arg(long, value_enum, default_value_t = BackendArg::Local)]
+    pub backend: BackendArg,
+    /// Rewrite the snapshot files instead of comparing.
+    #[arg(long)]
+    pub update_snapshots: bool,
+    /// Write the sensor's event stream of the run to FILE (NDJSON).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Write a JSON report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Leave the lab up at the end.
+    #[arg(long)]
+    pub keep_lab: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_visible_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let here = format!("{path} {}", sub.get_name());
+                let has_children = sub.get_subcommands().next().is_some();
+                let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                if !has_children && !help.contains("Example") {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "guardlab", &mut missing);
+        assert!(missing.is_empty(), "commands without an example in --help: {missing:?}");
+    }
+}

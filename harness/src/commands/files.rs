@@ -1,0 +1,212 @@
+//! The commands that work on files with no lab: validate, fingerprint, policy create, merge,
+//! deviations, investigate. Each reads its inputs, calls one engine operation, and writes YAML
+//! (or JSON) to stdout; problems go to stderr with the file, line and field they are about.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use guardlab_engine::document::{self, Diagnostics, Document};
+use guardlab_engine::model::{Fingerprint, Mode, Policy};
+use guardlab_engine::{deviation, fingerprint, merge, policy, trace};
+use guardlab_events::Event;
+
+use crate::cli::ModeArg;
+use crate::report::{CommandResult, Failure, Outcome};
+
+/// Read a file as text, with the file named in the error.
+fn read_text(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure)
+}
+
+/// Read and validate every document of a YAML file.
+pub fn load_yaml(path: &Path) -> Result<Vec<Document>, Failure> {
+    let text = read_text(path)?;
+    document::load_documents(&path.display().to_string(), &text).map_err(|d| Failure(Diagnostics(d).into()))
+}
+
+/// Read an NDJSON event stream; errors name the file and line.
+pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    guardlab_events::read_ndjson(BufReader::new(file))
+        .map_err(|e| Failure(anyhow!("{}:{e}", path.display())))
+}
+
+/// The one policy a file must hold.
+fn load_policy(path: &Path) -> Result<Policy, Failure> {
+    let mut policies = Vec::new();
+    for doc in load_yaml(path)? {
+        match doc {
+            Document::Policy(p) => policies.push(p),
+            other => {
+                return Err(Failure(anyhow!(
+                    "{}: expected a SpyderbatPolicy, found a {}",
+                    path.display(),
+                    other.kind()
+                )));
+            }
+        }
+    }
+    match policies.len() {
+        1 => Ok(policies.pop().expect("one policy")),
+        0 => Err(Failure(anyhow!("{}: holds no SpyderbatPolicy", path.display()))),
+        n => Err(Failure(anyhow!(
+            "{}: holds {n} policies; give one policy per file",
+            path.display()
+        ))),
+    }
+}
+
+fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).context("cannot write to stdout")?;
+    if !text.ends_with('\n') {
+        out.write_all(b"\n").context("cannot write to stdout")?;
+    }
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    print(&serde_json::to_string_pretty(value).context("cannot write JSON")?)
+}
+
+/// `guardlab validate FILE...`: every problem of every file, then 0 (all valid) or 1.
+pub fn validate(files: &[std::path::PathBuf]) -> CommandResult {
+    let mut problems = 0usize;
+    for path in files {
+        let text = read_text(path)?;
+        match document::load_documents(&path.display().to_string(), &text) {
+            Ok(docs) => {
+                let kinds: Vec<&str> = docs.iter().map(Document::kind).collect();
+                println!("{}: ok ({})", path.display(), kinds.join(", "));
+            }
+            Err(diagnostics) => {
+                problems += diagnostics.len();
+                for d in diagnostics {
+                    eprintln!("{d}");
+                }
+            }
+        }
+    }
+    if problems == 0 {
+        Ok(Outcome::Clean)
+    } else {
+        eprintln!("{problems} problem(s) found");
+        Ok(Outcome::Findings)
+    }
+}
+
+/// `guardlab fingerprint --events FILE`
+pub fn fingerprint(events: &Path, ungrouped: bool) -> CommandResult {
+    let events = load_events(events)?;
+    let docs: Vec<Document> = if ungrouped {
+        fingerprint::fingerprints(&events).into_iter().map(Document::Fingerprint).collect()
+    } else {
+        fingerprint::fingerprint_groups(&events)
+            .into_iter()
+            .map(Document::FingerprintGroup)
+            .collect()
+    };
+    if docs.is_empty() {
+        return Err(Failure(anyhow!(
+            "no container in the event stream: it has no `container` event, so no process can be attributed"
+        )));
+    }
+    print(&document::to_yaml_documents(&docs))?;
+    Ok(Outcome::Clean)
+}
+
+/// Fingerprints from files holding fingerprints or fingerprint groups.
+fn load_fingerprints(paths: &[std::path::PathBuf]) -> Result<Vec<Fingerprint>, Failure> {
+    let mut out = Vec::new();
+    for path in paths {
+        for doc in load_yaml(path)? {
+            match doc {
+                Document::Fingerprint(f) => out.push(f),
+                Document::FingerprintGroup(g) => out.extend(fingerprint::fingerprints_of_groups(&[g])),
+                other => {
+                    return Err(Failure(anyhow!(
+                        "{}: expected fingerprints or fingerprint groups, found a {}",
+                        path.display(),
+                        other.kind()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `guardlab policy create --from FILE...`
+pub fn policy_create(from: &[std::path::PathBuf], name: Option<&str>, mode: ModeArg) -> CommandResult {
+    let fingerprints = load_fingerprints(from)?;
+    let mode = match mode {
+        ModeArg::Audit => Mode::Audit,
+        ModeArg::Enforce => Mode::Enforce,
+    };
+    let policy = policy::create_policy(&fingerprints, name, mode).map_err(|e| Failure(e.into()))?;
+    print(&document::to_yaml(&Document::Policy(policy)))?;
+    Ok(Outcome::Clean)
+}
+
+/// `guardlab merge --policy FILE --with FILE...`
+pub fn merge(policy_path: &Path, with: &[std::path::PathBuf]) -> CommandResult {
+    let mut policy = load_policy(policy_path)?;
+    for path in with {
+        for doc in load_yaml(path)? {
+            policy = match &doc {
+                Document::Fingerprint(f) => merge::merge_policy(&policy, f),
+                Document::FingerprintGroup(g) => fingerprint::fingerprints_of_groups(std::slice::from_ref(g))
+                    .iter()
+                    .try_fold(policy, |p, f| merge::merge_policy(&p, f)),
+                Document::Deviation(d) => merge::merge_deviation(&policy, d),
+                Document::Policy(p) => merge::merge_policy(&policy, p),
+            }
+            .with_context(|| format!("cannot merge {} into {}", path.display(), policy_path.display()))?;
+        }
+    }
+    print(&document::to_yaml(&Document::Policy(policy)))?;
+    Ok(Outcome::Clean)
+}
+
+/// `guardlab deviations --policy FILE --events FILE`: 1 when there are deviations.
+pub fn deviations(policy_path: &Path, events: &Path, json: bool) -> CommandResult {
+    let policy = load_policy(policy_path)?;
+    let events = load_events(events)?;
+    let report = deviation::find_deviations(std::slice::from_ref(&policy), &events).map_err(|e| Failure(e.into()))?;
+    if json {
+        print_json(&report)?;
+    } else {
+        let docs: Vec<Document> = report.deviations().cloned().map(Document::Deviation).collect();
+        if !docs.is_empty() {
+            print(&document::to_yaml_documents(&docs))?;
+        }
+        for line in &report.audit_log {
+            eprintln!("{line}");
+        }
+        eprintln!(
+            "{}: {} ({} unique / {} total deviations)",
+            policy.metadata.name,
+            policy::status(&policy),
+            report.unique(),
+            report.total()
+        );
+    }
+    Ok(if report.unique() == 0 { Outcome::Clean } else { Outcome::Findings })
+}
+
+/// `guardlab investigate --policy FILE --events FILE`: 1 when there are deviations.
+pub fn investigate(policy_path: &Path, events: &Path, json: bool) -> CommandResult {
+    let policy = load_policy(policy_path)?;
+    let events = load_events(events)?;
+    let investigation = trace::investigate(std::slice::from_ref(&policy), &events).map_err(|e| Failure(e.into()))?;
+    if json {
+        print_json(&investigation)?;
+    } else {
+        print(&investigation.render_text())?;
+    }
+    Ok(if investigation.deviations.is_empty() { Outcome::Clean } else { Outcome::Findings })
+}

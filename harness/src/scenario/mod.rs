@@ -1,0 +1,1 @@
+//! Scenarios: steps as data, run against a lab or a recording, checked against snapshots. (being written)

@@ -1,0 +1,46 @@
+# guardlab's recipes. `just` lists them. Install just with `cargo install just`.
+
+# List the recipes.
+default:
+    @just --list
+
+# The whole test suite, as CI runs it (root: the sensor and lab tests need it).
+test:
+    cargo test
+
+# Fast tier: the pure engine and the file commands, no root needed.
+test-engine:
+    cargo test -p guardlab-engine -p guardlab-events
+
+# Run the cryptominer scenario end to end on the local lab.
+scenario name="cryptominer" *args="":
+    cargo run -- scenario {{name}} {{args}}
+
+# Rewrite the scenario's snapshot files after an intended change.
+update-snapshots name="cryptominer":
+    cargo run -- scenario {{name}} --update-snapshots
+
+# Bring the local lab up / down / show it.
+lab-up:
+    cargo run -- lab up
+lab-down:
+    cargo run -- lab down
+lab-status:
+    cargo run -- lab status
+
+# The engine benchmark: 1,000,000 generated events through fingerprinting and deviation matching.
+bench:
+    cargo bench -p guardlab-engine --bench replay
+
+# The sensor benchmark: exec and connect storms with no sensor, guardlab's, auditd and bpftrace.
+bench-sensor:
+    sensor/bench/run.sh
+
+# Rebuild the eBPF object from its C sources (needs clang, bpftool); commit the result.
+bpf:
+    sensor/bpf/build.sh
+
+# Formatting and lints.
+check:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets
