@@ -1,1 +1,911 @@
-//! (being written)
+//! Deviations: behaviour a policy does not allow, found while streaming events.
+//!
+//! [`DeviationMatcher`] follows every container and process (with the same ancestry rules as
+//! fingerprinting, see [`crate::fingerprint`]) and, for the containers that an **enabled**
+//! policy selects (`containerSelector`, `namespaceSelector`, `podSelector`,
+//! `machineSelector`), maps each exec'd program to a node of the policy's process forest.
+//! A disabled policy selects nothing and produces nothing.
+//!
+//! # Rules (ours; the public tool does not show the server's)
+//!
+//! * **Process.** A program is allowed when its parent maps to a policy node (a root: when it
+//!   has no parent in the container) and a child of that node (a root node) covers it: the
+//!   name glob matches and an exe glob matches. Otherwise it is a deviation whose fragment is
+//!   the new node hung under `policyNode.id` (the parent's node; [`ROOT_ANCHOR`] for a new
+//!   root). The effective user is an attribute, never a deviation on its own.
+//! * **Descendants of a deviant process** are deviant too and reported under the deviant
+//!   parent: each deviant process is its own deviation, whose `policyNode` is the nearest
+//!   policy node and whose fragment is the whole chain of deviant processes from there down
+//!   to it (`python3_0 -> bash -> wget`). Merging the deviations of a chain one by one gives
+//!   the chain; the ids of new nodes are `<name>_<n>` with the first `n` free in the policy.
+//! * **Connections** (loopback left out, ports as in fingerprints): egress and ingress are
+//!   deviations when no network node of that direction allows the remote (a DNS name an
+//!   earlier answer gave for the address matching a `dnsSelector`, or the address inside an
+//!   `ipBlock`), the port and protocol, and the process (the node it maps to is listed, or the
+//!   list is empty). The fragment is one network node naming the remote as fingerprints do;
+//!   when the process is itself deviant its chain is in the fragment too, so that the
+//!   deviation merges into a valid policy on its own.
+//! * **Unique deviations.** A deviation is unique per (policy uid, checksum); the checksum is
+//!   the SHA-256 (hex) of the deviation's type and fragment, which holds no time, pid or
+//!   container id, so the same behaviour again is the same deviation seen once more
+//!   (`count`). Its uid is `dev:` and 16 hex digits of SHA-256 over policy uid and checksum.
+//!   It is `relevant` while merging it into the policy would still change the policy.
+//! * **Modes.** Audit mode records deviations and logs what it would have done (the public
+//!   wording) for each kill, and that it would have raised a flag; it raises nothing.
+//!   Enforce mode records them, raises the flags of the policy's response once per unique
+//!   deviation and container, and decides its kills (`agentKillProcess`, `agentKillPod`,
+//!   `agentKillProcessGroup`, `agentKillProcessTree`) for every occurrence, as [`Decision`]s
+//!   that a backend carries out: the engine only decides.
+
+mod compiled;
+mod response;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use guardlab_events::{Event, ProcessKey, Protocol};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::fingerprint::epoch_seconds;
+use crate::fingerprint::tracker::{Direction, NONE, NetObs, Stats, Step, Sym, Tracker};
+use crate::merge::is_relevant_to_canonical;
+use crate::merge::net::host_cidr;
+use crate::model::{
+    API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
+    DeviationType, EgressNode, IngressNode, KIND_DEVIATION, Mode, Peer, Policy, PolicyNodeRef,
+    PortSpec, ProcessNode,
+};
+use crate::policy::{PolicyError, default_response, status};
+use compiled::CompiledPolicy;
+pub use response::{ActionKind, Decision, Flag, FlagClass, Target};
+use response::{Subject, effective, severity_word};
+
+/// The `policyNode.id` of a deviation that is a new root of the process forest (a process
+/// with no parent in the container that no root of the policy covers).
+pub const ROOT_ANCHOR: &str = "(root)";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PState {
+    /// Not watched by this policy.
+    Outside,
+    Node(u32),
+    Deviant(u32),
+}
+
+struct FragNode {
+    name: Sym,
+    exe: Sym,
+    euser: Sym,
+    id: String,
+}
+
+/// A chain of deviant processes under the nearest policy node.
+struct Chain {
+    anchor: u32,
+    nodes: Vec<FragNode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ProcRef {
+    Node(u32),
+    Chain(u32),
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PeerRef {
+    Dns(Sym),
+    Ip(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum RecordKey {
+    Process(u32),
+    Net {
+        direction: Direction,
+        process: ProcRef,
+        peer: PeerRef,
+        protocol: Protocol,
+        port: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct NetKey {
+    direction: Direction,
+    process: ProcRef,
+    dns: Sym,
+    ip: IpAddr,
+    protocol: Protocol,
+    port: u16,
+}
+
+/// Where and when a unique deviation was first seen (for investigation).
+#[derive(Clone, Debug)]
+pub(crate) struct Occurrence {
+    pub container: u32,
+    pub image: u32,
+    pub key: ProcessKey,
+    pub ts: u64,
+    pub connection: Option<OccurredConnection>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct OccurredConnection {
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub remote_port: u16,
+    pub dns: Option<String>,
+    pub refused: bool,
+}
+
+pub(crate) struct Record {
+    pub deviation: Deviation,
+    pub uid: String,
+    pub count: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+    pub first: Occurrence,
+    /// Containers a flag was raised for (once per unique deviation and container).
+    flagged: FxHashSet<u32>,
+    /// Containers the audit log said it would flag.
+    audited: FxHashSet<u32>,
+}
+
+pub(crate) struct PolicyState {
+    pub c: CompiledPolicy,
+    /// Per container of the tracker: watched by this policy.
+    selected: Vec<bool>,
+    /// Per image of the tracker.
+    states: Vec<PState>,
+    child_cache: FxHashMap<(u32, Sym, Sym), u32>,
+    net_cache: FxHashMap<NetKey, bool>,
+    chains: Vec<Chain>,
+    chain_index: FxHashMap<(u32, u32, Sym, Sym, Sym), u32>,
+    pub records: Vec<Record>,
+    record_index: FxHashMap<RecordKey, u32>,
+    by_checksum: HashMap<String, u32>,
+}
+
+impl PolicyState {
+    fn new(c: CompiledPolicy) -> Self {
+        PolicyState {
+            c,
+            selected: Vec::new(),
+            states: Vec::new(),
+            child_cache: FxHashMap::default(),
+            net_cache: FxHashMap::default(),
+            chains: Vec::new(),
+            chain_index: FxHashMap::default(),
+            records: Vec::new(),
+            record_index: FxHashMap::default(),
+            by_checksum: HashMap::new(),
+        }
+    }
+
+    fn watches(&self, container: u32) -> bool {
+        self.selected
+            .get(container as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// The state of a new image, and the chain it starts or extends when deviant.
+    fn map_image(&mut self, t: &Tracker, image: u32) -> PState {
+        let img = &t.images[image as usize];
+        if !self.watches(img.container) {
+            return PState::Outside;
+        }
+        let parent = if img.parent == NONE {
+            PState::Outside
+        } else {
+            self.states[img.parent as usize]
+        };
+        let (parent_chain, anchor) = match parent {
+            PState::Deviant(ch) => (ch, self.chains[ch as usize].anchor),
+            PState::Outside | PState::Node(_) => {
+                let parent_node = match parent {
+                    PState::Node(n) => n,
+                    _ => NONE,
+                };
+                let key = (parent_node, img.name, img.exe);
+                let node = match self.child_cache.get(&key) {
+                    Some(&n) => n,
+                    None => {
+                        let candidates = self
+                            .c
+                            .children_of((parent_node != NONE).then_some(parent_node));
+                        let n = self
+                            .c
+                            .covering(candidates, t.syms.get(img.name), t.syms.get(img.exe))
+                            .unwrap_or(NONE);
+                        self.child_cache.insert(key, n);
+                        n
+                    }
+                };
+                if node != NONE {
+                    return PState::Node(node);
+                }
+                (NONE, parent_node)
+            }
+        };
+        let key = (parent_chain, anchor, img.name, img.exe, img.euser);
+        if let Some(&ch) = self.chain_index.get(&key) {
+            return PState::Deviant(ch);
+        }
+        let mut nodes: Vec<FragNode> = match parent_chain {
+            NONE => Vec::new(),
+            pc => self.chains[pc as usize]
+                .nodes
+                .iter()
+                .map(|n| FragNode {
+                    name: n.name,
+                    exe: n.exe,
+                    euser: n.euser,
+                    id: n.id.clone(),
+                })
+                .collect(),
+        };
+        let name = t.syms.get(img.name);
+        let id = (0..)
+            .map(|k| format!("{name}_{k}"))
+            .find(|id| !self.c.ids.contains(id) && !nodes.iter().any(|n| &n.id == id))
+            .expect("an unbounded search finds a free id");
+        nodes.push(FragNode {
+            name: img.name,
+            exe: img.exe,
+            euser: img.euser,
+            id,
+        });
+        let ch = self.chains.len() as u32;
+        self.chains.push(Chain { anchor, nodes });
+        self.chain_index.insert(key, ch);
+        PState::Deviant(ch)
+    }
+
+    /// The node an image maps to: (id, deviant), or `None` when the policy does not watch it.
+    pub(crate) fn label(&self, image: u32) -> Option<(String, bool)> {
+        match *self.states.get(image as usize)? {
+            PState::Node(n) => Some((self.c.nodes[n as usize].id.clone(), false)),
+            PState::Deviant(c) => self.chains[c as usize]
+                .nodes
+                .last()
+                .map(|n| (n.id.clone(), true)),
+            PState::Outside => None,
+        }
+    }
+
+    fn proc_ref(&self, image: u32) -> ProcRef {
+        if image == NONE {
+            return ProcRef::Unknown;
+        }
+        match self.states[image as usize] {
+            PState::Node(n) => ProcRef::Node(n),
+            PState::Deviant(c) => ProcRef::Chain(c),
+            PState::Outside => ProcRef::Unknown,
+        }
+    }
+
+    fn allowed(&mut self, t: &Tracker, obs: &NetObs, process: ProcRef) -> bool {
+        let key = NetKey {
+            direction: obs.direction,
+            process,
+            dns: obs.dns,
+            ip: obs.ip,
+            protocol: obs.protocol,
+            port: obs.port,
+        };
+        if let Some(&ok) = self.net_cache.get(&key) {
+            return ok;
+        }
+        let node = match process {
+            ProcRef::Node(n) => Some(n),
+            _ => None,
+        };
+        let dns = (obs.dns != NONE).then(|| t.syms.get(obs.dns));
+        let nets = match obs.direction {
+            Direction::Ingress => &self.c.ingress,
+            Direction::Egress => &self.c.egress,
+        };
+        let ok = nets.iter().any(|n| {
+            n.allows_port(obs.protocol, obs.port)
+                && n.allows_process(node)
+                && n.allows_peer(dns, obs.ip)
+        });
+        self.net_cache.insert(key, ok);
+        ok
+    }
+
+    fn anchor_id(&self, anchor: u32) -> String {
+        if anchor == NONE {
+            ROOT_ANCHOR.to_string()
+        } else {
+            self.c.nodes[anchor as usize].id.clone()
+        }
+    }
+
+    fn chain_fragment(&self, t: &Tracker, ch: u32) -> DeviationProcess {
+        let chain = &self.chains[ch as usize];
+        let mut child: Option<ProcessNode> = None;
+        for (i, n) in chain.nodes.iter().enumerate().rev() {
+            let inherits = i > 0 && chain.nodes[i - 1].euser == n.euser;
+            child = Some(ProcessNode {
+                name: t.syms.get(n.name).to_string(),
+                exe: vec![t.syms.get(n.exe).to_string()],
+                id: n.id.clone(),
+                euser: (!inherits).then(|| vec![t.syms.get(n.euser).to_string()]),
+                listening_sockets: None,
+                children: child.map(|c| vec![c]),
+            });
+        }
+        DeviationProcess {
+            policy_node: PolicyNodeRef {
+                id: self.anchor_id(chain.anchor),
+                children: child.into_iter().collect(),
+            },
+        }
+    }
+
+    fn build_deviation(&self, t: &Tracker, key: RecordKey) -> Deviation {
+        let (kind, spec) = match key {
+            RecordKey::Process(ch) => (
+                DeviationType::Process,
+                DeviationSpec {
+                    process_policy: vec![self.chain_fragment(t, ch)],
+                    network_policy: None,
+                },
+            ),
+            RecordKey::Net {
+                direction,
+                process,
+                peer,
+                protocol,
+                port,
+            } => {
+                let (process_policy, processes) = match process {
+                    ProcRef::Node(n) => (Vec::new(), vec![self.c.nodes[n as usize].id.clone()]),
+                    ProcRef::Chain(c) => {
+                        let id = self.chains[c as usize]
+                            .nodes
+                            .last()
+                            .map(|n| n.id.clone())
+                            .unwrap_or_default();
+                        (vec![self.chain_fragment(t, c)], vec![id])
+                    }
+                    ProcRef::Unknown => (Vec::new(), Vec::new()),
+                };
+                let peers = vec![match peer {
+                    PeerRef::Dns(name) => Peer::DnsSelector(vec![t.syms.get(name).to_string()]),
+                    PeerRef::Ip(ip) => Peer::IpBlock(crate::model::IpBlock {
+                        cidr: host_cidr(ip),
+                        except: Vec::new(),
+                    }),
+                }];
+                let ports = vec![PortSpec {
+                    protocol: protocol.to_string(),
+                    port: port.into(),
+                    end_port: None,
+                }];
+                let (kind, network) = match direction {
+                    Direction::Egress => (
+                        DeviationType::Egress,
+                        DeviationNetwork {
+                            egress: vec![EgressNode {
+                                to: peers,
+                                processes,
+                                ports,
+                            }],
+                            ingress: Vec::new(),
+                        },
+                    ),
+                    Direction::Ingress => (
+                        DeviationType::Ingress,
+                        DeviationNetwork {
+                            ingress: vec![IngressNode {
+                                from: peers,
+                                processes,
+                                ports,
+                            }],
+                            egress: Vec::new(),
+                        },
+                    ),
+                };
+                (
+                    kind,
+                    DeviationSpec {
+                        process_policy,
+                        network_policy: Some(network),
+                    },
+                )
+            }
+        };
+        let checksum = checksum(kind, &spec);
+        Deviation {
+            api_version: API_VERSION.into(),
+            kind: KIND_DEVIATION.into(),
+            metadata: DeviationMetadata {
+                kind,
+                policy_uid: self.c.uid.clone(),
+                uid: Some(deviation_uid(&self.c.uid, &checksum)),
+                checksum,
+            },
+            spec,
+        }
+    }
+
+    /// The record for a deviation key, made on first sight. Returns (record, new).
+    fn record(&mut self, t: &Tracker, key: RecordKey, occurrence: Occurrence) -> (u32, bool) {
+        if let Some(&r) = self.record_index.get(&key) {
+            return (r, false);
+        }
+        let deviation = self.build_deviation(t, key);
+        if let Some(&r) = self.by_checksum.get(&deviation.metadata.checksum) {
+            self.record_index.insert(key, r);
+            return (r, false);
+        }
+        let r = self.records.len() as u32;
+        self.by_checksum
+            .insert(deviation.metadata.checksum.clone(), r);
+        self.record_index.insert(key, r);
+        self.records.push(Record {
+            uid: deviation.metadata.uid.clone().unwrap_or_default(),
+            deviation,
+            count: 0,
+            first_ts: occurrence.ts,
+            last_ts: occurrence.ts,
+            first: occurrence,
+            flagged: FxHashSet::default(),
+            audited: FxHashSet::default(),
+        });
+        (r, true)
+    }
+
+    /// Recompute every image's state (after the policy changed); finds nothing.
+    fn remap(&mut self, t: &Tracker) {
+        self.selected = t
+            .containers
+            .iter()
+            .map(|rec| self.c.enabled && self.c.selects(&rec.info))
+            .collect();
+        self.states.clear();
+        self.child_cache.clear();
+        self.net_cache.clear();
+        self.chains.clear();
+        self.chain_index.clear();
+        self.record_index.clear();
+        for image in 0..t.images.len() as u32 {
+            let s = self.map_image(t, image);
+            self.states.push(s);
+        }
+    }
+}
+
+fn checksum(kind: DeviationType, spec: &DeviationSpec) -> String {
+    let text = serde_json::to_vec(&(kind, spec)).expect("deviation specs serialize");
+    hex::encode(Sha256::digest(&text))
+}
+
+fn deviation_uid(policy_uid: &str, checksum: &str) -> String {
+    let digest = Sha256::digest(format!("{policy_uid}\n{checksum}").as_bytes());
+    format!("dev:{}", &hex::encode(digest)[..16])
+}
+
+/// One occurrence of a deviation, as it happens, with what the policy's response decided.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub policy_uid: String,
+    pub policy_name: String,
+    pub deviation_uid: String,
+    pub checksum: String,
+    #[serde(rename = "type")]
+    pub kind: DeviationType,
+    /// First occurrence of this unique deviation.
+    pub new: bool,
+    pub process: ProcessKey,
+    pub cgroup_id: u64,
+    pub timestamp: f64,
+    pub flags: Vec<Flag>,
+    pub decisions: Vec<Decision>,
+}
+
+/// A unique deviation with its counts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviationRecord {
+    pub uid: String,
+    /// Merging it into the policy would still change the policy.
+    pub relevant: bool,
+    /// How many times it was seen.
+    pub count: u64,
+    pub first_timestamp: f64,
+    pub latest_timestamp: f64,
+    pub deviation: Deviation,
+}
+
+/// The deviations of one policy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    pub name: String,
+    pub uid: String,
+    /// `Enforcing`, `Auditing` or `Disabled`.
+    pub status: String,
+    /// Unique deviations.
+    pub unique: usize,
+    /// Occurrences of all of them.
+    pub total: u64,
+    pub deviations: Vec<DeviationRecord>,
+}
+
+/// Everything the matcher found: per policy, the unique deviations in the order they were
+/// first seen; the flags raised and the actions decided, in order; the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviationReport {
+    pub policies: Vec<PolicyReport>,
+    pub flags: Vec<Flag>,
+    pub decisions: Vec<Decision>,
+    pub audit_log: Vec<String>,
+    pub stats: Stats,
+}
+
+impl DeviationReport {
+    /// Every unique deviation, as `GuardianDeviation` documents.
+    pub fn deviations(&self) -> impl Iterator<Item = &Deviation> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.deviations.iter().map(|d| &d.deviation))
+    }
+
+    /// Unique deviations over all policies.
+    pub fn unique(&self) -> usize {
+        self.policies.iter().map(|p| p.unique).sum()
+    }
+
+    /// Occurrences over all policies.
+    pub fn total(&self) -> u64 {
+        self.policies.iter().map(|p| p.total).sum()
+    }
+}
+
+/// Streams events against policies and finds deviations.
+pub struct DeviationMatcher {
+    tracker: Tracker,
+    pub(crate) policies: Vec<PolicyState>,
+    pub(crate) flags: Vec<Flag>,
+    pub(crate) decisions: Vec<Decision>,
+    audit_log: Vec<String>,
+}
+
+impl DeviationMatcher {
+    /// Prepare policies for matching. Fails on a policy the engine cannot use (a duplicate
+    /// process id, an `ipBlock` that is not a block).
+    pub fn new(policies: &[Policy]) -> Result<Self, PolicyError> {
+        let policies = policies
+            .iter()
+            .map(|p| CompiledPolicy::new(p).map(PolicyState::new))
+            .collect::<Result<_, _>>()?;
+        Ok(DeviationMatcher {
+            tracker: Tracker::default(),
+            policies,
+            flags: Vec::new(),
+            decisions: Vec::new(),
+            audit_log: Vec::new(),
+        })
+    }
+
+    /// Replace the policy with the same uid (or add it): after a mode switch, enabling,
+    /// disabling or a merge. The processes already running are mapped against the new policy
+    /// (finding nothing about the past); deviations already recorded are kept.
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), PolicyError> {
+        let compiled = CompiledPolicy::new(policy)?;
+        let idx = match self.policies.iter().position(|p| p.c.uid == compiled.uid) {
+            Some(i) => {
+                self.policies[i].c = compiled;
+                i
+            }
+            None => {
+                self.policies.push(PolicyState::new(compiled));
+                self.policies.len() - 1
+            }
+        };
+        self.policies[idx].remap(&self.tracker);
+        Ok(())
+    }
+
+    /// The policies as the matcher uses them (canonical).
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().map(|p| &p.c.policy)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.tracker.stats
+    }
+
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Take one event into account; returns the deviations it is (usually none).
+    pub fn observe(&mut self, event: &Event) -> Vec<Finding> {
+        self.observe_step(event).1
+    }
+
+    /// [`Self::observe`], also giving what the tracker made of the event (for investigation).
+    pub(crate) fn observe_step(&mut self, event: &Event) -> (Step, Vec<Finding>) {
+        let mut findings = Vec::new();
+        let step = self.tracker.observe(event);
+        match &step {
+            &Step::Container(c) => {
+                let info = &self.tracker.containers[c as usize].info;
+                for p in &mut self.policies {
+                    let selects = p.c.enabled && p.c.selects(info);
+                    if p.selected.len() <= c as usize {
+                        p.selected.resize(c as usize + 1, false);
+                    }
+                    p.selected[c as usize] = selects;
+                }
+            }
+            &Step::Exec(image) => {
+                for pi in 0..self.policies.len() {
+                    let p = &mut self.policies[pi];
+                    let state = p.map_image(&self.tracker, image);
+                    p.states.push(state);
+                    if let PState::Deviant(ch) = state {
+                        let img = &self.tracker.images[image as usize];
+                        let occurrence = Occurrence {
+                            container: img.container,
+                            image,
+                            key: img.key,
+                            ts: img.ts,
+                            connection: None,
+                        };
+                        findings.push(self.occur(pi, RecordKey::Process(ch), occurrence));
+                    }
+                }
+            }
+            Step::Net(obs) => {
+                for pi in 0..self.policies.len() {
+                    let p = &mut self.policies[pi];
+                    if !p.watches(obs.container) {
+                        continue;
+                    }
+                    let process = p.proc_ref(obs.image);
+                    if p.allowed(&self.tracker, obs, process) {
+                        continue;
+                    }
+                    let peer = if obs.dns == NONE {
+                        PeerRef::Ip(obs.ip)
+                    } else {
+                        PeerRef::Dns(obs.dns)
+                    };
+                    let key = RecordKey::Net {
+                        direction: obs.direction,
+                        process,
+                        peer,
+                        protocol: obs.protocol,
+                        port: obs.port,
+                    };
+                    let occurrence = Occurrence {
+                        container: obs.container,
+                        image: obs.image,
+                        key: obs.key,
+                        ts: obs.ts,
+                        connection: Some(OccurredConnection {
+                            direction: obs.direction,
+                            protocol: obs.protocol,
+                            ip: obs.ip,
+                            port: obs.port,
+                            remote_port: obs.remote_port,
+                            dns: (obs.dns != NONE)
+                                .then(|| self.tracker.syms.get(obs.dns).to_string()),
+                            refused: obs.refused,
+                        }),
+                    };
+                    findings.push(self.occur(pi, key, occurrence));
+                }
+            }
+            _ => {}
+        }
+        (step, findings)
+    }
+
+    /// Take every event of a stream into account; returns all findings.
+    pub fn observe_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Vec<Finding> {
+        let mut all = Vec::new();
+        for event in events {
+            all.extend(self.observe(event));
+        }
+        all
+    }
+
+    fn occur(&mut self, pi: usize, key: RecordKey, occurrence: Occurrence) -> Finding {
+        let t = &self.tracker;
+        let p = &mut self.policies[pi];
+        let (container, image, pkey, ts) = (
+            occurrence.container,
+            occurrence.image,
+            occurrence.key,
+            occurrence.ts,
+        );
+        let (r, new) = p.record(t, key, occurrence);
+        let rec = &mut p.records[r as usize];
+        rec.count += 1;
+        rec.first_ts = rec.first_ts.min(ts);
+        rec.last_ts = rec.last_ts.max(ts);
+
+        let info = &t.containers[container as usize].info;
+        let (name, exe, euser) = if image == NONE {
+            (None, None, None)
+        } else {
+            let img = &t.images[image as usize];
+            (
+                Some(t.syms.get(img.name)),
+                Some(t.syms.get(img.exe)),
+                Some(t.syms.get(img.euser)),
+            )
+        };
+        let subject = Subject {
+            info,
+            name,
+            exe,
+            euser,
+        };
+        let default = default_response();
+        let response = p.c.policy.spec.response.as_ref().unwrap_or(&default);
+        let decided = effective(response, &subject);
+        let enforce = p.c.mode == Mode::Enforce;
+        let kind = rec.deviation.metadata.kind;
+        let mut finding = Finding {
+            policy_uid: p.c.uid.clone(),
+            policy_name: p.c.name.clone(),
+            deviation_uid: rec.uid.clone(),
+            checksum: rec.deviation.metadata.checksum.clone(),
+            kind,
+            new,
+            process: pkey,
+            cgroup_id: info.cgroup_id,
+            timestamp: epoch_seconds(ts),
+            flags: Vec::new(),
+            decisions: Vec::new(),
+        };
+        let first_here = if enforce {
+            rec.flagged.insert(container)
+        } else {
+            rec.audited.insert(container)
+        };
+        if first_here {
+            for (class, flag) in [
+                (FlagClass::Red, &decided.red),
+                (FlagClass::Ops, &decided.ops),
+            ] {
+                let Some(flag) = flag else { continue };
+                if enforce {
+                    finding.flags.push(Flag {
+                        class,
+                        severity: flag.severity,
+                        impact: flag.impact.clone(),
+                        content: flag.content.clone(),
+                        policy_uid: finding.policy_uid.clone(),
+                        policy_name: finding.policy_name.clone(),
+                        deviation_uid: finding.deviation_uid.clone(),
+                        checksum: finding.checksum.clone(),
+                        kind,
+                        container_id: info.container_id.clone(),
+                        container_name: info.container_name.clone(),
+                        namespace: info.namespace.clone(),
+                        pod: info.pod_name.clone(),
+                        pid: pkey.pid(),
+                        process: name.unwrap_or_default().to_string(),
+                        exe: exe.unwrap_or_default().to_string(),
+                        timestamp: finding.timestamp,
+                    });
+                } else {
+                    let class = match class {
+                        FlagClass::Red => "red",
+                        FlagClass::Ops => "ops",
+                    };
+                    self.audit_log.push(format!(
+                        "(audit mode): Would have raised a \"{}\" {class} flag for {} deviation {}. Not raised due to \"audit\" mode.",
+                        severity_word(flag.severity),
+                        kind_word(kind),
+                        finding.deviation_uid
+                    ));
+                }
+            }
+        }
+        for action in decided.kills {
+            let target = Target {
+                cgroup_id: info.cgroup_id,
+                container_id: info.container_id.clone(),
+                namespace: info.namespace.clone(),
+                pod: info.pod_name.clone(),
+                pid: pkey.pid(),
+                process: pkey,
+                name: name.unwrap_or_default().to_string(),
+            };
+            let message = Decision::message(action, &target, enforce);
+            if !enforce {
+                self.audit_log.push(message.clone());
+            }
+            finding.decisions.push(Decision {
+                action,
+                initiated: enforce,
+                message,
+                policy_uid: finding.policy_uid.clone(),
+                policy_name: finding.policy_name.clone(),
+                deviation_uid: finding.deviation_uid.clone(),
+                target,
+                timestamp: finding.timestamp,
+            });
+        }
+        self.flags.extend(finding.flags.iter().cloned());
+        self.decisions.extend(finding.decisions.iter().cloned());
+        finding
+    }
+
+    /// Everything found so far.
+    pub fn report(&self) -> DeviationReport {
+        let policies = self
+            .policies
+            .iter()
+            .map(|p| {
+                let deviations: Vec<DeviationRecord> = p
+                    .records
+                    .iter()
+                    .map(|r| DeviationRecord {
+                        uid: r.uid.clone(),
+                        relevant: is_relevant_to_canonical(&p.c.policy, &r.deviation),
+                        count: r.count,
+                        first_timestamp: epoch_seconds(r.first_ts),
+                        latest_timestamp: epoch_seconds(r.last_ts),
+                        deviation: r.deviation.clone(),
+                    })
+                    .collect();
+                PolicyReport {
+                    name: p.c.name.clone(),
+                    uid: p.c.uid.clone(),
+                    status: status(&p.c.policy).to_string(),
+                    unique: deviations.len(),
+                    total: deviations.iter().map(|d| d.count).sum(),
+                    deviations,
+                }
+            })
+            .collect();
+        DeviationReport {
+            policies,
+            flags: self.flags.clone(),
+            decisions: self.decisions.clone(),
+            audit_log: self.audit_log.clone(),
+            stats: self.tracker.stats.clone(),
+        }
+    }
+}
+
+fn kind_word(kind: DeviationType) -> &'static str {
+    match kind {
+        DeviationType::Process => "process",
+        DeviationType::Ingress => "ingress",
+        DeviationType::Egress => "egress",
+    }
+}
+
+/// Match a whole stream against policies, in one call.
+pub fn find_deviations<'a>(
+    policies: &[Policy],
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Result<DeviationReport, PolicyError> {
+    let mut matcher = DeviationMatcher::new(policies)?;
+    for event in events {
+        matcher.observe(event);
+    }
+    Ok(matcher.report())
+}
+
+#[cfg(test)]
+mod tests;

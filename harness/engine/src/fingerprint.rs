@@ -1,1 +1,592 @@
-//! (being written)
+//! Fingerprints: what each container did, learned from the event stream.
+//!
+//! [`FingerprintBuilder`] takes events one at a time (it keeps no event, only what it learned,
+//! so it streams) and [`FingerprintBuilder::finish`] gives one `SpyderbatFingerprint` per
+//! container; [`group_by_image`] bundles them into `FingerprintGroup`s.
+//!
+//! # Decisions (ours)
+//!
+//! **Containers.** A container is introduced by its `container` event (keyed by cgroup id);
+//! events of a cgroup that was never introduced are left out and counted in [`Stats`].
+//! A container with no exec'd process gives no fingerprint (nothing was learned).
+//!
+//! **Process forest.** A node is an exec'd program image. A process whose parent is not a
+//! known process of the same container (the container's first process, whose parent is the
+//! runtime, or a `kubectl exec` shell) is a root. Under a parent node there is one node per
+//! distinct `(name, exe)`: the same program started again by the same parent collapses into
+//! the node it already has, with its effective users unioned.
+//! A process that **forks without exec** runs its parent's image, so it is not a node: it is
+//! transparent, and what it does (its connections, the programs its children exec) hangs under
+//! the nearest exec'd ancestor. A process that **execs again** (`exec` in a shell script)
+//! becomes a child of its previous image, so the chain `sh -> exec python` stays visible.
+//!
+//! **Names.** The node name is the kernel's `comm` after exec, which is what the public tool
+//! shows: the basename of the path that was exec'd (so `pip`, run as a script by
+//! `/opt/conda/bin/python3.11`, is named `pip` with exe python3.11, while `python -m
+//! ipykernel_launcher` is `python`). `comm` is cut at 15 bytes, so when it is exactly 15
+//! bytes long the basename of the exe, `argv[0]` or `argv[1]` (the script of an interpreter)
+//! that starts with it gives the full name. With no `comm`, the basename of `argv[0]`, then
+//! of the exe. See [`process_name`].
+//!
+//! **Users.** `euser` is the effective user's name from the exec event, or the numeric euid
+//! when the sensor could not name it. Roots always carry `euser`; a child carries it only when
+//! it differs from its parent's (children inherit when omitted, as in the public format).
+//!
+//! **Ids.** `<name>_<n>`, unique in the document, numbered per name in depth-first order over
+//! the canonically sorted forest (siblings by name, then exe), so equal behaviour gives equal
+//! ids whatever the pids and the order in which siblings started.
+//!
+//! **Connections.** Egress comes from `connect` events, ingress from `accept` events. The
+//! remote is named by DNS when an earlier DNS answer in the same container gave its address
+//! (the latest answer wins): `dnsSelector: [name]`; otherwise `ipBlock: {cidr: a.b.c.d/32}`
+//! (`/128` for IPv6; v4-mapped IPv6 addresses are written as IPv4).
+//! The port of egress is the destination port; the port of **ingress is the local, listening
+//! port, never the peer's ephemeral port**.
+//! **Loopback and pod-internal traffic is left out** of the network policy: a connection to or
+//! from `127.0.0.0/8`, `::1`, the unspecified address or the pod's own address never leaves the
+//! pod (all containers of a pod share one network namespace), and the policy describes the
+//! pod's boundary, like a Kubernetes NetworkPolicy. This is what makes a notebook's fingerprint
+//! stable: Jupyter's kernel and server talk over 127.0.0.1 on ports chosen at random on every
+//! start, and none of that appears. For the same reason sockets listening only on loopback are
+//! not `listeningSockets`. Everything left out is counted in [`Stats`].
+//! A connection by a process whose start the sensor did not see names no process
+//! (`processes: []`, meaning any).
+//!
+//! **Network nodes.** For each remote, the set of processes that reached it and the set of
+//! ports is collected; remotes with the same process set and port set share one node. Nodes
+//! are in canonical order (see [`crate::merge::canonicalize`]).
+//!
+//! **Metadata and selectors.** `name` is the image's short name (`minimal-notebook` for
+//! `jupyter/minimal-notebook:latest`); timestamps are the container's first and last event,
+//! in epoch seconds to the microsecond. `containerSelector` has the image and image id,
+//! `namespaceSelector` the namespace's `kubernetes.io/metadata.name`, `podSelector` the pod's
+//! labels less those that change with every rollout or name one pod (`pod-template-hash`,
+//! `controller-revision-hash`, `pod-template-generation`, `statefulset.kubernetes.io/pod-name`,
+//! `apps.kubernetes.io/pod-index`).
+
+pub(crate) mod tracker;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use guardlab_events::{Event, ProcessExec, Protocol};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::merge::{self, net::host_cidr};
+use crate::model::{
+    API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
+    GroupMetadata, IngressNode, IpBlock, KIND_FINGERPRINT, KIND_FINGERPRINT_GROUP, LabelSelector,
+    Metadata, NetworkPolicy, Peer, PortSpec, ProcessNode, Spec,
+};
+pub use tracker::{Direction, Stats};
+use tracker::{NONE, Step, Sym, Tracker};
+
+/// `comm` is at most this many bytes (the kernel's TASK_COMM_LEN less the NUL).
+const COMM_MAX: usize = 15;
+
+/// Pod labels that differ between pods of one workload or between rollouts.
+const VOLATILE_POD_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+];
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The name of a process node for an exec (see the module documentation).
+pub fn process_name(exec: &ProcessExec) -> &str {
+    let comm = exec.comm.as_str();
+    if !comm.is_empty() {
+        if comm.len() >= COMM_MAX {
+            let candidates = [
+                Some(exec.exe.as_str()),
+                exec.argv.first().map(String::as_str),
+                exec.argv.get(1).map(String::as_str),
+            ];
+            for candidate in candidates.into_iter().flatten().map(basename) {
+                if candidate.len() > comm.len() && candidate.starts_with(comm) {
+                    return candidate;
+                }
+            }
+        }
+        return comm;
+    }
+    match exec.argv.first().map(|a| basename(a)) {
+        Some(name) if !name.is_empty() => name,
+        _ => basename(&exec.exe),
+    }
+}
+
+/// The short name of an image reference: `docker.io/jupyter/minimal-notebook:latest` gives
+/// `minimal-notebook`.
+pub fn image_short_name(image: &str) -> &str {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last = basename(no_digest);
+    last.split(':').next().unwrap_or(last)
+}
+
+/// Epoch nanoseconds as the float seconds of the public format, to the microsecond.
+pub fn epoch_seconds(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1e6
+}
+
+struct FpNode {
+    container: u32,
+    parent: u32,
+    name: Sym,
+    exe: Sym,
+    eusers: Vec<Sym>,
+    sockets: Vec<(u16, Protocol)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum PeerFact {
+    Dns(Sym),
+    Ip(IpAddr),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct NetFact {
+    container: u32,
+    /// The process node, or [`NONE`] for a process we never saw start.
+    node: u32,
+    direction: Direction,
+    peer: PeerFact,
+    protocol: Protocol,
+    port: u16,
+}
+
+/// Learns fingerprints from events, one event at a time.
+#[derive(Default)]
+pub struct FingerprintBuilder {
+    tracker: Tracker,
+    /// The node of each image of the tracker.
+    image_node: Vec<u32>,
+    nodes: Vec<FpNode>,
+    node_index: FxHashMap<(u32, u32, Sym, Sym), u32>,
+    facts: FxHashSet<NetFact>,
+}
+
+impl FingerprintBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take one event into account.
+    pub fn observe(&mut self, event: &Event) {
+        match self.tracker.observe(event) {
+            Step::Exec(image) => {
+                let img = &self.tracker.images[image as usize];
+                let parent = if img.parent == NONE {
+                    NONE
+                } else {
+                    self.image_node[img.parent as usize]
+                };
+                let key = (img.container, parent, img.name, img.exe);
+                let next = self.nodes.len() as u32;
+                let node = *self.node_index.entry(key).or_insert(next);
+                if node == next {
+                    self.nodes.push(FpNode {
+                        container: img.container,
+                        parent,
+                        name: img.name,
+                        exe: img.exe,
+                        eusers: Vec::new(),
+                        sockets: Vec::new(),
+                    });
+                }
+                let n = &mut self.nodes[node as usize];
+                if !n.eusers.contains(&img.euser) {
+                    n.eusers.push(img.euser);
+                }
+                debug_assert_eq!(self.image_node.len(), image as usize);
+                self.image_node.push(node);
+            }
+            Step::Listen {
+                image,
+                protocol,
+                port,
+            } if image != NONE => {
+                let n = &mut self.nodes[self.image_node[image as usize] as usize];
+                if !n.sockets.contains(&(port, protocol)) {
+                    n.sockets.push((port, protocol));
+                }
+            }
+            Step::Net(obs) => {
+                let node = if obs.image == NONE {
+                    NONE
+                } else {
+                    self.image_node[obs.image as usize]
+                };
+                let peer = if obs.dns == NONE {
+                    PeerFact::Ip(obs.ip)
+                } else {
+                    PeerFact::Dns(obs.dns)
+                };
+                self.facts.insert(NetFact {
+                    container: obs.container,
+                    node,
+                    direction: obs.direction,
+                    peer,
+                    protocol: obs.protocol,
+                    port: obs.port,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Take every event of a stream into account.
+    pub fn observe_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+        for event in events {
+            self.observe(event);
+        }
+    }
+
+    /// What was seen and what was left out so far.
+    pub fn stats(&self) -> &Stats {
+        &self.tracker.stats
+    }
+
+    /// One fingerprint per container that ran at least one program, in a stable order
+    /// (image, namespace, pod, container name, container id).
+    pub fn finish(&self) -> Vec<Fingerprint> {
+        self.build().into_iter().map(|(fp, _)| fp).collect()
+    }
+
+    /// The fingerprints bundled per image, with the machines they ran on.
+    pub fn finish_grouped(&self) -> Vec<FingerprintGroup> {
+        let built = self.build();
+        let machines: Vec<String> = built.iter().map(|(_, m)| m.clone()).collect();
+        group(built.into_iter().map(|(fp, _)| fp).zip(machines))
+    }
+
+    fn build(&self) -> Vec<(Fingerprint, String)> {
+        let syms = &self.tracker.syms;
+        let ncont = self.tracker.containers.len();
+        let mut roots: Vec<Vec<u32>> = vec![Vec::new(); ncont];
+        let mut children: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.parent == NONE {
+                roots[n.container as usize].push(i as u32);
+            } else {
+                children[n.parent as usize].push(i as u32);
+            }
+        }
+        let order = |a: &u32, b: &u32| {
+            let (x, y) = (&self.nodes[*a as usize], &self.nodes[*b as usize]);
+            (syms.get(x.name), syms.get(x.exe)).cmp(&(syms.get(y.name), syms.get(y.exe)))
+        };
+        for list in roots.iter_mut().chain(children.iter_mut()) {
+            list.sort_by(order);
+        }
+        // Facts per container.
+        let mut facts_of: Vec<Vec<&NetFact>> = vec![Vec::new(); ncont];
+        for fact in &self.facts {
+            facts_of[fact.container as usize].push(fact);
+        }
+
+        let mut out = Vec::new();
+        for (c, rec) in self.tracker.containers.iter().enumerate() {
+            if roots[c].is_empty() {
+                continue;
+            }
+            let mut ids: FxHashMap<u32, String> = FxHashMap::default();
+            let mut counters: BTreeMap<String, usize> = BTreeMap::new();
+            let process_policy: Vec<ProcessNode> = roots[c]
+                .iter()
+                .map(|&r| self.emit_node(r, None, &children, &mut ids, &mut counters))
+                .collect();
+
+            // Per (direction, peer): the processes (None = any) and the ports.
+            type PeerUse = (Option<BTreeSet<String>>, BTreeSet<(u16, Protocol)>);
+            let mut per_peer: BTreeMap<(Direction, PeerSort), PeerUse> = BTreeMap::new();
+            for fact in &facts_of[c] {
+                let peer = match fact.peer {
+                    PeerFact::Dns(name) => PeerSort::Dns(syms.get(name).to_string()),
+                    PeerFact::Ip(ip) => PeerSort::Ip(ip),
+                };
+                let entry = per_peer
+                    .entry((fact.direction, peer))
+                    .or_insert_with(|| (Some(BTreeSet::new()), BTreeSet::new()));
+                if fact.node == NONE {
+                    entry.0 = None;
+                } else if let Some(set) = entry.0.as_mut() {
+                    set.insert(ids[&fact.node].clone());
+                }
+                entry.1.insert((fact.port, fact.protocol));
+            }
+            type NodeKey = (Direction, Vec<String>, Vec<(u16, Protocol)>);
+            let mut grouped: BTreeMap<NodeKey, Vec<Peer>> = BTreeMap::new();
+            for ((direction, peer), (procs, ports)) in per_peer {
+                let procs: Vec<String> = procs.map(|s| s.into_iter().collect()).unwrap_or_default();
+                let key = (direction, procs, ports.into_iter().collect());
+                grouped.entry(key).or_default().push(peer.into_peer());
+            }
+            let mut network = NetworkPolicy::default();
+            for ((direction, processes, ports), peers) in grouped {
+                let ports = ports
+                    .into_iter()
+                    .map(|(port, proto)| PortSpec {
+                        protocol: proto.to_string(),
+                        port: port.into(),
+                        end_port: None,
+                    })
+                    .collect();
+                match direction {
+                    Direction::Egress => network.egress.push(EgressNode {
+                        to: peers,
+                        processes,
+                        ports,
+                    }),
+                    Direction::Ingress => network.ingress.push(IngressNode {
+                        from: peers,
+                        processes,
+                        ports,
+                    }),
+                }
+            }
+
+            let info = &rec.info;
+            let mut fp = Fingerprint {
+                api_version: API_VERSION.into(),
+                kind: KIND_FINGERPRINT.into(),
+                metadata: Metadata {
+                    name: fingerprint_name(&info.image, &info.container_name),
+                    kind: "container".into(),
+                    first_timestamp: Some(epoch_seconds(rec.first_ts)),
+                    latest_timestamp: Some(epoch_seconds(rec.last_ts)),
+                    container_id: non_empty(&info.container_id),
+                    container_name: non_empty(&info.container_name),
+                    namespace: non_empty(&info.namespace),
+                    ..Metadata::default()
+                },
+                spec: Spec {
+                    container_selector: Some(ContainerSelector {
+                        image: non_empty(&info.image),
+                        image_id: non_empty(&info.image_id),
+                        ..ContainerSelector::default()
+                    }),
+                    namespace_selector: (!info.namespace.is_empty()).then(|| LabelSelector {
+                        match_labels: BTreeMap::from([(
+                            "kubernetes.io/metadata.name".to_string(),
+                            info.namespace.clone(),
+                        )]),
+                        ..LabelSelector::default()
+                    }),
+                    pod_selector: pod_selector(&info.pod_labels),
+                    process_policy,
+                    network_policy: network,
+                    ..Spec::default()
+                },
+            };
+            merge::canonicalize(&mut fp);
+            out.push((fp, info.machine.clone()));
+        }
+        out.sort_by_key(|(fp, _)| fingerprint_order(fp));
+        out
+    }
+
+    fn emit_node(
+        &self,
+        node: u32,
+        parent_eusers: Option<&[String]>,
+        children: &[Vec<u32>],
+        ids: &mut FxHashMap<u32, String>,
+        counters: &mut BTreeMap<String, usize>,
+    ) -> ProcessNode {
+        let syms = &self.tracker.syms;
+        let n = &self.nodes[node as usize];
+        let name = syms.get(n.name).to_string();
+        let counter = counters.entry(name.clone()).or_insert(0);
+        let id = format!("{name}_{counter}");
+        *counter += 1;
+        ids.insert(node, id.clone());
+        let mut eusers: Vec<String> = n.eusers.iter().map(|&u| syms.get(u).to_string()).collect();
+        eusers.sort();
+        let mut sockets = n.sockets.clone();
+        sockets.sort();
+        let kids: Vec<ProcessNode> = children[node as usize]
+            .iter()
+            .map(|&k| self.emit_node(k, Some(&eusers), children, ids, counters))
+            .collect();
+        ProcessNode {
+            name,
+            exe: vec![syms.get(n.exe).to_string()],
+            id,
+            euser: (parent_eusers != Some(eusers.as_slice())).then_some(eusers),
+            listening_sockets: (!sockets.is_empty()).then(|| {
+                sockets
+                    .into_iter()
+                    .map(|(port, proto)| PortSpec {
+                        protocol: proto.to_string(),
+                        port: port.into(),
+                        end_port: None,
+                    })
+                    .collect()
+            }),
+            children: (!kids.is_empty()).then_some(kids),
+        }
+    }
+}
+
+/// A remote, ordered as the canonical form wants: names first, then IPv4, then IPv6.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PeerSort {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl PeerSort {
+    fn into_peer(self) -> Peer {
+        match self {
+            PeerSort::Dns(name) => Peer::DnsSelector(vec![name]),
+            PeerSort::Ip(ip) => Peer::IpBlock(IpBlock {
+                cidr: host_cidr(ip),
+                except: Vec::new(),
+            }),
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn fingerprint_name(image: &str, container_name: &str) -> String {
+    let short = image_short_name(image);
+    if !short.is_empty() {
+        short.to_string()
+    } else if !container_name.is_empty() {
+        container_name.to_string()
+    } else {
+        "container".to_string()
+    }
+}
+
+fn pod_selector(labels: &BTreeMap<String, String>) -> Option<LabelSelector> {
+    let match_labels: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(k, _)| !VOLATILE_POD_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!match_labels.is_empty()).then(|| LabelSelector {
+        match_labels,
+        ..LabelSelector::default()
+    })
+}
+
+fn fingerprint_order(fp: &Fingerprint) -> (String, String, String, String, String) {
+    let image = fp
+        .spec
+        .container_selector
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let m = &fp.metadata;
+    (
+        image,
+        m.namespace.clone().unwrap_or_default(),
+        m.pod.clone().unwrap_or_default(),
+        m.container_name.clone().unwrap_or_default(),
+        m.container_id.clone().unwrap_or_default(),
+    )
+}
+
+/// Every fingerprint of a stream, in one call.
+pub fn fingerprints<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Fingerprint> {
+    let mut builder = FingerprintBuilder::new();
+    builder.observe_all(events);
+    builder.finish()
+}
+
+/// Every fingerprint of a stream bundled per image, in one call.
+pub fn fingerprint_groups<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Vec<FingerprintGroup> {
+    let mut builder = FingerprintBuilder::new();
+    builder.observe_all(events);
+    builder.finish_grouped()
+}
+
+/// Bundle fingerprints per image (image and image id), sorted by image. The machines are not
+/// part of a fingerprint, so they stay empty here ([`FingerprintBuilder::finish_grouped`] has them).
+pub fn group_by_image(fingerprints: Vec<Fingerprint>) -> Vec<FingerprintGroup> {
+    group(fingerprints.into_iter().map(|fp| (fp, String::new())))
+}
+
+fn group(items: impl IntoIterator<Item = (Fingerprint, String)>) -> Vec<FingerprintGroup> {
+    let mut groups: BTreeMap<(String, String), (Vec<Fingerprint>, BTreeSet<String>)> =
+        BTreeMap::new();
+    for (fp, machine) in items {
+        let sel = fp.spec.container_selector.clone().unwrap_or_default();
+        let entry = groups
+            .entry((
+                sel.image.unwrap_or_default(),
+                sel.image_id.unwrap_or_default(),
+            ))
+            .or_default();
+        entry.0.push(fp);
+        if !machine.is_empty() {
+            entry.1.insert(machine);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((image, image_id), (mut fps, machines))| {
+            fps.sort_by_key(fingerprint_order);
+            let first = fps
+                .iter()
+                .filter_map(|f| f.metadata.first_timestamp)
+                .reduce(f64::min);
+            let latest = fps
+                .iter()
+                .filter_map(|f| f.metadata.latest_timestamp)
+                .reduce(f64::max);
+            let names: BTreeSet<String> = fps
+                .iter()
+                .filter_map(|f| f.metadata.container_name.clone())
+                .collect();
+            let ids: BTreeSet<String> = fps
+                .iter()
+                .filter_map(|f| f.metadata.container_id.clone())
+                .collect();
+            FingerprintGroup {
+                api_version: API_VERSION.into(),
+                kind: KIND_FINGERPRINT_GROUP.into(),
+                metadata: GroupMetadata {
+                    image,
+                    image_id,
+                    first_timestamp: first,
+                    latest_timestamp: latest,
+                },
+                data: GroupData {
+                    fingerprints: fps,
+                    container_names: names.into_iter().collect(),
+                    container_ids: ids.into_iter().collect(),
+                    machines: machines.into_iter().collect(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// The fingerprints inside groups, for `policy create --from` with group files.
+pub fn fingerprints_of_groups(groups: &[FingerprintGroup]) -> Vec<Fingerprint> {
+    groups
+        .iter()
+        .flat_map(|g| g.data.fingerprints.iter().cloned())
+        .collect()
+}
+
+/// The event-stream builder of the tests, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/stream.rs"]
+pub(crate) mod stream;
+
+#[cfg(test)]
+mod tests;

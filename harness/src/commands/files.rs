@@ -4,11 +4,11 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use guardlab_engine::document::{self, Diagnostics, Document};
-use guardlab_engine::model::{Fingerprint, Mode, Policy};
+use guardlab_engine::model::{Mode, Policy};
 use guardlab_engine::{deviation, fingerprint, merge, policy, trace};
 use guardlab_events::Event;
 
@@ -31,8 +31,18 @@ pub fn load_yaml(path: &Path) -> Result<Vec<Document>, Failure> {
 /// Read an NDJSON event stream; errors name the file and line.
 pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    guardlab_events::read_ndjson(BufReader::new(file))
-        .map_err(|e| Failure(anyhow!("{}:{e}", path.display())))
+    guardlab_events::read_ndjson(BufReader::new(file)).map_err(|e| {
+        use guardlab_events::ReadError;
+        let p = path.display();
+        Failure(match e {
+            ReadError::Json { line, source } => anyhow!("{p}:{line}: not an event: {source}"),
+            ReadError::Version { line, found } => anyhow!(
+                "{p}:{line}: event format version {found}; this guardlab reads version {}",
+                guardlab_events::FORMAT_VERSION
+            ),
+            ReadError::Io(source) => anyhow!("cannot read {p}: {source}"),
+        })
+    })
 }
 
 /// The one policy a file must hold.
@@ -74,7 +84,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 /// `guardlab validate FILE...`: every problem of every file, then 0 (all valid) or 1.
-pub fn validate(files: &[std::path::PathBuf]) -> CommandResult {
+pub fn validate(files: &[PathBuf]) -> CommandResult {
     let mut problems = 0usize;
     for path in files {
         let text = read_text(path)?;
@@ -119,57 +129,47 @@ pub fn fingerprint(events: &Path, ungrouped: bool) -> CommandResult {
     Ok(Outcome::Clean)
 }
 
-/// Fingerprints from files holding fingerprints or fingerprint groups.
-fn load_fingerprints(paths: &[std::path::PathBuf]) -> Result<Vec<Fingerprint>, Failure> {
-    let mut out = Vec::new();
-    for path in paths {
-        for doc in load_yaml(path)? {
-            match doc {
-                Document::Fingerprint(f) => out.push(f),
-                Document::FingerprintGroup(g) => out.extend(fingerprint::fingerprints_of_groups(&[g])),
-                other => {
-                    return Err(Failure(anyhow!(
-                        "{}: expected fingerprints or fingerprint groups, found a {}",
-                        path.display(),
-                        other.kind()
-                    )));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// `guardlab policy create --from FILE...`
-pub fn policy_create(from: &[std::path::PathBuf], name: Option<&str>, mode: ModeArg) -> CommandResult {
-    let fingerprints = load_fingerprints(from)?;
+pub fn policy_create(from: &[PathBuf], name: Option<&str>, mode: ModeArg) -> CommandResult {
+    let mut inputs = Vec::new();
+    for path in from {
+        inputs.extend(load_yaml(path)?);
+    }
     let mode = match mode {
         ModeArg::Audit => Mode::Audit,
         ModeArg::Enforce => Mode::Enforce,
     };
-    let policy = policy::create_policy(&fingerprints, name, mode).map_err(|e| Failure(e.into()))?;
+    let policy = policy::create_policy_from(&inputs, name, mode).map_err(|e| Failure(e.into()))?;
     print(&document::to_yaml(&Document::Policy(policy)))?;
     Ok(Outcome::Clean)
 }
 
 /// `guardlab merge --policy FILE --with FILE...`
-pub fn merge(policy_path: &Path, with: &[std::path::PathBuf]) -> CommandResult {
+pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
     let mut policy = load_policy(policy_path)?;
     for path in with {
         for doc in load_yaml(path)? {
-            policy = match &doc {
-                Document::Fingerprint(f) => merge::merge_policy(&policy, f),
-                Document::FingerprintGroup(g) => fingerprint::fingerprints_of_groups(std::slice::from_ref(g))
-                    .iter()
-                    .try_fold(policy, |p, f| merge::merge_policy(&p, f)),
-                Document::Deviation(d) => merge::merge_deviation(&policy, d),
-                Document::Policy(p) => merge::merge_policy(&policy, p),
-            }
-            .with_context(|| format!("cannot merge {} into {}", path.display(), policy_path.display()))?;
+            policy = merge::merge_document(&policy, &doc).with_context(|| {
+                format!("cannot merge {} into {}", path.display(), policy_path.display())
+            })?;
         }
     }
     print(&document::to_yaml(&Document::Policy(policy)))?;
     Ok(Outcome::Clean)
+}
+
+/// Say on stderr when the event stream itself was incomplete: a clean result from a lossy
+/// stream proves less than it seems to.
+fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
+    if stats.lost_events > 0 {
+        eprintln!("warning: the sensor lost {} event(s) in this stream", stats.lost_events);
+    }
+    if stats.unknown_container_events > 0 {
+        eprintln!(
+            "warning: {} event(s) belong to no known container (no `container` event for their cgroup) and were ignored",
+            stats.unknown_container_events
+        );
+    }
 }
 
 /// `guardlab deviations --policy FILE --events FILE`: 1 when there are deviations.
@@ -177,6 +177,7 @@ pub fn deviations(policy_path: &Path, events: &Path, json: bool) -> CommandResul
     let policy = load_policy(policy_path)?;
     let events = load_events(events)?;
     let report = deviation::find_deviations(std::slice::from_ref(&policy), &events).map_err(|e| Failure(e.into()))?;
+    warn_about_stream(&report.stats);
     if json {
         print_json(&report)?;
     } else {

@@ -1,0 +1,296 @@
+//! A policy prepared for matching: its process forest flattened with globs ready, its network
+//! nodes parsed, and the selectors that say which containers it applies to.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use guardlab_events::{ContainerInfo, Protocol};
+
+use crate::glob::{Glob, glob_match, is_glob};
+use crate::merge::{self, net::Block};
+use crate::model::{ContainerSelector, LabelSelector, Mode, Peer, Policy, ProcessNode};
+use crate::policy::{PolicyError, is_enabled, mode, policy_uid};
+
+pub(crate) struct CNode {
+    pub id: String,
+    pub name: Glob,
+    pub exes: Vec<Glob>,
+    pub children: Vec<u32>,
+}
+
+pub(crate) struct CNet {
+    pub dns: Vec<Glob>,
+    pub blocks: Vec<Block>,
+    /// (tcp, lo, hi)
+    pub ports: Vec<(bool, u32, u32)>,
+    /// Node indexes; `None` means any process.
+    pub processes: Option<Vec<u32>>,
+}
+
+impl CNet {
+    pub fn allows_port(&self, protocol: Protocol, port: u16) -> bool {
+        let tcp = protocol == Protocol::Tcp;
+        let port = u32::from(port);
+        self.ports
+            .iter()
+            .any(|&(t, lo, hi)| t == tcp && lo <= port && port <= hi)
+    }
+
+    pub fn allows_process(&self, node: Option<u32>) -> bool {
+        match (&self.processes, node) {
+            (None, _) => true,
+            (Some(list), Some(n)) => list.contains(&n),
+            (Some(_), None) => false,
+        }
+    }
+
+    pub fn allows_peer(&self, dns: Option<&str>, ip: IpAddr) -> bool {
+        if let Some(name) = dns {
+            let lower = name.to_ascii_lowercase();
+            if self.dns.iter().any(|g| g.matches(&lower)) {
+                return true;
+            }
+        }
+        self.blocks.iter().any(|b| b.covers_ip(ip))
+    }
+}
+
+pub(crate) struct CompiledPolicy {
+    /// The policy, canonical.
+    pub policy: Policy,
+    pub uid: String,
+    pub name: String,
+    pub enabled: bool,
+    pub mode: Mode,
+    pub nodes: Vec<CNode>,
+    pub roots: Vec<u32>,
+    pub ids: HashSet<String>,
+    pub ingress: Vec<CNet>,
+    pub egress: Vec<CNet>,
+}
+
+impl CompiledPolicy {
+    pub fn new(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
+        let mut policy = policy.clone();
+        merge::canonicalize(&mut policy);
+        let ids = merge::collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
+        let mut nodes = Vec::new();
+        let mut id_index = BTreeMap::new();
+        let roots = flatten(&policy.spec.process_policy, &mut nodes, &mut id_index);
+        let name = policy.metadata.name.clone();
+        let net = |peers: &[Peer],
+                   processes: &[String],
+                   ports: &[crate::model::PortSpec],
+                   field: &str| {
+            let mut dns = Vec::new();
+            let mut blocks = Vec::new();
+            for p in peers {
+                match p {
+                    Peer::DnsSelector(names) => {
+                        dns.extend(names.iter().map(|n| Glob::new(&n.to_ascii_lowercase())))
+                    }
+                    Peer::IpBlock(b) => {
+                        let block = Block::new(b);
+                        if block.net.is_none() {
+                            return Err(PolicyError::InvalidCidr {
+                                policy: name.clone(),
+                                field: field.into(),
+                                value: b.cidr.clone(),
+                            });
+                        }
+                        blocks.push(block);
+                    }
+                }
+            }
+            let ports = ports
+                .iter()
+                .map(|p| {
+                    (
+                        !p.protocol.eq_ignore_ascii_case("UDP"),
+                        p.port,
+                        p.end_port.unwrap_or(p.port).max(p.port),
+                    )
+                })
+                .collect();
+            // An id that names no node matches no process (validation reports it).
+            let processes = (!processes.is_empty()).then(|| {
+                processes
+                    .iter()
+                    .filter_map(|id| id_index.get(id.as_str()).copied())
+                    .collect()
+            });
+            Ok(CNet {
+                dns,
+                blocks,
+                ports,
+                processes,
+            })
+        };
+        let ingress = policy
+            .spec
+            .network_policy
+            .ingress
+            .iter()
+            .map(|n| {
+                net(
+                    &n.from,
+                    &n.processes,
+                    &n.ports,
+                    "networkPolicy.ingress.from",
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let egress = policy
+            .spec
+            .network_policy
+            .egress
+            .iter()
+            .map(|n| net(&n.to, &n.processes, &n.ports, "networkPolicy.egress.to"))
+            .collect::<Result<_, _>>()?;
+        Ok(CompiledPolicy {
+            uid: policy_uid(&policy),
+            enabled: is_enabled(&policy),
+            mode: mode(&policy),
+            name,
+            nodes,
+            roots,
+            ids,
+            ingress,
+            egress,
+            policy,
+        })
+    }
+
+    /// The first node among `candidates` that covers a process named `name` running `exe`.
+    pub fn covering(&self, candidates: &[u32], name: &str, exe: &str) -> Option<u32> {
+        candidates.iter().copied().find(|&c| {
+            let n = &self.nodes[c as usize];
+            n.name.matches(name) && n.exes.iter().any(|g| g.matches(exe))
+        })
+    }
+
+    pub fn children_of(&self, node: Option<u32>) -> &[u32] {
+        match node {
+            Some(n) => &self.nodes[n as usize].children,
+            None => &self.roots,
+        }
+    }
+
+    /// True when the policy applies to the container.
+    pub fn selects(&self, info: &ContainerInfo) -> bool {
+        let spec = &self.policy.spec;
+        if self.policy.metadata.kind != "container" {
+            return false;
+        }
+        let Some(sel) = &spec.container_selector else {
+            return false;
+        };
+        if !container_matches(sel, info) {
+            return false;
+        }
+        if let Some(ns) = &spec.namespace_selector
+            && !labels_match(ns, &namespace_labels(info))
+        {
+            return false;
+        }
+        if let Some(pod) = &spec.pod_selector
+            && !labels_match(pod, &info.pod_labels)
+        {
+            return false;
+        }
+        if let Some(machine) = &spec.machine_selector
+            && let Some(host) = &machine.hostname
+            && !glob_match(host, &info.machine)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+fn flatten(
+    nodes: &[ProcessNode],
+    out: &mut Vec<CNode>,
+    ids: &mut BTreeMap<String, u32>,
+) -> Vec<u32> {
+    let mut mine = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let idx = out.len() as u32;
+        out.push(CNode {
+            id: n.id.clone(),
+            name: Glob::new(&n.name),
+            exes: n.exe.iter().map(|e| Glob::new(e)).collect(),
+            children: Vec::new(),
+        });
+        ids.insert(n.id.clone(), idx);
+        let kids = flatten(n.children.as_deref().unwrap_or_default(), out, ids);
+        out[idx as usize].children = kids;
+        mine.push(idx);
+    }
+    mine
+}
+
+/// The namespace's labels, with the `kubernetes.io/metadata.name` label Kubernetes always sets.
+pub(crate) fn namespace_labels(info: &ContainerInfo) -> BTreeMap<String, String> {
+    let mut labels = info.namespace_labels.clone();
+    if !info.namespace.is_empty() {
+        labels
+            .entry("kubernetes.io/metadata.name".into())
+            .or_insert_with(|| info.namespace.clone());
+    }
+    labels
+}
+
+/// Image references name the default registry in several ways; a selector written with the
+/// short form matches the long form too.
+fn image_forms(image: &str) -> impl Iterator<Item = &str> {
+    let a = image.strip_prefix("docker.io/");
+    let b = a.and_then(|rest| rest.strip_prefix("library/"));
+    std::iter::once(image).chain(a).chain(b)
+}
+
+pub(crate) fn container_matches(sel: &ContainerSelector, info: &ContainerInfo) -> bool {
+    if let Some(image) = &sel.image
+        && !image_forms(&info.image).any(|form| glob_match(image, form))
+    {
+        return false;
+    }
+    if let Some(id) = &sel.image_id
+        && !glob_match(id, &info.image_id)
+    {
+        return false;
+    }
+    if let Some(name) = &sel.container_name
+        && !glob_match(name, &info.container_name)
+    {
+        return false;
+    }
+    if let Some(id) = &sel.container_id {
+        // A short container id (as `docker ps` shows) selects the full one.
+        let matched = if is_glob(id) {
+            glob_match(id, &info.container_id)
+        } else {
+            info.container_id.starts_with(id.as_str()) && !id.is_empty()
+        };
+        if !matched {
+            return false;
+        }
+    }
+    true
+}
+
+pub(crate) fn labels_match(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    sel.match_labels
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && sel.match_expressions.iter().all(|e| {
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| e.values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}

@@ -1,0 +1,533 @@
+use guardlab_events::{ContainerInfo, ProcessKey, Protocol};
+
+use super::*;
+use crate::fingerprint::fingerprints;
+use crate::fingerprint::stream::{Stream, pod_container, prog};
+use crate::merge::merge_deviation;
+use crate::model::{
+    ActionSelectors, FlagAction, ProcessSelector, Response, ResponseAction, Severity,
+};
+use crate::policy::{create_policy, set_enabled, set_mode};
+
+const CG: u64 = 7;
+const PY: &str = "/opt/conda/bin/python3.11";
+
+/// A container running a server that listens on 8888, is reached from 198.18.0.1, and whose
+/// child `pip` talks to pypi.org:443 after resolving it.
+struct Lab {
+    s: Stream,
+    server: ProcessKey,
+}
+
+fn lab(first_pid: u32, cgroup: u64, container_id: &str) -> Lab {
+    let mut s = Stream::new(1_732_780_800, first_pid);
+    s.container(pod_container(
+        cgroup,
+        container_id,
+        "jupyter/minimal-notebook:latest",
+        "jupyter-notebook-7d9f8c-abcde",
+    ));
+    let server = s.spawn(
+        cgroup,
+        Some(ProcessKey(1, 1)),
+        prog(PY, &["python3"], "jovyan"),
+    );
+    s.listen(cgroup, server, Protocol::Tcp, "0.0.0.0", 8888);
+    s.accept(
+        cgroup,
+        server,
+        ("198.18.0.2", 8888),
+        ("198.18.0.1", (first_pid % 20000 + 30000) as u16),
+    );
+    let pip = s.spawn(cgroup, Some(server), prog(PY, &["pip"], "jovyan"));
+    s.dns(cgroup, "pypi.org", &["198.18.0.50"]);
+    s.connect(
+        cgroup,
+        pip,
+        Protocol::Tcp,
+        ("198.18.0.2", 41000),
+        ("198.18.0.50", 443),
+    );
+    s.exit(cgroup, pip, 0);
+    Lab { s, server }
+}
+
+fn baseline_policy() -> Policy {
+    let fps = fingerprints(&lab(100, CG, "c1").s.events);
+    create_policy(&fps, Some("notebook-policy"), Mode::Audit).unwrap()
+}
+
+fn matcher(policy: &Policy) -> DeviationMatcher {
+    DeviationMatcher::new(std::slice::from_ref(policy)).unwrap()
+}
+
+fn run(policy: &Policy, s: &Stream) -> (Vec<Finding>, DeviationReport) {
+    let mut m = matcher(policy);
+    let findings = m.observe_all(&s.events);
+    (findings, m.report())
+}
+
+fn fragment(d: &Deviation) -> String {
+    serde_json::to_string(&d.spec).unwrap()
+}
+
+#[test]
+fn the_baseline_replayed_against_its_policy_deviates_nowhere() {
+    let policy = baseline_policy();
+    let (findings, report) = run(&policy, &lab(7000, 9, "c2").s);
+    assert!(findings.is_empty(), "{findings:#?}");
+    assert_eq!(report.unique(), 0);
+    assert_eq!(report.policies[0].status, "Auditing");
+}
+
+#[test]
+fn a_new_child_is_a_process_deviation_under_its_parents_node() {
+    let policy = baseline_policy();
+    let mut l = lab(200, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["/bin/bash", "-l"], "jovyan"),
+    );
+    let ls =
+        l.s.spawn(CG, Some(bash), prog("/usr/bin/ls", &["ls"], "jovyan"));
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 2);
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.kind == DeviationType::Process && f.new)
+    );
+    assert_eq!(findings[1].process, ls);
+    let devs: Vec<&Deviation> = report.deviations().collect();
+    assert_eq!(
+        fragment(devs[0]),
+        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"]}]}}]}"#
+    );
+    assert_eq!(
+        fragment(devs[1]),
+        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"],"children":[{"name":"ls","exe":["/usr/bin/ls"],"id":"ls_0"}]}]}}]}"#,
+        "a descendant of a deviant process is reported under it"
+    );
+    for d in &devs {
+        assert_eq!(d.kind, "GuardianDeviation");
+        assert_eq!(d.metadata.policy_uid, crate::policy::policy_uid(&policy));
+        assert_eq!(d.metadata.checksum.len(), 64);
+        assert!(d.metadata.uid.as_deref().unwrap().starts_with("dev:"));
+    }
+    assert!(report.policies[0].deviations.iter().all(|d| d.relevant));
+}
+
+#[test]
+fn the_same_behaviour_again_is_the_same_deviation() {
+    let policy = baseline_policy();
+    let mut l = lab(300, CG, "c1");
+    for _ in 0..3 {
+        let bash = l.s.spawn(
+            CG,
+            Some(l.server),
+            prog("/usr/bin/bash", &["bash"], "jovyan"),
+        );
+        l.s.exit(CG, bash, 0);
+    }
+    // Another container of the same image, other pids: still the same deviation.
+    l.s.container(pod_container(
+        9,
+        "c9",
+        "jupyter/minimal-notebook:latest",
+        "jupyter-notebook-7d9f8c-zzzzz",
+    ));
+    let server = l.s.spawn(9, None, prog(PY, &["python3"], "jovyan"));
+    l.s.skip_pids(500);
+    l.s.spawn(9, Some(server), prog("/usr/bin/bash", &["bash"], "jovyan"));
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 4);
+    assert_eq!(findings.iter().filter(|f| f.new).count(), 1);
+    let p = &report.policies[0];
+    assert_eq!((p.unique, p.total), (1, 4));
+    assert_eq!(p.deviations[0].count, 4);
+    assert!(findings.windows(2).all(|w| w[0].checksum == w[1].checksum));
+}
+
+#[test]
+fn a_process_with_no_parent_in_the_container_is_checked_against_the_roots() {
+    let policy = baseline_policy();
+    let mut l = lab(400, CG, "c1");
+    l.s.spawn(CG, Some(ProcessKey(2, 2)), prog(PY, &["python3"], "jovyan")); // covered by the root
+    l.s.spawn(CG, Some(ProcessKey(2, 2)), prog("/bin/sh", &["sh"], "root")); // kubectl exec
+    let (_, report) = run(&policy, &l.s);
+    let devs: Vec<&Deviation> = report.deviations().collect();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0].spec.process_policy[0].policy_node.id, ROOT_ANCHOR);
+    let merged = merge_deviation(&policy, devs[0]).unwrap();
+    assert_eq!(
+        merged.spec.process_policy.len(),
+        2,
+        "it merges as a new root"
+    );
+}
+
+#[test]
+fn another_user_alone_is_no_deviation() {
+    let policy = baseline_policy();
+    let mut l = lab(500, CG, "c1");
+    l.s.spawn(CG, Some(l.server), prog(PY, &["pip"], "root"));
+    let (findings, _) = run(&policy, &l.s);
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+#[test]
+fn egress_deviations_name_the_remote_port_and_process() {
+    let policy = baseline_policy();
+    let mut l = lab(600, CG, "c1");
+    // The server (allowed) reaches a new host; pip reaches pypi.org at a new address (same
+    // name: allowed) and on a new port (not allowed).
+    l.s.connect(
+        CG,
+        l.server,
+        Protocol::Tcp,
+        ("198.18.0.2", 42000),
+        ("198.18.0.99", 80),
+    );
+    let pip = l.s.spawn(CG, Some(l.server), prog(PY, &["pip"], "jovyan"));
+    l.s.dns(CG, "pypi.org", &["198.18.0.77"]);
+    l.s.connect(
+        CG,
+        pip,
+        Protocol::Tcp,
+        ("198.18.0.2", 42001),
+        ("198.18.0.77", 443),
+    );
+    l.s.connect(
+        CG,
+        pip,
+        Protocol::Tcp,
+        ("198.18.0.2", 42002),
+        ("198.18.0.77", 80),
+    );
+    // Loopback never deviates.
+    l.s.connect(
+        CG,
+        pip,
+        Protocol::Tcp,
+        ("127.0.0.1", 42003),
+        ("127.0.0.1", 5555),
+    );
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    let devs: Vec<&Deviation> = report.deviations().collect();
+    assert_eq!(devs[0].metadata.kind, DeviationType::Egress);
+    assert_eq!(
+        fragment(devs[0]),
+        r#"{"networkPolicy":{"egress":[{"to":[{"ipBlock":{"cidr":"198.18.0.99/32"}}],"processes":["python3_0"],"ports":[{"protocol":"TCP","port":80}]}]}}"#
+    );
+    assert_eq!(
+        fragment(devs[1]),
+        r#"{"networkPolicy":{"egress":[{"to":[{"dnsSelector":["pypi.org"]}],"processes":["pip_0"],"ports":[{"protocol":"TCP","port":80}]}]}}"#
+    );
+}
+
+#[test]
+fn egress_of_a_deviant_process_carries_its_chain() {
+    let policy = baseline_policy();
+    let mut l = lab(700, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    let miner = l.s.spawn(
+        CG,
+        Some(bash),
+        prog("/home/jovyan/minerd", &["./minerd"], "jovyan"),
+    );
+    l.s.dns(CG, "fakeminingpool.example.com", &["198.18.0.70"]);
+    l.s.connect(
+        CG,
+        miner,
+        Protocol::Tcp,
+        ("198.18.0.2", 43000),
+        ("198.18.0.70", 3333),
+    );
+    let (_, report) = run(&policy, &l.s);
+    let devs: Vec<&Deviation> = report.deviations().collect();
+    assert_eq!(devs.len(), 3);
+    let egress = devs[2];
+    assert_eq!(egress.metadata.kind, DeviationType::Egress);
+    assert_eq!(
+        fragment(egress),
+        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"],"children":[{"name":"minerd","exe":["/home/jovyan/minerd"],"id":"minerd_0"}]}]}}],"networkPolicy":{"egress":[{"to":[{"dnsSelector":["fakeminingpool.example.com"]}],"processes":["minerd_0"],"ports":[{"protocol":"TCP","port":3333}]}]}}"#
+    );
+    // On its own it merges into a policy that then allows all of it.
+    let merged = merge_deviation(&policy, egress).unwrap();
+    let (findings, _) = run(&merged, &l.s);
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+#[test]
+fn ingress_deviations_name_the_peer_and_the_local_port() {
+    let policy = baseline_policy();
+    let mut l = lab(800, CG, "c1");
+    l.s.accept(CG, l.server, ("198.18.0.2", 8888), ("198.18.0.1", 50000)); // known peer
+    l.s.accept(CG, l.server, ("198.18.0.2", 8888), ("198.18.0.66", 50001));
+    l.s.accept(CG, l.server, ("198.18.0.2", 8888), ("198.18.0.66", 50002));
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 2);
+    let devs: Vec<&Deviation> = report.deviations().collect();
+    assert_eq!(devs.len(), 1, "peer ports do not make deviations unique");
+    assert_eq!(
+        fragment(devs[0]),
+        r#"{"networkPolicy":{"ingress":[{"from":[{"ipBlock":{"cidr":"198.18.0.66/32"}}],"processes":["python3_0"],"ports":[{"protocol":"TCP","port":8888}]}]}}"#
+    );
+}
+
+#[test]
+fn a_disabled_policy_or_an_unselected_container_produces_nothing() {
+    let mut policy = baseline_policy();
+    let mut l = lab(900, CG, "c1");
+    l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    set_enabled(&mut policy, false);
+    let (findings, report) = run(&policy, &l.s);
+    assert!(findings.is_empty());
+    assert_eq!(report.policies[0].status, "Disabled");
+
+    let mut other = lab(900, CG, "c1");
+    other.s.events[0] = guardlab_events::Event::new(
+        other.s.events[0].ts,
+        guardlab_events::EventBody::Container(ContainerInfo {
+            image: "nginx:1".into(),
+            ..pod_container(CG, "c1", "", "p-1-x")
+        }),
+    );
+    let server = other.server;
+    other
+        .s
+        .spawn(CG, Some(server), prog("/usr/bin/bash", &["bash"], "jovyan"));
+    let (findings, _) = run(&baseline_policy(), &other.s);
+    assert!(findings.is_empty(), "another image is not selected");
+}
+
+#[test]
+fn selectors_narrow_by_namespace_and_pod_labels() {
+    let policy = baseline_policy();
+    let mut l = lab(950, CG, "c1");
+    let mut info = pod_container(5, "c5", "jupyter/minimal-notebook:latest", "other-1-x");
+    info.namespace = "default".into();
+    l.s.container(info);
+    let root = l.s.spawn(5, None, prog("/usr/bin/bash", &["bash"], "root"));
+    l.s.spawn(5, Some(root), prog("/usr/bin/ls", &["ls"], "root"));
+    let (findings, _) = run(&policy, &l.s);
+    assert!(findings.is_empty(), "another namespace is not selected");
+}
+
+fn enforcing(mut policy: Policy, actions: Vec<ResponseAction>) -> Policy {
+    set_mode(&mut policy, Mode::Enforce);
+    policy.spec.response = Some(Response {
+        default: vec![ResponseAction::MakeRedFlag(FlagAction::new(Severity::High))],
+        actions,
+    });
+    policy
+}
+
+fn kill_pod_in_namespace(ns: &str) -> ResponseAction {
+    ResponseAction::AgentKillPod(ActionSelectors {
+        namespace_selector: Some(crate::model::LabelSelector {
+            match_labels: [("kubernetes.io/metadata.name".to_string(), ns.to_string())].into(),
+            ..Default::default()
+        }),
+        ..ActionSelectors::default()
+    })
+}
+
+#[test]
+fn audit_mode_records_and_says_what_it_would_do() {
+    let mut policy = baseline_policy();
+    policy.spec.response.as_mut().unwrap().actions = vec![kill_pod_in_namespace("cryptominer")];
+    let mut l = lab(1000, CG, "c1");
+    l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 1);
+    assert!(report.flags.is_empty(), "audit raises no flag");
+    assert_eq!(report.decisions.len(), 1);
+    assert!(!report.decisions[0].initiated);
+    assert_eq!(
+        report.audit_log,
+        [
+            format!("(audit mode): Would have raised a \"high\" red flag for process deviation {}. Not raised due to \"audit\" mode.", findings[0].deviation_uid),
+            "(audit mode): Would have initiated \"agentKillPod\" action for \"jupyter-notebook-7d9f8c-abcde\" pod. Not initiated due to \"audit\" mode.".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn enforce_mode_raises_flags_and_decides_kills() {
+    let policy = enforcing(
+        baseline_policy(),
+        vec![
+            ResponseAction::AgentKillProcess(ActionSelectors {
+                process_selector: Some(ProcessSelector {
+                    exe: vec!["/home/*".into()],
+                    ..ProcessSelector::default()
+                }),
+                ..ActionSelectors::default()
+            }),
+            ResponseAction::MakeRedFlag(FlagAction {
+                process_selector: Some(ProcessSelector {
+                    name: vec!["minerd".into()],
+                    ..ProcessSelector::default()
+                }),
+                ..FlagAction::new(Severity::Critical)
+            }),
+        ],
+    );
+    let mut l = lab(1100, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    let m1 = l.s.spawn(
+        CG,
+        Some(bash),
+        prog("/home/jovyan/minerd", &["./minerd"], "jovyan"),
+    );
+    l.s.killed(CG, m1, 9);
+    let m2 = l.s.spawn(
+        CG,
+        Some(bash),
+        prog("/home/jovyan/minerd", &["./minerd"], "jovyan"),
+    );
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 3);
+    assert_eq!(report.policies[0].status, "Enforcing");
+    // bash: the default flag; minerd: the critical flag, once for the two occurrences.
+    let flags: Vec<(Severity, &str)> = report
+        .flags
+        .iter()
+        .map(|f| (f.severity, f.process.as_str()))
+        .collect();
+    assert_eq!(
+        flags,
+        [(Severity::High, "bash"), (Severity::Critical, "minerd")]
+    );
+    // Kills: each minerd, every time; bash is not in /home.
+    let kills: Vec<(ActionKind, u32, bool)> = report
+        .decisions
+        .iter()
+        .map(|d| (d.action, d.target.pid, d.initiated))
+        .collect();
+    assert_eq!(
+        kills,
+        [
+            (ActionKind::AgentKillProcess, m1.0, true),
+            (ActionKind::AgentKillProcess, m2.0, true)
+        ]
+    );
+    assert_eq!(
+        report.decisions[0].target.process, m1,
+        "the key guards against pid reuse"
+    );
+    assert_eq!(
+        report.decisions[0].message,
+        "(enforce mode): Initiated \"agentKillProcess\" action for \"minerd\" process."
+    );
+    assert!(report.audit_log.is_empty());
+    assert_eq!(
+        findings[1].decisions.len(),
+        1,
+        "findings carry their decisions for a live backend"
+    );
+}
+
+#[test]
+fn switching_the_mode_mid_stream_keeps_the_running_processes_mapped() {
+    let policy = baseline_policy();
+    let mut m = matcher(&policy);
+    let mut l = lab(1200, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    assert_eq!(m.observe_all(&l.s.events).len(), 1);
+    m.set_policy(&enforcing(policy.clone(), vec![])).unwrap();
+    let mut later = Stream::new(1_732_790_000, 5000);
+    later.spawn(CG, Some(l.server), prog(PY, &["pip"], "jovyan")); // allowed: the server is still known
+    later.spawn(CG, Some(bash), prog("/usr/bin/ls", &["ls"], "jovyan")); // under the deviant bash
+    let findings = m.observe_all(&later.events);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].flags.len(), 1, "enforced now");
+    let report = m.report();
+    assert_eq!(report.policies.len(), 1);
+    assert_eq!(report.policies[0].unique, 2);
+    assert_eq!(
+        report.flags.len(),
+        1,
+        "bash was seen in audit mode: no flag after the fact"
+    );
+}
+
+#[test]
+fn merged_deviations_stop_being_relevant_and_stop_deviating() {
+    let policy = baseline_policy();
+    let mut l = lab(1300, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    l.s.spawn(CG, Some(bash), prog("/usr/bin/ls", &["ls"], "jovyan"));
+    let (_, report) = run(&policy, &l.s);
+    let mut merged = policy.clone();
+    for d in report.deviations() {
+        merged = merge_deviation(&merged, d).unwrap();
+    }
+    let mut m = matcher(&merged);
+    assert!(m.observe_all(&l.s.events).is_empty());
+    // The report of the old run, judged against the merged policy: nothing relevant left.
+    let mut m = matcher(&policy);
+    m.observe_all(&l.s.events);
+    m.set_policy(&merged).unwrap();
+    assert!(
+        m.report().policies[0]
+            .deviations
+            .iter()
+            .all(|d| !d.relevant)
+    );
+}
+
+#[test]
+fn policies_the_engine_cannot_use_are_refused() {
+    let mut policy = baseline_policy();
+    policy.spec.network_policy.egress[0]
+        .to
+        .push(crate::model::Peer::IpBlock(crate::model::IpBlock {
+            cidr: "300.1.2.3/8".into(),
+            except: vec![],
+        }));
+    let err = DeviationMatcher::new(&[policy]).err().unwrap();
+    assert!(err.to_string().contains("300.1.2.3/8"), "{err}");
+}
+
+#[test]
+fn one_call_matching() {
+    let policy = baseline_policy();
+    let mut l = lab(1400, CG, "c1");
+    l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    let report = find_deviations(&[policy], &l.s.events).unwrap();
+    assert_eq!(report.unique(), 1);
+    assert_eq!(report.total(), 1);
+    assert_eq!(report.stats.containers, 1);
+}

@@ -1,0 +1,262 @@
+//! The live backend: a lab from `guardlab-lab` (the local one: namespaces and a cgroup on this
+//! host, with the eBPF sensor), the notebook and its terminals driven through Jupyter's own
+//! APIs as a learner's browser would.
+//!
+//! Waiting is bounded and event-driven: after each action the runner takes the sensor's
+//! events until the step's conditions are met (for a terminal command, by default the exit of
+//! the program it started), never a fixed sleep.
+//!
+//! A run always starts from a fresh pod, so that the baseline holds only the baseline: a lab
+//! that is already up (an earlier `--keep-lab`) is torn down and brought up again (the image
+//! is cached, so this is quick). At the end the lab is torn down unless `--keep-lab`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use guardlab_engine::deviation::{ActionKind, Decision};
+use guardlab_events::Event;
+use guardlab_lab::{Lab, LabAction, LabInfo, LocalLab, LocalLabOptions, Progress};
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+
+use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
+use super::runner::{Backend, BackendError, Console};
+
+/// What a live run needs from the notebook: cells and terminals, through Jupyter's APIs.
+#[allow(async_fn_in_trait)] // Used through generics only.
+pub trait Workbench {
+    /// Run a cell in the notebook's kernel; returns its output. Fails when the cell fails.
+    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, String>;
+    /// Type a command line into the terminal of a session (opened on first use), and for a
+    /// foreground command wait for the shell's prompt. `input` lines are typed after it.
+    async fn terminal_command(
+        &mut self,
+        session: &str,
+        command: &str,
+        background: bool,
+        input: &[String],
+        timeout: Duration,
+    ) -> Result<String, String>;
+    /// Close terminals and kernels.
+    async fn close(&mut self);
+}
+
+/// The Jupyter driver (`guardlab-jupyter`) behind [`Workbench`].
+pub struct JupyterWorkbench {
+    _url: String,
+}
+
+impl JupyterWorkbench {
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        Err(format!(
+            "the notebook at {url} is up, but this build has no Jupyter driver to run cells and terminals with (guardlab-jupyter is not wired into the scenario runner yet)"
+        ))
+    }
+}
+
+impl Workbench for JupyterWorkbench {
+    async fn run_cell(&mut self, _code: &str, _timeout: Duration) -> Result<String, String> {
+        Err("no Jupyter driver".into())
+    }
+    async fn terminal_command(
+        &mut self,
+        _session: &str,
+        _command: &str,
+        _background: bool,
+        _input: &[String],
+        _timeout: Duration,
+    ) -> Result<String, String> {
+        Err("no Jupyter driver".into())
+    }
+    async fn close(&mut self) {}
+}
+
+/// Lab progress as detail lines.
+struct ConsoleProgress {
+    quiet: bool,
+}
+
+impl Progress for ConsoleProgress {
+    fn phase(&self, what: &str) {
+        if !self.quiet {
+            println!("       lab: {what}");
+        }
+    }
+    fn detail(&self, line: &str) {
+        if !self.quiet {
+            println!("         {line}");
+        }
+    }
+}
+
+/// The local lab as a scenario backend.
+pub struct LocalBackend {
+    lab: LocalLab,
+    info: Option<LabInfo>,
+    events: Option<mpsc::Receiver<Event>>,
+    workbench: Option<JupyterWorkbench>,
+    /// The lab was brought up by this run (so it is ours to tear down).
+    started: bool,
+}
+
+/// The lab's name: the scenario's namespace, else its name.
+fn lab_name(scenario: &Scenario) -> String {
+    scenario.lab.namespace.clone().unwrap_or_else(|| scenario.name.clone())
+}
+
+impl LocalBackend {
+    pub fn new(scenario: &Scenario) -> Result<Self, String> {
+        let lab = LocalLab::new(LocalLabOptions::new(&lab_name(scenario))).map_err(|e| e.to_string())?;
+        Ok(LocalBackend { lab, info: None, events: None, workbench: None, started: false })
+    }
+
+    fn workbench(&mut self) -> Result<&mut JupyterWorkbench, BackendError> {
+        self.workbench.as_mut().ok_or_else(|| BackendError::Lab("the notebook is not connected (no lab_up step ran)".into()))
+    }
+}
+
+/// What the engine decided, as the lab interface says it; `None` for what it cannot do.
+pub fn lab_action(decision: &Decision) -> Option<LabAction> {
+    let t = &decision.target;
+    match decision.action {
+        ActionKind::AgentKillProcess => Some(LabAction::KillProcess { pid: t.pid }),
+        ActionKind::AgentKillProcessTree => Some(LabAction::KillProcessTree { pid: t.pid }),
+        ActionKind::AgentKillPod => Some(LabAction::KillPod { namespace: t.namespace.clone(), name: t.pod.clone() }),
+        ActionKind::AgentKillProcessGroup => None,
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
+
+    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
+        let progress = ConsoleProgress { quiet: out.quiet };
+        let lab_err = |e: guardlab_lab::LabError| BackendError::Lab(format!("the local lab: {e}"));
+        if self.lab.status().await.map_err(lab_err)?.is_some() {
+            out.detail("a lab is up already: bringing it up afresh so that the baseline starts clean");
+            self.lab.down(&progress).await.map_err(lab_err)?;
+        }
+        self.started = true;
+        let info = self.lab.up(&progress).await.map_err(lab_err)?;
+        out.detail(format!("notebook: {}", info.notebook_url));
+        for pod in &info.pods {
+            out.detail(format!("pod {}/{} ({})", pod.namespace, pod.name, pod.image));
+        }
+        self.events = Some(self.lab.events().await.map_err(lab_err)?);
+        let workbench = JupyterWorkbench::connect(&info.notebook_url).await.map_err(BackendError::Lab)?;
+        self.workbench = Some(workbench);
+        self.info = Some(info);
+        Ok(())
+    }
+
+    async fn notebook_cell(&mut self, code: &str, timeout: Duration, out: &Console) -> Result<(), BackendError> {
+        let output = self.workbench()?.run_cell(code, timeout).await.map_err(BackendError::Lab)?;
+        for line in output.lines().take(5) {
+            out.detail(format!("| {line}"));
+        }
+        Ok(())
+    }
+
+    async fn terminal_command(
+        &mut self,
+        session: &str,
+        command: &TerminalCommand,
+        out: &Console,
+    ) -> Result<(), BackendError> {
+        let output = self
+            .workbench()?
+            .terminal_command(session, &command.run, command.background, &command.input, command.timeout.0)
+            .await
+            .map_err(BackendError::Lab)?;
+        for line in output.lines().take(3) {
+            out.detail(format!("| {line}"));
+        }
+        Ok(())
+    }
+
+    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {
+        let Some(rx) = self.events.as_mut() else {
+            return Err(BackendError::Lab("the lab's events are not flowing (no lab_up step ran)".into()));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(e)) => Ok(Some(e)),
+            Ok(None) => Err(BackendError::Lab("the lab's event stream ended (did the lab daemon stop?)".into())),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+        let mut out = Vec::new();
+        if let Some(rx) = self.events.as_mut() {
+            while let Ok(e) = rx.try_recv() {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
+        let Some(action) = lab_action(decision) else {
+            return Err(BackendError::Check(format!(
+                "{} is not something the lab interface can carry out",
+                decision.action.as_str()
+            )));
+        };
+        self.lab
+            .carry_out(&action)
+            .await
+            .map(|()| format!("carried out: {action:?}"))
+            .map_err(|e| BackendError::Check(format!("carrying out {action:?}: {e}")))
+    }
+
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+        let deadline = Instant::now() + check.timeout.0;
+        loop {
+            let visitors = self.lab.visitors().await.map_err(|e| BackendError::Lab(format!("the lab's pool: {e}")))?;
+            let enough = visitors
+                .pool
+                .iter()
+                .filter(|c| check.user.as_ref().is_none_or(|u| c.get("user").and_then(Json::as_str) == Some(u)))
+                .count()
+                >= check.clients;
+            if enough || Instant::now() >= deadline {
+                return Ok(visitors.pool);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError> {
+        if let Some(mut w) = self.workbench.take() {
+            w.close().await;
+        }
+        self.events = None;
+        if keep {
+            if let Some(info) = &self.info {
+                out.line(format!("The lab stays up (--keep-lab): open {} ; `guardlab lab down` removes it.", info.notebook_url));
+            }
+            return Ok(());
+        }
+        if !self.started {
+            return Ok(());
+        }
+        out.line("Tearing the lab down.");
+        self.lab
+            .down(&ConsoleProgress { quiet: out.quiet })
+            .await
+            .map_err(|e| BackendError::Lab(format!("tearing the lab down: {e}")))
+    }
+}

@@ -1,0 +1,123 @@
+//! The replay backend: the engine side of a scenario from a recording, with no lab and no
+//! privileges. Every step gets the events the live run consumed in it; actions on the world
+//! (the notebook, terminals, kills) are not done again, and checks of the world (the pool's
+//! clients) read what the live run recorded.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use guardlab_engine::deviation::Decision;
+use guardlab_events::Event;
+use serde_json::Value as Json;
+
+use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
+use super::recording::{FACT_POOL_CLIENTS, Recording};
+use super::runner::{Backend, BackendError, Console};
+
+pub struct ReplayBackend {
+    recording: Recording,
+    file: String,
+    /// The events of the step that runs, not yet consumed.
+    current: VecDeque<Event>,
+    facts: BTreeMap<String, Json>,
+}
+
+impl ReplayBackend {
+    /// Check that the recording was made from this scenario (same steps, same order).
+    pub fn new(scenario: &Scenario, recording: Recording, file: &str) -> Result<Self, String> {
+        if recording.header.scenario != scenario.name {
+            return Err(format!(
+                "{file} is a recording of scenario {:?}, not {:?}",
+                recording.header.scenario, scenario.name
+            ));
+        }
+        for (i, (step, recorded)) in scenario.steps.iter().zip(&recording.steps).enumerate() {
+            if step.name != recorded.name {
+                return Err(format!(
+                    "{file}: step {} is {:?} in the recording but {:?} in the scenario: the scenario changed since it was recorded; record it again (`guardlab scenario {} --record {file}`)",
+                    i + 1,
+                    recorded.name,
+                    step.name,
+                    scenario.name
+                ));
+            }
+        }
+        Ok(ReplayBackend { recording, file: file.to_string(), current: VecDeque::new(), facts: BTreeMap::new() })
+    }
+
+    pub fn header(&self) -> &super::recording::Header {
+        &self.recording.header
+    }
+}
+
+impl Backend for ReplayBackend {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+
+    fn is_live(&self) -> bool {
+        false
+    }
+
+    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError> {
+        let Some(recorded) = self.recording.steps.get_mut(index) else {
+            return Err(BackendError::Lab(format!(
+                "{}: the recording ends before step {} ({:?}): the live run stopped there, or the scenario grew; record it again",
+                self.file,
+                index + 1,
+                step.name
+            )));
+        };
+        self.current = std::mem::take(&mut recorded.events).into();
+        self.facts = std::mem::take(&mut recorded.facts);
+        Ok(())
+    }
+
+    fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
+
+    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
+        let h = &self.recording.header;
+        let kind = if h.synthetic { "a synthetic recording" } else { "a recording of a live run" };
+        out.detail(format!("replaying {} ({kind} on the {} backend)", self.file, h.backend));
+        Ok(())
+    }
+
+    async fn notebook_cell(&mut self, _code: &str, _timeout: Duration, _out: &Console) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn terminal_command(
+        &mut self,
+        _session: &str,
+        _command: &TerminalCommand,
+        _out: &Console,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn next_event(&mut self, _deadline: Instant) -> Result<Option<Event>, BackendError> {
+        Ok(self.current.pop_front())
+    }
+
+    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+        Ok(self.current.drain(..).collect())
+    }
+
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
+        Ok(format!("not carried out again in a replay (pid {})", decision.target.pid))
+    }
+
+    async fn pool_clients(&mut self, _check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+        match self.facts.get(FACT_POOL_CLIENTS) {
+            Some(Json::Array(clients)) => Ok(clients.clone()),
+            _ => Err(BackendError::Check(format!(
+                "{}: the recording of this step has no `{FACT_POOL_CLIENTS}` fact",
+                self.file
+            ))),
+        }
+    }
+
+    async fn finish(&mut self, _keep: bool, _out: &Console) -> Result<(), BackendError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,866 @@
+//! The runner: goes through a scenario's steps, takes the sensor's events from a backend (a
+//! live lab, or a recording), drives the engine, and checks snapshots.
+//!
+//! The backend does what touches the world (the lab, the notebook, the terminals, the pool)
+//! and hands over events; everything else (fingerprints, the policy, deviations, responses,
+//! traces, snapshots) happens here, the same way for every backend, so a replay checks the
+//! same things as a live run.
+//!
+//! Events are consumed step by step: a step takes the events that arrive while it waits for
+//! its conditions, and at its end those already there. A live run records exactly these
+//! (see [`super::recording`]) so that a replay gives every step the same events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use guardlab_engine::deviation::{Decision, Finding};
+use guardlab_engine::fingerprint::{FingerprintBuilder, fingerprints_of_groups, process_name};
+use guardlab_engine::model::{DeviationType, FingerprintGroup, Policy};
+use guardlab_engine::policy;
+use guardlab_engine::trace::{Investigation, Investigator};
+use guardlab_events::{Event, EventBody, ProcessKey};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::file::{Action, CheckPoolReached, Condition, Scenario, Step, TerminalCommand};
+use super::recording::{FACT_POOL_CLIENTS, RecordingWriter};
+use super::snapshot::{Comparison, Redactor, SnapshotDir, yaml, yaml_documents};
+
+/// Why a backend could not do what a step asked.
+#[derive(Debug, Clone)]
+pub enum BackendError {
+    /// The lab or a driver broke (exit 2): the run stops.
+    Lab(String),
+    /// The world did not behave as the scenario expects (exit 1): the run goes on.
+    Check(String),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Lab(m) | BackendError::Check(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Where events come from and where the scenario's actions go.
+#[allow(async_fn_in_trait)] // Used through generics only.
+pub trait Backend {
+    /// `local`, `kind`, `replay`.
+    fn name(&self) -> &'static str;
+    /// A live lab (actions happen, responses are carried out) rather than a recording.
+    fn is_live(&self) -> bool;
+    /// A new step starts (a replay moves to the step's recorded events).
+    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError>;
+    /// The step is over; `facts` are what it learned outside the event stream.
+    fn end_step(&mut self, index: usize, step: &Step, facts: &BTreeMap<String, Json>);
+    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError>;
+    async fn notebook_cell(&mut self, code: &str, timeout: Duration, out: &Console) -> Result<(), BackendError>;
+    async fn terminal_command(
+        &mut self,
+        session: &str,
+        command: &TerminalCommand,
+        out: &Console,
+    ) -> Result<(), BackendError>;
+    /// The next event, or `None` when the deadline passed (live) or the step's recorded events
+    /// are used up (replay).
+    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError>;
+    /// The events there are now without waiting (live), or the rest of the step's (replay).
+    async fn drain(&mut self) -> Result<Vec<Event>, BackendError>;
+    /// Carry out a response action; returns what was done.
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError>;
+    /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError>;
+    /// Tear down (unless `keep`).
+    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError>;
+}
+
+/// Where the runner writes for a person.
+pub struct Console {
+    pub quiet: bool,
+}
+
+impl Console {
+    pub fn line(&self, text: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}", text.as_ref());
+        }
+    }
+    /// A line of detail inside a step.
+    pub fn detail(&self, text: impl AsRef<str>) {
+        self.line(format!("       {}", text.as_ref()));
+    }
+}
+
+/// How a step came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepResult {
+    Passed,
+    /// Its snapshot was (re)written.
+    Updated,
+    /// Its snapshot differs.
+    Mismatch,
+    /// A check failed (a wait timed out, the pool saw no one, a deviation has no trace).
+    Failed,
+    /// The lab or a driver broke.
+    Error,
+    /// Not run, after an error.
+    Skipped,
+}
+
+impl StepResult {
+    pub fn word(self) -> &'static str {
+        match self {
+            StepResult::Passed => "passed",
+            StepResult::Updated => "updated",
+            StepResult::Mismatch => "MISMATCH",
+            StepResult::Failed => "FAILED",
+            StepResult::Error => "ERROR",
+            StepResult::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub index: usize,
+    pub name: String,
+    pub action: &'static str,
+    pub result: StepResult,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// The whole run, for the summary, `--json` and `--junit`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub backend: String,
+    /// `pass`, `mismatch` (exit 1) or `error` (exit 2).
+    pub result: String,
+    pub duration_ms: u64,
+    pub steps: Vec<StepReport>,
+    /// An error before or after the steps (a lab that would not come up, a bad recording).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deviations: Option<guardlab_engine::deviation::DeviationReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub investigation: Option<Investigation>,
+    /// The snapshot texts of this run, by snapshot name (normalized).
+    pub snapshots: BTreeMap<String, String>,
+}
+
+impl RunReport {
+    pub fn new(scenario: &str, backend: &str) -> Self {
+        RunReport {
+            scenario: scenario.into(),
+            backend: backend.into(),
+            result: "error".into(),
+            duration_ms: 0,
+            steps: Vec::new(),
+            error: None,
+            deviations: None,
+            investigation: None,
+            snapshots: BTreeMap::new(),
+        }
+    }
+
+    /// 0 pass, 1 a snapshot or check failed, 2 the lab could not run.
+    pub fn exit_code(&self) -> u8 {
+        if self.error.is_some() || self.steps.iter().any(|s| s.result == StepResult::Error) {
+            2
+        } else if self.steps.iter().any(|s| matches!(s.result, StepResult::Mismatch | StepResult::Failed)) {
+            1
+        } else {
+            0
+        }
+    }
+
+    pub fn settle(&mut self) {
+        self.result = match self.exit_code() {
+            0 => "pass",
+            1 => "mismatch",
+            _ => "error",
+        }
+        .into();
+    }
+}
+
+/// How to treat snapshots.
+pub struct SnapshotMode {
+    pub dir: SnapshotDir,
+    pub update: bool,
+    /// The scenario file, written into the snapshots' metadata.
+    pub source: String,
+}
+
+/// What the runner knows about processes and names, for wait conditions and messages.
+#[derive(Default)]
+struct Names {
+    /// Names a process answers to (its process name, its exe's and argv[0]'s basenames).
+    processes: HashMap<ProcessKey, Vec<String>>,
+    /// DNS names by address, from the answers seen.
+    dns: HashMap<IpAddr, Vec<String>>,
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl Names {
+    fn observe(&mut self, event: &Event) {
+        match &event.body {
+            EventBody::Exec(x) => {
+                let mut names = vec![process_name(x).to_string(), basename(&x.exe).to_string()];
+                if let Some(a) = x.argv.first() {
+                    names.push(basename(a).to_string());
+                }
+                names.dedup();
+                self.processes.insert(x.key, names);
+            }
+            EventBody::Dns(d) => {
+                for a in &d.addresses {
+                    let list = self.dns.entry(*a).or_default();
+                    if !list.contains(&d.name) {
+                        list.push(d.name.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is(&self, key: &ProcessKey, name: &str) -> bool {
+        self.processes.get(key).is_some_and(|n| n.iter().any(|x| x == name))
+    }
+
+    fn name(&self, key: &ProcessKey) -> &str {
+        self.processes.get(key).and_then(|n| n.first()).map(String::as_str).unwrap_or("?")
+    }
+
+    fn remote(&self, ip: &IpAddr) -> String {
+        match self.dns.get(ip).and_then(|n| n.last()) {
+            Some(name) => format!("{name} ({ip})"),
+            None => ip.to_string(),
+        }
+    }
+
+    fn matches(&self, condition: &Condition, event: &Event) -> bool {
+        match (condition, &event.body) {
+            (Condition::Exec(n), EventBody::Exec(x)) => self.is(&x.key, n),
+            (Condition::Exit(n), EventBody::Exit(x)) => self.is(&x.key, n),
+            (Condition::Connect(target), EventBody::Connect(c)) => {
+                let (host, port) = split_host_port(target);
+                let host_ok = host.parse::<IpAddr>().map(|ip| ip == c.remote_ip).unwrap_or(false)
+                    || self.dns.get(&c.remote_ip).is_some_and(|names| names.iter().any(|n| n == host));
+                host_ok && port.is_none_or(|p| p == c.remote_port)
+            }
+            (Condition::Listen(p), EventBody::Listen(l)) => l.port == *p,
+            (Condition::Container(_), EventBody::Container(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// `host:port` -> (host, Some(port)); a bare host or IPv6 address has no port.
+fn split_host_port(target: &str) -> (&str, Option<u16>) {
+    match target.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (target, None),
+        },
+        _ => (target, None),
+    }
+}
+
+/// The engine side of a run.
+struct Engine {
+    fingerprinter: Option<FingerprintBuilder>,
+    /// The events the fingerprints were learned from (the baseline window).
+    baseline: Vec<Event>,
+    groups: Vec<FingerprintGroup>,
+    investigator: Investigator,
+    policy: Option<Policy>,
+    redactor: Redactor,
+    names: Names,
+    /// Where the previous `expect_deviations` left off.
+    seen_deviations: usize,
+    seen_flags: usize,
+    seen_decisions: usize,
+    seen_audit: usize,
+}
+
+/// The state of a run.
+pub struct Runner<'a, B: Backend> {
+    scenario: &'a Scenario,
+    backend: B,
+    snapshots: SnapshotMode,
+    recorder: Option<RecordingWriter>,
+    out: Console,
+    engine: Engine,
+    terminals: Vec<String>,
+    /// Messages of the step that runs.
+    messages: Vec<String>,
+    /// A check of the step that runs failed.
+    failed: bool,
+    report: RunReport,
+}
+
+impl<'a, B: Backend> Runner<'a, B> {
+    pub fn new(
+        scenario: &'a Scenario,
+        backend: B,
+        snapshots: SnapshotMode,
+        recorder: Option<RecordingWriter>,
+        out: Console,
+    ) -> Self {
+        let report = RunReport::new(&scenario.name, backend.name());
+        Runner {
+            scenario,
+            backend,
+            snapshots,
+            recorder,
+            out,
+            engine: Engine {
+                fingerprinter: Some(FingerprintBuilder::new()),
+                baseline: Vec::new(),
+                groups: Vec::new(),
+                investigator: Investigator::new(&[]).expect("no policy is always valid"),
+                policy: None,
+                redactor: Redactor::default(),
+                names: Names::default(),
+                seen_deviations: 0,
+                seen_flags: 0,
+                seen_decisions: 0,
+                seen_audit: 0,
+            },
+            terminals: Vec::new(),
+            messages: Vec::new(),
+            failed: false,
+            report,
+        }
+    }
+
+    /// Run every step; then tear down (unless `keep_lab`). Never fails: what went wrong is in
+    /// the report.
+    pub async fn run(mut self, keep_lab: bool) -> RunReport {
+        let started = Instant::now();
+        let total = self.scenario.steps.len();
+        let mut stopped = false;
+        for (index, step) in self.scenario.steps.iter().enumerate() {
+            if stopped {
+                self.report.steps.push(StepReport {
+                    index,
+                    name: step.name.clone(),
+                    action: step.action.key(),
+                    result: StepResult::Skipped,
+                    duration_ms: 0,
+                    messages: Vec::new(),
+                    snapshot: None,
+                    diff: None,
+                });
+                continue;
+            }
+            self.out.line(format!("[{:>2}/{total}] {} ({})", index + 1, step.name, step.action.key()));
+            for line in textwrap(&step.explain, 88) {
+                self.out.line(format!("       {line}"));
+            }
+            let t0 = Instant::now();
+            self.messages.clear();
+            self.failed = false;
+            let mut facts = BTreeMap::new();
+            let mut diff = None;
+            let outcome = match self.backend.begin_step(index, step) {
+                Ok(()) => {
+                    if let Some(r) = self.recorder.as_mut()
+                        && let Err(e) = r.begin_step(index, &step.name)
+                    {
+                        Err(BackendError::Lab(format!("recording: {e}")))
+                    } else {
+                        self.step(step, &mut facts, &mut diff).await
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            // The events already there belong to this step (also after a failed check).
+            let drained = match &outcome {
+                Err(BackendError::Lab(_)) => Ok(()),
+                _ => self.drain().await,
+            };
+            let outcome = outcome.and(drained);
+            self.backend.end_step(index, step, &facts);
+            if let Some(r) = self.recorder.as_mut()
+                && let Err(e) = r.end_step(index, &step.name, &facts)
+            {
+                self.messages.push(format!("recording: {e}"));
+            }
+            let mut result = match (&outcome, &diff) {
+                (Err(BackendError::Lab(m)), _) => {
+                    self.messages.push(m.clone());
+                    stopped = true;
+                    StepResult::Error
+                }
+                (Err(BackendError::Check(m)), _) => {
+                    self.messages.push(m.clone());
+                    StepResult::Failed
+                }
+                (Ok(()), Some(StepDiff::Differs(_))) => StepResult::Mismatch,
+                (Ok(()), Some(StepDiff::Missing)) => StepResult::Mismatch,
+                (Ok(()), Some(StepDiff::Written)) => StepResult::Updated,
+                (Ok(()), None) => StepResult::Passed,
+            };
+            if self.failed && result == StepResult::Passed {
+                result = StepResult::Failed;
+            }
+            let elapsed = t0.elapsed();
+            let snapshot = step.action.snapshot().map(|s| super::file::display_path(&self.snapshots.dir.path(s)));
+            let mark = match result {
+                StepResult::Passed => "ok",
+                StepResult::Updated => "ok (snapshot written)",
+                _ => result.word(),
+            };
+            for m in &self.messages {
+                self.out.detail(format!("! {m}"));
+            }
+            if let Some(StepDiff::Differs(d)) = &diff {
+                self.out.line(format!(
+                    "       snapshot mismatch in step {} {:?} ({}):",
+                    index + 1,
+                    step.name,
+                    snapshot.as_deref().unwrap_or("?")
+                ));
+                for line in d.lines() {
+                    self.out.line(format!("         {line}"));
+                }
+            }
+            if let Some(StepDiff::Missing) = &diff {
+                self.out.detail(format!(
+                    "! no snapshot {} yet: run with --update-snapshots to write it",
+                    snapshot.as_deref().unwrap_or("?")
+                ));
+            }
+            self.out.line(format!("       => {mark} in {}", seconds(elapsed)));
+            self.report.steps.push(StepReport {
+                index,
+                name: step.name.clone(),
+                action: step.action.key(),
+                result,
+                duration_ms: elapsed.as_millis() as u64,
+                messages: std::mem::take(&mut self.messages),
+                snapshot,
+                diff: match diff {
+                    Some(StepDiff::Differs(d)) => Some(d),
+                    Some(StepDiff::Missing) => Some("(no snapshot file)".into()),
+                    _ => None,
+                },
+            });
+        }
+        if let Err(e) = self.backend.finish(keep_lab, &self.out).await {
+            self.report.error = Some(format!("tearing the lab down: {e}"));
+        }
+        if let Some(r) = self.recorder.take()
+            && let Err(e) = r.finish()
+        {
+            self.report.error = Some(format!("recording: {e}"));
+        }
+        if self.engine.policy.is_some() {
+            self.report.deviations = Some(self.engine.investigator.matcher_mut().report());
+            self.report.investigation = Some(self.engine.investigator.finish());
+        }
+        self.report.duration_ms = started.elapsed().as_millis() as u64;
+        self.report.settle();
+        self.report
+    }
+
+    /// Take one event: engine, names, recording, responses.
+    async fn observe(&mut self, event: Event) -> Result<(), BackendError> {
+        if let Some(r) = self.recorder.as_mut() {
+            r.event(&event).map_err(|e| BackendError::Lab(format!("recording: {e}")))?;
+        }
+        if let EventBody::Container(info) = &event.body {
+            self.engine.redactor.learn(info);
+        }
+        self.engine.names.observe(&event);
+        if let Some(fp) = self.engine.fingerprinter.as_mut() {
+            fp.observe(&event);
+            self.engine.baseline.push(event.clone());
+        }
+        let findings = self.engine.investigator.observe(&event);
+        for finding in findings {
+            self.respond(&event, finding).await?;
+        }
+        Ok(())
+    }
+
+    /// Say what a finding is, and carry out what the policy decided.
+    async fn respond(&mut self, event: &Event, finding: Finding) -> Result<(), BackendError> {
+        if finding.new {
+            let what = match (&event.body, finding.kind) {
+                (EventBody::Connect(c) | EventBody::Accept(c), _) => {
+                    format!("{} {}:{}", self.engine.names.name(&c.process), self.engine.names.remote(&c.remote_ip), c.remote_port)
+                }
+                (_, DeviationType::Process) => {
+                    format!("{} (pid {})", self.engine.names.name(&finding.process), finding.process.pid())
+                }
+                _ => String::new(),
+            };
+            self.out.detail(format!("new {} deviation {}: {what}", kind_word(finding.kind), finding.deviation_uid));
+        }
+        for flag in &finding.flags {
+            self.out.detail(format!(
+                "{:?} {:?} flag raised: {} (pid {})",
+                flag.severity, flag.class, flag.process, flag.pid
+            ));
+        }
+        for decision in &finding.decisions {
+            if !decision.initiated {
+                self.out.detail(decision.message.clone());
+                continue;
+            }
+            match self.backend.carry_out(decision).await {
+                Ok(done) => self.out.detail(format!("{} -> {done}", decision.message)),
+                Err(BackendError::Check(m)) => {
+                    self.messages.push(format!("{}: {m}", decision.message));
+                    self.failed = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), BackendError> {
+        for event in self.backend.drain().await? {
+            self.observe(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Take events until every condition was met, or the timeout.
+    async fn wait_for(&mut self, conditions: &[Condition], timeout: Duration, what: &str) -> Result<(), BackendError> {
+        let mut pending: Vec<&Condition> = conditions.iter().collect();
+        let deadline = Instant::now() + timeout;
+        while !pending.is_empty() {
+            let Some(event) = self.backend.next_event(deadline).await? else {
+                let missing: Vec<String> = pending.iter().map(|c| c.to_string()).collect();
+                let how = if self.backend.is_live() {
+                    format!("not seen within {}", seconds(timeout))
+                } else {
+                    "not in the recording of this step".to_string()
+                };
+                return Err(BackendError::Check(format!("{what}: {} {how}", missing.join(", "))));
+            };
+            self.engine.names.observe(&event);
+            pending.retain(|c| !self.engine.names.matches(c, &event));
+            self.observe(event).await?;
+        }
+        Ok(())
+    }
+
+    async fn step(
+        &mut self,
+        step: &Step,
+        facts: &mut BTreeMap<String, Json>,
+        diff: &mut Option<StepDiff>,
+    ) -> Result<(), BackendError> {
+        match &step.action {
+            Action::LabUp(up) => {
+                self.backend.lab_up(&self.out).await?;
+                // A lab whose events do not flow could not run: that is an error, not a finding.
+                match self.wait_for(&up.wait_for, up.timeout.0, "the lab's events").await {
+                    Err(BackendError::Check(m)) if self.backend.is_live() => Err(BackendError::Lab(m)),
+                    other => other,
+                }
+            }
+            Action::NotebookCell(cell) => {
+                self.out.detail(format!("cell: {}", cell.code.lines().next().unwrap_or("")));
+                self.backend.notebook_cell(&cell.code, cell.timeout.0, &self.out).await?;
+                self.wait_for(&cell.wait_for, cell.timeout.0, "after the cell").await
+            }
+            Action::Terminal(t) => {
+                if !self.terminals.contains(&t.session) {
+                    self.terminals.push(t.session.clone());
+                }
+                for command in &t.commands {
+                    self.out.detail(format!("$ {}", command.run));
+                    self.backend.terminal_command(&t.session, command, &self.out).await?;
+                    if let Err(e) = self.wait_for(&command.wait_for, command.timeout.0, &format!("`{}`", command.run)).await {
+                        match e {
+                            BackendError::Check(m) => {
+                                // Go on with the next command: the rest of the step still tells.
+                                self.messages.push(m);
+                                self.failed = true;
+                            }
+                            lab => return Err(lab),
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Action::WaitEvents(w) => self.wait_for(&w.wait_for, w.timeout.0, "waiting").await,
+            Action::Fingerprint(s) => {
+                self.drain().await?;
+                let builder = self.engine.fingerprinter.take().unwrap_or_default();
+                self.engine.groups = builder.finish_grouped();
+                let fps = fingerprints_of_groups(&self.engine.groups);
+                for fp in &fps {
+                    self.out.detail(format!(
+                        "fingerprint {} ({} processes, {} egress, {} ingress)",
+                        fp.metadata.name,
+                        count_nodes(&fp.spec.process_policy),
+                        fp.spec.network_policy.egress.len(),
+                        fp.spec.network_policy.ingress.len()
+                    ));
+                }
+                if fps.is_empty() {
+                    return Err(BackendError::Check("no fingerprint: no program ran in any container".into()));
+                }
+                let values: Vec<_> = self.engine.groups.iter().map(|g| self.engine.redactor.value(g)).collect();
+                *diff = self.check_snapshot(step, &s.snapshot, &yaml_documents(&values));
+                Ok(())
+            }
+            Action::CreatePolicy(c) => {
+                self.drain().await?;
+                let mut fps = fingerprints_of_groups(&self.engine.groups);
+                if let Some(pattern) = &c.image {
+                    fps.retain(|f| {
+                        let image = f.spec.container_selector.as_ref().and_then(|s| s.image.as_deref()).unwrap_or("");
+                        guardlab_engine::glob::glob_match(pattern, image)
+                    });
+                }
+                let policy = policy::create_policy(&fps, Some(&c.name), c.mode.into())
+                    .map_err(|e| BackendError::Check(format!("creating the policy: {e}")))?;
+                self.out.detail(format!(
+                    "policy {} ({}), uid {}",
+                    policy.metadata.name,
+                    policy::status(&policy),
+                    policy::policy_uid(&policy)
+                ));
+                // The baseline, replayed against its own policy, must deviate nowhere.
+                let check = guardlab_engine::deviation::find_deviations(std::slice::from_ref(&policy), &self.engine.baseline)
+                    .map_err(|e| BackendError::Check(format!("the new policy: {e}")))?;
+                if check.unique() > 0 {
+                    self.failed = true;
+                    for d in check.deviations() {
+                        self.messages.push(format!(
+                            "the baseline deviates from its own policy: {} {}",
+                            kind_word(d.metadata.kind),
+                            serde_json::to_string(&d.spec).unwrap_or_default()
+                        ));
+                    }
+                } else {
+                    self.out.detail(format!(
+                        "the baseline ({} events) replayed against the policy: 0 deviations",
+                        self.engine.baseline.len()
+                    ));
+                }
+                self.engine
+                    .investigator
+                    .matcher_mut()
+                    .set_policy(&policy)
+                    .map_err(|e| BackendError::Check(format!("the new policy: {e}")))?;
+                if let Some(name) = &c.snapshot {
+                    let text = yaml(&self.engine.redactor.value(&policy));
+                    *diff = self.check_snapshot(step, name, &text);
+                }
+                self.engine.policy = Some(policy);
+                Ok(())
+            }
+            Action::SetMode(m) => {
+                self.drain().await?;
+                self.change_policy(|p| policy::set_mode(p, (*m).into()))
+            }
+            Action::Enable(_) => {
+                self.drain().await?;
+                self.change_policy(|p| policy::set_enabled(p, true))
+            }
+            Action::Disable(_) => {
+                self.drain().await?;
+                self.change_policy(|p| policy::set_enabled(p, false))
+            }
+            Action::ExpectDeviations(s) => {
+                self.drain().await?;
+                let text = self.deviations_since_last();
+                *diff = self.check_snapshot(step, &s.snapshot, &text);
+                Ok(())
+            }
+            Action::Investigate(s) => {
+                self.drain().await?;
+                let investigation = self.engine.investigator.finish();
+                for d in &investigation.deviations {
+                    if d.chain.is_empty() {
+                        self.failed = true;
+                        self.messages.push(format!(
+                            "{} deviation {} has no trace: its process started before the sensor saw it",
+                            kind_word(d.kind),
+                            d.deviation_uid
+                        ));
+                    }
+                }
+                self.out.detail(format!("{} deviations traced", investigation.deviations.len()));
+                let text = yaml(&self.engine.redactor.value(&investigation));
+                *diff = self.check_snapshot(step, &s.snapshot, &text);
+                Ok(())
+            }
+            Action::CheckPoolReached(check) => {
+                let clients = self.backend.pool_clients(check).await?;
+                facts.insert(FACT_POOL_CLIENTS.into(), Json::Array(clients.clone()));
+                let matching: Vec<&Json> = clients
+                    .iter()
+                    .filter(|c| match &check.user {
+                        Some(u) => c.get("user").and_then(Json::as_str) == Some(u.as_str()),
+                        None => true,
+                    })
+                    .collect();
+                for c in &matching {
+                    self.out.detail(format!(
+                        "pool client: user {} agent {} shares accepted {}",
+                        c.get("user").and_then(Json::as_str).unwrap_or("-"),
+                        c.get("user_agent").and_then(Json::as_str).unwrap_or("-"),
+                        c.get("shares_accepted").and_then(Json::as_u64).unwrap_or(0)
+                    ));
+                }
+                if matching.len() < check.clients {
+                    return Err(BackendError::Check(format!(
+                        "the pool saw {} client(s){}, expected at least {}",
+                        matching.len(),
+                        check.user.as_deref().map(|u| format!(" as user {u}")).unwrap_or_default(),
+                        check.clients
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn change_policy(&mut self, change: impl FnOnce(&mut Policy)) -> Result<(), BackendError> {
+        let Some(policy) = self.engine.policy.as_mut() else {
+            return Err(BackendError::Check("no policy yet".into()));
+        };
+        change(policy);
+        self.out.detail(format!("policy {} is now {}", policy.metadata.name, policy::status(policy)));
+        self.engine
+            .investigator
+            .matcher_mut()
+            .set_policy(policy)
+            .map_err(|e| BackendError::Check(format!("the policy: {e}")))
+    }
+
+    /// The snapshot text of an `expect_deviations` step: the policy's counts, and what is new
+    /// since the previous such step.
+    fn deviations_since_last(&mut self) -> String {
+        let report = self.engine.investigator.matcher_mut().report();
+        let e = &mut self.engine;
+        let all: Vec<_> = report.policies.iter().flat_map(|p| p.deviations.iter()).collect();
+        let new: Vec<_> = all.iter().skip(e.seen_deviations).copied().collect();
+        let flags = &report.flags[e.seen_flags.min(report.flags.len())..];
+        let decisions = &report.decisions[e.seen_decisions.min(report.decisions.len())..];
+        let audit = &report.audit_log[e.seen_audit.min(report.audit_log.len())..];
+        for p in &report.policies {
+            self.out.detail(format!(
+                "policy {} ({}): {}/{} deviations (unique/total), {} new",
+                p.name,
+                p.status,
+                p.unique,
+                p.total,
+                new.len()
+            ));
+        }
+        #[derive(Serialize)]
+        struct PolicyCounts<'r> {
+            policy: &'r str,
+            status: &'r str,
+            unique: usize,
+            total: u64,
+        }
+        #[derive(Serialize)]
+        struct Expectation<'r> {
+            policies: Vec<PolicyCounts<'r>>,
+            new_deviations: Vec<&'r guardlab_engine::deviation::DeviationRecord>,
+            red_flags: &'r [guardlab_engine::deviation::Flag],
+            actions: &'r [Decision],
+            audit_log: &'r [String],
+        }
+        let value = e.redactor.value(&Expectation {
+            policies: report
+                .policies
+                .iter()
+                .map(|p| PolicyCounts { policy: &p.name, status: &p.status, unique: p.unique, total: p.total })
+                .collect(),
+            new_deviations: new,
+            red_flags: flags,
+            actions: decisions,
+            audit_log: audit,
+        });
+        e.seen_deviations = all.len();
+        e.seen_flags = report.flags.len();
+        e.seen_decisions = report.decisions.len();
+        e.seen_audit = report.audit_log.len();
+        yaml(&value)
+    }
+
+    fn check_snapshot(&mut self, step: &Step, name: &str, text: &str) -> Option<StepDiff> {
+        self.report.snapshots.insert(name.to_string(), text.to_string());
+        let description = format!("step {:?}: {}", step.name, step.explain.split_whitespace().collect::<Vec<_>>().join(" "));
+        match self.snapshots.dir.check(name, text, self.snapshots.update, &self.snapshots.source, &description) {
+            Ok(Comparison::Matches) => None,
+            Ok(Comparison::Written) => Some(StepDiff::Written),
+            Ok(Comparison::Differs { diff }) => Some(StepDiff::Differs(diff)),
+            Ok(Comparison::Missing) => Some(StepDiff::Missing),
+            Err(e) => {
+                self.failed = true;
+                self.messages.push(format!("snapshot {}: {e}", self.snapshots.dir.path(name).display()));
+                None
+            }
+        }
+    }
+}
+
+enum StepDiff {
+    Written,
+    Differs(String),
+    Missing,
+}
+
+fn count_nodes(nodes: &[guardlab_engine::model::ProcessNode]) -> usize {
+    nodes.iter().map(|n| 1 + n.children.as_deref().map(count_nodes).unwrap_or(0)).sum()
+}
+
+pub fn kind_word(kind: DeviationType) -> &'static str {
+    match kind {
+        DeviationType::Process => "process",
+        DeviationType::Ingress => "ingress",
+        DeviationType::Egress => "egress",
+    }
+}
+
+pub fn seconds(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// Wrap text at `width` columns.
+pub fn textwrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
