@@ -32,9 +32,9 @@ lab-status:
 bench:
     cargo bench -p guardlab-engine --bench replay
 
-# The sensor benchmark: exec and connect storms with no sensor, guardlab's, auditd and bpftrace.
+# The sensor benchmark (root): exec and connect storms with no sensor, guardlab's, auditd and bpftrace.
 bench-sensor:
-    sensor/bench/run.sh
+    cargo bench -p guardlab-sensor --bench overhead
 
 # Rebuild the eBPF object from its C sources (needs clang, bpftool); commit the result.
 bpf:

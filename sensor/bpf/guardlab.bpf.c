@@ -1,0 +1,635 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+/*
+ * guardlab's kernel side: process and network events of watched cgroups, plus the two
+ * enforcement hooks (kill at exec, refuse connect/sendmsg). Only tracepoints, BTF tracepoints
+ * and cgroup hooks: no kprobes, fentry or LSM (the machines this runs on do not have them).
+ *
+ * Host noise is dropped here, not in user space: every program first looks the cgroup up in
+ * `watched`, so an unwatched process costs one hash lookup.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "guardlab.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define SIGKILL 9
+#define SIGNAL_GROUP_EXIT 0x00000004
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+_Static_assert(sizeof(struct ev_hdr) == 40, "ev_hdr layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct exec_ev) == 1632, "exec_ev layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct fork_ev) == 72, "fork_ev layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct exit_ev) == 48, "exit_ev layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct sock_ev) == 80, "sock_ev layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct dns_ev) == 1072, "dns_ev layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct exec_allow_key) == 264, "exec_allow_key layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct net_allow_key) == 28, "net_allow_key layout is mirrored in raw.rs");
+_Static_assert(sizeof(struct net_allow_val) == 68, "net_allow_val layout is mirrored in raw.rs");
+_Static_assert(__builtin_offsetof(struct exec_ev, path) ==
+		       __builtin_offsetof(struct exec_ev, key_cgroup) + 8,
+	       "key_cgroup and path must be contiguous: they are the exec_allow key");
+
+/* User space sets max_entries (a power of two multiple of the page size). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 23);
+} events SEC(".maps");
+
+/* Records that did not fit in the ring buffer, per CPU; user space turns them into `lost`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* cgroup id -> WATCH_* flags. Only cgroups in here produce events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} watched SEC(".maps");
+
+/* (cgroup id, resolved exe path) of the executables a cgroup may run under WATCH_EXEC_ENFORCE. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct exec_allow_key);
+	__type(value, __u8);
+} exec_allow SEC(".maps");
+
+/*
+ * (cgroup id, network) -> allowed port ranges under WATCH_CONNECT_ENFORCE. User space copies
+ * the ranges of every shorter covering prefix into each entry, so the longest match alone
+ * decides.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct net_allow_key);
+	__type(value, struct net_allow_val);
+} net_allow SEC(".maps");
+
+/* (socket cgroup, port) of a listening TCP socket -> the process that called listen(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct listener_key);
+	__type(value, struct proc_key);
+} listeners SEC(".maps");
+
+/* UDP sendmsg reports a destination once per socket, not once per datagram. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct udp_seen_key);
+	__type(value, __u8);
+} udp_seen SEC(".maps");
+
+struct exec_scratch {
+	struct exec_ev ev;
+	__u64 dents[PATH_DEPTH];
+};
+
+/* An exec record is too big for the 512-byte stack: it is built here, then copied out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_scratch);
+} exec_scratch SEC(".maps");
+
+/* A mask the compiler cannot drop: the verifier needs to see it to bound a variable offset. */
+#define MASK(v, m) ({ __u64 __v = (v); asm volatile("%0 &= " #m : "+r"(__v)); __v; })
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+	if (n)
+		*n += 1;
+}
+
+/*
+ * Wake the reader only when a batch is waiting: a wakeup per record would cost the reader a
+ * context switch per exec. User space also drains on a short timer, so a lone record waits at
+ * most that long.
+ */
+static __always_inline __u64 wakeup_flags(void)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	return avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline __u32 *watch_flags(__u64 cgroup_id)
+{
+	return bpf_map_lookup_elem(&watched, &cgroup_id);
+}
+
+static __always_inline void fill_hdr(struct ev_hdr *h, __u32 kind, __u64 cgroup_id,
+				     struct task_struct *task)
+{
+	h->kind = kind;
+	h->ts = bpf_ktime_get_ns();
+	h->cgroup_id = cgroup_id;
+	h->flags = 0;
+	if (task) {
+		h->pid = BPF_CORE_READ(task, tgid);
+		h->tid = BPF_CORE_READ(task, pid);
+		h->start = BPF_CORE_READ(task, group_leader, start_time);
+	} else {
+		h->pid = 0;
+		h->tid = 0;
+		h->start = 0;
+	}
+}
+
+static __always_inline __u32 ns_pid_of(struct task_struct *task)
+{
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+	struct upid upid = {};
+	bpf_probe_read_kernel(&upid, sizeof(upid), &pid->numbers[level & 31]);
+	return upid.nr;
+}
+
+/*
+ * The executable's path as the exec'ing process sees it (like readlink /proc/PID/exe): follow
+ * d_parent up to the root of each mount, hop to the mount point in the parent mount, and stop
+ * at the process's root. Inside a container that is the container's root, so the path is the
+ * one the image shows (/usr/bin/id), not the host's overlay path.
+ *
+ * Both loops run under bpf_loop: the verifier checks a callback once instead of every
+ * unrolled path through a loop whose trip count it cannot know (that blew its 1M budget).
+ */
+struct walk_ctx {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	struct dentry *root_dentry;
+	struct vfsmount *root_mnt;
+	__u32 n;
+	__u32 truncated;
+};
+
+static long walk_step(__u64 index, struct walk_ctx *w)
+{
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!s)
+		return 1;
+	/* Plain locals: BPF_CORE_READ on w->field would ask for a CO-RE relocation of walk_ctx. */
+	struct dentry *dentry = w->dentry;
+	struct vfsmount *vfsmnt = w->vfsmnt;
+	struct mount *mnt = w->mnt;
+	if (dentry == w->root_dentry && vfsmnt == w->root_mnt)
+		return 1;
+	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (dentry == mnt_root || dentry == parent) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+		if (up == mnt || !up)
+			return 1; /* the top of the mount tree */
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		w->vfsmnt = &up->mnt;
+		return 0;
+	}
+	if (w->n >= PATH_DEPTH) {
+		w->truncated = 1;
+		return 1;
+	}
+	s->dents[MASK(w->n, 31)] = (__u64)dentry;
+	w->n++;
+	w->dentry = parent;
+	return 0;
+}
+
+struct write_ctx {
+	__u32 n;
+	__u32 off;
+	__u32 truncated;
+	__u32 failed;
+};
+
+static long write_step(__u64 index, struct write_ctx *w)
+{
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!s || index >= w->n)
+		return 1;
+	if (w->off >= PATH_MAX_LEN - 1) {
+		w->truncated = 1;
+		return 1;
+	}
+	/* Components were collected leaf first: write them root first. */
+	struct dentry *d = (struct dentry *)s->dents[MASK(w->n - 1 - index, 31)];
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	s->ev.path[MASK(w->off, 255)] = '/';
+	w->off++;
+	long r = bpf_probe_read_kernel_str(&s->ev.path[MASK(w->off, 255)], PATH_MAX_LEN, name);
+	if (r <= 0) {
+		w->failed = 1;
+		return 1;
+	}
+	w->off += r - 1;
+	return 0;
+}
+
+/* Fills s->ev.path; false when it could not walk (the caller falls back to bprm->filename). */
+static __always_inline bool resolve_path(struct exec_scratch *s, struct task_struct *task,
+					 struct file *file)
+{
+	struct walk_ctx w = {
+		.dentry = BPF_CORE_READ(file, f_path.dentry),
+		.vfsmnt = BPF_CORE_READ(file, f_path.mnt),
+		.root_dentry = BPF_CORE_READ(task, fs, root.dentry),
+		.root_mnt = BPF_CORE_READ(task, fs, root.mnt),
+	};
+	if (!w.dentry || !w.vfsmnt)
+		return false;
+	w.mnt = container_of(w.vfsmnt, struct mount, mnt);
+	bpf_loop(PATH_DEPTH + 8, walk_step, &w, 0);
+	if (w.truncated)
+		s->ev.h.flags |= EXEC_PATH_TRUNCATED;
+	if (w.n == 0) {
+		s->ev.path[0] = '/';
+		return true;
+	}
+	struct write_ctx wr = {.n = w.n};
+	bpf_loop(PATH_DEPTH, write_step, &wr, 0);
+	if (wr.failed)
+		return false;
+	if (wr.truncated || wr.off >= PATH_MAX_LEN)
+		s->ev.h.flags |= EXEC_PATH_TRUNCATED;
+	return true;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u32 *flags = watch_flags(cgroup_id);
+	if (!flags)
+		return 0;
+	__u32 watch = *flags;
+
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!s)
+		return 0;
+	struct exec_ev *e = &s->ev;
+
+	fill_hdr(&e->h, EV_EXEC, cgroup_id, task);
+	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	e->pstart = BPF_CORE_READ(parent, group_leader, start_time);
+	e->ns_pid = ns_pid_of(task);
+	e->uid = BPF_CORE_READ(task, cred, uid.val);
+	e->euid = BPF_CORE_READ(task, cred, euid.val);
+	e->gid = BPF_CORE_READ(task, cred, gid.val);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->key_cgroup = cgroup_id;
+	__builtin_memset(e->path, 0, sizeof(e->path));
+
+	struct file *file = BPF_CORE_READ(bprm, file);
+	if (!resolve_path(s, task, file)) {
+		__builtin_memset(e->path, 0, sizeof(e->path));
+		e->h.flags |= EXEC_PATH_FROM_FILENAME;
+		bpf_probe_read_kernel_str(e->path, PATH_MAX_LEN, BPF_CORE_READ(bprm, filename));
+	}
+
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	__u64 arg_start = BPF_CORE_READ(mm, arg_start);
+	__u64 arg_end = BPF_CORE_READ(mm, arg_end);
+	__u64 len = arg_end > arg_start ? arg_end - arg_start : 0;
+	if (len > ARGS_MAX) {
+		len = ARGS_MAX;
+		e->h.flags |= EXEC_ARGS_TRUNCATED;
+	}
+	e->args_len = 0;
+	if (len > 0 && bpf_probe_read_user(e->args, len, (void *)arg_start) == 0)
+		e->args_len = len;
+
+	if ((watch & WATCH_EXEC_ENFORCE) && !bpf_map_lookup_elem(&exec_allow, &e->key_cgroup)) {
+		/* Pending SIGKILL is acted on before the return to user space: the new image never
+		 * runs an instruction. */
+		bpf_send_signal(SIGKILL);
+		e->h.flags |= EXEC_KILLED;
+	}
+
+	__u32 args_len = e->args_len;
+	if (args_len > ARGS_MAX)
+		args_len = ARGS_MAX;
+	__u64 size = __builtin_offsetof(struct exec_ev, args) + args_len;
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flags()))
+		count_drop();
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(gl_fork, struct task_struct *parent, struct task_struct *child)
+{
+	/* Threads share their process's identity: only new thread groups are processes. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+	__u64 cgroup_id = BPF_CORE_READ(child, cgroups, dfl_cgrp, kn, id);
+	if (!watch_flags(cgroup_id))
+		return 0;
+	struct fork_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	fill_hdr(&e->h, EV_FORK, cgroup_id, child);
+	struct task_struct *rp = BPF_CORE_READ(child, real_parent);
+	e->ppid = BPF_CORE_READ(rp, tgid);
+	e->pstart = BPF_CORE_READ(rp, group_leader, start_time);
+	e->ns_pid = ns_pid_of(child);
+	BPF_CORE_READ_STR_INTO(&e->comm, child, comm);
+	bpf_ringbuf_submit(e, wakeup_flags());
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(gl_exit, struct task_struct *task)
+{
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	if (!watch_flags(cgroup_id))
+		return 0;
+	/* Fires for every thread; the process ends with the last one (signal->live reached 0
+	 * just before this tracepoint). */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	struct exit_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	fill_hdr(&e->h, EV_EXIT, cgroup_id, task);
+	__u32 code = BPF_CORE_READ(task, exit_code);
+	if (BPF_CORE_READ(task, signal, flags) & SIGNAL_GROUP_EXIT)
+		code = BPF_CORE_READ(task, signal, group_exit_code);
+	e->exit_code = code;
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, wakeup_flags());
+	return 0;
+}
+
+static __always_inline void v4_mapped(__u8 *out, __u32 be_addr)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &be_addr, 4);
+}
+
+static __always_inline bool is_loopback(const __u8 *a)
+{
+	bool v4mapped = true;
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			v4mapped = false;
+	if (v4mapped && a[10] == 0xff && a[11] == 0xff)
+		return a[12] == 127;
+	for (int i = 0; i < 15; i++)
+		if (a[i])
+			return false;
+	return a[15] == 1; /* ::1 */
+}
+
+static __always_inline bool destination_allowed(__u64 cgroup_id, const __u8 *addr, __u16 port)
+{
+	struct net_allow_key key = {.prefixlen = 64 + 128};
+	__builtin_memcpy(key.cgroup_id, &cgroup_id, 8);
+	__builtin_memcpy(key.addr, addr, 16);
+	struct net_allow_val *v = bpf_map_lookup_elem(&net_allow, &key);
+	if (!v)
+		return false;
+	for (int i = 0; i < PORT_RANGES; i++) {
+		if (i >= v->count)
+			break;
+		if (port >= v->ranges[i].lo && port <= v->ranges[i].hi)
+			return true;
+	}
+	return false;
+}
+
+/* Shared by connect4/6 and sendmsg4/6: report, and decide under WATCH_CONNECT_ENFORCE. */
+static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, bool v6, bool sendmsg)
+{
+	__u32 protocol = ctx->protocol;
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return 1;
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u32 *flags = watch_flags(cgroup_id);
+	if (!flags)
+		return 1;
+	__u32 watch = *flags;
+
+	__u8 addr[16];
+	if (v6) {
+		__u32 a[4];
+		a[0] = ctx->user_ip6[0];
+		a[1] = ctx->user_ip6[1];
+		a[2] = ctx->user_ip6[2];
+		a[3] = ctx->user_ip6[3];
+		__builtin_memcpy(addr, a, 16);
+	} else {
+		v4_mapped(addr, ctx->user_ip4);
+	}
+	__u16 port = bpf_ntohs(ctx->user_port);
+
+	int verdict = 1;
+	if ((watch & WATCH_CONNECT_ENFORCE) && !is_loopback(addr) &&
+	    !destination_allowed(cgroup_id, addr, port))
+		verdict = 0; /* the caller sees EPERM */
+
+	if (sendmsg) {
+		struct udp_seen_key seen = {.cookie = bpf_get_socket_cookie(ctx), .port = port};
+		__builtin_memcpy(seen.addr, addr, 16);
+		if (bpf_map_lookup_elem(&udp_seen, &seen))
+			return verdict;
+		__u8 one = 1;
+		bpf_map_update_elem(&udp_seen, &seen, &one, BPF_ANY);
+	}
+
+	struct sock_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return verdict;
+	}
+	fill_hdr(&e->h, EV_CONNECT, cgroup_id, (struct task_struct *)bpf_get_current_task());
+	e->protocol = protocol;
+	e->refused = verdict == 0;
+	e->lport = 0;
+	e->rport = port;
+	e->_pad = 0;
+	__builtin_memset(e->laddr, 0, 16);
+	__builtin_memcpy(e->raddr, addr, 16);
+	bpf_ringbuf_submit(e, wakeup_flags());
+	return verdict;
+}
+
+SEC("cgroup/connect4")
+int gl_connect4(struct bpf_sock_addr *ctx)
+{
+	return on_sock_addr(ctx, false, false);
+}
+
+SEC("cgroup/connect6")
+int gl_connect6(struct bpf_sock_addr *ctx)
+{
+	return on_sock_addr(ctx, true, false);
+}
+
+SEC("cgroup/sendmsg4")
+int gl_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return on_sock_addr(ctx, false, true);
+}
+
+SEC("cgroup/sendmsg6")
+int gl_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return on_sock_addr(ctx, true, true);
+}
+
+/*
+ * Listening sockets and accepted connections. TCP_LISTEN is reached inside listen(), so the
+ * current process owns the socket; it is remembered per (socket cgroup, port). The final ACK
+ * that moves a connection from SYN_RECV to ESTABLISHED arrives in softirq context, where
+ * "current" is whoever was interrupted, so an accepted connection is attributed to the process
+ * that called listen() on that port in that cgroup (the accepted socket inherits the listener's
+ * cgroup). A listener opened before the cgroup was watched has no owner: pid 0.
+ */
+SEC("tracepoint/sock/inet_sock_set_state")
+int gl_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	int oldstate = ctx->oldstate;
+	int newstate = ctx->newstate;
+	bool listen = newstate == TCP_LISTEN;
+	bool unlisten = oldstate == TCP_LISTEN && newstate == TCP_CLOSE;
+	bool accept = oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED;
+	if (!listen && !unlisten && !accept)
+		return 0;
+
+	struct sock *sk = (struct sock *)ctx->skaddr;
+	__u64 cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (!watch_flags(cgroup_id))
+		return 0;
+	struct listener_key lk = {.cgroup_id = cgroup_id, .port = ctx->sport};
+	if (unlisten) {
+		bpf_map_delete_elem(&listeners, &lk);
+		return 0;
+	}
+
+	struct sock_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	if (listen) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		fill_hdr(&e->h, EV_LISTEN, cgroup_id, task);
+		struct proc_key owner = {.pid = e->h.pid, .start = e->h.start};
+		bpf_map_update_elem(&listeners, &lk, &owner, BPF_ANY);
+	} else {
+		fill_hdr(&e->h, EV_ACCEPT, cgroup_id, NULL);
+		struct proc_key *owner = bpf_map_lookup_elem(&listeners, &lk);
+		if (owner) {
+			e->h.pid = owner->pid;
+			e->h.start = owner->start;
+		}
+	}
+	e->protocol = IPPROTO_TCP;
+	e->refused = 0;
+	e->lport = ctx->sport;
+	e->rport = ctx->dport;
+	e->_pad = 0;
+	/* The tracepoint record is the ctx: the verifier only allows fixed-offset loads from it,
+	 * so the address arrays are copied with a helper. */
+	if (ctx->family == AF_INET) {
+		__u32 s = 0, d = 0;
+		bpf_probe_read_kernel(&s, 4, ctx->saddr);
+		bpf_probe_read_kernel(&d, 4, ctx->daddr);
+		v4_mapped(e->laddr, s);
+		v4_mapped(e->raddr, d);
+	} else {
+		bpf_probe_read_kernel(e->laddr, 16, ctx->saddr_v6);
+		bpf_probe_read_kernel(e->raddr, 16, ctx->daddr_v6);
+	}
+	bpf_ringbuf_submit(e, wakeup_flags());
+	return 0;
+}
+
+/*
+ * DNS answers: UDP datagrams from port 53 delivered to a socket of a watched cgroup. The
+ * message is copied whole (up to DNS_MAX) and parsed in user space.
+ */
+SEC("cgroup_skb/ingress")
+int gl_dns_ingress(struct __sk_buff *skb)
+{
+	__u32 l4off;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 vihl, proto;
+		__u16 frag;
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1) ||
+		    bpf_skb_load_bytes(skb, 6, &frag, 2))
+			return 1;
+		if (proto != IPPROTO_UDP || (bpf_ntohs(frag) & 0x3fff))
+			return 1;
+		l4off = (vihl & 0x0f) * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 next;
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) || next != IPPROTO_UDP)
+			return 1;
+		l4off = 40;
+	} else {
+		return 1;
+	}
+	__u16 sport;
+	if (bpf_skb_load_bytes(skb, l4off, &sport, 2) || sport != bpf_htons(53))
+		return 1;
+	__u64 cgroup_id = bpf_skb_cgroup_id(skb);
+	if (!watch_flags(cgroup_id))
+		return 1;
+	if (skb->len <= l4off + 8)
+		return 1;
+	__u32 len = skb->len - l4off - 8;
+
+	struct dns_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 1;
+	}
+	fill_hdr(&e->h, EV_DNS, cgroup_id, NULL);
+	if (len > DNS_MAX) {
+		len = DNS_MAX;
+		e->h.flags |= DNS_TRUNCATED;
+	}
+	/* len is 1..DNS_MAX; written so that the verifier sees those bounds. */
+	len = MASK(len - 1, 1023) + 1;
+	e->_pad = 0;
+	e->len = 0;
+	if (bpf_skb_load_bytes(skb, l4off + 8, e->data, len) == 0)
+		e->len = len;
+	bpf_ringbuf_submit(e, wakeup_flags());
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";

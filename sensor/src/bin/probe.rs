@@ -1,0 +1,242 @@
+//! guardlab-sensor-probe: the small client the sensor's tests and benchmark run inside test
+//! cgroups, so that what the sensor sees is a real process doing real syscalls.
+//!
+//! Results go to stdout as one line (`ok ...` or `err errno=N ...`); the exit status is 0 for
+//! `ok` and 1 for `err`.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, ExitCode, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hickory_proto::op::{Message, MessageType, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+#[derive(Parser)]
+#[command(
+    about = "A tiny client for guardlab-sensor's tests and benchmark (connects, DNS, markers, storms)",
+    after_help = "Example:\n  guardlab-sensor-probe connect 127.0.0.1:8080\n  guardlab-sensor-probe dns 127.0.0.53:53 example.test"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create (or truncate) FILE: the first thing the process does.
+    Touch { file: String },
+    /// Open a TCP connection to ADDR and close it.
+    Connect { addr: SocketAddr },
+    /// Send one UDP datagram to ADDR from an unconnected socket (sendto).
+    Udp { addr: SocketAddr },
+    /// Ask SERVER (ip:port) for NAME's A record over UDP and print the addresses.
+    Dns { server: SocketAddr, name: String },
+    /// Listen on ADDR (port 0 picks one), print `ok listening PORT`, accept one connection,
+    /// print `ok accepted PEER`.
+    Listen { addr: SocketAddr },
+    /// Listen on ADDR, print `ok listening PORT`, then accept and close connections until
+    /// killed.
+    Serve { addr: SocketAddr },
+    /// Start N threads that each sleep briefly, then exit with status CODE.
+    Threads { n: usize, code: u8 },
+    /// Run PROGRAM N times, one after the other (fork + exec + wait).
+    ExecStorm { n: usize, program: String },
+    /// Open and close N TCP connections to ADDR, one after the other.
+    ConnectStorm { n: usize, addr: SocketAddr },
+}
+
+fn errno_line(what: &str, e: &std::io::Error) -> ExitCode {
+    println!("err errno={} {what}: {e}", e.raw_os_error().unwrap_or(0));
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Touch { file } => match std::fs::File::create(&file) {
+            Ok(_) => {
+                println!("ok touched {file}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => errno_line("touch", &e),
+        },
+        Cmd::Connect { addr } => match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => {
+                println!(
+                    "ok connected {}",
+                    s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => errno_line("connect", &e),
+        },
+        Cmd::Udp { addr } => {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .unwrap();
+            let sock = match UdpSocket::bind(bind) {
+                Ok(s) => s,
+                Err(e) => return errno_line("bind", &e),
+            };
+            match sock.send_to(b"guardlab", addr) {
+                Ok(_) => {
+                    println!("ok sent");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => errno_line("sendto", &e),
+            }
+        }
+        Cmd::Dns { server, name } => dns(server, &name),
+        Cmd::Listen { addr } => {
+            let listener = match TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => return errno_line("listen", &e),
+            };
+            println!(
+                "ok listening {}",
+                listener.local_addr().map(|a| a.port()).unwrap_or(0)
+            );
+            let _ = std::io::stdout().flush();
+            match listener.accept() {
+                Ok((_, peer)) => {
+                    println!("ok accepted {peer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => errno_line("accept", &e),
+            }
+        }
+        Cmd::Serve { addr } => {
+            let listener = match TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => return errno_line("listen", &e),
+            };
+            // A deep accept queue (std asks for 128): a storm of connects must not find it
+            // full while this process waits for a CPU, or SYNs are dropped and retried a
+            // second later.
+            // SAFETY: listen(2) again on a listening socket only changes its backlog.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+            println!(
+                "ok listening {}",
+                listener.local_addr().map(|a| a.port()).unwrap_or(0)
+            );
+            let _ = std::io::stdout().flush();
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Threads { n, code } => {
+            let handles: Vec<_> = (0..n)
+                .map(|_| std::thread::spawn(|| std::thread::sleep(Duration::from_millis(20))))
+                .collect();
+            for h in handles {
+                let _ = h.join();
+            }
+            println!("ok threads {n}");
+            ExitCode::from(code)
+        }
+        Cmd::ExecStorm { n, program } => {
+            for i in 0..n {
+                match Command::new(&program)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => {
+                        println!("err errno=0 run {i} of {program}: {s}");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => return errno_line("exec", &e),
+                }
+            }
+            println!("ok ran {n}");
+            ExitCode::SUCCESS
+        }
+        Cmd::ConnectStorm { n, addr } => {
+            for _ in 0..n {
+                match TcpStream::connect(addr) {
+                    // Close with a reset: thousands of TIME_WAIT sockets would slow later
+                    // connects down (port search) and skew the benchmark from run to run.
+                    Ok(stream) => {
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        // SAFETY: a valid socket fd and a properly sized option value.
+                        unsafe {
+                            libc::setsockopt(
+                                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                (&linger as *const libc::linger).cast(),
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            );
+                        }
+                    }
+                    Err(e) => return errno_line("connect", &e),
+                }
+            }
+            println!("ok connected {n}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn dns(server: SocketAddr, name: &str) -> ExitCode {
+    let Ok(qname) = Name::from_str(name) else {
+        println!("err errno=0 bad name {name:?}");
+        return ExitCode::FAILURE;
+    };
+    let mut msg = Message::new();
+    msg.set_id(0x4242)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true);
+    msg.add_query(Query::query(qname, RecordType::A));
+    let bytes = msg.to_vec().expect("a one-question query encodes");
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
+    let sock = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return errno_line("bind", &e),
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+    if let Err(e) = sock.send_to(&bytes, server) {
+        return errno_line("sendto", &e);
+    }
+    let mut buf = [0u8; 1500];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => match Message::from_vec(&buf[..n]) {
+            Ok(answer) => {
+                let addrs: Vec<String> = answer
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match r.data() {
+                        RData::A(a) => Some(a.0.to_string()),
+                        RData::AAAA(a) => Some(a.0.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                println!("ok {}", addrs.join(" "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("err errno=0 bad answer: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => errno_line("recv", &e),
+    }
+}
