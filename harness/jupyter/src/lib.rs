@@ -1,1 +1,104 @@
 //! Drives Jupyter through its HTTP and WebSocket APIs, as a browser would.
+//!
+//! The scenario's baseline and attack are typed into a real Jupyter server: notebook cells run
+//! on a kernel through the kernel's WebSocket channels, and shell commands run in a Jupyter
+//! terminal (terminado) through its WebSocket, so the sensor sees the same processes a learner's
+//! browser would cause.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), guardlab_jupyter::JupyterError> {
+//! use std::time::Duration;
+//! use guardlab_jupyter::JupyterClient;
+//!
+//! let jupyter = JupyterClient::new("http://127.0.0.1:1234/")?;
+//! jupyter.wait_until_up(Duration::from_secs(60)).await?;
+//! let mut kernel = jupyter.start_kernel().await?;
+//! let cell = kernel.run_cell("print('Hello world!')", Duration::from_secs(30)).await?;
+//! assert_eq!(cell.stdout, "Hello world!\n");
+//! kernel.close().await?;
+//!
+//! let mut terminal = jupyter.open_terminal().await?;
+//! let id = terminal.run("id", Duration::from_secs(10)).await?;
+//! println!("{} (exit status {})", id.output, id.exit_status);
+//! terminal.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod ansi;
+mod http;
+mod kernel;
+mod terminal;
+
+use std::time::Duration;
+
+pub use ansi::{screen_text, strip_ansi};
+pub use http::JupyterClient;
+pub use kernel::{CellError, CellResult, Kernel};
+pub use terminal::{CommandResult, Terminal};
+
+/// What went wrong talking to Jupyter; every variant says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum JupyterError {
+    #[error("bad Jupyter URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach Jupyter ({what}): {reason}")]
+    Unreachable { what: String, reason: String },
+    #[error("{method} {url} answered HTTP {status}: {body}")]
+    Http {
+        method: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("WebSocket {url}: {reason}")]
+    WebSocket { url: String, reason: String },
+    #[error("timed out after {after:?} waiting for {what}{}", partial_note(.partial))]
+    Timeout {
+        what: String,
+        after: Duration,
+        /// What had arrived by then (output of the cell or command), for the message.
+        partial: String,
+    },
+    #[error("{what} closed: {reason}")]
+    Closed { what: String, reason: String },
+    #[error("Jupyter protocol: {0}")]
+    Protocol(String),
+}
+
+fn partial_note(partial: &str) -> String {
+    if partial.is_empty() {
+        return String::new();
+    }
+    const MAX: usize = 2000;
+    let tail = if partial.len() > MAX {
+        let mut start = partial.len() - MAX;
+        while !partial.is_char_boundary(start) {
+            start += 1;
+        }
+        format!("...{}", &partial[start..])
+    } else {
+        partial.to_string()
+    };
+    format!("; output so far:\n{tail}")
+}
+
+/// Random hex from the kernel's generator, for session ids, message ids and markers.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        // Unique enough for ids when /dev/urandom is unavailable.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let seed = nanos ^ ((std::process::id() as u128) << 64);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
