@@ -24,7 +24,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check spyctl YAML files (policies, fingerprints, groups, deviations).
-    #[command(after_help = "Example:\n  guardlab validate policy.yaml fingerprints.yaml\n\nExit codes: 0 all valid, 1 a file has problems, 2 a file could not be read.")]
+    #[command(
+        after_help = "Example:\n  guardlab validate policy.yaml fingerprints.yaml\n\nExit codes: 0 all valid, 1 a file has problems, 2 a file could not be read."
+    )]
     Validate {
         /// Files to check; each may hold several documents separated by `---`.
         #[arg(required = true, value_name = "FILE")]
@@ -32,7 +34,9 @@ pub enum Command {
     },
 
     /// Learn fingerprints (one per container, grouped per image) from a sensor event stream.
-    #[command(after_help = "Example:\n  guardlab fingerprint --events baseline.ndjson > fingerprints.yaml")]
+    #[command(
+        after_help = "Example:\n  guardlab fingerprint --events baseline.ndjson > fingerprints.yaml"
+    )]
     Fingerprint {
         /// NDJSON events written by the sensor or by `scenario --record`.
         #[arg(long, value_name = "FILE")]
@@ -47,7 +51,9 @@ pub enum Command {
     Policy(PolicyCommand),
 
     /// Merge fingerprints or deviations into a policy (asymmetric: the policy only grows).
-    #[command(after_help = "Example:\n  guardlab merge --policy policy.yaml --with deviations.yaml > policy.new.yaml")]
+    #[command(
+        after_help = "Example:\n  guardlab merge --policy policy.yaml --with deviations.yaml > policy.new.yaml"
+    )]
     Merge {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
@@ -57,7 +63,9 @@ pub enum Command {
     },
 
     /// Match an event stream against a policy and print the deviations.
-    #[command(after_help = "Example:\n  guardlab deviations --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input.")]
+    #[command(
+        after_help = "Example:\n  guardlab deviations --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input."
+    )]
     Deviations {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
@@ -69,7 +77,9 @@ pub enum Command {
     },
 
     /// Rebuild the causal trace of every deviation: root process to deviant process.
-    #[command(after_help = "Example:\n  guardlab investigate --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input.")]
+    #[command(
+        after_help = "Example:\n  guardlab investigate --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input."
+    )]
     Investigate {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
@@ -85,14 +95,18 @@ pub enum Command {
     Lab(LabCommand),
 
     /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
-    #[command(after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay")]
+    #[command(
+        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay"
+    )]
     Scenario(ScenarioArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Create a policy from fingerprints or fingerprint groups (symmetric merge, mode audit).
-    #[command(after_help = "Example:\n  guardlab policy create --from fingerprints.yaml --name jupyter-policy > policy.yaml")]
+    #[command(
+        after_help = "Example:\n  guardlab policy create --from fingerprints.yaml --name jupyter-policy > policy.yaml"
+    )]
     Create {
         #[arg(long = "from", required = true, value_name = "FILE")]
         from: Vec<PathBuf>,
@@ -123,7 +137,9 @@ pub enum BackendArg {
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Bring the lab up (harmless when it is already up).
-    #[command(after_help = "Examples:\n  guardlab lab up\n  guardlab lab up --backend kind --dry-run")]
+    #[command(
+        after_help = "Examples:\n  guardlab lab up\n  guardlab lab up --backend kind --dry-run"
+    )]
     Up(LabArgs),
     /// Remove everything the lab made, also after a crash.
     #[command(after_help = "Example:\n  guardlab lab down")]
@@ -133,10 +149,7 @@ pub enum LabCommand {
     Status(LabArgs),
     /// The local lab's daemon (started by `lab up`; not for direct use).
     #[command(hide = true)]
-    Daemon {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    Daemon(guardlab_lab::DaemonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -197,7 +210,10 @@ mod tests {
             for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
                 let here = format!("{path} {}", sub.get_name());
                 let has_children = sub.get_subcommands().next().is_some();
-                let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
                 if !has_children && !help.contains("Example") {
                     missing.push(here.clone());
                 }
@@ -206,6 +222,9 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&Cli::command(), "guardlab", &mut missing);
-        assert!(missing.is_empty(), "commands without an example in --help: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "commands without an example in --help: {missing:?}"
+        );
     }
 }

@@ -22,8 +22,9 @@ pub fn ensure_root(why: &str) -> anyhow::Result<()> {
     if std::env::var_os(RERUN_MARK).is_some() {
         anyhow::bail!("{why} needs root, and running through sudo did not give it; run it as root");
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| anyhow::anyhow!("{why} needs root; cannot find this program to re-run it through sudo: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        anyhow::anyhow!("{why} needs root; cannot find this program to re-run it through sudo: {e}")
+    })?;
     eprintln!("guardlab: {why} needs root (namespaces, cgroups and eBPF); re-running through sudo");
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let err = Command::new("sudo")

@@ -52,3 +52,22 @@ pub fn fail(failure: &Failure) -> ExitCode {
     eprintln!("guardlab: {failure}");
     ExitCode::from(2)
 }
+
+/// Lab progress for a terminal: a line per phase, indented detail lines under it.
+/// `quiet` keeps it silent (JSON-only runs, tests).
+pub struct ConsoleProgress {
+    pub quiet: bool,
+}
+
+impl guardlab_lab::Progress for ConsoleProgress {
+    fn phase(&self, what: &str) {
+        if !self.quiet {
+            println!("       lab: {what}");
+        }
+    }
+    fn detail(&self, line: &str) {
+        if !self.quiet {
+            println!("         {line}");
+        }
+    }
+}

@@ -53,7 +53,11 @@ fn from_events_to_policy_to_deviations_and_back() {
     assert!(groups.contains("kind: FingerprintGroup"), "{groups}");
     let fingerprints = dir.path().join("fingerprints.yaml");
     std::fs::write(&fingerprints, &groups).unwrap();
-    guardlab().arg("validate").arg(&fingerprints).assert().success();
+    guardlab()
+        .arg("validate")
+        .arg(&fingerprints)
+        .assert()
+        .success();
 
     let policy_text = run_ok(
         guardlab()
@@ -62,7 +66,10 @@ fn from_events_to_policy_to_deviations_and_back() {
     );
     assert!(policy_text.contains("mode: audit"), "{policy_text}");
     assert!(policy_text.contains("severity: high"), "{policy_text}");
-    assert!(!policy_text.contains("imageID"), "imageID must be dropped:\n{policy_text}");
+    assert!(
+        !policy_text.contains("imageID"),
+        "imageID must be dropped:\n{policy_text}"
+    );
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, &policy_text).unwrap();
     guardlab().arg("validate").arg(&policy).assert().success();
@@ -88,12 +95,24 @@ fn from_events_to_policy_to_deviations_and_back() {
         .get_output()
         .clone();
     let deviations = String::from_utf8(out.stdout).unwrap();
-    for expected in ["kind: GuardianDeviation", "name: minerd", "fakeminingpool.example.com", "sourceforge.net"] {
-        assert!(deviations.contains(expected), "no `{expected}` in:\n{deviations}");
+    for expected in [
+        "kind: GuardianDeviation",
+        "name: minerd",
+        "fakeminingpool.example.com",
+        "sourceforge.net",
+    ] {
+        assert!(
+            deviations.contains(expected),
+            "no `{expected}` in:\n{deviations}"
+        );
     }
     let deviations_file = dir.path().join("deviations.yaml");
     std::fs::write(&deviations_file, &deviations).unwrap();
-    guardlab().arg("validate").arg(&deviations_file).assert().success();
+    guardlab()
+        .arg("validate")
+        .arg(&deviations_file)
+        .assert()
+        .success();
 
     // The trace goes from the notebook server down to the miner.
     let trace = String::from_utf8(
@@ -114,7 +133,13 @@ fn from_events_to_policy_to_deviations_and_back() {
     assert!(server < miner, "{trace}");
 
     // Merging the deviations makes the attack allowed behaviour: exit 0 afterwards.
-    let merged = run_ok(guardlab().args(["merge", "--policy"]).arg(&policy).arg("--with").arg(&deviations_file));
+    let merged = run_ok(
+        guardlab()
+            .args(["merge", "--policy"])
+            .arg(&policy)
+            .arg("--with")
+            .arg(&deviations_file),
+    );
     let merged_policy = dir.path().join("merged.yaml");
     std::fs::write(&merged_policy, merged).unwrap();
     guardlab()
@@ -130,7 +155,11 @@ fn from_events_to_policy_to_deviations_and_back() {
 fn bad_input_names_the_file_and_line_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("broken.ndjson");
-    std::fs::write(&events, "\n{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}\n{not json}\n").unwrap();
+    std::fs::write(
+        &events,
+        "\n{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}\n{not json}\n",
+    )
+    .unwrap();
     guardlab()
         .args(["fingerprint", "--events"])
         .arg(&events)

@@ -9,9 +9,9 @@ pub mod model;
 pub mod document;
 pub mod validate;
 
-pub mod glob;
+pub mod deviation;
 pub mod fingerprint;
+pub mod glob;
 pub mod merge;
 pub mod policy;
-pub mod deviation;
 pub mod trace;

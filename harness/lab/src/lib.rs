@@ -7,6 +7,11 @@
 
 #![allow(async_fn_in_trait)] // The runner uses labs through generics, never `dyn`.
 
+pub mod image;
+pub mod local;
+
+pub use local::{DaemonArgs, LocalLab, LocalLabOptions, daemon_main};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -52,6 +57,26 @@ pub enum LabAction {
     KillPod { namespace: String, name: String },
 }
 
+/// What a policy in enforce mode lets a pod do, for backends that enforce in the kernel (the
+/// local backend's sensor kills a disallowed exec before it runs and refuses a disallowed
+/// connect with EPERM). `None` leaves that kind of enforcement off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// Executables the pod may run, as resolved absolute paths (the `exe` of exec events).
+    pub executables: Option<Vec<String>>,
+    /// Destinations the pod may connect to (loopback is always allowed).
+    pub destinations: Option<Vec<AllowedDestination>>,
+}
+
+/// One allowed destination: an address or CIDR network, and a port range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedDestination {
+    /// `198.18.2.10`, `198.18.0.0/15`, `::1/128`...
+    pub network: String,
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
 /// Progress of long work (image builds, rollouts), shown by the CLI layer.
 pub trait Progress: Send + Sync {
     /// A new phase starts, e.g. "building the pod image".
@@ -76,6 +101,10 @@ pub enum LabError {
     /// The lab could not be brought up or torn down.
     #[error("{0}")]
     Failed(String),
+    /// A manifest (Deployment, Namespace) is not what the backend can run; the message names
+    /// the field and, when known, the line.
+    #[error("{}: {message}", file.display())]
+    Manifest { file: PathBuf, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -103,4 +132,14 @@ pub trait Lab {
 
     /// Carry out a response action decided by the engine.
     async fn carry_out(&mut self, action: &LabAction) -> Result<(), LabError>;
+
+    /// Enforce a policy in the kernel for one pod (replaces what was enforced before). Backends
+    /// without kernel enforcement keep the default, which says so.
+    async fn enforce(&mut self, pod: &PodInfo, enforcement: &Enforcement) -> Result<(), LabError> {
+        let _ = (pod, enforcement);
+        Err(LabError::Missing {
+            what: format!("kernel enforcement on the {} backend", self.backend()),
+            hint: "respond with carry_out actions instead".into(),
+        })
+    }
 }

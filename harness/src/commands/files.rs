@@ -25,7 +25,8 @@ fn read_text(path: &Path) -> Result<String, Failure> {
 /// Read and validate every document of a YAML file.
 pub fn load_yaml(path: &Path) -> Result<Vec<Document>, Failure> {
     let text = read_text(path)?;
-    document::load_documents(&path.display().to_string(), &text).map_err(|d| Failure(Diagnostics(d).into()))
+    document::load_documents(&path.display().to_string(), &text)
+        .map_err(|d| Failure(Diagnostics(d).into()))
 }
 
 /// Read an NDJSON event stream; errors name the file and line.
@@ -62,7 +63,10 @@ fn load_policy(path: &Path) -> Result<Policy, Failure> {
     }
     match policies.len() {
         1 => Ok(policies.pop().expect("one policy")),
-        0 => Err(Failure(anyhow!("{}: holds no SpyderbatPolicy", path.display()))),
+        0 => Err(Failure(anyhow!(
+            "{}: holds no SpyderbatPolicy",
+            path.display()
+        ))),
         n => Err(Failure(anyhow!(
             "{}: holds {n} policies; give one policy per file",
             path.display()
@@ -72,7 +76,8 @@ fn load_policy(path: &Path) -> Result<Policy, Failure> {
 
 fn print(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).context("cannot write to stdout")?;
+    out.write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
     if !text.ends_with('\n') {
         out.write_all(b"\n").context("cannot write to stdout")?;
     }
@@ -113,7 +118,10 @@ pub fn validate(files: &[PathBuf]) -> CommandResult {
 pub fn fingerprint(events: &Path, ungrouped: bool) -> CommandResult {
     let events = load_events(events)?;
     let docs: Vec<Document> = if ungrouped {
-        fingerprint::fingerprints(&events).into_iter().map(Document::Fingerprint).collect()
+        fingerprint::fingerprints(&events)
+            .into_iter()
+            .map(Document::Fingerprint)
+            .collect()
     } else {
         fingerprint::fingerprint_groups(&events)
             .into_iter()
@@ -150,7 +158,11 @@ pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
     for path in with {
         for doc in load_yaml(path)? {
             policy = merge::merge_document(&policy, &doc).with_context(|| {
-                format!("cannot merge {} into {}", path.display(), policy_path.display())
+                format!(
+                    "cannot merge {} into {}",
+                    path.display(),
+                    policy_path.display()
+                )
             })?;
         }
     }
@@ -162,7 +174,10 @@ pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
 /// stream proves less than it seems to.
 fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
     if stats.lost_events > 0 {
-        eprintln!("warning: the sensor lost {} event(s) in this stream", stats.lost_events);
+        eprintln!(
+            "warning: the sensor lost {} event(s) in this stream",
+            stats.lost_events
+        );
     }
     if stats.unknown_container_events > 0 {
         eprintln!(
@@ -176,12 +191,17 @@ fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
 pub fn deviations(policy_path: &Path, events: &Path, json: bool) -> CommandResult {
     let policy = load_policy(policy_path)?;
     let events = load_events(events)?;
-    let report = deviation::find_deviations(std::slice::from_ref(&policy), &events).map_err(|e| Failure(e.into()))?;
+    let report = deviation::find_deviations(std::slice::from_ref(&policy), &events)
+        .map_err(|e| Failure(e.into()))?;
     warn_about_stream(&report.stats);
     if json {
         print_json(&report)?;
     } else {
-        let docs: Vec<Document> = report.deviations().cloned().map(Document::Deviation).collect();
+        let docs: Vec<Document> = report
+            .deviations()
+            .cloned()
+            .map(Document::Deviation)
+            .collect();
         if !docs.is_empty() {
             print(&document::to_yaml_documents(&docs))?;
         }
@@ -196,18 +216,27 @@ pub fn deviations(policy_path: &Path, events: &Path, json: bool) -> CommandResul
             report.total()
         );
     }
-    Ok(if report.unique() == 0 { Outcome::Clean } else { Outcome::Findings })
+    Ok(if report.unique() == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
 }
 
 /// `guardlab investigate --policy FILE --events FILE`: 1 when there are deviations.
 pub fn investigate(policy_path: &Path, events: &Path, json: bool) -> CommandResult {
     let policy = load_policy(policy_path)?;
     let events = load_events(events)?;
-    let investigation = trace::investigate(std::slice::from_ref(&policy), &events).map_err(|e| Failure(e.into()))?;
+    let investigation = trace::investigate(std::slice::from_ref(&policy), &events)
+        .map_err(|e| Failure(e.into()))?;
     if json {
         print_json(&investigation)?;
     } else {
         print(&investigation.render_text())?;
     }
-    Ok(if investigation.deviations.is_empty() { Outcome::Clean } else { Outcome::Findings })
+    Ok(if investigation.deviations.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
 }

@@ -1,9 +1,12 @@
 //! What each command does. `run` dispatches a parsed command line.
 
 pub mod files;
+pub mod kind;
+pub mod lab;
 
 use crate::cli::{Command, LabCommand, PolicyCommand};
-use crate::report::{CommandResult, Failure};
+use crate::report::{CommandResult, Outcome};
+use lab::LabVerb;
 
 pub fn run(command: Command) -> CommandResult {
     match command {
@@ -13,10 +16,23 @@ pub fn run(command: Command) -> CommandResult {
             files::policy_create(&from, name.as_deref(), mode)
         }
         Command::Merge { policy, with } => files::merge(&policy, &with),
-        Command::Deviations { policy, events, json } => files::deviations(&policy, &events, json),
-        Command::Investigate { policy, events, json } => files::investigate(&policy, &events, json),
-        Command::Lab(LabCommand::Daemon { .. }) | Command::Lab(_) | Command::Scenario(_) => Err(Failure(
-            anyhow::anyhow!("this command is not wired yet"),
-        )),
+        Command::Deviations {
+            policy,
+            events,
+            json,
+        } => files::deviations(&policy, &events, json),
+        Command::Investigate {
+            policy,
+            events,
+            json,
+        } => files::investigate(&policy, &events, json),
+        Command::Lab(LabCommand::Up(args)) => lab::run(LabVerb::Up, &args),
+        Command::Lab(LabCommand::Down(args)) => lab::run(LabVerb::Down, &args),
+        Command::Lab(LabCommand::Status(args)) => lab::run(LabVerb::Status, &args),
+        Command::Lab(LabCommand::Daemon(args)) => {
+            guardlab_lab::daemon_main(args)?;
+            Ok(Outcome::Clean)
+        }
+        Command::Scenario(args) => crate::scenario::run_scenario(&args),
     }
 }

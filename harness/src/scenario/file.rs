@@ -144,7 +144,9 @@ pub struct Timeout(pub Duration);
 impl Timeout {
     pub fn parse(text: &str) -> Result<Timeout, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         let n: u64 = number
             .parse()
@@ -162,14 +164,29 @@ impl Timeout {
 impl fmt::Display for Timeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timeout {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Timeout::parse(&text).map_err(de::Error::custom)
+        // A visitor, so that the error is raised while the scalar is read and carries its
+        // path and line.
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Timeout;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 30s or 2m")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Timeout, E> {
+                Timeout::parse(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -226,7 +243,7 @@ impl<'de> Deserialize<'de> for NoArgs {
 #[serde(deny_unknown_fields)]
 pub struct LabUp {
     /// Met once the lab is up and its events flow, e.g. the notebook server's exec.
-    #[serde(default)]
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub wait_for: Vec<Condition>,
     #[serde(default = "default_lab_timeout")]
     pub timeout: Timeout,
@@ -254,7 +271,7 @@ pub struct NotebookCell {
     /// The cell's source, as a learner types it.
     pub code: String,
     /// Events that must be seen before the step ends (the cell's reply came already).
-    #[serde(default)]
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub wait_for: Vec<Condition>,
     #[serde(default = "default_cell_timeout")]
     pub timeout: Timeout,
@@ -279,8 +296,9 @@ pub struct TerminalCommand {
     pub run: String,
     /// Do not wait for the shell's prompt: the program keeps running (a miner).
     pub background: bool,
-    /// Lines typed after the command (answers to a password prompt, ...).
-    pub input: Vec<String>,
+    /// What to type when the command's output shows a prompt (each once, in order), as a
+    /// learner would: e.g. Ctrl-C (`"\x03"`) at sudo's password prompt.
+    pub answers: Vec<Answer>,
     /// What to wait for after typing it. Default: the exit of the command's program (its first
     /// word's basename), or its exec when it runs in the background.
     pub wait_for: Vec<Condition>,
@@ -295,6 +313,14 @@ impl TerminalCommand {
     }
 }
 
+/// Type `reply` when `prompt` appears in a command's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    pub prompt: String,
+    pub reply: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TerminalCommandMap {
@@ -302,8 +328,8 @@ struct TerminalCommandMap {
     #[serde(default)]
     background: bool,
     #[serde(default)]
-    input: Vec<String>,
-    #[serde(default)]
+    answers: Vec<Answer>,
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     wait_for: Option<Vec<Condition>>,
     #[serde(default = "default_command_timeout")]
     timeout: Timeout,
@@ -321,13 +347,14 @@ impl<'de> Deserialize<'de> for TerminalCommand {
                 Ok(command_from(TerminalCommandMap {
                     run: run.to_string(),
                     background: false,
-                    input: Vec::new(),
+                    answers: Vec::new(),
                     wait_for: None,
                     timeout: default_command_timeout(),
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TerminalCommand, A::Error> {
-                let m = TerminalCommandMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let m =
+                    TerminalCommandMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(command_from(m))
             }
         }
@@ -346,13 +373,19 @@ fn command_from(m: TerminalCommandMap) -> TerminalCommand {
             vec![Condition::Exit(program)]
         }
     });
-    TerminalCommand { run: m.run, background: m.background, input: m.input, wait_for, timeout: m.timeout }
+    TerminalCommand {
+        run: m.run,
+        background: m.background,
+        answers: m.answers,
+        wait_for,
+        timeout: m.timeout,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitEvents {
-    #[serde(rename = "for")]
+    #[serde(rename = "for", with = "serde_yaml::with::singleton_map_recursive")]
     pub wait_for: Vec<Condition>,
     #[serde(default = "default_wait_timeout")]
     pub timeout: Timeout,
@@ -453,8 +486,6 @@ impl<'de> Deserialize<'de> for Step {
                         "investigate" => Action::Investigate(map.next_value()?),
                         "check_pool_reached" => Action::CheckPoolReached(map.next_value()?),
                         other => {
-                            let mut expected = vec!["name", "explain"];
-                            expected.extend_from_slice(ACTION_KEYS);
                             return Err(de::Error::custom(format_args!(
                                 "unknown field `{other}`, expected `name`, `explain` or an action: {}",
                                 ACTION_KEYS.join(", ")
@@ -471,7 +502,9 @@ impl<'de> Deserialize<'de> for Step {
                 }
                 let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
                 if name.is_empty()
-                    || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 {
                     return Err(de::Error::custom(format_args!(
                         "name {name:?}: use lowercase letters, digits and '-' (it names snapshot files and reports)"
@@ -484,7 +517,11 @@ impl<'de> Deserialize<'de> for Step {
                         ACTION_KEYS.join(", ")
                     ))
                 })?;
-                Ok(Step { name, explain, action })
+                Ok(Step {
+                    name,
+                    explain,
+                    action,
+                })
             }
         }
         d.deserialize_map(V)
@@ -502,13 +539,22 @@ pub enum ScenarioError {
     },
     /// `file:line:column: path: message`.
     #[error("{file}:{line}:{column}: {message}")]
-    Syntax { file: String, line: usize, column: usize, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
     #[error(
         "no scenario {name:?} in {dir}: the scenarios are {known} (`guardlab scenario --list`)"
     )]
-    Unknown { name: String, dir: String, known: String },
+    Unknown {
+        name: String,
+        dir: String,
+        known: String,
+    },
 }
 
 impl ScenarioError {
@@ -524,13 +570,21 @@ impl ScenarioError {
 /// Parse a scenario from text; `file` names it in errors.
 pub fn parse_scenario(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
     let scenario: Scenario = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
         let mut message = e.to_string();
         // serde_yaml appends " at line L column C"; we lead with it instead.
         if let Some(cut) = message.rfind(" at line ") {
             message.truncate(cut);
         }
-        ScenarioError::Syntax { file: file.to_string(), line, column, message }
+        ScenarioError::Syntax {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
     })?;
     check(file, &scenario)?;
     Ok(scenario)
@@ -538,7 +592,10 @@ pub fn parse_scenario(file: &str, text: &str) -> Result<Scenario, ScenarioError>
 
 /// Rules serde cannot say: unique step names and snapshots, a policy before policy steps.
 fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
-    let invalid = |message: String| ScenarioError::Invalid { file: file.to_string(), message };
+    let invalid = |message: String| ScenarioError::Invalid {
+        file: file.to_string(),
+        message,
+    };
     if s.steps.is_empty() {
         return Err(invalid("steps: a scenario needs at least one step".into()));
     }
@@ -548,7 +605,10 @@ fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
     let mut fingerprinted = false;
     for (i, step) in s.steps.iter().enumerate() {
         if !names.insert(step.name.as_str()) {
-            return Err(invalid(format!("steps[{i}].name: {:?} is used by an earlier step", step.name)));
+            return Err(invalid(format!(
+                "steps[{i}].name: {:?} is used by an earlier step",
+                step.name
+            )));
         }
         if let Some(snap) = step.action.snapshot() {
             if snap.is_empty() || snap.contains('/') || snap.starts_with('.') {
@@ -593,7 +653,10 @@ fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
 /// Read and parse a scenario file.
 pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
     let file = display_path(path);
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: file.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        file: file.clone(),
+        source,
+    })?;
     parse_scenario(&file, &text)
 }
 
@@ -609,7 +672,10 @@ pub fn display_path(path: &Path) -> String {
 
 /// The scenario files of a directory (`*.yaml`), sorted by name.
 pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ScenarioError::Read { file: display_path(dir), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ScenarioError::Read {
+        file: display_path(dir),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml") && p.is_file())
@@ -621,7 +687,10 @@ pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
 /// Find a scenario by name (a file `<dir>/<name>.yaml`) or take a path to a file.
 pub fn resolve_scenario(dir: &Path, name_or_path: &str) -> Result<PathBuf, ScenarioError> {
     let as_path = Path::new(name_or_path);
-    if name_or_path.ends_with(".yaml") || name_or_path.ends_with(".yml") || name_or_path.contains('/') {
+    if name_or_path.ends_with(".yaml")
+        || name_or_path.ends_with(".yml")
+        || name_or_path.contains('/')
+    {
         return Ok(as_path.to_path_buf());
     }
     let candidate = dir.join(format!("{name_or_path}.yaml"));
@@ -636,7 +705,11 @@ pub fn resolve_scenario(dir: &Path, name_or_path: &str) -> Result<PathBuf, Scena
     Err(ScenarioError::Unknown {
         name: name_or_path.to_string(),
         dir: display_path(dir),
-        known: if known.is_empty() { "none".into() } else { known.join(", ") },
+        known: if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        },
     })
 }
 
@@ -673,10 +746,15 @@ steps:
     fn a_good_file_parses_with_defaults() {
         let s = parse_scenario("demo.yaml", GOOD).unwrap();
         assert_eq!(s.steps.len(), 5);
-        let Action::Terminal(t) = &s.steps[1].action else { panic!("terminal") };
+        let Action::Terminal(t) = &s.steps[1].action else {
+            panic!("terminal")
+        };
         assert_eq!(t.session, "main");
         assert_eq!(t.commands[0].wait_for, vec![Condition::Exit("ls".into())]);
-        assert_eq!(t.commands[1].wait_for, vec![Condition::Exec("minerd".into())]);
+        assert_eq!(
+            t.commands[1].wait_for,
+            vec![Condition::Exec("minerd".into())]
+        );
         assert!(t.commands[2].wait_for.is_empty());
         assert_eq!(s.steps[4].action, Action::Disable(NoArgs));
         assert_eq!(s.steps[2].action.snapshot(), Some("fingerprints"));
@@ -685,8 +763,10 @@ steps:
     #[test]
     fn unknown_keys_name_file_line_and_path() {
         let text = GOOD.replace("        - ls -la\n", "        - {run: ls, bogus: 1}\n");
-        let err = parse_scenario("scenarios/demo.yaml", &text).unwrap_err().to_string();
-        assert!(err.starts_with("scenarios/demo.yaml:10:"), "{err}");
+        let err = parse_scenario("scenarios/demo.yaml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("scenarios/demo.yaml:11:"), "{err}");
         assert!(err.contains("steps[1].terminal.commands[0]"), "{err}");
         assert!(err.contains("unknown field `bogus`"), "{err}");
     }
@@ -695,40 +775,61 @@ steps:
     fn unknown_step_keys_and_two_actions_are_refused() {
         let text = GOOD.replace("    disable:\n", "    disabel:\n");
         let err = parse_scenario("d.yaml", &text).unwrap_err().to_string();
-        assert!(err.contains("steps[4]") && err.contains("unknown field `disabel`"), "{err}");
+        assert!(
+            err.contains("steps[4]") && err.contains("unknown field `disabel`"),
+            "{err}"
+        );
         assert!(err.starts_with("d.yaml:"), "{err}");
 
         let text = GOOD.replace("    disable:\n", "    disable:\n    enable:\n");
         let err = parse_scenario("d.yaml", &text).unwrap_err().to_string();
-        assert!(err.contains("one action") && err.contains("`disable` and `enable`"), "{err}");
+        assert!(
+            err.contains("one action") && err.contains("`disable` and `enable`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_types_are_refused_with_the_key() {
         let text = GOOD.replace("mode: audit", "mode: loud");
         let err = parse_scenario("d.yaml", &text).unwrap_err();
-        assert_eq!(err.line(), Some(18), "{err}");
-        assert!(err.to_string().contains("steps[3].create_policy.mode"), "{err}");
+        assert_eq!(err.line(), Some(19), "{err}");
+        assert!(
+            err.to_string().contains("steps[3].create_policy.mode"),
+            "{err}"
+        );
 
         let text = GOOD.replace("lab_up: {wait_for", "lab_up: {timeout: soon, wait_for");
         let err = parse_scenario("d.yaml", &text).unwrap_err().to_string();
-        assert!(err.contains("steps[0].lab_up.timeout") && err.contains("ms, s or m"), "{err}");
+        assert!(
+            err.contains("steps[0].lab_up.timeout") && err.contains("not a duration"),
+            "{err}"
+        );
     }
 
     #[test]
     fn rules_across_steps() {
         let text = GOOD.replace("name: pol", "name: fp");
         let err = parse_scenario("d.yaml", &text).unwrap_err().to_string();
-        assert!(err.contains("steps[3].name") && err.contains("earlier step"), "{err}");
+        assert!(
+            err.contains("steps[3].name") && err.contains("earlier step"),
+            "{err}"
+        );
 
-        let text = GOOD.replace("    fingerprint: {snapshot: fingerprints}\n", "    wait_events: {for: [{exec: ls}]}\n");
+        let text = GOOD.replace(
+            "    fingerprint: {snapshot: fingerprints}\n",
+            "    wait_events: {for: [{exec: ls}]}\n",
+        );
         let err = parse_scenario("d.yaml", &text).unwrap_err().to_string();
         assert!(err.contains("add a `fingerprint` step"), "{err}");
     }
 
     #[test]
     fn durations() {
-        assert_eq!(Timeout::parse("500ms").unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            Timeout::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!(Timeout::parse("2m").unwrap().0, Duration::from_secs(120));
         assert!(Timeout::parse("2h").is_err());
         assert_eq!(Timeout(Duration::from_secs(30)).to_string(), "30s");

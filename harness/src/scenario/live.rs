@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use guardlab_engine::deviation::{ActionKind, Decision};
 use guardlab_events::Event;
-use guardlab_lab::{Lab, LabAction, LabInfo, LocalLab, LocalLabOptions, Progress};
+use guardlab_jupyter::{JupyterClient, JupyterError, Kernel, Terminal};
+use guardlab_lab::{Lab, LabAction, LabInfo, LocalLab, LocalLabOptions};
+
+use crate::report::ConsoleProgress;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
@@ -25,66 +28,151 @@ use super::runner::{Backend, BackendError, Console};
 /// What a live run needs from the notebook: cells and terminals, through Jupyter's APIs.
 #[allow(async_fn_in_trait)] // Used through generics only.
 pub trait Workbench {
-    /// Run a cell in the notebook's kernel; returns its output. Fails when the cell fails.
-    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, String>;
-    /// Type a command line into the terminal of a session (opened on first use), and for a
-    /// foreground command wait for the shell's prompt. `input` lines are typed after it.
+    /// Run a cell in the notebook's kernel (started on first use); returns its output.
+    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, BackendError>;
+    /// Type a command line into the terminal of a session (opened on first use). A foreground
+    /// command is waited for (the shell's prompt); a background one is left running.
     async fn terminal_command(
         &mut self,
         session: &str,
-        command: &str,
-        background: bool,
-        input: &[String],
-        timeout: Duration,
-    ) -> Result<String, String>;
-    /// Close terminals and kernels.
+        command: &TerminalCommand,
+    ) -> Result<String, BackendError>;
+    /// End what still runs in the terminals, close them and the kernel.
     async fn close(&mut self);
 }
 
-/// The Jupyter driver (`guardlab-jupyter`) behind [`Workbench`].
+/// How long a background command gets to show its first output before it is left running.
+const BACKGROUND_GRACE: Duration = Duration::from_millis(500);
+
+/// The Jupyter driver (`guardlab-jupyter`) as the scenario's [`Workbench`].
 pub struct JupyterWorkbench {
-    _url: String,
+    client: JupyterClient,
+    kernel: Option<Kernel>,
+    /// Open terminals by session name, and whether a background command still runs there.
+    terminals: Vec<(String, Terminal, bool)>,
+}
+
+fn driver(what: &str) -> impl Fn(JupyterError) -> BackendError + '_ {
+    move |e| BackendError::Lab(format!("{what}: {e}"))
 }
 
 impl JupyterWorkbench {
-    pub async fn connect(url: &str) -> Result<Self, String> {
-        Err(format!(
-            "the notebook at {url} is up, but this build has no Jupyter driver to run cells and terminals with (guardlab-jupyter is not wired into the scenario runner yet)"
-        ))
+    pub async fn connect(url: &str) -> Result<Self, BackendError> {
+        let client = JupyterClient::new(url).map_err(driver("the notebook"))?;
+        client
+            .wait_until_up(Duration::from_secs(60))
+            .await
+            .map_err(driver("the notebook"))?;
+        Ok(JupyterWorkbench {
+            client,
+            kernel: None,
+            terminals: Vec::new(),
+        })
     }
 }
 
 impl Workbench for JupyterWorkbench {
-    async fn run_cell(&mut self, _code: &str, _timeout: Duration) -> Result<String, String> {
-        Err("no Jupyter driver".into())
+    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, BackendError> {
+        if self.kernel.is_none() {
+            self.kernel = Some(
+                self.client
+                    .start_kernel()
+                    .await
+                    .map_err(driver("starting a kernel"))?,
+            );
+        }
+        let kernel = self.kernel.as_mut().expect("started above");
+        let cell = kernel
+            .run_cell(code, timeout)
+            .await
+            .map_err(driver("running the cell"))?;
+        let mut output = cell.stdout.clone();
+        output.push_str(&cell.stderr);
+        if let Some(e) = &cell.error {
+            return Err(BackendError::Check(format!(
+                "the cell failed: {}: {}",
+                e.ename, e.evalue
+            )));
+        }
+        if cell.status != "ok" {
+            return Err(BackendError::Check(format!(
+                "the cell ended with status {:?}",
+                cell.status
+            )));
+        }
+        Ok(output)
     }
+
     async fn terminal_command(
         &mut self,
-        _session: &str,
-        _command: &str,
-        _background: bool,
-        _input: &[String],
-        _timeout: Duration,
-    ) -> Result<String, String> {
-        Err("no Jupyter driver".into())
-    }
-    async fn close(&mut self) {}
-}
-
-/// Lab progress as detail lines.
-struct ConsoleProgress {
-    quiet: bool,
-}
-
-impl Progress for ConsoleProgress {
-    fn phase(&self, what: &str) {
-        if !self.quiet {
-            println!("       lab: {what}");
+        session: &str,
+        command: &TerminalCommand,
+    ) -> Result<String, BackendError> {
+        let index = match self
+            .terminals
+            .iter()
+            .position(|(name, _, _)| name == session)
+        {
+            Some(i) => i,
+            None => {
+                let t = self
+                    .client
+                    .open_terminal()
+                    .await
+                    .map_err(driver("opening a terminal"))?;
+                self.terminals.push((session.to_string(), t, false));
+                self.terminals.len() - 1
+            }
+        };
+        let (_, terminal, busy) = &mut self.terminals[index];
+        if *busy {
+            // The background command of an earlier line still runs: end it first, as a person
+            // would with Ctrl-C.
+            terminal
+                .interrupt(Duration::from_secs(10))
+                .await
+                .map_err(driver("Ctrl-C in the terminal"))?;
+            *busy = false;
+        }
+        let answers: Vec<(&str, &str)> = command
+            .answers
+            .iter()
+            .map(|a| (a.prompt.as_str(), a.reply.as_str()))
+            .collect();
+        let limit = if command.background {
+            BACKGROUND_GRACE
+        } else {
+            command.timeout.0
+        };
+        match terminal.run_answering(&command.run, &answers, limit).await {
+            Ok(result) => {
+                let mut out = result.output;
+                if result.exit_status != 0 {
+                    out.push_str(&format!("\n(exit status {})", result.exit_status));
+                }
+                Ok(out)
+            }
+            Err(JupyterError::Timeout { partial, .. }) if command.background => {
+                *busy = true;
+                Ok(partial)
+            }
+            Err(e @ JupyterError::Timeout { .. }) => Err(BackendError::Check(format!(
+                "`{}` did not finish: {e}",
+                command.run
+            ))),
+            Err(e) => Err(driver("the terminal")(e)),
         }
     }
-    fn detail(&self, line: &str) {
-        if !self.quiet {
-            println!("         {line}");
+
+    async fn close(&mut self) {
+        for (_, mut terminal, busy) in self.terminals.drain(..) {
+            if busy {
+                let _ = terminal.interrupt(Duration::from_secs(5)).await;
+            }
+            let _ = terminal.close().await;
+        }
+        if let Some(kernel) = self.kernel.take() {
+            let _ = kernel.close().await;
         }
     }
 }
@@ -101,17 +189,30 @@ pub struct LocalBackend {
 
 /// The lab's name: the scenario's namespace, else its name.
 fn lab_name(scenario: &Scenario) -> String {
-    scenario.lab.namespace.clone().unwrap_or_else(|| scenario.name.clone())
+    scenario
+        .lab
+        .namespace
+        .clone()
+        .unwrap_or_else(|| scenario.name.clone())
 }
 
 impl LocalBackend {
     pub fn new(scenario: &Scenario) -> Result<Self, String> {
-        let lab = LocalLab::new(LocalLabOptions::new(&lab_name(scenario))).map_err(|e| e.to_string())?;
-        Ok(LocalBackend { lab, info: None, events: None, workbench: None, started: false })
+        let lab =
+            LocalLab::new(LocalLabOptions::new(&lab_name(scenario))).map_err(|e| e.to_string())?;
+        Ok(LocalBackend {
+            lab,
+            info: None,
+            events: None,
+            workbench: None,
+            started: false,
+        })
     }
 
     fn workbench(&mut self) -> Result<&mut JupyterWorkbench, BackendError> {
-        self.workbench.as_mut().ok_or_else(|| BackendError::Lab("the notebook is not connected (no lab_up step ran)".into()))
+        self.workbench.as_mut().ok_or_else(|| {
+            BackendError::Lab("the notebook is not connected (no lab_up step ran)".into())
+        })
     }
 }
 
@@ -121,7 +222,10 @@ pub fn lab_action(decision: &Decision) -> Option<LabAction> {
     match decision.action {
         ActionKind::AgentKillProcess => Some(LabAction::KillProcess { pid: t.pid }),
         ActionKind::AgentKillProcessTree => Some(LabAction::KillProcessTree { pid: t.pid }),
-        ActionKind::AgentKillPod => Some(LabAction::KillPod { namespace: t.namespace.clone(), name: t.pod.clone() }),
+        ActionKind::AgentKillPod => Some(LabAction::KillPod {
+            namespace: t.namespace.clone(),
+            name: t.pod.clone(),
+        }),
         ActionKind::AgentKillProcessGroup => None,
     }
 }
@@ -145,24 +249,35 @@ impl Backend for LocalBackend {
         let progress = ConsoleProgress { quiet: out.quiet };
         let lab_err = |e: guardlab_lab::LabError| BackendError::Lab(format!("the local lab: {e}"));
         if self.lab.status().await.map_err(lab_err)?.is_some() {
-            out.detail("a lab is up already: bringing it up afresh so that the baseline starts clean");
+            out.detail(
+                "a lab is up already: bringing it up afresh so that the baseline starts clean",
+            );
             self.lab.down(&progress).await.map_err(lab_err)?;
         }
         self.started = true;
         let info = self.lab.up(&progress).await.map_err(lab_err)?;
         out.detail(format!("notebook: {}", info.notebook_url));
         for pod in &info.pods {
-            out.detail(format!("pod {}/{} ({})", pod.namespace, pod.name, pod.image));
+            out.detail(format!(
+                "pod {}/{} ({})",
+                pod.namespace, pod.name, pod.image
+            ));
         }
         self.events = Some(self.lab.events().await.map_err(lab_err)?);
-        let workbench = JupyterWorkbench::connect(&info.notebook_url).await.map_err(BackendError::Lab)?;
+        let workbench = JupyterWorkbench::connect(&info.notebook_url).await?;
         self.workbench = Some(workbench);
         self.info = Some(info);
         Ok(())
     }
 
-    async fn notebook_cell(&mut self, code: &str, timeout: Duration, out: &Console) -> Result<(), BackendError> {
-        let output = self.workbench()?.run_cell(code, timeout).await.map_err(BackendError::Lab)?;
+    async fn notebook_cell(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        out: &Console,
+    ) -> Result<(), BackendError> {
+        let output =
+            guardlab_jupyter::screen_text(&self.workbench()?.run_cell(code, timeout).await?);
         for line in output.lines().take(5) {
             out.detail(format!("| {line}"));
         }
@@ -175,11 +290,7 @@ impl Backend for LocalBackend {
         command: &TerminalCommand,
         out: &Console,
     ) -> Result<(), BackendError> {
-        let output = self
-            .workbench()?
-            .terminal_command(session, &command.run, command.background, &command.input, command.timeout.0)
-            .await
-            .map_err(BackendError::Lab)?;
+        let output = self.workbench()?.terminal_command(session, command).await?;
         for line in output.lines().take(3) {
             out.detail(format!("| {line}"));
         }
@@ -188,12 +299,16 @@ impl Backend for LocalBackend {
 
     async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {
         let Some(rx) = self.events.as_mut() else {
-            return Err(BackendError::Lab("the lab's events are not flowing (no lab_up step ran)".into()));
+            return Err(BackendError::Lab(
+                "the lab's events are not flowing (no lab_up step ran)".into(),
+            ));
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Some(e)) => Ok(Some(e)),
-            Ok(None) => Err(BackendError::Lab("the lab's event stream ended (did the lab daemon stop?)".into())),
+            Ok(None) => Err(BackendError::Lab(
+                "the lab's event stream ended (did the lab daemon stop?)".into(),
+            )),
             Err(_) => Ok(None),
         }
     }
@@ -225,11 +340,20 @@ impl Backend for LocalBackend {
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
         let deadline = Instant::now() + check.timeout.0;
         loop {
-            let visitors = self.lab.visitors().await.map_err(|e| BackendError::Lab(format!("the lab's pool: {e}")))?;
+            let visitors = self
+                .lab
+                .visitors()
+                .await
+                .map_err(|e| BackendError::Lab(format!("the lab's pool: {e}")))?;
             let enough = visitors
                 .pool
                 .iter()
-                .filter(|c| check.user.as_ref().is_none_or(|u| c.get("user").and_then(Json::as_str) == Some(u)))
+                .filter(|c| {
+                    check
+                        .user
+                        .as_ref()
+                        .is_none_or(|u| c.get("user").and_then(Json::as_str) == Some(u))
+                })
                 .count()
                 >= check.clients;
             if enough || Instant::now() >= deadline {
@@ -246,7 +370,10 @@ impl Backend for LocalBackend {
         self.events = None;
         if keep {
             if let Some(info) = &self.info {
-                out.line(format!("The lab stays up (--keep-lab): open {} ; `guardlab lab down` removes it.", info.notebook_url));
+                out.line(format!(
+                    "The lab stays up (--keep-lab): open {} ; `guardlab lab down` removes it.",
+                    info.notebook_url
+                ));
             }
             return Ok(());
         }

@@ -39,7 +39,9 @@ pub fn scenarios_dir() -> PathBuf {
     if here.is_dir() {
         return here;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scenarios")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scenarios")
 }
 
 /// Everything a run needs, resolved from the command line and the environment.
@@ -81,7 +83,11 @@ impl RunOptions {
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
 pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
     let dir = scenario_file.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     dir.join("..").join("snapshots").join(name)
 }
 
@@ -120,14 +126,20 @@ pub fn run_scenario(args: &ScenarioArgs) -> CommandResult {
         0 => Ok(Outcome::Clean),
         1 => Ok(Outcome::Findings),
         _ => Err(Failure(anyhow::anyhow!(
-            "scenario {}: {}",
-            report.scenario,
+            "{}{}",
+            if report.scenario == "?" {
+                String::new()
+            } else {
+                format!("scenario {}: ", report.scenario)
+            },
             report
                 .error
                 .clone()
-                .or_else(|| report.steps.iter().find(|s| s.result == StepResult::Error).map(|s| {
-                    format!("step {:?}: {}", s.name, s.messages.join("; "))
-                }))
+                .or_else(|| report
+                    .steps
+                    .iter()
+                    .find(|s| s.result == StepResult::Error)
+                    .map(|s| { format!("step {:?}: {}", s.name, s.messages.join("; ")) }))
                 .unwrap_or_else(|| "the lab could not run".into())
         ))),
     }
@@ -156,12 +168,20 @@ pub fn list_scenarios() -> CommandResult {
     for p in &problems {
         eprintln!("guardlab: {p}");
     }
-    Ok(if problems.is_empty() { Outcome::Clean } else { Outcome::Findings })
+    Ok(if problems.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
 }
 
 /// Run a scenario to the end on a fresh tokio runtime; never fails: errors are in the report.
 pub fn run_blocking(options: &RunOptions) -> RunReport {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(run(options)),
         Err(e) => {
             let mut r = RunReport::new("?", "?");
@@ -196,9 +216,19 @@ pub async fn run(options: &RunOptions) -> RunReport {
     let snapshots = runner::SnapshotMode {
         dir: snapshot::SnapshotDir::new(snapshot_dir),
         update: options.update_snapshots,
-        source: file::display_path(&options.scenario_file),
+        // As the repository names it, whatever the current directory.
+        source: format!(
+            "scenarios/{}",
+            options
+                .scenario_file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
     };
-    let console = runner::Console { quiet: options.quiet };
+    let console = runner::Console {
+        quiet: options.quiet,
+    };
     let header = |backend: &str, synthetic: bool, note: String| recording::Header {
         format: recording::RECORDING_FORMAT,
         scenario: scenario.name.clone(),
@@ -210,7 +240,9 @@ pub async fn run(options: &RunOptions) -> RunReport {
     match options.backend {
         BackendArg::Replay => {
             let path = options.replay_file.clone().unwrap_or_else(|| {
-                options.scenario_file.with_file_name(format!("{}.ndjson", scenario.name))
+                options
+                    .scenario_file
+                    .with_file_name(format!("{}.ndjson", scenario.name))
             });
             let shown = file::display_path(&path);
             let rec = match recording::read_recording(&path) {
@@ -218,7 +250,10 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 Err(e) => {
                     return fail(
                         &scenario.name,
-                        format!("{e} (make a recording with `guardlab scenario {} --record {shown}`)", scenario.name),
+                        format!(
+                            "{e} (make a recording with `guardlab scenario {} --record {shown}`)",
+                            scenario.name
+                        ),
                     );
                 }
             };
@@ -236,7 +271,9 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 }
                 None => None,
             };
-            runner::Runner::new(&scenario, backend, snapshots, recorder, console).run(options.keep_lab).await
+            runner::Runner::new(&scenario, backend, snapshots, recorder, console)
+                .run(options.keep_lab)
+                .await
         }
         BackendArg::Local => {
             let backend = match live::LocalBackend::new(&scenario) {
@@ -246,14 +283,19 @@ pub async fn run(options: &RunOptions) -> RunReport {
             let recorder = match &options.record {
                 Some(out) => match recording::RecordingWriter::create(
                     out,
-                    &header("local", false, format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION"))),
+                    &header(
+                        "local",
+                        false,
+                        format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
+                    ),
                 ) {
                     Ok(w) => Some(w),
                     Err(e) => return fail(&scenario.name, e.to_string()),
                 },
                 None => None,
             };
-            let run = runner::Runner::new(&scenario, backend, snapshots, recorder, console).run(options.keep_lab);
+            let run = runner::Runner::new(&scenario, backend, snapshots, recorder, console)
+                .run(options.keep_lab);
             run.await
         }
         BackendArg::Kind => fail(

@@ -105,7 +105,11 @@ pub enum RecordingError {
         source: io::Error,
     },
     #[error("{file}:{line}: {message}")]
-    Line { file: String, line: usize, message: String },
+    Line {
+        file: String,
+        line: usize,
+        message: String,
+    },
 }
 
 /// Writes a recording as the run goes; every line is flushed at the end of each step, so a
@@ -117,14 +121,23 @@ pub struct RecordingWriter {
 
 impl RecordingWriter {
     pub fn create(path: &Path, header: &Header) -> Result<Self, RecordingError> {
-        let file = File::create(path).map_err(|source| RecordingError::Io { file: path.display().to_string(), source })?;
-        let mut w = RecordingWriter { path: path.to_path_buf(), out: BufWriter::new(file) };
+        let file = File::create(path).map_err(|source| RecordingError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let mut w = RecordingWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        };
         w.marker(&Marker::Recording(header.clone()))?;
         Ok(w)
     }
 
     fn io(&self, source: io::Error) -> RecordingError {
-        RecordingError::Io { file: self.path.display().to_string(), source }
+        RecordingError::Io {
+            file: self.path.display().to_string(),
+            source,
+        }
     }
 
     fn marker(&mut self, marker: &Marker) -> Result<(), RecordingError> {
@@ -133,15 +146,30 @@ impl RecordingWriter {
     }
 
     pub fn begin_step(&mut self, index: usize, name: &str) -> Result<(), RecordingError> {
-        self.marker(&Marker::Step(StepMarker { index, name: name.into(), at: At::Begin, facts: BTreeMap::new() }))
+        self.marker(&Marker::Step(StepMarker {
+            index,
+            name: name.into(),
+            at: At::Begin,
+            facts: BTreeMap::new(),
+        }))
     }
 
     pub fn event(&mut self, event: &Event) -> Result<(), RecordingError> {
         guardlab_events::write_ndjson(&mut self.out, event).map_err(|e| self.io(e))
     }
 
-    pub fn end_step(&mut self, index: usize, name: &str, facts: &BTreeMap<String, Value>) -> Result<(), RecordingError> {
-        self.marker(&Marker::Step(StepMarker { index, name: name.into(), at: At::End, facts: facts.clone() }))?;
+    pub fn end_step(
+        &mut self,
+        index: usize,
+        name: &str,
+        facts: &BTreeMap<String, Value>,
+    ) -> Result<(), RecordingError> {
+        self.marker(&Marker::Step(StepMarker {
+            index,
+            name: name.into(),
+            at: At::End,
+            facts: facts.clone(),
+        }))?;
         self.out.flush().map_err(|e| self.io(e))
     }
 
@@ -172,20 +200,31 @@ fn parse_line(text: &str, line: usize) -> Result<Line, String> {
     let trimmed = text.trim_start();
     // A marker's only key is `recording` or `step`; events start with their version `v`.
     if trimmed.starts_with("{\"recording\"") || trimmed.starts_with("{\"step\"") {
-        return serde_json::from_str::<Marker>(trimmed).map(Line::Marker).map_err(|e| format!("marker: {e}"));
+        return serde_json::from_str::<Marker>(trimmed)
+            .map(Line::Marker)
+            .map_err(|e| format!("marker: {e}"));
     }
-    guardlab_events::parse_line(text, line).map(|e| Line::Event(Box::new(e))).map_err(|e| match e {
-        ReadError::Json { source, .. } => format!("event: {source}"),
-        other => other.to_string(),
-    })
+    guardlab_events::parse_line(text, line)
+        .map(|e| Line::Event(Box::new(e)))
+        .map_err(|e| match e {
+            ReadError::Json { source, .. } => format!("event: {source}"),
+            other => other.to_string(),
+        })
 }
 
 /// Read a recording and check its structure: the header first, then steps numbered from 0,
 /// each with its events between its `begin` and `end` markers.
 pub fn read_recording(path: &Path) -> Result<Recording, RecordingError> {
     let file_name = path.display().to_string();
-    let file = File::open(path).map_err(|source| RecordingError::Io { file: file_name.clone(), source })?;
-    let err = |line: usize, message: String| RecordingError::Line { file: file_name.clone(), line, message };
+    let file = File::open(path).map_err(|source| RecordingError::Io {
+        file: file_name.clone(),
+        source,
+    })?;
+    let err = |line: usize, message: String| RecordingError::Line {
+        file: file_name.clone(),
+        line,
+        message,
+    };
     let mut header: Option<Header> = None;
     let mut steps: Vec<RecordedStep> = Vec::new();
     let mut open: Option<RecordedStep> = None;
@@ -193,7 +232,10 @@ pub fn read_recording(path: &Path) -> Result<Recording, RecordingError> {
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let n = i + 1;
         last_line = n;
-        let text = line.map_err(|source| RecordingError::Io { file: file_name.clone(), source })?;
+        let text = line.map_err(|source| RecordingError::Io {
+            file: file_name.clone(),
+            source,
+        })?;
         if text.trim().is_empty() {
             continue;
         }
@@ -201,25 +243,46 @@ pub fn read_recording(path: &Path) -> Result<Recording, RecordingError> {
         match parsed {
             Line::Marker(Marker::Recording(h)) => {
                 if header.is_some() || !steps.is_empty() || open.is_some() {
-                    return Err(err(n, "the `recording` header must be the first line, once".into()));
+                    return Err(err(
+                        n,
+                        "the `recording` header must be the first line, once".into(),
+                    ));
                 }
                 if h.format != RECORDING_FORMAT {
-                    return Err(err(n, format!("recording format {}, this build reads {RECORDING_FORMAT}", h.format)));
+                    return Err(err(
+                        n,
+                        format!(
+                            "recording format {}, this build reads {RECORDING_FORMAT}",
+                            h.format
+                        ),
+                    ));
                 }
                 header = Some(h);
             }
             _ if header.is_none() => {
-                return Err(err(n, "not a recording: the first line must be a `recording` header".into()));
+                return Err(err(
+                    n,
+                    "not a recording: the first line must be a `recording` header".into(),
+                ));
             }
             Line::Marker(Marker::Step(m)) => match m.at {
                 At::Begin => {
                     if let Some(o) = &open {
-                        return Err(err(n, format!("step {:?} begins before step {:?} ended", m.name, o.name)));
+                        return Err(err(
+                            n,
+                            format!("step {:?} begins before step {:?} ended", m.name, o.name),
+                        ));
                     }
                     if m.index != steps.len() {
-                        return Err(err(n, format!("step index {}, expected {}", m.index, steps.len())));
+                        return Err(err(
+                            n,
+                            format!("step index {}, expected {}", m.index, steps.len()),
+                        ));
                     }
-                    open = Some(RecordedStep { name: m.name, ..RecordedStep::default() });
+                    open = Some(RecordedStep {
+                        name: m.name,
+                        ..RecordedStep::default()
+                    });
                 }
                 At::End => match open.take() {
                     Some(mut o) if o.name == m.name && m.index == steps.len() => {
@@ -235,7 +298,8 @@ pub fn read_recording(path: &Path) -> Result<Recording, RecordingError> {
             },
         }
     }
-    let header = header.ok_or_else(|| err(last_line.max(1), "empty: no `recording` header".into()))?;
+    let header =
+        header.ok_or_else(|| err(last_line.max(1), "empty: no `recording` header".into()))?;
     // A run that stopped half-way leaves an open step: keep what it has, as the live run saw it.
     if let Some(o) = open {
         steps.push(o);
@@ -246,14 +310,24 @@ pub fn read_recording(path: &Path) -> Result<Recording, RecordingError> {
 /// Only the events of a recording (or of a plain event stream), in order.
 pub fn read_events_only(path: &Path) -> Result<Vec<Event>, RecordingError> {
     let file_name = path.display().to_string();
-    let file = File::open(path).map_err(|source| RecordingError::Io { file: file_name.clone(), source })?;
+    let file = File::open(path).map_err(|source| RecordingError::Io {
+        file: file_name.clone(),
+        source,
+    })?;
     let mut events = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let text = line.map_err(|source| RecordingError::Io { file: file_name.clone(), source })?;
+        let text = line.map_err(|source| RecordingError::Io {
+            file: file_name.clone(),
+            source,
+        })?;
         if text.trim().is_empty() {
             continue;
         }
-        match parse_line(&text, i + 1).map_err(|message| RecordingError::Line { file: file_name.clone(), line: i + 1, message })? {
+        match parse_line(&text, i + 1).map_err(|message| RecordingError::Line {
+            file: file_name.clone(),
+            line: i + 1,
+            message,
+        })? {
             Line::Event(e) => events.push(*e),
             Line::Marker(_) => {}
         }
@@ -281,15 +355,30 @@ mod tests {
     fn round_trips_with_steps_and_facts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.ndjson");
-        let lost = |n| Event::new(n, EventBody::Lost(Lost { count: n, cpu: None }));
+        let lost = |n| {
+            Event::new(
+                n,
+                EventBody::Lost(Lost {
+                    count: n,
+                    cpu: None,
+                }),
+            )
+        };
         let rec = Recording {
             header: header(),
             steps: vec![
-                RecordedStep { name: "a".into(), events: vec![lost(1), lost(2)], facts: BTreeMap::new() },
+                RecordedStep {
+                    name: "a".into(),
+                    events: vec![lost(1), lost(2)],
+                    facts: BTreeMap::new(),
+                },
                 RecordedStep {
                     name: "b".into(),
                     events: vec![],
-                    facts: BTreeMap::from([(FACT_POOL_CLIENTS.to_string(), serde_json::json!([{"user": "ME"}]))]),
+                    facts: BTreeMap::from([(
+                        FACT_POOL_CLIENTS.to_string(),
+                        serde_json::json!([{"user": "ME"}]),
+                    )]),
                 },
             ],
         };
@@ -306,15 +395,36 @@ mod tests {
         let path = dir.path().join("r.ndjson");
         let h = serde_json::to_string(&Marker::Recording(header())).unwrap();
         let cases = [
-            (format!("{h}\n{{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}}\n"), 2, "outside any step"),
-            (format!("{h}\n{{\"step\":{{\"index\":1,\"name\":\"a\",\"at\":\"begin\"}}}}\n"), 2, "expected 0"),
-            (format!("{h}\n{{\"step\":{{\"index\":0,\"name\":\"a\",\"at\":\"begin\"}}}}\n{{\"v\":1,\"ts\":1,\"type\":\"lost\",\"bogus\":1}}\n"), 3, "bogus"),
-            ("{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}\n".to_string(), 1, "first line"),
+            (
+                format!("{h}\n{{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}}\n"),
+                2,
+                "outside any step",
+            ),
+            (
+                format!("{h}\n{{\"step\":{{\"index\":1,\"name\":\"a\",\"at\":\"begin\"}}}}\n"),
+                2,
+                "expected 0",
+            ),
+            (
+                format!(
+                    "{h}\n{{\"step\":{{\"index\":0,\"name\":\"a\",\"at\":\"begin\"}}}}\n{{\"v\":1,\"ts\":1,\"type\":\"lost\",\"bogus\":1}}\n"
+                ),
+                3,
+                "bogus",
+            ),
+            (
+                "{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}\n".to_string(),
+                1,
+                "first line",
+            ),
         ];
         for (text, line, what) in cases {
             std::fs::write(&path, &text).unwrap();
             let e = read_recording(&path).unwrap_err().to_string();
-            assert!(e.contains(&format!("r.ndjson:{line}:")) && e.contains(what), "{e}");
+            assert!(
+                e.contains(&format!("r.ndjson:{line}:")) && e.contains(what),
+                "{e}"
+            );
         }
     }
 }

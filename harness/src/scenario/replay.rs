@@ -42,7 +42,12 @@ impl ReplayBackend {
                 ));
             }
         }
-        Ok(ReplayBackend { recording, file: file.to_string(), current: VecDeque::new(), facts: BTreeMap::new() })
+        Ok(ReplayBackend {
+            recording,
+            file: file.to_string(),
+            current: VecDeque::new(),
+            facts: BTreeMap::new(),
+        })
     }
 
     pub fn header(&self) -> &super::recording::Header {
@@ -77,12 +82,24 @@ impl Backend for ReplayBackend {
 
     async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
         let h = &self.recording.header;
-        let kind = if h.synthetic { "a synthetic recording" } else { "a recording of a live run" };
-        out.detail(format!("replaying {} ({kind} on the {} backend)", self.file, h.backend));
+        let kind = if h.synthetic {
+            "a synthetic recording"
+        } else {
+            "a recording of a live run"
+        };
+        out.detail(format!(
+            "replaying {} ({kind} on the {} backend)",
+            self.file, h.backend
+        ));
         Ok(())
     }
 
-    async fn notebook_cell(&mut self, _code: &str, _timeout: Duration, _out: &Console) -> Result<(), BackendError> {
+    async fn notebook_cell(
+        &mut self,
+        _code: &str,
+        _timeout: Duration,
+        _out: &Console,
+    ) -> Result<(), BackendError> {
         Ok(())
     }
 
@@ -104,7 +121,10 @@ impl Backend for ReplayBackend {
     }
 
     async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
-        Ok(format!("not carried out again in a replay (pid {})", decision.target.pid))
+        Ok(format!(
+            "not carried out again in a replay (pid {})",
+            decision.target.pid
+        ))
     }
 
     async fn pool_clients(&mut self, _check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {

@@ -56,7 +56,12 @@ pub trait Backend {
     /// The step is over; `facts` are what it learned outside the event stream.
     fn end_step(&mut self, index: usize, step: &Step, facts: &BTreeMap<String, Json>);
     async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError>;
-    async fn notebook_cell(&mut self, code: &str, timeout: Duration, out: &Console) -> Result<(), BackendError>;
+    async fn notebook_cell(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        out: &Console,
+    ) -> Result<(), BackendError>;
     async fn terminal_command(
         &mut self,
         session: &str,
@@ -177,7 +182,11 @@ impl RunReport {
     pub fn exit_code(&self) -> u8 {
         if self.error.is_some() || self.steps.iter().any(|s| s.result == StepResult::Error) {
             2
-        } else if self.steps.iter().any(|s| matches!(s.result, StepResult::Mismatch | StepResult::Failed)) {
+        } else if self
+            .steps
+            .iter()
+            .any(|s| matches!(s.result, StepResult::Mismatch | StepResult::Failed))
+        {
             1
         } else {
             0
@@ -239,11 +248,17 @@ impl Names {
     }
 
     fn is(&self, key: &ProcessKey, name: &str) -> bool {
-        self.processes.get(key).is_some_and(|n| n.iter().any(|x| x == name))
+        self.processes
+            .get(key)
+            .is_some_and(|n| n.iter().any(|x| x == name))
     }
 
     fn name(&self, key: &ProcessKey) -> &str {
-        self.processes.get(key).and_then(|n| n.first()).map(String::as_str).unwrap_or("?")
+        self.processes
+            .get(key)
+            .and_then(|n| n.first())
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 
     fn remote(&self, ip: &IpAddr) -> String {
@@ -259,8 +274,14 @@ impl Names {
             (Condition::Exit(n), EventBody::Exit(x)) => self.is(&x.key, n),
             (Condition::Connect(target), EventBody::Connect(c)) => {
                 let (host, port) = split_host_port(target);
-                let host_ok = host.parse::<IpAddr>().map(|ip| ip == c.remote_ip).unwrap_or(false)
-                    || self.dns.get(&c.remote_ip).is_some_and(|names| names.iter().any(|n| n == host));
+                let host_ok = host
+                    .parse::<IpAddr>()
+                    .map(|ip| ip == c.remote_ip)
+                    .unwrap_or(false)
+                    || self
+                        .dns
+                        .get(&c.remote_ip)
+                        .is_some_and(|names| names.iter().any(|n| n == host));
                 host_ok && port.is_none_or(|p| p == c.remote_port)
             }
             (Condition::Listen(p), EventBody::Listen(l)) => l.port == *p,
@@ -369,7 +390,12 @@ impl<'a, B: Backend> Runner<'a, B> {
                 });
                 continue;
             }
-            self.out.line(format!("[{:>2}/{total}] {} ({})", index + 1, step.name, step.action.key()));
+            self.out.line(format!(
+                "[{:>2}/{total}] {} ({})",
+                index + 1,
+                step.name,
+                step.action.key()
+            ));
             for line in textwrap(&step.explain, 88) {
                 self.out.line(format!("       {line}"));
             }
@@ -421,7 +447,10 @@ impl<'a, B: Backend> Runner<'a, B> {
                 result = StepResult::Failed;
             }
             let elapsed = t0.elapsed();
-            let snapshot = step.action.snapshot().map(|s| super::file::display_path(&self.snapshots.dir.path(s)));
+            let snapshot = step
+                .action
+                .snapshot()
+                .map(|s| super::file::display_path(&self.snapshots.dir.path(s)));
             let mark = match result {
                 StepResult::Passed => "ok",
                 StepResult::Updated => "ok (snapshot written)",
@@ -447,7 +476,8 @@ impl<'a, B: Backend> Runner<'a, B> {
                     snapshot.as_deref().unwrap_or("?")
                 ));
             }
-            self.out.line(format!("       => {mark} in {}", seconds(elapsed)));
+            self.out
+                .line(format!("       => {mark} in {}", seconds(elapsed)));
             self.report.steps.push(StepReport {
                 index,
                 name: step.name.clone(),
@@ -473,7 +503,9 @@ impl<'a, B: Backend> Runner<'a, B> {
         }
         if self.engine.policy.is_some() {
             self.report.deviations = Some(self.engine.investigator.matcher_mut().report());
-            self.report.investigation = Some(self.engine.investigator.finish());
+            if self.report.investigation.is_none() {
+                self.report.investigation = Some(self.engine.investigator.finish());
+            }
         }
         self.report.duration_ms = started.elapsed().as_millis() as u64;
         self.report.settle();
@@ -483,7 +515,8 @@ impl<'a, B: Backend> Runner<'a, B> {
     /// Take one event: engine, names, recording, responses.
     async fn observe(&mut self, event: Event) -> Result<(), BackendError> {
         if let Some(r) = self.recorder.as_mut() {
-            r.event(&event).map_err(|e| BackendError::Lab(format!("recording: {e}")))?;
+            r.event(&event)
+                .map_err(|e| BackendError::Lab(format!("recording: {e}")))?;
         }
         if let EventBody::Container(info) = &event.body {
             self.engine.redactor.learn(info);
@@ -505,20 +538,31 @@ impl<'a, B: Backend> Runner<'a, B> {
         if finding.new {
             let what = match (&event.body, finding.kind) {
                 (EventBody::Connect(c) | EventBody::Accept(c), _) => {
-                    format!("{} {}:{}", self.engine.names.name(&c.process), self.engine.names.remote(&c.remote_ip), c.remote_port)
+                    format!(
+                        "{} {}:{}",
+                        self.engine.names.name(&c.process),
+                        self.engine.names.remote(&c.remote_ip),
+                        c.remote_port
+                    )
                 }
                 (_, DeviationType::Process) => {
-                    format!("{} (pid {})", self.engine.names.name(&finding.process), finding.process.pid())
+                    format!(
+                        "{} (pid {})",
+                        self.engine.names.name(&finding.process),
+                        finding.process.pid()
+                    )
                 }
                 _ => String::new(),
             };
-            self.out.detail(format!("new {} deviation {}: {what}", kind_word(finding.kind), finding.deviation_uid));
+            self.out.detail(format!(
+                "new {} deviation {}: {what}",
+                kind_word(finding.kind),
+                finding.deviation_uid
+            ));
         }
         for flag in &finding.flags {
-            self.out.detail(format!(
-                "{:?} {:?} flag raised: {} (pid {})",
-                flag.severity, flag.class, flag.process, flag.pid
-            ));
+            self.out
+                .detail(format!("raised: {} (pid {})", flag_line(flag), flag.pid));
         }
         for decision in &finding.decisions {
             if !decision.initiated {
@@ -545,7 +589,12 @@ impl<'a, B: Backend> Runner<'a, B> {
     }
 
     /// Take events until every condition was met, or the timeout.
-    async fn wait_for(&mut self, conditions: &[Condition], timeout: Duration, what: &str) -> Result<(), BackendError> {
+    async fn wait_for(
+        &mut self,
+        conditions: &[Condition],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), BackendError> {
         let mut pending: Vec<&Condition> = conditions.iter().collect();
         let deadline = Instant::now() + timeout;
         while !pending.is_empty() {
@@ -556,7 +605,10 @@ impl<'a, B: Backend> Runner<'a, B> {
                 } else {
                     "not in the recording of this step".to_string()
                 };
-                return Err(BackendError::Check(format!("{what}: {} {how}", missing.join(", "))));
+                return Err(BackendError::Check(format!(
+                    "{what}: {} {how}",
+                    missing.join(", ")
+                )));
             };
             self.engine.names.observe(&event);
             pending.retain(|c| !self.engine.names.matches(c, &event));
@@ -575,15 +627,24 @@ impl<'a, B: Backend> Runner<'a, B> {
             Action::LabUp(up) => {
                 self.backend.lab_up(&self.out).await?;
                 // A lab whose events do not flow could not run: that is an error, not a finding.
-                match self.wait_for(&up.wait_for, up.timeout.0, "the lab's events").await {
-                    Err(BackendError::Check(m)) if self.backend.is_live() => Err(BackendError::Lab(m)),
+                match self
+                    .wait_for(&up.wait_for, up.timeout.0, "the lab's events")
+                    .await
+                {
+                    Err(BackendError::Check(m)) if self.backend.is_live() => {
+                        Err(BackendError::Lab(m))
+                    }
                     other => other,
                 }
             }
             Action::NotebookCell(cell) => {
-                self.out.detail(format!("cell: {}", cell.code.lines().next().unwrap_or("")));
-                self.backend.notebook_cell(&cell.code, cell.timeout.0, &self.out).await?;
-                self.wait_for(&cell.wait_for, cell.timeout.0, "after the cell").await
+                self.out
+                    .detail(format!("cell: {}", cell.code.lines().next().unwrap_or("")));
+                self.backend
+                    .notebook_cell(&cell.code, cell.timeout.0, &self.out)
+                    .await?;
+                self.wait_for(&cell.wait_for, cell.timeout.0, "after the cell")
+                    .await
             }
             Action::Terminal(t) => {
                 if !self.terminals.contains(&t.session) {
@@ -591,8 +652,17 @@ impl<'a, B: Backend> Runner<'a, B> {
                 }
                 for command in &t.commands {
                     self.out.detail(format!("$ {}", command.run));
-                    self.backend.terminal_command(&t.session, command, &self.out).await?;
-                    if let Err(e) = self.wait_for(&command.wait_for, command.timeout.0, &format!("`{}`", command.run)).await {
+                    self.backend
+                        .terminal_command(&t.session, command, &self.out)
+                        .await?;
+                    if let Err(e) = self
+                        .wait_for(
+                            &command.wait_for,
+                            command.timeout.0,
+                            &format!("`{}`", command.run),
+                        )
+                        .await
+                    {
                         match e {
                             BackendError::Check(m) => {
                                 // Go on with the next command: the rest of the step still tells.
@@ -621,9 +691,16 @@ impl<'a, B: Backend> Runner<'a, B> {
                     ));
                 }
                 if fps.is_empty() {
-                    return Err(BackendError::Check("no fingerprint: no program ran in any container".into()));
+                    return Err(BackendError::Check(
+                        "no fingerprint: no program ran in any container".into(),
+                    ));
                 }
-                let values: Vec<_> = self.engine.groups.iter().map(|g| self.engine.redactor.value(g)).collect();
+                let values: Vec<_> = self
+                    .engine
+                    .groups
+                    .iter()
+                    .map(|g| self.engine.redactor.value(g))
+                    .collect();
                 *diff = self.check_snapshot(step, &s.snapshot, &yaml_documents(&values));
                 Ok(())
             }
@@ -632,7 +709,12 @@ impl<'a, B: Backend> Runner<'a, B> {
                 let mut fps = fingerprints_of_groups(&self.engine.groups);
                 if let Some(pattern) = &c.image {
                     fps.retain(|f| {
-                        let image = f.spec.container_selector.as_ref().and_then(|s| s.image.as_deref()).unwrap_or("");
+                        let image = f
+                            .spec
+                            .container_selector
+                            .as_ref()
+                            .and_then(|s| s.image.as_deref())
+                            .unwrap_or("");
                         guardlab_engine::glob::glob_match(pattern, image)
                     });
                 }
@@ -645,8 +727,11 @@ impl<'a, B: Backend> Runner<'a, B> {
                     policy::policy_uid(&policy)
                 ));
                 // The baseline, replayed against its own policy, must deviate nowhere.
-                let check = guardlab_engine::deviation::find_deviations(std::slice::from_ref(&policy), &self.engine.baseline)
-                    .map_err(|e| BackendError::Check(format!("the new policy: {e}")))?;
+                let check = guardlab_engine::deviation::find_deviations(
+                    std::slice::from_ref(&policy),
+                    &self.engine.baseline,
+                )
+                .map_err(|e| BackendError::Check(format!("the new policy: {e}")))?;
                 if check.unique() > 0 {
                     self.failed = true;
                     for d in check.deviations() {
@@ -705,9 +790,15 @@ impl<'a, B: Backend> Runner<'a, B> {
                         ));
                     }
                 }
-                self.out.detail(format!("{} deviations traced", investigation.deviations.len()));
-                let text = yaml(&self.engine.redactor.value(&investigation));
+                self.out.detail(format!(
+                    "{} deviations traced",
+                    investigation.deviations.len()
+                ));
+                let text = yaml(&self.engine.redactor.value(&trace_snapshot(&investigation)));
                 *diff = self.check_snapshot(step, &s.snapshot, &text);
+                // The report shows the investigation as this step saw it (a later `disable`
+                // would leave its processes unlabelled).
+                self.report.investigation = Some(investigation);
                 Ok(())
             }
             Action::CheckPoolReached(check) => {
@@ -732,7 +823,11 @@ impl<'a, B: Backend> Runner<'a, B> {
                     return Err(BackendError::Check(format!(
                         "the pool saw {} client(s){}, expected at least {}",
                         matching.len(),
-                        check.user.as_deref().map(|u| format!(" as user {u}")).unwrap_or_default(),
+                        check
+                            .user
+                            .as_deref()
+                            .map(|u| format!(" as user {u}"))
+                            .unwrap_or_default(),
                         check.clients
                     )));
                 }
@@ -746,7 +841,11 @@ impl<'a, B: Backend> Runner<'a, B> {
             return Err(BackendError::Check("no policy yet".into()));
         };
         change(policy);
-        self.out.detail(format!("policy {} is now {}", policy.metadata.name, policy::status(policy)));
+        self.out.detail(format!(
+            "policy {} is now {}",
+            policy.metadata.name,
+            policy::status(policy)
+        ));
         self.engine
             .investigator
             .matcher_mut()
@@ -759,7 +858,11 @@ impl<'a, B: Backend> Runner<'a, B> {
     fn deviations_since_last(&mut self) -> String {
         let report = self.engine.investigator.matcher_mut().report();
         let e = &mut self.engine;
-        let all: Vec<_> = report.policies.iter().flat_map(|p| p.deviations.iter()).collect();
+        let all: Vec<_> = report
+            .policies
+            .iter()
+            .flat_map(|p| p.deviations.iter())
+            .collect();
         let new: Vec<_> = all.iter().skip(e.seen_deviations).copied().collect();
         let flags = &report.flags[e.seen_flags.min(report.flags.len())..];
         let decisions = &report.decisions[e.seen_decisions.min(report.decisions.len())..];
@@ -785,19 +888,24 @@ impl<'a, B: Backend> Runner<'a, B> {
         struct Expectation<'r> {
             policies: Vec<PolicyCounts<'r>>,
             new_deviations: Vec<&'r guardlab_engine::deviation::DeviationRecord>,
-            red_flags: &'r [guardlab_engine::deviation::Flag],
-            actions: &'r [Decision],
+            red_flags: Vec<String>,
+            actions: Vec<&'r str>,
             audit_log: &'r [String],
         }
         let value = e.redactor.value(&Expectation {
             policies: report
                 .policies
                 .iter()
-                .map(|p| PolicyCounts { policy: &p.name, status: &p.status, unique: p.unique, total: p.total })
+                .map(|p| PolicyCounts {
+                    policy: &p.name,
+                    status: &p.status,
+                    unique: p.unique,
+                    total: p.total,
+                })
                 .collect(),
             new_deviations: new,
-            red_flags: flags,
-            actions: decisions,
+            red_flags: flags.iter().map(flag_line).collect(),
+            actions: decisions.iter().map(|d| d.message.as_str()).collect(),
             audit_log: audit,
         });
         e.seen_deviations = all.len();
@@ -808,20 +916,189 @@ impl<'a, B: Backend> Runner<'a, B> {
     }
 
     fn check_snapshot(&mut self, step: &Step, name: &str, text: &str) -> Option<StepDiff> {
-        self.report.snapshots.insert(name.to_string(), text.to_string());
-        let description = format!("step {:?}: {}", step.name, step.explain.split_whitespace().collect::<Vec<_>>().join(" "));
-        match self.snapshots.dir.check(name, text, self.snapshots.update, &self.snapshots.source, &description) {
+        self.report
+            .snapshots
+            .insert(name.to_string(), text.to_string());
+        let description = format!(
+            "step {:?}: {}",
+            step.name,
+            step.explain
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        match self.snapshots.dir.check(
+            name,
+            text,
+            self.snapshots.update,
+            &self.snapshots.source,
+            &description,
+        ) {
             Ok(Comparison::Matches) => None,
             Ok(Comparison::Written) => Some(StepDiff::Written),
             Ok(Comparison::Differs { diff }) => Some(StepDiff::Differs(diff)),
             Ok(Comparison::Missing) => Some(StepDiff::Missing),
             Err(e) => {
                 self.failed = true;
-                self.messages.push(format!("snapshot {}: {e}", self.snapshots.dir.path(name).display()));
+                self.messages.push(format!(
+                    "snapshot {}: {e}",
+                    self.snapshots.dir.path(name).display()
+                ));
                 None
             }
         }
     }
+}
+
+/// A flag in one line: `high red flag: process deviation dev:... by id (/usr/bin/id) in minimal-notebook`.
+fn flag_line(f: &guardlab_engine::deviation::Flag) -> String {
+    format!(
+        "{} {} flag: {} deviation {} by {} ({}) in {}",
+        severity_word(f.severity),
+        match f.class {
+            guardlab_engine::deviation::FlagClass::Red => "red",
+            guardlab_engine::deviation::FlagClass::Ops => "ops",
+        },
+        kind_word(f.kind),
+        f.deviation_uid,
+        if f.process.is_empty() {
+            "?"
+        } else {
+            &f.process
+        },
+        f.exe,
+        f.container_name
+    )
+}
+
+pub fn severity_word(s: guardlab_engine::model::Severity) -> &'static str {
+    use guardlab_engine::model::Severity::*;
+    match s {
+        Critical => "critical",
+        High => "high",
+        Medium => "medium",
+        Low => "low",
+        Info => "info",
+    }
+}
+
+/// The investigation as the trace snapshot holds it: per deviation, the chain from the
+/// container's root process as one line per program (`name [policy node] user: command
+/// line`), and the connections; then the flags and actions. Pids and times are left out:
+/// they differ on every run.
+fn trace_snapshot(inv: &Investigation) -> TraceSnapshot {
+    use guardlab_engine::fingerprint::Direction;
+    let connection = |c: &guardlab_engine::trace::TraceConnection| {
+        let remote = match &c.dns {
+            Some(name) => format!("{name} ({})", c.ip),
+            None => c.ip.clone(),
+        };
+        let refused = if c.refused { " refused" } else { "" };
+        match c.direction {
+            Direction::Egress => format!("egress {} {remote}:{}{refused}", c.protocol, c.port),
+            Direction::Ingress => format!(
+                "ingress {} from {remote} to port {}{refused}",
+                c.protocol, c.port
+            ),
+        }
+    };
+    TraceSnapshot {
+        deviations: inv
+            .deviations
+            .iter()
+            .map(|d| TracedDeviation {
+                deviation: d.deviation_uid.clone(),
+                kind: kind_word(d.kind),
+                policy: d.policy_name.clone(),
+                count: d.count,
+                container: format!(
+                    "{} ({}) pod {}/{}",
+                    d.container.container_name,
+                    d.container.image,
+                    d.container.namespace,
+                    d.container.pod
+                ),
+                trace: d
+                    .chain
+                    .iter()
+                    .map(|p| {
+                        let node = match (&p.node, p.deviant) {
+                            (Some(id), false) => format!(" [{id}]"),
+                            (Some(id), true) => format!(" [NEW {id}]"),
+                            (None, _) => String::new(),
+                        };
+                        let ended = p
+                            .ended
+                            .as_deref()
+                            .map(|e| format!(", {e}"))
+                            .unwrap_or_default();
+                        let exe = if p.args.first() == Some(&p.exe) {
+                            String::new()
+                        } else {
+                            format!(" (exe {})", p.exe)
+                        };
+                        format!(
+                            "{}{node} {}{ended}: {}{exe}",
+                            p.name,
+                            p.euser,
+                            p.args.join(" ")
+                        )
+                    })
+                    .collect(),
+                connection: d.connection.as_ref().map(connection),
+                connections: {
+                    // Each distinct connection once: retries and reconnects differ only in time.
+                    let mut lines: Vec<String> = Vec::new();
+                    for line in d.connections.iter().map(connection) {
+                        if !lines.contains(&line) {
+                            lines.push(line);
+                        }
+                    }
+                    lines
+                },
+            })
+            .collect(),
+        red_flags: inv
+            .flags
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} flag: {} deviation {} by {}",
+                    severity_word(f.severity),
+                    match f.class {
+                        guardlab_engine::deviation::FlagClass::Red => "red",
+                        guardlab_engine::deviation::FlagClass::Ops => "ops",
+                    },
+                    kind_word(f.kind),
+                    f.deviation_uid,
+                    f.process
+                )
+            })
+            .collect(),
+        actions: inv.decisions.iter().map(|d| d.message.clone()).collect(),
+    }
+}
+
+#[derive(Serialize)]
+struct TraceSnapshot {
+    deviations: Vec<TracedDeviation>,
+    red_flags: Vec<String>,
+    actions: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct TracedDeviation {
+    deviation: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    policy: String,
+    count: u64,
+    container: String,
+    trace: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    connections: Vec<String>,
 }
 
 enum StepDiff {
@@ -831,7 +1108,10 @@ enum StepDiff {
 }
 
 fn count_nodes(nodes: &[guardlab_engine::model::ProcessNode]) -> usize {
-    nodes.iter().map(|n| 1 + n.children.as_deref().map(count_nodes).unwrap_or(0)).sum()
+    nodes
+        .iter()
+        .map(|n| 1 + n.children.as_deref().map(count_nodes).unwrap_or(0))
+        .sum()
 }
 
 pub fn kind_word(kind: DeviationType) -> &'static str {

@@ -17,9 +17,10 @@
 //! - pod names lose their generated suffix: `jupyter-notebook-7d9f8c6b5-x2k4p` becomes
 //!   `jupyter-notebook-[pod-suffix]` wherever it appears;
 //! - the peer's port of an ingress connection (ephemeral) becomes `[port]`;
-//! - UUIDs in any text (a Jupyter kernel's connection file) become `[uuid]`;
-//! - repeated entries that differ only in what was redacted collapse into one (a miner that
-//!   reconnects to its pool has one connection in the snapshot, not one per retry).
+//! - UUIDs in any text (a Jupyter kernel's connection file) become `[uuid]`.
+//!
+//! The trace snapshot also lists each distinct connection of a process once (a miner that
+//! reconnects to its pool has one line, not one per retry); see the runner.
 
 use std::path::{Path, PathBuf};
 
@@ -56,8 +57,10 @@ impl Default for Redactor {
         Redactor {
             replacements: Vec::new(),
             machines: Vec::new(),
-            uuid: Regex::new(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-                .expect("a valid regex"),
+            uuid: Regex::new(
+                r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+            )
+            .expect("a valid regex"),
         }
     }
 }
@@ -69,7 +72,10 @@ pub fn pod_name_pattern(pod: &str) -> Option<String> {
     if parts.len() < 3 {
         return None;
     }
-    Some(format!("{}-[pod-suffix]", parts[..parts.len() - 2].join("-")))
+    Some(format!(
+        "{}-[pod-suffix]",
+        parts[..parts.len() - 2].join("-")
+    ))
 }
 
 impl Redactor {
@@ -92,7 +98,8 @@ impl Redactor {
         if !info.machine.is_empty() && !self.machines.contains(&info.machine) {
             self.machines.push(info.machine.clone());
         }
-        self.replacements.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.replacements
+            .sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
     }
 
     fn text(&self, s: &str) -> String {
@@ -122,14 +129,6 @@ impl Redactor {
                 for item in items.iter_mut() {
                     self.walk(item);
                 }
-                // Collapse entries that became equal (retries, reconnects).
-                let mut seen: Vec<Value> = Vec::with_capacity(items.len());
-                for item in items.drain(..) {
-                    if !seen.contains(&item) {
-                        seen.push(item);
-                    }
-                }
-                *items = seen;
             }
             Value::Mapping(map) => {
                 let ingress = map.get("direction").and_then(Value::as_str) == Some("ingress");
@@ -145,9 +144,13 @@ impl Redactor {
                         Some("[process]")
                     } else if CGROUP_KEYS.contains(&key) {
                         Some("[cgroup-id]")
-                    } else if CONTAINER_ID_KEYS.contains(&key) && val.as_str().is_some_and(|s| !s.is_empty()) {
+                    } else if CONTAINER_ID_KEYS.contains(&key)
+                        && val.as_str().is_some_and(|s| !s.is_empty())
+                    {
                         Some("[container-id]")
-                    } else if IMAGE_ID_KEYS.contains(&key) && val.as_str().is_some_and(|s| !s.is_empty()) {
+                    } else if IMAGE_ID_KEYS.contains(&key)
+                        && val.as_str().is_some_and(|s| !s.is_empty())
+                    {
                         Some("[image-id]")
                     } else if key == "remotePort" && ingress {
                         Some("[port]")
@@ -198,7 +201,9 @@ pub enum Comparison {
     /// No file yet (or `--update-snapshots`): written.
     Written,
     /// Different; the unified diff (snapshot -> this run).
-    Differs { diff: String },
+    Differs {
+        diff: String,
+    },
     /// No file, and not asked to write it.
     Missing,
 }
@@ -266,10 +271,20 @@ impl SnapshotDir {
     }
 
     /// Write a snapshot file in insta's format.
-    pub fn write(&self, name: &str, source: &str, description: &str, contents: &str) -> std::io::Result<()> {
+    pub fn write(
+        &self,
+        name: &str,
+        source: &str,
+        description: &str,
+        contents: &str,
+    ) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let meta = serde_yaml::to_string(&Metadata { source, description, expression: name })
-            .expect("metadata serializes");
+        let meta = serde_yaml::to_string(&Metadata {
+            source,
+            description,
+            expression: name,
+        })
+        .expect("metadata serializes");
         let text = format!("---\n{meta}---\n{}\n", normalize(contents));
         std::fs::write(self.path(name), text)
     }
@@ -291,7 +306,9 @@ impl SnapshotDir {
                 self.write(name, source, description, contents)?;
                 Ok(Comparison::Written)
             }
-            Some(s) => Ok(Comparison::Differs { diff: diff(&s, contents, &display(&self.path(name))) }),
+            Some(s) => Ok(Comparison::Differs {
+                diff: diff(&s, contents, &display(&self.path(name))),
+            }),
             None => Ok(Comparison::Missing),
         }
     }
@@ -342,11 +359,23 @@ mod tests {
             process: (4242, 99),
             container_id: "0123456789abcdef0123".into(),
             message: "kill \"jupyter-notebook-7d9f8c6b5-x2k4p\" pod of 0123456789abcdef0123".into(),
-            args: vec!["-f".into(), "/run/kernel-6f1c2a9e-0b7d-4c3f-8a1e-5b2d9c0f7a6e.json".into()],
+            args: vec![
+                "-f".into(),
+                "/run/kernel-6f1c2a9e-0b7d-4c3f-8a1e-5b2d9c0f7a6e.json".into(),
+            ],
             connections: vec![
-                Conn { direction: "ingress", port: 8888, remote_port: 40001, timestamp: 1.5 },
-                Conn { direction: "ingress", port: 8888, remote_port: 40002, timestamp: 2.5 },
-                Conn { direction: "egress", port: 443, remote_port: 443, timestamp: 3.5 },
+                Conn {
+                    direction: "ingress",
+                    port: 8888,
+                    remote_port: 40001,
+                    timestamp: 1.5,
+                },
+                Conn {
+                    direction: "egress",
+                    port: 443,
+                    remote_port: 443,
+                    timestamp: 3.5,
+                },
             ],
             latest_timestamp: None,
         };
@@ -365,22 +394,46 @@ connections:\n- direction: ingress\n  port: 8888\n  remotePort: '[port]'\n  time
     fn files_are_insta_files_and_mismatches_diff() {
         let dir = tempfile::tempdir().unwrap();
         let snaps = SnapshotDir::new(dir.path());
-        assert_eq!(snaps.check("a", "x: 1\n", false, "s.yaml", "d").unwrap(), Comparison::Missing);
-        assert_eq!(snaps.check("a", "x: 1\n", true, "s.yaml", "step a: it").unwrap(), Comparison::Written);
+        assert_eq!(
+            snaps.check("a", "x: 1\n", false, "s.yaml", "d").unwrap(),
+            Comparison::Missing
+        );
+        assert_eq!(
+            snaps
+                .check("a", "x: 1\n", true, "s.yaml", "step a: it")
+                .unwrap(),
+            Comparison::Written
+        );
         let text = std::fs::read_to_string(snaps.path("a")).unwrap();
-        assert!(text.starts_with("---\nsource: s.yaml\ndescription: 'step a: it'\nexpression: a\n---\nx: 1\n"), "{text}");
-        assert_eq!(snaps.check("a", "x: 1\n\n", false, "s.yaml", "d").unwrap(), Comparison::Matches);
-        let Comparison::Differs { diff } = snaps.check("a", "x: 2\n", false, "s.yaml", "d").unwrap() else {
+        assert!(
+            text.starts_with(
+                "---\nsource: s.yaml\ndescription: 'step a: it'\nexpression: a\n---\nx: 1\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            snaps.check("a", "x: 1\n\n", false, "s.yaml", "d").unwrap(),
+            Comparison::Matches
+        );
+        let Comparison::Differs { diff } =
+            snaps.check("a", "x: 2\n", false, "s.yaml", "d").unwrap()
+        else {
             panic!("differs")
         };
         assert!(diff.contains("-x: 1") && diff.contains("+x: 2"), "{diff}");
-        assert_eq!(snaps.check("a", "x: 2\n", true, "s.yaml", "d").unwrap(), Comparison::Written);
+        assert_eq!(
+            snaps.check("a", "x: 2\n", true, "s.yaml", "d").unwrap(),
+            Comparison::Written
+        );
         assert_eq!(snaps.read("a").unwrap().as_deref(), Some("x: 2"));
     }
 
     #[test]
     fn pod_names() {
-        assert_eq!(pod_name_pattern("jupyter-notebook-7d9f8c6b5-x2k4p").as_deref(), Some("jupyter-notebook-[pod-suffix]"));
+        assert_eq!(
+            pod_name_pattern("jupyter-notebook-7d9f8c6b5-x2k4p").as_deref(),
+            Some("jupyter-notebook-[pod-suffix]")
+        );
         assert_eq!(pod_name_pattern("notebook"), None);
     }
 }

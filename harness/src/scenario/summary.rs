@@ -11,9 +11,21 @@ use super::runner::{Console, RunReport, StepResult, seconds};
 /// Print the summary table and what the engine found.
 pub fn print_summary(report: &RunReport, out: &Console) {
     out.line("");
-    out.line(format!("Scenario {} on the {} backend", report.scenario, report.backend));
-    let width = report.steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
-    out.line(format!("  {:>3}  {:<width$}  {:<18}  {:<9}  {:>8}", "#", "step", "action", "result", "time"));
+    out.line(format!(
+        "Scenario {} on the {} backend",
+        report.scenario, report.backend
+    ));
+    let width = report
+        .steps
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    out.line(format!(
+        "  {:>3}  {:<width$}  {:<18}  {:<9}  {:>8}",
+        "#", "step", "action", "result", "time"
+    ));
     for s in &report.steps {
         out.line(format!(
             "  {:>3}  {:<width$}  {:<18}  {:<9}  {:>8}",
@@ -32,7 +44,11 @@ pub fn print_summary(report: &RunReport, out: &Console) {
                 p.name, p.status, p.unique, p.total
             ));
         }
-        let red: Vec<_> = d.flags.iter().filter(|f| matches!(f.class, guardlab_engine::deviation::FlagClass::Red)).collect();
+        let red: Vec<_> = d
+            .flags
+            .iter()
+            .filter(|f| matches!(f.class, guardlab_engine::deviation::FlagClass::Red))
+            .collect();
         out.line(format!("Red flags: {}", red.len()));
         for f in red {
             out.line(format!(
@@ -40,7 +56,11 @@ pub fn print_summary(report: &RunReport, out: &Console) {
                 f.severity,
                 super::runner::kind_word(f.kind),
                 f.deviation_uid,
-                if f.process.is_empty() { "?" } else { &f.process },
+                if f.process.is_empty() {
+                    "?"
+                } else {
+                    &f.process
+                },
                 f.exe
             ));
         }
@@ -67,13 +87,29 @@ pub fn print_summary(report: &RunReport, out: &Console) {
     let failed: Vec<String> = report
         .steps
         .iter()
-        .filter(|s| !matches!(s.result, StepResult::Passed | StepResult::Updated | StepResult::Skipped))
+        .filter(|s| {
+            !matches!(
+                s.result,
+                StepResult::Passed | StepResult::Updated | StepResult::Skipped
+            )
+        })
         .map(|s| format!("{} ({})", s.name, s.result.word()))
         .collect();
     match report.exit_code() {
-        0 => out.line(format!("PASS: {} steps in {}", report.steps.len(), seconds(Duration::from_millis(report.duration_ms)))),
+        0 => out.line(format!(
+            "PASS: {} steps in {}",
+            report.steps.len(),
+            seconds(Duration::from_millis(report.duration_ms))
+        )),
         1 => out.line(format!("FAIL: {}", failed.join(", "))),
-        _ => out.line(format!("ERROR: the lab could not run{}", if failed.is_empty() { String::new() } else { format!(": {}", failed.join(", ")) })),
+        _ => out.line(format!(
+            "ERROR: the lab could not run{}",
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", failed.join(", "))
+            }
+        )),
     }
 }
 
@@ -90,13 +126,19 @@ pub fn junit(report: &RunReport) -> Report {
         let mut status = match s.result {
             StepResult::Passed | StepResult::Updated => TestCaseStatus::success(),
             StepResult::Skipped => TestCaseStatus::skipped(),
-            StepResult::Mismatch | StepResult::Failed => TestCaseStatus::non_success(NonSuccessKind::Failure),
+            StepResult::Mismatch | StepResult::Failed => {
+                TestCaseStatus::non_success(NonSuccessKind::Failure)
+            }
             StepResult::Error => TestCaseStatus::non_success(NonSuccessKind::Error),
         };
         if !matches!(s.result, StepResult::Passed | StepResult::Updated) {
             let mut message = s.messages.join("; ");
             if s.result == StepResult::Mismatch {
-                message = format!("snapshot mismatch in step {:?} ({})", s.name, s.snapshot.as_deref().unwrap_or("?"));
+                message = format!(
+                    "snapshot mismatch in step {:?} ({})",
+                    s.name,
+                    s.snapshot.as_deref().unwrap_or("?")
+                );
             }
             if !message.is_empty() {
                 status.set_message(message);

@@ -1,0 +1,187 @@
+//! cgroup v2 directories for the lab: `<cgroup2 mount>/guardlab/<lab>/{daemon,<pod>}`.
+//!
+//! Every lab process is born in one of them (the daemon joins before it execs, pods are cloned
+//! straight into theirs), so `cgroup.kill` on the lab's directory ends every lab process at once.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::LabError;
+
+/// Where cgroup v2 is mounted on this host (`/sys/fs/cgroup` on most systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones), from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Result<PathBuf, LabError> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(|source| LabError::Io {
+        context: "reading /proc/self/mountinfo".into(),
+        source,
+    })?;
+    for line in text.lines() {
+        // `... mountpoint ... - fstype source options`
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(mount_point) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(unescape_mountinfo(mount_point)));
+        }
+    }
+    Err(LabError::Missing {
+        what: "cgroup v2".into(),
+        hint: "mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or boot with systemd.unified_cgroup_hierarchy".into(),
+    })
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\ooo`.
+pub fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The lab's cgroup directory (not created).
+pub fn lab_cgroup(lab: &str) -> Result<PathBuf, LabError> {
+    Ok(cgroup2_mount()?.join("guardlab").join(lab))
+}
+
+/// Create a cgroup directory (and its parents); fine when it exists.
+pub fn create(path: &Path) -> Result<(), LabError> {
+    fs::create_dir_all(path).map_err(|source| LabError::Io {
+        context: format!("creating cgroup {}", path.display()),
+        source,
+    })
+}
+
+/// The cgroup id the kernel (and the sensor) use: the inode number of the directory.
+pub fn cgroup_id(path: &Path) -> Result<u64, LabError> {
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| LabError::Io {
+            context: format!("reading cgroup {}", path.display()),
+            source,
+        })
+}
+
+/// Pids in a cgroup and all its descendants.
+pub fn pids_in_tree(path: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// Is any process left in the tree (`populated` of `cgroup.events`)?
+fn populated(path: &Path) -> bool {
+    match fs::read_to_string(path.join("cgroup.events")) {
+        Ok(text) => text.lines().any(|l| l.trim() == "populated 1"),
+        Err(_) => false,
+    }
+}
+
+/// Kill every process of a cgroup tree and wait until it is empty. Fine when it does not exist.
+pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !populated(path) {
+            return Ok(());
+        }
+        let kill_file = path.join("cgroup.kill");
+        if kill_file.exists() {
+            // Ends every process of the tree, also ones forking while we kill (kernel 5.14+).
+            let _ = fs::write(&kill_file, "1");
+        } else {
+            for pid in pids_in_tree(path) {
+                // SAFETY: kill(2) with a pid read from the cgroup.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Failed(format!(
+                "processes {:?} of cgroup {} did not end within {timeout:?}",
+                pids_in_tree(path),
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Remove a cgroup tree, leaves first. Fine when it does not exist. The processes must be gone.
+pub fn remove_tree(path: &Path) -> Result<(), LabError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&entry.path())?;
+            }
+        }
+    }
+    // A cgroup whose last process just died can be busy for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(LabError::Io {
+                    context: format!("removing cgroup {}", path.display()),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Remove an empty parent like `<mount>/guardlab`; keeps it when another lab uses it.
+pub fn remove_if_empty(path: &Path) {
+    let _ = fs::remove_dir(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_fields() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/sys/fs/cgroup"), "/sys/fs/cgroup");
+    }
+}

@@ -1,0 +1,491 @@
+//! The pod the local backend runs, read from the same Deployment YAML that the kind backend
+//! applies (`manifests/kubernetes/jupyter-notebook.yaml`), so both backends run one pod.
+//!
+//! Only the fields the local backend uses are read; a field of the wrong type or a missing one
+//! is an error that names the file, the line and the field (serde_yaml's messages carry the
+//! field path and position).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::LabError;
+
+/// The Deployment file, relative to the manifests directory.
+pub const DEPLOYMENT_FILE: &str = "kubernetes/jupyter-notebook.yaml";
+/// The Namespace file, relative to the manifests directory.
+pub const NAMESPACE_FILE: &str = "kubernetes/namespace.yaml";
+
+/// What the local backend needs to know about the pod it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodTemplate {
+    /// Kubernetes namespace (`cryptominer`).
+    pub namespace: String,
+    /// Labels of the namespace, when `namespace.yaml` declares it.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Name of the Deployment; pod names start with it (`jupyter-notebook`).
+    pub deployment: String,
+    /// Labels of the pod template (`app: jupyter-notebook`, ...).
+    pub labels: BTreeMap<String, String>,
+    pub container_name: String,
+    /// Image reference as written (`jupyter/minimal-notebook:latest`).
+    pub image: String,
+    /// `command` of the container (replaces the image's entrypoint when set).
+    pub command: Vec<String>,
+    /// `args` of the container (replaces the image's cmd when set).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub ports: Vec<ContainerPort>,
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    /// `securityContext.allowPrivilegeEscalation` (`false` sets no_new_privs).
+    pub allow_privilege_escalation: Option<bool>,
+    /// `securityContext.capabilities`, names as Kubernetes writes them (`NET_RAW`, `ALL`).
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+    /// Kubernetes' `pod-template-hash`: a short hash of the template, the middle part of pod
+    /// names (`jupyter-notebook-<hash>-<suffix>`).
+    pub template_hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+impl PodTemplate {
+    /// The first TCP port the container declares (8888 for the notebook).
+    pub fn http_port(&self) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol.eq_ignore_ascii_case("TCP"))
+            .map(|p| p.container_port)
+    }
+}
+
+// The YAML shapes, only the parts we read. Unknown fields are allowed: this is a real Kubernetes
+// manifest and the kind backend may use fields we ignore.
+
+#[derive(Deserialize)]
+struct TypeMeta {
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ObjectMeta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Deployment {
+    metadata: ObjectMeta,
+    spec: DeploymentSpec,
+}
+
+#[derive(Deserialize)]
+struct DeploymentSpec {
+    template: PodTemplateSpec,
+}
+
+#[derive(Deserialize, Serialize)]
+struct PodTemplateSpec {
+    #[serde(default)]
+    metadata: TemplateMeta,
+    spec: PodSpec,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+struct TemplateMeta {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    containers: Vec<Container>,
+    #[serde(default)]
+    security_context: Option<PodSecurityContext>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    name: String,
+    image: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    ports: Vec<Port>,
+    #[serde(default)]
+    security_context: Option<SecurityContext>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct EnvVar {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Port {
+    #[serde(default)]
+    name: Option<String>,
+    container_port: u16,
+    #[serde(default = "tcp")]
+    protocol: String,
+}
+
+fn tcp() -> String {
+    "TCP".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodSecurityContext {
+    #[serde(default)]
+    run_as_user: Option<u32>,
+    #[serde(default)]
+    run_as_group: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+struct SecurityContext {
+    #[serde(default)]
+    run_as_user: Option<u32>,
+    #[serde(default)]
+    run_as_group: Option<u32>,
+    #[serde(default)]
+    allow_privilege_escalation: Option<bool>,
+    #[serde(default)]
+    capabilities: Option<Capabilities>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Default)]
+struct Capabilities {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    drop: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Namespace {
+    metadata: ObjectMeta,
+}
+
+fn manifest_error(file: &Path, message: impl std::fmt::Display) -> LabError {
+    LabError::Manifest {
+        file: file.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Read the pod template from a manifests directory (`manifests/`).
+pub fn load(manifests_dir: &Path) -> Result<PodTemplate, LabError> {
+    let file = manifests_dir.join(DEPLOYMENT_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|source| LabError::Io {
+        context: format!("reading {}", file.display()),
+        source,
+    })?;
+    let namespace_file = manifests_dir.join(NAMESPACE_FILE);
+    let namespace_text = match std::fs::read_to_string(&namespace_file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(LabError::Io {
+                context: format!("reading {}", namespace_file.display()),
+                source,
+            });
+        }
+    };
+    parse(
+        &file,
+        &text,
+        namespace_text
+            .as_deref()
+            .map(|t| (namespace_file.as_path(), t)),
+    )
+}
+
+/// Parse a Deployment YAML (several documents allowed; the Deployment is the one used) and,
+/// optionally, the Namespace YAML. `file` only names the file in errors.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    namespace: Option<(&Path, &str)>,
+) -> Result<PodTemplate, LabError> {
+    let deployments = documents_of_kind(text, "Deployment").map_err(|e| manifest_error(file, e))?;
+    let (offset, document) = match deployments.as_slice() {
+        [one] => *one,
+        [] => return Err(manifest_error(file, "no document with `kind: Deployment`")),
+        _ => {
+            return Err(manifest_error(
+                file,
+                "more than one Deployment; the local backend runs exactly one",
+            ));
+        }
+    };
+    let deployment: Deployment =
+        serde_yaml::from_str(document).map_err(|e| manifest_error(file, shift_line(&e, offset)))?;
+
+    let template = &deployment.spec.template;
+    let container = match template.spec.containers.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(manifest_error(
+                file,
+                "spec.template.spec.containers: no container",
+            ));
+        }
+        _ => {
+            return Err(manifest_error(
+                file,
+                "spec.template.spec.containers: the local backend runs one container per pod",
+            ));
+        }
+    };
+    // A container's field wins over the pod's, field by field, as in Kubernetes.
+    let pod_security = template.spec.security_context.unwrap_or_default();
+    let security = container.security_context.clone().unwrap_or_default();
+    let capabilities = security.capabilities.clone().unwrap_or_default();
+    let namespace_name = deployment
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let namespace_labels = match namespace {
+        Some((ns_file, ns_text)) => {
+            let ns = match documents_of_kind(ns_text, "Namespace")
+                .map_err(|e| manifest_error(ns_file, e))?
+                .first()
+            {
+                Some((offset, document)) => serde_yaml::from_str::<Namespace>(document)
+                    .map_err(|e| manifest_error(ns_file, shift_line(&e, *offset)))?,
+                None => {
+                    return Err(manifest_error(
+                        ns_file,
+                        "no document with `kind: Namespace`",
+                    ));
+                }
+            };
+            if ns.metadata.name != namespace_name {
+                return Err(manifest_error(
+                    ns_file,
+                    format!(
+                        "metadata.name: namespace `{}` but the Deployment in {} is in `{namespace_name}`",
+                        ns.metadata.name,
+                        file.display()
+                    ),
+                ));
+            }
+            ns.metadata.labels
+        }
+        None => BTreeMap::new(),
+    };
+    for key in template
+        .metadata
+        .labels
+        .keys()
+        .chain(deployment.metadata.labels.keys())
+    {
+        if key.is_empty() {
+            return Err(manifest_error(file, "metadata.labels: empty label key"));
+        }
+    }
+    if container.image.trim().is_empty() {
+        return Err(manifest_error(
+            file,
+            "spec.template.spec.containers[0].image: empty",
+        ));
+    }
+    let template_yaml = serde_yaml::to_string(template).map_err(|e| manifest_error(file, e))?;
+    Ok(PodTemplate {
+        namespace: namespace_name,
+        namespace_labels,
+        deployment: deployment.metadata.name.clone(),
+        labels: template.metadata.labels.clone(),
+        container_name: container.name.clone(),
+        image: container.image.clone(),
+        command: container.command.clone(),
+        args: container.args.clone(),
+        env: container
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        working_dir: container.working_dir.clone(),
+        ports: container
+            .ports
+            .iter()
+            .map(|p| ContainerPort {
+                name: p.name.clone(),
+                container_port: p.container_port,
+                protocol: p.protocol.clone(),
+            })
+            .collect(),
+        run_as_user: security.run_as_user.or(pod_security.run_as_user),
+        run_as_group: security.run_as_group.or(pod_security.run_as_group),
+        allow_privilege_escalation: security.allow_privilege_escalation,
+        capabilities_add: capabilities.add,
+        capabilities_drop: capabilities.drop,
+        template_hash: kube_safe_hash(template_yaml.as_bytes(), 10),
+    })
+}
+
+/// The documents of a multi-document YAML whose `kind` is `kind`, each with the 0-based line
+/// it starts on (so errors can be given in lines of the whole file).
+fn documents_of_kind<'t>(text: &'t str, kind: &str) -> Result<Vec<(usize, &'t str)>, String> {
+    let mut found = Vec::new();
+    for (offset, document) in split_documents(text) {
+        let meta: Option<TypeMeta> =
+            serde_yaml::from_str(document).map_err(|e| shift_line(&e, offset))?;
+        if meta.and_then(|m| m.kind).as_deref() == Some(kind) {
+            found.push((offset, document));
+        }
+    }
+    Ok(found)
+}
+
+/// Split multi-document YAML on `---` lines; each piece with the 0-based line it starts on.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut pieces = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 0;
+    let mut byte = 0;
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_end() == "---" {
+            pieces.push((start_line, &text[start_byte..byte]));
+            start_byte = byte + line.len();
+            start_line = number + 1;
+        }
+        byte += line.len();
+    }
+    pieces.push((start_line, &text[start_byte..]));
+    pieces
+}
+
+/// serde_yaml reports lines relative to the document; make them relative to the file.
+fn shift_line(error: &serde_yaml::Error, offset: usize) -> String {
+    let message = error.to_string();
+    match error.location() {
+        Some(location) => {
+            let within = format!("at line {} column {}", location.line(), location.column());
+            let real = format!(
+                "at line {} column {}",
+                location.line() + offset,
+                location.column()
+            );
+            message.replace(&within, &real)
+        }
+        None => message,
+    }
+}
+
+/// A hash in the alphabet Kubernetes uses for generated names (no vowels, no confusable digits).
+pub fn kube_safe_hash(data: &[u8], len: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let digest = Sha256::digest(data);
+    digest
+        .iter()
+        .take(len)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The default manifests directory: `manifests/` of the source tree this crate was built from,
+/// overridable with `GUARDLAB_MANIFESTS`.
+pub fn default_manifests_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GUARDLAB_MANIFESTS") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_project_deployment() {
+        let pod = load(&default_manifests_dir()).unwrap();
+        assert_eq!(pod.namespace, "cryptominer");
+        assert_eq!(pod.deployment, "jupyter-notebook");
+        assert_eq!(pod.container_name, "minimal-notebook");
+        assert_eq!(pod.image, "jupyter/minimal-notebook:latest");
+        assert_eq!(
+            pod.labels.get("app").map(String::as_str),
+            Some("jupyter-notebook")
+        );
+        assert_eq!(pod.http_port(), Some(8888));
+        assert_eq!(
+            pod.args.first().map(String::as_str),
+            Some("start-notebook.py")
+        );
+        assert!(
+            pod.args.iter().any(|a| a == "--IdentityProvider.token="),
+            "{:?}",
+            pod.args
+        );
+        assert_eq!((pod.run_as_user, pod.run_as_group), (Some(1000), Some(100)));
+        assert_eq!(pod.template_hash.len(), 10);
+        assert_eq!(
+            pod.namespace_labels
+                .get("app.kubernetes.io/part-of")
+                .map(String::as_str),
+            Some("guardlab")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_field() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  template:\n    spec:\n      containers:\n      - name: c\n        image: i\n        ports:\n        - containerPort: notanumber\n";
+        let err = parse(Path::new("m/d.yaml"), text, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("m/d.yaml: "), "{err}");
+        assert!(err.contains("containerPort"), "{err}");
+        assert!(err.contains("line 17"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_deployment_is_an_error() {
+        let err = parse(
+            Path::new("x.yaml"),
+            "kind: Service\nmetadata:\n  name: s\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no document with `kind: Deployment`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_template_hash_is_stable_and_kube_safe() {
+        let a = kube_safe_hash(b"x", 10);
+        assert_eq!(a, kube_safe_hash(b"x", 10));
+        assert!(a.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+        assert_ne!(a, kube_safe_hash(b"y", 10));
+    }
+}

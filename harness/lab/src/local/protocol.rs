@@ -1,0 +1,128 @@
+//! What the lab daemon and its clients say to each other, one JSON object per line.
+//!
+//! - On the daemon's stdout, while it starts: [`StartMessage`]s, read by `lab up` (which shows
+//!   them as progress); after `up` returned nobody reads them any more and the daemon goes on.
+//! - On the control socket (`<lab dir>/control.sock`): a client sends one [`Request`] and reads
+//!   one [`Reply`]; after a successful `events` request the daemon streams events (the sensor's
+//!   wire format, `guardlab_events`) on the same connection until the client closes it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Enforcement, LabAction, LabInfo};
+
+/// A line the daemon prints on stdout while it starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StartMessage {
+    Phase { text: String },
+    Detail { text: String },
+    Ready { info: LabInfo },
+    Failed { error: String },
+}
+
+/// A client's request on the control socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// What runs now.
+    Status,
+    /// Stream the sensor's events: with `replay`, first every event kept since the lab
+    /// started (always including each pod's `container` event), then live ones.
+    Events {
+        #[serde(default)]
+        replay: bool,
+    },
+    /// Carry out a response action.
+    CarryOut { action: LabAction },
+    /// Who reached the lab's services so far (web requests, DNS queries, pool clients).
+    Visitors,
+    /// Enforce a policy in the kernel for one pod (by name).
+    Enforce {
+        pod: String,
+        enforcement: Enforcement,
+    },
+}
+
+/// The daemon's answer to one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DaemonStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitors: Option<Visitors>,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            status: None,
+            visitors: None,
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(message.into()),
+            status: None,
+            visitors: None,
+        }
+    }
+}
+
+/// What the daemon reports about itself and the lab.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// `starting`, `ready`, or `failed: ...`.
+    pub phase: String,
+    pub info: LabInfo,
+    pub daemon_pid: u32,
+    /// Where the lab's services listen (inside the lab), e.g. `dns 198.18.1.53:53/udp`.
+    pub services: Vec<String>,
+    /// When the pod's first process ended by itself: how.
+    pub pod_exit: Option<String>,
+    /// The container's log file (stdout and stderr of the pod).
+    pub pod_log: Option<PathBuf>,
+    /// Whether the sensor runs.
+    pub sensor: bool,
+}
+
+/// Who reached the lab's services, for the scenario's checks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Visitors {
+    /// `<scheme> <host><path> <status> from <peer>` for every web request.
+    pub web: Vec<String>,
+    /// `<name> <type> -> <answers>` for every DNS query.
+    pub dns: Vec<String>,
+    /// The pool's clients as JSON (the pool's own record).
+    pub pool: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_lines() {
+        let text = serde_json::to_string(&Request::CarryOut {
+            action: LabAction::KillProcess { pid: 7 },
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"carry_out","action":{"KillProcess":{"pid":7}}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"events"}"#).unwrap(),
+            Request::Events { replay: false }
+        );
+        let reply = serde_json::to_string(&Reply::error("no")).unwrap();
+        assert_eq!(reply, r#"{"ok":false,"error":"no"}"#);
+    }
+}

@@ -1,0 +1,124 @@
+//! The sensor in the daemon (`guardlab-sensor`): loaded once per lab, watching the lab's pod
+//! cgroups, its events fanned out to the daemon's clients. Its programs and links are held by
+//! the daemon's file descriptors only (nothing is pinned), so they go away with the daemon,
+//! also when it is killed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use guardlab_events::ContainerInfo;
+use guardlab_sensor::{AllowedDestination, IpNet, Sensor, SensorConfig};
+use std::sync::Arc;
+
+use crate::local::daemon::EventBus;
+
+use crate::{Enforcement, LabError, PodInfo};
+
+fn sensor_error(e: guardlab_sensor::SensorError) -> LabError {
+    LabError::Failed(format!("the sensor: {e}"))
+}
+
+pub struct SensorHandle {
+    sensor: Sensor,
+    /// Pod name -> cgroup id.
+    watched: BTreeMap<String, u64>,
+}
+
+/// Load the sensor; its events go to `events` (and from there to every client).
+pub fn start(events: Arc<EventBus>) -> Result<SensorHandle, LabError> {
+    let mut sensor = Sensor::start(SensorConfig::default()).map_err(sensor_error)?;
+    let mut stream = sensor.events().map_err(sensor_error)?;
+    tokio::spawn(async move {
+        while let Some(event) = stream.recv().await {
+            events.publish(event);
+        }
+    });
+    Ok(SensorHandle {
+        sensor,
+        watched: BTreeMap::new(),
+    })
+}
+
+impl SensorHandle {
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.sensor.program_ids().to_vec()
+    }
+
+    /// Nothing is pinned in bpffs.
+    pub fn pins(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Start watching a pod's cgroup (before its first process runs, so its exec is seen).
+    pub fn watch(
+        &mut self,
+        pod: &PodInfo,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Result<(), LabError> {
+        let Some(cgroup) = &pod.cgroup_path else {
+            return Err(LabError::Failed(format!(
+                "pod {} has no cgroup to watch",
+                pod.name
+            )));
+        };
+        let info = ContainerInfo {
+            cgroup_id: pod.cgroup_id.unwrap_or(0),
+            container_id: pod.container_id.clone(),
+            container_name: pod.container_name.clone(),
+            image: pod.image.clone(),
+            image_id: pod.image_id.clone(),
+            namespace: pod.namespace.clone(),
+            namespace_labels: namespace_labels.clone(),
+            pod_name: pod.name.clone(),
+            pod_labels: pod.labels.clone(),
+            machine: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let id = self.sensor.watch(cgroup, info).map_err(sensor_error)?;
+        self.watched.insert(pod.name.clone(), id);
+        Ok(())
+    }
+
+    pub fn unwatch(&mut self, pod: &PodInfo) {
+        if let Some(id) = self.watched.remove(&pod.name) {
+            let _ = self.sensor.unwatch(id);
+        }
+    }
+
+    /// Apply a policy's enforcement to a pod.
+    pub fn enforce(&mut self, pod: &str, enforcement: &Enforcement) -> Result<(), LabError> {
+        let Some(&id) = self.watched.get(pod) else {
+            return Err(LabError::Failed(format!(
+                "pod {pod} is not watched by the sensor"
+            )));
+        };
+        let destinations = match &enforcement.destinations {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|d| {
+                        let net: IpNet = d
+                            .network
+                            .parse()
+                            .or_else(|_| d.network.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map_err(|_| {
+                                LabError::Failed(format!(
+                                    "allowed destination {:?}: not an address or CIDR network",
+                                    d.network
+                                ))
+                            })?;
+                        Ok(AllowedDestination::new(net, d.first_port..=d.last_port))
+                    })
+                    .collect::<Result<Vec<_>, LabError>>()?,
+            ),
+        };
+        self.sensor
+            .set_exec_allowlist(id, enforcement.executables.clone())
+            .map_err(sensor_error)?;
+        self.sensor
+            .set_connect_allowlist(id, destinations)
+            .map_err(sensor_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The lab's state file: every resource the lab makes is written here BEFORE it is made, so
+//! that `down` can remove all of it even when the harness or the daemon was killed with SIGKILL
+//! at any point.
+//!
+//! Most resources die with the lab's processes (network namespaces, veths, the pod's mounts
+//! live in namespaces that only lab processes hold), and every lab process is born in the lab's
+//! cgroup, so the heart of `down` is "kill the cgroup, then remove the directories". The rest is
+//! recorded so that `down` can check and remove it when it outlived its processes.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{LabError, LabInfo};
+
+/// Bumped when a field changes meaning; a newer state file is refused with a clear error.
+pub const STATE_VERSION: u32 = 1;
+
+pub const STATE_FILE: &str = "state.json";
+pub const CONFIG_FILE: &str = "config.json";
+pub const SOCKET_FILE: &str = "control.sock";
+pub const DAEMON_LOG: &str = "daemon.log";
+pub const LOCK_FILE: &str = "lock";
+
+/// A process, identified across pid reuse by its start time (clock ticks since boot, field 22
+/// of `/proc/<pid>/stat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ProcessRecord {
+    /// The record of a running process.
+    pub fn of(pid: u32) -> Option<ProcessRecord> {
+        process_start_time(pid).map(|start_time| ProcessRecord { pid, start_time })
+    }
+
+    /// The process still runs (same pid, same start time) and is not a zombie.
+    pub fn is_alive(&self) -> bool {
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => {
+                let fields = stat_fields(&stat);
+                fields
+                    .first()
+                    .map(|s| *s != "Z" && *s != "X")
+                    .unwrap_or(false)
+                    && fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(self.start_time)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name (field 3 is index 0).
+fn stat_fields(stat: &str) -> Vec<&str> {
+    match stat.rfind(')') {
+        Some(end) => stat[end + 1..].split_whitespace().collect(),
+        None => Vec::new(),
+    }
+}
+
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat).get(19)?.parse().ok()
+}
+
+/// One pod the daemon made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    /// The pod's cgroup directory (under the lab's cgroup).
+    pub cgroup: PathBuf,
+    /// The pod's directory: writable layer, overlay work dir, mount point, log.
+    pub dir: PathBuf,
+    /// The container's first process, once started.
+    pub root: Option<ProcessRecord>,
+}
+
+/// A network namespace the daemon made. Unnamed (no bind mount): it lives as long as a lab
+/// process holds it; `inode` identifies it for checks (`/proc/<pid>/ns/net -> net:[inode]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsRecord {
+    pub role: String,
+    pub inode: u64,
+}
+
+/// A veth pair: both ends live in lab namespaces; recorded so `down` can remove an end that
+/// would ever show up in the host's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethRecord {
+    pub name: String,
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    pub version: u32,
+    pub lab: String,
+    /// The lab's cgroup: the daemon's and the pods' cgroups are below it.
+    pub cgroup: PathBuf,
+    pub daemon: Option<ProcessRecord>,
+    pub pods: Vec<PodRecord>,
+    pub netns: Vec<NetnsRecord>,
+    pub veths: Vec<VethRecord>,
+    /// Mounts in the host's mount namespace (the design makes none; kept for the sensor's bpffs
+    /// pins or anything later).
+    pub host_mounts: Vec<PathBuf>,
+    /// Files pinned in bpffs by the sensor.
+    pub bpf_pins: Vec<PathBuf>,
+    /// Directories to remove on `down`.
+    pub dirs: Vec<PathBuf>,
+    /// BPF program ids the sensor loaded (for checks: they must be gone after `down`).
+    pub bpf_programs: Vec<u32>,
+    /// `starting`, `ready` or `failed: <why>`.
+    pub phase: String,
+    /// What `status` reports once ready.
+    pub info: Option<LabInfo>,
+}
+
+/// The state file of one lab, in the lab's directory.
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn in_dir(lab_dir: &Path) -> StateFile {
+        StateFile {
+            path: lab_dir.join(STATE_FILE),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state, or `None` when there is no state file.
+    pub fn load(&self) -> Result<Option<LabState>, LabError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LabError::Io {
+                    context: format!("reading {}", self.path.display()),
+                    source,
+                });
+            }
+        };
+        let state: LabState = serde_json::from_str(&text).map_err(|e| {
+            LabError::Failed(format!(
+                "{}: {e} (remove it by hand if it is not a guardlab state file)",
+                self.path.display()
+            ))
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(LabError::Failed(format!(
+                "{}: state version {}, this build reads version {STATE_VERSION}",
+                self.path.display(),
+                state.version
+            )));
+        }
+        Ok(Some(state))
+    }
+
+    /// Write the whole state atomically (temporary file, fsync, rename): a reader never sees
+    /// half a file, and a crash leaves the previous or the new state.
+    pub fn save(&self, state: &LabState) -> Result<(), LabError> {
+        let io = |source| LabError::Io {
+            context: format!("writing {}", self.path.display()),
+            source,
+        };
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp{}", std::process::id()));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        let mut text =
+            serde_json::to_vec_pretty(state).map_err(|e| LabError::Failed(e.to_string()))?;
+        text.push(b'\n');
+        file.write_all(&text).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        Ok(())
+    }
+}
+
+/// An exclusive lock on a lab (`flock` on `<lab dir>/lock`): `up` and `down` of one lab never
+/// overlap. The kernel drops it when its holder dies, so a killed harness never leaves it held.
+pub struct LabLock {
+    _file: fs::File,
+}
+
+impl LabLock {
+    pub fn acquire(lab_dir: &Path) -> Result<LabLock, LabError> {
+        let path = lab_dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| LabError::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(LabError::Io {
+                context: format!("locking {}", path.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(LabLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(dir.path());
+        assert_eq!(file.load().unwrap(), None);
+        let state = LabState {
+            version: STATE_VERSION,
+            lab: "t".into(),
+            cgroup: "/sys/fs/cgroup/guardlab/t".into(),
+            phase: "starting".into(),
+            ..Default::default()
+        };
+        file.save(&state).unwrap();
+        assert_eq!(file.load().unwrap(), Some(state));
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from(STATE_FILE)]);
+    }
+
+    #[test]
+    fn refuses_other_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(dir.path());
+        file.save(&LabState {
+            version: 99,
+            ..Default::default()
+        })
+        .unwrap();
+        let err = file.load().unwrap_err().to_string();
+        assert!(err.contains("state version 99"), "{err}");
+    }
+
+    #[test]
+    fn knows_this_process_is_alive() {
+        let me = ProcessRecord::of(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        let other = ProcessRecord {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(
+            !other.is_alive(),
+            "a reused pid must not count as the same process"
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! The lab's Python package index: a PEP 503 "simple" index over a directory of wheels, for
+//! the baseline's `pip install --upgrade pip setuptools wheel`. The wheels are fetched once
+//! through the host's own pip (and its own configuration) and cached; the lab never reaches
+//! a real registry.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::ServicesError;
+use crate::web::{Route, Site};
+
+/// The lab name of the package index (not a real registry's name).
+pub const LAB_INDEX_HOST: &str = "pypi.guardlab.test";
+
+/// What the baseline upgrades: `pip install --upgrade pip setuptools wheel`.
+pub const BASELINE_REQUIREMENTS: [&str; 3] = ["pip", "setuptools", "wheel"];
+
+/// The pod's pip configuration (`/etc/pip.conf`): the lab index, trusted through the system
+/// bundle in which the lab CA is installed.
+pub fn pip_conf(index_host: &str) -> String {
+    format!(
+        "# Written by guardlab: the lab's own package index, trusted through the lab CA.\n\
+         [global]\n\
+         index-url = https://{index_host}/simple\n\
+         cert = /etc/ssl/certs/ca-certificates.crt\n"
+    )
+}
+
+/// A project name in PEP 503 normal form: lowercase, runs of `-`, `_`, `.` become one `-`.
+pub fn normalize_project_name(name: &str) -> String {
+    let mut normalized = String::with_capacity(name.len());
+    let mut in_separator_run = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !in_separator_run {
+                normalized.push('-');
+            }
+            in_separator_run = true;
+        } else {
+            normalized.push(c.to_ascii_lowercase());
+            in_separator_run = false;
+        }
+    }
+    normalized
+}
+
+/// One wheel of the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wheel {
+    pub file_name: String,
+    /// PEP 503 normal form of the project the wheel belongs to.
+    pub project: String,
+    pub sha256: String,
+    pub bytes: Bytes,
+}
+
+/// Reads every `*.whl` in `dir` (other files are ignored), sorted by file name.
+pub fn read_wheels(dir: &Path) -> Result<Vec<Wheel>, ServicesError> {
+    wheel_paths(dir)?
+        .into_iter()
+        .map(|path| {
+            let (file_name, project) = parse_wheel_file_name(&path)?;
+            let bytes = fs::read(&path).map_err(|e| ServicesError::file("read", &path, e))?;
+            Ok(Wheel {
+                file_name,
+                project,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                bytes: Bytes::from(bytes),
+            })
+        })
+        .collect()
+}
+
+/// The index as a lab site on `host`: `/simple/`, `/simple/<project>/` (PEP 503 pages with
+/// `#sha256=` links) and `/files/<wheel>`.
+pub fn package_index_site(host: &str, wheel_dir: &Path) -> Result<Site, ServicesError> {
+    let wheels = read_wheels(wheel_dir)?;
+    if wheels.is_empty() {
+        return Err(ServicesError::BadWheel {
+            path: wheel_dir.to_path_buf(),
+            detail: "no wheels here: fill the directory with fetch_wheels first".to_string(),
+        });
+    }
+    let mut projects: BTreeMap<&str, Vec<&Wheel>> = BTreeMap::new();
+    for wheel in &wheels {
+        projects.entry(&wheel.project).or_default().push(wheel);
+    }
+
+    let html = |title: &str, links: &str| {
+        Bytes::from(format!(
+            "<!DOCTYPE html>\n<html>\n<head>\n<meta name=\"pypi:repository-version\" content=\"1.0\">\n\
+             <title>{title}</title>\n</head>\n<body>\n<h1>{title}</h1>\n{links}</body>\n</html>\n"
+        ))
+    };
+    const HTML: &str = "text/html; charset=utf-8";
+
+    let mut routes = Vec::new();
+    let mut root_links = String::new();
+    for (project, project_wheels) in &projects {
+        let _ = writeln!(
+            root_links,
+            "<a href=\"/simple/{project}/\">{project}</a><br/>"
+        );
+        let mut links = String::new();
+        for wheel in project_wheels {
+            let _ = writeln!(
+                links,
+                "<a href=\"/files/{name}#sha256={sha}\">{name}</a><br/>",
+                name = wheel.file_name,
+                sha = wheel.sha256
+            );
+        }
+        let page = html(&format!("Links for {project}"), &links);
+        routes.push(Route::new(
+            format!("/simple/{project}/"),
+            HTML,
+            page.clone(),
+        ));
+        routes.push(Route::new(format!("/simple/{project}"), HTML, page));
+    }
+    let root = html("Simple index", &root_links);
+    routes.push(Route::new("/simple/", HTML, root.clone()));
+    routes.push(Route::new("/simple", HTML, root));
+    for wheel in wheels {
+        routes.push(Route::new(
+            format!("/files/{}", wheel.file_name),
+            "application/octet-stream",
+            wheel.bytes,
+        ));
+    }
+    Ok(Site {
+        host: host.to_string(),
+        routes,
+    })
+}
+
+/// What [`fetch_wheels`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedWheels {
+    /// False when every requirement already had a wheel in the directory (nothing was run).
+    pub downloaded: bool,
+    /// Every wheel now in the directory.
+    pub wheels: Vec<PathBuf>,
+}
+
+/// Fills `dir` with wheels for `requirements` and their dependencies through the host's pip
+/// (`python3 -m pip download --only-binary=:all:`, with the host's own pip configuration).
+/// A no-op when every requirement already has a wheel in `dir`. pip downloads into a staging
+/// directory inside `dir`, removed afterwards, so a failed or killed fetch leaves no half file.
+///
+/// Dependencies are fetched too: `wheel` needs `packaging`, which `pip install --upgrade wheel`
+/// must then find in the lab index.
+pub fn fetch_wheels(dir: &Path, requirements: &[&str]) -> Result<FetchedWheels, ServicesError> {
+    fs::create_dir_all(dir).map_err(|e| ServicesError::file("create", dir, e))?;
+    if missing_requirements(dir, requirements)?.is_empty() {
+        return Ok(FetchedWheels {
+            downloaded: false,
+            wheels: wheel_paths(dir)?,
+        });
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".pip-download-")
+        .tempdir_in(dir)
+        .map_err(|e| ServicesError::file("create a staging directory in", dir, e))?;
+    tracing::info!(
+        dir = %dir.display(),
+        "fetching wheels for {} through the host's pip (once; cached afterwards)",
+        requirements.join(" ")
+    );
+    run_host_pip_download(staging.path(), requirements)?;
+
+    // Requested projects last: if we die while moving, the cache stays "incomplete" and the
+    // next call fetches again instead of trusting a set without its dependencies.
+    let requested: Vec<String> = requirements
+        .iter()
+        .map(|r| normalize_project_name(requirement_name(r)))
+        .collect();
+    let mut downloaded = Vec::new();
+    for path in wheel_paths(staging.path())? {
+        let (file_name, project) = parse_wheel_file_name(&path)?;
+        downloaded.push((requested.contains(&project), file_name, path));
+    }
+    downloaded.sort();
+    for (_, file_name, path) in downloaded {
+        let target = dir.join(&file_name);
+        fs::rename(&path, &target).map_err(|e| ServicesError::file("move into place", &path, e))?;
+    }
+    let still_missing = missing_requirements(dir, requirements)?;
+    if !still_missing.is_empty() {
+        return Err(ServicesError::Pip {
+            requirements: requirements.join(" "),
+            detail: format!(
+                "pip succeeded but left no wheel for {}",
+                still_missing.join(", ")
+            ),
+            output: Vec::new(),
+        });
+    }
+    Ok(FetchedWheels {
+        downloaded: true,
+        wheels: wheel_paths(dir)?,
+    })
+}
+
+/// The requirements (their names, as given) that have no wheel in `dir`.
+pub fn missing_requirements(
+    dir: &Path,
+    requirements: &[&str],
+) -> Result<Vec<String>, ServicesError> {
+    let mut present = Vec::new();
+    if dir.exists() {
+        for path in wheel_paths(dir)? {
+            present.push(parse_wheel_file_name(&path)?.1);
+        }
+    }
+    Ok(requirements
+        .iter()
+        .map(|r| requirement_name(r))
+        .filter(|name| !present.contains(&normalize_project_name(name)))
+        .map(str::to_string)
+        .collect())
+}
+
+/// "pip>=23; python_version>'3'" -> "pip".
+fn requirement_name(requirement: &str) -> &str {
+    let end = requirement
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(requirement.len());
+    &requirement[..end]
+}
+
+fn wheel_paths(dir: &Path) -> Result<Vec<PathBuf>, ServicesError> {
+    let entries = fs::read_dir(dir).map_err(|e| ServicesError::file("list", dir, e))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ServicesError::file("list", dir, e))?;
+        let path = entry.path();
+        if path.is_file() && path.extension().is_some_and(|ext| ext == "whl") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl` -> (file name, normalized name).
+fn parse_wheel_file_name(path: &Path) -> Result<(String, String), ServicesError> {
+    let bad = |detail: &str| ServicesError::BadWheel {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let file_name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| bad("the file name is not UTF-8"))?;
+    if !file_name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(bad(
+            "a wheel file name has only letters, digits, '.', '_' and '-'",
+        ));
+    }
+    let stem = file_name
+        .strip_suffix(".whl")
+        .ok_or_else(|| bad("not a .whl file"))?;
+    let parts: Vec<&str> = stem.split('-').collect();
+    if !(parts.len() == 5 || parts.len() == 6) || parts.iter().any(|p| p.is_empty()) {
+        return Err(bad(
+            "not a wheel file name (name-version[-build]-python-abi-platform.whl)",
+        ));
+    }
+    Ok((file_name.to_string(), normalize_project_name(parts[0])))
+}
+
+/// Runs the host's `python3 -m pip download` into `target`, its output going to the log as
+/// progress; its last lines go into the error when it fails.
+fn run_host_pip_download(target: &Path, requirements: &[&str]) -> Result<(), ServicesError> {
+    const KEEP_LINES: usize = 20;
+    let pip_error = |detail: String, output: Vec<String>| ServicesError::Pip {
+        requirements: requirements.join(" "),
+        detail,
+        output,
+    };
+    let mut child = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--only-binary=:all:",
+            "--progress-bar",
+            "off",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--dest",
+        ])
+        .arg(target)
+        .args(requirements)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            pip_error(
+                format!("cannot run python3 -m pip ({e}); install python3 and python3-pip"),
+                Vec::new(),
+            )
+        })?;
+
+    let stderr = child.stderr.take();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        if let Some(stderr) = stderr {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                tracing::info!(target: "guardlab_services::pip", "{line}");
+                lines.push(line);
+            }
+        }
+        lines
+    });
+    let mut output = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            tracing::info!(target: "guardlab_services::pip", "{line}");
+            output.push(line);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| pip_error(format!("cannot wait for pip: {e}"), Vec::new()))?;
+    output.extend(stderr_reader.join().unwrap_or_default());
+    if status.success() {
+        return Ok(());
+    }
+    let tail = output[output.len().saturating_sub(KEEP_LINES)..].to_vec();
+    Err(pip_error(format!("pip exited with {status}"), tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_are_normalized_per_pep_503() {
+        assert_eq!(
+            normalize_project_name("Foo.Bar__baz-_-qux"),
+            "foo-bar-baz-qux"
+        );
+        assert_eq!(normalize_project_name("setuptools"), "setuptools");
+        assert_eq!(requirement_name("pip>=23.0; python_version>'3'"), "pip");
+        assert_eq!(requirement_name("zope.interface[test]"), "zope.interface");
+    }
+
+    #[test]
+    fn wheel_file_names_are_parsed_or_refused() {
+        let ok = parse_wheel_file_name(Path::new("/x/Typing_Extensions-4.0-py3-none-any.whl"));
+        assert_eq!(
+            ok.unwrap(),
+            (
+                "Typing_Extensions-4.0-py3-none-any.whl".to_string(),
+                "typing-extensions".to_string()
+            )
+        );
+        assert!(parse_wheel_file_name(Path::new("/x/pkg-1.0-1-py3-none-any.whl")).is_ok());
+        for bad in [
+            "pkg-1.0.whl",
+            "pkg-1.0-py3-none-any.zip",
+            "pk g-1-py3-none-any.whl",
+        ] {
+            let error = parse_wheel_file_name(&Path::new("/x").join(bad)).unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!("/x/{bad}: ")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_requirements_look_at_normalized_wheel_names() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("pip-26.0-py3-none-any.whl"), b"x").unwrap();
+        fs::write(dir.path().join("Setup_Tools-1-py3-none-any.whl"), b"x").unwrap();
+        fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let missing =
+            missing_requirements(dir.path(), &["pip", "setup.tools>=1", "wheel"]).unwrap();
+        assert_eq!(missing, vec!["wheel".to_string()]);
+        assert!(missing_requirements(&dir.path().join("absent"), &["pip"]).unwrap() == ["pip"]);
+    }
+
+    #[test]
+    fn index_pages_link_every_wheel_with_its_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Demo_Pkg-1.0-py3-none-any.whl"), b"one").unwrap();
+        fs::write(dir.path().join("demo.pkg-2.0-py3-none-any.whl"), b"two").unwrap();
+        let site = package_index_site("pypi.guardlab.test", dir.path()).unwrap();
+        let page = |path: &str| {
+            let route = site.routes.iter().find(|r| r.path == path).unwrap();
+            String::from_utf8(route.body.to_vec()).unwrap()
+        };
+        let project = page("/simple/demo-pkg/");
+        assert!(project.contains(&format!(
+            "<a href=\"/files/Demo_Pkg-1.0-py3-none-any.whl#sha256={}\">",
+            hex::encode(Sha256::digest(b"one"))
+        )));
+        assert!(project.contains(&format!(
+            "<a href=\"/files/demo.pkg-2.0-py3-none-any.whl#sha256={}\">",
+            hex::encode(Sha256::digest(b"two"))
+        )));
+        assert!(page("/simple/").contains("<a href=\"/simple/demo-pkg/\">demo-pkg</a>"));
+        let file = site
+            .routes
+            .iter()
+            .find(|r| r.path == "/files/demo.pkg-2.0-py3-none-any.whl")
+            .unwrap();
+        assert_eq!(&file.body[..], b"two");
+
+        let empty = tempfile::tempdir().unwrap();
+        let error = package_index_site("x.test", empty.path())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no wheels here"), "{error}");
+    }
+
+    #[test]
+    fn pip_conf_points_at_the_lab_index_and_system_bundle() {
+        assert_eq!(
+            pip_conf(LAB_INDEX_HOST),
+            "# Written by guardlab: the lab's own package index, trusted through the lab CA.\n\
+             [global]\n\
+             index-url = https://pypi.guardlab.test/simple\n\
+             cert = /etc/ssl/certs/ca-certificates.crt\n"
+        );
+    }
+}

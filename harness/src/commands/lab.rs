@@ -1,0 +1,92 @@
+//! `guardlab lab up | down | status`: keep a lab running for a workshop.
+
+use anyhow::anyhow;
+use guardlab_lab::{Lab, LabInfo, LocalLab, LocalLabOptions};
+
+use crate::cli::{BackendArg, LabArgs};
+use crate::privilege;
+use crate::report::{CommandResult, ConsoleProgress, Failure, Outcome};
+
+/// The lab `lab up` makes when no namespace is given: the scenario's namespace, so that
+/// `guardlab scenario cryptominer` and `lab down` find the same lab.
+pub const DEFAULT_LAB: &str = "cryptominer";
+
+#[derive(Debug, Clone, Copy)]
+pub enum LabVerb {
+    Up,
+    Down,
+    Status,
+}
+
+pub fn run(verb: LabVerb, args: &LabArgs) -> CommandResult {
+    match args.backend {
+        BackendArg::Local => {
+            if args.dry_run {
+                return Err(Failure(anyhow!(
+                    "--dry-run is for the kind backend; the local lab has no plan to print"
+                )));
+            }
+            privilege::ensure_root("the local lab")?;
+            let name = args.namespace.as_deref().unwrap_or(DEFAULT_LAB);
+            let lab = LocalLab::new(LocalLabOptions::new(name))?;
+            block_on(drive(lab, verb))
+        }
+        BackendArg::Kind => crate::commands::kind::run(verb, args),
+        BackendArg::Replay => Err(Failure(anyhow!(
+            "the replay backend has no lab to bring up; use `guardlab scenario NAME --backend replay`"
+        ))),
+    }
+}
+
+pub(crate) fn block_on<F: std::future::Future<Output = CommandResult>>(future: F) -> CommandResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(anyhow!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(future)
+}
+
+/// One verb on any backend: the same words for the learner whichever it is.
+pub(crate) async fn drive(mut lab: impl Lab, verb: LabVerb) -> CommandResult {
+    let progress = ConsoleProgress { quiet: false };
+    match verb {
+        LabVerb::Up => {
+            let info = lab.up(&progress).await?;
+            print_info(&info);
+            println!("The lab stays up until `guardlab lab down`.");
+        }
+        LabVerb::Down => {
+            lab.down(&progress).await?;
+            println!(
+                "The {} lab is down; nothing it made remains.",
+                lab.backend()
+            );
+        }
+        LabVerb::Status => match lab.status().await? {
+            Some(info) => print_info(&info),
+            None => println!(
+                "No {} lab is running. Start one with `guardlab lab up`.",
+                lab.backend()
+            ),
+        },
+    }
+    Ok(Outcome::Clean)
+}
+
+fn print_info(info: &LabInfo) {
+    println!("Lab ({} backend) is up.", info.backend);
+    println!("Open the notebook at {}", info.notebook_url);
+    for pod in &info.pods {
+        println!(
+            "  pod {}/{}  container {}  image {}{}",
+            pod.namespace,
+            pod.name,
+            pod.container_name,
+            pod.image,
+            pod.root_pid
+                .map(|p| format!("  root pid {p}"))
+                .unwrap_or_default()
+        );
+    }
+}

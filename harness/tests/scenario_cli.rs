@@ -1,0 +1,186 @@
+//! `guardlab scenario` on the command line: listing, bad scenario files, a replay with its
+//! exit codes and reports.
+
+mod scenario_common;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use scenario_common::*;
+
+fn guardlab() -> Command {
+    let mut cmd = Command::cargo_bin("guardlab").unwrap();
+    cmd.env_remove("GUARDLAB_SCENARIOS_DIR")
+        .env_remove("GUARDLAB_SNAPSHOT_DIR")
+        .env_remove("GUARDLAB_REPLAY_FILE");
+    cmd
+}
+
+#[test]
+fn list_names_every_scenario_with_its_description() {
+    guardlab()
+        .args(["scenario", "--list"])
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "cryptominer  An unguarded Jupyter notebook is fingerprinted, guarded by a policy, and caught running a cryptominer.",
+        ));
+}
+
+#[test]
+fn a_second_scenario_is_a_second_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(scenario_file(), dir.path().join("cryptominer.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        "name: hello\ndescription: Just a cell.\nsteps:\n  - name: up\n    explain: Up.\n    lab_up:\n  - name: cell\n    explain: Hi.\n    notebook_cell: {code: print(1)}\n",
+    )
+    .unwrap();
+    guardlab()
+        .args(["scenario", "--list"])
+        .env("GUARDLAB_SCENARIOS_DIR", dir.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("cryptominer  An unguarded").and(
+            predicate::str::contains("hello        Just a cell. (2 steps)"),
+        ));
+}
+
+#[test]
+fn a_bad_scenario_file_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(scenario_file()).unwrap().replace(
+        "      session: attacker\n      commands:\n        - ls\n",
+        "      session: attacker\n      comands:\n        - ls\n",
+    );
+    let bad = dir.path().join("cryptominer.yaml");
+    std::fs::write(&bad, &text).unwrap();
+    let line = text.lines().position(|l| l.contains("comands:")).unwrap() + 1;
+    guardlab()
+        .args(["scenario", bad.to_str().unwrap(), "--backend", "replay"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains(format!("cryptominer.yaml:{line}:")).and(
+                predicate::str::contains("terminal: unknown field `comands`"),
+            ),
+        );
+    // --list reports the broken file too, and says the listing is incomplete.
+    guardlab()
+        .args(["scenario", "--list"])
+        .env("GUARDLAB_SCENARIOS_DIR", dir.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "cryptominer.yaml:{line}:"
+        )));
+}
+
+#[test]
+fn an_unknown_scenario_lists_the_known_ones() {
+    guardlab()
+        .args(["scenario", "cryptominr", "--backend", "replay"])
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("no scenario \"cryptominr\"")
+                .and(predicate::str::contains("cryptominer")),
+        );
+}
+
+#[test]
+fn replay_passes_and_writes_json_and_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let junit = dir.path().join("run.xml");
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "replay", "--json"])
+        .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .env("GUARDLAB_SNAPSHOT_DIR", synthetic_snapshots())
+        .env("GUARDLAB_REPLAY_FILE", synthetic_recording())
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("PASS: 13 steps")
+                .and(predicate::str::contains("16/16 deviations (unique/total)"))
+                .and(predicate::str::contains("Red flags: 14"))
+                .and(predicate::str::contains("└─ minerd")),
+        );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["result"], "pass");
+    assert_eq!(report["steps"].as_array().unwrap().len(), 13);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"13\"") && xml.contains("failures=\"0\""),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_changed_snapshot_exits_1_with_a_diff_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    for entry in std::fs::read_dir(synthetic_snapshots()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "snap") {
+            std::fs::copy(&path, snaps.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let policy = snaps.join("policy.snap");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace("mode: audit", "mode: enforce")).unwrap();
+    let junit = dir.path().join("run.xml");
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "replay", "--junit"])
+        .arg(&junit)
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .env("GUARDLAB_SNAPSHOT_DIR", &snaps)
+        .env("GUARDLAB_REPLAY_FILE", synthetic_recording())
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("snapshot mismatch in step 5 \"create-policy\"")
+                .and(predicate::str::contains("-  mode: enforce"))
+                .and(predicate::str::contains("+  mode: audit"))
+                .and(predicate::str::contains("FAIL: create-policy (MISMATCH)")),
+        );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("failures=\"1\"")
+            && xml.contains("snapshot mismatch in step &quot;create-policy&quot;"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_missing_recording_exits_2_and_still_writes_the_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let junit = dir.path().join("run.xml");
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "replay", "--json"])
+        .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .env("GUARDLAB_REPLAY_FILE", dir.path().join("nothing.ndjson"))
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("nothing.ndjson").and(predicate::str::contains("--record")),
+        );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["result"], "error");
+    assert!(
+        std::fs::read_to_string(&junit)
+            .unwrap()
+            .contains("errors=\"1\"")
+    );
+}
