@@ -8,9 +8,10 @@ default:
 test:
     cargo test
 
-# Fast tier: the pure engine and the file commands, no root needed.
+# Fast tier: the pure engine, the event format and the file commands; no root needed.
 test-engine:
     cargo test -p guardlab-engine -p guardlab-events
+    cargo test -p guardlab --test cli_files
 
 # Run the cryptominer scenario end to end on the local lab.
 scenario name="cryptominer" *args="":

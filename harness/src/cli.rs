@@ -47,7 +47,10 @@ pub enum Command {
     },
 
     /// Policies: create one from fingerprints.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  guardlab policy create --from fingerprints.yaml --name jupyter-policy > policy.yaml"
+    )]
     Policy(PolicyCommand),
 
     /// Merge fingerprints or deviations into a policy (asymmetric: the policy only grows).
@@ -58,7 +61,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
         /// Fingerprints, fingerprint groups or deviations to merge in.
-        #[arg(long = "with", required = true, value_name = "FILE")]
+        #[arg(long = "with", required = true, num_args = 1.., value_name = "FILE")]
         with: Vec<PathBuf>,
     },
 
@@ -108,7 +111,7 @@ pub enum PolicyCommand {
         after_help = "Example:\n  guardlab policy create --from fingerprints.yaml --name jupyter-policy > policy.yaml"
     )]
     Create {
-        #[arg(long = "from", required = true, value_name = "FILE")]
+        #[arg(long = "from", required = true, num_args = 1.., value_name = "FILE")]
         from: Vec<PathBuf>,
         /// metadata.name of the policy (default: from the fingerprints).
         #[arg(long)]

@@ -165,7 +165,7 @@ fn bad_input_names_the_file_and_line_and_exits_2() {
         .arg(&events)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("broken.ndjson:3: not an event"));
+        .stderr(predicate::str::contains("broken.ndjson:3:2: not an event"));
 
     guardlab()
         .args(["fingerprint", "--events"])
@@ -211,4 +211,69 @@ fn every_command_has_help_with_an_example() {
             .success()
             .stdout(predicate::str::contains("Example"));
     }
+}
+
+#[test]
+fn a_policy_that_selects_no_container_is_bad_input_not_an_all_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (baseline, _, attack) = streams(dir.path());
+    let fingerprints = dir.path().join("fingerprints.yaml");
+    std::fs::write(
+        &fingerprints,
+        run_ok(guardlab().args(["fingerprint", "--events"]).arg(&baseline)),
+    )
+    .unwrap();
+    // Two files after one --from: the same fingerprints twice merge into the same policy.
+    let policy_text = run_ok(
+        guardlab()
+            .args(["policy", "create", "--from"])
+            .arg(&fingerprints)
+            .arg(&fingerprints),
+    );
+    let other_image = policy_text.replace("jupyter/minimal-notebook", "example/other-image");
+    assert_ne!(
+        other_image, policy_text,
+        "the policy names the image:\n{policy_text}"
+    );
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, other_image).unwrap();
+    for command in ["deviations", "investigate"] {
+        guardlab()
+            .args([command, "--policy"])
+            .arg(&policy)
+            .arg("--events")
+            .arg(&attack)
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains("Not Applied")
+                    .and(predicate::str::contains("match no container")),
+            );
+    }
+}
+
+#[test]
+fn events_out_of_time_order_are_sorted_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (baseline, _, _) = streams(dir.path());
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let in_order = run_ok(guardlab().args(["fingerprint", "--events"]).arg(&baseline));
+    // Swap two events in the middle of the stream.
+    let middle = lines.len() / 2;
+    lines.swap(middle, middle + 1);
+    let shuffled = dir.path().join("shuffled.ndjson");
+    std::fs::write(&shuffled, lines.join("\n")).unwrap();
+    let out = guardlab()
+        .args(["fingerprint", "--events"])
+        .arg(&shuffled)
+        .assert()
+        .success();
+    let output = out.get_output();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("out of time order; sorted"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), in_order);
 }

@@ -142,6 +142,8 @@ impl Gen {
             gid: 100,
             user: Some(if euid == 0 { "root" } else { "jovyan" }.into()),
             euser: Some(if euid == 0 { "root" } else { "jovyan" }.into()),
+            exe_status: Default::default(),
+            killed: false,
         }));
     }
 

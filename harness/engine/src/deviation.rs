@@ -4,7 +4,11 @@
 //! fingerprinting, see [`crate::fingerprint`]) and, for the containers that an **enabled**
 //! policy selects (`containerSelector`, `namespaceSelector`, `podSelector`,
 //! `machineSelector`), maps each exec'd program to a node of the policy's process forest.
-//! A disabled policy selects nothing and produces nothing.
+//! A disabled policy selects nothing and produces nothing. A policy's status over a stream
+//! ([`PolicyReport::status`]) is the public word: `Disabled`; `Not Applied` when it is enabled
+//! but selected no container of the stream (it could not find anything: a selector that does
+//! not match is a mistake worth saying, see [`PolicyReport::applied`]); else `Enforcing` or
+//! `Auditing`.
 //!
 //! # Rules (ours; the public tool does not show the server's)
 //!
@@ -13,23 +17,41 @@
 //!   name glob matches and an exe glob matches. Otherwise it is a deviation whose fragment is
 //!   the new node hung under `policyNode.id` (the parent's node; [`ROOT_ANCHOR`] for a new
 //!   root). The effective user is an attribute, never a deviation on its own.
+//! * **Effective users in deviations.** The same program under another user is the *same*
+//!   deviation: the fragment carries the effective user of its first occurrence (so that it
+//!   merges into a valid policy), but the user takes no part in telling deviations apart
+//!   (the chain of deviant programs is keyed by parent, name and exe) nor in the checksum
+//!   (computed over the fragment with every `euser` left out), so its count covers every
+//!   user. Merging it adds the node with its first user; the others are then covered too,
+//!   since a user never makes a deviation.
 //! * **Descendants of a deviant process** are deviant too and reported under the deviant
 //!   parent: each deviant process is its own deviation, whose `policyNode` is the nearest
 //!   policy node and whose fragment is the whole chain of deviant processes from there down
 //!   to it (`python3_0 -> bash -> wget`). Merging the deviations of a chain one by one gives
 //!   the chain; the ids of new nodes are `<name>_<n>` with the first `n` free in the policy.
 //! * **Connections** (loopback left out, ports as in fingerprints): egress and ingress are
-//!   deviations when no network node of that direction allows the remote (a DNS name an
-//!   earlier answer gave for the address matching a `dnsSelector`, or the address inside an
-//!   `ipBlock`), the port and protocol, and the process (the node it maps to is listed, or the
-//!   list is empty). The fragment is one network node naming the remote as fingerprints do;
+//!   deviations when no network node of that direction allows the remote (**any** of the DNS
+//!   names earlier answers in the container gave for the address matching a `dnsSelector`,
+//!   or the address inside an `ipBlock`), the port and protocol, and the process (the node it
+//!   maps to is listed, or the list is empty). The fragment is one network node naming the
+//!   remote as fingerprints do (every name of the address, sorted, one `dnsSelector` each);
 //!   when the process is itself deviant its chain is in the fragment too, so that the
 //!   deviation merges into a valid policy on its own.
+//! * **Name lookups of deviant processes.** A deviant process that resolves a name sends a
+//!   datagram to the resolver (UDP 53) before it connects; the policy allows the resolver
+//!   only for the processes that used it in the baseline, so each deviant process that
+//!   looks a name up is also an egress deviation to the resolver, with its own chain (in the
+//!   tutorial: `curl`, `wget` and `minerd` each). That is faithful (the process did reach
+//!   the resolver) and deterministic: deviations are listed in the order of the events that
+//!   first showed them, and a process's lookup comes before its connection. Merged into the
+//!   policy, they join the resolver's network node (same peer and ports: the processes are
+//!   unioned) rather than adding one node per process.
 //! * **Unique deviations.** A deviation is unique per (policy uid, checksum); the checksum is
-//!   the SHA-256 (hex) of the deviation's type and fragment, which holds no time, pid or
-//!   container id, so the same behaviour again is the same deviation seen once more
-//!   (`count`). Its uid is `dev:` and 16 hex digits of SHA-256 over policy uid and checksum.
-//!   It is `relevant` while merging it into the policy would still change the policy.
+//!   the SHA-256 (hex) of the deviation's type and fragment (less its users), which holds
+//!   no time, pid or container id, so the same behaviour again is the same deviation seen
+//!   once more (`count`). Its uid is `dev:` and 16 hex digits of SHA-256 over policy uid
+//!   and checksum. It is `relevant` while merging it into the policy would still change the
+//!   policy.
 //! * **Modes.** Audit mode records deviations and logs what it would have done (the public
 //!   wording) for each kill, and that it would have raised a flag; it raises nothing.
 //!   Enforce mode records them, raises the flags of the policy's response once per unique
@@ -57,10 +79,10 @@ use crate::model::{
     DeviationType, EgressNode, IngressNode, KIND_DEVIATION, Mode, Peer, Policy, PolicyNodeRef,
     PortSpec, ProcessNode,
 };
-use crate::policy::{PolicyError, default_response, status};
+use crate::policy::{PolicyError, default_response, status_in_stream};
 use compiled::CompiledPolicy;
 pub use response::{ActionKind, Decision, Flag, FlagClass, Target};
-use response::{Subject, effective, severity_word};
+use response::{Subject, effective};
 
 /// The `policyNode.id` of a deviation that is a new root of the process forest (a process
 /// with no parent in the container that no root of the policy covers).
@@ -77,6 +99,7 @@ enum PState {
 struct FragNode {
     name: Sym,
     exe: Sym,
+    /// The effective user of the first occurrence (an attribute, not part of the key).
     euser: Sym,
     id: String,
 }
@@ -96,7 +119,8 @@ enum ProcRef {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum PeerRef {
-    Dns(Sym),
+    /// A set of names (see `tracker::NameSets`).
+    Dns(u32),
     Ip(IpAddr),
 }
 
@@ -116,7 +140,8 @@ enum RecordKey {
 struct NetKey {
     direction: Direction,
     process: ProcRef,
-    dns: Sym,
+    /// A set of names, or [`NONE`].
+    dns: u32,
     ip: IpAddr,
     protocol: Protocol,
     port: u16,
@@ -139,6 +164,7 @@ pub(crate) struct OccurredConnection {
     pub ip: IpAddr,
     pub port: u16,
     pub remote_port: u16,
+    /// The names of the remote (see [`crate::trace::TraceConnection::dns`]).
     pub dns: Option<String>,
     pub refused: bool,
 }
@@ -165,7 +191,8 @@ pub(crate) struct PolicyState {
     child_cache: FxHashMap<(u32, Sym, Sym), u32>,
     net_cache: FxHashMap<NetKey, bool>,
     chains: Vec<Chain>,
-    chain_index: FxHashMap<(u32, u32, Sym, Sym, Sym), u32>,
+    /// (parent chain, anchor, name, exe): no effective user, see the module documentation.
+    chain_index: FxHashMap<(u32, u32, Sym, Sym), u32>,
     pub records: Vec<Record>,
     record_index: FxHashMap<RecordKey, u32>,
     by_checksum: HashMap<String, u32>,
@@ -233,7 +260,7 @@ impl PolicyState {
                 (NONE, parent_node)
             }
         };
-        let key = (parent_chain, anchor, img.name, img.exe, img.euser);
+        let key = (parent_chain, anchor, img.name, img.exe);
         if let Some(&ch) = self.chain_index.get(&key) {
             return PState::Deviant(ch);
         }
@@ -306,7 +333,7 @@ impl PolicyState {
             ProcRef::Node(n) => Some(n),
             _ => None,
         };
-        let dns = (obs.dns != NONE).then(|| t.syms.get(obs.dns));
+        let names: Vec<&str> = t.dns_names(obs.dns).collect();
         let nets = match obs.direction {
             Direction::Ingress => &self.c.ingress,
             Direction::Egress => &self.c.egress,
@@ -314,7 +341,7 @@ impl PolicyState {
         let ok = nets.iter().any(|n| {
             n.allows_port(obs.protocol, obs.port)
                 && n.allows_process(node)
-                && n.allows_peer(dns, obs.ip)
+                && n.allows_peer(&names, obs.ip)
         });
         self.net_cache.insert(key, ok);
         ok
@@ -378,13 +405,16 @@ impl PolicyState {
                     }
                     ProcRef::Unknown => (Vec::new(), Vec::new()),
                 };
-                let peers = vec![match peer {
-                    PeerRef::Dns(name) => Peer::DnsSelector(vec![t.syms.get(name).to_string()]),
-                    PeerRef::Ip(ip) => Peer::IpBlock(crate::model::IpBlock {
+                let peers = match peer {
+                    PeerRef::Dns(set) => t
+                        .dns_names(set)
+                        .map(|name| Peer::DnsSelector(vec![name.to_string()]))
+                        .collect(),
+                    PeerRef::Ip(ip) => vec![Peer::IpBlock(crate::model::IpBlock {
                         cidr: host_cidr(ip),
                         except: Vec::new(),
-                    }),
-                }];
+                    })],
+                };
                 let ports = vec![PortSpec {
                     protocol: protocol.to_string(),
                     port: port.into(),
@@ -484,8 +514,22 @@ impl PolicyState {
     }
 }
 
+/// The checksum of a deviation: its type and fragment, with no effective user (see the
+/// module documentation).
 fn checksum(kind: DeviationType, spec: &DeviationSpec) -> String {
-    let text = serde_json::to_vec(&(kind, spec)).expect("deviation specs serialize");
+    fn strip(nodes: &mut [ProcessNode]) {
+        for n in nodes {
+            n.euser = None;
+            if let Some(kids) = n.children.as_mut() {
+                strip(kids);
+            }
+        }
+    }
+    let mut spec = spec.clone();
+    for item in &mut spec.process_policy {
+        strip(&mut item.policy_node.children);
+    }
+    let text = serde_json::to_vec(&(kind, &spec)).expect("deviation specs serialize");
     hex::encode(Sha256::digest(&text))
 }
 
@@ -533,8 +577,14 @@ pub struct DeviationRecord {
 pub struct PolicyReport {
     pub name: String,
     pub uid: String,
-    /// `Enforcing`, `Auditing` or `Disabled`.
+    /// `Enforcing`, `Auditing`, `Disabled`, or `Not Applied` (enabled, but it selected no
+    /// container of the stream).
     pub status: String,
+    /// The policy is enabled and selected at least one container of the stream. When it is
+    /// false and the policy is enabled, "no deviations" means nothing was checked.
+    pub applied: bool,
+    /// Containers of the stream the policy's selectors match (whether it is enabled or not).
+    pub containers: usize,
     /// Unique deviations.
     pub unique: usize,
     /// Occurrences of all of them.
@@ -702,8 +752,7 @@ impl DeviationMatcher {
                             ip: obs.ip,
                             port: obs.port,
                             remote_port: obs.remote_port,
-                            dns: (obs.dns != NONE)
-                                .then(|| self.tracker.syms.get(obs.dns).to_string()),
+                            dns: dns_text(&self.tracker, obs.dns),
                             refused: obs.refused,
                         }),
                     };
@@ -806,14 +855,9 @@ impl DeviationMatcher {
                         timestamp: finding.timestamp,
                     });
                 } else {
-                    let class = match class {
-                        FlagClass::Red => "red",
-                        FlagClass::Ops => "ops",
-                    };
                     self.audit_log.push(format!(
-                        "(audit mode): Would have raised a \"{}\" {class} flag for {} deviation {}. Not raised due to \"audit\" mode.",
-                        severity_word(flag.severity),
-                        kind_word(kind),
+                        "(audit mode): Would have raised a \"{}\" {class} flag for {kind} deviation {}. Not raised due to \"audit\" mode.",
+                        flag.severity,
                         finding.deviation_uid
                     ));
                 }
@@ -860,17 +904,25 @@ impl DeviationMatcher {
                     .iter()
                     .map(|r| DeviationRecord {
                         uid: r.uid.clone(),
-                        relevant: is_relevant_to_canonical(&p.c.policy, &r.deviation),
+                        relevant: is_relevant_to_canonical(&p.c.policy, &p.c.nets, &r.deviation),
                         count: r.count,
                         first_timestamp: epoch_seconds(r.first_ts),
                         latest_timestamp: epoch_seconds(r.last_ts),
                         deviation: r.deviation.clone(),
                     })
                     .collect();
+                let containers = self
+                    .tracker
+                    .containers
+                    .iter()
+                    .filter(|rec| p.c.selects(&rec.info))
+                    .count();
                 PolicyReport {
                     name: p.c.name.clone(),
                     uid: p.c.uid.clone(),
-                    status: status(&p.c.policy).to_string(),
+                    status: status_in_stream(&p.c.policy, containers > 0).to_string(),
+                    applied: p.c.enabled && containers > 0,
+                    containers,
                     unique: deviations.len(),
                     total: deviations.iter().map(|d| d.count).sum(),
                     deviations,
@@ -887,12 +939,9 @@ impl DeviationMatcher {
     }
 }
 
-fn kind_word(kind: DeviationType) -> &'static str {
-    match kind {
-        DeviationType::Process => "process",
-        DeviationType::Ingress => "ingress",
-        DeviationType::Egress => "egress",
-    }
+/// The names of a remote as one text: sorted, separated by `, `.
+pub(crate) fn dns_text(t: &Tracker, set: u32) -> Option<String> {
+    (set != NONE).then(|| t.dns_names(set).collect::<Vec<_>>().join(", "))
 }
 
 /// Match a whole stream against policies, in one call.

@@ -9,6 +9,14 @@
 //! **Containers.** A container is introduced by its `container` event (keyed by cgroup id);
 //! events of a cgroup that was never introduced are left out and counted in [`Stats`].
 //! A container with no exec'd process gives no fingerprint (nothing was learned).
+//! A process belongs to the container its events are tagged with: an event naming a process
+//! the engine knows in *another* container is taken as one of a process whose start was not
+//! seen (it never joins two containers' forests).
+//!
+//! **Order.** Events are taken in the order given. Sort a stream by time first
+//! ([`crate::sort_events`]); [`Stats::out_of_order_events`] counts the times that go back.
+//! A process forked by a parent the engine did not know yet takes, at its exec, the parent
+//! the exec names, when that one is known by then.
 //!
 //! **Process forest.** A node is an exec'd program image. A process whose parent is not a
 //! known process of the same container (the container's first process, whose parent is the
@@ -37,9 +45,12 @@
 //! ids whatever the pids and the order in which siblings started.
 //!
 //! **Connections.** Egress comes from `connect` events, ingress from `accept` events. The
-//! remote is named by DNS when an earlier DNS answer in the same container gave its address
-//! (the latest answer wins): `dnsSelector: [name]`; otherwise `ipBlock: {cidr: a.b.c.d/32}`
-//! (`/128` for IPv6; v4-mapped IPv6 addresses are written as IPv4).
+//! remote is named by DNS when earlier DNS answers in the same container gave its address:
+//! by **every name** they gave for it (several names share an address behind a CDN or a
+//! virtual host; no answer replaces another), sorted, in the same network node, one
+//! `dnsSelector` per name as the public format writes them; otherwise
+//! `ipBlock: {cidr: a.b.c.d/32}` (`/128` for IPv6; v4-mapped IPv6 addresses are written as
+//! IPv4). Names are in normal form: lower case, no trailing dot.
 //! The port of egress is the destination port; the port of **ingress is the local, listening
 //! port, never the peer's ephemeral port**.
 //! **Loopback and pod-internal traffic is left out** of the network policy: a connection to or
@@ -145,7 +156,8 @@ struct FpNode {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerFact {
-    Dns(Sym),
+    /// A set of names (see `tracker::NameSets`).
+    Dns(u32),
     Ip(IpAddr),
 }
 
@@ -253,16 +265,14 @@ impl FingerprintBuilder {
     }
 
     /// One fingerprint per container that ran at least one program, in a stable order
-    /// (image, namespace, pod, container name, container id).
+    /// (image, namespace, container name, container id).
     pub fn finish(&self) -> Vec<Fingerprint> {
         self.build().into_iter().map(|(fp, _)| fp).collect()
     }
 
     /// The fingerprints bundled per image, with the machines they ran on.
     pub fn finish_grouped(&self) -> Vec<FingerprintGroup> {
-        let built = self.build();
-        let machines: Vec<String> = built.iter().map(|(_, m)| m.clone()).collect();
-        group(built.into_iter().map(|(fp, _)| fp).zip(machines))
+        group(self.build())
     }
 
     fn build(&self) -> Vec<(Fingerprint, String)> {
@@ -307,16 +317,23 @@ impl FingerprintBuilder {
             let mut per_peer: BTreeMap<(Direction, PeerSort), PeerUse> = BTreeMap::new();
             for fact in &facts_of[c] {
                 let peer = match fact.peer {
-                    PeerFact::Dns(name) => PeerSort::Dns(syms.get(name).to_string()),
+                    PeerFact::Dns(set) => {
+                        PeerSort::Dns(self.tracker.dns_names(set).map(str::to_string).collect())
+                    }
                     PeerFact::Ip(ip) => PeerSort::Ip(ip),
                 };
                 let entry = per_peer
                     .entry((fact.direction, peer))
                     .or_insert_with(|| (Some(BTreeSet::new()), BTreeSet::new()));
-                if fact.node == NONE {
-                    entry.0 = None;
-                } else if let Some(set) = entry.0.as_mut() {
-                    set.insert(ids[&fact.node].clone());
+                // A node of another container's forest cannot be named here (the tracker
+                // never lets that happen); should it, the process is "unknown": any.
+                match ids.get(&fact.node) {
+                    Some(id) => {
+                        if let Some(set) = entry.0.as_mut() {
+                            set.insert(id.clone());
+                        }
+                    }
+                    None => entry.0 = None,
                 }
                 entry.1.insert((fact.port, fact.protocol));
             }
@@ -437,14 +454,16 @@ impl FingerprintBuilder {
 /// A remote, ordered as the canonical form wants: names first, then IPv4, then IPv6.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum PeerSort {
-    Dns(String),
+    /// The names of one address, sorted.
+    Dns(Vec<String>),
     Ip(IpAddr),
 }
 
 impl PeerSort {
+    /// One peer; canonical form then writes one `dnsSelector` per name.
     fn into_peer(self) -> Peer {
         match self {
-            PeerSort::Dns(name) => Peer::DnsSelector(vec![name]),
+            PeerSort::Dns(names) => Peer::DnsSelector(names),
             PeerSort::Ip(ip) => Peer::IpBlock(IpBlock {
                 cidr: host_cidr(ip),
                 except: Vec::new(),
@@ -480,7 +499,7 @@ fn pod_selector(labels: &BTreeMap<String, String>) -> Option<LabelSelector> {
     })
 }
 
-fn fingerprint_order(fp: &Fingerprint) -> (String, String, String, String, String) {
+fn fingerprint_order(fp: &Fingerprint) -> (String, String, String, String) {
     let image = fp
         .spec
         .container_selector
@@ -491,7 +510,6 @@ fn fingerprint_order(fp: &Fingerprint) -> (String, String, String, String, Strin
     (
         image,
         m.namespace.clone().unwrap_or_default(),
-        m.pod.clone().unwrap_or_default(),
         m.container_name.clone().unwrap_or_default(),
         m.container_id.clone().unwrap_or_default(),
     )

@@ -3,6 +3,11 @@
 //!
 //! Every rule here is a function of its inputs, so it can be unit-tested and replayed from a
 //! recording; files, terminals and time live in the `guardlab` binary.
+//!
+//! The engine takes events in the order it is given them. A recording or a sensor's output
+//! may be out of time order (per-CPU buffers are drained one after the other): sort it with
+//! [`sort_events`] before replaying it, and look at `Stats::out_of_order_events` (in
+//! [`fingerprint::Stats`]) to tell the user when a stream was not sorted.
 
 pub mod model;
 
@@ -15,3 +20,11 @@ pub mod glob;
 pub mod merge;
 pub mod policy;
 pub mod trace;
+
+use guardlab_events::Event;
+
+/// Put events in time order. Stable: events with the same time keep the order they came in
+/// (a fork before its exec, an answer before the connection it explains).
+pub fn sort_events(events: &mut [Event]) {
+    events.sort_by_key(|e| e.ts);
+}

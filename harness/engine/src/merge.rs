@@ -6,8 +6,14 @@
 //!   characters, see [`crate::glob::merged_name`]) and they share an exe (equal, or one a glob
 //!   matching the other); their exes, effective users and listening sockets are unioned and
 //!   their children merged the same way. Unmatched subtrees are added, their ids renumbered
-//!   where they clash (`sh_0` becomes `sh_1`). Selectors keep what both have in common (an
-//!   image that differs becomes a wildcard, or the merge fails).
+//!   where they clash (`sh_0` becomes `sh_1`). Selectors keep what both have in common. Images
+//!   must be of the same repository (`docker.io/library/` and `docker.io/` aside), or the
+//!   merge fails with [`PolicyError::ImageMismatch`]: only the tag becomes a wildcard when the
+//!   tags differ (their common wildcard of at least three characters, `1.27.*` for `1.27.1`
+//!   and `1.27.2`, else `*`), a digest is dropped when the digests differ (`repo@*` when
+//!   both are pinned by digest alone), and a reference with neither tag nor digest is
+//!   `:latest`. A wildcard over repositories (`*-notebook:latest`) would
+//!   select images nobody fingerprinted.
 //! * [`merge_policy`] and [`merge_deviation`]: asymmetric; the policy stays as it is and
 //!   grows by what it does not cover yet. A node is covered by a policy node whose name glob
 //!   matches it and one of whose exes matches each of its exes; covered nodes only add their
@@ -18,13 +24,16 @@
 //!   contain its ports (same protocol), whose peers cover its peers (an `ipBlock` inside a
 //!   supernet, not in its `except`; a DNS name matching a `dnsSelector` glob) and whose
 //!   processes include its processes (empty means any). A node that is not covered joins a
-//!   node with the same ports and processes (its peers are added there), else is added.
-//!   Process ids are translated to the ids the merge gave their nodes.
+//!   node with the same peers and ports (its processes are added there; empty, meaning any,
+//!   absorbs the others), else a node with the same ports and processes (its peers are added
+//!   there), else is added. So the deviations of three processes reaching the resolver merge
+//!   into the resolver's one node. Process ids are translated to the ids the merge gave
+//!   their nodes.
 //! * [`canonicalize`]: exes, users, sockets, ports and process ids sorted and deduplicated;
 //!   siblings sorted by name (then exe, then id); a child's `euser` dropped when it equals what
-//!   it inherits; one DNS name per `dnsSelector`, peers ordered DNS names, IPv4, IPv6; network
-//!   nodes sorted. Every document the engine writes is canonical, so equal content is equal
-//!   text.
+//!   it inherits; one DNS name per `dnsSelector`, in normal form (lower case, no trailing
+//!   dot), peers ordered DNS names, IPv4, IPv6; network nodes sorted. Every document the
+//!   engine writes is canonical, so equal content is equal text.
 
 pub mod net;
 
@@ -38,7 +47,7 @@ use crate::model::{
     NetworkPolicy, Peer, PortSpec, ProcessNode,
 };
 use crate::policy::{PolicyError, policy_uid};
-use net::{Ports, peer_covered, peer_order, port_order, ports_covered};
+use net::{Ports, normalize_dns_name, peer_covered, peer_order, port_order, ports_covered};
 
 /// Old id (in the document merged in) to new id (in the result).
 type IdMap = HashMap<String, String>;
@@ -141,22 +150,36 @@ fn canonical_network(net: &mut NetworkPolicy) {
     net.egress = egress.into_iter().map(EgressNode::from).collect();
 }
 
+/// Peers in canonical form: one normalized DNS name per `dnsSelector`, sorted, no repeats.
+fn peer_set(peers: &[Peer]) -> Vec<Peer> {
+    let mut out = Vec::with_capacity(peers.len());
+    for p in peers {
+        match p {
+            Peer::DnsSelector(names) => out.extend(
+                names
+                    .iter()
+                    .map(|name| Peer::DnsSelector(vec![normalize_dns_name(name).into_owned()])),
+            ),
+            block => out.push(block.clone()),
+        }
+    }
+    out.sort_by(peer_order);
+    out.dedup();
+    out
+}
+
+/// Ports in canonical order, no repeats.
+fn port_set(ports: &[PortSpec]) -> Vec<PortSpec> {
+    let mut out = ports.to_vec();
+    out.sort_by(port_order);
+    out.dedup();
+    out
+}
+
 pub(crate) fn canonical_net_nodes(nodes: &mut Vec<NetNode>) {
     for n in nodes.iter_mut() {
-        let mut peers = Vec::with_capacity(n.peers.len());
-        for p in n.peers.drain(..) {
-            match p {
-                Peer::DnsSelector(names) => {
-                    peers.extend(names.into_iter().map(|name| Peer::DnsSelector(vec![name])))
-                }
-                block => peers.push(block),
-            }
-        }
-        peers.sort_by(peer_order);
-        peers.dedup();
-        n.peers = peers;
-        n.ports.sort_by(port_order);
-        n.ports.dedup();
+        n.peers = peer_set(&n.peers);
+        n.ports = port_set(&n.ports);
         sort_dedup(&mut n.processes);
     }
     nodes.sort_by(|a, b| {
@@ -409,17 +432,24 @@ fn merge_net_nodes(base: &mut Vec<NetNode>, other: Vec<NetNode>, symmetric: bool
         if base.iter().any(|b| net_covers(b, &o)) {
             continue;
         }
-        let joinable = base.iter_mut().find(|b| {
-            same_set(&b.processes, &o.processes) && {
-                let mut x = b.ports.clone();
-                let mut y = o.ports.clone();
-                x.sort_by(port_order);
-                y.sort_by(port_order);
-                x.dedup();
-                y.dedup();
-                x == y
+        let (o_peers, o_ports) = (peer_set(&o.peers), port_set(&o.ports));
+        // The same remote and ports for other processes: one node, the processes unioned
+        // (a node for any process stays one for any process).
+        if let Some(b) = base
+            .iter_mut()
+            .find(|b| port_set(&b.ports) == o_ports && peer_set(&b.peers) == o_peers)
+        {
+            if b.processes.is_empty() || o.processes.is_empty() {
+                b.processes.clear();
+            } else {
+                b.processes.extend(o.processes);
+                sort_dedup(&mut b.processes);
             }
-        });
+            continue;
+        }
+        let joinable = base
+            .iter_mut()
+            .find(|b| same_set(&b.processes, &o.processes) && port_set(&b.ports) == o_ports);
         match joinable {
             Some(b) => {
                 for p in o.peers {
@@ -490,6 +520,76 @@ fn common_labels(a: &Option<LabelSelector>, b: &Option<LabelSelector>) -> Option
     (!out.match_labels.is_empty() || !out.match_expressions.is_empty()).then_some(out)
 }
 
+/// An image reference in parts: `registry/path` (the repository), `:tag`, `@digest`.
+struct ImageRef<'a> {
+    repository: &'a str,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+impl<'a> ImageRef<'a> {
+    fn parse(image: &'a str) -> Self {
+        let (rest, digest) = match image.split_once('@') {
+            Some((rest, digest)) => (rest, Some(digest)),
+            None => (image, None),
+        };
+        // The tag follows the last `:` after the last `/` (a registry may have a port).
+        let name_start = rest.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match rest[name_start..].rfind(':') {
+            Some(i) => (&rest[..name_start + i], Some(&rest[name_start + i + 1..])),
+            None => (rest, None),
+        };
+        // A reference with neither tag nor digest means `:latest`.
+        let tag = tag.or(digest.is_none().then_some("latest"));
+        ImageRef {
+            repository,
+            tag,
+            digest,
+        }
+    }
+
+    /// The repository as the default registry's short form: `docker.io/library/redis` and
+    /// `redis` are the same.
+    fn short_repository(&self) -> &'a str {
+        let r = self.repository;
+        let r = r.strip_prefix("docker.io/").unwrap_or(r);
+        r.strip_prefix("library/").unwrap_or(r)
+    }
+}
+
+/// The image selector that covers two images of one repository (see the module documentation).
+fn merge_images(a: &str, b: &str) -> Result<String, PolicyError> {
+    if a == b || glob_match(a, b) {
+        return Ok(a.to_string());
+    }
+    if glob_match(b, a) {
+        return Ok(b.to_string());
+    }
+    let (x, y) = (ImageRef::parse(a), ImageRef::parse(b));
+    if x.short_repository() != y.short_repository() {
+        return Err(PolicyError::ImageMismatch {
+            first: a.to_string(),
+            second: b.to_string(),
+        });
+    }
+    let digest = match (x.digest, y.digest) {
+        (Some(d), Some(e)) if d == e => format!("@{d}"),
+        _ => String::new(),
+    };
+    let repository = x.repository;
+    Ok(match (x.tag, y.tag) {
+        (Some(s), Some(t)) if s == t => format!("{repository}:{s}{digest}"),
+        (Some(s), Some(t)) => {
+            let tag = crate::glob::common_wildcard(s, t).unwrap_or_else(|| "*".into());
+            format!("{repository}:{tag}")
+        }
+        // Pinned by digest alone, both.
+        (None, None) => format!("{repository}@*"),
+        // One by tag, the other by digest alone.
+        _ => format!("{repository}[:@]*"),
+    })
+}
+
 fn merge_container_selector(
     a: &Option<ContainerSelector>,
     b: &Option<ContainerSelector>,
@@ -498,12 +598,7 @@ fn merge_container_selector(
         return Ok(None);
     };
     let image = match (&a.image, &b.image) {
-        (Some(x), Some(y)) => {
-            Some(merged_name(x, y).ok_or_else(|| PolicyError::ImageMismatch {
-                first: x.clone(),
-                second: y.clone(),
-            })?)
-        }
+        (Some(x), Some(y)) => Some(merge_images(x, y)?),
         _ => None,
     };
     let equal = |x: &Option<String>, y: &Option<String>| if x == y { x.clone() } else { None };
@@ -520,18 +615,29 @@ fn merge_container_selector(
     Ok((out != ContainerSelector::default()).then_some(out))
 }
 
+/// What both merges of two documents start from: the ids of `base`, a copy of `base` and
+/// `other`'s process forest, both with every node's effective users explicit. Fails when
+/// either document uses an id twice.
+fn prepare_merge(
+    base: &GuardDocument,
+    other: &GuardDocument,
+) -> Result<(HashSet<String>, GuardDocument, Vec<ProcessNode>), PolicyError> {
+    let ids = collect_ids(&base.spec.process_policy, &base.metadata.name)?;
+    collect_ids(&other.spec.process_policy, &other.metadata.name)?;
+    let mut out = base.clone();
+    let mut theirs = other.spec.process_policy.clone();
+    resolve_eusers(&mut out.spec.process_policy, None);
+    resolve_eusers(&mut theirs, None);
+    Ok((ids, out, theirs))
+}
+
 /// The symmetric merge of two documents of one workload (see the module documentation).
 /// The result keeps `base`'s kind, name and response.
 pub fn symmetric_merge(
     base: &GuardDocument,
     other: &GuardDocument,
 ) -> Result<GuardDocument, PolicyError> {
-    let mut ids = collect_ids(&base.spec.process_policy, &base.metadata.name)?;
-    collect_ids(&other.spec.process_policy, &other.metadata.name)?;
-    let mut out = base.clone();
-    let mut theirs = other.spec.process_policy.clone();
-    resolve_eusers(&mut out.spec.process_policy, None);
-    resolve_eusers(&mut theirs, None);
+    let (mut ids, mut out, theirs) = prepare_merge(base, other)?;
     let mut map = IdMap::new();
     sym_merge_nodes(&mut out.spec.process_policy, &theirs, &mut ids, &mut map);
     merge_network(
@@ -586,12 +692,7 @@ pub fn merge_policy(
     policy: &GuardDocument,
     with: &GuardDocument,
 ) -> Result<GuardDocument, PolicyError> {
-    let mut ids = collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
-    collect_ids(&with.spec.process_policy, &with.metadata.name)?;
-    let mut out = policy.clone();
-    let mut theirs = with.spec.process_policy.clone();
-    resolve_eusers(&mut out.spec.process_policy, None);
-    resolve_eusers(&mut theirs, None);
+    let (mut ids, mut out, theirs) = prepare_merge(policy, with)?;
     let mut map = IdMap::new();
     asym_merge_nodes(&mut out.spec.process_policy, &theirs, &mut ids, &mut map);
     merge_network(
@@ -698,7 +799,25 @@ pub fn merge_deviation(
 pub fn is_relevant(policy: &GuardDocument, deviation: &Deviation) -> bool {
     let mut current = policy.clone();
     canonicalize(&mut current);
-    is_relevant_to_canonical(&current, deviation)
+    let nets = PolicyNets::new(&current);
+    is_relevant_to_canonical(&current, &nets, deviation)
+}
+
+/// A policy's network nodes without their direction, prepared once for
+/// [`is_relevant_to_canonical`], which a report calls for every unique deviation.
+pub(crate) struct PolicyNets {
+    ingress: Vec<NetNode>,
+    egress: Vec<NetNode>,
+}
+
+impl PolicyNets {
+    pub(crate) fn new(policy: &GuardDocument) -> Self {
+        let net = &policy.spec.network_policy;
+        PolicyNets {
+            ingress: net.ingress.iter().map(NetNode::from).collect(),
+            egress: net.egress.iter().map(NetNode::from).collect(),
+        }
+    }
 }
 
 /// [`is_relevant`] for a policy already in canonical form.
@@ -708,7 +827,11 @@ pub fn is_relevant(policy: &GuardDocument, deviation: &Deviation) -> bool {
 /// covered, a covered node would gain an effective user or a listening socket, or a network
 /// node is not covered. A deviation that cannot be merged (another policy's, or its policy
 /// node is gone) is not relevant: there is nothing to act on.
-pub(crate) fn is_relevant_to_canonical(policy: &GuardDocument, deviation: &Deviation) -> bool {
+pub(crate) fn is_relevant_to_canonical(
+    policy: &GuardDocument,
+    nets: &PolicyNets,
+    deviation: &Deviation,
+) -> bool {
     if deviation.metadata.policy_uid != policy_uid(policy) {
         return false;
     }
@@ -736,7 +859,7 @@ pub(crate) fn is_relevant_to_canonical(policy: &GuardDocument, deviation: &Devia
     let Some(net) = &deviation.spec.network_policy else {
         return false;
     };
-    let uncovered = |base: Vec<NetNode>, nodes: Vec<NetNode>| {
+    let uncovered = |base: &[NetNode], nodes: Vec<NetNode>| {
         nodes.into_iter().any(|n| {
             let n = NetNode {
                 processes: translate(&n.processes, &map),
@@ -745,26 +868,10 @@ pub(crate) fn is_relevant_to_canonical(policy: &GuardDocument, deviation: &Devia
             !base.iter().any(|b| net_covers(b, &n))
         })
     };
-    let ingress = || {
-        policy
-            .spec
-            .network_policy
-            .ingress
-            .iter()
-            .map(NetNode::from)
-            .collect::<Vec<_>>()
-    };
-    let egress = || {
-        policy
-            .spec
-            .network_policy
-            .egress
-            .iter()
-            .map(NetNode::from)
-            .collect::<Vec<_>>()
-    };
-    uncovered(ingress(), net.ingress.iter().map(NetNode::from).collect())
-        || uncovered(egress(), net.egress.iter().map(NetNode::from).collect())
+    uncovered(
+        &nets.ingress,
+        net.ingress.iter().map(NetNode::from).collect(),
+    ) || uncovered(&nets.egress, net.egress.iter().map(NetNode::from).collect())
 }
 
 /// The node with this id and its effective users.

@@ -7,6 +7,7 @@
 //! `names:` is an error, not a silently ignored field.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,22 @@ pub struct Spec {
 pub enum Mode {
     Audit,
     Enforce,
+}
+
+impl Mode {
+    /// The word the YAML uses: `audit`, `enforce`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +275,25 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    /// The word the YAML uses: `critical`, `high`, `medium`, `low`, `info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `makeRedFlag` / `makeOpsFlag`. In `default` a flag has no selectors; an item of `actions`
 /// narrows it with at least one, like the kill actions (spyctl accepts selectors on flags too).
 /// Build one with [`FlagAction::new`] so that adding a field here does not break callers.
@@ -339,7 +375,8 @@ pub struct FingerprintGroup {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GroupMetadata {
     pub image: String,
-    #[serde(default, rename = "imageID")]
+    /// Empty when the backend did not know it (then not written).
+    #[serde(default, rename = "imageID", skip_serializing_if = "String::is_empty")]
     pub image_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_timestamp: Option<f64>,
@@ -375,6 +412,23 @@ pub enum DeviationType {
     Process,
     Ingress,
     Egress,
+}
+
+impl DeviationType {
+    /// The word the YAML uses: `process`, `ingress`, `egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviationType::Process => "process",
+            DeviationType::Ingress => "ingress",
+            DeviationType::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for DeviationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -418,4 +472,49 @@ pub struct DeviationNetwork {
     pub ingress: Vec<IngressNode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressNode>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: Serialize>(value: &T) -> String {
+        serde_yaml::to_string(value).unwrap().trim().to_string()
+    }
+
+    /// The words Display writes are the words the YAML uses.
+    #[test]
+    fn display_is_the_yaml_word() {
+        for m in [Mode::Audit, Mode::Enforce] {
+            assert_eq!(m.to_string(), yaml(&m));
+        }
+        for s in [
+            Severity::Critical,
+            Severity::High,
+            Severity::Medium,
+            Severity::Low,
+            Severity::Info,
+        ] {
+            assert_eq!(s.to_string(), yaml(&s));
+        }
+        for k in [
+            DeviationType::Process,
+            DeviationType::Ingress,
+            DeviationType::Egress,
+        ] {
+            assert_eq!(k.to_string(), yaml(&k));
+        }
+    }
+
+    #[test]
+    fn a_group_without_image_id_does_not_write_one() {
+        let group = GroupMetadata {
+            image: "app:1".into(),
+            ..GroupMetadata::default()
+        };
+        let text = serde_yaml::to_string(&group).unwrap();
+        assert!(!text.contains("imageID"), "{text}");
+        let back: GroupMetadata = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, group);
+    }
 }

@@ -33,7 +33,7 @@ pub enum PolicyError {
         name: String,
     },
     #[error(
-        "cannot merge the images {first:?} and {second:?}: they share no wildcard of at least 3 characters; make one policy per image"
+        "cannot merge the images {first:?} and {second:?}: they are different repositories; make one policy per image"
     )]
     ImageMismatch { first: String, second: String },
     #[error("{document:?}: processPolicy: the id {id:?} is used twice")]
@@ -44,8 +44,16 @@ pub enum PolicyError {
         "the deviation belongs to policy uid {deviation:?}, not to this policy (uid {policy:?})"
     )]
     PolicyMismatch { deviation: String, policy: String },
-    #[error("policy {policy:?}: {field}: {value:?} is not an IP block (a.b.c.d/n or x::y/n)")]
+    #[error(
+        "policy {policy:?}: {field}: {value:?} is not an IP block (a.b.c.d/n or x::y/n, host bits zero)"
+    )]
     InvalidCidr {
+        policy: String,
+        field: String,
+        value: String,
+    },
+    #[error("policy {policy:?}: {field}: unknown protocol {value:?}, expected TCP or UDP")]
+    UnknownProtocol {
         policy: String,
         field: String,
         value: String,
@@ -79,12 +87,27 @@ pub fn is_enabled(policy: &Policy) -> bool {
     policy.spec.enabled.unwrap_or(true)
 }
 
-/// The public status word: `Enforcing`, `Auditing` or `Disabled`.
+/// The public status word of a policy as written: `Enforcing`, `Auditing` or `Disabled`.
 pub fn status(policy: &Policy) -> &'static str {
     match (is_enabled(policy), mode(policy)) {
-        (false, _) => "Disabled",
+        (false, _) => DISABLED,
         (true, Mode::Enforce) => "Enforcing",
         (true, Mode::Audit) => "Auditing",
+    }
+}
+
+pub const DISABLED: &str = "Disabled";
+/// The status of an enabled policy that selects no container of the stream.
+pub const NOT_APPLIED: &str = "Not Applied";
+
+/// The public status word of a policy over an event stream: as [`status`], but
+/// [`NOT_APPLIED`] when it is enabled and `selects_any` is false (its selectors matched no
+/// container of the stream, so it checked nothing).
+pub fn status_in_stream(policy: &Policy, selects_any: bool) -> &'static str {
+    if is_enabled(policy) && !selects_any {
+        NOT_APPLIED
+    } else {
+        status(policy)
     }
 }
 
@@ -327,6 +350,79 @@ mod tests {
         let err = create_policy(&[a, b], None, Mode::Audit).unwrap_err();
         assert!(matches!(err, PolicyError::ImageMismatch { .. }), "{err}");
         assert!(err.to_string().contains("redis:7"), "{err}");
+    }
+
+    #[test]
+    fn images_of_different_repositories_are_refused() {
+        let a = fingerprint(
+            "jupyter/minimal-notebook:latest",
+            "a",
+            node("python3", "/opt/conda/bin/python3.11", "python3_0"),
+        );
+        let b = fingerprint(
+            "jupyter/scipy-notebook:latest",
+            "b",
+            node("python3", "/opt/conda/bin/python3.11", "python3_0"),
+        );
+        let err = create_policy(&[a, b], None, Mode::Audit).unwrap_err();
+        let PolicyError::ImageMismatch { first, second } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            (first.as_str(), second.as_str()),
+            (
+                "jupyter/minimal-notebook:latest",
+                "jupyter/scipy-notebook:latest"
+            )
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("jupyter/minimal-notebook:latest")
+                && text.contains("jupyter/scipy-notebook:latest"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_the_tag_of_one_repository_becomes_a_wildcard() {
+        let image = |a: &str, b: &str| {
+            let fa = fingerprint(a, "a", node("sh", "/bin/sh", "sh_0"));
+            let fb = fingerprint(b, "b", node("sh", "/bin/sh", "sh_0"));
+            create_policy(&[fa, fb], None, Mode::Audit)
+                .map(|p| p.spec.container_selector.unwrap().image.unwrap())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            image("nginx:1.27.1", "nginx:1.27.2").unwrap(),
+            "nginx:1.27.*"
+        );
+        assert_eq!(image("nginx:1.27", "nginx:latest").unwrap(), "nginx:*");
+        assert_eq!(
+            image("nginx", "nginx:latest").unwrap(),
+            "nginx:latest",
+            "no tag means latest"
+        );
+        assert_eq!(
+            image("docker.io/library/nginx:1", "nginx:2").unwrap(),
+            "docker.io/library/nginx:*",
+            "the default registry's forms are one repository"
+        );
+        assert_eq!(
+            image("localhost:5000/lab/app:1", "localhost:5000/lab/app:2").unwrap(),
+            "localhost:5000/lab/app:*",
+            "a registry's port is no tag"
+        );
+        assert_eq!(
+            image("app@sha256:aaaa", "app@sha256:bbbb").unwrap(),
+            "app@*"
+        );
+        assert_eq!(
+            image("app:1@sha256:aaaa", "app:1@sha256:bbbb").unwrap(),
+            "app:1"
+        );
+        assert_eq!(image("app:1", "app@sha256:bbbb").unwrap(), "app[:@]*");
+        assert!(image("localhost:5000/app:1", "localhost:5001/app:1").is_err());
+        assert!(image("jupyter/minimal-notebook:x", "jupyter/minimal-notebook-2:x").is_err());
     }
 
     #[test]

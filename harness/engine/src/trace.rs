@@ -19,7 +19,7 @@ use guardlab_events::{Event, EventBody, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass};
+use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, dns_text};
 use crate::fingerprint::epoch_seconds;
 use crate::fingerprint::tracker::{Direction, NONE, Step};
 use crate::merge::is_relevant_to_canonical;
@@ -57,7 +57,8 @@ pub struct TraceConnection {
     pub protocol: Protocol,
     /// The remote address.
     pub ip: String,
-    /// The DNS name an earlier answer gave for it.
+    /// The DNS names earlier answers in the container gave for it: sorted, separated by
+    /// `, ` (usually one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<String>,
     /// Destination port (egress) or local listening port (ingress).
@@ -174,8 +175,7 @@ impl Investigator {
                 }
             }
             Step::Net(obs) => {
-                let dns =
-                    (obs.dns != NONE).then(|| self.matcher.tracker().syms.get(obs.dns).to_string());
+                let dns = dns_text(self.matcher.tracker(), obs.dns);
                 self.connections
                     .entry(obs.key)
                     .or_default()
@@ -241,7 +241,7 @@ impl Investigator {
                     checksum: r.deviation.metadata.checksum.clone(),
                     kind: r.deviation.metadata.kind,
                     count: r.count,
-                    relevant: is_relevant_to_canonical(&p.c.policy, &r.deviation),
+                    relevant: is_relevant_to_canonical(&p.c.policy, &p.c.nets, &r.deviation),
                     container: ContainerRef {
                         container_id: info.container_id.clone(),
                         container_name: info.container_name.clone(),
@@ -326,24 +326,6 @@ pub fn rfc3339(ns: u64) -> String {
     )
 }
 
-fn severity_word(s: Severity) -> &'static str {
-    match s {
-        Severity::Critical => "critical",
-        Severity::High => "high",
-        Severity::Medium => "medium",
-        Severity::Low => "low",
-        Severity::Info => "info",
-    }
-}
-
-fn kind_word(k: DeviationType) -> &'static str {
-    match k {
-        DeviationType::Process => "process",
-        DeviationType::Ingress => "ingress",
-        DeviationType::Egress => "egress",
-    }
-}
-
 fn connection_line(c: &TraceConnection) -> String {
     let remote = match &c.dns {
         Some(name) => format!("{name} ({})", c.ip),
@@ -372,7 +354,7 @@ impl Investigation {
             let _ = writeln!(
                 out,
                 "{} deviation {} (policy {}, seen {}x{})",
-                kind_word(d.kind),
+                d.kind,
                 d.deviation_uid,
                 d.policy_name,
                 d.count,
@@ -452,15 +434,12 @@ impl Investigation {
         if !self.flags.is_empty() {
             out.push_str("Flags:\n");
             for f in &self.flags {
-                let class = match f.class {
-                    FlagClass::Red => "red",
-                    FlagClass::Ops => "ops",
-                };
                 let _ = writeln!(
                     out,
-                    "  {} {class} flag: {} deviation {} of policy {} ({} pid {})",
-                    severity_word(f.severity),
-                    kind_word(f.kind),
+                    "  {} {} flag: {} deviation {} of policy {} ({} pid {})",
+                    f.severity,
+                    f.class,
+                    f.kind,
                     f.deviation_uid,
                     f.policy_name,
                     or_dash(&f.process),

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
 
 use crate::document::Document;
+use crate::merge::net::{parse_cidr, parse_protocol};
 use crate::model::{
     API_VERSION, ContainerSelector, Deviation, DeviationType, EgressNode, FingerprintGroup,
     FlagAction, GuardDocument, IngressNode, KIND_DEVIATION, KIND_FINGERPRINT,
@@ -117,7 +117,6 @@ enum Role {
     Policy,
 }
 
-const PROTOCOLS: [&str; 2] = ["TCP", "UDP"];
 const MAX_PORT: u32 = 65_535;
 
 #[derive(Default)]
@@ -441,7 +440,7 @@ impl Checker {
             }
             Peer::IpBlock(block) => {
                 let at = at.key("ipBlock");
-                let cidr = match Cidr::parse(&block.cidr) {
+                let cidr = match parse_cidr(&block.cidr) {
                     Ok(cidr) => Some(cidr),
                     Err(why) => {
                         self.report(
@@ -453,7 +452,7 @@ impl Checker {
                 };
                 for (i, except) in block.except.iter().enumerate() {
                     let path = at.key("except").index(i);
-                    match (Cidr::parse(except), &cidr) {
+                    match (parse_cidr(except), &cidr) {
                         (Err(why), _) => {
                             self.report(path, format!("`{except}` is not a CIDR: {why}"))
                         }
@@ -468,7 +467,7 @@ impl Checker {
     }
 
     fn port(&mut self, at: &FieldPath, spec: &PortSpec) {
-        if !PROTOCOLS.contains(&spec.protocol.as_str()) {
+        if parse_protocol(&spec.protocol).is_none() {
             self.report(
                 at.key("protocol"),
                 format!(
@@ -665,63 +664,6 @@ fn action_selectors(selectors: &crate::model::ActionSelectors) -> [Option<Select
     ]
 }
 
-/// An IP network `address/prefix`, v4 or v6, as the public format writes `cidr` and `except`.
-/// Host bits must be zero, as spyctl (Python's `ip_network`) requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
-    /// The address as a 128-bit number; IPv4 keeps its own family so v4 and v6 never mix.
-    bits: u128,
-    prefix: u8,
-    v4: bool,
-}
-
-impl Cidr {
-    fn parse(text: &str) -> Result<Self, String> {
-        let (address, prefix) = text
-            .split_once('/')
-            .ok_or("expected `address/prefix`, e.g. `198.18.0.0/15`")?;
-        let address: IpAddr = address
-            .parse()
-            .map_err(|_| format!("`{address}` is not an IP address"))?;
-        let (bits, width, v4) = match address {
-            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u8, true),
-            IpAddr::V6(a) => (u128::from(a), 128u8, false),
-        };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= width)
-            .ok_or_else(|| format!("prefix `{prefix}` is not a number from 0 to {width}"))?;
-        let host_bits = u32::from(width - prefix);
-        let host_mask = if host_bits == 128 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits) - 1
-        };
-        if bits & host_mask != 0 {
-            return Err(format!("host bits are set after the /{prefix} prefix"));
-        }
-        Ok(Self { bits, prefix, v4 })
-    }
-
-    /// Whether every address of `inner` lies in `self`.
-    fn contains(&self, inner: &Cidr) -> bool {
-        if self.v4 != inner.v4 || inner.prefix < self.prefix {
-            return false;
-        }
-        let width: u32 = if self.v4 { 32 } else { 128 };
-        let host_bits = width - u32::from(self.prefix);
-        let shift = |bits: u128| {
-            if host_bits == 128 {
-                0
-            } else {
-                bits >> host_bits
-            }
-        };
-        shift(self.bits) == shift(inner.bits)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,42 +682,74 @@ mod tests {
     }
 
     #[test]
-    fn cidr_parses_v4_and_v6_and_refuses_host_bits() {
-        assert!(Cidr::parse("198.18.0.0/15").is_ok());
-        assert!(Cidr::parse("0.0.0.0/0").is_ok());
-        assert!(Cidr::parse("2001:db8::/32").is_ok());
-        assert!(Cidr::parse("::/0").is_ok());
-        assert!(Cidr::parse("198.18.0.1/32").is_ok());
-        assert!(
-            Cidr::parse("198.18.0.1/15")
-                .unwrap_err()
-                .contains("host bits")
+    fn cidrs_are_checked_with_the_engines_parser() {
+        let problems = |cidr: &str, except: &[&str]| {
+            let mut checker = Checker::default();
+            checker.peer(
+                &FieldPath::root().key("to").index(0),
+                &Peer::IpBlock(crate::model::IpBlock {
+                    cidr: cidr.into(),
+                    except: except.iter().map(|e| e.to_string()).collect(),
+                }),
+            );
+            checker
+                .problems
+                .iter()
+                .map(Problem::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert!(problems("198.18.0.0/15", &["198.19.4.0/24"]).is_empty());
+        assert!(problems("2001:db8::/32", &["2001:db8:1::/48"]).is_empty());
+        assert!(problems("::/0", &[]).is_empty());
+        assert_eq!(
+            problems("198.18.0.1/15", &[]),
+            [
+                "to[0].ipBlock.cidr: `198.18.0.1/15` is not a CIDR: host bits are set after the /15 prefix"
+            ]
         );
-        assert!(Cidr::parse("198.18.0.0/33").unwrap_err().contains("prefix"));
-        assert!(
-            Cidr::parse("198.18.0.0")
-                .unwrap_err()
-                .contains("address/prefix")
+        assert_eq!(
+            problems("198.18.0.0", &[]),
+            [
+                "to[0].ipBlock.cidr: `198.18.0.0` is not a CIDR: expected `address/prefix`, e.g. `198.18.0.0/15`"
+            ]
         );
-        assert!(
-            Cidr::parse("not-an-ip/8")
-                .unwrap_err()
-                .contains("not an IP address")
+        assert_eq!(
+            problems("198.18.0.0/33", &[]),
+            [
+                "to[0].ipBlock.cidr: `198.18.0.0/33` is not a CIDR: prefix `33` is not a number from 0 to 32"
+            ]
+        );
+        assert_eq!(
+            problems("not-an-ip/8", &[]),
+            ["to[0].ipBlock.cidr: `not-an-ip/8` is not a CIDR: `not-an-ip` is not an IP address"]
+        );
+        assert_eq!(
+            problems("198.18.0.0/15", &["198.20.0.0/24", "::/0"]),
+            [
+                "to[0].ipBlock.except[0]: `198.20.0.0/24` is not inside `198.18.0.0/15`",
+                "to[0].ipBlock.except[1]: `::/0` is not inside `198.18.0.0/15`"
+            ]
         );
     }
 
     #[test]
-    fn cidr_containment_respects_family_and_prefix() {
-        let outer = Cidr::parse("198.18.0.0/15").unwrap();
-        assert!(outer.contains(&Cidr::parse("198.19.4.0/24").unwrap()));
-        assert!(outer.contains(&outer));
-        assert!(!outer.contains(&Cidr::parse("198.20.0.0/24").unwrap()));
-        assert!(!outer.contains(&Cidr::parse("198.0.0.0/8").unwrap()));
-        assert!(!outer.contains(&Cidr::parse("::/0").unwrap()));
-        let everything = Cidr::parse("0.0.0.0/0").unwrap();
-        assert!(everything.contains(&Cidr::parse("203.0.113.7/32").unwrap()));
-        let v6 = Cidr::parse("2001:db8::/32").unwrap();
-        assert!(v6.contains(&Cidr::parse("2001:db8:1::/48").unwrap()));
-        assert!(Cidr::parse("::/0").unwrap().contains(&v6));
+    fn protocols_are_checked_with_the_engines_parser() {
+        let mut checker = Checker::default();
+        for protocol in ["TCP", "UDP", "tcp", "SCTP"] {
+            checker.port(
+                &FieldPath::root().key(protocol),
+                &PortSpec {
+                    protocol: protocol.into(),
+                    port: 80,
+                    end_port: None,
+                },
+            );
+        }
+        let paths: Vec<String> = checker
+            .problems
+            .iter()
+            .map(|p| p.path.to_string())
+            .collect();
+        assert_eq!(paths, ["tcp.protocol", "SCTP.protocol"]);
     }
 }

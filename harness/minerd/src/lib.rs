@@ -14,4 +14,6 @@ pub mod stratum;
 pub mod work;
 
 pub use pool::{PoolClient, PoolConfig, PoolError, PoolHandle, start_pool};
-pub use release::{RELEASE_TARBALL_NAME, find_minerd_binary, pack_release_tarball};
+pub use release::{
+    RELEASE_TARBALL_NAME, ensure_minerd_binary, find_minerd_binary, pack_release_tarball,
+};

@@ -69,6 +69,62 @@ pub fn find_minerd_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// [`find_minerd_binary`], and when there is none but this program was started by cargo
+/// (`cargo run` sets `CARGO` and `CARGO_MANIFEST_DIR`), build it first with the same cargo, in
+/// the same profile, so that `cargo run -- scenario ...` works on a fresh clone (plain
+/// `cargo run` builds only the `guardlab` binary). Cargo's own progress goes to stderr.
+pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
+    if let Some(path) = find_minerd_binary() {
+        return Ok(path);
+    }
+    let not_found = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no `minerd` next to this program ({why}); build it with \
+                 `cargo build -p guardlab-minerd --bin minerd`, or set {MINERD_ENV}"
+            ),
+        )
+    };
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return Err(not_found(
+            "not started by cargo, so it cannot be built here",
+        ));
+    };
+    let exe = std::env::current_exe()?;
+    // `target/<profile>/guardlab` or `target/<profile>/deps/<test>`: build in that profile.
+    let release = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .any(|dir| dir.file_name().is_some_and(|n| n == "release"));
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--package",
+            "guardlab-minerd",
+            "--bin",
+            RELEASE_ENTRY,
+            "--manifest-path",
+        ])
+        .arg(Path::new(&manifest_dir).join("Cargo.toml"));
+    if release {
+        build.arg("--release");
+    }
+    eprintln!("guardlab: building the scenario's miner stand-in (minerd) with cargo");
+    let status = build.status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "building minerd failed ({status})"
+        )));
+    }
+    find_minerd_binary().ok_or_else(|| not_found("cargo built it somewhere else"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

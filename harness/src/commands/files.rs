@@ -32,18 +32,38 @@ pub fn load_yaml(path: &Path) -> Result<Vec<Document>, Failure> {
 /// Read an NDJSON event stream; errors name the file and line.
 pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    guardlab_events::read_ndjson(BufReader::new(file)).map_err(|e| {
+    let mut events = guardlab_events::read_ndjson(BufReader::new(file)).map_err(|e| {
         use guardlab_events::ReadError;
         let p = path.display();
         Failure(match e {
-            ReadError::Json { line, source } => anyhow!("{p}:{line}: not an event: {source}"),
+            // Each line is its own JSON document, so serde's "line 1" says nothing: keep the
+            // column and give the stream's line.
+            ReadError::Json { line, source } => {
+                let message = source.to_string();
+                let message = message
+                    .rfind(" at line ")
+                    .map_or(message.as_str(), |at| &message[..at]);
+                anyhow!("{p}:{line}:{}: not an event: {message}", source.column())
+            }
             ReadError::Version { line, found } => anyhow!(
                 "{p}:{line}: event format version {found}; this guardlab reads version {}",
                 guardlab_events::FORMAT_VERSION
             ),
             ReadError::Io(source) => anyhow!("cannot read {p}: {source}"),
         })
-    })
+    })?;
+    // The engine reads a stream in time order (a fork before its exec). A sensor with several
+    // CPUs can write slightly out of order; sorting here keeps the engine's input honest, and
+    // saying so keeps the user's.
+    let regressions = events.windows(2).filter(|w| w[1].ts < w[0].ts).count();
+    if regressions > 0 {
+        eprintln!(
+            "warning: {}: {regressions} event(s) out of time order; sorted by timestamp",
+            path.display()
+        );
+        guardlab_engine::sort_events(&mut events);
+    }
+    Ok(events)
 }
 
 /// The one policy a file must hold.
@@ -117,13 +137,18 @@ pub fn validate(files: &[PathBuf]) -> CommandResult {
 /// `guardlab fingerprint --events FILE`
 pub fn fingerprint(events: &Path, ungrouped: bool) -> CommandResult {
     let events = load_events(events)?;
+    let mut builder = fingerprint::FingerprintBuilder::new();
+    builder.observe_all(&events);
+    warn_about_stream(builder.stats());
     let docs: Vec<Document> = if ungrouped {
-        fingerprint::fingerprints(&events)
+        builder
+            .finish()
             .into_iter()
             .map(Document::Fingerprint)
             .collect()
     } else {
-        fingerprint::fingerprint_groups(&events)
+        builder
+            .finish_grouped()
             .into_iter()
             .map(Document::FingerprintGroup)
             .collect()
@@ -170,6 +195,27 @@ pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
     Ok(Outcome::Clean)
 }
 
+/// An enabled policy that selects no container of the stream cannot say whether the stream
+/// deviates: "0 deviations" would be a false all-clear, so it is bad input (exit 2).
+fn require_applied(
+    report: &deviation::DeviationReport,
+    policy_path: &Path,
+    events_path: &Path,
+) -> Result<(), Failure> {
+    for p in &report.policies {
+        if !p.applied && p.status != policy::DISABLED {
+            return Err(Failure(anyhow!(
+                "{}: policy `{}` is {}: its selectors match no container in {}",
+                policy_path.display(),
+                p.name,
+                p.status,
+                events_path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Say on stderr when the event stream itself was incomplete: a clean result from a lossy
 /// stream proves less than it seems to.
 fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
@@ -188,12 +234,13 @@ fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
 }
 
 /// `guardlab deviations --policy FILE --events FILE`: 1 when there are deviations.
-pub fn deviations(policy_path: &Path, events: &Path, json: bool) -> CommandResult {
+pub fn deviations(policy_path: &Path, events_path: &Path, json: bool) -> CommandResult {
     let policy = load_policy(policy_path)?;
-    let events = load_events(events)?;
+    let events = load_events(events_path)?;
     let report = deviation::find_deviations(std::slice::from_ref(&policy), &events)
         .map_err(|e| Failure(e.into()))?;
     warn_about_stream(&report.stats);
+    require_applied(&report, policy_path, events_path)?;
     if json {
         print_json(&report)?;
     } else {
@@ -224,11 +271,18 @@ pub fn deviations(policy_path: &Path, events: &Path, json: bool) -> CommandResul
 }
 
 /// `guardlab investigate --policy FILE --events FILE`: 1 when there are deviations.
-pub fn investigate(policy_path: &Path, events: &Path, json: bool) -> CommandResult {
+pub fn investigate(policy_path: &Path, events_path: &Path, json: bool) -> CommandResult {
     let policy = load_policy(policy_path)?;
-    let events = load_events(events)?;
-    let investigation = trace::investigate(std::slice::from_ref(&policy), &events)
-        .map_err(|e| Failure(e.into()))?;
+    let events = load_events(events_path)?;
+    let mut investigator =
+        trace::Investigator::new(std::slice::from_ref(&policy)).map_err(|e| Failure(e.into()))?;
+    for event in &events {
+        investigator.observe(event);
+    }
+    let report = investigator.matcher_mut().report();
+    warn_about_stream(&report.stats);
+    require_applied(&report, policy_path, events_path)?;
+    let investigation = investigator.finish();
     if json {
         print_json(&investigation)?;
     } else {

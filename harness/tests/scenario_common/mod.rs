@@ -121,6 +121,8 @@ impl Pod {
             gid: 100,
             user: Some(name(JOVYAN)),
             euser: Some(name(euid)),
+            exe_status: Default::default(),
+            killed: false,
         }));
     }
 

@@ -1,13 +1,17 @@
 //! A policy prepared for matching: its process forest flattened with globs ready, its network
 //! nodes parsed, and the selectors that say which containers it applies to.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use guardlab_events::{ContainerInfo, Protocol};
 
 use crate::glob::{Glob, glob_match, is_glob};
-use crate::merge::{self, net::Block};
+use crate::merge::{
+    self, PolicyNets,
+    net::{Block, Ports, normalize_dns_name, parse_cidr},
+};
 use crate::model::{ContainerSelector, LabelSelector, Mode, Peer, Policy, ProcessNode};
 use crate::policy::{PolicyError, is_enabled, mode, policy_uid};
 
@@ -19,21 +23,17 @@ pub(crate) struct CNode {
 }
 
 pub(crate) struct CNet {
+    /// `dnsSelector` names, in normal form.
     pub dns: Vec<Glob>,
     pub blocks: Vec<Block>,
-    /// (tcp, lo, hi)
-    pub ports: Vec<(bool, u32, u32)>,
+    pub ports: Vec<Ports>,
     /// Node indexes; `None` means any process.
     pub processes: Option<Vec<u32>>,
 }
 
 impl CNet {
     pub fn allows_port(&self, protocol: Protocol, port: u16) -> bool {
-        let tcp = protocol == Protocol::Tcp;
-        let port = u32::from(port);
-        self.ports
-            .iter()
-            .any(|&(t, lo, hi)| t == tcp && lo <= port && port <= hi)
+        self.ports.iter().any(|p| p.allows(protocol, port))
     }
 
     pub fn allows_process(&self, node: Option<u32>) -> bool {
@@ -44,14 +44,14 @@ impl CNet {
         }
     }
 
-    pub fn allows_peer(&self, dns: Option<&str>, ip: IpAddr) -> bool {
-        if let Some(name) = dns {
-            let lower = name.to_ascii_lowercase();
-            if self.dns.iter().any(|g| g.matches(&lower)) {
-                return true;
-            }
-        }
-        self.blocks.iter().any(|b| b.covers_ip(ip))
+    /// True when the address is in a block, or one of the names an earlier DNS answer gave
+    /// for it (in normal form, see [`crate::merge::net::normalize_dns_name`]) matches a
+    /// `dnsSelector`.
+    pub fn allows_peer(&self, names: &[&str], ip: IpAddr) -> bool {
+        names
+            .iter()
+            .any(|name| self.dns.iter().any(|g| g.matches(name)))
+            || self.blocks.iter().any(|b| b.covers_ip(ip))
     }
 }
 
@@ -67,6 +67,8 @@ pub(crate) struct CompiledPolicy {
     pub ids: HashSet<String>,
     pub ingress: Vec<CNet>,
     pub egress: Vec<CNet>,
+    /// The network nodes as documents, for relevance.
+    pub nets: PolicyNets,
 }
 
 impl CompiledPolicy {
@@ -81,21 +83,30 @@ impl CompiledPolicy {
         let net = |peers: &[Peer],
                    processes: &[String],
                    ports: &[crate::model::PortSpec],
-                   field: &str| {
+                   direction: &str,
+                   peers_key: &str| {
             let mut dns = Vec::new();
             let mut blocks = Vec::new();
             for p in peers {
                 match p {
                     Peer::DnsSelector(names) => {
-                        dns.extend(names.iter().map(|n| Glob::new(&n.to_ascii_lowercase())))
+                        dns.extend(names.iter().map(|n| Glob::new(&normalize_dns_name(n))))
                     }
                     Peer::IpBlock(b) => {
                         let block = Block::new(b);
                         if block.net.is_none() {
                             return Err(PolicyError::InvalidCidr {
                                 policy: name.clone(),
-                                field: field.into(),
+                                field: format!("networkPolicy.{direction}.{peers_key}"),
                                 value: b.cidr.clone(),
+                            });
+                        }
+                        // An exception ignored would allow what the policy carves out.
+                        if let Some(bad) = b.except.iter().find(|e| parse_cidr(e).is_err()) {
+                            return Err(PolicyError::InvalidCidr {
+                                policy: name.clone(),
+                                field: format!("networkPolicy.{direction}.{peers_key}.except"),
+                                value: bad.clone(),
                             });
                         }
                         blocks.push(block);
@@ -105,13 +116,17 @@ impl CompiledPolicy {
             let ports = ports
                 .iter()
                 .map(|p| {
-                    (
-                        !p.protocol.eq_ignore_ascii_case("UDP"),
-                        p.port,
-                        p.end_port.unwrap_or(p.port).max(p.port),
-                    )
+                    let ports = Ports::new(p);
+                    match ports.protocol {
+                        Some(_) => Ok(ports),
+                        None => Err(PolicyError::UnknownProtocol {
+                            policy: name.clone(),
+                            field: format!("networkPolicy.{direction}.ports"),
+                            value: p.protocol.clone(),
+                        }),
+                    }
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             // An id that names no node matches no process (validation reports it).
             let processes = (!processes.is_empty()).then(|| {
                 processes
@@ -131,21 +146,14 @@ impl CompiledPolicy {
             .network_policy
             .ingress
             .iter()
-            .map(|n| {
-                net(
-                    &n.from,
-                    &n.processes,
-                    &n.ports,
-                    "networkPolicy.ingress.from",
-                )
-            })
+            .map(|n| net(&n.from, &n.processes, &n.ports, "ingress", "from"))
             .collect::<Result<_, _>>()?;
         let egress = policy
             .spec
             .network_policy
             .egress
             .iter()
-            .map(|n| net(&n.to, &n.processes, &n.ports, "networkPolicy.egress.to"))
+            .map(|n| net(&n.to, &n.processes, &n.ports, "egress", "to"))
             .collect::<Result<_, _>>()?;
         Ok(CompiledPolicy {
             uid: policy_uid(&policy),
@@ -157,6 +165,7 @@ impl CompiledPolicy {
             ids,
             ingress,
             egress,
+            nets: PolicyNets::new(&policy),
             policy,
         })
     }
@@ -242,16 +251,32 @@ pub(crate) fn namespace_labels(info: &ContainerInfo) -> BTreeMap<String, String>
 }
 
 /// Image references name the default registry in several ways; a selector written with the
-/// short form matches the long form too.
-fn image_forms(image: &str) -> impl Iterator<Item = &str> {
-    let a = image.strip_prefix("docker.io/");
-    let b = a.and_then(|rest| rest.strip_prefix("library/"));
-    std::iter::once(image).chain(a).chain(b)
+/// short form matches the long form too. A reference with neither tag nor digest means
+/// `:latest`, so `nginx` is also matched as `nginx:latest` (and by `nginx:*`).
+fn image_forms(image: &str) -> Vec<Cow<'_, str>> {
+    let mut forms = vec![Cow::Borrowed(image)];
+    if let Some(rest) = image.strip_prefix("docker.io/") {
+        forms.push(Cow::Borrowed(rest));
+        if let Some(short) = rest.strip_prefix("library/") {
+            forms.push(Cow::Borrowed(short));
+        }
+    }
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if !name.contains(':') && !image.contains('@') && !image.is_empty() {
+        let tagged: Vec<Cow<'_, str>> = forms
+            .iter()
+            .map(|f| Cow::Owned(format!("{f}:latest")))
+            .collect();
+        forms.extend(tagged);
+    }
+    forms
 }
 
 pub(crate) fn container_matches(sel: &ContainerSelector, info: &ContainerInfo) -> bool {
     if let Some(image) = &sel.image
-        && !image_forms(&info.image).any(|form| glob_match(image, form))
+        && !image_forms(&info.image)
+            .iter()
+            .any(|form| glob_match(image, form))
     {
         return false;
     }

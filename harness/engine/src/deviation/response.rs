@@ -5,6 +5,8 @@
 //! `default` items of that kind apply. Of several red (or ops) flags that apply, the most
 //! severe is raised. A policy without a `response` has the default one (a high red flag).
 
+use std::fmt;
+
 use guardlab_events::{ContainerInfo, ProcessKey};
 use serde::Serialize;
 
@@ -41,6 +43,28 @@ impl ActionKind {
 pub enum FlagClass {
     Red,
     Ops,
+}
+
+impl FlagClass {
+    /// `red` or `ops`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagClass::Red => "red",
+            FlagClass::Ops => "ops",
+        }
+    }
+}
+
+impl fmt::Display for FlagClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Who deviated: the container and, when known, the process.
@@ -268,17 +292,6 @@ pub(crate) fn effective(response: &Response, subject: &Subject) -> Effective {
         }
     }
     out
-}
-
-/// The severity words, for messages.
-pub(crate) fn severity_word(s: Severity) -> &'static str {
-    match s {
-        Severity::Critical => "critical",
-        Severity::High => "high",
-        Severity::Medium => "medium",
-        Severity::Low => "low",
-        Severity::Info => "info",
-    }
 }
 
 #[cfg(test)]

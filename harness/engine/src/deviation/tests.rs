@@ -515,6 +515,19 @@ fn policies_the_engine_cannot_use_are_refused() {
         }));
     let err = DeviationMatcher::new(&[policy]).err().unwrap();
     assert!(err.to_string().contains("300.1.2.3/8"), "{err}");
+
+    let mut policy = baseline_policy();
+    policy.spec.network_policy.egress[0]
+        .to
+        .push(crate::model::Peer::IpBlock(crate::model::IpBlock {
+            cidr: "198.18.0.0/15".into(),
+            except: vec!["198.18.1.0".into()],
+        }));
+    let err = DeviationMatcher::new(&[policy]).err().unwrap();
+    assert!(
+        err.to_string().contains("except") && err.to_string().contains("198.18.1.0"),
+        "an exception the engine cannot read is refused, not ignored: {err}"
+    );
 }
 
 #[test]
@@ -530,4 +543,187 @@ fn one_call_matching() {
     assert_eq!(report.unique(), 1);
     assert_eq!(report.total(), 1);
     assert_eq!(report.stats.containers, 1);
+}
+
+#[test]
+fn a_policy_that_selects_no_container_is_not_applied() {
+    let mut policy = baseline_policy();
+    policy.spec.container_selector.as_mut().unwrap().image = Some("nginx:*".into());
+    let l = lab(1500, CG, "c1");
+    let (_, report) = run(&policy, &l.s);
+    let p = &report.policies[0];
+    assert_eq!(
+        (p.status.as_str(), p.applied, p.containers),
+        ("Not Applied", false, 0)
+    );
+
+    set_enabled(&mut policy, false);
+    let (_, report) = run(&policy, &l.s);
+    let p = &report.policies[0];
+    assert_eq!((p.status.as_str(), p.applied), ("Disabled", false));
+
+    let (_, report) = run(&baseline_policy(), &l.s);
+    let p = &report.policies[0];
+    assert_eq!(
+        (p.status.as_str(), p.applied, p.containers),
+        ("Auditing", true, 1)
+    );
+    let mut disabled = baseline_policy();
+    set_enabled(&mut disabled, false);
+    let (_, report) = run(&disabled, &l.s);
+    assert_eq!(
+        report.policies[0].containers, 1,
+        "a disabled policy still says what it would select"
+    );
+}
+
+#[test]
+fn the_same_program_under_another_user_is_the_same_deviation() {
+    let policy = baseline_policy();
+    let mut l = lab(1600, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    l.s.spawn(CG, Some(bash), prog("/usr/bin/id", &["id"], "jovyan"));
+    let sudo =
+        l.s.spawn(CG, Some(bash), prog("/usr/bin/id", &["id"], "root"));
+    let _ = sudo;
+    let root_bash =
+        l.s.spawn(CG, Some(l.server), prog("/usr/bin/bash", &["bash"], "root"));
+    l.s.spawn(CG, Some(root_bash), prog("/usr/bin/id", &["id"], "root"));
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 5);
+    let p = &report.policies[0];
+    assert_eq!(
+        (p.unique, p.total),
+        (2, 5),
+        "bash and bash > id, whoever ran them"
+    );
+    let counts: Vec<u64> = p.deviations.iter().map(|d| d.count).collect();
+    assert_eq!(counts, [2, 3]);
+    assert_eq!(
+        fragment(&p.deviations[1].deviation),
+        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"],"children":[{"name":"id","exe":["/usr/bin/id"],"id":"id_0"}]}]}}]}"#,
+        "the fragment keeps the first occurrence's user"
+    );
+
+    // The checksum leaves the user out: the same chain first seen as root has the same one.
+    let mut other = lab(1700, CG, "c1");
+    let bash = other.s.spawn(
+        CG,
+        Some(other.server),
+        prog("/usr/bin/bash", &["bash"], "root"),
+    );
+    other
+        .s
+        .spawn(CG, Some(bash), prog("/usr/bin/id", &["id"], "jovyan"));
+    let (_, again) = run(&policy, &other.s);
+    let sums = |r: &DeviationReport| -> Vec<String> {
+        r.deviations()
+            .map(|d| d.metadata.checksum.clone())
+            .collect()
+    };
+    assert_eq!(sums(&again), sums(&report));
+    assert!(
+        fragment(again.deviations().next().unwrap()).contains(r#""euser":["root"]"#),
+        "{}",
+        fragment(again.deviations().next().unwrap())
+    );
+}
+
+#[test]
+fn lookups_of_deviant_processes_merge_into_the_resolvers_one_node() {
+    let mut policy = baseline_policy();
+    policy.spec.network_policy.egress.push(EgressNode {
+        to: vec![Peer::IpBlock(crate::model::IpBlock {
+            cidr: "198.18.0.53/32".into(),
+            except: vec![],
+        })],
+        processes: vec!["pip_0".into()],
+        ports: vec![PortSpec {
+            protocol: "UDP".into(),
+            port: 53,
+            end_port: None,
+        }],
+    });
+    let mut l = lab(1800, CG, "c1");
+    let bash = l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/bash", &["bash"], "jovyan"),
+    );
+    for (exe, name, host) in [
+        ("/usr/bin/curl", "curl", "sourceforge.net"),
+        ("/usr/bin/wget", "wget", "downloads.sourceforge.net"),
+    ] {
+        let p = l.s.spawn(CG, Some(bash), prog(exe, &[name], "jovyan"));
+        l.s.connect(
+            CG,
+            p,
+            Protocol::Udp,
+            ("198.18.0.2", 45000),
+            ("198.18.0.53", 53),
+        );
+        l.s.dns(CG, host, &["198.18.2.10"]);
+        l.s.connect(
+            CG,
+            p,
+            Protocol::Tcp,
+            ("198.18.0.2", 45001),
+            ("198.18.2.10", 443),
+        );
+    }
+    let (_, report) = run(&policy, &l.s);
+    let kinds: Vec<String> = report
+        .deviations()
+        .map(|d| {
+            let net = d.spec.network_policy.as_ref();
+            let to = net
+                .and_then(|n| n.egress.first())
+                .map(|e| serde_json::to_string(&(&e.to, &e.processes)).unwrap())
+                .unwrap_or_default();
+            format!("{} {to}", d.metadata.kind)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "process ",
+            "process ",
+            r#"egress [[{"ipBlock":{"cidr":"198.18.0.53/32"}}],["curl_0"]]"#,
+            r#"egress [[{"dnsSelector":["sourceforge.net"]}],["curl_0"]]"#,
+            "process ",
+            r#"egress [[{"ipBlock":{"cidr":"198.18.0.53/32"}}],["wget_0"]]"#,
+            r#"egress [[{"dnsSelector":["downloads.sourceforge.net"]},{"dnsSelector":["sourceforge.net"]}],["wget_0"]]"#,
+        ],
+        "in the order the events first showed them; both names of 198.18.2.10 for wget"
+    );
+    let mut merged = policy.clone();
+    for d in report.deviations() {
+        merged = merge_deviation(&merged, d).unwrap();
+    }
+    let resolver: Vec<&EgressNode> = merged
+        .spec
+        .network_policy
+        .egress
+        .iter()
+        .filter(|n| n.ports[0].port == 53)
+        .collect();
+    assert_eq!(resolver.len(), 1, "{resolver:#?}");
+    assert_eq!(resolver[0].processes, ["curl_0", "pip_0", "wget_0"]);
+    let (findings, _) = run(&merged, &l.s);
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+#[test]
+fn unknown_protocols_are_refused_not_taken_for_tcp() {
+    let mut policy = baseline_policy();
+    policy.spec.network_policy.egress[0].ports[0].protocol = "SCTP".into();
+    let err = DeviationMatcher::new(&[policy]).err().unwrap();
+    assert!(
+        matches!(err, PolicyError::UnknownProtocol { .. }) && err.to_string().contains("SCTP"),
+        "{err}"
+    );
 }

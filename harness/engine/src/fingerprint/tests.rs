@@ -23,6 +23,8 @@ fn exec(comm: &str, exe: &str, argv: &[&str]) -> ProcessExec {
         gid: 0,
         user: None,
         euser: None,
+        exe_status: Default::default(),
+        killed: false,
     }
 }
 

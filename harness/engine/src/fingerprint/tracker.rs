@@ -1,7 +1,12 @@
 //! The process and container bookkeeping shared by fingerprinting, deviation matching and
 //! investigation, so that all three agree on who a process's parent is and on which
 //! connections count. Every rule the module documentation of [`crate::fingerprint`] states
-//! about ancestry, loopback and ports is implemented here, once.
+//! about ancestry, loopback, ports and DNS names is implemented here, once.
+//!
+//! Events are untrusted input: a process key is only ever looked up among the processes of
+//! the container the event is tagged with, so an event that names a process of another
+//! container (a sensor bug, a process that moved cgroups, a forged recording) never ties two
+//! containers' forests together; it is taken as a process whose start was not seen.
 
 use std::net::IpAddr;
 
@@ -10,6 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::process_name;
+use crate::merge::net::normalize_dns_name;
 
 /// An interned string.
 pub(crate) type Sym = u32;
@@ -35,6 +41,43 @@ impl Symbols {
 
     pub(crate) fn get(&self, sym: Sym) -> &str {
         &self.names[sym as usize]
+    }
+}
+
+/// Interned sets of DNS names: every name the answers of one container gave for one address,
+/// sorted by text so that a set is the same whatever order the answers came in.
+#[derive(Default)]
+pub(crate) struct NameSets {
+    sets: Vec<Box<[Sym]>>,
+    index: FxHashMap<Box<[Sym]>, u32>,
+}
+
+impl NameSets {
+    pub(crate) fn get(&self, set: u32) -> &[Sym] {
+        &self.sets[set as usize]
+    }
+
+    /// The set `set` (or the empty set for [`NONE`]) with `name` added.
+    fn with(&mut self, syms: &Symbols, set: u32, name: Sym) -> u32 {
+        let current: &[Sym] = if set == NONE {
+            &[]
+        } else {
+            &self.sets[set as usize]
+        };
+        if current.contains(&name) {
+            return set;
+        }
+        let mut names: Vec<Sym> = current.to_vec();
+        names.push(name);
+        names.sort_by(|a, b| syms.get(*a).cmp(syms.get(*b)));
+        let names: Box<[Sym]> = names.into();
+        if let Some(&id) = self.index.get(&names) {
+            return id;
+        }
+        let id = self.sets.len() as u32;
+        self.sets.push(names.clone());
+        self.index.insert(names, id);
+        id
     }
 }
 
@@ -88,8 +131,8 @@ pub(crate) struct NetObs {
     pub port: u16,
     /// The peer's own port (ephemeral for ingress), for traces only.
     pub remote_port: u16,
-    /// The DNS name an earlier answer gave for `ip`, or [`NONE`].
-    pub dns: Sym,
+    /// The names earlier answers gave for `ip` (a set of [`NameSets`]), or [`NONE`].
+    pub dns: u32,
     pub ts: u64,
     pub refused: bool,
 }
@@ -133,6 +176,10 @@ pub struct Stats {
     pub unknown_process_connections: u64,
     /// Events the sensor reported lost.
     pub lost_events: u64,
+    /// Events whose time is before that of an event already seen. The engine takes events in
+    /// the order given, so a child's exec before its parent's makes a bogus root: sort a
+    /// stream with [`crate::sort_events`] first, and warn when this is not 0.
+    pub out_of_order_events: u64,
 }
 
 #[derive(Default)]
@@ -142,8 +189,12 @@ pub(crate) struct Tracker {
     pub containers: Vec<ContainerRec>,
     live: FxHashMap<ProcessKey, Live>,
     pub images: Vec<Image>,
-    dns: FxHashMap<(u32, IpAddr), Sym>,
+    /// Per (container, address): the names DNS answers gave for it (a set of `name_sets`).
+    dns: FxHashMap<(u32, IpAddr), u32>,
+    pub name_sets: NameSets,
     euid_names: FxHashMap<u32, Sym>,
+    /// The latest event time seen.
+    latest_ts: u64,
     pub stats: Stats,
 }
 
@@ -155,20 +206,46 @@ fn intra_pod(remote: IpAddr, local: Option<IpAddr>) -> bool {
 }
 
 impl Tracker {
+    /// The running process `key` of `container`, if there is one (see the module
+    /// documentation: never a process of another container).
+    fn live_in(&self, key: &ProcessKey, container: u32) -> Option<Live> {
+        self.live
+            .get(key)
+            .copied()
+            .filter(|l| l.container == container)
+    }
+
+    /// The names of a set of [`NameSets`] (sorted), none for [`NONE`].
+    pub(crate) fn dns_names(&self, set: u32) -> impl Iterator<Item = &str> {
+        let syms: &[Sym] = if set == NONE {
+            &[]
+        } else {
+            self.name_sets.get(set)
+        };
+        syms.iter().map(|&s| self.syms.get(s))
+    }
+
+    /// The image a running process of `container` runs, or [`NONE`].
+    fn image_of(&self, key: &ProcessKey, container: u32) -> u32 {
+        self.live_in(key, container).map_or(NONE, |l| l.image)
+    }
+
     pub(crate) fn observe(&mut self, event: &Event) -> Step {
         self.stats.events += 1;
-        let cgroup = match &event.body {
+        if event.ts < self.latest_ts {
+            self.stats.out_of_order_events += 1;
+        }
+        self.latest_ts = self.latest_ts.max(event.ts);
+        match &event.body {
             EventBody::Container(info) => return self.container(info, event.ts),
             EventBody::Lost(lost) => {
                 self.stats.lost_events += lost.count;
                 return Step::Ignored;
             }
-            EventBody::Exec(e) => e.cgroup_id,
-            EventBody::Fork(e) => e.cgroup_id,
-            EventBody::Exit(e) => e.cgroup_id,
-            EventBody::Connect(c) | EventBody::Accept(c) => c.cgroup_id,
-            EventBody::Listen(l) => l.cgroup_id,
-            EventBody::Dns(d) => d.cgroup_id,
+            _ => {}
+        }
+        let Some(cgroup) = event.cgroup_id() else {
+            return Step::Ignored;
         };
         let Some(&container) = self.cgroups.get(&cgroup) else {
             self.stats.unknown_container_events += 1;
@@ -179,15 +256,15 @@ impl Tracker {
         rec.last_ts = rec.last_ts.max(event.ts);
         match &event.body {
             EventBody::Exec(exec) => {
-                // A process we know (forked, or exec'ing again) keeps its lineage; a new one
-                // hangs under its parent when the parent is in this container, else is a root.
-                let parent = match self.live.get(&exec.key) {
-                    Some(live) => live.image,
-                    None => exec
-                        .parent
-                        .and_then(|p| self.live.get(&p))
-                        .filter(|l| l.container == container)
-                        .map_or(NONE, |l| l.image),
+                // A process we know keeps its lineage: forked, it runs its parent's image;
+                // exec'ing again, its previous image is the parent. A new one hangs under its
+                // parent when the parent runs in this container, else is a root. A process
+                // forked by a parent we did not know yet (its events came out of order) takes
+                // the parent its exec names, when that one is known by now.
+                let named_parent = exec.parent.map_or(NONE, |p| self.image_of(&p, container));
+                let parent = match self.live_in(&exec.key, container) {
+                    Some(live) if live.image != NONE => live.image,
+                    _ => named_parent,
                 };
                 let name = self.syms.intern(process_name(exec));
                 let exe = self.syms.intern(&exec.exe);
@@ -217,16 +294,14 @@ impl Tracker {
                 Step::Exec(image)
             }
             EventBody::Fork(fork) => {
-                let image = self
-                    .live
-                    .get(&fork.parent)
-                    .filter(|l| l.container == container)
-                    .map_or(NONE, |l| l.image);
+                let image = self.image_of(&fork.parent, container);
                 self.live.insert(fork.key, Live { container, image });
                 Step::Fork
             }
             EventBody::Exit(exit) => {
-                self.live.remove(&exit.key);
+                if self.live_in(&exit.key, container).is_some() {
+                    self.live.remove(&exit.key);
+                }
                 Step::Exit {
                     key: exit.key,
                     code: exit.code,
@@ -254,7 +329,7 @@ impl Tracker {
                         }
                     },
                 };
-                let image = self.live.get(&c.process).map_or(NONE, |l| l.image);
+                let image = self.image_of(&c.process, container);
                 if image == NONE {
                     self.stats.unknown_process_connections += 1;
                 }
@@ -278,7 +353,7 @@ impl Tracker {
                     self.stats.loopback_connections += 1;
                     return Step::Ignored;
                 }
-                let image = self.live.get(&l.process).map_or(NONE, |live| live.image);
+                let image = self.image_of(&l.process, container);
                 if image == NONE {
                     self.stats.unknown_process_connections += 1;
                 }
@@ -289,9 +364,17 @@ impl Tracker {
                 }
             }
             EventBody::Dns(answer) => {
-                let name = self.syms.intern(&answer.name);
+                let name = normalize_dns_name(&answer.name);
+                if name.is_empty() {
+                    return Step::Dns;
+                }
+                let name = self.syms.intern(&name);
                 for addr in &answer.addresses {
-                    self.dns.insert((container, addr.to_canonical()), name);
+                    let slot = self
+                        .dns
+                        .entry((container, addr.to_canonical()))
+                        .or_insert(NONE);
+                    *slot = self.name_sets.with(&self.syms, *slot, name);
                 }
                 Step::Dns
             }
@@ -319,3 +402,6 @@ impl Tracker {
         Step::Container(idx)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,88 +1,85 @@
-//! Addresses, blocks and ports of network nodes: containment and canonical order.
+//! Addresses, blocks, ports, protocols and DNS names of network nodes: the one parser that
+//! validation and the engine share, containment, and canonical order.
+//!
+//! * A `cidr` (or an `except` item) is `address/prefix` with the host bits zero, as spyctl
+//!   (Python's `ip_network`) requires; anything else is refused with a [`CidrError`] that says
+//!   why. An IPv4-mapped IPv6 block of prefix 96 or more (`::ffff:198.18.0.0/112`) is read as
+//!   the IPv4 block it maps (`198.18.0.0/16`): the engine compares addresses in canonical
+//!   form, so it would otherwise match nothing.
+//! * A protocol is `TCP` or `UDP`, as written; anything else is unknown ([`parse_protocol`]
+//!   gives `None`): validation reports it, the deviation matcher refuses the policy, and a
+//!   merge never counts an unknown protocol as covering or covered.
+//! * DNS names compare in normal form ([`normalize_dns_name`]): lower case, without the
+//!   trailing dot of a fully qualified name.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::net::IpAddr;
+
+use guardlab_events::Protocol;
+pub use ipnet::IpNet;
 
 use crate::glob::glob_match;
 use crate::model::{IpBlock, Peer, PortSpec};
 
-/// An address block, `a.b.c.d/n` or `x::y/n`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix: u8,
+/// Why a `cidr` is not an IP block. The messages are validation's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("expected `address/prefix`, e.g. `198.18.0.0/15`")]
+    NoPrefix,
+    #[error("`{0}` is not an IP address")]
+    Address(String),
+    #[error("prefix `{prefix}` is not a number from 0 to {width}")]
+    Prefix { prefix: String, width: u8 },
+    #[error("host bits are set after the /{0} prefix")]
+    HostBits(u8),
 }
 
-impl IpNet {
-    /// Parse `addr/prefix`, or a bare address (a host block). `None` when it is not one.
-    pub fn parse(cidr: &str) -> Option<IpNet> {
-        let (addr, prefix) = match cidr.split_once('/') {
-            Some((a, p)) => (
-                a.trim().parse::<IpAddr>().ok()?,
-                Some(p.trim().parse::<u8>().ok()?),
-            ),
-            None => (cidr.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
+/// Parse an IP block (see the module documentation).
+pub fn parse_cidr(text: &str) -> Result<IpNet, CidrError> {
+    let (address, prefix) = text.split_once('/').ok_or(CidrError::NoPrefix)?;
+    let addr: IpAddr = address
+        .parse()
+        .map_err(|_| CidrError::Address(address.to_string()))?;
+    let width = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len: u8 =
+        prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= width)
+            .ok_or_else(|| CidrError::Prefix {
+                prefix: prefix.to_string(),
+                width,
+            })?;
+    let net = IpNet::new(addr, prefix_len).map_err(|_| CidrError::Prefix {
+        prefix: prefix.to_string(),
+        width,
+    })?;
+    if net.addr() != net.network() {
+        return Err(CidrError::HostBits(prefix_len));
     }
+    Ok(canonical_net(net))
+}
 
-    pub fn host(ip: IpAddr) -> IpNet {
-        let ip = ip.to_canonical();
-        IpNet {
-            addr: ip,
-            prefix: if ip.is_ipv4() { 32 } else { 128 },
-        }
-    }
-
-    fn masked(addr: IpAddr, prefix: u8) -> u128 {
-        match addr {
-            IpAddr::V4(a) => {
-                let v = u32::from(a) as u128;
-                if prefix == 0 {
-                    0
-                } else {
-                    v & ((u32::MAX << (32 - prefix as u32)) as u128)
-                }
-            }
-            IpAddr::V6(a) => {
-                let v = u128::from(a);
-                if prefix == 0 {
-                    0
-                } else {
-                    v & (u128::MAX << (128 - prefix as u32))
-                }
-            }
-        }
-    }
-
-    /// True when `other` lies inside this block (this block is a supernet of it).
-    pub fn contains(&self, other: &IpNet) -> bool {
-        self.addr.is_ipv4() == other.addr.is_ipv4()
-            && self.prefix <= other.prefix
-            && Self::masked(self.addr, self.prefix) == Self::masked(other.addr, self.prefix)
-    }
-
-    pub fn contains_ip(&self, ip: IpAddr) -> bool {
-        self.contains(&IpNet::host(ip))
-    }
-
-    fn overlaps(&self, other: &IpNet) -> bool {
-        self.contains(other) || other.contains(self)
-    }
-
-    fn sort_key(&self) -> (u8, u128, u8) {
-        let family = if self.addr.is_ipv4() { 1 } else { 2 };
-        (family, Self::masked(self.addr, self.prefix), self.prefix)
+/// An IPv4-mapped IPv6 block of prefix 96 or more as the IPv4 block it maps.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        _ => net,
     }
 }
 
-/// The host block of one address: `a.b.c.d/32` or `x::y/128`.
+/// The host block of one address: `a.b.c.d/32` or `x::y/128` (v4-mapped IPv6 as IPv4).
+pub fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip.to_canonical())
+}
+
+/// [`host_net`] as the text of a `cidr`.
 pub fn host_cidr(ip: IpAddr) -> String {
-    let net = IpNet::host(ip);
-    format!("{}/{}", net.addr, net.prefix)
+    host_net(ip).to_string()
 }
 
 /// An `ipBlock` ready for matching. A block whose `cidr` does not parse covers nothing but
@@ -97,11 +94,11 @@ pub struct Block {
 impl Block {
     pub fn new(block: &IpBlock) -> Block {
         Block {
-            net: IpNet::parse(&block.cidr),
+            net: parse_cidr(&block.cidr).ok(),
             except: block
                 .except
                 .iter()
-                .filter_map(|e| IpNet::parse(e))
+                .filter_map(|e| parse_cidr(e).ok())
                 .collect(),
             text: block.cidr.clone(),
         }
@@ -110,26 +107,39 @@ impl Block {
     /// True when every address of `other` is in this block and none is excepted.
     pub fn covers(&self, other: &Block) -> bool {
         match (&self.net, &other.net) {
-            (Some(a), Some(b)) => a.contains(b) && !self.except.iter().any(|e| e.overlaps(b)),
+            (Some(a), Some(b)) => a.contains(b) && !self.except.iter().any(|e| overlaps(e, b)),
             _ => self.text == other.text && self.except.is_empty(),
         }
     }
 
     pub fn covers_ip(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         match &self.net {
-            Some(net) => net.contains_ip(ip) && !self.except.iter().any(|e| e.contains_ip(ip)),
+            Some(net) => net.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip)),
             None => false,
         }
     }
 }
 
-/// True when the DNS name (or name pattern) `name` is covered by the pattern `pattern`;
-/// DNS names compare without regard to case.
-pub fn dns_covers(pattern: &str, name: &str) -> bool {
-    if pattern.eq_ignore_ascii_case(name) {
-        return true;
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// A DNS name (or name pattern) in normal form: lower case, no trailing dot.
+pub fn normalize_dns_name(name: &str) -> Cow<'_, str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
     }
-    glob_match(&pattern.to_ascii_lowercase(), &name.to_ascii_lowercase())
+}
+
+/// True when the DNS name (or name pattern) `name` is covered by the pattern `pattern`;
+/// both compare in normal form.
+pub fn dns_covers(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (normalize_dns_name(pattern), normalize_dns_name(name));
+    pattern == name || glob_match(&pattern, &name)
 }
 
 /// True when `peer` (one item of `to`/`from`) is covered by one of `peers`.
@@ -145,10 +155,20 @@ pub fn peer_covered(peers: &[Peer], peer: &Peer) -> bool {
     }
 }
 
-/// A port range of one protocol.
+/// `TCP` or `UDP`; anything else is no protocol the engine knows.
+pub fn parse_protocol(text: &str) -> Option<Protocol> {
+    match text {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// A port range of one protocol (`None`: a protocol the engine does not know, which covers
+/// nothing and is covered by nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ports {
-    pub tcp: bool,
+    pub protocol: Option<Protocol>,
     pub lo: u32,
     pub hi: u32,
 }
@@ -156,14 +176,23 @@ pub struct Ports {
 impl Ports {
     pub fn new(spec: &PortSpec) -> Ports {
         Ports {
-            tcp: !spec.protocol.eq_ignore_ascii_case("UDP"),
+            protocol: parse_protocol(&spec.protocol),
             lo: spec.port,
             hi: spec.end_port.unwrap_or(spec.port).max(spec.port),
         }
     }
 
     pub fn covers(&self, other: &Ports) -> bool {
-        self.tcp == other.tcp && self.lo <= other.lo && other.hi <= self.hi
+        self.protocol.is_some()
+            && self.protocol == other.protocol
+            && self.lo <= other.lo
+            && other.hi <= self.hi
+    }
+
+    /// True when a connection of `protocol` to `port` lies in this range.
+    pub fn allows(&self, protocol: Protocol, port: u16) -> bool {
+        let port = u32::from(port);
+        self.protocol == Some(protocol) && self.lo <= port && port <= self.hi
     }
 }
 
@@ -194,12 +223,20 @@ pub fn peer_order(a: &Peer, b: &Peer) -> Ordering {
 fn peer_key(p: &Peer) -> (u8, u128, u8, String) {
     match p {
         Peer::DnsSelector(names) => (0, 0, 0, names.join(",")),
-        Peer::IpBlock(block) => match IpNet::parse(&block.cidr) {
-            Some(net) => {
-                let (family, addr, prefix) = net.sort_key();
-                (family, addr, prefix, block.except.join(","))
-            }
-            None => (3, 0, 0, block.cidr.clone()),
+        Peer::IpBlock(block) => match parse_cidr(&block.cidr) {
+            Ok(IpNet::V4(net)) => (
+                1,
+                u128::from(u32::from(net.network())),
+                net.prefix_len(),
+                block.except.join(","),
+            ),
+            Ok(IpNet::V6(net)) => (
+                2,
+                u128::from(net.network()),
+                net.prefix_len(),
+                block.except.join(","),
+            ),
+            Err(_) => (3, 0, 0, block.cidr.clone()),
         },
     }
 }
@@ -208,41 +245,55 @@ fn peer_key(p: &Peer) -> (u8, u128, u8, String) {
 mod tests {
     use super::*;
 
+    fn net(s: &str) -> IpNet {
+        parse_cidr(s).unwrap()
+    }
+
     #[test]
-    fn parses_blocks_and_hosts() {
-        assert_eq!(IpNet::parse("10.0.0.0/8").unwrap().prefix, 8);
-        assert_eq!(IpNet::parse("198.18.0.7").unwrap().prefix, 32);
-        assert_eq!(IpNet::parse("::1").unwrap().prefix, 128);
-        assert!(IpNet::parse("198.18.0.0/33").is_none());
-        assert!(IpNet::parse("not-an-ip/8").is_none());
+    fn parses_blocks_strictly() {
+        assert_eq!(net("10.0.0.0/8").prefix_len(), 8);
+        assert_eq!(net("198.18.0.7/32").prefix_len(), 32);
+        assert_eq!(net("::/0").prefix_len(), 0);
+        assert_eq!(parse_cidr("198.18.0.7"), Err(CidrError::NoPrefix));
         assert_eq!(
-            IpNet::parse("::ffff:198.18.0.1/32").unwrap().addr,
-            "198.18.0.1".parse::<IpAddr>().unwrap()
+            parse_cidr("198.18.0.0/33"),
+            Err(CidrError::Prefix {
+                prefix: "33".into(),
+                width: 32
+            })
+        );
+        assert_eq!(
+            parse_cidr("not-an-ip/8"),
+            Err(CidrError::Address("not-an-ip".into()))
+        );
+        assert_eq!(parse_cidr("198.18.0.1/15"), Err(CidrError::HostBits(15)));
+        assert!(
+            CidrError::HostBits(15).to_string().contains("host bits"),
+            "validation's wording"
+        );
+        assert_eq!(
+            net("::ffff:198.18.0.0/112"),
+            net("198.18.0.0/16"),
+            "v4-mapped blocks are IPv4 blocks"
         );
     }
 
     #[test]
     fn supernets_contain_subnets_and_hosts() {
-        let wide = IpNet::parse("198.18.0.0/15").unwrap();
-        assert!(wide.contains(&IpNet::parse("198.19.255.0/24").unwrap()));
-        assert!(wide.contains_ip("198.18.4.4".parse().unwrap()));
-        assert!(!wide.contains_ip("198.20.0.1".parse().unwrap()));
+        let wide = net("198.18.0.0/15");
+        assert!(wide.contains(&net("198.19.255.0/24")));
+        assert!(wide.contains(&"198.18.4.4".parse::<IpAddr>().unwrap()));
+        assert!(!wide.contains(&"198.20.0.1".parse::<IpAddr>().unwrap()));
         assert!(
-            !IpNet::parse("198.18.0.0/24").unwrap().contains(&wide),
+            !net("198.18.0.0/24").contains(&wide),
             "a subnet does not contain its supernet"
         );
-        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains(&wide));
+        assert!(net("0.0.0.0/0").contains(&wide));
         assert!(
-            !IpNet::parse("0.0.0.0/0")
-                .unwrap()
-                .contains_ip("::1".parse().unwrap()),
+            !net("0.0.0.0/0").contains(&"::1".parse::<IpAddr>().unwrap()),
             "families never mix"
         );
-        assert!(
-            IpNet::parse("2001:db8::/32")
-                .unwrap()
-                .contains_ip("2001:db8::42".parse().unwrap())
-        );
+        assert!(net("2001:db8::/32").contains(&"2001:db8::42".parse::<IpAddr>().unwrap()));
     }
 
     #[test]
@@ -252,6 +303,7 @@ mod tests {
             except: vec!["198.18.1.0/24".into()],
         });
         assert!(block.covers_ip("198.18.0.9".parse().unwrap()));
+        assert!(block.covers_ip("::ffff:198.18.0.9".parse().unwrap()));
         assert!(!block.covers_ip("198.18.1.9".parse().unwrap()));
         let overlapping = Block::new(&IpBlock {
             cidr: "198.18.0.0/23".into(),
@@ -299,9 +351,33 @@ mod tests {
     }
 
     #[test]
-    fn dns_names_glob_match_without_case() {
-        assert!(dns_covers("*.example.com", "pool.Example.com"));
-        assert!(dns_covers("pypi.org", "PYPI.org"));
+    fn only_tcp_and_udp_are_protocols() {
+        assert_eq!(parse_protocol("TCP"), Some(Protocol::Tcp));
+        assert_eq!(parse_protocol("UDP"), Some(Protocol::Udp));
+        assert_eq!(parse_protocol("SCTP"), None);
+        assert_eq!(
+            parse_protocol("tcp"),
+            None,
+            "written as the format spells it"
+        );
+        let sctp = PortSpec {
+            protocol: "SCTP".into(),
+            port: 80,
+            end_port: None,
+        };
+        assert!(
+            !Ports::new(&sctp).covers(&Ports::new(&sctp)),
+            "an unknown protocol is never taken for TCP"
+        );
+        assert!(!Ports::new(&sctp).allows(Protocol::Tcp, 80));
+    }
+
+    #[test]
+    fn dns_names_compare_in_normal_form() {
+        assert_eq!(normalize_dns_name("PyPI.org."), "pypi.org");
+        assert_eq!(normalize_dns_name("pypi.org"), "pypi.org");
+        assert!(dns_covers("*.example.com", "pool.Example.com."));
+        assert!(dns_covers("pypi.org.", "PYPI.org"));
         assert!(!dns_covers("*.example.com", "example.org"));
     }
 

@@ -240,10 +240,13 @@ fn symmetric_merge_translates_process_ids_in_network_nodes() {
     assert_eq!(
         e,
         [
-            (vec![dns("a.example")], vec!["app_0".to_string()]),
-            (vec![dns("a.example")], vec!["curl_0".to_string()]),
+            (
+                vec![dns("a.example")],
+                vec!["app_0".to_string(), "curl_0".to_string()]
+            ),
             (vec![dns("b.example")], vec!["curl_1".to_string()]),
-        ]
+        ],
+        "b's curl_0 is curl_1 here; the same remote and ports is one node"
     );
 }
 
@@ -906,4 +909,122 @@ fn symmetric_merge_prefers_the_same_name_to_a_wildcard() {
             o("iptables-*", "iptables-legacy_0", 1)
         ]
     );
+}
+
+#[test]
+fn nodes_for_the_same_remote_and_ports_join_their_processes() {
+    let udp53 = || PortSpec {
+        protocol: "UDP".into(),
+        port: 53,
+        end_port: None,
+    };
+    let resolver = || vec![block("198.18.0.53/32")];
+    let mut policy = doc(
+        KIND_POLICY,
+        vec![root(
+            "sh",
+            "/bin/sh",
+            "sh_0",
+            "root",
+            vec![
+                node("pip", "/bin/pip", "pip_0", vec![]),
+                node("curl", "/bin/curl", "curl_0", vec![]),
+                node("wget", "/bin/wget", "wget_0", vec![]),
+            ],
+        )],
+    );
+    policy.spec.network_policy.egress = vec![egress(resolver(), &["pip_0"], vec![udp53()])];
+    let mut fp = policy.clone();
+    fp.kind = KIND_FINGERPRINT.into();
+    fp.spec.network_policy.egress = vec![
+        egress(resolver(), &["curl_0"], vec![udp53()]),
+        egress(resolver(), &["wget_0"], vec![udp53()]),
+    ];
+    let m = merge_policy(&policy, &fp).unwrap();
+    assert_eq!(
+        m.spec.network_policy.egress,
+        [egress(
+            resolver(),
+            &["curl_0", "pip_0", "wget_0"],
+            vec![udp53()]
+        )]
+    );
+    let sym = symmetric_merge(&policy, &fp).unwrap();
+    assert_eq!(sym.spec.network_policy.egress, m.spec.network_policy.egress);
+
+    // A node for any process absorbs the others.
+    fp.spec.network_policy.egress = vec![egress(resolver(), &[], vec![udp53()])];
+    let m = merge_policy(&policy, &fp).unwrap();
+    assert_eq!(
+        m.spec.network_policy.egress,
+        [egress(resolver(), &[], vec![udp53()])]
+    );
+    // Other ports: another node.
+    fp.spec.network_policy.egress = vec![egress(resolver(), &["curl_0"], vec![tcp(53)])];
+    assert_eq!(
+        merge_policy(&policy, &fp)
+            .unwrap()
+            .spec
+            .network_policy
+            .egress
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn dns_names_are_canonical_in_normal_form() {
+    let mut d = doc(
+        KIND_POLICY,
+        vec![root("app", "/bin/app", "app_0", "root", vec![])],
+    );
+    d.spec.network_policy.egress = vec![egress(
+        vec![Peer::DnsSelector(vec![
+            "PyPI.org.".into(),
+            "pypi.org".into(),
+            "*.Example.COM".into(),
+        ])],
+        &["app_0"],
+        vec![tcp(443)],
+    )];
+    canonicalize(&mut d);
+    assert_eq!(
+        d.spec.network_policy.egress[0].to,
+        [dns("*.example.com"), dns("pypi.org")]
+    );
+}
+
+#[test]
+fn relevance_is_judged_with_the_policys_nodes_prepared_once() {
+    let mut policy = doc(
+        KIND_POLICY,
+        vec![root("app", "/bin/app", "app_0", "root", vec![])],
+    );
+    policy.spec.network_policy.egress =
+        vec![egress(vec![dns("pypi.org")], &["app_0"], vec![tcp(443)])];
+    canonicalize(&mut policy);
+    let uid = policy_uid(&policy);
+    let dev = |to: Peer| Deviation {
+        api_version: API_VERSION.into(),
+        kind: KIND_DEVIATION.into(),
+        metadata: DeviationMetadata {
+            kind: DeviationType::Egress,
+            policy_uid: uid.clone(),
+            checksum: "x".into(),
+            uid: None,
+        },
+        spec: DeviationSpec {
+            process_policy: vec![],
+            network_policy: Some(DeviationNetwork {
+                egress: vec![egress(vec![to], &["app_0"], vec![tcp(443)])],
+                ingress: vec![],
+            }),
+        },
+    };
+    let nets = PolicyNets::new(&policy);
+    for (peer, relevant) in [(dns("PYPI.org."), false), (dns("github.com"), true)] {
+        let d = dev(peer);
+        assert_eq!(is_relevant_to_canonical(&policy, &nets, &d), relevant);
+        assert_eq!(is_relevant(&policy, &d), relevant);
+    }
 }

@@ -117,6 +117,8 @@ impl Stream {
             gid: 100,
             user: Some(e.euser.into()),
             euser: Some(e.euser.into()),
+            exe_status: Default::default(),
+            killed: false,
         }));
     }
 

@@ -354,10 +354,11 @@ impl LocalLab {
         let miner_tarball = match &self.options.miner_tarball {
             Some(path) => path.clone(),
             None => {
-                let minerd = find_minerd().ok_or_else(|| LabError::Missing {
-                    what: "the scenario's miner (minerd) for the lab's sourceforge.net".into(),
-                    hint: "build it with `cargo build -p guardlab-minerd`, or give a miner tarball"
-                        .into(),
+                let minerd = blocking(guardlab_minerd::ensure_minerd_binary).map_err(|e| {
+                    LabError::Missing {
+                        what: "the scenario's miner (minerd) for the lab's sourceforge.net".into(),
+                        hint: e.to_string(),
+                    }
                 })?;
                 let tarball = self.lab_dir.join(guardlab_minerd::RELEASE_TARBALL_NAME);
                 let bytes = guardlab_minerd::pack_release_tarball(&minerd).map_err(|source| {
@@ -505,15 +506,6 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
         }
         _ => work(),
     }
-}
-
-/// `minerd` built next to this program (or one directory up: test binaries live in `deps/`).
-fn find_minerd() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [dir.join("minerd"), dir.parent()?.join("minerd")]
-        .into_iter()
-        .find(|p| p.is_file())
 }
 
 /// Progress that goes both to the caller and nowhere else; used to keep `down` quiet inside `up`.
