@@ -37,7 +37,7 @@ bench:
 bench-sensor:
     cargo bench -p guardlab-sensor --bench overhead
 
-# Rebuild the eBPF object from its C sources (needs clang, bpftool); commit the result.
+# Rebuild the eBPF object from its C sources (needs clang, llvm (llvm-strip), libbpf-dev); commit the result.
 bpf:
     sensor/bpf/build.sh
 

@@ -240,6 +240,7 @@ async fn timed(mut cmd: Command) -> Result<(f64, f64)> {
 fn rusage_secs(who: i32) -> f64 {
     // SAFETY: an all-zero rusage is valid, and getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `who` is RUSAGE_SELF or RUSAGE_CHILDREN and `ru` a valid, writable rusage.
     unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
@@ -341,7 +342,7 @@ async fn one_run(setup: Setup, storm: Storm, n: u64, addr: &str) -> Result<Run> 
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             run.tracer_cpu = rusage_secs(libc::RUSAGE_SELF) - self_before;
-            run.lost = sensor.stop().await?;
+            run.lost = sensor.stop().await?.dropped;
             consumer.await?;
             run.seen = Some(counted.load(Ordering::Relaxed));
         }

@@ -25,15 +25,81 @@
 #define TCP_CLOSE 7
 #define TCP_LISTEN 10
 
-_Static_assert(sizeof(struct ev_hdr) == 40, "ev_hdr layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct exec_ev) == 1632, "exec_ev layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct fork_ev) == 72, "fork_ev layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct exit_ev) == 48, "exit_ev layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct sock_ev) == 80, "sock_ev layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct dns_ev) == 1072, "dns_ev layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct exec_allow_key) == 264, "exec_allow_key layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct net_allow_key) == 28, "net_allow_key layout is mirrored in raw.rs");
-_Static_assert(sizeof(struct net_allow_val) == 68, "net_allow_val layout is mirrored in raw.rs");
+/*
+ * The layout of every struct raw.rs mirrors, pinned here (clang checks these lines) and read
+ * by raw.rs's `layout_matches_the_c_side` test (which checks the Rust mirrors against the very
+ * same lines). One LAYOUT or SIZE per line: the test parses them.
+ */
+#define LAYOUT(type, field, off) \
+	_Static_assert(__builtin_offsetof(struct type, field) == off, #type "." #field)
+#define SIZE(type, size) _Static_assert(sizeof(struct type) == size, #type)
+
+SIZE(ev_hdr, 40);
+LAYOUT(ev_hdr, kind, 0);
+LAYOUT(ev_hdr, pid, 4);
+LAYOUT(ev_hdr, ts, 8);
+LAYOUT(ev_hdr, cgroup_id, 16);
+LAYOUT(ev_hdr, start, 24);
+LAYOUT(ev_hdr, tid, 32);
+LAYOUT(ev_hdr, flags, 36);
+SIZE(exec_ev, 1632);
+LAYOUT(exec_ev, h, 0);
+LAYOUT(exec_ev, ppid, 40);
+LAYOUT(exec_ev, ns_pid, 44);
+LAYOUT(exec_ev, pstart, 48);
+LAYOUT(exec_ev, uid, 56);
+LAYOUT(exec_ev, euid, 60);
+LAYOUT(exec_ev, gid, 64);
+LAYOUT(exec_ev, args_len, 68);
+LAYOUT(exec_ev, comm, 72);
+LAYOUT(exec_ev, key_cgroup, 88);
+LAYOUT(exec_ev, path, 96);
+LAYOUT(exec_ev, args, 608);
+SIZE(fork_ev, 72);
+LAYOUT(fork_ev, h, 0);
+LAYOUT(fork_ev, ppid, 40);
+LAYOUT(fork_ev, ns_pid, 44);
+LAYOUT(fork_ev, pstart, 48);
+LAYOUT(fork_ev, comm, 56);
+SIZE(exit_ev, 48);
+LAYOUT(exit_ev, h, 0);
+LAYOUT(exit_ev, exit_code, 40);
+LAYOUT(exit_ev, _pad, 44);
+SIZE(sock_ev, 80);
+LAYOUT(sock_ev, h, 0);
+LAYOUT(sock_ev, protocol, 40);
+LAYOUT(sock_ev, refused, 41);
+LAYOUT(sock_ev, lport, 42);
+LAYOUT(sock_ev, rport, 44);
+LAYOUT(sock_ev, _pad, 46);
+LAYOUT(sock_ev, laddr, 48);
+LAYOUT(sock_ev, raddr, 64);
+SIZE(dns_ev, 4144);
+LAYOUT(dns_ev, h, 0);
+LAYOUT(dns_ev, len, 40);
+LAYOUT(dns_ev, _pad, 44);
+LAYOUT(dns_ev, data, 48);
+SIZE(exec_allow_key, 264);
+LAYOUT(exec_allow_key, cgroup_id, 0);
+LAYOUT(exec_allow_key, path, 8);
+SIZE(net_allow_key, 28);
+LAYOUT(net_allow_key, prefixlen, 0);
+LAYOUT(net_allow_key, cgroup_id, 4);
+LAYOUT(net_allow_key, addr, 12);
+SIZE(port_range, 4);
+LAYOUT(port_range, lo, 0);
+LAYOUT(port_range, hi, 2);
+SIZE(net_allow_val, 68);
+LAYOUT(net_allow_val, count, 0);
+LAYOUT(net_allow_val, ranges, 4);
+SIZE(listener_key, 16);
+LAYOUT(listener_key, cgroup_id, 0);
+LAYOUT(listener_key, port, 8);
+LAYOUT(listener_key, _pad, 12);
+SIZE(proc_key, 16);
+LAYOUT(proc_key, pid, 0);
+LAYOUT(proc_key, _pad, 4);
+LAYOUT(proc_key, start, 8);
 _Static_assert(__builtin_offsetof(struct exec_ev, path) ==
 		       __builtin_offsetof(struct exec_ev, key_cgroup) + 8,
 	       "key_cgroup and path must be contiguous: they are the exec_allow key");
@@ -51,6 +117,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
+
+/* Execs enforcement meant to kill where bpf_send_signal failed, per CPU (user space exports
+ * the sum: a kill that did not happen must not go unnoticed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} kill_failures SEC(".maps");
 
 /* cgroup id -> WATCH_* flags. Only cgroups in here produce events. */
 struct {
@@ -81,15 +156,20 @@ struct {
 	__type(value, struct net_allow_val);
 } net_allow SEC(".maps");
 
-/* (socket cgroup, port) of a listening TCP socket -> the process that called listen(). */
+/*
+ * (socket cgroup, port) of a listening TCP socket -> the process that called listen(). Entries
+ * go when the listener closes (whether or not its cgroup is still watched) and when user space
+ * unwatches the cgroup; LRU so that anything missed (a listener closed while its close
+ * tracepoint was not attached) is evicted rather than filling the map.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct listener_key);
 	__type(value, struct proc_key);
 } listeners SEC(".maps");
 
-/* UDP sendmsg reports a destination once per socket, not once per datagram. */
+/* UDP sendmsg reports a destination once per socket and verdict, not once per datagram. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -113,18 +193,24 @@ struct {
 /* A mask the compiler cannot drop: the verifier needs to see it to bound a variable offset. */
 #define MASK(v, m) ({ __u64 __v = (v); asm volatile("%0 &= " #m : "+r"(__v)); __v; })
 
-static __always_inline void count_drop(void)
+static __always_inline void count(void *counter_map)
 {
 	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+	__u64 *n = bpf_map_lookup_elem(counter_map, &zero);
 	if (n)
 		*n += 1;
 }
 
+static __always_inline void count_drop(void)
+{
+	count(&drops);
+}
+
 /*
- * Wake the reader only when a batch is waiting: a wakeup per record would cost the reader a
- * context switch per exec. User space also drains on a short timer, so a lone record waits at
- * most that long.
+ * Wake the reader only when a batch is waiting (an eighth of the ring): a wakeup per record
+ * would cost the reader a context switch per exec. Below that, nothing wakes the reader: it
+ * drains on a timer (SensorConfig::drain_interval, 10 ms), which bounds how late a lone
+ * record arrives.
  */
 static __always_inline __u64 wakeup_flags(void)
 {
@@ -142,13 +228,13 @@ static __always_inline void fill_hdr(struct ev_hdr *h, __u32 kind, __u64 cgroup_
 				     struct task_struct *task)
 {
 	h->kind = kind;
-	h->ts = bpf_ktime_get_ns();
+	h->ts = bpf_ktime_get_boot_ns();
 	h->cgroup_id = cgroup_id;
 	h->flags = 0;
 	if (task) {
 		h->pid = BPF_CORE_READ(task, tgid);
 		h->tid = BPF_CORE_READ(task, pid);
-		h->start = BPF_CORE_READ(task, group_leader, start_time);
+		h->start = BPF_CORE_READ(task, group_leader, start_boottime);
 	} else {
 		h->pid = 0;
 		h->tid = 0;
@@ -171,8 +257,16 @@ static __always_inline __u32 ns_pid_of(struct task_struct *task)
  * at the process's root. Inside a container that is the container's root, so the path is the
  * one the image shows (/usr/bin/id), not the host's overlay path.
  *
+ * A file that is not below the process's root has no such path: a memfd (memfd_create, then
+ * execve of /proc/self/fd/N: "fileless" execution) lives on an internal mount whose top is
+ * not the root, as does a file outside a chroot. The walk then ends at the top of a mount tree
+ * without having met the root, and the record carries the file's name alone ("memfd:x")
+ * flagged EXEC_PATH_DETACHED.
+ *
  * Both loops run under bpf_loop: the verifier checks a callback once instead of every
  * unrolled path through a loop whose trip count it cannot know (that blew its 1M budget).
+ * A callback sets `done` when it finished; a loop that ran out of iterations without it
+ * leaves an incomplete path, flagged EXEC_PATH_TRUNCATED.
  */
 struct walk_ctx {
 	struct dentry *dentry;
@@ -181,7 +275,9 @@ struct walk_ctx {
 	struct dentry *root_dentry;
 	struct vfsmount *root_mnt;
 	__u32 n;
-	__u32 truncated;
+	__u32 truncated;   /* deeper than PATH_DEPTH components */
+	__u32 reached_root;
+	__u32 done;
 };
 
 static long walk_step(__u64 index, struct walk_ctx *w)
@@ -189,19 +285,25 @@ static long walk_step(__u64 index, struct walk_ctx *w)
 	__u32 zero = 0;
 	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch, &zero);
 	if (!s)
-		return 1;
+		return 1; /* not done: the caller treats the walk as failed */
 	/* Plain locals: BPF_CORE_READ on w->field would ask for a CO-RE relocation of walk_ctx. */
 	struct dentry *dentry = w->dentry;
 	struct vfsmount *vfsmnt = w->vfsmnt;
 	struct mount *mnt = w->mnt;
-	if (dentry == w->root_dentry && vfsmnt == w->root_mnt)
+	if (dentry == w->root_dentry && vfsmnt == w->root_mnt) {
+		w->reached_root = 1;
+		w->done = 1;
 		return 1;
+	}
 	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
 	if (dentry == mnt_root || dentry == parent) {
 		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-		if (up == mnt || !up)
-			return 1; /* the top of the mount tree */
+		if (up == mnt || !up) {
+			/* The top of a mount tree that does not hold the process's root. */
+			w->done = 1;
+			return 1;
+		}
 		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 		w->mnt = up;
 		w->vfsmnt = &up->mnt;
@@ -209,6 +311,7 @@ static long walk_step(__u64 index, struct walk_ctx *w)
 	}
 	if (w->n >= PATH_DEPTH) {
 		w->truncated = 1;
+		w->done = 1;
 		return 1;
 	}
 	s->dents[MASK(w->n, 31)] = (__u64)dentry;
@@ -222,16 +325,24 @@ struct write_ctx {
 	__u32 off;
 	__u32 truncated;
 	__u32 failed;
+	__u32 done;
 };
 
 static long write_step(__u64 index, struct write_ctx *w)
 {
 	__u32 zero = 0;
 	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch, &zero);
-	if (!s || index >= w->n)
+	if (!s) {
+		w->failed = 1;
 		return 1;
+	}
+	if (index >= w->n) {
+		w->done = 1;
+		return 1;
+	}
 	if (w->off >= PATH_MAX_LEN - 1) {
 		w->truncated = 1;
+		w->done = 1;
 		return 1;
 	}
 	/* Components were collected leaf first: write them root first. */
@@ -248,12 +359,16 @@ static long write_step(__u64 index, struct write_ctx *w)
 	return 0;
 }
 
-/* Fills s->ev.path; false when it could not walk (the caller falls back to bprm->filename). */
+/*
+ * Fills s->ev.path and its EXEC_PATH_* flags; false when it could not walk (the caller falls
+ * back to bprm->filename).
+ */
 static __always_inline bool resolve_path(struct exec_scratch *s, struct task_struct *task,
 					 struct file *file)
 {
+	struct dentry *leaf = BPF_CORE_READ(file, f_path.dentry);
 	struct walk_ctx w = {
-		.dentry = BPF_CORE_READ(file, f_path.dentry),
+		.dentry = leaf,
 		.vfsmnt = BPF_CORE_READ(file, f_path.mnt),
 		.root_dentry = BPF_CORE_READ(task, fs, root.dentry),
 		.root_mnt = BPF_CORE_READ(task, fs, root.mnt),
@@ -261,21 +376,30 @@ static __always_inline bool resolve_path(struct exec_scratch *s, struct task_str
 	if (!w.dentry || !w.vfsmnt)
 		return false;
 	w.mnt = container_of(w.vfsmnt, struct mount, mnt);
-	bpf_loop(PATH_DEPTH + 8, walk_step, &w, 0);
-	if (w.truncated)
+	if (bpf_loop(PATH_DEPTH + 8, walk_step, &w, 0) < 0)
+		return false;
+	if (!w.done || w.truncated)
 		s->ev.h.flags |= EXEC_PATH_TRUNCATED;
+	if (w.done && !w.truncated && !w.reached_root) {
+		/* Not reachable from the root: the name alone, like "memfd:x". */
+		s->ev.h.flags |= EXEC_PATH_DETACHED;
+		const unsigned char *name = BPF_CORE_READ(leaf, d_name.name);
+		return bpf_probe_read_kernel_str(s->ev.path, PATH_MAX_LEN, name) > 0;
+	}
 	if (w.n == 0) {
 		s->ev.path[0] = '/';
 		return true;
 	}
 	struct write_ctx wr = {.n = w.n};
-	bpf_loop(PATH_DEPTH, write_step, &wr, 0);
-	if (wr.failed)
+	if (bpf_loop(PATH_DEPTH, write_step, &wr, 0) < 0 || wr.failed)
 		return false;
-	if (wr.truncated || wr.off >= PATH_MAX_LEN)
+	if (!wr.done || wr.truncated || wr.off >= PATH_MAX_LEN)
 		s->ev.h.flags |= EXEC_PATH_TRUNCATED;
 	return true;
 }
+
+/* Flags that make the resolved path unfit to compare with an allow-list: enforcement kills. */
+#define EXEC_PATH_UNTRUSTED (EXEC_PATH_TRUNCATED | EXEC_PATH_FROM_FILENAME | EXEC_PATH_DETACHED)
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
@@ -295,7 +419,7 @@ int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	fill_hdr(&e->h, EV_EXEC, cgroup_id, task);
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
 	e->ppid = BPF_CORE_READ(parent, tgid);
-	e->pstart = BPF_CORE_READ(parent, group_leader, start_time);
+	e->pstart = BPF_CORE_READ(parent, group_leader, start_boottime);
 	e->ns_pid = ns_pid_of(task);
 	e->uid = BPF_CORE_READ(task, cred, uid.val);
 	e->euid = BPF_CORE_READ(task, cred, euid.val);
@@ -306,7 +430,10 @@ int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 
 	struct file *file = BPF_CORE_READ(bprm, file);
 	if (!resolve_path(s, task, file)) {
+		/* As given to execve: possibly relative, possibly a symlink. Never trusted by
+		 * enforcement (EXEC_PATH_UNTRUSTED). */
 		__builtin_memset(e->path, 0, sizeof(e->path));
+		e->h.flags &= ~(EXEC_PATH_TRUNCATED | EXEC_PATH_DETACHED);
 		e->h.flags |= EXEC_PATH_FROM_FILENAME;
 		bpf_probe_read_kernel_str(e->path, PATH_MAX_LEN, BPF_CORE_READ(bprm, filename));
 	}
@@ -323,11 +450,18 @@ int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	if (len > 0 && bpf_probe_read_user(e->args, len, (void *)arg_start) == 0)
 		e->args_len = len;
 
-	if ((watch & WATCH_EXEC_ENFORCE) && !bpf_map_lookup_elem(&exec_allow, &e->key_cgroup)) {
+	/* Fail closed: a path that is incomplete, unresolved or detached cannot be shown to be
+	 * on the allow-list, so it is killed like one that is not. */
+	if ((watch & WATCH_EXEC_ENFORCE) &&
+	    ((e->h.flags & EXEC_PATH_UNTRUSTED) || !bpf_map_lookup_elem(&exec_allow, &e->key_cgroup))) {
 		/* Pending SIGKILL is acted on before the return to user space: the new image never
 		 * runs an instruction. */
-		bpf_send_signal(SIGKILL);
-		e->h.flags |= EXEC_KILLED;
+		if (bpf_send_signal(SIGKILL) == 0) {
+			e->h.flags |= EXEC_KILLED;
+		} else {
+			e->h.flags |= EXEC_KILL_FAILED;
+			count(&kill_failures);
+		}
 	}
 
 	__u32 args_len = e->args_len;
@@ -356,27 +490,19 @@ int BPF_PROG(gl_fork, struct task_struct *parent, struct task_struct *child)
 	fill_hdr(&e->h, EV_FORK, cgroup_id, child);
 	struct task_struct *rp = BPF_CORE_READ(child, real_parent);
 	e->ppid = BPF_CORE_READ(rp, tgid);
-	e->pstart = BPF_CORE_READ(rp, group_leader, start_time);
+	e->pstart = BPF_CORE_READ(rp, group_leader, start_boottime);
 	e->ns_pid = ns_pid_of(child);
 	BPF_CORE_READ_STR_INTO(&e->comm, child, comm);
 	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(gl_exit, struct task_struct *task)
+static __always_inline void report_exit(struct task_struct *task, __u64 cgroup_id)
 {
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	if (!watch_flags(cgroup_id))
-		return 0;
-	/* Fires for every thread; the process ends with the last one (signal->live reached 0
-	 * just before this tracepoint). */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
-		return 0;
 	struct exit_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_drop();
-		return 0;
+		return;
 	}
 	fill_hdr(&e->h, EV_EXIT, cgroup_id, task);
 	__u32 code = BPF_CORE_READ(task, exit_code);
@@ -385,6 +511,56 @@ int BPF_PROG(gl_exit, struct task_struct *task)
 	e->exit_code = code;
 	e->_pad = 0;
 	bpf_ringbuf_submit(e, wakeup_flags());
+}
+
+/*
+ * Fires for every thread; the process ends with the last one. The tracepoint's group_dead says
+ * which one that is: do_exit decrements signal->live with atomic_dec_and_test, so exactly one
+ * thread sees true. (Reading signal->live here instead lets two threads exiting at once both
+ * read 0: see gl_exit_live.)
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(gl_exit, struct task_struct *task, bool group_dead)
+{
+	if (!group_dead)
+		return 0;
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	if (!watch_flags(cgroup_id))
+		return 0;
+	report_exit(task, cgroup_id);
+	return 0;
+}
+
+/* Processes whose exit gl_exit_live has reported (LRU: entries are never needed again). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct proc_key);
+	__type(value, __u8);
+} exit_claimed SEC(".maps");
+
+/*
+ * The same for kernels whose tracepoint does not pass group_dead (the verifier refuses gl_exit
+ * there, and the loader takes this one). signal->live has reached 0 for the last thread, but
+ * threads exiting at once may all read 0: the first to insert the process into exit_claimed
+ * (BPF_NOEXIST is atomic) reports it.
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(gl_exit_live, struct task_struct *task)
+{
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	if (!watch_flags(cgroup_id))
+		return 0;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	struct proc_key key = {
+		.pid = BPF_CORE_READ(task, tgid),
+		.start = BPF_CORE_READ(task, group_leader, start_boottime),
+	};
+	__u8 one = 1;
+	if (bpf_map_update_elem(&exit_claimed, &key, &one, BPF_NOEXIST))
+		return 0;
+	report_exit(task, cgroup_id);
 	return 0;
 }
 
@@ -458,7 +634,11 @@ static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx, bool v6, bool
 		verdict = 0; /* the caller sees EPERM */
 
 	if (sendmsg) {
-		struct udp_seen_key seen = {.cookie = bpf_get_socket_cookie(ctx), .port = port};
+		struct udp_seen_key seen = {
+			.cookie = bpf_get_socket_cookie(ctx),
+			.port = port,
+			.refused = verdict == 0,
+		};
 		__builtin_memcpy(seen.addr, addr, 16);
 		if (bpf_map_lookup_elem(&udp_seen, &seen))
 			return verdict;
@@ -530,13 +710,14 @@ int gl_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 
 	struct sock *sk = (struct sock *)ctx->skaddr;
 	__u64 cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
-	if (!watch_flags(cgroup_id))
-		return 0;
 	struct listener_key lk = {.cgroup_id = cgroup_id, .port = ctx->sport};
 	if (unlisten) {
+		/* Before the watched check: the cgroup may have been unwatched since listen(). */
 		bpf_map_delete_elem(&listeners, &lk);
 		return 0;
 	}
+	if (!watch_flags(cgroup_id))
+		return 0;
 
 	struct sock_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -623,7 +804,8 @@ int gl_dns_ingress(struct __sk_buff *skb)
 		e->h.flags |= DNS_TRUNCATED;
 	}
 	/* len is 1..DNS_MAX; written so that the verifier sees those bounds. */
-	len = MASK(len - 1, 1023) + 1;
+	_Static_assert(DNS_MAX == 4096, "the mask below is DNS_MAX - 1");
+	len = MASK(len - 1, 4095) + 1;
 	e->_pad = 0;
 	e->len = 0;
 	if (bpf_skb_load_bytes(skb, l4off + 8, e->data, len) == 0)

@@ -18,9 +18,12 @@
 
 /* exec_ev.h.flags */
 #define EXEC_ARGS_TRUNCATED 1  /* argv was longer than ARGS_MAX bytes */
-#define EXEC_PATH_TRUNCATED 2  /* the resolved path did not fit or was too deep */
+#define EXEC_PATH_TRUNCATED 2  /* the path did not fit, was too deep, or the walk ran out */
 #define EXEC_KILLED 4          /* enforcement sent SIGKILL: the image never ran */
 #define EXEC_PATH_FROM_FILENAME 8 /* dentry walk failed: path is bprm->filename as given */
+#define EXEC_PATH_DETACHED 16  /* not reachable from the process's root (memfd, outside its
+				* chroot): path is the file's name alone, e.g. "memfd:x" */
+#define EXEC_KILL_FAILED 32    /* enforcement wanted a kill but bpf_send_signal failed */
 
 /* dns_ev.h.flags */
 #define DNS_TRUNCATED 1
@@ -33,15 +36,15 @@
 #define PATH_BUF 512      /* twice PATH_MAX_LEN: lets the verifier prove every write in bounds */
 #define PATH_DEPTH 32     /* path components followed from the file up to the root */
 #define ARGS_MAX 1024     /* bytes of the argv block copied from the new image's stack */
-#define DNS_MAX 1024      /* bytes of a DNS message copied */
+#define DNS_MAX 4096      /* bytes of a DNS message copied (EDNS answers rarely exceed it) */
 #define PORT_RANGES 16    /* port ranges per allowed network */
 
 struct ev_hdr {
 	__u32 kind;
 	__u32 pid;        /* tgid in the host's pid namespace */
-	__u64 ts;         /* CLOCK_MONOTONIC ns (bpf_ktime_get_ns) */
+	__u64 ts;         /* CLOCK_BOOTTIME ns (bpf_ktime_get_boot_ns) */
 	__u64 cgroup_id;  /* cgroup v2 id */
-	__u64 start;      /* task_struct::start_time of the thread group leader */
+	__u64 start;      /* task_struct::start_boottime of the thread group leader */
 	__u32 tid;
 	__u32 flags;
 };
@@ -129,11 +132,13 @@ struct proc_key {
 	__u64 start;
 };
 
+/* A UDP socket's destination is reported once per verdict: a refusal after enforcement was
+ * turned on is reported even when the same destination was allowed before. */
 struct udp_seen_key {
 	__u64 cookie;
 	__u8 addr[16];
 	__u32 port;
-	__u32 _pad;
+	__u32 refused;
 };
 
 #endif

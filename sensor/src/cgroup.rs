@@ -43,8 +43,10 @@ pub fn cgroup2_mount() -> Result<PathBuf, SensorError> {
 pub fn cgroup_id(path: &Path) -> Result<u64, SensorError> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| SensorError::NotCgroup2 { path: path.into() })?;
+    // SAFETY: statfs is a plain C struct of integers, for which all-zero bytes are a valid
+    // value; it is only an out buffer.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out buffer.
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized, writable buffer.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(SensorError::Io {
             path: path.into(),

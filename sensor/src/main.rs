@@ -1,7 +1,7 @@
 //! guardlab-sensor: watch cgroups with guardlab's eBPF sensor and write their events as NDJSON.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,10 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use guardlab_sensor::cgroup::{self, find_container_cgroups};
-use guardlab_sensor::{ContainerInfo, Event, EventBody, Sensor, SensorConfig, events::Lost};
+use guardlab_sensor::{
+    ContainerInfo, Event, EventBody, Sensor, SensorConfig, SensorStats, events::Lost,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,7 +26,9 @@ use tokio::sync::broadcast;
     after_help = "Examples:\n  \
         sudo guardlab-sensor --cgroup /sys/fs/cgroup/unified/mypod > events.ndjson\n  \
         sudo guardlab-sensor --all-containers --serve 127.0.0.1:7070\n\n\
-        Runs until SIGINT or SIGTERM, then prints how many events it wrote and how many the kernel dropped."
+        Progress goes to stderr: the loaded programs, a `watching PATH (cgroup ID)` line per cgroup \
+        once it is watched, and anything the sensor could not deliver. Runs until SIGINT or SIGTERM, \
+        then prints how many events it wrote and how many the kernel dropped."
 )]
 struct Cli {
     /// A cgroup v2 directory to watch (repeatable).
@@ -65,7 +70,8 @@ fn info_for(path: &Path, container_id: Option<String>, machine: &str) -> Contain
 
 /// Where events go: stdout, or every connected TCP client.
 enum Sink {
-    Stdout(std::io::Stdout),
+    /// Buffered: flushed whenever the event channel is momentarily empty, and at exit.
+    Stdout(BufWriter<std::io::Stdout>),
     Clients {
         tx: broadcast::Sender<String>,
         containers: Containers,
@@ -79,11 +85,7 @@ type Containers = Arc<Mutex<BTreeMap<u64, String>>>;
 impl Sink {
     fn write(&mut self, event: &Event) -> Result<()> {
         match self {
-            Sink::Stdout(out) => {
-                let mut out = out.lock();
-                guardlab_sensor::events::write_ndjson(&mut out, event)?;
-                out.flush()?;
-            }
+            Sink::Stdout(out) => guardlab_sensor::events::write_ndjson(out, event)?,
             Sink::Clients { tx, containers } => {
                 let line = serde_json::to_string(event)? + "\n";
                 if let EventBody::Container(c) = &event.body {
@@ -97,6 +99,13 @@ impl Sink {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<()> {
+        if let Sink::Stdout(out) = self {
+            out.flush()?;
+        }
+        Ok(())
+    }
+
     fn forget_container(&mut self, cgroup_id: u64) {
         if let Sink::Clients { containers, .. } = self {
             containers
@@ -105,6 +114,19 @@ impl Sink {
                 .remove(&cgroup_id);
         }
     }
+}
+
+/// Writes `first` and whatever else is already waiting, then flushes: one write(2) per batch
+/// instead of one per event. Returns how many events were written.
+fn write_batch(sink: &mut Sink, first: Event, events: &mut mpsc::Receiver<Event>) -> Result<u64> {
+    sink.write(&first)?;
+    let mut n = 1;
+    while let Ok(event) = events.try_recv() {
+        sink.write(&event)?;
+        n += 1;
+    }
+    sink.flush()?;
+    Ok(n)
 }
 
 fn now_ns() -> u64 {
@@ -120,7 +142,7 @@ async fn serve(
     containers: Containers,
 ) -> Result<()> {
     loop {
-        let (mut conn, peer) = listener.accept().await?;
+        let (conn, peer) = listener.accept().await?;
         // Subscribe before the snapshot: a container watched in between is sent twice at
         // worst, never missed.
         let mut rx = tx.subscribe();
@@ -131,16 +153,34 @@ async fn serve(
             .cloned()
             .collect();
         tokio::spawn(async move {
+            let mut conn = tokio::io::BufWriter::new(conn);
             for line in known {
                 if conn.write_all(line.as_bytes()).await.is_err() {
                     return;
                 }
             }
             loop {
-                let line = match rx.recv().await {
+                // Ok(line), Err(Some(n)): missed n lines, Err(None): the sensor is stopping.
+                let received = match rx.try_recv() {
+                    Ok(line) => Ok(line),
+                    Err(TryRecvError::Lagged(n)) => Err(Some(n)),
+                    Err(TryRecvError::Closed) => Err(None),
+                    Err(TryRecvError::Empty) => {
+                        // Nothing else waiting: send what is buffered before sleeping.
+                        if conn.flush().await.is_err() {
+                            break;
+                        }
+                        match rx.recv().await {
+                            Ok(line) => Ok(line),
+                            Err(RecvError::Lagged(n)) => Err(Some(n)),
+                            Err(RecvError::Closed) => Err(None),
+                        }
+                    }
+                };
+                let line = match received {
                     Ok(line) => line,
                     // A client too slow to keep up is told how many events it missed.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Err(Some(n)) => {
                         let lost = Event::new(
                             now_ns(),
                             EventBody::Lost(Lost {
@@ -150,15 +190,93 @@ async fn serve(
                         );
                         serde_json::to_string(&lost).unwrap_or_default() + "\n"
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(None) => break,
                 };
                 if conn.write_all(line.as_bytes()).await.is_err() {
                     eprintln!("guardlab-sensor: client {peer} went away");
-                    break;
+                    return;
                 }
             }
+            let _ = conn.flush().await;
         });
     }
+}
+
+/// `--all-containers`: the container cgroups watched so far, by cgroup id (a directory removed
+/// and made again is a new cgroup with a new id), and the last error per cgroup that could not
+/// be watched (printed once, not on every scan).
+#[derive(Default)]
+struct AutoWatch {
+    watched: HashMap<u64, PathBuf>,
+    failed: HashMap<u64, String>,
+}
+
+impl AutoWatch {
+    fn rescan(&mut self, sensor: &mut Sensor, sink: &mut Sink, root: &Path, machine: &str) {
+        let mut present = Vec::new();
+        for (path, container_id) in find_container_cgroups(root) {
+            // It may have vanished since the scan.
+            let Ok(id) = cgroup::cgroup_id(&path) else {
+                continue;
+            };
+            present.push(id);
+            // Already watched, by an earlier scan or by --cgroup (under whatever spelling).
+            if sensor.watched().contains(&id) {
+                continue;
+            }
+            match sensor.watch(&path, info_for(&path, Some(container_id), machine)) {
+                Ok(id) => {
+                    eprintln!("guardlab-sensor: watching {} (cgroup {id})", path.display());
+                    self.failed.remove(&id);
+                    self.watched.insert(id, path);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.failed.get(&id) != Some(&msg) {
+                        eprintln!("guardlab-sensor: not watching {}: {msg}", path.display());
+                        self.failed.insert(id, msg);
+                    }
+                }
+            }
+        }
+        self.failed.retain(|id, _| present.contains(id));
+        let gone: Vec<u64> = self
+            .watched
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(path) = self.watched.remove(&id) {
+                let _ = sensor.unwatch(id);
+                sink.forget_container(id);
+                eprintln!("guardlab-sensor: {} is gone (cgroup {id})", path.display());
+            }
+        }
+    }
+}
+
+/// Says on stderr when something new could not be delivered or done.
+fn report_new_problems(last: &mut SensorStats, now: SensorStats) {
+    if now.kill_failures > last.kill_failures {
+        eprintln!(
+            "guardlab-sensor: {} exec(s) that enforcement meant to kill could not be killed (bpf_send_signal failed)",
+            now.kill_failures - last.kill_failures
+        );
+    }
+    if now.dns_truncated > last.dns_truncated {
+        eprintln!(
+            "guardlab-sensor: {} DNS answer(s) longer than 4 KiB: reported with the addresses that fit",
+            now.dns_truncated - last.dns_truncated
+        );
+    }
+    if now.dns_unreadable > last.dns_unreadable {
+        eprintln!(
+            "guardlab-sensor: {} DNS message(s) from port 53 could not be parsed: not reported",
+            now.dns_unreadable - last.dns_unreadable
+        );
+    }
+    *last = now;
 }
 
 #[tokio::main]
@@ -174,6 +292,12 @@ async fn main() -> Result<()> {
     })
     .context("starting the sensor")?;
     let mut events = sensor.events()?;
+    let ids: Vec<String> = sensor
+        .program_ids()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    eprintln!("guardlab-sensor: loaded eBPF programs {}", ids.join(" "));
 
     let mut sink = match cli.serve {
         Some(addr) => {
@@ -195,16 +319,17 @@ async fn main() -> Result<()> {
             });
             Sink::Clients { tx, containers }
         }
-        None => Sink::Stdout(std::io::stdout()),
+        None => Sink::Stdout(BufWriter::new(std::io::stdout())),
     };
 
     for path in &cli.cgroups {
         let container_id = path
             .file_name()
             .and_then(|n| cgroup::container_id_of(&n.to_string_lossy()));
-        sensor
+        let id = sensor
             .watch(path, info_for(path, container_id, &machine))
             .with_context(|| format!("watching {}", path.display()))?;
+        eprintln!("guardlab-sensor: watching {} (cgroup {id})", path.display());
     }
     // --all-containers: container cgroups come and go; look again every two seconds.
     let root = if cli.all_containers {
@@ -212,8 +337,10 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    let mut auto: HashMap<PathBuf, u64> = HashMap::new();
+    let mut auto = AutoWatch::default();
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut problems = tokio::time::interval(Duration::from_secs(5));
+    let mut reported = SensorStats::default();
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -223,26 +350,11 @@ async fn main() -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = rescan.tick(), if root.is_some() => {
-                let found = find_container_cgroups(root.as_deref().unwrap_or(Path::new("/")));
-                for (path, id) in &found {
-                    if !auto.contains_key(path) && !cli.cgroups.contains(path) {
-                        match sensor.watch(path, info_for(path, Some(id.clone()), &machine)) {
-                            Ok(cg) => { auto.insert(path.clone(), cg); }
-                            // It may have vanished between the scan and the watch.
-                            Err(e) => eprintln!("guardlab-sensor: not watching {}: {e}", path.display()),
-                        }
-                    }
-                }
-                let gone: Vec<PathBuf> = auto.keys().filter(|p| !found.iter().any(|(f, _)| f == *p)).cloned().collect();
-                for path in gone {
-                    if let Some(cg) = auto.remove(&path) {
-                        let _ = sensor.unwatch(cg);
-                        sink.forget_container(cg);
-                    }
-                }
+                auto.rescan(&mut sensor, &mut sink, root.as_deref().unwrap_or(Path::new("/")), &machine);
             }
+            _ = problems.tick() => report_new_problems(&mut reported, sensor.stats()),
             event = events.recv() => match event {
-                Some(event) => { sink.write(&event)?; written += 1; }
+                Some(event) => written += write_batch(&mut sink, event, &mut events)?,
                 None => break,
             },
         }
@@ -250,12 +362,15 @@ async fn main() -> Result<()> {
     let stopping = tokio::spawn(sensor.stop());
     // Deliver what the sensor still had while it stops.
     while let Some(event) = events.recv().await {
-        sink.write(&event)?;
-        written += 1;
+        written += write_batch(&mut sink, event, &mut events)?;
     }
-    let drops = stopping.await??;
+    sink.flush()?;
+    let stats = stopping.await??;
+    report_new_problems(&mut reported, stats);
     eprintln!(
-        "guardlab-sensor: wrote {written} events; the kernel dropped {drops} (reported as lost events)"
+        "guardlab-sensor: wrote {written} events; the kernel dropped {} (reported as lost events); \
+         {} failed kill(s); {} truncated and {} unreadable DNS message(s)",
+        stats.dropped, stats.kill_failures, stats.dns_truncated, stats.dns_unreadable
     );
     Ok(())
 }

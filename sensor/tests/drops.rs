@@ -57,7 +57,7 @@ async fn flooding_a_tiny_ring_buffer_reports_every_drop_as_lost_events() {
     while let Some(e) = events.rx.recv().await {
         events.seen.push(e);
     }
-    let total = stopping.await.unwrap().unwrap();
+    let total = stopping.await.unwrap().unwrap().dropped;
     assert_eq!(
         lost_sum(&events.seen),
         total,

@@ -263,3 +263,169 @@ async fn dns_answers_received_in_the_cgroup_are_reported() {
     );
     sensor.stop().await.unwrap();
 }
+
+/// Entries of the kernel's `listeners` map (id `map`) for `cgroup_id`.
+fn listener_entries(map: u64, cgroup_id: u64) -> usize {
+    let dump = bpftool_json(&["map", "dump", "id", &map.to_string()]);
+    dump.as_array()
+        .expect("a map dump is an array")
+        .iter()
+        .filter(|entry| {
+            // With the object's BTF bpftool prints the key's fields; without, its bytes.
+            let key = entry.get("formatted").map_or(&entry["key"], |f| &f["key"]);
+            match key.get("cgroup_id") {
+                Some(id) => id.as_u64() == Some(cgroup_id),
+                None => {
+                    let bytes: Vec<u8> = key
+                        .as_array()
+                        .expect("key bytes")
+                        .iter()
+                        .map(|b| {
+                            u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16)
+                                .unwrap()
+                        })
+                        .collect();
+                    bytes[..8] == cgroup_id.to_ne_bytes()
+                }
+            }
+        })
+        .count()
+}
+
+async fn wait_for_listener_entries(map: u64, cgroup_id: u64, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = listener_entries(map, cgroup_id);
+        if found == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {found} listener entries for cgroup {cgroup_id}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `probe serve` in `cgroup` and waits until it listens.
+fn serve_in(cgroup: &std::path::Path) -> std::process::Child {
+    let mut cmd = command_in(cgroup, PROBE, &["serve", "127.0.0.1:0"]);
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("ok listening "), "{first}");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_owners_are_forgotten_when_the_listener_closes_or_the_cgroup_is_unwatched() {
+    require_root();
+    let _serial = serial().await;
+    let cg = cgroup("listeners");
+    let (mut sensor, _events) = start(SensorConfig::default());
+    let id = sensor.watch(cg.path(), info("listeners")).unwrap();
+    let map = map_id_of(sensor.program_ids(), "listeners");
+
+    let mut server = serve_in(cg.path());
+    wait_for_listener_entries(map, id, 1, "while listening").await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    wait_for_listener_entries(map, id, 0, "after the listener closed").await;
+
+    // Unwatched while the listener is open: unwatch removes the entry...
+    let mut server = serve_in(cg.path());
+    wait_for_listener_entries(map, id, 1, "listening again").await;
+    sensor.unwatch(id).unwrap();
+    assert_eq!(listener_entries(map, id), 0, "after unwatch");
+    // ...and a listener opened after the unwatch adds none.
+    let mut other = serve_in(cg.path());
+    server.kill().unwrap();
+    server.wait().unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    assert_eq!(listener_entries(map, id), 0, "unwatched cgroup");
+    sensor.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_unreadable_dns_answers_are_counted_not_dropped_silently() {
+    require_root();
+    let _serial = serial().await;
+    let cg = cgroup("bigdns");
+    let (mut sensor, mut events) = start(SensorConfig::default());
+    let id = sensor.watch(cg.path(), info("bigdns")).unwrap();
+
+    let server_ip = Ipv4Addr::new(127, 54, (std::process::id() % 250) as u8 + 1, 53);
+    let sock = UdpSocket::bind((server_ip, 53)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    // First query: 300 A records (about 4.8 KiB, more than the kernel copies). Second: garbage.
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        for round in 0..2 {
+            let (n, peer) = sock.recv_from(&mut buf).unwrap();
+            let query = Message::from_vec(&buf[..n]).unwrap();
+            let reply = if round == 0 {
+                let mut reply = Message::new();
+                reply
+                    .set_id(query.id())
+                    .set_message_type(MessageType::Response);
+                let q = query.queries()[0].clone();
+                for i in 0..300u16 {
+                    let a = Ipv4Addr::new(198, 18, 10 + (i / 250) as u8, (i % 250) as u8 + 1);
+                    reply.add_answer(Record::from_rdata(q.name().clone(), 60, RData::A(A(a))));
+                }
+                reply.add_query(q);
+                reply.to_vec().unwrap()
+            } else {
+                b"\x42\x42\x81\x80 definitely not DNS".to_vec()
+            };
+            sock.send_to(&reply, peer).unwrap();
+        }
+    });
+    let addr = format!("{server_ip}:53");
+    for name in ["big.lab.test", "garbled.lab.test"] {
+        // The probe cannot read these answers either (it says so); the sensor sees them.
+        run(command_in(cg.path(), PROBE, &["dns", &addr, name])).await;
+    }
+    server.join().unwrap();
+
+    events
+        .wait_for("the cut answer", WAIT, |seen| {
+            seen.iter().any(|e| matches!(e.body, EventBody::Dns(_)))
+        })
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while sensor.stats().dns_unreadable == 0 && std::time::Instant::now() < deadline {
+        events.settle(Duration::from_millis(50)).await;
+    }
+    let answer = events
+        .seen
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::Dns(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (answer.name.as_str(), answer.cgroup_id),
+        ("big.lab.test", id)
+    );
+    // What fits in 4 KiB: the header, the question, and about 250 of the 16-byte records.
+    assert!(
+        (200..300).contains(&answer.addresses.len()),
+        "{} addresses",
+        answer.addresses.len()
+    );
+    assert_eq!(
+        answer.addresses[0],
+        IpAddr::V4(Ipv4Addr::new(198, 18, 10, 1))
+    );
+    let stats = sensor.stop().await.unwrap();
+    assert_eq!(
+        (stats.dns_truncated, stats.dns_unreadable),
+        (1, 1),
+        "{stats:?}"
+    );
+}

@@ -2,12 +2,13 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use guardlab_sensor::events::ProcessKey;
-use guardlab_sensor::{EventBody, SensorConfig};
+use guardlab_sensor::events::{ExeStatus, ProcessKey};
+use guardlab_sensor::{EventBody, ExitHook, Sensor, SensorConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -94,6 +95,24 @@ async fn exec_fork_and_exit_of_a_watched_cgroup_are_reported_with_their_fields()
     let sh_exit = exits(seen).find(|x| x.key == sh.key).unwrap();
     assert_eq!((sh_exit.code, sh_exit.signal), (Some(3), None));
     assert!(seen.iter().all(|e| e.cgroup_id().is_none_or(|c| c == id)));
+    assert!(
+        execs(seen).all(|x| x.exe_status == ExeStatus::Resolved && !x.killed),
+        "{seen:#?}"
+    );
+
+    // Times are the wall clock's (boot-time clock converted once at start).
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    for event in seen {
+        let skew = (i128::from(event.ts) - now).abs();
+        assert!(
+            skew < 5_000_000_000,
+            "event time {} is {skew} ns from the wall clock {now}: {event:?}",
+            event.ts
+        );
+    }
 
     // Killed by a signal.
     let out = run(command_in(cg.path(), "/bin/sh", &["-c", "kill -9 $$"])).await;
@@ -220,5 +239,126 @@ async fn exe_is_absolute_for_relative_execs_argv_is_bounded_and_ns_pid_is_the_co
         .unwrap();
     assert_eq!(pidns.ns_pid, 1, "{pidns:?}");
     assert_ne!(pidns.pid, 1);
+    sensor.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_exits_exactly_once_even_when_its_threads_exit_together() {
+    require_root();
+    let _serial = serial().await;
+    // Auto takes the group_dead program wherever the kernel accepts it.
+    let (sensor, _) = start(SensorConfig::default());
+    let auto = sensor.exit_hook();
+    drop(sensor);
+    if auto == ExitHook::LiveCount {
+        let refused = Sensor::start(SensorConfig {
+            exit_hook: ExitHook::GroupDead,
+            ..Default::default()
+        });
+        assert!(refused.is_err(), "Auto fell back although group_dead loads");
+    }
+    let hooks: &[ExitHook] = if auto == ExitHook::GroupDead {
+        &[ExitHook::GroupDead, ExitHook::LiveCount]
+    } else {
+        &[ExitHook::LiveCount]
+    };
+    for &hook in hooks {
+        let cg = cgroup("threadexit");
+        let (mut sensor, mut events) = start(SensorConfig {
+            exit_hook: hook,
+            ..Default::default()
+        });
+        assert_eq!(sensor.exit_hook(), hook);
+        sensor.watch(cg.path(), info("threadexit")).unwrap();
+
+        // 200 processes, each with 3 spinning threads when it calls exit_group: its 4 threads
+        // exit at the same moment on different CPUs.
+        const RUNS: usize = 200;
+        let out = run(command_in(
+            cg.path(),
+            PROBE,
+            &[
+                "exec-storm",
+                &RUNS.to_string(),
+                PROBE,
+                "spin-exit",
+                "3",
+                "0",
+            ],
+        ))
+        .await;
+        assert!(out.status.success(), "{}", stdout(&out));
+
+        let spinners = |seen: &[guardlab_sensor::Event]| -> Vec<ProcessKey> {
+            execs(seen)
+                .filter(|x| x.argv.get(1).is_some_and(|a| a == "spin-exit"))
+                .map(|x| x.key)
+                .collect()
+        };
+        events
+            .wait_for("every spinner's exit", Duration::from_secs(30), |seen| {
+                let keys = spinners(seen);
+                keys.len() == RUNS && keys.iter().all(|k| exits(seen).any(|e| e.key == *k))
+            })
+            .await;
+        events.settle(Duration::from_millis(500)).await;
+        // (code, signal) of every exit reported per process.
+        type Statuses = Vec<(Option<i32>, Option<i32>)>;
+        let mut per_process: HashMap<ProcessKey, Statuses> = HashMap::new();
+        for e in exits(&events.seen) {
+            per_process
+                .entry(e.key)
+                .or_default()
+                .push((e.code, e.signal));
+        }
+        for key in spinners(&events.seen) {
+            assert_eq!(
+                per_process.get(&key).map(Vec::as_slice),
+                Some(&[(Some(0), None)][..]),
+                "{hook:?}: process {key} must exit exactly once, with status 0"
+            );
+        }
+        assert_eq!(sensor.stop().await.unwrap().dropped, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fileless_exec_reports_the_memfd_name_and_is_marked() {
+    require_root();
+    let _serial = serial().await;
+    let cg = cgroup("fileless");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("fileless-ran");
+    let (mut sensor, mut events) = start(SensorConfig::default());
+    sensor.watch(cg.path(), info("fileless")).unwrap();
+
+    // The probe copies itself into a memfd and execs that (memfd_create + fexecve).
+    let out = run(command_in(
+        cg.path(),
+        PROBE,
+        &["memfd-exec", "minerd", "touch", marker.to_str().unwrap()],
+    ))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(marker.exists());
+    events
+        .wait_for("the exec from the memfd", WAIT, |seen| {
+            execs(seen).any(|x| x.argv.first().is_some_and(|a| a == "minerd"))
+        })
+        .await;
+    let outer = execs(&events.seen)
+        .find(|x| x.argv.get(1).is_some_and(|a| a == "memfd-exec"))
+        .unwrap();
+    assert_eq!(
+        (outer.exe.as_str(), outer.exe_status),
+        (real(PROBE).as_str(), ExeStatus::Resolved)
+    );
+    let inner = execs(&events.seen)
+        .find(|x| x.argv.first().is_some_and(|a| a == "minerd"))
+        .unwrap();
+    assert_eq!(inner.exe, "memfd:minerd", "{inner:?}");
+    assert_eq!(inner.exe_status, ExeStatus::Fileless);
+    assert!(!inner.killed);
+    assert_eq!(inner.key, outer.key, "same process, new image");
     sensor.stop().await.unwrap();
 }

@@ -5,9 +5,9 @@
 //! [`FORMAT_VERSION`] when a field changes meaning or disappears (adding an optional field does
 //! not need a bump; readers ignore nothing and reject unknown versions).
 //!
-//! Times are nanoseconds since the Unix epoch (the sensor converts the kernel's boot-time clock
-//! once at start). Host pids are the pids seen from the host's pid namespace; `ns_pid` is the pid
-//! seen inside the container.
+//! Times are nanoseconds since the Unix epoch (the sensor reads the kernel's boot-time clock,
+//! CLOCK_BOOTTIME, and converts it with an offset measured once at start). Host pids are the
+//! pids seen from the host's pid namespace; `ns_pid` is the pid seen inside the container.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// A process's identity that survives pid reuse: the host pid and the process's start time
-/// (nanoseconds since boot, as the kernel records it in `task_struct::start_time`).
+/// (nanoseconds since boot, CLOCK_BOOTTIME, as the kernel records it in
+/// `task_struct::start_boottime`; the clock of `starttime` in `/proc/PID/stat`).
 ///
 /// On the wire it is a two-element array `[pid, start_ns]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,7 +54,11 @@ pub struct Event {
 
 impl Event {
     pub fn new(ts: u64, body: EventBody) -> Self {
-        Event { v: FORMAT_VERSION, ts, body }
+        Event {
+            v: FORMAT_VERSION,
+            ts,
+            body,
+        }
     }
 
     /// The container the event belongs to, by its cgroup id, when it has one.
@@ -135,13 +140,15 @@ pub struct ProcessExec {
     /// The parent process, when the sensor knows it.
     #[serde(default)]
     pub parent: Option<ProcessKey>,
-    /// Absolute path of the executable, as the kernel resolved it.
+    /// Absolute path of the executable, as the kernel resolved it (symlinks resolved, in the
+    /// process's own root). See `exe_status` for when it is not that.
     pub exe: String,
     /// The kernel's `comm` after exec (at most 15 bytes).
     #[serde(default)]
     pub comm: String,
     pub argv: Vec<String>,
-    /// True when the sensor cut argv short (too many or too long arguments).
+    /// True when argv was longer than the sensor copies (1 KiB in all, NULs included): `argv`
+    /// then holds the arguments that fit, and the last of them may be cut short.
     #[serde(default)]
     pub argv_truncated: bool,
     pub uid: u32,
@@ -154,6 +161,46 @@ pub struct ProcessExec {
     /// User name for `euid`.
     #[serde(default)]
     pub euser: Option<String>,
+    /// How far `exe` is the executable's real absolute path. Absent on the wire when it is
+    /// ([`ExeStatus::Resolved`]).
+    #[serde(default, skip_serializing_if = "ExeStatus::is_resolved")]
+    pub exe_status: ExeStatus,
+    /// The exec allow-list killed the process at this exec (SIGKILL before the new image ran
+    /// an instruction). Absent on the wire when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub killed: bool,
+}
+
+/// How [`ProcessExec::exe`] was obtained. Anything but `Resolved` means it is not a path an
+/// allow-list can vouch for: under exec enforcement such an exec is always killed.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ExeStatus {
+    /// The absolute path from the process's root, symlinks resolved.
+    #[default]
+    Resolved,
+    /// The path was longer than 255 bytes or deeper than 32 components (or the kernel's walk
+    /// did not finish): `exe` is incomplete (cut at the end, or missing its top directories).
+    Truncated,
+    /// The executable is not reachable from the process's root: a memfd (`memfd_create`,
+    /// then exec of `/proc/self/fd/N`) or a file outside its chroot. `exe` is the file's name
+    /// alone, e.g. `memfd:minerd`.
+    Fileless,
+    /// The sensor could not walk the path: `exe` is the name given to execve, possibly
+    /// relative or a symlink.
+    Unresolved,
+}
+
+impl ExeStatus {
+    pub fn is_resolved(&self) -> bool {
+        *self == ExeStatus::Resolved
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,9 +323,13 @@ impl ReadError {
 
 /// Parse one NDJSON line (1-based `line` for the error).
 pub fn parse_line(text: &str, line: usize) -> Result<Event, ReadError> {
-    let event: Event = serde_json::from_str(text).map_err(|source| ReadError::Json { line, source })?;
+    let event: Event =
+        serde_json::from_str(text).map_err(|source| ReadError::Json { line, source })?;
     if event.v != FORMAT_VERSION {
-        return Err(ReadError::Version { line, found: event.v });
+        return Err(ReadError::Version {
+            line,
+            found: event.v,
+        });
     }
     Ok(event)
 }
@@ -324,6 +375,8 @@ mod tests {
                 gid: 100,
                 user: Some("jovyan".into()),
                 euser: Some("jovyan".into()),
+                exe_status: ExeStatus::Resolved,
+                killed: false,
             }),
         )
     }
@@ -333,9 +386,50 @@ mod tests {
         let mut out = Vec::new();
         write_ndjson(&mut out, &exec()).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with(r#"{"v":1,"ts":1700000000000000000,"type":"exec","key":[4242,123456]"#), "{text}");
+        assert!(
+            text.starts_with(
+                r#"{"v":1,"ts":1700000000000000000,"type":"exec","key":[4242,123456]"#
+            ),
+            "{text}"
+        );
         let back = read_ndjson(text.as_bytes()).unwrap();
         assert_eq!(back, vec![exec()]);
+    }
+
+    #[test]
+    fn exec_flags_are_optional_on_the_wire() {
+        // Written without them when they are at their defaults: older readers and committed
+        // recordings see the same lines as before.
+        let mut out = Vec::new();
+        write_ndjson(&mut out, &exec()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("exe_status") && !text.contains("killed"),
+            "{text}"
+        );
+        // Written and read back when set.
+        let mut event = exec();
+        let EventBody::Exec(x) = &mut event.body else {
+            unreachable!()
+        };
+        x.exe = "memfd:minerd".into();
+        x.exe_status = ExeStatus::Fileless;
+        x.killed = true;
+        let mut out = Vec::new();
+        write_ndjson(&mut out, &event).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#""exe_status":"fileless","killed":true"#),
+            "{text}"
+        );
+        assert_eq!(read_ndjson(text.as_bytes()).unwrap(), vec![event]);
+        let bad = text.replace("fileless", "maybe");
+        assert!(
+            read_ndjson(bad.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("maybe")
+        );
     }
 
     #[test]

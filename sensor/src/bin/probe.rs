@@ -2,7 +2,7 @@
 //! cgroups, so that what the sensor sees is a real process doing real syscalls.
 //!
 //! Results go to stdout as one line (`ok ...` or `err errno=N ...`); the exit status is 0 for
-//! `ok` and 1 for `err`.
+//! `ok` and 1 for `err` (`spin-exit` and `threads` exit with the status they are given).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -42,8 +42,26 @@ enum Cmd {
     Serve { addr: SocketAddr },
     /// Start N threads that each sleep briefly, then exit with status CODE.
     Threads { n: usize, code: u8 },
-    /// Run PROGRAM N times, one after the other (fork + exec + wait).
-    ExecStorm { n: usize, program: String },
+    /// Start N threads that spin, then exit the process (exit_group) with status CODE while
+    /// they run: all threads exit at once.
+    SpinExit { n: usize, code: u8 },
+    /// Copy this program into a memfd named NAME and exec it from there (fileless execution)
+    /// with ARGS, e.g. `memfd-exec guardlab-fileless touch /tmp/marker`.
+    MemfdExec {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Send one UDP datagram to ADDR per line read from stdin, always from the same socket,
+    /// printing `ok sent` or `err ...` for each.
+    UdpLines { addr: SocketAddr },
+    /// Run PROGRAM with ARGS N times, one after the other (fork + exec + wait).
+    ExecStorm {
+        n: usize,
+        program: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Open and close N TCP connections to ADDR, one after the other.
     ConnectStorm { n: usize, addr: SocketAddr },
 }
@@ -142,9 +160,13 @@ fn main() -> ExitCode {
             println!("ok threads {n}");
             ExitCode::from(code)
         }
-        Cmd::ExecStorm { n, program } => {
+        Cmd::SpinExit { n, code } => spin_exit(n, code),
+        Cmd::MemfdExec { name, args } => memfd_exec(&name, &args),
+        Cmd::UdpLines { addr } => udp_lines(addr),
+        Cmd::ExecStorm { n, program, args } => {
             for i in 0..n {
                 match Command::new(&program)
+                    .args(&args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .status()
@@ -188,6 +210,100 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn spin_exit(n: usize, code: u8) -> ExitCode {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    for _ in 0..n {
+        std::thread::spawn(|| {
+            STARTED.fetch_add(1, Ordering::SeqCst);
+            while !STOP.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+    }
+    while STARTED.load(Ordering::SeqCst) < n {
+        std::hint::spin_loop();
+    }
+    // exit_group while every thread runs: the kernel makes them all exit together.
+    std::process::exit(i32::from(code))
+}
+
+fn memfd_exec(name: &str, args: &[String]) -> ExitCode {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    let image = match std::fs::read("/proc/self/exe") {
+        Ok(b) => b,
+        Err(e) => return errno_line("read /proc/self/exe", &e),
+    };
+    let Ok(cname) = CString::new(name) else {
+        println!("err errno=0 bad memfd name {name:?}");
+        return ExitCode::FAILURE;
+    };
+    // SAFETY: a valid NUL-terminated name and no flags; the fd returned is ours.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+    if fd < 0 {
+        return errno_line("memfd_create", &std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    if let Err(e) = file.write_all(&image) {
+        return errno_line("write memfd", &e);
+    }
+    let argv: Vec<CString> = std::iter::once(name.to_string())
+        .chain(args.iter().cloned())
+        .map(|a| CString::new(a).unwrap_or_default())
+        .collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let _ = std::io::stdout().flush();
+    // SAFETY: `fd` is an open memfd holding an ELF image; argv and envp are NULL-terminated
+    // arrays of pointers to NUL-terminated strings that outlive the call (it only returns on
+    // failure).
+    unsafe { libc::fexecve(fd, argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    errno_line("fexecve", &std::io::Error::last_os_error())
+}
+
+fn udp_lines(addr: SocketAddr) -> ExitCode {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
+    let sock = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return errno_line("bind", &e),
+    };
+    let mut line = String::new();
+    while std::io::stdin()
+        .read_line(&mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {
+        match sock.send_to(b"guardlab", addr) {
+            Ok(_) => println!("ok sent"),
+            Err(e) => {
+                errno_line("sendto", &e);
+            }
+        }
+        let _ = std::io::stdout().flush();
+        line.clear();
+    }
+    ExitCode::SUCCESS
 }
 
 fn dns(server: SocketAddr, name: &str) -> ExitCode {

@@ -241,3 +241,33 @@ pub fn ip(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `bpftool -j ARGS`, parsed.
+pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bpftool -j output")
+}
+
+/// The kernel id of the map `name` used by one of `programs` (a sensor's program ids).
+pub fn map_id_of(programs: &[u32], name: &str) -> u64 {
+    for prog in programs {
+        let info = bpftool_json(&["prog", "show", "id", &prog.to_string()]);
+        for map in info["map_ids"].as_array().into_iter().flatten() {
+            let id = map.as_u64().unwrap();
+            let map_info = bpftool_json(&["map", "show", "id", &id.to_string()]);
+            if map_info["name"] == name {
+                return id;
+            }
+        }
+    }
+    panic!("no map {name} among the maps of programs {programs:?}")
+}
