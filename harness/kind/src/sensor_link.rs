@@ -1,0 +1,419 @@
+//! The harness's side of the sensor's control port.
+//!
+//! The contract (the sensor implements `guardlab-sensor --serve ADDR`):
+//!
+//! - The sensor listens on `ADDR` (`127.0.0.1:7070` in its pod, see the DaemonSet): the harness
+//!   reaches it through the API server's port-forward, one TCP connection per purpose.
+//! - Both directions are NDJSON, one JSON object per line. The client's first line is a
+//!   [`SensorRequest`].
+//! - `{"op":"subscribe","containers":[...]}`: the sensor finds each container's cgroup by its id
+//!   (a directory under `--cgroup-root` whose name contains the id, e.g.
+//!   `cri-containerd-<id>.scope`), sends a `container` event for it with the given metadata and
+//!   its `cgroup_id`, then streams every event ([`guardlab_events::Event`]) of processes in those
+//!   cgroups until the connection closes. The client may send another `subscribe` line at any
+//!   time; it replaces the set (a killed pod's replacement has a new container).
+//! - `{"op":"kill","pid":N,"tree":false}`: SIGKILL to the process (`tree: true`: and all its
+//!   descendants). `pid` is a pid as the sensor's events report it. The sensor answers one
+//!   [`SensorReply`] line, `{"ok":true}` or `{"ok":false,"error":"..."}`, and closes.
+//!
+//! With `hostPID` the sensor's /proc is the node's. On kind the node is itself a container, so
+//! the node's pid namespace is not the machine's: the sensor must report (and accept) pids of
+//! its own /proc (e.g. with `bpf_get_ns_current_pid_tgid`), not the kernel's init-namespace pids.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use guardlab_events::{Event, EventBody, parse_line};
+use guardlab_lab::LabError;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+/// A request line from the harness to the sensor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SensorRequest {
+    /// Watch these containers (replacing any earlier set) and stream their events.
+    Subscribe { containers: Vec<WatchedContainer> },
+    /// Kill a process (and its descendants when `tree`).
+    Kill { pid: u32, tree: bool },
+}
+
+/// A container to watch, and who it is (the sensor copies this into its `container` event).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedContainer {
+    /// The runtime's id, without the `containerd://` prefix.
+    pub container_id: String,
+    pub container_name: String,
+    pub image: String,
+    pub image_id: String,
+    pub namespace: String,
+    pub namespace_labels: BTreeMap<String, String>,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// The sensor's answer to a `kill`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the harness watches on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    pub node: String,
+    pub containers: Vec<WatchedContainer>,
+}
+
+/// Why an event stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The sensor closed the connection.
+    Closed,
+    /// Nobody reads the events any more.
+    ReceiverGone,
+    /// The watched pod moved to another node: connect to that node's sensor.
+    NodeChanged,
+}
+
+async fn write_request<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    request: &SensorRequest,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    writer.write_all(&line).await?;
+    writer.flush().await
+}
+
+/// Fill what the sensor left empty in a `container` event from what the harness knows.
+fn enrich(event: &mut Event, watched: &[WatchedContainer], node: &str) {
+    let EventBody::Container(info) = &mut event.body else {
+        return;
+    };
+    let Some(w) = watched.iter().find(|w| w.container_id == info.container_id) else {
+        return;
+    };
+    let fill = |field: &mut String, value: &str| {
+        if field.is_empty() {
+            *field = value.to_string();
+        }
+    };
+    fill(&mut info.container_name, &w.container_name);
+    fill(&mut info.image, &w.image);
+    fill(&mut info.image_id, &w.image_id);
+    fill(&mut info.namespace, &w.namespace);
+    fill(&mut info.pod_name, &w.pod_name);
+    fill(&mut info.machine, node);
+    if info.pod_labels.is_empty() {
+        info.pod_labels = w.pod_labels.clone();
+    }
+    if info.namespace_labels.is_empty() {
+        info.namespace_labels = w.namespace_labels.clone();
+    }
+}
+
+/// Subscribe on `stream` and forward the sensor's events to `events` until the stream ends,
+/// the receiver goes away or the watched pod moves to another node. `watch` changes are sent
+/// to the sensor as new `subscribe` lines.
+pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    mut watch: watch::Receiver<Watch>,
+    events: &mpsc::Sender<Event>,
+) -> Result<StreamEnd, LabError> {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut lines = BufReader::new(reader).lines();
+    let mut current = watch.borrow_and_update().clone();
+    write_request(
+        &mut writer,
+        &SensorRequest::Subscribe {
+            containers: current.containers.clone(),
+        },
+    )
+    .await
+    .map_err(|source| LabError::Io {
+        context: format!("subscribing to the sensor on node {}", current.node),
+        source,
+    })?;
+    let mut line_number = 0;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line.map_err(|source| LabError::Io {
+                    context: format!("reading events from the sensor on node {}", current.node),
+                    source,
+                })? else {
+                    return Ok(StreamEnd::Closed);
+                };
+                line_number += 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let mut event = parse_line(&line, line_number).map_err(|e| LabError::Failed(format!(
+                    "the sensor on node {} sent an event guardlab cannot read: {e}", current.node
+                )))?;
+                enrich(&mut event, &current.containers, &current.node);
+                if events.send(event).await.is_err() {
+                    return Ok(StreamEnd::ReceiverGone);
+                }
+            }
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return Ok(StreamEnd::ReceiverGone);
+                }
+                let next = watch.borrow_and_update().clone();
+                if next.node != current.node {
+                    return Ok(StreamEnd::NodeChanged);
+                }
+                if next.containers != current.containers {
+                    write_request(&mut writer, &SensorRequest::Subscribe { containers: next.containers.clone() })
+                        .await
+                        .map_err(|source| LabError::Io {
+                            context: format!("writing to the sensor on node {}", next.node),
+                            source,
+                        })?;
+                }
+                current = next;
+            }
+            _ = events.closed() => return Ok(StreamEnd::ReceiverGone),
+        }
+    }
+}
+
+/// Ask the sensor on `stream` to kill `pid` and wait (at most `timeout`) for its answer.
+pub async fn kill_process<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    pid: u32,
+    tree: bool,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let io = |source| LabError::Io {
+        context: format!("asking the sensor on node {node} to kill pid {pid}"),
+        source,
+    };
+    write_request(&mut writer, &SensorRequest::Kill { pid, tree })
+        .await
+        .map_err(io)?;
+    let mut lines = BufReader::new(reader).lines();
+    let line = match tokio::time::timeout(timeout, lines.next_line()).await {
+        Ok(line) => line.map_err(io)?,
+        Err(_) => {
+            return Err(LabError::Failed(format!(
+                "the sensor on node {node} did not answer the kill of pid {pid} within {}s",
+                timeout.as_secs()
+            )));
+        }
+    };
+    let Some(line) = line else {
+        return Err(LabError::Failed(format!(
+            "the sensor on node {node} closed the connection without answering the kill of pid {pid}"
+        )));
+    };
+    let reply: SensorReply = serde_json::from_str(&line).map_err(|e| {
+        LabError::Failed(format!(
+            "the sensor on node {node} answered the kill of pid {pid} with `{line}`: {e}"
+        ))
+    })?;
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(LabError::Failed(format!(
+            "the sensor on node {node} could not kill pid {pid}: {}",
+            reply.error.unwrap_or_else(|| "no reason given".into())
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guardlab_events::{ContainerInfo, write_ndjson};
+
+    fn watched(id: &str) -> WatchedContainer {
+        WatchedContainer {
+            container_id: id.into(),
+            container_name: "minimal-notebook".into(),
+            image: "jupyter/minimal-notebook:latest".into(),
+            namespace: "cryptominer".into(),
+            pod_name: "jupyter-notebook-1".into(),
+            pod_uid: "u1".into(),
+            pod_labels: [("app".to_string(), "jupyter-notebook".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_have_the_documented_wire_form() {
+        let kill = serde_json::to_string(&SensorRequest::Kill {
+            pid: 42,
+            tree: false,
+        })
+        .unwrap();
+        assert_eq!(kill, r#"{"op":"kill","pid":42,"tree":false}"#);
+        let sub = serde_json::to_value(SensorRequest::Subscribe {
+            containers: vec![watched("c1")],
+        })
+        .unwrap();
+        assert_eq!(sub["op"], "subscribe");
+        assert_eq!(sub["containers"][0]["container_id"], "c1");
+        assert!(
+            serde_json::from_str::<SensorRequest>(r#"{"op":"kill","pid":1}"#).is_err(),
+            "tree is required"
+        );
+        let reply: SensorReply =
+            serde_json::from_str(r#"{"ok":false,"error":"no such process"}"#).unwrap();
+        assert_eq!(reply.error.as_deref(), Some("no such process"));
+    }
+
+    #[tokio::test]
+    async fn events_are_forwarded_enriched_and_resubscribed() {
+        let (ours, sensor) = tokio::io::duplex(64 * 1024);
+        let (watch_tx, watch_rx) = watch::channel(Watch {
+            node: "n1".into(),
+            containers: vec![watched("c1")],
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let harness = tokio::spawn(async move { stream_events(ours, watch_rx, &tx).await });
+
+        let (sr, mut sw) = tokio::io::split(sensor);
+        let mut requests = BufReader::new(sr).lines();
+        let first: SensorRequest =
+            serde_json::from_str(&requests.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            first,
+            SensorRequest::Subscribe {
+                containers: vec![watched("c1")]
+            }
+        );
+
+        let mut out = Vec::new();
+        let info = ContainerInfo {
+            cgroup_id: 7,
+            container_id: "c1".into(),
+            ..Default::default()
+        };
+        write_ndjson(&mut out, &Event::new(1, EventBody::Container(info))).unwrap();
+        sw.write_all(&out).await.unwrap();
+        let event = rx.recv().await.unwrap();
+        let EventBody::Container(info) = event.body else {
+            panic!("{event:?}")
+        };
+        assert_eq!(
+            (
+                info.cgroup_id,
+                info.pod_name.as_str(),
+                info.machine.as_str()
+            ),
+            (7, "jupyter-notebook-1", "n1")
+        );
+        assert_eq!(info.image, "jupyter/minimal-notebook:latest");
+        assert_eq!(info.pod_labels["app"], "jupyter-notebook");
+
+        // The pod was replaced: the sensor gets the new set on the same connection.
+        watch_tx
+            .send(Watch {
+                node: "n1".into(),
+                containers: vec![watched("c2")],
+            })
+            .unwrap();
+        let second: SensorRequest =
+            serde_json::from_str(&requests.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            second,
+            SensorRequest::Subscribe {
+                containers: vec![watched("c2")]
+            }
+        );
+
+        // A line that is not an event is an error that says who sent it.
+        sw.write_all(b"{\"v\":1,\"ts\":2,\"type\":\"nonsense\"}\n")
+            .await
+            .unwrap();
+        let err = harness.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("sensor on node n1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_move_to_another_node_ends_the_stream() {
+        let (ours, sensor) = tokio::io::duplex(4096);
+        let (watch_tx, watch_rx) = watch::channel(Watch {
+            node: "n1".into(),
+            containers: vec![],
+        });
+        let (tx, _rx) = mpsc::channel(1);
+        let harness = tokio::spawn(async move { stream_events(ours, watch_rx, &tx).await });
+        // Once the subscription is written, the harness has taken the first watch.
+        let (sr, _sw) = tokio::io::split(sensor);
+        BufReader::new(sr)
+            .lines()
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap();
+        watch_tx
+            .send(Watch {
+                node: "n2".into(),
+                containers: vec![],
+            })
+            .unwrap();
+        assert_eq!(harness.await.unwrap().unwrap(), StreamEnd::NodeChanged);
+    }
+
+    #[tokio::test]
+    async fn kill_sends_the_request_and_reads_the_answer() {
+        for (answer, expected) in [
+            ("{\"ok\":true}\n", Ok(())),
+            (
+                "{\"ok\":false,\"error\":\"no such process\"}\n",
+                Err("could not kill pid 42: no such process"),
+            ),
+            (
+                "garbage\n",
+                Err("answered the kill of pid 42 with `garbage`"),
+            ),
+            ("", Err("closed the connection without answering")),
+        ] {
+            let (ours, sensor) = tokio::io::duplex(4096);
+            let fake = tokio::spawn(async move {
+                let (sr, mut sw) = tokio::io::split(sensor);
+                let line = BufReader::new(sr)
+                    .lines()
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap();
+                sw.write_all(answer.as_bytes()).await.unwrap();
+                sw.shutdown().await.unwrap();
+                line
+            });
+            let result = kill_process(ours, 42, true, "n1", Duration::from_secs(5)).await;
+            assert_eq!(fake.await.unwrap(), r#"{"op":"kill","pid":42,"tree":true}"#);
+            match (result, expected) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(text)) => assert!(e.to_string().contains(text), "{e}"),
+                (r, e) => panic!("{r:?} vs {e:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_sensor_is_a_timeout_not_a_hang() {
+        let (ours, _sensor) = tokio::io::duplex(4096);
+        let err = kill_process(ours, 1, false, "n1", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did not answer the kill of pid 1 within 10s"),
+            "{err}"
+        );
+    }
+}
