@@ -184,3 +184,38 @@ fn a_missing_recording_exits_2_and_still_writes_the_reports() {
             .contains("errors=\"1\"")
     );
 }
+
+#[test]
+fn the_kind_backend_without_docker_or_kind_exits_2_naming_both() {
+    let empty_path = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let snapshots = tempfile::tempdir().unwrap();
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "kind"])
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        // An empty snapshot directory: the run says the kind snapshots are missing, not that
+        // the local ones differ.
+        .env(
+            "GUARDLAB_SNAPSHOT_DIR",
+            snapshots.path().join("cryptominer-kind"),
+        )
+        .env(
+            "DOCKER_HOST",
+            "unix:///nonexistent/guardlab-test/docker.sock",
+        )
+        .env("PATH", empty_path.path())
+        .env("XDG_STATE_HOME", state.path())
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains(
+            "no snapshots for the kind backend yet",
+        ))
+        .stderr(
+            predicate::str::contains("Docker and the kind CLI is missing").and(
+                predicate::str::contains("/nonexistent/guardlab-test/docker.sock"),
+            ),
+        );
+    // Nothing was left behind: no state file, no snapshot written.
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+    assert!(!snapshots.path().join("cryptominer-kind").exists());
+}

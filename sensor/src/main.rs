@@ -1,5 +1,7 @@
 //! guardlab-sensor: watch cgroups with guardlab's eBPF sensor and write their events as NDJSON.
 
+mod serve;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
@@ -25,7 +27,14 @@ use tokio::sync::{broadcast, mpsc};
     about = "Watch cgroups with guardlab's eBPF sensor and write their events as NDJSON (needs root).",
     after_help = "Examples:\n  \
         sudo guardlab-sensor --cgroup /sys/fs/cgroup/unified/mypod > events.ndjson\n  \
-        sudo guardlab-sensor --all-containers --serve 127.0.0.1:7070\n\n\
+        sudo guardlab-sensor --all-containers --serve 127.0.0.1:7070\n  \
+        sudo guardlab-sensor --serve 127.0.0.1:7070 --cgroup-root /host/sys/fs/cgroup\n\n\
+        With --serve and nothing to watch on the command line, the sensor speaks the control \
+        protocol (what `guardlab lab up --backend kind` uses): each client's first line is \
+        {\"op\":\"subscribe\",\"containers\":[{\"container_id\":...}]} (then the events of those \
+        containers stream back) or {\"op\":\"kill\",\"pid\":N,\"tree\":false} (answered by \
+        {\"ok\":true} or {\"ok\":false,\"error\":...}). With --cgroup or --all-containers, --serve \
+        streams every watched cgroup's events to every client.\n\n\
         Progress goes to stderr: the loaded programs, a `watching PATH (cgroup ID)` line per cgroup \
         once it is watched, and anything the sensor could not deliver. Runs until SIGINT or SIGTERM, \
         then prints how many events it wrote and how many the kernel dropped."
@@ -38,14 +47,19 @@ struct Cli {
     /// appear later.
     #[arg(long)]
     all_containers: bool,
-    /// Serve the NDJSON stream to TCP clients on ADDR instead of writing it to stdout.
+    /// Serve the NDJSON stream to TCP clients on ADDR instead of writing it to stdout (alone:
+    /// the subscribe/kill control protocol, see below).
     #[arg(long, value_name = "ADDR")]
     serve: Option<SocketAddr>,
+    /// Where to look for container cgroups (default: where cgroup v2 is mounted). In a pod,
+    /// the node's tree mounted into it, e.g. /host/sys/fs/cgroup.
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
     /// Kernel ring buffer size in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 8 << 20)]
     ring_buffer_bytes: u32,
-    /// The `machine` field of container events (default: this host's name).
-    #[arg(long)]
+    /// The `machine` field of container events (default: $NODE_NAME, else this host's name).
+    #[arg(long, env = "NODE_NAME")]
     machine: Option<String>,
 }
 
@@ -279,12 +293,84 @@ fn report_new_problems(last: &mut SensorStats, now: SensorStats) {
     *last = now;
 }
 
+/// `--serve ADDR` alone: the control protocol (see `serve.rs`) until SIGINT or SIGTERM.
+async fn serve_control(
+    addr: SocketAddr,
+    root: PathBuf,
+    machine: String,
+    mut sensor: Sensor,
+    mut events: mpsc::Receiver<Event>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    eprintln!(
+        "guardlab-sensor: serving the control protocol on {} (containers under {})",
+        listener.local_addr()?,
+        root.display()
+    );
+    let (commands_tx, mut commands) = mpsc::channel(256);
+    tokio::spawn(async move {
+        if let Err(e) = serve::accept(listener, commands_tx).await {
+            eprintln!("guardlab-sensor: server stopped: {e:#}");
+            std::process::exit(1);
+        }
+    });
+    let mut control = serve::Control::new(root, machine);
+    // Subscribed containers whose pod is still starting have no cgroup yet: look again.
+    let mut rescan = tokio::time::interval(Duration::from_secs(1));
+    let mut problems = tokio::time::interval(Duration::from_secs(5));
+    let mut reported = SensorStats::default();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut routed: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = rescan.tick() => control.resolve(&mut sensor),
+            _ = problems.tick() => report_new_problems(&mut reported, sensor.stats()),
+            Some(command) = commands.recv() => control.handle(command, &mut sensor),
+            event = events.recv() => match event {
+                Some(event) => {
+                    control.route(&event);
+                    routed += 1;
+                }
+                None => break,
+            },
+        }
+    }
+    let stopping = tokio::spawn(sensor.stop());
+    while let Some(event) = events.recv().await {
+        control.route(&event);
+        routed += 1;
+    }
+    let stats = stopping.await??;
+    report_new_problems(&mut reported, stats);
+    eprintln!(
+        "guardlab-sensor: routed {routed} events; the kernel dropped {} (reported as lost events); \
+         {} failed kill(s); {} truncated and {} unreadable DNS message(s)",
+        stats.dropped, stats.kill_failures, stats.dns_truncated, stats.dns_unreadable
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    if cli.cgroups.is_empty() && !cli.all_containers {
-        bail!("nothing to watch: give --cgroup PATH (repeatable) or --all-containers (see --help)");
+    let control = cli.serve.is_some() && cli.cgroups.is_empty() && !cli.all_containers;
+    if cli.cgroups.is_empty() && !cli.all_containers && !control {
+        bail!(
+            "nothing to watch: give --cgroup PATH (repeatable), --all-containers, or --serve ADDR for the control protocol (see --help)"
+        );
     }
+    let cgroup_root = match &cli.cgroup_root {
+        Some(root) if !root.is_dir() => {
+            bail!("--cgroup-root {}: no such directory", root.display())
+        }
+        Some(root) => Some(root.clone()),
+        None => None,
+    };
     let machine = cli.machine.clone().unwrap_or_else(hostname);
     let mut sensor = Sensor::start(SensorConfig {
         ring_buffer_bytes: cli.ring_buffer_bytes,
@@ -298,6 +384,15 @@ async fn main() -> Result<()> {
         .map(|id| id.to_string())
         .collect();
     eprintln!("guardlab-sensor: loaded eBPF programs {}", ids.join(" "));
+
+    if control {
+        let root = match cgroup_root {
+            Some(root) => root,
+            None => cgroup::cgroup2_mount()?,
+        };
+        let addr = cli.serve.context("--serve is set in control mode")?;
+        return serve_control(addr, root, machine, sensor, events).await;
+    }
 
     let mut sink = match cli.serve {
         Some(addr) => {
@@ -333,7 +428,10 @@ async fn main() -> Result<()> {
     }
     // --all-containers: container cgroups come and go; look again every two seconds.
     let root = if cli.all_containers {
-        Some(cgroup::cgroup2_mount()?)
+        Some(match cgroup_root {
+            Some(root) => root,
+            None => cgroup::cgroup2_mount()?,
+        })
     } else {
         None
     };

@@ -16,53 +16,21 @@
 //!   descendants). `pid` is a pid as the sensor's events report it. The sensor answers one
 //!   [`SensorReply`] line, `{"ok":true}` or `{"ok":false,"error":"..."}`, and closes.
 //!
-//! With `hostPID` the sensor's /proc is the node's. On kind the node is itself a container, so
-//! the node's pid namespace is not the machine's: the sensor must report (and accept) pids of
-//! its own /proc (e.g. with `bpf_get_ns_current_pid_tgid`), not the kernel's init-namespace pids.
+//! Pids: the events carry the kernel's init-namespace pids (and `ns_pid`, the container's own).
+//! With `hostPID` the sensor's /proc is the node's, and on kind the node is itself a container,
+//! so those pids are not the ones its /proc shows. A `kill` therefore takes the pid as the
+//! events report it, and the sensor translates it: it remembers each watched process's start
+//! time and `ns_pid` from its exec/fork events and finds the process with both among the pids
+//! its own view of the container's `cgroup.procs` lists (see `sensor/src/serve.rs`). A pid that
+//! is not a process of a watched container is refused.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use guardlab_events::control::{SensorReply, SensorRequest, WatchedContainer};
 use guardlab_events::{Event, EventBody, parse_line};
 use guardlab_lab::LabError;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
-
-/// A request line from the harness to the sensor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SensorRequest {
-    /// Watch these containers (replacing any earlier set) and stream their events.
-    Subscribe { containers: Vec<WatchedContainer> },
-    /// Kill a process (and its descendants when `tree`).
-    Kill { pid: u32, tree: bool },
-}
-
-/// A container to watch, and who it is (the sensor copies this into its `container` event).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WatchedContainer {
-    /// The runtime's id, without the `containerd://` prefix.
-    pub container_id: String,
-    pub container_name: String,
-    pub image: String,
-    pub image_id: String,
-    pub namespace: String,
-    pub namespace_labels: BTreeMap<String, String>,
-    pub pod_name: String,
-    pub pod_uid: String,
-    pub pod_labels: BTreeMap<String, String>,
-}
-
-/// The sensor's answer to a `kill`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SensorReply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// What the harness watches on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,6 +1,7 @@
-//! The live backend: a lab from `guardlab-lab` (the local one: namespaces and a cgroup on this
-//! host, with the eBPF sensor), the notebook and its terminals driven through Jupyter's own
-//! APIs as a learner's browser would.
+//! The live backends: a lab from `guardlab-lab` (the local one: namespaces and a cgroup on this
+//! host, with the eBPF sensor) or from `guardlab-kind` (a kind cluster, or an existing one, with
+//! the sensor as a DaemonSet), the notebook and its terminals driven through Jupyter's own APIs
+//! as a learner's browser would (on kind, through the port-forward at 127.0.0.1:1234).
 //!
 //! Waiting is bounded and event-driven: after each action the runner takes the sensor's
 //! events until the step's conditions are met (for a terminal command, by default the exit of
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use guardlab_engine::deviation::{ActionKind, Decision};
 use guardlab_events::Event;
 use guardlab_jupyter::{JupyterClient, JupyterError, Kernel, Terminal};
+use guardlab_kind::{KindLab, KindOptions};
 use guardlab_lab::{Lab, LabAction, LabInfo, LocalLab, LocalLabOptions};
 
 use crate::report::ConsoleProgress;
@@ -385,5 +387,204 @@ impl Backend for LocalBackend {
             .down(&ConsoleProgress { quiet: out.quiet })
             .await
             .map_err(|e| BackendError::Lab(format!("tearing the lab down: {e}")))
+    }
+}
+
+/// The kind lab (`guardlab-kind`) as a scenario backend: the same steps against the real
+/// `jupyter/minimal-notebook` image on a Kubernetes cluster, with the sensor's DaemonSet
+/// streaming the pod's events through a port-forward, and responses carried out through the API
+/// (pod deletion) or by the sensor on the pod's node (process kills).
+pub struct KindBackend {
+    lab: KindLab,
+    info: Option<LabInfo>,
+    events: Option<mpsc::Receiver<Event>>,
+    workbench: Option<JupyterWorkbench>,
+    started: bool,
+}
+
+impl KindBackend {
+    pub fn new(scenario: &Scenario) -> Self {
+        let mut options = KindOptions::default();
+        if let Some(namespace) = &scenario.lab.namespace {
+            options.namespace = namespace.clone();
+        }
+        KindBackend {
+            lab: KindLab::new(options),
+            info: None,
+            events: None,
+            workbench: None,
+            started: false,
+        }
+    }
+
+    fn workbench(&mut self) -> Result<&mut JupyterWorkbench, BackendError> {
+        self.workbench.as_mut().ok_or_else(|| {
+            BackendError::Lab("the notebook is not connected (no lab_up step ran)".into())
+        })
+    }
+}
+
+fn kind_err(what: &str) -> impl Fn(guardlab_lab::LabError) -> BackendError + '_ {
+    move |e| BackendError::Lab(format!("{what}: {e}"))
+}
+
+impl Backend for KindBackend {
+    fn name(&self) -> &'static str {
+        "kind"
+    }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
+
+    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
+        let progress = ConsoleProgress { quiet: out.quiet };
+        // A lab left up by `lab up --backend kind` or --keep-lab is removed first: the
+        // baseline must start from a fresh pod. Without a state file this touches nothing.
+        if self
+            .lab
+            .status()
+            .await
+            .map_err(kind_err("the kind lab"))?
+            .is_some()
+        {
+            out.detail(
+                "a kind lab is up already: bringing it up afresh so that the baseline starts clean",
+            );
+            self.lab
+                .down(&progress)
+                .await
+                .map_err(kind_err("the kind lab"))?;
+        }
+        self.started = true;
+        let info = self
+            .lab
+            .up(&progress)
+            .await
+            .map_err(kind_err("the kind lab"))?;
+        out.detail(format!("notebook: {}", info.notebook_url));
+        for pod in &info.pods {
+            out.detail(format!(
+                "pod {}/{} ({})",
+                pod.namespace, pod.name, pod.image
+            ));
+        }
+        self.events = Some(
+            self.lab
+                .events()
+                .await
+                .map_err(kind_err("the sensor's events"))?,
+        );
+        self.workbench = Some(JupyterWorkbench::connect(&info.notebook_url).await?);
+        self.info = Some(info);
+        Ok(())
+    }
+
+    async fn notebook_cell(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        out: &Console,
+    ) -> Result<(), BackendError> {
+        let output =
+            guardlab_jupyter::screen_text(&self.workbench()?.run_cell(code, timeout).await?);
+        for line in output.lines().take(5) {
+            out.detail(format!("| {line}"));
+        }
+        Ok(())
+    }
+
+    async fn terminal_command(
+        &mut self,
+        session: &str,
+        command: &TerminalCommand,
+        out: &Console,
+    ) -> Result<(), BackendError> {
+        let output = self.workbench()?.terminal_command(session, command).await?;
+        for line in output.lines().take(3) {
+            out.detail(format!("| {line}"));
+        }
+        Ok(())
+    }
+
+    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {
+        let Some(rx) = self.events.as_mut() else {
+            return Err(BackendError::Lab(
+                "the sensor's events are not flowing (no lab_up step ran)".into(),
+            ));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(e)) => Ok(Some(e)),
+            Ok(None) => Err(BackendError::Lab(
+                "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)"
+                    .into(),
+            )),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+        let mut out = Vec::new();
+        if let Some(rx) = self.events.as_mut() {
+            while let Ok(e) = rx.try_recv() {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
+        let Some(action) = lab_action(decision) else {
+            return Err(BackendError::Check(format!(
+                "{} is not something the lab interface can carry out",
+                decision.action.as_str()
+            )));
+        };
+        self.lab
+            .carry_out(&action)
+            .await
+            .map(|()| format!("carried out: {action:?}"))
+            .map_err(|e| BackendError::Check(format!("carrying out {action:?}: {e}")))
+    }
+
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+        // The local lab runs its own mining pool in a network namespace; a cluster has none
+        // (and guardlab sends no traffic to a real one), so there is nobody to ask.
+        Err(BackendError::Check(format!(
+            "the kind lab has no mining pool of its own to ask whether {} client(s) logged in: this check only runs on the local backend",
+            check.clients
+        )))
+    }
+
+    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError> {
+        if let Some(mut w) = self.workbench.take() {
+            w.close().await;
+        }
+        self.events = None;
+        if keep {
+            if let Some(info) = &self.info {
+                out.line(format!(
+                    "The kind lab stays up (--keep-lab), but the port-forward ends with this run: \
+                     `guardlab lab up --backend kind` forwards {} again; `guardlab lab down --backend kind` removes it.",
+                    info.notebook_url
+                ));
+            }
+            return Ok(());
+        }
+        if !self.started {
+            return Ok(());
+        }
+        out.line("Tearing the kind lab down.");
+        self.lab
+            .down(&ConsoleProgress { quiet: out.quiet })
+            .await
+            .map_err(|e| BackendError::Lab(format!("tearing the kind lab down: {e}")))
     }
 }

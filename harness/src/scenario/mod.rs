@@ -7,7 +7,8 @@
 //! Where things are found (each can be moved with an environment variable, for tests and for
 //! scenarios kept elsewhere):
 //! - scenario files: `GUARDLAB_SCENARIOS_DIR`, else `./scenarios`, else the source tree's;
-//! - snapshots: `GUARDLAB_SNAPSHOT_DIR`, else `<scenarios>/../snapshots/<scenario>`;
+//! - snapshots: `GUARDLAB_SNAPSHOT_DIR`, else `<scenarios>/../snapshots/<scenario>` (on the kind
+//!   backend `<scenario>-kind`: the real image's paths differ);
 //! - the recording a replay reads: `GUARDLAB_REPLAY_FILE`, else `<scenarios>/<scenario>.ndjson`.
 
 pub mod file;
@@ -209,10 +210,15 @@ pub async fn run(options: &RunOptions) -> RunReport {
         Ok(s) => s,
         Err(e) => return fail("?", e.to_string()),
     };
-    let snapshot_dir = options
-        .snapshot_dir
-        .clone()
-        .unwrap_or_else(|| default_snapshot_dir(&options.scenario_file, &scenario.name));
+    // The kind backend runs the real image, whose paths differ from the local pod's: it keeps
+    // its own snapshot set, `snapshots/<name>-kind/`.
+    let snapshot_dir = options.snapshot_dir.clone().unwrap_or_else(|| {
+        let name = match options.backend {
+            BackendArg::Kind => format!("{}-kind", scenario.name),
+            _ => scenario.name.clone(),
+        };
+        default_snapshot_dir(&options.scenario_file, &name)
+    });
     let snapshots = runner::SnapshotMode {
         dir: snapshot::SnapshotDir::new(snapshot_dir),
         update: options.update_snapshots,
@@ -298,9 +304,32 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 .run(options.keep_lab);
             run.await
         }
-        BackendArg::Kind => fail(
-            &scenario.name,
-            "the kind backend cannot run scenarios yet: use --backend local (or replay)".into(),
-        ),
+        BackendArg::Kind => {
+            if !options.update_snapshots && !snapshots.dir.dir.exists() {
+                console.line(format!(
+                    "! no snapshots for the kind backend yet ({} does not exist): the checked steps \
+                     will fail as missing; run once with --update-snapshots to write them, review, and commit",
+                    file::display_path(&snapshots.dir.dir)
+                ));
+            }
+            let backend = live::KindBackend::new(&scenario);
+            let recorder = match &options.record {
+                Some(out) => match recording::RecordingWriter::create(
+                    out,
+                    &header(
+                        "kind",
+                        false,
+                        format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
+                    ),
+                ) {
+                    Ok(w) => Some(w),
+                    Err(e) => return fail(&scenario.name, e.to_string()),
+                },
+                None => None,
+            };
+            runner::Runner::new(&scenario, backend, snapshots, recorder, console)
+                .run(options.keep_lab)
+                .await
+        }
     }
 }

@@ -16,6 +16,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod control;
+
 /// The version written in every event's `v` field.
 pub const FORMAT_VERSION: u32 = 1;
 
