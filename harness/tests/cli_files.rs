@@ -277,3 +277,19 @@ fn events_out_of_time_order_are_sorted_with_a_warning() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), in_order);
 }
+
+#[test]
+fn output_cut_short_by_a_closed_pipe_ends_quietly() {
+    use std::process::{Command as StdCommand, Stdio};
+    // A pipe whose reader is already gone, as after `| head` exits: every write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = StdCommand::new(assert_cmd::cargo::cargo_bin("guardlab"))
+        .args(["lab", "up", "--backend", "kind", "--dry-run"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
