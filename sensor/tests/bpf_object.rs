@@ -73,7 +73,8 @@ fn the_committed_object_was_built_from_the_current_sources() {
 }
 
 /// Needs clang, llvm-strip and libbpf-dev of the recorded versions (CI installs Debian's
-/// clang, llvm and libbpf-dev): fails, saying so, without them rather than skipping.
+/// clang, llvm and libbpf-dev). Without them it fails and says what is missing: it never
+/// passes without having compared the bytes.
 #[test]
 fn a_fresh_build_gives_the_committed_bytes() {
     let (_, toolchain) = recorded();

@@ -179,15 +179,119 @@ impl Workbench for JupyterWorkbench {
     }
 }
 
-/// The local lab as a scenario backend.
-pub struct LocalBackend {
-    lab: LocalLab,
+/// What differs between the live labs behind [`LabBackend`]: the words of their messages and
+/// whether they have a mining pool to ask. The rest (up, down, events, responses) is the
+/// [`Lab`] interface.
+#[allow(async_fn_in_trait)] // Used through generics only.
+pub trait LiveLab: Lab {
+    /// How the lab is named in errors about bringing it up: `the local lab`, `the kind lab`.
+    const LAB: &'static str;
+    /// Said when a lab is up already, before it is torn down to start afresh.
+    const ALREADY_UP: &'static str;
+    /// How the event source is named when subscribing to it fails.
+    const EVENTS: &'static str;
+    /// The event stream is asked for before any `lab_up` step.
+    const EVENTS_NOT_FLOWING: &'static str;
+    /// The event stream ended.
+    const EVENTS_ENDED: &'static str;
+    /// The lab in `Tearing ... down.`: `the lab`, `the kind lab`.
+    const TEAR_DOWN: &'static str;
+
+    /// Said at the end of a `--keep-lab` run, with the notebook's address.
+    fn kept_up(notebook_url: &str) -> String;
+
+    /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError>;
+}
+
+impl LiveLab for LocalLab {
+    const LAB: &'static str = "the local lab";
+    const ALREADY_UP: &'static str =
+        "a lab is up already: bringing it up afresh so that the baseline starts clean";
+    const EVENTS: &'static str = "the local lab";
+    const EVENTS_NOT_FLOWING: &'static str =
+        "the lab's events are not flowing (no lab_up step ran)";
+    const EVENTS_ENDED: &'static str = "the lab's event stream ended (did the lab daemon stop?)";
+    const TEAR_DOWN: &'static str = "the lab";
+
+    fn kept_up(notebook_url: &str) -> String {
+        format!(
+            "The lab stays up (--keep-lab): open {notebook_url} ; `guardlab lab down` removes it."
+        )
+    }
+
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+        let deadline = Instant::now() + check.timeout.0;
+        loop {
+            let visitors = self
+                .visitors()
+                .await
+                .map_err(|e| BackendError::Lab(format!("the lab's pool: {e}")))?;
+            let enough = visitors
+                .pool
+                .iter()
+                .filter(|c| {
+                    check
+                        .user
+                        .as_ref()
+                        .is_none_or(|u| c.get("user").and_then(Json::as_str) == Some(u))
+                })
+                .count()
+                >= check.clients;
+            if enough || Instant::now() >= deadline {
+                return Ok(visitors.pool);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl LiveLab for KindLab {
+    const LAB: &'static str = "the kind lab";
+    const ALREADY_UP: &'static str =
+        "a kind lab is up already: bringing it up afresh so that the baseline starts clean";
+    const EVENTS: &'static str = "the sensor's events";
+    const EVENTS_NOT_FLOWING: &'static str =
+        "the sensor's events are not flowing (no lab_up step ran)";
+    const EVENTS_ENDED: &'static str =
+        "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)";
+    const TEAR_DOWN: &'static str = "the kind lab";
+
+    fn kept_up(notebook_url: &str) -> String {
+        format!(
+            "The kind lab stays up (--keep-lab), but the port-forward ends with this run: \
+             `guardlab lab up --backend kind` forwards {notebook_url} again; `guardlab lab down --backend kind` removes it."
+        )
+    }
+
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+        // The local lab runs its own mining pool in a network namespace; a cluster has none
+        // (and guardlab sends no traffic to a real one), so there is nobody to ask.
+        Err(BackendError::Check(format!(
+            "the kind lab has no mining pool of its own to ask whether {} client(s) logged in: this check only runs on the local backend",
+            check.clients
+        )))
+    }
+}
+
+/// A live lab as a scenario backend: the lab, what it runs, its events and the notebook.
+pub struct LabBackend<L> {
+    lab: L,
     info: Option<LabInfo>,
     events: Option<mpsc::Receiver<Event>>,
     workbench: Option<JupyterWorkbench>,
     /// The lab was brought up by this run (so it is ours to tear down).
     started: bool,
 }
+
+/// The local lab as a scenario backend.
+pub type LocalBackend = LabBackend<LocalLab>;
+
+/// The kind lab (`guardlab-kind`) as a scenario backend: the same steps against the real
+/// `jupyter/minimal-notebook` image on a Kubernetes cluster, with the sensor's DaemonSet
+/// streaming the pod's events through a port-forward, and responses carried out through the API
+/// (pod deletion) or by the sensor on the pod's node (process kills).
+pub type KindBackend = LabBackend<KindLab>;
 
 /// The lab's name: the scenario's namespace, else its name.
 fn lab_name(scenario: &Scenario) -> String {
@@ -198,17 +302,33 @@ fn lab_name(scenario: &Scenario) -> String {
         .unwrap_or_else(|| scenario.name.clone())
 }
 
-impl LocalBackend {
+impl LabBackend<LocalLab> {
     pub fn new(scenario: &Scenario) -> Result<Self, String> {
         let lab =
             LocalLab::new(LocalLabOptions::new(&lab_name(scenario))).map_err(|e| e.to_string())?;
-        Ok(LocalBackend {
+        Ok(LabBackend::with_lab(lab))
+    }
+}
+
+impl LabBackend<KindLab> {
+    pub fn new(scenario: &Scenario) -> Self {
+        let mut options = KindOptions::default();
+        if let Some(namespace) = &scenario.lab.namespace {
+            options.namespace = namespace.clone();
+        }
+        LabBackend::with_lab(KindLab::new(options))
+    }
+}
+
+impl<L: LiveLab> LabBackend<L> {
+    fn with_lab(lab: L) -> Self {
+        LabBackend {
             lab,
             info: None,
             events: None,
             workbench: None,
             started: false,
-        })
+        }
     }
 
     fn workbench(&mut self) -> Result<&mut JupyterWorkbench, BackendError> {
@@ -232,205 +352,13 @@ pub fn lab_action(decision: &Decision) -> Option<LabAction> {
     }
 }
 
-impl Backend for LocalBackend {
-    fn name(&self) -> &'static str {
-        "local"
-    }
-
-    fn is_live(&self) -> bool {
-        true
-    }
-
-    fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
-
-    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
-        let progress = ConsoleProgress { quiet: out.quiet };
-        let lab_err = |e: guardlab_lab::LabError| BackendError::Lab(format!("the local lab: {e}"));
-        if self.lab.status().await.map_err(lab_err)?.is_some() {
-            out.detail(
-                "a lab is up already: bringing it up afresh so that the baseline starts clean",
-            );
-            self.lab.down(&progress).await.map_err(lab_err)?;
-        }
-        self.started = true;
-        let info = self.lab.up(&progress).await.map_err(lab_err)?;
-        out.detail(format!("notebook: {}", info.notebook_url));
-        for pod in &info.pods {
-            out.detail(format!(
-                "pod {}/{} ({})",
-                pod.namespace, pod.name, pod.image
-            ));
-        }
-        self.events = Some(self.lab.events().await.map_err(lab_err)?);
-        let workbench = JupyterWorkbench::connect(&info.notebook_url).await?;
-        self.workbench = Some(workbench);
-        self.info = Some(info);
-        Ok(())
-    }
-
-    async fn notebook_cell(
-        &mut self,
-        code: &str,
-        timeout: Duration,
-        out: &Console,
-    ) -> Result<(), BackendError> {
-        let output =
-            guardlab_jupyter::screen_text(&self.workbench()?.run_cell(code, timeout).await?);
-        for line in output.lines().take(5) {
-            out.detail(format!("| {line}"));
-        }
-        Ok(())
-    }
-
-    async fn terminal_command(
-        &mut self,
-        session: &str,
-        command: &TerminalCommand,
-        out: &Console,
-    ) -> Result<(), BackendError> {
-        let output = self.workbench()?.terminal_command(session, command).await?;
-        for line in output.lines().take(3) {
-            out.detail(format!("| {line}"));
-        }
-        Ok(())
-    }
-
-    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {
-        let Some(rx) = self.events.as_mut() else {
-            return Err(BackendError::Lab(
-                "the lab's events are not flowing (no lab_up step ran)".into(),
-            ));
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
-            Ok(Some(e)) => Ok(Some(e)),
-            Ok(None) => Err(BackendError::Lab(
-                "the lab's event stream ended (did the lab daemon stop?)".into(),
-            )),
-            Err(_) => Ok(None),
-        }
-    }
-
-    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
-        let mut out = Vec::new();
-        if let Some(rx) = self.events.as_mut() {
-            while let Ok(e) = rx.try_recv() {
-                out.push(e);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
-        let Some(action) = lab_action(decision) else {
-            return Err(BackendError::Check(format!(
-                "{} is not something the lab interface can carry out",
-                decision.action.as_str()
-            )));
-        };
-        self.lab
-            .carry_out(&action)
-            .await
-            .map(|()| format!("carried out: {action:?}"))
-            .map_err(|e| BackendError::Check(format!("carrying out {action:?}: {e}")))
-    }
-
-    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
-        let deadline = Instant::now() + check.timeout.0;
-        loop {
-            let visitors = self
-                .lab
-                .visitors()
-                .await
-                .map_err(|e| BackendError::Lab(format!("the lab's pool: {e}")))?;
-            let enough = visitors
-                .pool
-                .iter()
-                .filter(|c| {
-                    check
-                        .user
-                        .as_ref()
-                        .is_none_or(|u| c.get("user").and_then(Json::as_str) == Some(u))
-                })
-                .count()
-                >= check.clients;
-            if enough || Instant::now() >= deadline {
-                return Ok(visitors.pool);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError> {
-        if let Some(mut w) = self.workbench.take() {
-            w.close().await;
-        }
-        self.events = None;
-        if keep {
-            if let Some(info) = &self.info {
-                out.line(format!(
-                    "The lab stays up (--keep-lab): open {} ; `guardlab lab down` removes it.",
-                    info.notebook_url
-                ));
-            }
-            return Ok(());
-        }
-        if !self.started {
-            return Ok(());
-        }
-        out.line("Tearing the lab down.");
-        self.lab
-            .down(&ConsoleProgress { quiet: out.quiet })
-            .await
-            .map_err(|e| BackendError::Lab(format!("tearing the lab down: {e}")))
-    }
-}
-
-/// The kind lab (`guardlab-kind`) as a scenario backend: the same steps against the real
-/// `jupyter/minimal-notebook` image on a Kubernetes cluster, with the sensor's DaemonSet
-/// streaming the pod's events through a port-forward, and responses carried out through the API
-/// (pod deletion) or by the sensor on the pod's node (process kills).
-pub struct KindBackend {
-    lab: KindLab,
-    info: Option<LabInfo>,
-    events: Option<mpsc::Receiver<Event>>,
-    workbench: Option<JupyterWorkbench>,
-    started: bool,
-}
-
-impl KindBackend {
-    pub fn new(scenario: &Scenario) -> Self {
-        let mut options = KindOptions::default();
-        if let Some(namespace) = &scenario.lab.namespace {
-            options.namespace = namespace.clone();
-        }
-        KindBackend {
-            lab: KindLab::new(options),
-            info: None,
-            events: None,
-            workbench: None,
-            started: false,
-        }
-    }
-
-    fn workbench(&mut self) -> Result<&mut JupyterWorkbench, BackendError> {
-        self.workbench.as_mut().ok_or_else(|| {
-            BackendError::Lab("the notebook is not connected (no lab_up step ran)".into())
-        })
-    }
-}
-
-fn kind_err(what: &str) -> impl Fn(guardlab_lab::LabError) -> BackendError + '_ {
+fn lab_err(what: &str) -> impl Fn(guardlab_lab::LabError) -> BackendError + '_ {
     move |e| BackendError::Lab(format!("{what}: {e}"))
 }
 
-impl Backend for KindBackend {
+impl<L: LiveLab> Backend for LabBackend<L> {
     fn name(&self) -> &'static str {
-        "kind"
+        self.lab.backend()
     }
 
     fn is_live(&self) -> bool {
@@ -445,29 +373,14 @@ impl Backend for KindBackend {
 
     async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
         let progress = ConsoleProgress { quiet: out.quiet };
-        // A lab left up by `lab up --backend kind` or --keep-lab is removed first: the
-        // baseline must start from a fresh pod. Without a state file this touches nothing.
-        if self
-            .lab
-            .status()
-            .await
-            .map_err(kind_err("the kind lab"))?
-            .is_some()
-        {
-            out.detail(
-                "a kind lab is up already: bringing it up afresh so that the baseline starts clean",
-            );
-            self.lab
-                .down(&progress)
-                .await
-                .map_err(kind_err("the kind lab"))?;
+        // A lab left up by `lab up` or --keep-lab is removed first: the baseline must start
+        // from a fresh pod.
+        if self.lab.status().await.map_err(lab_err(L::LAB))?.is_some() {
+            out.detail(L::ALREADY_UP);
+            self.lab.down(&progress).await.map_err(lab_err(L::LAB))?;
         }
         self.started = true;
-        let info = self
-            .lab
-            .up(&progress)
-            .await
-            .map_err(kind_err("the kind lab"))?;
+        let info = self.lab.up(&progress).await.map_err(lab_err(L::LAB))?;
         out.detail(format!("notebook: {}", info.notebook_url));
         for pod in &info.pods {
             out.detail(format!(
@@ -475,12 +388,7 @@ impl Backend for KindBackend {
                 pod.namespace, pod.name, pod.image
             ));
         }
-        self.events = Some(
-            self.lab
-                .events()
-                .await
-                .map_err(kind_err("the sensor's events"))?,
-        );
+        self.events = Some(self.lab.events().await.map_err(lab_err(L::EVENTS))?);
         self.workbench = Some(JupyterWorkbench::connect(&info.notebook_url).await?);
         self.info = Some(info);
         Ok(())
@@ -515,17 +423,12 @@ impl Backend for KindBackend {
 
     async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {
         let Some(rx) = self.events.as_mut() else {
-            return Err(BackendError::Lab(
-                "the sensor's events are not flowing (no lab_up step ran)".into(),
-            ));
+            return Err(BackendError::Lab(L::EVENTS_NOT_FLOWING.into()));
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Some(e)) => Ok(Some(e)),
-            Ok(None) => Err(BackendError::Lab(
-                "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)"
-                    .into(),
-            )),
+            Ok(None) => Err(BackendError::Lab(L::EVENTS_ENDED.into())),
             Err(_) => Ok(None),
         }
     }
@@ -555,12 +458,7 @@ impl Backend for KindBackend {
     }
 
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
-        // The local lab runs its own mining pool in a network namespace; a cluster has none
-        // (and guardlab sends no traffic to a real one), so there is nobody to ask.
-        Err(BackendError::Check(format!(
-            "the kind lab has no mining pool of its own to ask whether {} client(s) logged in: this check only runs on the local backend",
-            check.clients
-        )))
+        self.lab.pool_clients(check).await
     }
 
     async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError> {
@@ -570,21 +468,17 @@ impl Backend for KindBackend {
         self.events = None;
         if keep {
             if let Some(info) = &self.info {
-                out.line(format!(
-                    "The kind lab stays up (--keep-lab), but the port-forward ends with this run: \
-                     `guardlab lab up --backend kind` forwards {} again; `guardlab lab down --backend kind` removes it.",
-                    info.notebook_url
-                ));
+                out.line(L::kept_up(&info.notebook_url));
             }
             return Ok(());
         }
         if !self.started {
             return Ok(());
         }
-        out.line("Tearing the kind lab down.");
+        out.line(format!("Tearing {} down.", L::TEAR_DOWN));
         self.lab
             .down(&ConsoleProgress { quiet: out.quiet })
             .await
-            .map_err(|e| BackendError::Lab(format!("tearing the kind lab down: {e}")))
+            .map_err(|e| BackendError::Lab(format!("tearing {} down: {e}", L::TEAR_DOWN)))
     }
 }
