@@ -187,6 +187,7 @@ impl Terminal {
     ) -> Result<(String, i32), JupyterError> {
         let mut next_reply = 0;
         let mut search_from = 0;
+        let mut echo_end: Option<usize> = None;
         loop {
             if let Some((before, status, rest)) = self.split_at_marker() {
                 self.pending = rest;
@@ -194,8 +195,17 @@ impl Terminal {
             }
             if let Some((prompt, reply)) = replies.get(next_reply) {
                 let seen = strip_for_search(&self.pending);
-                if let Some(i) = seen.get(search_from..).and_then(|s| s.find(prompt)) {
-                    search_from += i + prompt.len();
+                // The terminal first echoes the typed command line, which may itself contain
+                // the prompt's text (`read -p 'Name? '`): look for prompts only after the
+                // echo's line break, or the reply would be typed before the program asks.
+                if echo_end.is_none() {
+                    echo_end = seen.find('\n').map(|i| i + 1);
+                }
+                let from = echo_end.map(|start| search_from.max(start));
+                if let Some((from, i)) =
+                    from.and_then(|from| Some((from, seen.get(from..)?.find(prompt)?)))
+                {
+                    search_from = from + i + prompt.len();
                     next_reply += 1;
                     self.send_stdin(reply).await?;
                     continue;
