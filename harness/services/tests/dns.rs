@@ -106,7 +106,7 @@ async fn lab_names_resolve_and_everything_else_is_nxdomain() {
         internet.shutdown().await;
         // The sockets are closed: they can be bound again.
         std::net::UdpSocket::bind(udp_address).expect("the DNS UDP socket is released");
-        std::net::TcpListener::bind(tcp_address).expect("the DNS TCP socket is released");
+        assert_tcp_released(tcp_address, "the DNS TCP socket").await;
     })
     .await;
 }

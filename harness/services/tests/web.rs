@@ -176,8 +176,8 @@ async fn download_url_returns_the_exact_bytes_over_http_and_https() {
 
         let (http, https) = (lab.http, lab.https);
         lab.internet.shutdown().await;
-        std::net::TcpListener::bind(http).expect("the HTTP socket is released");
-        std::net::TcpListener::bind(https).expect("the HTTPS socket is released");
+        assert_tcp_released(http, "the HTTP socket").await;
+        assert_tcp_released(https, "the HTTPS socket").await;
     })
     .await;
 }

@@ -204,3 +204,19 @@ pub fn miner_bytes() -> Bytes {
     with_gzip_magic.extend_from_slice(&bytes);
     Bytes::from(with_gzip_magic)
 }
+
+/// After `shutdown`, the listening socket at `address` can be bound again. Tasks that held
+/// accepted connections are aborted by then, but the kernel may finish closing them a moment
+/// later, so this tries for up to two seconds before it fails.
+pub async fn assert_tcp_released(address: SocketAddr, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(_) => return,
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what} at {address} is still in use 2 s after shutdown: {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
