@@ -357,20 +357,32 @@ fn sym_merge_nodes(
                         b.exe.push(e.clone());
                     }
                 }
-                union_attributes(b, o);
-                map.insert(o.id.clone(), b.id.clone());
-                let mut kids = b.children.take().unwrap_or_default();
-                sym_merge_nodes(
-                    &mut kids,
-                    o.children.as_deref().unwrap_or_default(),
-                    ids,
-                    map,
-                );
-                b.children = (!kids.is_empty()).then_some(kids);
+                merge_matched(b, o, ids, map, sym_merge_nodes);
             }
             None => base.push(add_subtree(o, ids, map)),
         }
     }
+}
+
+/// `o` was matched to `b`: `b` takes `o`'s attributes and stands for its id, and their children
+/// merge by the same rule (symmetric or asymmetric) as they did.
+fn merge_matched(
+    b: &mut ProcessNode,
+    o: &ProcessNode,
+    ids: &mut HashSet<String>,
+    map: &mut IdMap,
+    merge_children: fn(&mut Vec<ProcessNode>, &[ProcessNode], &mut HashSet<String>, &mut IdMap),
+) {
+    union_attributes(b, o);
+    map.insert(o.id.clone(), b.id.clone());
+    let mut kids = b.children.take().unwrap_or_default();
+    merge_children(
+        &mut kids,
+        o.children.as_deref().unwrap_or_default(),
+        ids,
+        map,
+    );
+    b.children = (!kids.is_empty()).then_some(kids);
 }
 
 fn asym_merge_nodes(
@@ -382,17 +394,7 @@ fn asym_merge_nodes(
     for o in other {
         match base.iter().position(|b| node_covers(b, o)) {
             Some(i) => {
-                let b = &mut base[i];
-                union_attributes(b, o);
-                map.insert(o.id.clone(), b.id.clone());
-                let mut kids = b.children.take().unwrap_or_default();
-                asym_merge_nodes(
-                    &mut kids,
-                    o.children.as_deref().unwrap_or_default(),
-                    ids,
-                    map,
-                );
-                b.children = (!kids.is_empty()).then_some(kids);
+                merge_matched(&mut base[i], o, ids, map, asym_merge_nodes);
             }
             None => base.push(add_subtree(o, ids, map)),
         }
