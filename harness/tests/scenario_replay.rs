@@ -366,3 +366,53 @@ fn a_missing_event_fails_the_step_that_waits_for_it() {
     );
     assert_eq!(report.exit_code(), 1);
 }
+
+#[test]
+fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kind.ndjson");
+    let mut rec = synthetic();
+    rec.header.backend = "kind".into();
+    rec.header.synthetic = false;
+    // A cluster has no lab pool: nothing to ask it, nothing recorded.
+    let pool = rec
+        .steps
+        .iter_mut()
+        .find(|s| s.name == "pool-reached")
+        .unwrap();
+    pool.facts.clear();
+    write_recording(&path, &rec).unwrap();
+
+    let again = dir.path().join("again.ndjson");
+    let mut options = replay_options(&synthetic_snapshots(), &path);
+    options.record = Some(again.clone());
+    let report = run_blocking(&options);
+    assert_eq!(report.exit_code(), 0, "{}", failures(&report));
+    let pool = report
+        .steps
+        .iter()
+        .find(|s| s.name == "pool-reached")
+        .unwrap();
+    assert_eq!(pool.result, StepResult::NotApplicable);
+    assert_eq!(pool.messages, ["runs only on the local backend"]);
+    let others_passed = report
+        .steps
+        .iter()
+        .filter(|s| s.name != "pool-reached")
+        .all(|s| s.result == StepResult::Passed);
+    assert!(others_passed, "{}", failures(&report));
+    // Recorded again, the step keeps its place (empty), so replays line up by index.
+    assert_eq!(read_recording(&again).unwrap(), rec);
+
+    // The same events as a local run: the pool check is real there, and fails without facts.
+    rec.header.backend = "local".into();
+    write_recording(&path, &rec).unwrap();
+    let report = run_blocking(&replay_options(&synthetic_snapshots(), &path));
+    assert_eq!(report.exit_code(), 1);
+    let pool = report
+        .steps
+        .iter()
+        .find(|s| s.name == "pool-reached")
+        .unwrap();
+    assert_eq!(pool.result, StepResult::Failed, "{:?}", pool.messages);
+}

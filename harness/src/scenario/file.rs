@@ -19,6 +19,9 @@
 //! ```
 //!
 //! Every step has a `name`, an `explain` text and exactly one action key (see [`Action`]).
+//! A step that only makes sense on some lab backends says so with `backends: [local]`: on the
+//! others it is reported as not applicable, and passes (e.g. checking the lab's own mining pool,
+//! which a Kubernetes cluster does not have).
 //! Unknown keys and wrong types are errors that name the file, the line, the column and the
 //! key path, e.g. `scenarios/x.yaml:12:5: steps[3].terminal: unknown field ...`.
 
@@ -59,6 +62,34 @@ pub struct Step {
     pub name: String,
     pub explain: String,
     pub action: Action,
+    /// The lab backends the step runs on; empty: all of them.
+    pub backends: Vec<LabKind>,
+}
+
+impl Step {
+    /// Whether the step runs on this lab backend (a replay counts as the backend it recorded).
+    pub fn runs_on(&self, lab: &str) -> bool {
+        self.backends.is_empty() || self.backends.iter().any(|b| b.word() == lab)
+    }
+}
+
+/// A live lab backend, as a step's `backends:` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabKind {
+    /// The local lab: namespaces, cgroups, the lab's own internet.
+    Local,
+    /// A Kubernetes cluster (kind, or `--context`).
+    Kind,
+}
+
+impl LabKind {
+    pub fn word(self) -> &'static str {
+        match self {
+            LabKind::Local => "local",
+            LabKind::Kind => "kind",
+        }
+    }
 }
 
 /// What a step does. In the file, the variant's name is the step's action key.
@@ -437,6 +468,10 @@ pub struct CheckPoolReached {
     /// ... that authorized as this user, when given.
     #[serde(default)]
     pub user: Option<String>,
+    /// Events the sensor must have seen first (the miner's connection to the pool); one seen
+    /// earlier in the run counts, else the check waits for it.
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub wait_for: Vec<Condition>,
     #[serde(default = "default_wait_timeout")]
     pub timeout: Timeout,
 }
@@ -457,6 +492,7 @@ impl<'de> Deserialize<'de> for Step {
                 let mut name: Option<String> = None;
                 let mut explain: Option<String> = None;
                 let mut action: Option<Action> = None;
+                let mut backends: Option<Vec<LabKind>> = None;
                 while let Some(key) = map.next_key::<String>()? {
                     let parsed = match key.as_str() {
                         "name" => {
@@ -473,6 +509,19 @@ impl<'de> Deserialize<'de> for Step {
                             explain = Some(map.next_value()?);
                             continue;
                         }
+                        "backends" => {
+                            if backends.is_some() {
+                                return Err(de::Error::duplicate_field("backends"));
+                            }
+                            let list: Vec<LabKind> = map.next_value()?;
+                            if list.is_empty() {
+                                return Err(de::Error::custom(
+                                    "backends: name at least one backend (local, kind), or leave the key out to run everywhere",
+                                ));
+                            }
+                            backends = Some(list);
+                            continue;
+                        }
                         "lab_up" => Action::LabUp(map.next_value()?),
                         "notebook_cell" => Action::NotebookCell(map.next_value()?),
                         "terminal" => Action::Terminal(map.next_value()?),
@@ -487,7 +536,7 @@ impl<'de> Deserialize<'de> for Step {
                         "check_pool_reached" => Action::CheckPoolReached(map.next_value()?),
                         other => {
                             return Err(de::Error::custom(format_args!(
-                                "unknown field `{other}`, expected `name`, `explain` or an action: {}",
+                                "unknown field `{other}`, expected `name`, `explain`, `backends` or an action: {}",
                                 ACTION_KEYS.join(", ")
                             )));
                         }
@@ -521,6 +570,7 @@ impl<'de> Deserialize<'de> for Step {
                     name,
                     explain,
                     action,
+                    backends: backends.unwrap_or_default(),
                 })
             }
         }
@@ -623,6 +673,18 @@ fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
                     step.action.key()
                 )));
             }
+        }
+        if !step.backends.is_empty()
+            && matches!(
+                step.action,
+                Action::LabUp(_) | Action::Fingerprint(_) | Action::CreatePolicy(_)
+            )
+        {
+            // Later steps build on these: leaving one out on some backend breaks the rest.
+            return Err(invalid(format!(
+                "steps[{i}].backends: a `{}` step runs on every backend (later steps need it): remove `backends`",
+                step.action.key()
+            )));
         }
         match &step.action {
             Action::Fingerprint(_) => fingerprinted = true,
@@ -822,6 +884,43 @@ steps:
         );
         let err = parse_scenario("d.yaml", &text).unwrap_err().to_string();
         assert!(err.contains("add a `fingerprint` step"), "{err}");
+    }
+
+    #[test]
+    fn steps_can_be_limited_to_backends() {
+        let text = GOOD.replace(
+            "  - name: off\n",
+            "  - name: pool\n    explain: Pool.\n    backends: [local]\n    check_pool_reached: {user: ME}\n  - name: off\n",
+        );
+        let s = parse_scenario("d.yaml", &text).unwrap();
+        let pool = &s.steps[4];
+        assert_eq!(pool.backends, vec![LabKind::Local]);
+        assert!(pool.runs_on("local"));
+        assert!(!pool.runs_on("kind"));
+        assert!(s.steps[0].runs_on("kind"), "no `backends`: everywhere");
+
+        let bad = text.replace("backends: [local]", "backends: [docker]");
+        let err = parse_scenario("d.yaml", &bad).unwrap_err();
+        assert_eq!(err.line(), Some(22), "{err}");
+        assert!(err.to_string().contains("steps[4].backends"), "{err}");
+        assert!(
+            err.to_string().contains("expected `local` or `kind`"),
+            "{err}"
+        );
+
+        let empty = text.replace("backends: [local]", "backends: []");
+        let err = parse_scenario("d.yaml", &empty).unwrap_err().to_string();
+        assert!(err.contains("at least one backend"), "{err}");
+
+        let fp = GOOD.replace(
+            "    fingerprint: {snapshot: fingerprints}\n",
+            "    backends: [kind]\n    fingerprint: {snapshot: fingerprints}\n",
+        );
+        let err = parse_scenario("d.yaml", &fp).unwrap_err().to_string();
+        assert!(
+            err.contains("steps[2].backends") && err.contains("every backend"),
+            "{err}"
+        );
     }
 
     #[test]

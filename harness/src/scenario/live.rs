@@ -413,12 +413,12 @@ impl<L: LiveLab> Backend for LabBackend<L> {
         session: &str,
         command: &TerminalCommand,
         out: &Console,
-    ) -> Result<(), BackendError> {
+    ) -> Result<String, BackendError> {
         let output = self.workbench()?.terminal_command(session, command).await?;
         for line in output.lines().take(3) {
             out.detail(format!("| {line}"));
         }
-        Ok(())
+        Ok(output)
     }
 
     async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {

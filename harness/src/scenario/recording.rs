@@ -39,6 +39,9 @@ pub const RECORDING_FORMAT: u32 = 1;
 
 /// The fact `check_pool_reached` records: the pool's clients, as the lab reported them.
 pub const FACT_POOL_CLIENTS: &str = "pool_clients";
+/// A terminal step's fact: what each command printed (clipped), in order, so that a replay
+/// sees what the live run saw (e.g. a shell's "command not found").
+pub const FACT_TERMINAL_OUTPUT: &str = "terminal_output";
 
 /// The first line of a recording.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

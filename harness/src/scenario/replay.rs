@@ -11,7 +11,7 @@ use guardlab_events::Event;
 use serde_json::Value as Json;
 
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
-use super::recording::{FACT_POOL_CLIENTS, Recording};
+use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Recording};
 use super::runner::{Backend, BackendError, Console};
 
 pub struct ReplayBackend {
@@ -20,6 +20,8 @@ pub struct ReplayBackend {
     /// The events of the step that runs, not yet consumed.
     current: VecDeque<Event>,
     facts: BTreeMap<String, Json>,
+    /// Terminal commands replayed so far in this step.
+    commands: usize,
 }
 
 impl ReplayBackend {
@@ -47,6 +49,7 @@ impl ReplayBackend {
             file: file.to_string(),
             current: VecDeque::new(),
             facts: BTreeMap::new(),
+            commands: 0,
         })
     }
 
@@ -64,6 +67,12 @@ impl Backend for ReplayBackend {
         false
     }
 
+    /// The steps of the backend the recording was made on; a synthetic recording stands in
+    /// for every backend and has all steps.
+    fn runs(&self, step: &Step) -> bool {
+        self.recording.header.synthetic || step.runs_on(&self.recording.header.backend)
+    }
+
     fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError> {
         let Some(recorded) = self.recording.steps.get_mut(index) else {
             return Err(BackendError::Lab(format!(
@@ -75,6 +84,7 @@ impl Backend for ReplayBackend {
         };
         self.current = std::mem::take(&mut recorded.events).into();
         self.facts = std::mem::take(&mut recorded.facts);
+        self.commands = 0;
         Ok(())
     }
 
@@ -103,13 +113,27 @@ impl Backend for ReplayBackend {
         Ok(())
     }
 
+    /// What the live run's command printed (older recordings kept no output: empty).
     async fn terminal_command(
         &mut self,
         _session: &str,
         _command: &TerminalCommand,
-        _out: &Console,
-    ) -> Result<(), BackendError> {
-        Ok(())
+        out: &Console,
+    ) -> Result<String, BackendError> {
+        let index = self.commands;
+        self.commands += 1;
+        let output = match self.facts.get(FACT_TERMINAL_OUTPUT) {
+            Some(Json::Array(outputs)) => outputs
+                .get(index)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        };
+        for line in output.lines().take(3) {
+            out.detail(format!("| {line}"));
+        }
+        Ok(output)
     }
 
     async fn next_event(&mut self, _deadline: Instant) -> Result<Option<Event>, BackendError> {

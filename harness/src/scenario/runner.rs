@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::file::{Action, CheckPoolReached, Condition, Scenario, Step, TerminalCommand};
-use super::recording::{FACT_POOL_CLIENTS, RecordingWriter};
+use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordingWriter};
 use super::snapshot::{Comparison, Redactor, SnapshotDir, yaml, yaml_documents};
 
 /// Why a backend could not do what a step asked.
@@ -51,6 +51,10 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// A live lab (actions happen, responses are carried out) rather than a recording.
     fn is_live(&self) -> bool;
+    /// Whether `step` runs here (its `backends:`); a replay answers for the backend it recorded.
+    fn runs(&self, step: &Step) -> bool {
+        step.runs_on(self.name())
+    }
     /// A new step starts (a replay moves to the step's recorded events).
     fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError>;
     /// The step is over; `facts` are what it learned outside the event stream.
@@ -67,7 +71,7 @@ pub trait Backend {
         session: &str,
         command: &TerminalCommand,
         out: &Console,
-    ) -> Result<(), BackendError>;
+    ) -> Result<String, BackendError>;
     /// The next event, or `None` when the deadline passed (live) or the step's recorded events
     /// are used up (replay).
     async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError>;
@@ -113,6 +117,8 @@ pub enum StepResult {
     Error,
     /// Not run, after an error.
     Skipped,
+    /// Not run: the step is for other backends (`backends:` in the scenario file).
+    NotApplicable,
 }
 
 impl StepResult {
@@ -124,6 +130,7 @@ impl StepResult {
             StepResult::Failed => "FAILED",
             StepResult::Error => "ERROR",
             StepResult::Skipped => "skipped",
+            StepResult::NotApplicable => "not applicable",
         }
     }
 }
@@ -333,6 +340,8 @@ pub struct Runner<'a, B: Backend> {
     /// A check of the step that runs failed.
     failed: bool,
     report: RunReport,
+    /// Every event taken so far, for conditions that may have been met before their step.
+    history: Vec<Event>,
 }
 
 impl<'a, B: Backend> Runner<'a, B> {
@@ -364,6 +373,7 @@ impl<'a, B: Backend> Runner<'a, B> {
                 seen_audit: 0,
             },
             terminals: Vec::new(),
+            history: Vec::new(),
             messages: Vec::new(),
             failed: false,
             report,
@@ -385,6 +395,39 @@ impl<'a, B: Backend> Runner<'a, B> {
                     result: StepResult::Skipped,
                     duration_ms: 0,
                     messages: Vec::new(),
+                    snapshot: None,
+                    diff: None,
+                });
+                continue;
+            }
+            if !self.backend.runs(step) {
+                let only: Vec<_> = step.backends.iter().map(|b| b.word()).collect();
+                let why = format!(
+                    "runs only on the {} backend{}",
+                    only.join(", "),
+                    if only.len() == 1 { "" } else { "s" }
+                );
+                self.out.line(format!(
+                    "[{:>2}/{total}] {} ({}): not applicable, {why}",
+                    index + 1,
+                    step.name,
+                    step.action.key()
+                ));
+                // A recording keeps every step, so that a replay lines its steps up by index.
+                if let Some(r) = self.recorder.as_mut()
+                    && let Err(e) = r
+                        .begin_step(index, &step.name)
+                        .and_then(|()| r.end_step(index, &step.name, &BTreeMap::new()))
+                {
+                    self.report.error = Some(format!("recording: {e}"));
+                }
+                self.report.steps.push(StepReport {
+                    index,
+                    name: step.name.clone(),
+                    action: step.action.key(),
+                    result: StepResult::NotApplicable,
+                    duration_ms: 0,
+                    messages: vec![why],
                     snapshot: None,
                     diff: None,
                 });
@@ -522,6 +565,7 @@ impl<'a, B: Backend> Runner<'a, B> {
             self.engine.redactor.learn(info);
         }
         self.engine.names.observe(&event);
+        self.history.push(event.clone());
         if let Some(fp) = self.engine.fingerprinter.as_mut() {
             fp.observe(&event);
             self.engine.baseline.push(event.clone());
@@ -617,6 +661,22 @@ impl<'a, B: Backend> Runner<'a, B> {
         Ok(())
     }
 
+    /// As [`Self::wait_for`], but a condition an earlier event of the run met counts as met
+    /// (a check after the fact: the events may have come with the step before).
+    async fn wait_for_seen(
+        &mut self,
+        conditions: &[Condition],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), BackendError> {
+        let pending: Vec<Condition> = conditions
+            .iter()
+            .filter(|c| !self.history.iter().any(|e| self.engine.names.matches(c, e)))
+            .cloned()
+            .collect();
+        self.wait_for(&pending, timeout, what).await
+    }
+
     async fn step(
         &mut self,
         step: &Step,
@@ -650,11 +710,25 @@ impl<'a, B: Backend> Runner<'a, B> {
                 if !self.terminals.contains(&t.session) {
                     self.terminals.push(t.session.clone());
                 }
+                let mut outputs = Vec::new();
                 for command in &t.commands {
                     self.out.detail(format!("$ {}", command.run));
-                    self.backend
+                    let output = self
+                        .backend
                         .terminal_command(&t.session, command, &self.out)
                         .await?;
+                    outputs.push(Json::String(clip(&output, RECORDED_OUTPUT)));
+                    facts.insert(FACT_TERMINAL_OUTPUT.into(), Json::Array(outputs.clone()));
+                    let program = TerminalCommand::program(&command.run);
+                    if let Some(line) = missing_program(&output, &program) {
+                        // The image lacks the program (the tutorial's `ping`, or a tool a
+                        // custom image leaves out): nothing ran, so there is nothing to wait
+                        // for. What the attacker did not get to run shows in the snapshots.
+                        self.out.detail(format!(
+                            "`{program}` is not in this image ({line}): nothing ran, not waiting for its events"
+                        ));
+                        continue;
+                    }
                     if let Err(e) = self
                         .wait_for(
                             &command.wait_for,
@@ -802,6 +876,9 @@ impl<'a, B: Backend> Runner<'a, B> {
                 Ok(())
             }
             Action::CheckPoolReached(check) => {
+                // The sensor's side first (the miner's connection), then the pool's.
+                self.wait_for_seen(&check.wait_for, check.timeout.0, "the pool check")
+                    .await?;
                 let clients = self.backend.pool_clients(check).await?;
                 facts.insert(FACT_POOL_CLIENTS.into(), Json::Array(clients.clone()));
                 let matching: Vec<&Json> = clients
@@ -948,6 +1025,32 @@ impl<'a, B: Backend> Runner<'a, B> {
             }
         }
     }
+}
+
+/// How much of a terminal command's output a recording keeps.
+const RECORDED_OUTPUT: usize = 2000;
+
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// The shell's "command not found" line for `program` in a command's output, if the shell
+/// said so (bash: `bash: ping: command not found`; dash and busybox: `sh: 1: ping: not found`).
+pub fn missing_program<'o>(output: &'o str, program: &str) -> Option<&'o str> {
+    if program.is_empty() {
+        return None;
+    }
+    let bash = format!("{program}: command not found");
+    let sh = format!(": {program}: not found");
+    // Ubuntu's command-not-found hook, where an image has it.
+    let ubuntu = format!("Command '{program}' not found");
+    output
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with(&bash) || l.ends_with(&sh) || l.starts_with(&ubuntu))
 }
 
 /// A flag in one line: `high red flag: process deviation dev:... by id (/usr/bin/id) in minimal-notebook`.
@@ -1143,4 +1246,46 @@ pub fn textwrap(text: &str, width: usize) -> Vec<String> {
         lines.push(line);
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_told_by_the_shells_words() {
+        let bash = "ping -n 3 sourceforge.net\r\nbash: ping: command not found\r\n";
+        assert_eq!(
+            missing_program(bash, "ping"),
+            Some("bash: ping: command not found")
+        );
+        assert_eq!(
+            missing_program("sh: 1: ps: not found\n", "ps"),
+            Some("sh: 1: ps: not found")
+        );
+        assert!(
+            missing_program(
+                "Command 'ping' not found, but can be installed with:",
+                "ping"
+            )
+            .is_some()
+        );
+        // Another program's message, a missing file, or the word in ordinary output: no.
+        assert_eq!(missing_program(bash, "curl"), None);
+        assert_eq!(
+            missing_program("bash: ./minerd: No such file or directory", "minerd"),
+            None
+        );
+        assert_eq!(
+            missing_program("grep: command not found in the manual\n", "grep"),
+            None
+        );
+        assert_eq!(missing_program("anything", ""), None);
+    }
+
+    #[test]
+    fn recorded_output_is_clipped_on_a_char_boundary() {
+        assert_eq!(clip("héllo", 2), "hé…");
+        assert_eq!(clip("short", 10), "short");
+    }
 }

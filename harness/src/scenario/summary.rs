@@ -90,7 +90,10 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         .filter(|s| {
             !matches!(
                 s.result,
-                StepResult::Passed | StepResult::Updated | StepResult::Skipped
+                StepResult::Passed
+                    | StepResult::Updated
+                    | StepResult::Skipped
+                    | StepResult::NotApplicable
             )
         })
         .map(|s| format!("{} ({})", s.name, s.result.word()))
@@ -125,7 +128,7 @@ pub fn junit(report: &RunReport) -> Report {
     for s in &report.steps {
         let mut status = match s.result {
             StepResult::Passed | StepResult::Updated => TestCaseStatus::success(),
-            StepResult::Skipped => TestCaseStatus::skipped(),
+            StepResult::Skipped | StepResult::NotApplicable => TestCaseStatus::skipped(),
             StepResult::Mismatch | StepResult::Failed => {
                 TestCaseStatus::non_success(NonSuccessKind::Failure)
             }

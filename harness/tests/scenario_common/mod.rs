@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use guardlab::scenario::recording::{
-    FACT_POOL_CLIENTS, Header, RECORDING_FORMAT, RecordedStep, Recording,
+    FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Header, RECORDING_FORMAT, RecordedStep, Recording,
 };
 use guardlab_events::{
     Connection, ContainerInfo, DnsAnswer, Event, EventBody, Listen, ProcessExec, ProcessExit,
@@ -345,7 +345,14 @@ pub fn synthetic() -> Recording {
     pod.wait_ms(200);
     let ls = pod.spawn(&bash, "/usr/bin/ls", &["ls", "--color=auto"]);
     pod.exit(&ls, 0);
-    step("terminal-ls", pod.take(), none());
+    step(
+        "terminal-ls",
+        pod.take(),
+        BTreeMap::from([(
+            FACT_TERMINAL_OUTPUT.to_string(),
+            serde_json::json!(["work"]),
+        )]),
+    );
     step("terminal-deviations", Vec::new(), none());
     step("enforce", Vec::new(), none());
 
@@ -389,7 +396,23 @@ pub fn synthetic() -> Recording {
     );
     pod.resolve(&minerd, "fakeminingpool.example.com", "198.18.2.30");
     pod.connect(&minerd, Protocol::Tcp, "198.18.2.30", 3333);
-    step("attack", pod.take(), none());
+    // What the terminal showed, one entry per command of the step: the runner does not wait
+    // for the events of a program the shell did not find (ping is not in the image).
+    let shown = [
+        "uid=1000(jovyan) gid=100(users) groups=100(users)",
+        "[sudo] password for jovyan: \nsudo: a password is required",
+        "bash: ping: command not found",
+        "",
+        "USER         PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND",
+        "Connecting to sourceforge.net (sourceforge.net)|198.18.2.10|:443... connected.",
+        "",
+        "Starting Stratum on stratum+tcp://fakeminingpool.example.com:3333",
+    ];
+    step(
+        "attack",
+        pod.take(),
+        BTreeMap::from([(FACT_TERMINAL_OUTPUT.to_string(), serde_json::json!(shown))]),
+    );
 
     let client = serde_json::json!({
         "peer": "198.18.0.2:40233",
