@@ -46,6 +46,19 @@ pub(crate) struct Decoder {
     epoch_offset: i128,
     cgroups: HashMap<u64, CgroupCtx>,
     counters: Arc<DecoderCounters>,
+    /// Whether this process is in the init pid namespace, where the records' pids (the
+    /// kernel's init-namespace pids) name the same processes in this process's /proc.
+    pids_are_local: bool,
+}
+
+/// The inode of the initial pid namespace (`PROC_PID_INIT_INO`, fixed by the kernel).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether this process's pid namespace is the initial one (not so in a kind node's pod with
+/// hostPID, whose namespace is the node container's).
+fn in_init_pid_ns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -106,6 +119,7 @@ impl Decoder {
             epoch_offset: best.1,
             cgroups: HashMap::new(),
             counters,
+            pids_are_local: in_init_pid_ns(),
         }
     }
 
@@ -138,16 +152,22 @@ impl Decoder {
         self.epoch(clock_ns(libc::CLOCK_BOOTTIME) as u64)
     }
 
+    /// The name of `uid` as the process `pid` (a record's init-namespace pid) in cgroup
+    /// `cgroup_id` sees it, through `/proc/<pid>/root/etc/passwd`. Outside the init pid
+    /// namespace (a kind node) `/proc/<pid>` may be another process entirely: only the
+    /// cgroup's members are read there (`cgroup.procs` lists pids in this process's own
+    /// namespace).
     fn user_name(&mut self, cgroup_id: u64, uid: u32, pid: u32) -> Option<String> {
+        let event_pid = self.pids_are_local.then_some(pid);
         match self.cgroups.get_mut(&cgroup_id) {
             Some(ctx) => {
                 let path = &ctx.path;
                 ctx.users
-                    .name(uid, || std::iter::once(pid).chain(cgroup::read_pids(path)))
+                    .name(uid, || event_pid.into_iter().chain(cgroup::read_pids(path)))
             }
             // A record that was still queued when its cgroup was unwatched: look the name up
             // once, keeping nothing.
-            None => users::UserTable::default().name(uid, || [pid]),
+            None => users::UserTable::default().name(uid, || event_pid),
         }
     }
 

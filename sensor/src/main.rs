@@ -32,8 +32,9 @@ use tokio::sync::{broadcast, mpsc};
         With --serve and nothing to watch on the command line, the sensor speaks the control \
         protocol (what `guardlab lab up --backend kind` uses): each client's first line is \
         {\"op\":\"subscribe\",\"containers\":[{\"container_id\":...}]} (then the events of those \
-        containers stream back) or {\"op\":\"kill\",\"pid\":N,\"tree\":false} (answered by \
-        {\"ok\":true} or {\"ok\":false,\"error\":...}). With --cgroup or --all-containers, --serve \
+        containers stream back), {\"op\":\"kill\",\"pid\":N,\"tree\":false} or \
+        {\"op\":\"kill_group\",\"pid\":N} (N as the events report it; answered by {\"ok\":true} \
+        or {\"ok\":false,\"error\":...}). With --cgroup or --all-containers, --serve \
         streams every watched cgroup's events to every client.\n\n\
         Progress goes to stderr: the loaded programs, a `watching PATH (cgroup ID)` line per cgroup \
         once it is watched, and anything the sensor could not deliver. Runs until SIGINT or SIGTERM, \
@@ -48,7 +49,7 @@ struct Cli {
     #[arg(long)]
     all_containers: bool,
     /// Serve the NDJSON stream to TCP clients on ADDR instead of writing it to stdout (alone:
-    /// the subscribe/kill control protocol, see below).
+    /// the subscribe/kill/kill_group control protocol, see below).
     #[arg(long, value_name = "ADDR")]
     serve: Option<SocketAddr>,
     /// Where to look for container cgroups (default: where cgroup v2 is mounted). In a pod,

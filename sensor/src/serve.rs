@@ -13,7 +13,10 @@
 //! (`ns_pid`) it saw in that process's exec or fork event, and signals the process with both
 //! among the pids its own view of the cgroup's `cgroup.procs` lists. Where both namespaces are
 //! the same (this host, CI), that finds the same pid; a process never seen in a watched
-//! container's events is refused.
+//! container's events is refused. Everything after that (a tree's members, a process group's
+//! id and members) is read in the sensor's own /proc, where all those numbers agree.
+//! `tests/nested_pidns.rs` runs this in the kind layout: the sensor in a pid namespace of its
+//! own, the containers in namespaces made inside it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,10 @@ pub enum Command {
     Kill {
         pid: u32,
         tree: bool,
+        reply: oneshot::Sender<SensorReply>,
+    },
+    KillGroup {
+        pid: u32,
         reply: oneshot::Sender<SensorReply>,
     },
 }
@@ -74,9 +81,21 @@ async fn write_reply(
 fn parse_request(line: &str, number: usize) -> Result<SensorRequest, String> {
     serde_json::from_str(line).map_err(|e| {
         format!(
-            "request line {number} is not a guardlab-sensor request ({{\"op\":\"subscribe\",...}} or {{\"op\":\"kill\",...}}): {e}"
+            "request line {number} is not a guardlab-sensor request ({{\"op\":\"subscribe\",...}}, {{\"op\":\"kill\",...}} or {{\"op\":\"kill_group\",...}}): {e}"
         )
     })
+}
+
+/// Hands a kill to the main loop and waits for its answer.
+async fn ask(
+    commands: &mpsc::Sender<Command>,
+    command: impl FnOnce(oneshot::Sender<SensorReply>) -> Command,
+) -> SensorReply {
+    let (reply, answer) = oneshot::channel();
+    let _ = commands.send(command(reply)).await;
+    answer
+        .await
+        .unwrap_or_else(|_| SensorReply::error("the sensor is stopping"))
 }
 
 async fn connection(
@@ -98,11 +117,11 @@ async fn connection(
     };
     let containers = match parse_request(&first, number) {
         Ok(SensorRequest::Kill { pid, tree }) => {
-            let (reply, answer) = oneshot::channel();
-            let _ = commands.send(Command::Kill { pid, tree, reply }).await;
-            let reply = answer
-                .await
-                .unwrap_or_else(|_| SensorReply::error("the sensor is stopping"));
+            let reply = ask(commands, |reply| Command::Kill { pid, tree, reply }).await;
+            return write_reply(&mut writer, &reply).await;
+        }
+        Ok(SensorRequest::KillGroup { pid }) => {
+            let reply = ask(commands, |reply| Command::KillGroup { pid, reply }).await;
             return write_reply(&mut writer, &reply).await;
         }
         Ok(SensorRequest::Subscribe { containers }) => containers,
@@ -133,9 +152,9 @@ async fn connection(
                         }
                     }
                     // Replies would interleave with events: kills use their own connection.
-                    Ok(SensorRequest::Kill { .. }) => {
+                    Ok(SensorRequest::Kill { .. } | SensorRequest::KillGroup { .. }) => {
                         return Err(std::io::Error::other(format!(
-                            "request line {number}: a kill must be the first line of its own connection, not sent on an event stream"
+                            "request line {number}: a kill or kill_group must be the first line of its own connection, not sent on an event stream"
                         )));
                     }
                     Err(e) => return Err(std::io::Error::other(e)),
@@ -290,6 +309,23 @@ impl Control {
                 };
                 let _ = reply.send(answer);
             }
+            Command::KillGroup { pid, reply } => {
+                let answer = match self.kill_group(pid) {
+                    Ok((pgid, killed)) => {
+                        eprintln!(
+                            "guardlab-sensor: killed the process group of pid {pid} (group {pgid}, pids {killed:?} in this sensor's /proc)"
+                        );
+                        SensorReply::ok()
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "guardlab-sensor: refused to kill the process group of pid {pid}: {e}"
+                        );
+                        SensorReply::error(e)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 
@@ -439,9 +475,9 @@ impl Control {
         }
     }
 
-    /// Kills `pid` (an init-namespace pid from the events), and its descendants when `tree`.
-    /// Returns the pids signalled, as this sensor's /proc numbers them.
-    fn kill(&self, pid: u32, tree: bool) -> Result<Vec<u32>, String> {
+    /// The pid in this sensor's /proc of `pid` (an init-namespace pid from the events), and
+    /// the cgroup it is in.
+    fn translate(&self, pid: u32) -> Result<(u32, &Path), String> {
         let seen = self.processes.get(&pid).ok_or_else(|| {
             format!("pid {pid} is not a live process of a watched container (the sensor kills only running processes it reported in the containers it was asked to watch)")
         })?;
@@ -451,6 +487,13 @@ impl Control {
             .ok_or_else(|| format!("pid {pid}'s container is no longer watched"))?
             .path;
         let local = local_pid(path, seen.start_ns, seen.ns_pid, Path::new("/proc"))?;
+        Ok((local, path))
+    }
+
+    /// Kills `pid` (an init-namespace pid from the events), and its descendants when `tree`.
+    /// Returns the pids signalled, as this sensor's /proc numbers them.
+    fn kill(&self, pid: u32, tree: bool) -> Result<Vec<u32>, String> {
+        let (local, path) = self.translate(pid)?;
         let targets = if tree {
             stop_tree(local, path)
         } else {
@@ -463,6 +506,34 @@ impl Control {
             }
         }
         Ok(targets)
+    }
+
+    /// Kills the process group of `pid` (an init-namespace pid from the events): its members
+    /// in the watched containers' cgroups, never a process outside them. Returns the group's
+    /// id and the pids signalled, as this sensor's /proc numbers them.
+    fn kill_group(&self, pid: u32) -> Result<(u32, Vec<u32>), String> {
+        let (local, _) = self.translate(pid)?;
+        let stat = read_stat(Path::new("/proc"), local)
+            .ok_or_else(|| format!("pid {pid} (pid {local} here) has exited"))?;
+        // 0: the group's leader has no pid in this namespace (it lives in an ancestor one), so
+        // its members cannot be told from other groups whose leaders are also out of sight.
+        if stat.pgrp == 0 {
+            return Err(format!(
+                "pid {pid}'s process group is not visible in this sensor's pid namespace (its leader is outside it): not killing a group it cannot name"
+            ));
+        }
+        let cgroups: Vec<&Path> = self.cgroups.values().map(|w| w.path.as_path()).collect();
+        let members = stop_group(stat.pgrp, &cgroups, Path::new("/proc"));
+        if members.is_empty() {
+            return Err(format!(
+                "pid {pid} (pid {local} here) and its process group {} have exited",
+                stat.pgrp
+            ));
+        }
+        for &p in &members {
+            let _ = signal(p, libc::SIGKILL);
+        }
+        Ok((stat.pgrp, members))
     }
 }
 
@@ -514,13 +585,33 @@ fn signal(pid: u32, sig: i32) -> std::io::Result<()> {
     }
 }
 
-/// `(ppid, starttime in clock ticks)` from `/proc/PID/stat` (the comm may hold spaces and
-/// parentheses: the fields start after the last `)`).
-fn parse_stat(text: &str) -> Option<(u32, u64)> {
+/// What the kills need from `/proc/PID/stat`, in the numbering of that /proc's pid namespace
+/// (0 for a parent or group leader that has no pid there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    ppid: u32,
+    pgrp: u32,
+    /// In clock ticks since boot.
+    start: u64,
+}
+
+/// Parses `/proc/PID/stat` (the comm may hold spaces and parentheses: the fields start after
+/// the last `)`).
+fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state (3), ppid (4), ..., starttime (22).
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+    // After the comm: state (3), ppid (4), pgrp (5), ..., starttime (22).
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn read_stat(proc: &Path, pid: u32) -> Option<Stat> {
+    std::fs::read_to_string(proc.join(pid.to_string()).join("stat"))
+        .ok()
+        .and_then(|t| parse_stat(&t))
 }
 
 /// The innermost pid of `NSpid:` in `/proc/PID/status`: the pid inside the process's own
@@ -544,10 +635,7 @@ fn local_pid(cgroup_path: &Path, start_ns: u64, ns_pid: u32, proc: &Path) -> Res
     let mut matches = Vec::new();
     for candidate in cgroup::read_pids(cgroup_path) {
         let dir = proc.join(candidate.to_string());
-        let Some((_, started)) = std::fs::read_to_string(dir.join("stat"))
-            .ok()
-            .and_then(|t| parse_stat(&t))
-        else {
+        let Some(Stat { start: started, .. }) = read_stat(proc, candidate) else {
             continue;
         };
         let inner = std::fs::read_to_string(dir.join("status"))
@@ -561,7 +649,7 @@ fn local_pid(cgroup_path: &Path, start_ns: u64, ns_pid: u32, proc: &Path) -> Res
     match matches.as_slice() {
         [one] => Ok(*one),
         [] => Err(format!(
-            "no process in {} has container pid {ns_pid} and the start time the events recorded: it has exited",
+            "no process in {} has container pid {ns_pid} and the start time the events recorded: it has exited (or left that cgroup)",
             cgroup_path.display()
         )),
         many => Err(format!(
@@ -581,11 +669,8 @@ fn stop_tree(root: u32, cgroup_path: &Path) -> Vec<u32> {
     for _ in 0..10 {
         let mut parents: HashMap<u32, u32> = HashMap::new();
         for pid in cgroup::read_pids(cgroup_path) {
-            if let Some((ppid, _)) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|t| parse_stat(&t))
-            {
-                parents.insert(pid, ppid);
+            if let Some(stat) = read_stat(Path::new("/proc"), pid) {
+                parents.insert(pid, stat.ppid);
             }
         }
         let before = tree.len();
@@ -610,6 +695,32 @@ fn stop_tree(root: u32, cgroup_path: &Path) -> Vec<u32> {
     tree
 }
 
+/// Stops the members of process group `pgid` that are in one of `cgroups` (so none forks a
+/// new member while they are collected) and returns them. Only pids listed in those cgroups'
+/// `cgroup.procs` are looked at: a member elsewhere is never touched.
+fn stop_group(pgid: u32, cgroups: &[&Path], proc: &Path) -> Vec<u32> {
+    let mut group = Vec::new();
+    // A member forked before its parent stopped shows up in the next round.
+    for _ in 0..10 {
+        let before = group.len();
+        for cgroup_path in cgroups {
+            for pid in cgroup::read_pids(cgroup_path) {
+                if pid != 0
+                    && !group.contains(&pid)
+                    && read_stat(proc, pid).is_some_and(|s| s.pgrp == pgid)
+                {
+                    let _ = signal(pid, libc::SIGSTOP);
+                    group.push(pid);
+                }
+            }
+        }
+        if group.len() == before {
+            break;
+        }
+    }
+    group
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,7 +729,14 @@ mod tests {
     fn stat_and_status_fields_are_read_past_odd_comms() {
         let stat =
             "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
-        assert_eq!(parse_stat(stat), Some((17, 987654)));
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                ppid: 17,
+                pgrp: 4242,
+                start: 987654
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
         let status = "Name:\tsh\nTgid:\t900\nNSpid:\t900\t12\t1\nPPid:\t1\n";
         assert_eq!(parse_innermost_ns_pid(status), Some(1));

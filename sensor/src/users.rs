@@ -33,7 +33,8 @@ const RELOAD_AFTER: Duration = Duration::from_secs(2);
 impl UserTable {
     /// The name of `uid`, reading `/proc/<pid>/root/etc/passwd` (or a fallback pid's) when
     /// needed. `pids` gives candidates in order, only called on a miss: the event's process
-    /// first (it may be gone already), then other members of the cgroup.
+    /// first where its pid is valid in this /proc (it may be gone already), then other
+    /// members of the cgroup.
     pub fn name<I: IntoIterator<Item = u32>>(
         &mut self,
         uid: u32,

@@ -4,104 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use guardlab_sensor::EventBody;
 use guardlab_sensor::cgroup::OwnedCgroup;
-use guardlab_sensor::events::control::{SensorReply, WatchedContainer};
-use guardlab_sensor::{Event, EventBody};
-
-/// One connection to the sensor: lines out, parsed lines in (each within 10 s).
-struct Conn {
-    writer: TcpStream,
-    lines: std::io::Lines<BufReader<TcpStream>>,
-}
-
-impl Conn {
-    fn open(port: u16) -> Conn {
-        let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Conn {
-            writer: conn.try_clone().unwrap(),
-            lines: BufReader::new(conn).lines(),
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .unwrap();
-    }
-
-    fn line(&mut self) -> Option<String> {
-        self.lines.next().map(|l| l.expect("a line within 10 s"))
-    }
-
-    fn event(&mut self) -> Event {
-        let line = self.line().expect("the stream stays open");
-        guardlab_sensor::events::parse_line(&line, 1).unwrap()
-    }
-
-    /// Reads events until `pick` returns something; every event read goes into `seen`.
-    fn until<T>(&mut self, seen: &mut Vec<Event>, pick: impl Fn(&Event) -> Option<T>) -> T {
-        loop {
-            let event = self.event();
-            let found = pick(&event);
-            seen.push(event);
-            if let Some(found) = found {
-                return found;
-            }
-        }
-    }
-}
-
-/// `{"op":"kill",...}` on a connection of its own, and the reply.
-fn kill(port: u16, pid: u32, tree: bool) -> SensorReply {
-    let mut conn = Conn::open(port);
-    conn.send(&format!(r#"{{"op":"kill","pid":{pid},"tree":{tree}}}"#));
-    let reply = serde_json::from_str(&conn.line().expect("a reply")).unwrap();
-    assert_eq!(conn.line(), None, "the sensor closes after its reply");
-    reply
-}
-
-fn watched(id: &str, pod: &str) -> WatchedContainer {
-    WatchedContainer {
-        container_id: id.into(),
-        container_name: "notebook".into(),
-        image: "guardlab/test:1".into(),
-        namespace: "cryptominer".into(),
-        pod_name: pod.into(),
-        pod_uid: "uid-1".into(),
-        pod_labels: [("app".to_string(), "jupyter-notebook".to_string())].into(),
-        ..Default::default()
-    }
-}
-
-fn subscribe(containers: &[WatchedContainer]) -> String {
-    serde_json::json!({"op": "subscribe", "containers": containers}).to_string()
-}
-
-fn exec_with_arg(event: &Event, arg: &str) -> Option<u32> {
-    match &event.body {
-        EventBody::Exec(x) if x.argv.iter().any(|a| a == arg) => Some(x.pid),
-        _ => None,
-    }
-}
-
-fn wait_gone(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "pid {} still runs", child.id());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use guardlab_sensor::events::control::SensorReply;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_streams_only_the_given_containers_and_kill_stays_inside_them() {
@@ -119,18 +29,14 @@ async fn subscribe_streams_only_the_given_containers_and_kill_stays_inside_them(
         .to_str()
         .unwrap()
         .to_string();
-    let id = |n: u64| format!("{n:016x}{:016x}{:032x}", std::process::id(), parent.id());
+    let id = |n: u64| container_id(n, &parent);
     let (mine_id, theirs_id) = (id(1), id(2));
     let child = |name: String| OwnedCgroup::create(&format!("{parent_name}/{name}")).unwrap();
     let mine = child(format!("cri-containerd-{mine_id}.scope"));
     let theirs = child(format!("cri-containerd-{theirs_id}.scope"));
     let outside = child(format!("cri-containerd-{}.scope", id(3)));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut sensor = Command::new(SENSOR_BIN)
         .args(["--serve", &format!("127.0.0.1:{port}"), "--cgroup-root"])
         .arg(parent.path())

@@ -10,6 +10,14 @@
 //! - `{"op":"kill","pid":N,"tree":false}`: SIGKILL to process `N` (`tree`: and its
 //!   descendants). `N` is a pid as the events report it (the kernel's init-namespace pid); it
 //!   must belong to a watched container. The sensor answers one [`SensorReply`] line.
+//! - `{"op":"kill_group","pid":N}`: SIGKILL to every process of `N`'s process group that is in
+//!   a watched container's cgroup (what `agentKillProcessGroup` asks for). `N` is an event pid,
+//!   as for `kill`; members outside the watched containers' cgroups are never signalled, and a
+//!   group whose leader the sensor cannot see (its id is 0 in the sensor's /proc) is refused.
+//!   One [`SensorReply`] line.
+//!
+//! A `kill` or `kill_group` is the first and only request of its own connection (a reply
+//! would otherwise interleave with the event stream).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +31,8 @@ pub enum SensorRequest {
     Subscribe { containers: Vec<WatchedContainer> },
     /// Kill a process (and its descendants when `tree`).
     Kill { pid: u32, tree: bool },
+    /// Kill the process group of a process (its members in watched containers).
+    KillGroup { pid: u32 },
 }
 
 /// A container to watch, and who it is (the sensor copies this into its `container` event).
@@ -41,7 +51,7 @@ pub struct WatchedContainer {
     pub pod_labels: BTreeMap<String, String>,
 }
 
-/// The sensor's answer to a `kill`.
+/// The sensor's answer to a `kill` or `kill_group`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorReply {
@@ -80,6 +90,19 @@ mod tests {
         assert_eq!(kill, r#"{"op":"kill","pid":42,"tree":false}"#);
         assert!(serde_json::from_str::<SensorRequest>(r#"{"op":"kill","pid":1}"#).is_err());
         assert!(serde_json::from_str::<SensorRequest>(r#"{"op":"reboot"}"#).is_err());
+        let group = serde_json::to_string(&SensorRequest::KillGroup { pid: 42 }).unwrap();
+        assert_eq!(group, r#"{"op":"kill_group","pid":42}"#);
+        assert_eq!(
+            serde_json::from_str::<SensorRequest>(r#"{"op":"kill_group","pid":7}"#).unwrap(),
+            SensorRequest::KillGroup { pid: 7 }
+        );
+        for bad in [
+            r#"{"op":"kill_group"}"#,
+            r#"{"op":"kill_group","pid":7,"tree":true}"#,
+            r#"{"op":"killGroup","pid":7}"#,
+        ] {
+            assert!(serde_json::from_str::<SensorRequest>(bad).is_err(), "{bad}");
+        }
         let sub: SensorRequest =
             serde_json::from_str(r#"{"op":"subscribe","containers":[]}"#).unwrap();
         assert_eq!(sub, SensorRequest::Subscribe { containers: vec![] });

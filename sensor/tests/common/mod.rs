@@ -1,10 +1,12 @@
 //! Shared by the sensor's integration tests: root check, test cgroups, running commands inside
-//! them, and collecting events with a deadline.
+//! them, collecting events with a deadline, and a client of the binary's control protocol.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of this module"
 )]
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use guardlab_sensor::cgroup::{OwnedCgroup, spawn_into};
+use guardlab_sensor::events::control::{SensorReply, WatchedContainer};
 use guardlab_sensor::{ContainerInfo, Event, EventBody, Sensor, SensorConfig};
 use tokio::sync::mpsc::Receiver;
 
@@ -270,4 +273,120 @@ pub fn map_id_of(programs: &[u32], name: &str) -> u64 {
         }
     }
     panic!("no map {name} among the maps of programs {programs:?}")
+}
+
+/// One connection to the sensor: lines out, parsed lines in (each within 10 s).
+pub struct Conn {
+    writer: TcpStream,
+    lines: std::io::Lines<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Conn {
+        let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Conn {
+            writer: conn.try_clone().unwrap(),
+            lines: BufReader::new(conn).lines(),
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    pub fn line(&mut self) -> Option<String> {
+        self.lines.next().map(|l| l.expect("a line within 10 s"))
+    }
+
+    pub fn event(&mut self) -> Event {
+        let line = self.line().expect("the stream stays open");
+        guardlab_sensor::events::parse_line(&line, 1).unwrap()
+    }
+
+    /// Reads events until `pick` returns something; every event read goes into `seen`.
+    pub fn until<T>(&mut self, seen: &mut Vec<Event>, pick: impl Fn(&Event) -> Option<T>) -> T {
+        loop {
+            let event = self.event();
+            let found = pick(&event);
+            seen.push(event);
+            if let Some(found) = found {
+                return found;
+            }
+        }
+    }
+}
+
+/// A request line on a connection of its own, and the sensor's one-line reply.
+pub fn request(port: u16, line: &str) -> SensorReply {
+    let mut conn = Conn::open(port);
+    conn.send(line);
+    let reply = serde_json::from_str(&conn.line().expect("a reply")).unwrap();
+    assert_eq!(conn.line(), None, "the sensor closes after its reply");
+    reply
+}
+
+/// `{"op":"kill",...}` on a connection of its own, and the reply.
+pub fn kill(port: u16, pid: u32, tree: bool) -> SensorReply {
+    request(
+        port,
+        &format!(r#"{{"op":"kill","pid":{pid},"tree":{tree}}}"#),
+    )
+}
+
+/// `{"op":"kill_group",...}` on a connection of its own, and the reply.
+pub fn kill_group(port: u16, pid: u32) -> SensorReply {
+    request(port, &format!(r#"{{"op":"kill_group","pid":{pid}}}"#))
+}
+
+/// A loopback port nothing listens on (for the sensor's --serve).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A container id (64 hex digits) unique to this test run and the cgroup `parent`.
+pub fn container_id(n: u64, parent: &OwnedCgroup) -> String {
+    format!("{n:016x}{:016x}{:032x}", std::process::id(), parent.id())
+}
+
+pub fn watched(id: &str, pod: &str) -> WatchedContainer {
+    WatchedContainer {
+        container_id: id.into(),
+        container_name: "notebook".into(),
+        image: "guardlab/test:1".into(),
+        namespace: "cryptominer".into(),
+        pod_name: pod.into(),
+        pod_uid: "uid-1".into(),
+        pod_labels: [("app".to_string(), "jupyter-notebook".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+pub fn subscribe(containers: &[WatchedContainer]) -> String {
+    serde_json::json!({"op": "subscribe", "containers": containers}).to_string()
+}
+
+pub fn exec_with_arg(event: &Event, arg: &str) -> Option<u32> {
+    match &event.body {
+        EventBody::Exec(x) if x.argv.iter().any(|a| a == arg) => Some(x.pid),
+        _ => None,
+    }
+}
+
+pub fn wait_gone(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "pid {} still runs", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
