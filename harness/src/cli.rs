@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use guardlab_engine::window::TimeBound;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,7 +15,7 @@ learns a fingerprint of what the pod does, turns it into a guard policy, runs an
 checks the deviations, red flags and process traces against snapshot files.\n\n\
 The file commands (validate, fingerprint, policy, merge, deviations, investigate) need no lab \
 and no privileges.",
-    after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run."
+    after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since +30s --until +2m > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,12 +36,12 @@ pub enum Command {
 
     /// Learn fingerprints (one per container, grouped per image) from a sensor event stream.
     #[command(
-        after_help = "Example:\n  guardlab fingerprint --events baseline.ndjson > fingerprints.yaml"
+        after_help = "Examples:\n  guardlab fingerprint --events baseline.ndjson > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since +30s --until +2m > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since 2024-11-28T08:00:30Z\n\nTIME is an RFC 3339 time with its UTC offset (2024-11-28T08:00:30Z, 2024-11-28T09:00:30.5+01:00) or a duration after the first event of the file, once sorted by time (+30s, +1m30s, +1.5s, +250ms). The window is half-open: an event at --since is in it, one at --until is not. Events outside it are not fingerprinted, but all of them build the process tree: a process started before the window is still the parent of what it starts in it.\n\nExit codes: 0 ok, 2 bad input (a bad TIME, an empty window, nothing in it)."
     )]
     Fingerprint {
-        /// NDJSON events written by the sensor or by `scenario --record`.
-        #[arg(long, value_name = "FILE")]
-        events: PathBuf,
+        /// The event stream, and the part of it to learn from.
+        #[command(flatten)]
+        events: WindowedEvents,
         /// Print one SpyderbatFingerprint per container instead of FingerprintGroups.
         #[arg(long)]
         ungrouped: bool,
@@ -102,6 +103,21 @@ pub enum Command {
         after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay"
     )]
     Scenario(ScenarioArgs),
+}
+
+/// An event stream and a time window over it.
+#[derive(Debug, Args)]
+pub struct WindowedEvents {
+    /// NDJSON events written by the sensor or by `scenario --record`.
+    #[arg(long = "events", value_name = "FILE")]
+    pub path: PathBuf,
+    /// Learn only from events at or after TIME (see below), e.g. `+30s` or
+    /// `2024-11-28T08:00:30Z`.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<TimeBound>,
+    /// Learn only from events before TIME (see below), e.g. `+2m`.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<TimeBound>,
 }
 
 #[derive(Debug, Subcommand)]

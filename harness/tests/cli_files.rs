@@ -211,6 +211,20 @@ fn every_command_has_help_with_an_example() {
             .success()
             .stdout(predicate::str::contains("Example"));
     }
+    // The window's flags, with the forms they take.
+    guardlab()
+        .args(["fingerprint", "--help"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("--since +30s --until +2m")
+                .and(predicate::str::contains("RFC 3339")),
+        );
+    guardlab()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"));
 }
 
 #[test]
@@ -292,4 +306,241 @@ fn output_cut_short_by_a_closed_pipe_ends_quietly() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A notebook-like stream for windows: a server and a shell that start at once, `ls` right
+/// away; a minute later the shell starts `curl`, which reaches a host; a minute after that,
+/// `wget` reaches another.
+fn window_stream(dir: &Path) -> (PathBuf, u64) {
+    use common::stream::{Stream, pod_container, prog};
+    use guardlab_events::{ProcessKey, Protocol};
+    const CG: u64 = 31;
+    let mut s = Stream::new(1_732_780_800, 5000);
+    s.container(pod_container(
+        CG,
+        "c0ffee",
+        "jupyter/minimal-notebook:latest",
+        "jupyter-notebook-7d9f8c-abcde",
+    ));
+    let py = "/opt/conda/bin/python3.11";
+    let server = s.spawn(CG, Some(ProcessKey(1, 1)), prog(py, &["python3"], "jovyan"));
+    let sh = s.spawn(CG, Some(server), prog("/usr/bin/dash", &["sh"], "jovyan"));
+    s.spawn(CG, Some(server), prog("/usr/bin/ls", &["ls"], "jovyan"));
+    s.wait_ms(60_000);
+    let curl = s.spawn(CG, Some(sh), prog("/usr/bin/curl", &["curl"], "jovyan"));
+    s.connect(
+        CG,
+        curl,
+        Protocol::Tcp,
+        ("198.18.0.2", 40001),
+        ("198.18.0.70", 443),
+    );
+    s.wait_ms(60_000);
+    let wget = s.spawn(CG, Some(sh), prog("/usr/bin/wget", &["wget"], "jovyan"));
+    s.connect(
+        CG,
+        wget,
+        Protocol::Tcp,
+        ("198.18.0.2", 40002),
+        ("198.18.0.80", 80),
+    );
+    let first = s.events[0].ts;
+    (write_events(dir, "window.ndjson", &s.events), first)
+}
+
+#[test]
+fn fingerprint_learns_only_from_its_window_but_keeps_the_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, first) = window_stream(dir.path());
+    let relative = guardlab()
+        .args([
+            "fingerprint",
+            "--ungrouped",
+            "--since",
+            "+30s",
+            "--until",
+            "+90s",
+            "--events",
+        ])
+        .arg(&events)
+        .assert()
+        .success();
+    let out = relative.get_output();
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    // The shell and the server started before the window: they are there as curl's parents.
+    for expected in ["name: python3", "name: sh", "name: curl", "198.18.0.70/32"] {
+        assert!(yaml.contains(expected), "no `{expected}` in:\n{yaml}");
+    }
+    for left_out in ["name: ls", "name: wget", "198.18.0.80"] {
+        assert!(!yaml.contains(left_out), "`{left_out}` in:\n{yaml}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fingerprinted the 3 event(s) from 2024-11-28T08:00:30.001Z until 2024-11-28T08:01:30.001Z"),
+        "{stderr}"
+    );
+    // The same window in RFC 3339, with an offset: the same fingerprint.
+    let since = guardlab_engine::window::rfc3339_ns(first + 30_000_000_000);
+    let until = "2024-11-28T09:01:30.001+01:00";
+    let absolute = run_ok(
+        guardlab()
+            .args([
+                "fingerprint",
+                "--ungrouped",
+                "--since",
+                &since,
+                "--until",
+                until,
+            ])
+            .arg("--events")
+            .arg(&events),
+    );
+    assert_eq!(absolute, yaml);
+    // Without a window: everything.
+    let all = run_ok(
+        guardlab()
+            .args(["fingerprint", "--ungrouped", "--events"])
+            .arg(&events),
+    );
+    assert!(
+        all.contains("name: ls") && all.contains("name: wget"),
+        "{all}"
+    );
+}
+
+#[test]
+fn bad_window_times_name_their_flag_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _) = window_stream(dir.path());
+    for (args, expected) in [
+        (
+            vec!["--since", "30"],
+            vec!["'--since <TIME>'", "write `+30s`"],
+        ),
+        (
+            vec!["--until", "yesterday"],
+            vec!["'--until <TIME>'", "RFC 3339"],
+        ),
+        (
+            vec!["--since", "2024-11-28T08:00:30"],
+            vec!["'--since <TIME>'", "offset"],
+        ),
+        (vec!["--until", "-5s"], vec!["'--until <TIME>'", "`+`"]),
+        (
+            vec!["--since", "+90s", "--until", "+30s"],
+            vec!["--since +1m 30s is not before --until +30s", "empty"],
+        ),
+        (
+            vec!["--since", "+1h"],
+            vec![
+                "nothing to fingerprint from 2024-11-28T09:00:00.001Z on",
+                "events run from",
+            ],
+        ),
+    ] {
+        let out = guardlab()
+            .arg("fingerprint")
+            .args(&args)
+            .arg("--events")
+            .arg(&events)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for e in expected {
+            assert!(stderr.contains(e), "{args:?}: no `{e}` in:\n{stderr}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_bad_value_in_an_event_file_is_named_by_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _) = window_stream(dir.path());
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let exec = lines
+        .iter()
+        .position(|l| l.contains(r#""type":"exec""#))
+        .unwrap();
+    lines[exec] = lines[exec].replacen(r#""ns_pid":"#, r#""ns_pid":"one","was":"#, 1);
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    guardlab()
+        .args(["fingerprint", "--events"])
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "bad.ndjson:{}: not an event: exec.ns_pid: invalid type: string \"one\", expected u32",
+            exec + 1
+        )));
+}
+
+#[test]
+fn a_fileless_exec_deviates_and_the_output_says_why() {
+    use guardlab_events::ExeStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let (baseline, _, _) = streams(dir.path());
+    let fingerprints = dir.path().join("fingerprints.yaml");
+    std::fs::write(
+        &fingerprints,
+        run_ok(guardlab().args(["fingerprint", "--events"]).arg(&baseline)),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        run_ok(
+            guardlab()
+                .args(["policy", "create", "--from"])
+                .arg(&fingerprints),
+        ),
+    )
+    .unwrap();
+    let mut replay = Notebook::start(&REPLAY);
+    replay.baseline_cells(&REPLAY);
+    replay.s.spawn_untrusted(
+        common::notebook::CG,
+        Some(replay.kernel),
+        common::stream::prog("memfd:minerd", &["minerd"], "jovyan"),
+        ExeStatus::Fileless,
+    );
+    let attack = write_events(dir.path(), "fileless.ndjson", &replay.s.events);
+    guardlab()
+        .args(["deviations", "--policy"])
+        .arg(&policy)
+        .arg("--events")
+        .arg(&attack)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("- memfd:minerd"))
+        .stderr(
+            predicate::str::contains(
+                "fileless executable `memfd:minerd`: no exe glob allows it (fail closed)",
+            )
+            .and(predicate::str::contains("1 unique / 1 total")),
+        );
+    guardlab()
+        .args(["investigate", "--policy"])
+        .arg(&policy)
+        .arg("--events")
+        .arg(&attack)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "(exe memfd:minerd: fileless executable)",
+        ));
+    // Fingerprinting such a stream says what it means for a policy.
+    guardlab()
+        .args(["fingerprint", "--events"])
+        .arg(&attack)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("- memfd:minerd"))
+        .stderr(predicate::str::contains(
+            "1 exec(s) ran an executable the sensor could not resolve to a path",
+        ));
 }

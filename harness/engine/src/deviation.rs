@@ -17,6 +17,21 @@
 //!   name glob matches and an exe glob matches. Otherwise it is a deviation whose fragment is
 //!   the new node hung under `policyNode.id` (the parent's node; [`ROOT_ANCHOR`] for a new
 //!   root). The effective user is an attribute, never a deviation on its own.
+//! * **Executables the sensor could not resolve** (`exe_status` fileless, truncated or
+//!   unresolved) are covered by no process node, whatever its name and exe globs say (`*`
+//!   included): the policy fails closed, as the sensor's exec allow-list does (it kills them).
+//!   Such an exec is always a process deviation (its descendants too, as for any deviant
+//!   process), and says why: `reason` on the [`Finding`], the [`DeviationRecord`] and the
+//!   [`Flag`], and in the audit log, e.g. ``fileless executable `memfd:minerd`: no exe glob
+//!   allows it (fail closed)``. The matcher's cache of verdicts is keyed by the exe's text,
+//!   so an untrusted exec bypasses it: a resolved exec with the same text neither lends it
+//!   its node nor takes its refusal. It is another deviation than a resolved exec whose
+//!   fragment reads the same: the chain of deviant processes is keyed by exe status too, and
+//!   the checksum covers the id and status of each untrusted node of the fragment (one with
+//!   none has the checksum it always had). Merging it records the node (it is then no longer
+//!   `relevant`) but allows nothing: the next such exec deviates again. A fingerprint that
+//!   saw such an exec records it as reported (see [`crate::fingerprint`]), and a policy made
+//!   from it is bound by the same rule.
 //! * **Effective users in deviations.** The same program under another user is the *same*
 //!   deviation: the fragment carries the effective user of its first occurrence (so that it
 //!   merges into a valid policy), but the user takes no part in telling deviations apart
@@ -47,7 +62,8 @@
 //!   policy, they join the resolver's network node (same peer and ports: the processes are
 //!   unioned) rather than adding one node per process.
 //! * **Unique deviations.** A deviation is unique per (policy uid, checksum); the checksum is
-//!   the SHA-256 (hex) of the deviation's type and fragment (less its users), which holds
+//!   the SHA-256 (hex) of the deviation's type and fragment (less its users, plus its
+//!   untrusted executables, see above), which holds
 //!   no time, pid or container id, so the same behaviour again is the same deviation seen
 //!   once more (`count`). Its uid is `dev:` and 16 hex digits of SHA-256 over policy uid
 //!   and checksum. It is `relevant` while merging it into the policy would still change the
@@ -65,7 +81,7 @@ mod response;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use guardlab_events::{Event, ProcessKey, Protocol};
+use guardlab_events::{Event, ExeStatus, ProcessKey, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -99,6 +115,9 @@ enum PState {
 struct FragNode {
     name: Sym,
     exe: Sym,
+    /// Part of the node's identity: an exec the sensor could not resolve is not the same
+    /// program as a resolved one whose exe reads the same.
+    exe_status: ExeStatus,
     /// The effective user of the first occurrence (an attribute, not part of the key).
     euser: Sym,
     id: String,
@@ -176,6 +195,8 @@ pub(crate) struct Record {
     pub first_ts: u64,
     pub last_ts: u64,
     pub first: Occurrence,
+    /// Why it deviates, when the policy could not have allowed it (an untrusted executable).
+    pub reason: Option<String>,
     /// Containers a flag was raised for (once per unique deviation and container).
     flagged: FxHashSet<u32>,
     /// Containers the audit log said it would flag.
@@ -191,8 +212,9 @@ pub(crate) struct PolicyState {
     child_cache: FxHashMap<(u32, Sym, Sym), u32>,
     net_cache: FxHashMap<NetKey, bool>,
     chains: Vec<Chain>,
-    /// (parent chain, anchor, name, exe): no effective user, see the module documentation.
-    chain_index: FxHashMap<(u32, u32, Sym, Sym), u32>,
+    /// (parent chain, anchor, name, exe, exe status): no effective user, see the module
+    /// documentation.
+    chain_index: FxHashMap<(u32, u32, Sym, Sym, ExeStatus), u32>,
     pub records: Vec<Record>,
     record_index: FxHashMap<RecordKey, u32>,
     by_checksum: HashMap<String, u32>,
@@ -240,8 +262,17 @@ impl PolicyState {
                     _ => NONE,
                 };
                 let key = (parent_node, img.name, img.exe);
-                let node = match self.child_cache.get(&key) {
-                    Some(&n) => n,
+                // An untrusted executable is covered by no node, whatever its globs say (fail
+                // closed). Checked before the cache, which is keyed by the exe's text: a
+                // resolved exec with the same text must neither lend it its node nor take
+                // its refusal.
+                let cached = if img.exe_status.is_resolved() {
+                    self.child_cache.get(&key).copied()
+                } else {
+                    Some(NONE)
+                };
+                let node = match cached {
+                    Some(n) => n,
                     None => {
                         let candidates = self
                             .c
@@ -260,7 +291,7 @@ impl PolicyState {
                 (NONE, parent_node)
             }
         };
-        let key = (parent_chain, anchor, img.name, img.exe);
+        let key = (parent_chain, anchor, img.name, img.exe, img.exe_status);
         if let Some(&ch) = self.chain_index.get(&key) {
             return PState::Deviant(ch);
         }
@@ -272,6 +303,7 @@ impl PolicyState {
                 .map(|n| FragNode {
                     name: n.name,
                     exe: n.exe,
+                    exe_status: n.exe_status,
                     euser: n.euser,
                     id: n.id.clone(),
                 })
@@ -285,6 +317,7 @@ impl PolicyState {
         nodes.push(FragNode {
             name: img.name,
             exe: img.exe,
+            exe_status: img.exe_status,
             euser: img.euser,
             id,
         });
@@ -377,7 +410,39 @@ impl PolicyState {
         }
     }
 
+    /// The untrusted executables of a chain: (node id, status), for the checksum.
+    fn untrusted_of(&self, ch: u32) -> Vec<(&str, ExeStatus)> {
+        self.chains[ch as usize]
+            .nodes
+            .iter()
+            .filter(|n| !n.exe_status.is_resolved())
+            .map(|n| (n.id.as_str(), n.exe_status))
+            .collect()
+    }
+
+    /// Why a deviation could not have been allowed: its process's executable is untrusted.
+    fn reason(&self, t: &Tracker, key: RecordKey) -> Option<String> {
+        let RecordKey::Process(ch) = key else {
+            return None;
+        };
+        let last = self.chains[ch as usize].nodes.last()?;
+        untrusted_exe_reason(last.exe_status).map(|why| {
+            format!(
+                "{why} `{}`: no exe glob allows it (fail closed)",
+                t.syms.get(last.exe)
+            )
+        })
+    }
+
     fn build_deviation(&self, t: &Tracker, key: RecordKey) -> Deviation {
+        let untrusted = match key {
+            RecordKey::Process(ch)
+            | RecordKey::Net {
+                process: ProcRef::Chain(ch),
+                ..
+            } => self.untrusted_of(ch),
+            RecordKey::Net { .. } => Vec::new(),
+        };
         let (kind, spec) = match key {
             RecordKey::Process(ch) => (
                 DeviationType::Process,
@@ -453,7 +518,7 @@ impl PolicyState {
                 )
             }
         };
-        let checksum = checksum(kind, &spec);
+        let checksum = checksum(kind, &spec, &untrusted);
         Deviation {
             api_version: API_VERSION.into(),
             kind: KIND_DEVIATION.into(),
@@ -473,6 +538,7 @@ impl PolicyState {
             return (r, false);
         }
         let deviation = self.build_deviation(t, key);
+        let reason = self.reason(t, key);
         if let Some(&r) = self.by_checksum.get(&deviation.metadata.checksum) {
             self.record_index.insert(key, r);
             return (r, false);
@@ -488,6 +554,7 @@ impl PolicyState {
             first_ts: occurrence.ts,
             last_ts: occurrence.ts,
             first: occurrence,
+            reason,
             flagged: FxHashSet::default(),
             audited: FxHashSet::default(),
         });
@@ -514,9 +581,21 @@ impl PolicyState {
     }
 }
 
-/// The checksum of a deviation: its type and fragment, with no effective user (see the
-/// module documentation).
-fn checksum(kind: DeviationType, spec: &DeviationSpec) -> String {
+/// Why an exec with this status is never covered by a process node, or `None` for a
+/// resolved executable.
+pub fn untrusted_exe_reason(status: ExeStatus) -> Option<&'static str> {
+    match status {
+        ExeStatus::Resolved => None,
+        ExeStatus::Fileless => Some("fileless executable"),
+        ExeStatus::Truncated => Some("truncated executable path"),
+        ExeStatus::Unresolved => Some("unresolved executable path"),
+    }
+}
+
+/// The checksum of a deviation: its type and fragment, with no effective user, and the
+/// untrusted executables of its fragment (node id and status) when it has any (see the module
+/// documentation).
+fn checksum(kind: DeviationType, spec: &DeviationSpec, untrusted: &[(&str, ExeStatus)]) -> String {
     fn strip(nodes: &mut [ProcessNode]) {
         for n in nodes {
             n.euser = None;
@@ -529,7 +608,14 @@ fn checksum(kind: DeviationType, spec: &DeviationSpec) -> String {
     for item in &mut spec.process_policy {
         strip(&mut item.policy_node.children);
     }
-    let text = serde_json::to_vec(&(kind, &spec)).expect("deviation specs serialize");
+    // Without untrusted executables the text is what it always was: checksums (and so
+    // deviation uids) stay stable across versions.
+    let text = if untrusted.is_empty() {
+        serde_json::to_vec(&(kind, &spec))
+    } else {
+        serde_json::to_vec(&(kind, &spec, untrusted))
+    }
+    .expect("deviation specs serialize");
     hex::encode(Sha256::digest(&text))
 }
 
@@ -550,6 +636,10 @@ pub struct Finding {
     pub kind: DeviationType,
     /// First occurrence of this unique deviation.
     pub new: bool,
+    /// Why it deviates, when no policy could allow it: `fileless executable `memfd:x`: no
+    /// exe glob allows it (fail closed)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub process: ProcessKey,
     pub cgroup_id: u64,
     pub timestamp: f64,
@@ -566,6 +656,9 @@ pub struct DeviationRecord {
     pub relevant: bool,
     /// How many times it was seen.
     pub count: u64,
+    /// Why it deviates, when no policy could allow it (see [`Finding::reason`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub first_timestamp: f64,
     pub latest_timestamp: f64,
     pub deviation: Deviation,
@@ -817,6 +910,7 @@ impl DeviationMatcher {
             checksum: rec.deviation.metadata.checksum.clone(),
             kind,
             new,
+            reason: rec.reason.clone(),
             process: pkey,
             cgroup_id: info.cgroup_id,
             timestamp: epoch_seconds(ts),
@@ -852,11 +946,17 @@ impl DeviationMatcher {
                         pid: pkey.pid(),
                         process: name.unwrap_or_default().to_string(),
                         exe: exe.unwrap_or_default().to_string(),
+                        reason: finding.reason.clone(),
                         timestamp: finding.timestamp,
                     });
                 } else {
+                    let why = finding
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
                     self.audit_log.push(format!(
-                        "(audit mode): Would have raised a \"{}\" {class} flag for {kind} deviation {}. Not raised due to \"audit\" mode.",
+                        "(audit mode): Would have raised a \"{}\" {class} flag for {kind} deviation {}{why}. Not raised due to \"audit\" mode.",
                         flag.severity,
                         finding.deviation_uid
                     ));
@@ -906,6 +1006,7 @@ impl DeviationMatcher {
                         uid: r.uid.clone(),
                         relevant: is_relevant_to_canonical(&p.c.policy, &p.c.nets, &r.deviation),
                         count: r.count,
+                        reason: r.reason.clone(),
                         first_timestamp: epoch_seconds(r.first_ts),
                         latest_timestamp: epoch_seconds(r.last_ts),
                         deviation: r.deviation.clone(),

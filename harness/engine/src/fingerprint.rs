@@ -67,13 +67,39 @@
 //! ports is collected; remotes with the same process set and port set share one node. Nodes
 //! are in canonical order (see [`crate::merge::canonicalize`]).
 //!
+//! **Untrusted executables.** An exec whose `exe_status` is not `resolved` (fileless: a memfd
+//! or a file outside the process's root, `exe` being `memfd:NAME`; a truncated path; an
+//! unresolved one) is fingerprinted like any other, with the exe as the sensor reported it:
+//! a fingerprint says what ran. [`Stats::untrusted_exes`] counts them. A policy made from the
+//! fingerprint keeps the node, but the node never allows that exec again: the deviation
+//! matcher covers no untrusted exec by any exe glob (see [`crate::deviation`]), so the node
+//! only keeps the process tree whole (what the exec started hangs under it). The rule lives
+//! in the matcher because the public format has no word for an untrusted exe, and there it
+//! holds for every policy, whoever wrote it. A fileless exe is not an absolute path, so it
+//! never covers a resolved exec either; a truncated or unresolved exe that reads like an
+//! absolute path does cover a resolved exec of exactly that path (a real path, then).
+//!
+//! **Time window.** [`FingerprintBuilder::with_window`] records only what happens in a
+//! [`TimeWindow`] (`since` included, `until` left out; see [`crate::window`]), while every
+//! event of the stream still goes into the containers, the process tree and the DNS names: a
+//! process started before the window is still the parent of what it starts in it, and a
+//! name answered before it still names a connection in it. Recorded are the programs exec'd
+//! in the window and the listening sockets and connections opened in it, and, so that each
+//! hangs where it ran, the programs that owned those sockets and connections and the
+//! ancestors of all of these, as they were exec'd (with the effective users of those execs);
+//! nothing else of theirs (a listening socket or a child from before the window is left out).
+//! A container with nothing recorded gives no fingerprint; a fingerprint's times are the
+//! first and last event of its container in the window. [`FingerprintBuilder::window_counts`]
+//! says how many events fell before, in and after the window; [`Stats`] covers the whole
+//! stream.
+//!
 //! **Metadata and selectors.** `name` is the image's short name (`minimal-notebook` for
-//! `jupyter/minimal-notebook:latest`); timestamps are the container's first and last event,
-//! in epoch seconds to the microsecond. `containerSelector` has the image and image id,
-//! `namespaceSelector` the namespace's `kubernetes.io/metadata.name`, `podSelector` the pod's
-//! labels less those that change with every rollout or name one pod (`pod-template-hash`,
-//! `controller-revision-hash`, `pod-template-generation`, `statefulset.kubernetes.io/pod-name`,
-//! `apps.kubernetes.io/pod-index`).
+//! `jupyter/minimal-notebook:latest`); timestamps are the container's first and last event
+//! (in the window, with one), in epoch seconds to the microsecond. `containerSelector` has
+//! the image and image id, `namespaceSelector` the namespace's `kubernetes.io/metadata.name`,
+//! `podSelector` the pod's labels less those that change with every rollout or name one pod
+//! (`pod-template-hash`, `controller-revision-hash`, `pod-template-generation`,
+//! `statefulset.kubernetes.io/pod-name`, `apps.kubernetes.io/pod-index`).
 
 pub(crate) mod tracker;
 
@@ -82,6 +108,7 @@ use std::net::IpAddr;
 
 use guardlab_events::{Event, ProcessExec, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
 
 use crate::merge::{self, net::host_cidr};
 use crate::model::{
@@ -89,6 +116,7 @@ use crate::model::{
     GroupMetadata, IngressNode, IpBlock, KIND_FINGERPRINT, KIND_FINGERPRINT_GROUP, LabelSelector,
     Metadata, NetworkPolicy, Peer, PortSpec, ProcessNode, Spec,
 };
+use crate::window::{Place, TimeWindow};
 pub use tracker::{Direction, Stats};
 use tracker::{NONE, Step, Sym, Tracker};
 
@@ -150,8 +178,11 @@ struct FpNode {
     parent: u32,
     name: Sym,
     exe: Sym,
+    /// The effective users of its recorded images.
     eusers: Vec<Sym>,
     sockets: Vec<(u16, Protocol)>,
+    /// One of its images is recorded: the node is in the fingerprint.
+    recorded: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,12 +203,27 @@ struct NetFact {
     port: u16,
 }
 
+/// How many events fell before, in and after a [`TimeWindow`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WindowCounts {
+    pub before: u64,
+    pub within: u64,
+    pub after: u64,
+}
+
 /// Learns fingerprints from events, one event at a time.
 #[derive(Default)]
 pub struct FingerprintBuilder {
     tracker: Tracker,
+    /// What is recorded; the tracker sees every event.
+    window: TimeWindow,
+    counts: WindowCounts,
+    /// Per container: its first and last event in the window (kept only with a window).
+    window_times: Vec<Option<(u64, u64)>>,
     /// The node of each image of the tracker.
     image_node: Vec<u32>,
+    /// Per image of the tracker: recorded (see the module documentation).
+    image_recorded: Vec<bool>,
     nodes: Vec<FpNode>,
     node_index: FxHashMap<(u32, u32, Sym, Sym), u32>,
     facts: FxHashSet<NetFact>,
@@ -188,9 +234,57 @@ impl FingerprintBuilder {
         Self::default()
     }
 
+    /// A builder that records only what happens in `window` (see the module documentation);
+    /// every event still goes into the process tree and the DNS names.
+    pub fn with_window(window: TimeWindow) -> Self {
+        FingerprintBuilder {
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// How many events so far fell before, in and after the window.
+    pub fn window_counts(&self) -> WindowCounts {
+        self.counts
+    }
+
+    /// Record an image, and its ancestors that are not recorded yet: the fingerprint's
+    /// forest then reaches it from its container's root.
+    fn record(&mut self, mut image: u32) {
+        while image != NONE && !self.image_recorded[image as usize] {
+            self.image_recorded[image as usize] = true;
+            let img = &self.tracker.images[image as usize];
+            let n = &mut self.nodes[self.image_node[image as usize] as usize];
+            n.recorded = true;
+            if !n.eusers.contains(&img.euser) {
+                n.eusers.push(img.euser);
+            }
+            image = img.parent;
+        }
+    }
+
     /// Take one event into account.
     pub fn observe(&mut self, event: &Event) {
-        match self.tracker.observe(event) {
+        let place = self.window.place(event.ts);
+        let step = self.tracker.observe(event);
+        let within = place == Place::Within;
+        match place {
+            Place::Before => self.counts.before += 1,
+            Place::Within => self.counts.within += 1,
+            Place::After => self.counts.after += 1,
+        }
+        if within
+            && !self.window.is_all()
+            && let Some(c) = self.tracker.container_of(event)
+        {
+            let c = c as usize;
+            if self.window_times.len() <= c {
+                self.window_times.resize(c + 1, None);
+            }
+            let times = self.window_times[c].get_or_insert((event.ts, event.ts));
+            *times = (times.0.min(event.ts), times.1.max(event.ts));
+        }
+        match step {
             Step::Exec(image) => {
                 let img = &self.tracker.images[image as usize];
                 let parent = if img.parent == NONE {
@@ -209,29 +303,32 @@ impl FingerprintBuilder {
                         exe: img.exe,
                         eusers: Vec::new(),
                         sockets: Vec::new(),
+                        recorded: false,
                     });
-                }
-                let n = &mut self.nodes[node as usize];
-                if !n.eusers.contains(&img.euser) {
-                    n.eusers.push(img.euser);
                 }
                 debug_assert_eq!(self.image_node.len(), image as usize);
                 self.image_node.push(node);
+                self.image_recorded.push(false);
+                if within {
+                    self.record(image);
+                }
             }
             Step::Listen {
                 image,
                 protocol,
                 port,
-            } if image != NONE => {
+            } if image != NONE && within => {
+                self.record(image);
                 let n = &mut self.nodes[self.image_node[image as usize] as usize];
                 if !n.sockets.contains(&(port, protocol)) {
                     n.sockets.push((port, protocol));
                 }
             }
-            Step::Net(obs) => {
+            Step::Net(obs) if within => {
                 let node = if obs.image == NONE {
                     NONE
                 } else {
+                    self.record(obs.image);
                     self.image_node[obs.image as usize]
                 };
                 let peer = if obs.dns == NONE {
@@ -281,6 +378,9 @@ impl FingerprintBuilder {
         let mut roots: Vec<Vec<u32>> = vec![Vec::new(); ncont];
         let mut children: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
+            if !n.recorded {
+                continue;
+            }
             if n.parent == NONE {
                 roots[n.container as usize].push(i as u32);
             } else {
@@ -369,14 +469,21 @@ impl FingerprintBuilder {
             }
 
             let info = &rec.info;
+            // With a window, the times of what was recorded: the window's part of the stream.
+            let (first_ts, last_ts) = self
+                .window_times
+                .get(c)
+                .copied()
+                .flatten()
+                .unwrap_or((rec.first_ts, rec.last_ts));
             let mut fp = Fingerprint {
                 api_version: API_VERSION.into(),
                 kind: KIND_FINGERPRINT.into(),
                 metadata: Metadata {
                     name: fingerprint_name(&info.image, &info.container_name),
                     kind: "container".into(),
-                    first_timestamp: Some(epoch_seconds(rec.first_ts)),
-                    latest_timestamp: Some(epoch_seconds(rec.last_ts)),
+                    first_timestamp: Some(epoch_seconds(first_ts)),
+                    latest_timestamp: Some(epoch_seconds(last_ts)),
                     container_id: non_empty(&info.container_id),
                     container_name: non_empty(&info.container_name),
                     namespace: non_empty(&info.namespace),

@@ -20,6 +20,7 @@ pub mod glob;
 pub mod merge;
 pub mod policy;
 pub mod trace;
+pub mod window;
 
 use guardlab_events::Event;
 

@@ -15,11 +15,13 @@
 
 use std::fmt::Write as _;
 
-use guardlab_events::{Event, EventBody, ProcessKey, Protocol};
+use guardlab_events::{Event, EventBody, ExeStatus, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, dns_text};
+use crate::deviation::{
+    Decision, DeviationMatcher, Finding, FlagClass, dns_text, untrusted_exe_reason,
+};
 use crate::fingerprint::epoch_seconds;
 use crate::fingerprint::tracker::{Direction, NONE, Step};
 use crate::merge::is_relevant_to_canonical;
@@ -34,6 +36,9 @@ pub struct TraceProcess {
     pub ns_pid: u32,
     pub name: String,
     pub exe: String,
+    /// How far `exe` is the executable's path, as the sensor said (absent when resolved).
+    #[serde(skip_serializing_if = "ExeStatus::is_resolved")]
+    pub exe_status: ExeStatus,
     pub args: Vec<String>,
     pub euser: String,
     /// Epoch seconds.
@@ -90,6 +95,9 @@ pub struct DeviationTrace {
     pub kind: DeviationType,
     pub count: u64,
     pub relevant: bool,
+    /// Why it deviates, when no policy could allow it (see [`Finding::reason`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub container: ContainerRef,
     /// From the container's root process to the deviant process. Empty when the process was
     /// running before the sensor saw it start.
@@ -117,6 +125,9 @@ pub struct FlagTrace {
     pub pid: u32,
     pub process: String,
     pub container_id: String,
+    /// Why it deviates, when no policy could allow it (see [`Finding::reason`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub timestamp: f64,
 }
 
@@ -222,6 +233,7 @@ impl Investigator {
                         ns_pid: d.ns_pid,
                         name: t.syms.get(img.name).to_string(),
                         exe: t.syms.get(img.exe).to_string(),
+                        exe_status: img.exe_status,
                         args: d.args.clone(),
                         euser: t.syms.get(img.euser).to_string(),
                         start_time: epoch_seconds(img.ts),
@@ -242,6 +254,7 @@ impl Investigator {
                     kind: r.deviation.metadata.kind,
                     count: r.count,
                     relevant: is_relevant_to_canonical(&p.c.policy, &p.c.nets, &r.deviation),
+                    reason: r.reason.clone(),
                     container: ContainerRef {
                         container_id: info.container_id.clone(),
                         container_name: info.container_name.clone(),
@@ -280,6 +293,7 @@ impl Investigator {
                 pid: f.pid,
                 process: f.process.clone(),
                 container_id: f.container_id.clone(),
+                reason: f.reason.clone(),
                 timestamp: f.timestamp,
             })
             .collect();
@@ -364,6 +378,9 @@ impl Investigation {
                     ", no longer relevant"
                 }
             );
+            if let Some(reason) = &d.reason {
+                let _ = writeln!(out, "  why: {reason}");
+            }
             let c = &d.container;
             let _ = writeln!(
                 out,
@@ -405,11 +422,12 @@ impl Investigation {
                     "  {indent}{branch}{} pid {} ({} in container) user {} at {}{ended}{node}{marker}",
                     p.name, p.pid, p.ns_pid, p.euser, p.started
                 );
-                // The command line, and the exe when the command line does not show it.
-                let exe = if p.args.first() == Some(&p.exe) {
-                    String::new()
-                } else {
-                    format!("  (exe {})", p.exe)
+                // The command line, and the exe when the command line does not show it or it
+                // is not a path the sensor could vouch for.
+                let exe = match untrusted_exe_reason(p.exe_status) {
+                    Some(why) => format!("  (exe {}: {why})", p.exe),
+                    None if p.args.first() == Some(&p.exe) => String::new(),
+                    None => format!("  (exe {})", p.exe),
                 };
                 let _ = writeln!(
                     out,
@@ -434,9 +452,14 @@ impl Investigation {
         if !self.flags.is_empty() {
             out.push_str("Flags:\n");
             for f in &self.flags {
+                let why = f
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  {} {} flag: {} deviation {} of policy {} ({} pid {})",
+                    "  {} {} flag: {} deviation {} of policy {} ({} pid {}){why}",
                     f.severity,
                     f.class,
                     f.kind,

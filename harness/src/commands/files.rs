@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 use guardlab_engine::document::{self, Diagnostics, Document};
 use guardlab_engine::model::{Mode, Policy};
+use guardlab_engine::window::{TimeWindow, rfc3339_ns};
 use guardlab_engine::{deviation, fingerprint, merge, policy, trace};
 use guardlab_events::Event;
 
-use crate::cli::ModeArg;
+use crate::cli::{ModeArg, WindowedEvents};
 use crate::report::{CommandResult, Failure, Outcome};
 
 /// Read a file as text, with the file named in the error.
@@ -36,15 +37,26 @@ pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
         use guardlab_events::ReadError;
         let p = path.display();
         Failure(match e {
-            // Each line is its own JSON document, so serde's "line 1" says nothing: keep the
-            // column and give the stream's line.
-            ReadError::Json { line, source } => {
-                let message = source.to_string();
-                let message = message
-                    .rfind(" at line ")
-                    .map_or(message.as_str(), |at| &message[..at]);
-                anyhow!("{p}:{line}:{}: not an event: {message}", source.column())
-            }
+            // Each line is its own JSON document, so serde's "line 1" says nothing: give the
+            // stream's line, and the field when the line is JSON (then serde's column is
+            // the end of the line), else the column where it breaks.
+            ReadError::Json {
+                line,
+                field: Some(field),
+                source,
+            } => anyhow!(
+                "{p}:{line}: not an event: {field}: {}",
+                guardlab_events::json_message(&source)
+            ),
+            ReadError::Json {
+                line,
+                field: None,
+                source,
+            } => anyhow!(
+                "{p}:{line}:{}: not an event: {}",
+                source.column(),
+                guardlab_events::json_message(&source)
+            ),
             ReadError::Version { line, found } => anyhow!(
                 "{p}:{line}: event format version {found}; this guardlab reads version {}",
                 guardlab_events::FORMAT_VERSION
@@ -134,12 +146,61 @@ pub fn validate(files: &[PathBuf]) -> CommandResult {
     }
 }
 
-/// `guardlab fingerprint --events FILE`
-pub fn fingerprint(events: &Path, ungrouped: bool) -> CommandResult {
-    let events = load_events(events)?;
-    let mut builder = fingerprint::FingerprintBuilder::new();
+/// The window `--since`/`--until` give over a stream (sorted by time), its durations counted
+/// from the first event.
+fn event_window(input: &WindowedEvents, events: &[Event]) -> Result<TimeWindow, Failure> {
+    if input.since.is_none() && input.until.is_none() {
+        return Ok(TimeWindow::ALL);
+    }
+    let Some(first) = events.first() else {
+        return Err(Failure(anyhow!(
+            "{} holds no event: there is nothing for --since/--until to cut",
+            input.path.display()
+        )));
+    };
+    TimeWindow::resolve(input.since, input.until, first.ts).map_err(|e| {
+        let show = |b: Option<guardlab_engine::window::TimeBound>| {
+            b.map_or_else(String::new, |b| b.to_string())
+        };
+        Failure(anyhow!(
+            "--since {} is not before --until {}: {e}",
+            show(input.since),
+            show(input.until)
+        ))
+    })
+}
+
+/// The span of a stream, for messages about windows.
+fn span(events: &[Event]) -> String {
+    match (events.first(), events.last()) {
+        (Some(first), Some(last)) => {
+            format!("from {} to {}", rfc3339_ns(first.ts), rfc3339_ns(last.ts))
+        }
+        _ => "nowhere (it holds no event)".into(),
+    }
+}
+
+/// `guardlab fingerprint --events FILE [--since TIME] [--until TIME]`
+pub fn fingerprint(input: &WindowedEvents, ungrouped: bool) -> CommandResult {
+    let path = input.path.display();
+    let events = load_events(&input.path)?;
+    let window = event_window(input, &events)?;
+    let mut builder = fingerprint::FingerprintBuilder::with_window(window);
     builder.observe_all(&events);
     warn_about_stream(builder.stats());
+    if !window.is_all() {
+        let counts = builder.window_counts();
+        eprintln!(
+            "note: {path}: fingerprinted the {} event(s) {window}; the {} before and {} after only gave the process tree and DNS names",
+            counts.within, counts.before, counts.after
+        );
+    }
+    let untrusted = builder.stats().untrusted_exes;
+    if untrusted > 0 {
+        eprintln!(
+            "note: {path}: {untrusted} exec(s) ran an executable the sensor could not resolve to a path (fileless, truncated or unresolved); they are fingerprinted as reported, but no policy allows them (fail closed)"
+        );
+    }
     let docs: Vec<Document> = if ungrouped {
         builder
             .finish()
@@ -153,6 +214,12 @@ pub fn fingerprint(events: &Path, ungrouped: bool) -> CommandResult {
             .map(Document::FingerprintGroup)
             .collect()
     };
+    if docs.is_empty() && !window.is_all() {
+        return Err(Failure(anyhow!(
+            "{path}: nothing to fingerprint {window}: no program ran and no connection was made in a known container then (the events run {})",
+            span(&events)
+        )));
+    }
     if docs.is_empty() {
         return Err(Failure(anyhow!(
             "no container in the event stream: it has no `container` event, so no process can be attributed"
@@ -254,6 +321,12 @@ pub fn deviations(policy_path: &Path, events_path: &Path, json: bool) -> Command
         }
         for line in &report.audit_log {
             eprintln!("{line}");
+        }
+        // What no merge can allow, said once per deviation (the YAML has no word for it).
+        for d in report.policies.iter().flat_map(|p| &p.deviations) {
+            if let Some(reason) = &d.reason {
+                eprintln!("{}: {reason}", d.uid);
+            }
         }
         eprintln!(
             "{}: {} ({} unique / {} total deviations)",

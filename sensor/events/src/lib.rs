@@ -301,9 +301,15 @@ pub struct Lost {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("line {line}: {source}")]
+    /// A line that is not an event. `field` names the value at fault when the line is JSON
+    /// but a value in it is wrong, missing or unknown, as `<type>.<field>` for the fields of
+    /// an event's body (`exec.pid`, `exec.argv[1]`, `container.pod_labels.app`; `exec` alone
+    /// for a field missing from it) and by its plain name for `v`, `ts` and `type`; it is
+    /// `None` when the line is not JSON, and `source.column()` then says where it breaks.
+    #[error("line {line}: {}", json_detail(field.as_deref(), source))]
     Json {
         line: usize,
+        field: Option<String>,
         #[source]
         source: serde_json::Error,
     },
@@ -321,12 +327,38 @@ impl ReadError {
             ReadError::Io(_) => None,
         }
     }
+
+    /// The field a bad value is in (see [`ReadError::Json`]).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ReadError::Json { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
 }
 
-/// Parse one NDJSON line (1-based `line` for the error).
+/// What serde_json says, without its "at line 1 column 40": each line is a document of its
+/// own, so its line number is always 1, and its column, for a value in the event's body, is
+/// the end of the line (the body is read after the whole object).
+pub fn json_message(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" at line ") {
+        Some(at) if error.line() > 0 => message[..at].to_string(),
+        _ => message,
+    }
+}
+
+fn json_detail(field: Option<&str>, error: &serde_json::Error) -> String {
+    match field {
+        Some(field) => format!("{field}: {}", json_message(error)),
+        None => format!("column {}: {}", error.column(), json_message(error)),
+    }
+}
+
+/// Parse one NDJSON line (1-based `line` for the error). A bad value is named by its field
+/// (`line 12: exec.pid: invalid type: ...`, see [`ReadError::Json`]).
 pub fn parse_line(text: &str, line: usize) -> Result<Event, ReadError> {
-    let event: Event =
-        serde_json::from_str(text).map_err(|source| ReadError::Json { line, source })?;
+    let event: Event = serde_json::from_str(text).map_err(|source| bad_line(text, line, source))?;
     if event.v != FORMAT_VERSION {
         return Err(ReadError::Version {
             line,
@@ -334,6 +366,117 @@ pub fn parse_line(text: &str, line: usize) -> Result<Event, ReadError> {
         });
     }
     Ok(event)
+}
+
+/// The error for a line serde_json rejected, with the field at fault when it is JSON. Only on
+/// the error path: the line is read a second time, as a tree, to find the field (serde
+/// forgets the path inside the flattened, tagged body).
+fn bad_line(text: &str, line: usize, source: serde_json::Error) -> ReadError {
+    if !source.is_data() {
+        return ReadError::Json {
+            line,
+            field: None,
+            source,
+        };
+    }
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_str(text) else {
+        return ReadError::Json {
+            line,
+            field: None,
+            source,
+        };
+    };
+    // A line of another format version may have other fields: say that rather than which.
+    if let Some(found) = object.get("v").and_then(serde_json::Value::as_u64)
+        && found != u64::from(FORMAT_VERSION)
+    {
+        return ReadError::Version {
+            line,
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+        };
+    }
+    let (field, source) = match locate(object) {
+        Some((field, error)) => (Some(field), error),
+        None => (None, source),
+    };
+    ReadError::Json {
+        line,
+        field,
+        source,
+    }
+}
+
+/// The field of `object` (one event line) that does not deserialize, and serde's error for it.
+fn locate(
+    mut object: serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, serde_json::Error)> {
+    // The envelope first: `v` and `ts` are fields of every event.
+    let envelope = |name: &'static str,
+                    check: fn(&serde_json::Value) -> Option<serde_json::Error>| {
+        match object.get(name) {
+            None => Some(serde::de::Error::missing_field(name)),
+            Some(value) => check(value),
+        }
+        .map(|error| (name.to_string(), error))
+    };
+    if let Some(bad) =
+        envelope("v", value_error::<u32>).or_else(|| envelope("ts", value_error::<u64>))
+    {
+        return Some(bad);
+    }
+    let kind = object.remove("type");
+    let body: serde_json::Map<String, serde_json::Value> = object
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "v" | "ts"))
+        .collect();
+    let kind = match kind {
+        None => return Some(("type".into(), serde::de::Error::missing_field("type"))),
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(other) => {
+            let error = serde_json::from_value::<String>(other).err()?;
+            return Some(("type".into(), error));
+        }
+    };
+    let located = match kind.as_str() {
+        "container" => field_error::<ContainerInfo>(body),
+        "exec" => field_error::<ProcessExec>(body),
+        "fork" => field_error::<ProcessFork>(body),
+        "exit" => field_error::<ProcessExit>(body),
+        "connect" | "accept" => field_error::<Connection>(body),
+        "listen" => field_error::<Listen>(body),
+        "dns" => field_error::<DnsAnswer>(body),
+        "lost" => field_error::<Lost>(body),
+        _ => {
+            // The tag names no event: serde's own message lists the ones there are.
+            let error =
+                serde_json::from_value::<EventBody>(serde_json::json!({ "type": kind })).err()?;
+            return Some(("type".into(), error));
+        }
+    };
+    located.map(|(path, error)| {
+        let field = if path == "." {
+            kind
+        } else {
+            format!("{kind}.{path}")
+        };
+        (field, error)
+    })
+}
+
+fn value_error<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Option<serde_json::Error> {
+    T::deserialize(value).err()
+}
+
+/// Deserialize `T` from a JSON object; the path of the first bad value (`.` for the object
+/// itself: a missing field) and serde's error for it, if there is one.
+fn field_error<T: serde::de::DeserializeOwned>(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, serde_json::Error)> {
+    serde_path_to_error::deserialize::<_, T>(serde_json::Value::Object(object))
+        .err()
+        .map(|e| (e.path().to_string(), e.into_inner()))
 }
 
 /// Read a whole NDJSON stream; blank lines are skipped.
@@ -440,6 +583,205 @@ mod tests {
         let err = read_ndjson(text.as_bytes()).unwrap_err();
         assert_eq!(err.line(), Some(2));
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    /// One event of every kind.
+    fn one_of_each() -> Vec<Event> {
+        let key = ProcessKey(7, 70);
+        let conn = Connection {
+            process: key,
+            cgroup_id: 77,
+            protocol: Protocol::Tcp,
+            local_ip: None,
+            local_port: None,
+            remote_ip: "198.18.0.9".parse().unwrap(),
+            remote_port: 443,
+            refused: false,
+        };
+        let bodies = [
+            EventBody::Container(ContainerInfo::default()),
+            exec().body,
+            EventBody::Fork(ProcessFork {
+                key,
+                cgroup_id: 77,
+                pid: 7,
+                ns_pid: 1,
+                parent: ProcessKey(1, 1),
+                comm: "sh".into(),
+            }),
+            EventBody::Exit(ProcessExit {
+                key,
+                cgroup_id: 77,
+                pid: 7,
+                code: Some(0),
+                signal: None,
+            }),
+            EventBody::Connect(conn.clone()),
+            EventBody::Accept(conn),
+            EventBody::Listen(Listen {
+                process: key,
+                cgroup_id: 77,
+                protocol: Protocol::Udp,
+                ip: "0.0.0.0".parse().unwrap(),
+                port: 53,
+            }),
+            EventBody::Dns(DnsAnswer {
+                cgroup_id: 77,
+                name: "example.com".into(),
+                addresses: vec!["198.18.0.9".parse().unwrap()],
+            }),
+            EventBody::Lost(Lost {
+                count: 1,
+                cpu: None,
+            }),
+        ];
+        // Every kind once: a new kind fails to compile here until it is added above.
+        let mut seen = [false; 9];
+        for body in &bodies {
+            seen[match body {
+                EventBody::Container(_) => 0,
+                EventBody::Exec(_) => 1,
+                EventBody::Fork(_) => 2,
+                EventBody::Exit(_) => 3,
+                EventBody::Connect(_) => 4,
+                EventBody::Accept(_) => 5,
+                EventBody::Listen(_) => 6,
+                EventBody::Dns(_) => 7,
+                EventBody::Lost(_) => 8,
+            }] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "{seen:?}");
+        bodies.into_iter().map(|b| Event::new(1, b)).collect()
+    }
+
+    fn line_of(event: &Event) -> String {
+        let mut out = Vec::new();
+        write_ndjson(&mut out, event).unwrap();
+        String::from_utf8(out).unwrap().trim_end().to_string()
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_for_every_kind_of_event() {
+        for event in one_of_each() {
+            let text = line_of(&event);
+            let kind = serde_json::from_str::<serde_json::Value>(&text).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let bad = format!("{},\"zz_bogus\":1}}", &text[..text.len() - 1]);
+            let err = parse_line(&bad, 4).unwrap_err();
+            assert_eq!(
+                err.field(),
+                Some(format!("{kind}.zz_bogus").as_str()),
+                "{err}"
+            );
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "line 4: {kind}.zz_bogus: unknown field `zz_bogus`"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field() {
+        let good = line_of(&exec());
+        let cases: &[(String, &str, &str)] = &[
+            (
+                good.replace(r#""pid":4242"#, r#""pid":"x""#),
+                "exec.pid",
+                r#"invalid type: string "x", expected u32"#,
+            ),
+            (
+                good.replace(r#""argv":["id"]"#, r#""argv":["id",3]"#),
+                "exec.argv[1]",
+                "invalid type: integer `3`, expected a string",
+            ),
+            (
+                good.replace("[4242,123456]", r#"[4242,"soon"]"#),
+                "exec.key[1]",
+                "expected u64",
+            ),
+            (
+                good.replace(r#","euid":1000"#, ""),
+                "exec",
+                "missing field `euid`",
+            ),
+            (
+                good.replace(r#""ts":1700000000000000000"#, r#""ts":-1"#),
+                "ts",
+                "invalid value: integer `-1`, expected u64",
+            ),
+            (
+                good.replace(r#""ts":1700000000000000000,"#, ""),
+                "ts",
+                "missing field `ts`",
+            ),
+            (
+                good.replace(r#""type":"exec""#, r#""type":"spawn""#),
+                "type",
+                "unknown variant `spawn`",
+            ),
+            (
+                good.replace(r#""type":"exec""#, r#""type":3"#),
+                "type",
+                "invalid type: integer `3`, expected a string",
+            ),
+            (
+                good.replace(r#""type":"exec","#, ""),
+                "type",
+                "missing field `type`",
+            ),
+            (
+                r#"{"v":1,"ts":1,"type":"container","cgroup_id":1,"container_id":"c","container_name":"n","image":"i","pod_labels":{"app":3}}"#.to_string(),
+                "container.pod_labels.app",
+                "expected a string",
+            ),
+            (
+                r#"{"v":1,"ts":1,"type":"dns","cgroup_id":1,"name":"a.example","addresses":["198.18.0.1","198.18.0.x"]}"#.to_string(),
+                "dns.addresses[1]",
+                "invalid IP address syntax",
+            ),
+        ];
+        for (text, field, message) in cases {
+            assert_ne!(text, &good, "the case for {field} changes the line");
+            let err = parse_line(text, 12).unwrap_err();
+            assert_eq!(err.field(), Some(*field), "{err}\n{text}");
+            assert_eq!(err.line(), Some(12));
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!("line 12: {field}: ")) && shown.contains(message),
+                "{shown}"
+            );
+            // Only the stream's line: serde's "line 1" of a one-line document says nothing.
+            assert!(!shown.contains("line 1 "), "{shown}");
+        }
+    }
+
+    #[test]
+    fn broken_json_says_where_and_names_no_field() {
+        let err = parse_line("{not json}", 3).unwrap_err();
+        assert_eq!(err.field(), None);
+        assert_eq!(
+            err.to_string(),
+            "line 3: column 2: key must be a string",
+            "{err}"
+        );
+        let ReadError::Json { source, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(json_message(source), "key must be a string");
+    }
+
+    #[test]
+    fn a_line_of_another_version_is_that_rather_than_a_bad_field() {
+        let text = r#"{"v":2,"ts":1,"type":"exec","pid":"renamed"}"#;
+        let err = parse_line(text, 5).unwrap_err();
+        assert!(
+            matches!(err, ReadError::Version { line: 5, found: 2 }),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Flag {
     pub pid: u32,
     pub process: String,
     pub exe: String,
+    /// Why it deviates, when no policy could allow it (an untrusted executable, see
+    /// [`super::Finding::reason`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub timestamp: f64,
 }
 

@@ -1,4 +1,4 @@
-use guardlab_events::{ContainerInfo, ProcessKey, Protocol};
+use guardlab_events::{ContainerInfo, ExeStatus, ProcessKey, Protocol};
 
 use super::*;
 use crate::fingerprint::fingerprints;
@@ -726,4 +726,316 @@ fn unknown_protocols_are_refused_not_taken_for_tcp() {
         matches!(err, PolicyError::UnknownProtocol { .. }) && err.to_string().contains("SCTP"),
         "{err}"
     );
+}
+
+/// The baseline policy with a child of the server's node that covers any program: name `*`
+/// and exe `*` (which matches `/` too, so every path). It shadows `pip_0` (siblings are
+/// tried in order, and `*` sorts first), so `pip`'s connection deviates: tests of process
+/// deviations look at those alone.
+fn policy_allowing_anything_under_the_server() -> Policy {
+    let mut policy = baseline_policy();
+    let server = &mut policy.spec.process_policy[0];
+    assert_eq!(server.id, "python3_0");
+    server
+        .children
+        .get_or_insert_with(Vec::new)
+        .push(ProcessNode {
+            name: "*".into(),
+            exe: vec!["*".into()],
+            id: "anything_0".into(),
+            euser: None,
+            listening_sockets: None,
+            children: None,
+        });
+    policy
+}
+
+#[test]
+fn an_untrusted_executable_deviates_even_where_a_wide_glob_matches_it() {
+    let policy = enforcing(policy_allowing_anything_under_the_server(), Vec::new());
+    let mut l = lab(1500, CG, "c1");
+    // A resolved path: `*` covers it.
+    l.s.spawn(
+        CG,
+        Some(l.server),
+        prog("/tmp/minerd", &["./minerd"], "jovyan"),
+    );
+    let fileless = l.s.spawn_untrusted(
+        CG,
+        Some(l.server),
+        prog("memfd:minerd", &["minerd"], "jovyan"),
+        ExeStatus::Fileless,
+    );
+    let truncated = l.s.spawn_untrusted(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/ls", &["ls"], "jovyan"),
+        ExeStatus::Truncated,
+    );
+    let unresolved = l.s.spawn_untrusted(
+        CG,
+        Some(l.server),
+        prog("./miner", &["./miner"], "jovyan"),
+        ExeStatus::Unresolved,
+    );
+    let (findings, report) = run(&policy, &l.s);
+    let findings = processes_only(findings);
+    assert_eq!(
+        findings.iter().map(|f| f.process).collect::<Vec<_>>(),
+        [fileless, truncated, unresolved]
+    );
+    let records: Vec<&DeviationRecord> = report.policies[0]
+        .deviations
+        .iter()
+        .filter(|d| d.deviation.metadata.kind == DeviationType::Process)
+        .collect();
+    let flags: Vec<&Flag> = report
+        .flags
+        .iter()
+        .filter(|f| f.kind == DeviationType::Process)
+        .collect();
+    let reasons = [
+        "fileless executable `memfd:minerd`: no exe glob allows it (fail closed)",
+        "truncated executable path `/usr/bin/ls`: no exe glob allows it (fail closed)",
+        "unresolved executable path `./miner`: no exe glob allows it (fail closed)",
+    ];
+    for (i, reason) in reasons.iter().enumerate() {
+        assert_eq!(findings[i].reason.as_deref(), Some(*reason));
+        assert_eq!(records[i].reason.as_deref(), Some(*reason));
+        assert_eq!(flags[i].reason.as_deref(), Some(*reason));
+    }
+    assert_eq!(flags[0].exe, "memfd:minerd");
+    assert_eq!(report.stats.untrusted_exes, 3);
+    // The fragment is the exec as reported, under the node of its parent.
+    assert_eq!(
+        fragment(&records[0].deviation),
+        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"minerd","exe":["memfd:minerd"],"id":"minerd_0","euser":["jovyan"]}]}}]}"#
+    );
+    let json = serde_json::to_string(flags[0]).unwrap();
+    assert!(json.contains(r#""reason":"fileless executable"#), "{json}");
+    // Deviations of resolved programs say nothing of the kind (pip's connection).
+    let egress = report
+        .flags
+        .iter()
+        .find(|f| f.kind == DeviationType::Egress);
+    let json = serde_json::to_string(egress.unwrap()).unwrap();
+    assert!(!json.contains("reason"), "{json}");
+}
+
+fn processes_only(findings: Vec<Finding>) -> Vec<Finding> {
+    findings
+        .into_iter()
+        .filter(|f| f.kind == DeviationType::Process)
+        .collect()
+}
+
+#[test]
+fn the_audit_log_says_why_an_untrusted_executable_deviates() {
+    let policy = policy_allowing_anything_under_the_server();
+    let mut l = lab(1550, CG, "c1");
+    l.s.spawn_untrusted(
+        CG,
+        Some(l.server),
+        prog("memfd:minerd", &["minerd"], "jovyan"),
+        ExeStatus::Fileless,
+    );
+    let (findings, report) = run(&policy, &l.s);
+    let findings = processes_only(findings);
+    assert_eq!(
+        report.audit_log[1..],
+        [format!(
+            "(audit mode): Would have raised a \"high\" red flag for process deviation {} (fileless executable `memfd:minerd`: no exe glob allows it (fail closed)). Not raised due to \"audit\" mode.",
+            findings[0].deviation_uid
+        )]
+    );
+}
+
+#[test]
+fn a_resolved_and_an_untrusted_exec_of_the_same_exe_text_never_share_a_verdict() {
+    // The matcher caches a verdict per (parent node, name, exe text): whichever comes first
+    // must not decide for the other.
+    let policy = policy_allowing_anything_under_the_server();
+    for untrusted_first in [false, true] {
+        let mut order = [
+            ExeStatus::Resolved,
+            ExeStatus::Truncated,
+            ExeStatus::Resolved,
+            ExeStatus::Truncated,
+        ];
+        if untrusted_first {
+            order.reverse();
+        }
+        let mut l = lab(1600, CG, "c1");
+        let keys: Vec<(ProcessKey, ExeStatus)> = order
+            .iter()
+            .map(|&status| {
+                let key = l.s.spawn_untrusted(
+                    CG,
+                    Some(l.server),
+                    prog("/usr/bin/ls", &["ls"], "jovyan"),
+                    status,
+                );
+                (key, status)
+            })
+            .collect();
+        let (findings, report) = run(&policy, &l.s);
+        let findings = processes_only(findings);
+        let expected: Vec<ProcessKey> = keys
+            .iter()
+            .filter(|(_, status)| !status.is_resolved())
+            .map(|(key, _)| *key)
+            .collect();
+        assert_eq!(
+            findings.iter().map(|f| f.process).collect::<Vec<_>>(),
+            expected,
+            "untrusted first: {untrusted_first}"
+        );
+        let unique = report.policies[0]
+            .deviations
+            .iter()
+            .filter(|d| d.deviation.metadata.kind == DeviationType::Process)
+            .count();
+        assert_eq!(unique, 1);
+    }
+}
+
+#[test]
+fn an_untrusted_exec_is_another_deviation_than_a_resolved_one_that_reads_the_same() {
+    let policy = baseline_policy();
+    let mut l = lab(1700, CG, "c1");
+    l.s.spawn(CG, Some(l.server), prog("/usr/bin/foo", &["foo"], "jovyan"));
+    l.s.spawn_untrusted(
+        CG,
+        Some(l.server),
+        prog("/usr/bin/foo", &["foo"], "jovyan"),
+        ExeStatus::Unresolved,
+    );
+    let (findings, report) = run(&policy, &l.s);
+    assert_eq!(findings.len(), 2);
+    assert!(findings.iter().all(|f| f.new), "{findings:#?}");
+    assert_ne!(findings[0].checksum, findings[1].checksum);
+    let devs: Vec<&Deviation> = report.deviations().collect();
+    assert_eq!(
+        fragment(devs[0]),
+        fragment(devs[1]),
+        "the public format has no word for an untrusted exe"
+    );
+    assert_eq!(findings[0].reason, None);
+    assert!(
+        findings[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("unresolved executable path `/usr/bin/foo`")
+    );
+    // A deviation with no untrusted exe keeps the checksum it always had: type and fragment,
+    // less the users.
+    let mut spec = devs[0].spec.clone();
+    spec.process_policy[0].policy_node.children[0].euser = None;
+    let text = serde_json::to_vec(&(DeviationType::Process, &spec)).unwrap();
+    assert_eq!(findings[0].checksum, hex::encode(Sha256::digest(&text)));
+}
+
+/// A notebook whose server runs a fileless `worker` that starts a shell.
+fn with_a_fileless_worker(first_pid: u32, container_id: &str) -> Lab {
+    let mut l = lab(first_pid, CG, container_id);
+    let worker = l.s.spawn_untrusted(
+        CG,
+        Some(l.server),
+        prog("memfd:worker", &["worker"], "jovyan"),
+        ExeStatus::Fileless,
+    );
+    l.s.spawn(CG, Some(worker), prog("/usr/bin/dash", &["sh"], "jovyan"));
+    l
+}
+
+#[test]
+fn a_policy_learned_from_a_fileless_exec_never_allows_it() {
+    let baseline = with_a_fileless_worker(1800, "c1");
+    let fps = fingerprints(&baseline.s.events);
+    let learned = serde_json::to_string(&fps[0].spec.process_policy).unwrap();
+    assert!(learned.contains(r#""exe":["memfd:worker"]"#), "{learned}");
+    let policy = create_policy(&fps, Some("learned"), Mode::Audit).unwrap();
+
+    // The same behaviour again: the fileless exec deviates, and the shell it starts with it.
+    let again = with_a_fileless_worker(1900, "c2");
+    let (findings, report) = run(&policy, &again.s);
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    assert!(
+        findings[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("fileless executable `memfd:worker`")
+    );
+    assert_eq!(findings[1].reason, None, "the shell is deviant by descent");
+
+    // Merging the deviations, as a user would to allow them, allows nothing more: the policy
+    // learns the fragment (so it is no longer relevant), but the exec still deviates.
+    let mut merged = policy.clone();
+    for d in report.deviations() {
+        merged = merge_deviation(&merged, d).unwrap();
+    }
+    let (findings, report) = run(&merged, &again.s);
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    assert!(
+        report.policies[0].deviations.iter().all(|d| !d.relevant),
+        "{report:#?}"
+    );
+
+    // Replacing the policy mid-stream maps the running fileless process again: still deviant,
+    // so what it starts next is too.
+    let mut l = with_a_fileless_worker(2000, "c3");
+    let mut m = matcher(&policy);
+    m.observe_all(&l.s.events);
+    let mut enforced = merged.clone();
+    set_mode(&mut enforced, Mode::Enforce);
+    m.set_policy(&enforced).unwrap();
+    let worker =
+        l.s.events
+            .iter()
+            .rev()
+            .find_map(|e| match &e.body {
+                guardlab_events::EventBody::Exec(x) if !x.exe_status.is_resolved() => Some(x.key),
+                _ => None,
+            })
+            .unwrap();
+    let before = l.s.events.len();
+    l.s.spawn(CG, Some(worker), prog("/usr/bin/dash", &["sh"], "jovyan"));
+    let findings: Vec<Finding> = l.s.events[before..]
+        .iter()
+        .flat_map(|e| m.observe(e))
+        .collect();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+}
+
+#[test]
+fn an_investigation_says_which_executable_was_untrusted() {
+    let policy = policy_allowing_anything_under_the_server();
+    let l = with_a_fileless_worker(2100, "c1");
+    let investigation =
+        crate::trace::investigate(std::slice::from_ref(&policy), &l.s.events).unwrap();
+    let text = investigation.render_text();
+    assert!(
+        text.contains("why: fileless executable `memfd:worker`: no exe glob allows it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(exe memfd:worker: fileless executable)"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&investigation).unwrap();
+    let worker = json["deviations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "process")
+        .unwrap();
+    assert_eq!(
+        worker["reason"],
+        "fileless executable `memfd:worker`: no exe glob allows it (fail closed)"
+    );
+    let chain = &worker["chain"];
+    assert_eq!(chain[1]["exeStatus"], "fileless", "{chain}");
+    assert!(chain[0].get("exeStatus").is_none(), "{chain}");
 }

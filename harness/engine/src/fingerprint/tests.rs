@@ -3,6 +3,7 @@ use guardlab_events::{ContainerInfo, ProcessExec, ProcessKey, Protocol};
 use super::stream::{Exec, Stream, pod_container, prog};
 use super::*;
 use crate::model::Peer;
+use crate::window::TimeWindow;
 
 const CG: u64 = 7;
 const PY: &str = "/opt/conda/bin/python3.11";
@@ -571,4 +572,181 @@ fn groups_per_image() {
     let plain = group_by_image(fingerprints(&s.events));
     assert_eq!(plain.len(), 2);
     assert!(plain[0].data.machines.is_empty());
+}
+
+/// A server that starts before the window, with a listening socket, a child (`ls`), a shell
+/// that stays alive, a connection and a DNS answer before it; in the window, the shell starts
+/// `curl` (as another user), which reaches the name answered before, and the server takes a
+/// connection in; after the window, `wget`.
+struct Windowed {
+    s: Stream,
+    since: u64,
+    until: u64,
+    last_in_window: u64,
+}
+
+fn windowed() -> Windowed {
+    let mut s = stream();
+    let server = s.spawn(CG, Some(ProcessKey(1, 1)), prog(PY, &["python3"], "jovyan"));
+    s.listen(CG, server, Protocol::Tcp, "0.0.0.0", 8888);
+    s.spawn(CG, Some(server), prog("/usr/bin/ls", &["ls"], "jovyan"));
+    let sh = s.spawn(CG, Some(server), prog("/usr/bin/dash", &["sh"], "jovyan"));
+    s.connect(
+        CG,
+        server,
+        Protocol::Tcp,
+        ("198.18.0.2", 40000),
+        ("198.18.0.60", 443),
+    );
+    s.dns(CG, "pypi.org", &["198.18.0.70"]);
+    s.wait_ms(60_000);
+    let since = s.next_ts();
+    let curl = s.spawn(
+        CG,
+        Some(sh),
+        prog("/usr/bin/curl", &["curl", "pypi.org"], "root"),
+    );
+    s.connect(
+        CG,
+        curl,
+        Protocol::Tcp,
+        ("198.18.0.2", 40001),
+        ("198.18.0.70", 443),
+    );
+    s.accept(CG, server, ("198.18.0.2", 8888), ("198.18.0.1", 50000));
+    let last_in_window = s.events.last().unwrap().ts;
+    s.wait_ms(60_000);
+    let until = s.next_ts();
+    let wget = s.spawn(CG, Some(server), prog("/usr/bin/wget", &["wget"], "jovyan"));
+    s.connect(
+        CG,
+        wget,
+        Protocol::Tcp,
+        ("198.18.0.2", 40002),
+        ("198.18.0.80", 80),
+    );
+    Windowed {
+        s,
+        since,
+        until,
+        last_in_window,
+    }
+}
+
+fn in_window(w: &Windowed, window: TimeWindow) -> (Vec<Fingerprint>, WindowCounts) {
+    let mut b = FingerprintBuilder::with_window(window);
+    b.observe_all(&w.s.events);
+    (b.finish(), b.window_counts())
+}
+
+#[test]
+fn a_window_records_its_events_under_the_ancestry_the_whole_stream_gave() {
+    let w = windowed();
+    let window = TimeWindow::new(Some(w.since), Some(w.until)).unwrap();
+    let (fps, counts) = in_window(&w, window);
+    assert_eq!(fps.len(), 1);
+    let fp = &fps[0];
+    // The server and the shell exec'd before the window: there as the ancestors of what ran
+    // in it, with neither the server's earlier child nor its earlier listening socket.
+    let roots = &fp.spec.process_policy;
+    assert_eq!(names(roots), [("python3".into(), "python3_0".into())]);
+    assert_eq!(roots[0].euser.as_deref(), Some(&["jovyan".to_string()][..]));
+    assert_eq!(roots[0].listening_sockets, None);
+    let sh = &kids(&roots[0]);
+    assert_eq!(names(sh), [("sh".into(), "sh_0".into())]);
+    assert_eq!(sh[0].euser, None, "inherited");
+    assert_eq!(names(kids(&sh[0])), [("curl".into(), "curl_0".into())]);
+    assert_eq!(
+        kids(&sh[0])[0].euser.as_deref(),
+        Some(&["root".to_string()][..])
+    );
+    // Connections of the window only; the name comes from an answer before it.
+    let net = &fp.spec.network_policy;
+    assert_eq!(net.egress.len(), 1, "{net:#?}");
+    assert_eq!(
+        net.egress[0].to,
+        [Peer::DnsSelector(vec!["pypi.org".into()])]
+    );
+    assert_eq!(net.egress[0].processes, ["curl_0"]);
+    assert_eq!(net.ingress.len(), 1, "{net:#?}");
+    assert_eq!(net.ingress[0].processes, ["python3_0"]);
+    assert_eq!(net.ingress[0].ports[0].port, 8888);
+    // The fingerprint's times are those of the window's events.
+    assert_eq!(fp.metadata.first_timestamp, Some(epoch_seconds(w.since)));
+    assert_eq!(
+        fp.metadata.latest_timestamp,
+        Some(epoch_seconds(w.last_in_window))
+    );
+    // Before: container, the server's fork and exec, listen, ls's and sh's forks and execs,
+    // connect, DNS. In: curl's fork and exec, connect, accept. After: wget's fork and exec,
+    // connect.
+    assert_eq!(
+        counts,
+        WindowCounts {
+            before: 10,
+            within: 4,
+            after: 3,
+        }
+    );
+}
+
+#[test]
+fn open_ended_windows_cut_one_side() {
+    let w = windowed();
+    let (fps, _) = in_window(&w, TimeWindow::new(Some(w.since), None).unwrap());
+    let text = serde_json::to_string(&fps[0].spec).unwrap();
+    assert!(
+        text.contains("wget") && text.contains("curl") && !text.contains("\"ls\""),
+        "{text}"
+    );
+    let (fps, _) = in_window(&w, TimeWindow::new(None, Some(w.since)).unwrap());
+    let text = serde_json::to_string(&fps[0].spec).unwrap();
+    assert!(
+        text.contains("\"ls\"") && !text.contains("curl") && !text.contains("wget"),
+        "{text}"
+    );
+    assert!(
+        text.contains("8888"),
+        "the listening socket is before: {text}"
+    );
+}
+
+#[test]
+fn a_window_over_the_whole_stream_is_no_window() {
+    let w = windowed();
+    let first = w.s.events[0].ts;
+    let last = w.s.events.last().unwrap().ts;
+    let (fps, counts) = in_window(&w, TimeWindow::new(Some(first), Some(last + 1)).unwrap());
+    assert_eq!(fps, fingerprints(&w.s.events));
+    assert_eq!((counts.before, counts.after), (0, 0));
+}
+
+#[test]
+fn a_container_with_nothing_in_the_window_gives_no_fingerprint() {
+    let w = windowed();
+    let last = w.s.events.last().unwrap().ts;
+    let (fps, counts) = in_window(&w, TimeWindow::new(Some(last + 1), None).unwrap());
+    assert!(fps.is_empty(), "{fps:#?}");
+    assert_eq!(counts.before, w.s.events.len() as u64);
+}
+
+#[test]
+fn a_fileless_exec_is_fingerprinted_as_reported_and_counted() {
+    let mut s = stream();
+    let server = s.spawn(CG, None, prog(PY, &["python3"], "jovyan"));
+    s.spawn_untrusted(
+        CG,
+        Some(server),
+        prog("memfd:minerd", &["minerd"], "jovyan"),
+        guardlab_events::ExeStatus::Fileless,
+    );
+    let mut b = FingerprintBuilder::new();
+    b.observe_all(&s.events);
+    assert_eq!(b.stats().untrusted_exes, 1);
+    let fp = &b.finish()[0];
+    let minerd = &kids(&fp.spec.process_policy[0])[0];
+    assert_eq!(
+        (minerd.name.as_str(), &minerd.exe[..]),
+        ("minerd", &["memfd:minerd".to_string()][..])
+    );
 }

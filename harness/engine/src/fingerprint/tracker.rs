@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use guardlab_events::{ContainerInfo, Event, EventBody, ProcessKey, Protocol};
+use guardlab_events::{ContainerInfo, Event, EventBody, ExeStatus, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
@@ -96,6 +96,9 @@ pub(crate) struct Image {
     pub key: ProcessKey,
     pub name: Sym,
     pub exe: Sym,
+    /// How far `exe` is the executable's path: anything but resolved is never covered by an
+    /// exe glob (see [`crate::deviation`]).
+    pub exe_status: ExeStatus,
     pub euser: Sym,
     pub ts: u64,
 }
@@ -165,6 +168,10 @@ pub struct Stats {
     pub containers: u64,
     /// Exec'd program images (processes after exec).
     pub processes: u64,
+    /// Execs whose executable the sensor could not resolve to a path (`exe_status`
+    /// fileless, truncated or unresolved): kept with the exe as reported, but never allowed
+    /// by a policy's exe glob.
+    pub untrusted_exes: u64,
     /// Events of a cgroup no `container` event introduced; left out.
     pub unknown_container_events: u64,
     /// Loopback or pod-internal connections and loopback listening sockets; left out by design.
@@ -213,6 +220,11 @@ impl Tracker {
             .get(key)
             .copied()
             .filter(|l| l.container == container)
+    }
+
+    /// The container an event belongs to, when a `container` event introduced its cgroup.
+    pub(crate) fn container_of(&self, event: &Event) -> Option<u32> {
+        self.cgroups.get(&event.cgroup_id()?).copied()
     }
 
     /// The names of a set of [`NameSets`] (sorted), none for [`NONE`].
@@ -286,11 +298,15 @@ impl Tracker {
                     key: exec.key,
                     name,
                     exe,
+                    exe_status: exec.exe_status,
                     euser,
                     ts: event.ts,
                 });
                 self.live.insert(exec.key, Live { container, image });
                 self.stats.processes += 1;
+                if !exec.exe_status.is_resolved() {
+                    self.stats.untrusted_exes += 1;
+                }
                 Step::Exec(image)
             }
             EventBody::Fork(fork) => {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use guardlab_events::{
-    Connection, ContainerInfo, DnsAnswer, Event, EventBody, Listen, ProcessExec, ProcessExit,
-    ProcessFork, ProcessKey, Protocol,
+    Connection, ContainerInfo, DnsAnswer, Event, EventBody, ExeStatus, Listen, ProcessExec,
+    ProcessExit, ProcessFork, ProcessKey, Protocol,
 };
 
 /// Builds events in time order: every event is 1 ms after the previous one.
@@ -131,6 +131,28 @@ impl Stream {
         };
         self.exec_as(cgroup, key, parent, e);
         key
+    }
+
+    /// [`Stream::spawn`] of a program whose executable the sensor could not resolve to a path
+    /// (`exe` is then what the sensor reports: `memfd:NAME` for a fileless one).
+    pub fn spawn_untrusted(
+        &mut self,
+        cgroup: u64,
+        parent: Option<ProcessKey>,
+        e: Exec,
+        status: ExeStatus,
+    ) -> ProcessKey {
+        let key = self.spawn(cgroup, parent, e);
+        match self.events.last_mut().map(|e| &mut e.body) {
+            Some(EventBody::Exec(exec)) => exec.exe_status = status,
+            _ => unreachable!("spawn ends with the exec"),
+        }
+        key
+    }
+
+    /// The time of the next event (the last one's plus 1 ms), in epoch nanoseconds.
+    pub fn next_ts(&self) -> u64 {
+        self.ts + 1_000_000
     }
 
     pub fn exit(&mut self, cgroup: u64, key: ProcessKey, code: i32) {
