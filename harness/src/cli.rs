@@ -100,7 +100,7 @@ pub enum Command {
 
     /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
     #[command(
-        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay"
+        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter"
     )]
     Scenario(ScenarioArgs),
 }
@@ -211,6 +211,10 @@ pub struct ScenarioArgs {
     /// Leave the lab up at the end.
     #[arg(long)]
     pub keep_lab: bool,
+    /// Workshop pace: show each step's explanation and wait for Enter before running it (q and
+    /// Enter stop there). Learners can look at the notebook in between.
+    #[arg(long)]
+    pub step: bool,
 }
 
 #[cfg(test)]

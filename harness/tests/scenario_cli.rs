@@ -219,3 +219,15 @@ fn the_kind_backend_without_docker_or_kind_exits_2_naming_both() {
     assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
     assert!(!snapshots.path().join("cryptominer-kind").exists());
 }
+
+#[test]
+fn step_needs_a_terminal_to_read_enter_from() {
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "replay", "--step"])
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .write_stdin("\n")
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("[ 1/").not())
+        .stderr(predicate::str::contains("--step").and(predicate::str::contains("not one")));
+}

@@ -64,6 +64,7 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         json: None,
         junit: None,
         keep_lab: false,
+        step: false,
         quiet: true,
     });
     assert_eq!(replay.exit_code(), 0, "{:?}", replay.steps);

@@ -24,6 +24,7 @@ fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
         json: None,
         junit: None,
         keep_lab: false,
+        step: false,
         quiet: true,
     }
 }

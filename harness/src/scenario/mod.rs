@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub json: Option<PathBuf>,
     pub junit: Option<PathBuf>,
     pub keep_lab: bool,
+    /// Pause before each step until Enter on standard input (a workshop).
+    pub step: bool,
     /// No progress output (tests).
     pub quiet: bool,
 }
@@ -76,6 +78,7 @@ impl RunOptions {
             json: args.json.clone(),
             junit: args.junit.clone(),
             keep_lab: args.keep_lab,
+            step: args.step,
             quiet: false,
         })
     }
@@ -103,6 +106,11 @@ pub fn run_scenario(args: &ScenarioArgs) -> CommandResult {
         return Err(Failure(anyhow::anyhow!("name a scenario, or use --list")));
     };
     let options = RunOptions::from_args(args, name)?;
+    if options.step && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(Failure(anyhow::anyhow!(
+            "--step waits for Enter before each step, typed in a terminal, and standard input is not one: run it from a terminal, or leave --step out"
+        )));
+    }
     if matches!(options.backend, BackendArg::Local) {
         crate::privilege::ensure_root("the local lab")?;
     }
@@ -193,6 +201,19 @@ pub fn run_blocking(options: &RunOptions) -> RunReport {
     }
 }
 
+/// Run the steps, pausing before each one with `--step`.
+async fn drive<B: runner::Backend>(
+    runner: runner::Runner<'_, B>,
+    options: &RunOptions,
+) -> RunReport {
+    let runner = if options.step {
+        runner.with_pacer(runner::Pacer::stdin())
+    } else {
+        runner
+    };
+    runner.run(options.keep_lab).await
+}
+
 /// Run a scenario to the end; never fails: errors are in the report.
 pub async fn run(options: &RunOptions) -> RunReport {
     let backend_word = match options.backend {
@@ -277,9 +298,11 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 }
                 None => None,
             };
-            runner::Runner::new(&scenario, backend, snapshots, recorder, console)
-                .run(options.keep_lab)
-                .await
+            drive(
+                runner::Runner::new(&scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await
         }
         BackendArg::Local => {
             let backend = match live::LocalBackend::new(&scenario) {
@@ -300,9 +323,8 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 },
                 None => None,
             };
-            let run = runner::Runner::new(&scenario, backend, snapshots, recorder, console)
-                .run(options.keep_lab);
-            run.await
+            let runner = runner::Runner::new(&scenario, backend, snapshots, recorder, console);
+            drive(runner, options).await
         }
         BackendArg::Kind => {
             if !options.update_snapshots && !snapshots.dir.dir.exists() {
@@ -327,9 +349,11 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 },
                 None => None,
             };
-            runner::Runner::new(&scenario, backend, snapshots, recorder, console)
-                .run(options.keep_lab)
-                .await
+            drive(
+                runner::Runner::new(&scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await
         }
     }
 }

@@ -102,6 +102,46 @@ impl Console {
     }
 }
 
+/// Whether to run the next step, as a person in a workshop answers (`--step`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    Run,
+    Stop,
+}
+
+/// Pauses before each step until a person says go on: a trainer walks a room through the
+/// scenario one step at a time, and learners look at the notebook and the sensor's findings in
+/// between. It reads lines without blocking the runtime, so the lab's events keep flowing
+/// while it waits.
+pub struct Pacer {
+    input: Box<dyn tokio::io::AsyncBufRead + Unpin + Send>,
+}
+
+impl Pacer {
+    /// Answers typed on standard input.
+    pub fn stdin() -> Self {
+        Self::from_reader(tokio::io::BufReader::new(tokio::io::stdin()))
+    }
+
+    pub fn from_reader(input: impl tokio::io::AsyncBufRead + Unpin + Send + 'static) -> Self {
+        Pacer {
+            input: Box::new(input),
+        }
+    }
+
+    /// Enter runs the step; `q` (or the end of input) stops the run here.
+    async fn ask(&mut self, out: &Console) -> Pace {
+        use tokio::io::AsyncBufReadExt;
+        out.line("       Press Enter to run this step (q and Enter to stop here).");
+        let mut line = String::new();
+        match self.input.read_line(&mut line).await {
+            Ok(0) | Err(_) => Pace::Stop,
+            Ok(_) if matches!(line.trim(), "q" | "quit" | "stop") => Pace::Stop,
+            Ok(_) => Pace::Run,
+        }
+    }
+}
+
 /// How a step came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,6 +208,10 @@ pub struct RunReport {
     pub investigation: Option<Investigation>,
     /// The snapshot texts of this run, by snapshot name (normalized).
     pub snapshots: BTreeMap<String, String>,
+    /// The step before which the person running it stopped (`--step`); it and those after it
+    /// did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl RunReport {
@@ -182,6 +226,7 @@ impl RunReport {
             deviations: None,
             investigation: None,
             snapshots: BTreeMap::new(),
+            stopped: None,
         }
     }
 
@@ -342,6 +387,8 @@ pub struct Runner<'a, B: Backend> {
     report: RunReport,
     /// Every event taken so far, for conditions that may have been met before their step.
     history: Vec<Event>,
+    /// Set: pause before each step (`--step`).
+    pacer: Option<Pacer>,
 }
 
 impl<'a, B: Backend> Runner<'a, B> {
@@ -374,10 +421,17 @@ impl<'a, B: Backend> Runner<'a, B> {
             },
             terminals: Vec::new(),
             history: Vec::new(),
+            pacer: None,
             messages: Vec::new(),
             failed: false,
             report,
         }
+    }
+
+    /// Pause before each step until `pacer` says go on.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = Some(pacer);
+        self
     }
 
     /// Run every step; then tear down (unless `keep_lab`). Never fails: what went wrong is in
@@ -441,6 +495,23 @@ impl<'a, B: Backend> Runner<'a, B> {
             ));
             for line in textwrap(&step.explain, 88) {
                 self.out.line(format!("       {line}"));
+            }
+            if let Some(pacer) = self.pacer.as_mut()
+                && pacer.ask(&self.out).await == Pace::Stop
+            {
+                self.report.stopped = Some(step.name.clone());
+                stopped = true;
+                self.report.steps.push(StepReport {
+                    index,
+                    name: step.name.clone(),
+                    action: step.action.key(),
+                    result: StepResult::Skipped,
+                    duration_ms: 0,
+                    messages: vec!["stopped here (--step)".into()],
+                    snapshot: None,
+                    diff: None,
+                });
+                continue;
             }
             let t0 = Instant::now();
             self.messages.clear();
@@ -1281,6 +1352,49 @@ mod tests {
             None
         );
         assert_eq!(missing_program("anything", ""), None);
+    }
+
+    /// The committed recording of a live run, replayed with `answers` typed at the pauses.
+    fn paced_replay(answers: &'static [u8]) -> RunReport {
+        use super::super::{file, recording, replay, snapshot};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let scenario = file::load_scenario(&root.join("scenarios/cryptominer.yaml")).unwrap();
+        let rec = recording::read_recording(&root.join("scenarios/cryptominer.ndjson")).unwrap();
+        let backend = replay::ReplayBackend::new(&scenario, rec, "cryptominer.ndjson").unwrap();
+        let snapshots = SnapshotMode {
+            dir: snapshot::SnapshotDir::new(root.join("snapshots/cryptominer")),
+            update: false,
+            source: "scenarios/cryptominer.yaml".into(),
+        };
+        let runner = Runner::new(&scenario, backend, snapshots, None, Console { quiet: true })
+            .with_pacer(Pacer::from_reader(answers));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(runner.run(false))
+    }
+
+    #[test]
+    fn a_paced_run_goes_on_at_enter_and_stops_at_q() {
+        let report = paced_replay(b"\n\n\nq\n");
+        let results: Vec<_> = report.steps.iter().map(|s| s.result).collect();
+        assert_eq!(results[..3], [StepResult::Passed; 3]);
+        assert!(results[3..].iter().all(|r| *r == StepResult::Skipped));
+        assert_eq!(report.steps.len(), 13);
+        assert_eq!(report.stopped.as_deref(), Some("fingerprint"));
+        assert_eq!(report.steps[3].messages, ["stopped here (--step)"]);
+        assert_eq!(report.exit_code(), 0);
+
+        // Enter at every step runs them all, as without pauses.
+        let report = paced_replay(&[b'\n'; 13]);
+        assert_eq!(report.stopped, None);
+        assert_eq!(report.exit_code(), 0, "{:?}", report.steps);
+        assert!(report.steps.iter().all(|s| s.result == StepResult::Passed));
+
+        // The end of the input stops too (a closed terminal must not run the rest unasked).
+        let report = paced_replay(b"\n");
+        assert_eq!(report.stopped.as_deref(), Some("baseline-hello"));
     }
 
     #[test]

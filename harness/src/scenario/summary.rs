@@ -98,11 +98,30 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         })
         .map(|s| format!("{} ({})", s.name, s.result.word()))
         .collect();
+    let ran = report
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.result, StepResult::Skipped | StepResult::NotApplicable))
+        .count();
+    let not_applicable = report
+        .steps
+        .iter()
+        .filter(|s| s.result == StepResult::NotApplicable)
+        .count();
+    let not_applicable = match not_applicable {
+        0 => String::new(),
+        n => format!(" ({n} not applicable on this backend)"),
+    };
+    let took = seconds(Duration::from_millis(report.duration_ms));
     match report.exit_code() {
-        0 => out.line(format!(
-            "PASS: {} steps in {}",
+        0 if report.stopped.is_some() => out.line(format!(
+            "STOPPED before step {:?} (as asked): {ran} of {} steps ran and passed{not_applicable}, in {took}",
+            report.stopped.as_deref().unwrap_or("?"),
             report.steps.len(),
-            seconds(Duration::from_millis(report.duration_ms))
+        )),
+        0 => out.line(format!(
+            "PASS: {} steps{not_applicable} in {took}",
+            report.steps.len(),
         )),
         1 => out.line(format!("FAIL: {}", failed.join(", "))),
         _ => out.line(format!(
