@@ -210,6 +210,11 @@ fn parse_line(text: &str, line: usize) -> Result<Line, String> {
     guardlab_events::parse_line(text, line)
         .map(|e| Line::Event(Box::new(e)))
         .map_err(|e| match e {
+            ReadError::Json {
+                source,
+                field: Some(field),
+                ..
+            } => format!("event: {field}: {}", guardlab_events::json_message(&source)),
             ReadError::Json { source, .. } => format!("event: {source}"),
             other => other.to_string(),
         })
@@ -414,6 +419,13 @@ mod tests {
                 ),
                 3,
                 "bogus",
+            ),
+            (
+                format!(
+                    "{h}\n{{\"step\":{{\"index\":0,\"name\":\"a\",\"at\":\"begin\"}}}}\n{{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":\"many\"}}\n"
+                ),
+                3,
+                "event: lost.count: invalid type",
             ),
             (
                 "{\"v\":1,\"ts\":1,\"type\":\"lost\",\"count\":1}\n".to_string(),
