@@ -23,7 +23,9 @@ use crate::manifests::{
     CLUSTER_CONFIG, MANIFEST_NAMESPACE, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT,
     check_namespace_name, lab_objects,
 };
-use crate::sensor_link::{StreamEnd, Watch, WatchedContainer, kill_process, stream_events};
+use crate::sensor_link::{
+    StreamEnd, Watch, WatchedContainer, kill_process, kill_process_group, stream_events,
+};
 use crate::state::{ImageRecord, LabState, ObjectRecord, StateTarget, default_state_dir, io_error};
 use crate::tools::{KindCli, check_tools, connect_docker, docker_host, search_path};
 
@@ -600,14 +602,26 @@ impl Lab for KindLab {
                 }
                 k8s::delete_pod(&client, ns, name).await
             }
-            LabAction::KillProcess { pid } | LabAction::KillProcessTree { pid } => {
-                let tree = matches!(action, LabAction::KillProcessTree { .. });
+            LabAction::KillProcess { pid }
+            | LabAction::KillProcessTree { pid }
+            | LabAction::KillProcessGroup { pid } => {
+                // The sensor on the notebook's node kills, and only in the containers it
+                // watches: pids are the node's, not ours.
                 let notebook = serving_pod(&client, namespace, NOTEBOOK_SELECTOR).await?;
                 let node = notebook.spec.and_then(|s| s.node_name).unwrap_or_default();
                 let sensor = sensor_pod_on(&client, namespace, &node).await?;
                 let name = sensor.metadata.name.unwrap_or_default();
                 let stream = open_pod_stream(&client, namespace, &name, SENSOR_PORT).await?;
-                kill_process(stream, *pid, tree, &node, Duration::from_secs(10)).await
+                let timeout = Duration::from_secs(10);
+                match action {
+                    LabAction::KillProcessGroup { .. } => {
+                        kill_process_group(stream, *pid, &node, timeout).await
+                    }
+                    _ => {
+                        let tree = matches!(action, LabAction::KillProcessTree { .. });
+                        kill_process(stream, *pid, tree, &node, timeout).await
+                    }
+                }
             }
         }
     }

@@ -57,12 +57,15 @@ async fn echo_server() -> std::net::SocketAddr {
     address
 }
 
+/// What the fake sensor got: each request line as sent, and as parsed.
+type SensorLog = Arc<Mutex<Vec<(String, SensorRequest)>>>;
+
 /// A fake sensor control port: records every request line; answers kills with ok and
 /// subscriptions with a container event for the first container, then an exec event.
-async fn fake_sensor() -> (std::net::SocketAddr, Arc<Mutex<Vec<SensorRequest>>>) {
+async fn fake_sensor() -> (std::net::SocketAddr, SensorLog) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: SensorLog = Arc::default();
     let log = seen.clone();
     tokio::spawn(async move {
         while let Ok((connection, _)) = listener.accept().await {
@@ -72,9 +75,9 @@ async fn fake_sensor() -> (std::net::SocketAddr, Arc<Mutex<Vec<SensorRequest>>>)
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let request: SensorRequest = serde_json::from_str(&line).unwrap();
-                    log.lock().unwrap().push(request.clone());
+                    log.lock().unwrap().push((line.clone(), request.clone()));
                     match request {
-                        SensorRequest::Kill { .. } => {
+                        SensorRequest::Kill { .. } | SensorRequest::KillGroup { .. } => {
                             w.write_all(b"{\"ok\":true}\n").await.unwrap();
                             return;
                         }
@@ -459,7 +462,7 @@ async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
         container.namespace_labels["app.kubernetes.io/part-of"],
         "guardlab"
     );
-    let SensorRequest::Subscribe { containers } = requests.lock().unwrap()[0].clone() else {
+    let SensorRequest::Subscribe { containers } = requests.lock().unwrap()[0].1.clone() else {
         panic!()
     };
     assert_eq!(containers.len(), 1);
@@ -471,7 +474,29 @@ async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
     lab.carry_out(&LabAction::KillProcessTree { pid: 31338 })
         .await
         .unwrap();
-    let seen = requests.lock().unwrap().clone();
+    lab.carry_out(&LabAction::KillProcessGroup { pid: 31339 })
+        .await
+        .unwrap();
+    let lines: Vec<String> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(line, _)| line.clone())
+        .collect();
+    assert!(
+        lines.contains(&r#"{"op":"kill_group","pid":31339}"#.to_string()),
+        "the group kill's wire form: {lines:?}"
+    );
+    let seen: Vec<SensorRequest> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, request)| request.clone())
+        .collect();
+    assert!(
+        seen.contains(&SensorRequest::KillGroup { pid: 31339 }),
+        "{seen:?}"
+    );
     assert!(
         seen.contains(&SensorRequest::Kill {
             pid: 31337,
@@ -492,7 +517,7 @@ async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
         .filter(|r| r.uri.contains("ports=7070"))
         .map(|r| r.uri)
         .collect();
-    assert!(to_sensor.len() >= 3, "{to_sensor:?}");
+    assert!(to_sensor.len() >= 4, "{to_sensor:?}");
     assert!(
         to_sensor
             .iter()

@@ -15,6 +15,8 @@
 //! - `{"op":"kill","pid":N,"tree":false}`: SIGKILL to the process (`tree: true`: and all its
 //!   descendants). `pid` is a pid as the sensor's events report it. The sensor answers one
 //!   [`SensorReply`] line, `{"ok":true}` or `{"ok":false,"error":"..."}`, and closes.
+//! - `{"op":"kill_group","pid":N}`: SIGKILL to the members of the process's group that are in
+//!   watched containers (never a member outside them). Answered like `kill`.
 //!
 //! Pids: the events carry the kernel's init-namespace pids (and `ns_pid`, the container's own).
 //! With `hostPID` the sensor's /proc is the node's, and on kind the node is itself a container,
@@ -162,39 +164,76 @@ pub async fn kill_process<S: AsyncRead + AsyncWrite + Unpin>(
     node: &str,
     timeout: Duration,
 ) -> Result<(), LabError> {
+    let request = SensorRequest::Kill { pid, tree };
+    let what = Asked {
+        noun: format!("the kill of pid {pid}"),
+        verb: format!("kill pid {pid}"),
+    };
+    ask(stream, &request, &what, node, timeout).await
+}
+
+/// Ask the sensor on `stream` to kill the process group of `pid` (its members in the watched
+/// containers) and wait (at most `timeout`) for its answer.
+pub async fn kill_process_group<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    pid: u32,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let request = SensorRequest::KillGroup { pid };
+    let what = Asked {
+        noun: format!("the kill of the process group of pid {pid}"),
+        verb: format!("kill the process group of pid {pid}"),
+    };
+    ask(stream, &request, &what, node, timeout).await
+}
+
+/// How errors name a request: "did not answer the kill of pid 42", "could not kill pid 42".
+struct Asked {
+    noun: String,
+    verb: String,
+}
+
+/// Send one request that the sensor answers with one [`SensorReply`] line.
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    request: &SensorRequest,
+    what: &Asked,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let Asked { noun: what, verb } = what;
     let (reader, mut writer) = tokio::io::split(stream);
     let io = |source| LabError::Io {
-        context: format!("asking the sensor on node {node} to kill pid {pid}"),
+        context: format!("asking the sensor on node {node} to {verb}"),
         source,
     };
-    write_request(&mut writer, &SensorRequest::Kill { pid, tree })
-        .await
-        .map_err(io)?;
+    write_request(&mut writer, request).await.map_err(io)?;
     let mut lines = BufReader::new(reader).lines();
     let line = match tokio::time::timeout(timeout, lines.next_line()).await {
         Ok(line) => line.map_err(io)?,
         Err(_) => {
             return Err(LabError::Failed(format!(
-                "the sensor on node {node} did not answer the kill of pid {pid} within {}s",
+                "the sensor on node {node} did not answer {what} within {}s",
                 timeout.as_secs()
             )));
         }
     };
     let Some(line) = line else {
         return Err(LabError::Failed(format!(
-            "the sensor on node {node} closed the connection without answering the kill of pid {pid}"
+            "the sensor on node {node} closed the connection without answering {what}"
         )));
     };
     let reply: SensorReply = serde_json::from_str(&line).map_err(|e| {
         LabError::Failed(format!(
-            "the sensor on node {node} answered the kill of pid {pid} with `{line}`: {e}"
+            "the sensor on node {node} answered {what} with `{line}`: {e}"
         ))
     })?;
     if reply.ok {
         Ok(())
     } else {
         Err(LabError::Failed(format!(
-            "the sensor on node {node} could not kill pid {pid}: {}",
+            "the sensor on node {node} could not {verb}: {}",
             reply.error.unwrap_or_else(|| "no reason given".into())
         )))
     }
@@ -372,6 +411,50 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn kill_group_sends_its_request_and_reads_the_answer() {
+        for (answer, expected) in [
+            ("{\"ok\":true}\n", Ok(())),
+            (
+                "{\"ok\":false,\"error\":\"group 7 has no process in a watched container\"}\n",
+                Err(
+                    "could not kill the process group of pid 42: group 7 has no process in a watched container",
+                ),
+            ),
+            (
+                "{\"ok\":1}\n",
+                Err("answered the kill of the process group of pid 42 with `{\"ok\":1}`"),
+            ),
+            (
+                "",
+                Err(
+                    "closed the connection without answering the kill of the process group of pid 42",
+                ),
+            ),
+        ] {
+            let (ours, sensor) = tokio::io::duplex(4096);
+            let fake = tokio::spawn(async move {
+                let (sr, mut sw) = tokio::io::split(sensor);
+                let line = BufReader::new(sr)
+                    .lines()
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap();
+                sw.write_all(answer.as_bytes()).await.unwrap();
+                sw.shutdown().await.unwrap();
+                line
+            });
+            let result = kill_process_group(ours, 42, "n1", Duration::from_secs(5)).await;
+            assert_eq!(fake.await.unwrap(), r#"{"op":"kill_group","pid":42}"#);
+            match (result, expected) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(text)) => assert!(e.to_string().contains(text), "{e}"),
+                (r, e) => panic!("{r:?} vs {e:?}"),
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_sensor_is_a_timeout_not_a_hang() {
         let (ours, _sensor) = tokio::io::duplex(4096);
@@ -381,6 +464,15 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("did not answer the kill of pid 1 within 10s"),
+            "{err}"
+        );
+        let (ours, _sensor) = tokio::io::duplex(4096);
+        let err = kill_process_group(ours, 2, "n1", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did not answer the kill of the process group of pid 2 within 10s"),
             "{err}"
         );
     }

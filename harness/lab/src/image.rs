@@ -9,11 +9,19 @@
 //! host does (its pip configuration and CA bundle, copied in for the build only).
 //!
 //! Cache layout, under [`default_cache_dir`]:
-//! - `<hash>/rootfs`: a finished image (`<hash>/image.yaml` describes it). A build happens in
+//! - `<hash>/rootfs`: a finished image (`<hash>/image.yaml` describes it, the mtime of
+//!   `<hash>/last-used` says when a lab last took it). A build happens in
 //!   `.build-<hash>-<pid>/` and is renamed to `<hash>/` only when complete, so an interrupted
 //!   build never looks finished; the next build removes the leftovers.
-//! - `downloads/debs`, `downloads/pip`: debootstrap's and pip's downloads, kept for rebuilds.
+//! - `downloads/debs`, `downloads/pip`: debootstrap's and pip's downloads, kept for rebuilds
+//!   (another place can be given, [`ImageCache::downloads`], so that caches share them).
+//! - `.<hash>.lock` (one build per recipe), `.prune.lock` (pruning against lookups).
+//!
+//! Old images are pruned after each build ([`prune_images`]): every other recipe's image goes,
+//! except the most recently used one (a step back stays cheap) and any image a lab records in
+//! its state file as the one its pod runs on.
 
+mod cache;
 mod chroot;
 mod host;
 mod recipe;
@@ -27,6 +35,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::{
+    DEFAULT_LABS_DIR, ImageCache, PrunedEntry, PrunedKind, images_used_by_labs, prune_images,
+};
 pub use chroot::{Bind, RunAs, rootfs_command};
 pub use host::{AptSource, host_apt_source};
 pub use recipe::{LoadedRecipe, RECIPE_FILE, Recipe, load as load_recipe};
@@ -109,15 +120,26 @@ pub fn cached_image(recipe_dir: &Path, cache_dir: &Path) -> Result<Option<BuiltI
 }
 
 /// The image of the recipe in `recipe_dir`: from the cache when it is there (well under a
-/// second), else built (a few minutes, needs root) and cached. Blocking.
+/// second), else built (a few minutes, needs root) and cached. Blocking. Labs are looked up in
+/// [`DEFAULT_LABS_DIR`] when old images are pruned after a build; see [`ensure_cached_image`].
 pub fn ensure_image(
     recipe_dir: &Path,
     cache_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<BuiltImage, LabError> {
+    ensure_cached_image(recipe_dir, &ImageCache::new(cache_dir), progress)
+}
+
+/// [`ensure_image`] with the cache's places given. After a build, the images of other recipes
+/// are pruned ([`prune_images`]): all but the most recently used one and those labs use.
+pub fn ensure_cached_image(
+    recipe_dir: &Path,
+    cache: &ImageCache,
+    progress: &dyn Progress,
+) -> Result<BuiltImage, LabError> {
     let loaded = recipe::load(recipe_dir)?;
-    let final_dir = cache_dir.join(&loaded.hash);
-    if is_complete(&final_dir) {
+    let final_dir = cache.dir.join(&loaded.hash);
+    if cache::use_if_complete(cache, &final_dir) {
         progress.phase(&format!(
             "using the cached pod image {} ({})",
             loaded.recipe.image,
@@ -126,28 +148,26 @@ pub fn ensure_image(
         return Ok(built_image(&loaded, &final_dir));
     }
     require_root()?;
-    fs::create_dir_all(cache_dir).map_err(|source| LabError::Io {
-        context: format!("creating the image cache {}", cache_dir.display()),
+    fs::create_dir_all(&cache.dir).map_err(|source| LabError::Io {
+        context: format!("creating the image cache {}", cache.dir.display()),
         source,
     })?;
-    // One build per recipe at a time; whoever waited finds the image built.
-    let lock_path = cache_dir.join(format!(".{}.lock", loaded.hash));
-    let lock = fs::File::create(&lock_path).map_err(|source| LabError::Io {
-        context: format!("creating the lock file {}", lock_path.display()),
-        source,
-    })?;
-    lock.lock().map_err(|source| LabError::Io {
-        context: format!("locking {}", lock_path.display()),
-        source,
-    })?;
-    if is_complete(&final_dir) {
+    // One build per recipe at a time; whoever waited finds the image built. Held until the
+    // end, so that a prune by another build never takes this image before it is marked used.
+    let _build_lock = cache::BuildLock::acquire(&cache.dir, &loaded.hash)?;
+    if cache::use_if_complete(cache, &final_dir) {
         progress.phase(&format!(
             "using the pod image {} that another build just finished",
             loaded.recipe.image
         ));
         return Ok(built_image(&loaded, &final_dir));
     }
-    build(&loaded, cache_dir, &final_dir, progress)?;
+    build(&loaded, cache, &final_dir, progress)?;
+    cache::mark_used(&final_dir);
+    // The new image is in place: a failure to tidy up is reported, not fatal.
+    if let Err(e) = prune_images(cache, &loaded.hash, progress) {
+        progress.detail(&format!("old pod images were not removed: {e}"));
+    }
     Ok(built_image(&loaded, &final_dir))
 }
 
@@ -302,10 +322,11 @@ impl Drop for BuildScratch {
 
 fn build(
     loaded: &LoadedRecipe,
-    cache_dir: &Path,
+    cache: &ImageCache,
     final_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<(), LabError> {
+    let cache_dir = &cache.dir;
     let started = Instant::now();
     let r = &loaded.recipe;
     let short = &loaded.hash[..12];
@@ -332,8 +353,8 @@ fn build(
     };
     fs::create_dir_all(&work.path).map_err(io(format!("creating {}", work.path.display())))?;
     let rootfs = work.path.join("rootfs");
-    let debs = cache_dir.join("downloads").join("debs");
-    let pip_cache = cache_dir.join("downloads").join("pip");
+    let debs = cache.downloads.join("debs");
+    let pip_cache = cache.downloads.join("pip");
     for d in [&rootfs, &debs, &pip_cache] {
         fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
     }

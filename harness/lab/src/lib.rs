@@ -53,6 +53,10 @@ pub enum LabAction {
     KillProcess { pid: u32 },
     /// Kill a process and all its descendants.
     KillProcessTree { pid: u32 },
+    /// Kill the process group of a process (host pid): every member of that group that is a
+    /// process of the same pod. Members outside the pod are never touched (the pod's first
+    /// process may share its group with the runtime that started it).
+    KillProcessGroup { pid: u32 },
     /// Kill the pod (on Kubernetes its Deployment brings a new one).
     KillPod { namespace: String, name: String },
 }

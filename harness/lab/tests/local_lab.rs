@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use guardlab_events::EventBody;
 use guardlab_jupyter::{JupyterClient, Terminal};
-use guardlab_lab::local::{DEFAULT_NOTEBOOK_PORT, LocalLab, cgroup};
+use guardlab_lab::local::{DEFAULT_NOTEBOOK_PORT, ImageSource, LocalLab, cgroup};
 use guardlab_lab::{AllowedDestination, Enforcement, Lab, LabAction, LabInfo, NoProgress};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,13 +86,133 @@ async fn hello_world(info: &LabInfo) {
     assert_eq!(cell.stdout, "Hello world!\n", "{cell:?}");
 }
 
+/// Host pids of the pod's processes whose command line is `words`.
+fn pod_processes(cgroup_path: &std::path::Path, words: &[&str]) -> Vec<u32> {
+    let cmdline: String = words.iter().map(|w| format!("{w}\0")).collect();
+    cgroup::pids_in_tree(cgroup_path)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default() == cmdline
+        })
+        .collect()
+}
+
+/// The parent of a process, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Running: not gone and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("X")
+                .to_string();
+            state != "Z" && state != "X"
+        })
+        .unwrap_or(false)
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `KillProcessGroup` in the pod: a terminal job of three processes (a subshell and its two
+/// sleeps: one process group) next to another job (another group); killing the group of one
+/// of the sleeps ends the whole job and nothing else.
+async fn a_process_group_is_killed_and_nothing_else(
+    lab: &mut LocalLab,
+    terminal: &mut Terminal,
+    cgroup_path: &std::path::Path,
+) {
+    let (output, code) = run(
+        terminal,
+        "(sleep 1201 & sleep 1202 & wait) & sleep 1203 & echo started",
+    )
+    .await;
+    assert_eq!(code, 0, "{output}");
+    let mut found = (Vec::new(), Vec::new(), Vec::new());
+    wait_until("the job's processes in the pod", || {
+        found = (
+            pod_processes(cgroup_path, &["sleep", "1201"]),
+            pod_processes(cgroup_path, &["sleep", "1202"]),
+            pod_processes(cgroup_path, &["sleep", "1203"]),
+        );
+        found.0.len() == 1 && found.1.len() == 1 && found.2.len() == 1
+    })
+    .await;
+    let (first, second, other) = (found.0[0], found.1[0], found.2[0]);
+    let subshell = parent_of(first).unwrap();
+    assert_eq!(parent_of(second), Some(subshell));
+    let shell = parent_of(subshell).unwrap();
+    assert_eq!(
+        parent_of(other),
+        Some(shell),
+        "both jobs are the terminal's"
+    );
+    let group = cgroup::process_group(first).unwrap();
+    assert_eq!(
+        [subshell, first, second].map(cgroup::process_group),
+        [Some(group); 3],
+        "the job is one process group"
+    );
+    let other_group = cgroup::process_group(other).unwrap();
+    assert_ne!(other_group, group, "the other job is another group");
+    assert_ne!(cgroup::process_group(shell), Some(group));
+
+    // Never anything outside the pod.
+    let refused = lab
+        .carry_out(&LabAction::KillProcessGroup {
+            pid: std::process::id(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not in a pod of this lab"), "{refused}");
+
+    lab.carry_out(&LabAction::KillProcessGroup { pid: second })
+        .await
+        .unwrap();
+    wait_until("the group's processes to end", || {
+        [subshell, first, second].iter().all(|p| !running(*p))
+    })
+    .await;
+    assert!(running(other), "the other group's sleep lives on");
+    assert!(running(shell), "the terminal's shell lives on");
+    let (output, code) = run(terminal, "kill $!; wait; echo still here").await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("still here"), "{output}");
+    assert!(
+        output.contains("Killed") && output.contains("sleep 1202"),
+        "bash saw its job killed: {output}"
+    );
+    wait_until("the other sleep to end by the terminal's kill", || {
+        !running(other)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_from_cold_and_from_cache_then_the_tutorial_runs_in_the_lab() {
     require_root();
     let _serial = SERIAL.lock().await;
     let _port = lock_port(DEFAULT_NOTEBOOK_PORT);
     let scratch = tempfile::tempdir().unwrap();
-    // An empty image cache: this `up` builds the image.
+    // An empty image cache: this `up` builds the image, every step of it; it shares the
+    // default cache's downloads (debootstrap's .debs, pip's cache), so it measures the build
+    // without downloading again what the default cache has.
     let cold_cache = tempfile::Builder::new()
         .prefix("guardlab-cold-cache-")
         .tempdir_in("/var/tmp")
@@ -105,6 +225,15 @@ async fn up_from_cold_and_from_cache_then_the_tutorial_runs_in_the_lab() {
     let cold = lab.up(&progress).await;
     let cold_seconds = started.elapsed().as_secs_f64();
     let mut holdings = Holdings::gather(&lab);
+    // The lab says which image its pod runs on (so that no prune of the cache takes it), and
+    // the image knows it was used.
+    let ImageSource::Recipe { recipe_dir, .. } = &lab.options().image else {
+        panic!("the test lab builds its image")
+    };
+    let image_dir = cold_cache
+        .path()
+        .join(guardlab_lab::image::image_recipe_hash(recipe_dir).unwrap());
+    let recorded = lab.state().unwrap().and_then(|s| s.image_rootfs);
     let cold_result = match cold {
         Ok(info) => {
             hello_world(&info).await;
@@ -115,6 +244,8 @@ async fn up_from_cold_and_from_cache_then_the_tutorial_runs_in_the_lab() {
     lab.down(&progress).await.expect("down after the cold up");
     cold_result.expect("lab up from cold");
     assert_nothing_left(&holdings);
+    assert_eq!(recorded, Some(image_dir.join("rootfs")));
+    assert!(image_dir.join("last-used").is_file());
 
     let started = Instant::now();
     let cached = lab.up(&progress).await;
@@ -365,6 +496,7 @@ async fn responses_kill_the_pods_processes_only_and_a_killed_pod_is_replaced() {
             output.contains("Killed") && output.contains("sleep 1000"),
             "bash saw its job killed: {output}"
         );
+        a_process_group_is_killed_and_nothing_else(&mut lab, &mut terminal, &cgroup_path).await;
         drop(terminal);
 
         // A killed pod comes back as a new pod of the same Deployment.
@@ -410,6 +542,38 @@ async fn responses_kill_the_pods_processes_only_and_a_killed_pod_is_replaced() {
             "status tells how the pod ended"
         );
         hello_world(&third).await;
+
+        // The pod's first process is in the process group of the daemon that started it (as a
+        // runtime's child is): killing that group ends the pod's members only. The daemon
+        // lives on and the Deployment brings a new pod.
+        let daemon = lab.state().unwrap().unwrap().daemon.unwrap();
+        let root = third.pods[0].root_pid.unwrap();
+        assert_eq!(
+            cgroup::process_group(root),
+            cgroup::process_group(daemon.pid),
+            "this check needs the pod's first process in the daemon's group"
+        );
+        lab.carry_out(&LabAction::KillProcessGroup { pid: root })
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            holdings.merge(Holdings::gather(&lab));
+            if let Some(info) = lab.status().await.unwrap()
+                && info
+                    .pods
+                    .first()
+                    .is_some_and(|p| p.name != third.pods[0].name)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new pod after the first process's group was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(daemon.is_alive(), "the daemon, in the same group, lives on");
     };
     let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks)).await;
     holdings.merge(Holdings::gather(&lab));

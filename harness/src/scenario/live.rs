@@ -338,7 +338,8 @@ impl<L: LiveLab> LabBackend<L> {
     }
 }
 
-/// What the engine decided, as the lab interface says it; `None` for what it cannot do.
+/// What the engine decided, as the lab interface says it (`None` would be an action it has no
+/// word for; every response action has one now).
 pub fn lab_action(decision: &Decision) -> Option<LabAction> {
     let t = &decision.target;
     match decision.action {
@@ -348,7 +349,7 @@ pub fn lab_action(decision: &Decision) -> Option<LabAction> {
             namespace: t.namespace.clone(),
             name: t.pod.clone(),
         }),
-        ActionKind::AgentKillProcessGroup => None,
+        ActionKind::AgentKillProcessGroup => Some(LabAction::KillProcessGroup { pid: t.pid }),
     }
 }
 

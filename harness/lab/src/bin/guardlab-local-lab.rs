@@ -84,6 +84,7 @@ fn lab(args: &LabArgs) -> Result<LocalLab, guardlab_lab::LabError> {
         options.image = ImageSource::Recipe {
             recipe_dir: recipe_dir.clone(),
             cache_dir: cache.clone(),
+            downloads_dir: None,
         };
     }
     if let Some(rootfs) = &args.rootfs {

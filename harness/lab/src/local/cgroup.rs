@@ -4,6 +4,7 @@
 //! straight into theirs), so `cgroup.kill` on the lab's directory ends every lab process at once.
 
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,6 +138,116 @@ pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The process group of a process (`pgrp`, field 5 of `/proc/<pid>/stat`), as this host's pid
+/// namespace numbers it. `None` when the process is gone.
+pub fn process_group(pid: u32) -> Option<u32> {
+    stat_state_and_group(pid).map(|(_, group)| group)
+}
+
+/// The process group of a process that has not ended (a zombie has nothing left to kill).
+fn live_process_group(pid: u32) -> Option<u32> {
+    stat_state_and_group(pid)
+        .filter(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
+        .map(|(_, group)| group)
+}
+
+fn stat_state_and_group(pid: u32) -> Option<(char, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp ...`: the command name may contain spaces and parentheses.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
+
+/// A process held by a pidfd: a signal through it reaches that process or nothing, never a
+/// process that reused its pid.
+struct HeldProcess {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl HeldProcess {
+    fn open(pid: u32) -> Option<HeldProcess> {
+        // SAFETY: pidfd_open(2) with no flags returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Some(HeldProcess {
+            pid,
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, without siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+/// Kill the process group of `pid` with SIGKILL, limited to the processes of the cgroup tree
+/// `tree` (a pod's cgroup): a member of the group outside the tree is never signalled, so a
+/// group shared with the runtime that started the pod cannot take the runtime with it.
+/// Returns the host pids that were killed, in ascending order.
+///
+/// Every member is first stopped (SIGSTOP) and the tree scanned again until no new member
+/// shows up, so that nothing forks a new member while the group is killed. Each process is
+/// held by a pidfd opened before it is checked, so a pid reused in between is never hit.
+pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
+    if !pids_in_tree(tree).contains(&pid) {
+        return Err(LabError::Failed(format!(
+            "process {pid} is not in cgroup {}",
+            tree.display()
+        )));
+    }
+    let pgid = live_process_group(pid).filter(|g| *g != 0).ok_or_else(|| {
+        LabError::Failed(format!("process {pid} ended before it could be killed"))
+    })?;
+    let mut members: Vec<HeldProcess> = Vec::new();
+    for _ in 0..100 {
+        let candidates: Vec<HeldProcess> = pids_in_tree(tree)
+            .into_iter()
+            .filter(|p| !members.iter().any(|m| m.pid == *p))
+            .filter_map(HeldProcess::open)
+            .collect();
+        // Checked after the pidfd was opened: what passes is the process the pidfd holds
+        // (or one that died since, which no signal reaches).
+        let listed = pids_in_tree(tree);
+        let fresh: Vec<HeldProcess> = candidates
+            .into_iter()
+            .filter(|c| listed.contains(&c.pid) && live_process_group(c.pid) == Some(pgid))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for member in fresh {
+            member.signal(libc::SIGSTOP);
+            members.push(member);
+        }
+    }
+    if members.is_empty() {
+        return Err(LabError::Failed(format!(
+            "process {pid} ended before its group {pgid} could be killed"
+        )));
+    }
+    for member in &members {
+        member.signal(libc::SIGKILL);
+    }
+    let mut killed: Vec<u32> = members.iter().map(|m| m.pid).collect();
+    killed.sort_unstable();
+    Ok(killed)
 }
 
 /// Remove a cgroup tree, leaves first. Fine when it does not exist. The processes must be gone.

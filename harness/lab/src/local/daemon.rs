@@ -1129,6 +1129,18 @@ async fn carry_out(daemon: &Arc<Daemon>, action: &LabAction) -> Result<(), LabEr
             }
             Ok(())
         }
+        LabAction::KillProcessGroup { pid } => {
+            let Some(cgroup_path) = pod_of_pid(daemon, *pid) else {
+                return Err(LabError::Failed(format!(
+                    "process {pid} is not in a pod of this lab"
+                )));
+            };
+            // Only the group's members in this pod: the pod's first process shares its group
+            // with the daemon, which must never be hit.
+            let killed = cgroup::kill_group_in_tree(&cgroup_path, *pid)?;
+            log(&format!("killed the process group of {pid}: {killed:?}"));
+            Ok(())
+        }
         LabAction::KillPod { namespace, name } => {
             let matches = daemon
                 .pods

@@ -61,6 +61,9 @@ pub enum ImageSource {
     Recipe {
         recipe_dir: PathBuf,
         cache_dir: PathBuf,
+        /// debootstrap's and pip's downloads; `None`: `<cache_dir>/downloads`. Another cache's
+        /// downloads make a build into an empty cache download nothing they have.
+        downloads_dir: Option<PathBuf>,
     },
     /// An image root filesystem already on disk (tests, or a custom image).
     Prebuilt(PodRuntime),
@@ -109,10 +112,11 @@ impl LocalLabOptions {
             .unwrap_or_else(|_| "guardlab".into());
         LocalLabOptions {
             lab: lab.to_string(),
-            state_dir: PathBuf::from("/run/guardlab"),
+            state_dir: PathBuf::from(crate::image::DEFAULT_LABS_DIR),
             image: ImageSource::Recipe {
                 recipe_dir: manifests_dir.join("image"),
                 cache_dir: image_cache,
+                downloads_dir: None,
             },
             manifests_dir,
             forward: Some(SocketAddr::from((
@@ -313,9 +317,16 @@ impl LocalLab {
             ImageSource::Recipe {
                 recipe_dir,
                 cache_dir,
+                downloads_dir,
             } => {
+                let mut cache = crate::image::ImageCache::new(cache_dir);
+                if let Some(downloads) = downloads_dir {
+                    cache.downloads = downloads.clone();
+                }
+                // Pruning after a build keeps the images the labs here record.
+                cache.labs_dir = self.options.state_dir.clone();
                 let built =
-                    blocking(|| crate::image::ensure_image(recipe_dir, cache_dir, progress))?;
+                    blocking(|| crate::image::ensure_cached_image(recipe_dir, &cache, progress))?;
                 Ok(PodRuntime {
                     rootfs: built.rootfs,
                     image: built.image,
@@ -328,6 +339,20 @@ impl LocalLab {
                     cmd: Vec::new(),
                 })
             }
+        }
+    }
+
+    /// The image root filesystem the pod will run on, known before it is looked up or built.
+    fn image_rootfs(&self) -> Result<PathBuf, LabError> {
+        match &self.options.image {
+            ImageSource::Prebuilt(runtime) => Ok(runtime.rootfs.clone()),
+            ImageSource::Recipe {
+                recipe_dir,
+                cache_dir,
+                ..
+            } => Ok(cache_dir
+                .join(crate::image::image_recipe_hash(recipe_dir)?)
+                .join("rootfs")),
         }
     }
 
@@ -385,12 +410,15 @@ impl LocalLab {
     async fn start(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
         let options = &self.options;
         let lab_cgroup = cgroup::lab_cgroup(&options.lab)?;
-        // The state file first: from here on `down` knows what to remove.
+        let image_rootfs = self.image_rootfs()?;
+        // The state file first: from here on `down` knows what to remove, and a build of
+        // another image never prunes this lab's (recorded before it is looked up).
         let state_file = StateFile::in_dir(&self.lab_dir);
         let mut lab_state = LabState {
             version: STATE_VERSION,
             lab: options.lab.clone(),
             cgroup: lab_cgroup.clone(),
+            image_rootfs: Some(image_rootfs),
             phase: "preparing".into(),
             ..Default::default()
         };

@@ -118,6 +118,14 @@ mod tests {
             text,
             r#"{"op":"carry_out","action":{"KillProcess":{"pid":7}}}"#
         );
+        let group = serde_json::to_string(&Request::CarryOut {
+            action: LabAction::KillProcessGroup { pid: 8 },
+        })
+        .unwrap();
+        assert_eq!(
+            group,
+            r#"{"op":"carry_out","action":{"KillProcessGroup":{"pid":8}}}"#
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"events"}"#).unwrap(),
             Request::Events { replay: false }

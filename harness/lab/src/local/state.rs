@@ -102,6 +102,10 @@ pub struct LabState {
     pub lab: String,
     /// The lab's cgroup: the daemon's and the pods' cgroups are below it.
     pub cgroup: PathBuf,
+    /// The image root filesystem the lab's pods run on. Recorded before the image is looked up,
+    /// so that pruning the image cache (`image::prune_images`) never removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_rootfs: Option<PathBuf>,
     pub daemon: Option<ProcessRecord>,
     pub pods: Vec<PodRecord>,
     pub netns: Vec<NetnsRecord>,

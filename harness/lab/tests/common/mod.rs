@@ -91,15 +91,27 @@ pub fn miner_tarball(dir: &Path) -> PathBuf {
     tarball
 }
 
-/// Options of a test lab: its own name, the crate's daemon, a test miner tarball.
+/// Options of a test lab: its own name, the crate's daemon, a test miner tarball. With
+/// `image_cache`, the image is built into (or taken from) that cache instead of the default
+/// one, sharing the default cache's downloads: a build into an empty cache goes through every
+/// step of a cold build but downloads nothing the default cache has.
 pub fn options(lab: &str, scratch: &Path, image_cache: Option<&Path>) -> LocalLabOptions {
     let mut options = LocalLabOptions::new(lab);
     options.daemon_command = vec![local_lab_exe().into_os_string(), "daemon".into()];
     options.miner_tarball = Some(miner_tarball(scratch));
-    if let (Some(cache), ImageSource::Recipe { recipe_dir, .. }) = (image_cache, &options.image) {
+    if let (
+        Some(cache),
+        ImageSource::Recipe {
+            recipe_dir,
+            cache_dir: default_cache,
+            ..
+        },
+    ) = (image_cache, &options.image)
+    {
         options.image = ImageSource::Recipe {
             recipe_dir: recipe_dir.clone(),
             cache_dir: cache.to_path_buf(),
+            downloads_dir: Some(default_cache.join("downloads")),
         };
     }
     options

@@ -1,0 +1,468 @@
+//! The image cache's bookkeeping: where it keeps what, its locks, which images labs use, and
+//! the pruning of old images.
+//!
+//! Pruning must never take an image from under a lab. A lab records the image its pod runs on
+//! in its state file (`image_rootfs`) *before* it looks the image up, and the lookup
+//! ([`use_if_complete`]) holds the cache's prune lock shared while a prune holds it exclusive
+//! from reading the labs' state files to moving their images away. So either the prune sees
+//! the lab's record and keeps the image, or the lookup comes after the image was moved away
+//! and finds none (and builds it again): never an image that disappears after it was found.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::{RECORD_FILE, disk_usage, is_complete, remove_tree};
+use crate::{LabError, Progress};
+
+/// Where local labs keep their state (`<dir>/<lab>/state.json`).
+pub const DEFAULT_LABS_DIR: &str = "/run/guardlab";
+
+/// Touched whenever a lab takes the image: its mtime is when the image was last used.
+const LAST_USED_FILE: &str = "last-used";
+/// Shared by lookups, exclusive while a prune decides and moves images away.
+const PRUNE_LOCK_FILE: &str = ".prune.lock";
+/// An image being removed is first renamed to this prefix (atomic: nobody sees half an image),
+/// then deleted; a prune that crashed in between leaves it for the next one.
+const TRASH_PREFIX: &str = ".prune-";
+const BUILD_PREFIX: &str = ".build-";
+
+/// The places of an image cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageCache {
+    /// Finished images (`<hash>/`), builds in progress, locks.
+    pub dir: PathBuf,
+    /// debootstrap's and pip's downloads (`debs/`, `pip/`); by default `<dir>/downloads`.
+    /// Caches may share one: a build into an empty cache then downloads nothing it has.
+    pub downloads: PathBuf,
+    /// Where labs record their state ([`DEFAULT_LABS_DIR`]): an image a lab records is never
+    /// pruned.
+    pub labs_dir: PathBuf,
+}
+
+impl ImageCache {
+    /// A cache in `dir` with its own downloads, for the labs in [`DEFAULT_LABS_DIR`].
+    pub fn new(dir: &Path) -> ImageCache {
+        ImageCache {
+            dir: dir.to_path_buf(),
+            downloads: dir.join("downloads"),
+            labs_dir: PathBuf::from(DEFAULT_LABS_DIR),
+        }
+    }
+}
+
+/// What a prune removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunedEntry {
+    /// Where it was in the cache (for an image, `<cache>/<hash>`).
+    pub path: PathBuf,
+    pub kind: PrunedKind,
+    /// Bytes it used on disk.
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PrunedKind {
+    /// A finished image of another recipe.
+    Image,
+    /// An image directory without its record or root filesystem (not usable).
+    UnfinishedImage,
+    /// What a build that crashed left (`.build-<hash>-<pid>`).
+    InterruptedBuild,
+    /// What a prune that crashed left (`.prune-...`).
+    InterruptedPrune,
+}
+
+/// A lock on a file in the cache directory, released when dropped (or when its holder dies).
+pub(super) struct FileLock(#[allow(dead_code)] fs::File);
+
+impl FileLock {
+    /// The cache's prune lock, shared; `None` when it cannot be had (no cache yet, or a cache
+    /// this user may only read: then nobody here prunes either).
+    fn prune_shared(dir: &Path) -> Option<FileLock> {
+        let path = dir.join(PRUNE_LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|_| fs::File::open(&path))
+            .ok()?;
+        file.lock_shared().ok()?;
+        Some(FileLock(file))
+    }
+
+    fn prune_exclusive(dir: &Path) -> Result<FileLock, LabError> {
+        let path = dir.join(PRUNE_LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| LabError::Io {
+                context: format!("opening {}", path.display()),
+                source,
+            })?;
+        file.lock().map_err(|source| LabError::Io {
+            context: format!("locking {}", path.display()),
+            source,
+        })?;
+        Ok(FileLock(file))
+    }
+}
+
+/// One build per recipe: the lock on `<cache>/.<hash>.lock`.
+pub(super) struct BuildLock(#[allow(dead_code)] FileLock);
+
+impl BuildLock {
+    pub(super) fn acquire(dir: &Path, hash: &str) -> Result<BuildLock, LabError> {
+        let path = build_lock_path(dir, hash);
+        loop {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|source| LabError::Io {
+                    context: format!("creating the lock file {}", path.display()),
+                    source,
+                })?;
+            file.lock().map_err(|source| LabError::Io {
+                context: format!("locking {}", path.display()),
+                source,
+            })?;
+            // A prune removes the lock file of a recipe whose image it removed (holding the
+            // lock while it does): a lock on a file no longer at the path locks nothing.
+            if same_file(&file, &path) {
+                return Ok(BuildLock(FileLock(file)));
+            }
+        }
+    }
+}
+
+fn build_lock_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join(format!(".{hash}.lock"))
+}
+
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The free lock of a recipe's builds, taken; `None` while a build of it runs (or waits to).
+/// `Some(None)`: there is no lock file.
+fn try_build_lock(dir: &Path, hash: &str) -> Option<Option<fs::File>> {
+    let path = build_lock_path(dir, hash);
+    let Ok(file) = fs::File::open(&path) else {
+        return Some(None);
+    };
+    file.try_lock().ok()?;
+    Some(Some(file))
+}
+
+/// Is `final_dir` a finished image? If so it is marked used, all under the prune lock, so that
+/// no prune removes it between the check and the mark (see the module's comment).
+pub(super) fn use_if_complete(cache: &ImageCache, final_dir: &Path) -> bool {
+    let _lock = FileLock::prune_shared(&cache.dir);
+    if !is_complete(final_dir) {
+        return false;
+    }
+    mark_used(final_dir);
+    true
+}
+
+/// Record that the image in `dir` was used now. Best effort: a cache this user may only read
+/// keeps its old marks.
+pub(super) fn mark_used(dir: &Path) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let _ = fs::write(
+        dir.join(LAST_USED_FILE),
+        format!("{now} (seconds since 1970; the file's mtime is what counts)\n"),
+    );
+}
+
+/// When the image in `dir` was last used: its mark, else when it was built.
+fn last_used(dir: &Path) -> SystemTime {
+    [
+        dir.join(LAST_USED_FILE),
+        dir.join(RECORD_FILE),
+        dir.to_path_buf(),
+    ]
+    .iter()
+    .find_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+    .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The image root filesystems that labs in `labs_dir` record, with the lab's name: the
+/// `image_rootfs` of each `<lab>/state.json`, else (a lab started before labs recorded it) the
+/// `runtime.rootfs` of its `config.json`. A lab counts while its state file exists: up, coming
+/// up, or left by a killed harness until `lab down` (its pods may still run).
+///
+/// A state file that cannot be read is an error: nobody can tell which image that lab uses.
+pub fn images_used_by_labs(labs_dir: &Path) -> Result<Vec<(String, PathBuf)>, LabError> {
+    let entries = match fs::read_dir(labs_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LabError::Io {
+                context: format!("reading the labs' directory {}", labs_dir.display()),
+                source,
+            });
+        }
+    };
+    let mut used = Vec::new();
+    for entry in entries.flatten() {
+        let lab_dir = entry.path();
+        let state_path = lab_dir.join(crate::local::state::STATE_FILE);
+        let text = match fs::read_to_string(&state_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
+            Err(source) => {
+                return Err(LabError::Io {
+                    context: format!("reading {}", state_path.display()),
+                    source,
+                });
+            }
+        };
+        // Read as plain JSON: a state file of another version still says which image it uses.
+        let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            LabError::Failed(format!(
+                "{}: {e}: cannot tell which pod image that lab uses",
+                state_path.display()
+            ))
+        })?;
+        let config_path = lab_dir.join(crate::local::state::CONFIG_FILE);
+        let rootfs = match state.get("image_rootfs").and_then(|v| v.as_str()) {
+            Some(rootfs) => Some(PathBuf::from(rootfs)),
+            None => fs::read_to_string(&config_path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|c| c["runtime"]["rootfs"].as_str().map(PathBuf::from)),
+        };
+        if let Some(rootfs) = rootfs {
+            let lab = entry.file_name().to_string_lossy().into_owned();
+            used.push((lab, rootfs));
+        }
+    }
+    used.sort();
+    Ok(used)
+}
+
+/// A recipe hash: 64 lowercase hex digits.
+fn is_recipe_hash(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `458 MiB`, `1.2 GiB`, `12 KiB`.
+pub(super) fn human_size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= KIB * KIB * KIB {
+        format!("{:.1} GiB", b / (KIB * KIB * KIB))
+    } else if b >= KIB * KIB {
+        format!("{:.0} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.0} KiB", b / KIB)
+    }
+}
+
+/// `3 min ago`, `5 h ago`, `2 days ago`.
+fn ago(when: SystemTime) -> String {
+    let seconds = SystemTime::now()
+        .duration_since(when)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    match seconds {
+        0..120 => format!("{seconds} s ago"),
+        120..7200 => format!("{} min ago", seconds / 60),
+        7200..172_800 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+/// Remove from the cache the images of recipes other than `keep`, except the most recently
+/// used one of them (going back a step stays cheap) and every image a lab uses
+/// ([`images_used_by_labs`]) or a build of its recipe is busy with; and what crashed builds
+/// and prunes left. One line per removed entry with its size goes to `progress`.
+///
+/// Nothing else in the cache is touched (the downloads, the locks of kept recipes).
+pub fn prune_images(
+    cache: &ImageCache,
+    keep: &str,
+    progress: &dyn Progress,
+) -> Result<Vec<PrunedEntry>, LabError> {
+    let lock = FileLock::prune_exclusive(&cache.dir)?;
+    let used = images_used_by_labs(&cache.labs_dir)?;
+    let used_by = |dir: &Path| -> Option<&str> {
+        let dir = canonical(dir);
+        used.iter()
+            .find(|(_, rootfs)| rootfs.parent().map(canonical).as_deref() == Some(dir.as_path()))
+            .map(|(lab, _)| lab.as_str())
+    };
+    let entries = fs::read_dir(&cache.dir).map_err(|source| LabError::Io {
+        context: format!("reading the image cache {}", cache.dir.display()),
+        source,
+    })?;
+    let mut images: Vec<(PathBuf, SystemTime)> = Vec::new();
+    let mut doomed: Vec<(PathBuf, PrunedKind)> = Vec::new();
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let path = cache.dir.join(&name);
+        if is_recipe_hash(&name) {
+            if name == keep || !path.is_dir() {
+                continue;
+            }
+            if let Some(lab) = used_by(&path) {
+                progress.detail(&format!(
+                    "keeping the pod image {} (lab {lab} uses it): {}",
+                    &name[..12],
+                    path.display()
+                ));
+                continue;
+            }
+            if try_build_lock(&cache.dir, &name).is_none() {
+                continue; // A build of that recipe runs, or just finished and is taking it.
+            }
+            if is_complete(&path) {
+                let used = last_used(&path);
+                images.push((path, used));
+            } else {
+                doomed.push((path, PrunedKind::UnfinishedImage));
+            }
+        } else if let Some(rest) = name.strip_prefix(BUILD_PREFIX) {
+            let Some((hash, _pid)) = rest.rsplit_once('-') else {
+                continue;
+            };
+            // Only when no build of that recipe runs (its lock is free; ours is held).
+            if hash != keep && try_build_lock(&cache.dir, hash).is_some() {
+                doomed.push((path, PrunedKind::InterruptedBuild));
+            }
+        } else if name.starts_with(TRASH_PREFIX) {
+            doomed.push((path, PrunedKind::InterruptedPrune));
+        }
+    }
+    // The most recently used other image stays.
+    images.sort_by_key(|(_, used)| *used);
+    if let Some((kept, used)) = images.pop() {
+        let name = kept.file_name().unwrap_or_default().to_string_lossy();
+        progress.detail(&format!(
+            "keeping the previous pod image {} (last used {}): {}",
+            &name[..name.len().min(12)],
+            ago(used),
+            kept.display()
+        ));
+    }
+    if images.is_empty() && doomed.is_empty() {
+        return Ok(Vec::new());
+    }
+    progress.phase("removing old pod images from the cache");
+    let mut errors = Vec::new();
+    // First out of the way (a crash while deleting must not leave half an image that looks
+    // whole), then deleted; all under the lock, so that no other prune deletes it as well.
+    let mut trash: Vec<(PathBuf, PrunedEntry, (String, String))> = Vec::new();
+    let pid = std::process::id();
+    for (path, kind, when) in images
+        .into_iter()
+        .map(|(path, used)| {
+            (
+                path,
+                PrunedKind::Image,
+                format!(", last used {}", ago(used)),
+            )
+        })
+        .chain(doomed.into_iter().map(|(p, k)| (p, k, String::new())))
+    {
+        let bytes = disk_usage(&path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = match kind {
+            PrunedKind::Image | PrunedKind::UnfinishedImage => {
+                let target = cache.dir.join(format!("{TRASH_PREFIX}{name}-{pid}"));
+                if let Err(e) = fs::rename(&path, &target) {
+                    errors.push(format!("moving {} away: {e}", path.display()));
+                    continue;
+                }
+                // Its recipe's lock file goes too, unless a build just took it.
+                if let Some(Some(_held)) = try_build_lock(&cache.dir, &name) {
+                    let _ = fs::remove_file(build_lock_path(&cache.dir, &name));
+                }
+                target
+            }
+            PrunedKind::InterruptedBuild | PrunedKind::InterruptedPrune => path.clone(),
+        };
+        let entry = PrunedEntry { path, kind, bytes };
+        trash.push((target, entry, (kind_note(kind, &name), when)));
+    }
+    let mut removed = Vec::new();
+    for (target, entry, (what, when)) in trash {
+        match remove_tree(&target) {
+            Ok(()) => {
+                progress.detail(&format!(
+                    "removed {what} ({}{when}): {}",
+                    human_size(entry.bytes),
+                    entry.path.display()
+                ));
+                removed.push(entry);
+            }
+            Err(e) => errors.push(format!("removing {}: {e}", target.display())),
+        }
+    }
+    drop(lock);
+    if errors.is_empty() {
+        Ok(removed)
+    } else {
+        Err(LabError::Failed(format!(
+            "pruning the image cache {}: {}",
+            cache.dir.display(),
+            errors.join("; ")
+        )))
+    }
+}
+
+fn kind_note(kind: PrunedKind, name: &str) -> String {
+    let short = &name[..name.len().min(12)];
+    match kind {
+        PrunedKind::Image => format!("the old pod image {short}"),
+        PrunedKind::UnfinishedImage => format!("the unfinished pod image {short}"),
+        PrunedKind::InterruptedBuild => "what an interrupted build left".into(),
+        PrunedKind::InterruptedPrune => "what an interrupted prune left".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_well() {
+        assert_eq!(human_size(12 * 1024), "12 KiB");
+        assert_eq!(human_size(458 * 1024 * 1024), "458 MiB");
+        assert_eq!(human_size(1288 * 1024 * 1024), "1.3 GiB");
+        let now = SystemTime::now();
+        assert_eq!(ago(now + Duration::from_secs(5)), "0 s ago");
+        assert_eq!(ago(now - Duration::from_secs(3 * 3600)), "3 h ago");
+        assert_eq!(ago(now - Duration::from_secs(3 * 86_400)), "3 days ago");
+        assert!(is_recipe_hash(&"ab".repeat(32)));
+        assert!(!is_recipe_hash("downloads") && !is_recipe_hash(&"AB".repeat(32)));
+    }
+}
