@@ -3,14 +3,25 @@
 //! gets exercised. It keeps objects in memory, plays a controller for Deployments and
 //! DaemonSets (pods whose status follows a chosen [`Rollout`]) and forwards port-forward
 //! streams to local TCP addresses the test chooses.
+//!
+//! It also plays the kubelet of a gated notebook container (see `gate`): a container whose
+//! args are the start gate's runs but is not ready; its log ends with the gate's line once the
+//! gate listens ([`FakeApi::set_gate_delay`]); the first port-forward connection to its gate
+//! port opens the gate (the pod becomes ready, its Deployment too), later ones are refused.
+//! [`FakeSensor`] is the sensor's control port, as the harness reaches it through a
+//! port-forward. Both write what they do, in order, to [`FakeState::timeline`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use guardlab_events::{
+    ContainerInfo, Event, EventBody, Listen, ProcessExec, ProcessKey, Protocol, write_ndjson,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -18,13 +29,16 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use kube::Client;
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::gate::{GATE_PORT, gate_program, gate_waiting_line};
+use crate::sensor_link::SensorRequest;
 
 pub const NODE: &str = "guardlab-control-plane";
 
@@ -51,6 +65,16 @@ pub struct FakeState {
     pub requests: Vec<Recorded>,
     pub rollouts: HashMap<String, Rollout>,
     pub port_targets: HashMap<(String, u16), SocketAddr>,
+    /// What happened, in order: `GET /path`, `PATCH /path`, `DELETE /path`,
+    /// `portforward ns/pod:port`, `gate opened: ns/pod`, and the fake sensor's lines
+    /// (`sensor: subscribe [ids]`, `sensor: container <id>`, `sensor: exec <id>`).
+    pub timeline: Vec<String>,
+    /// Gated pods (path) and when their gate starts listening.
+    gate_listens_at: HashMap<String, Instant>,
+    /// Pods (`ns/name`) whose gate was opened.
+    pub gates_opened: BTreeSet<String>,
+    /// How long a gated container runs before its gate listens.
+    gate_delay: Duration,
     counter: u64,
 }
 
@@ -115,6 +139,29 @@ impl FakeApi {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn timeline(&self) -> Vec<String> {
+        self.state.lock().unwrap().timeline.clone()
+    }
+
+    /// Gated containers made from now on run this long before their gate listens.
+    pub fn set_gate_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().gate_delay = delay;
+    }
+
+    pub fn gates_opened(&self) -> BTreeSet<String> {
+        self.state.lock().unwrap().gates_opened.clone()
+    }
+
+    /// A pod as the API has it now.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Json> {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
+            .cloned()
     }
 
     pub fn paths(&self) -> Vec<String> {
@@ -205,6 +252,11 @@ async fn handle(
         });
         return Ok(port_forward(state, &mut req, &path, &query, &headers));
     }
+    if path.ends_with("/log") && method == "GET" {
+        let mut s = state.lock().unwrap();
+        s.timeline.push(format!("GET {path}"));
+        return Ok(container_log(&s, path.trim_end_matches("/log")));
+    }
     let body = req
         .into_body()
         .collect()
@@ -217,6 +269,7 @@ async fn handle(
         serde_json::from_slice(&body).ok()
     };
     let mut s = state.lock().unwrap();
+    s.timeline.push(format!("{method} {path}"));
     s.requests.push(Recorded {
         method: method.clone(),
         uri: uri.to_string(),
@@ -316,6 +369,8 @@ fn reconcile(s: &mut FakeState, path: &str, workload: &mut Json) {
         .unwrap()
         .to_string();
     let rollout = s.rollouts.get(&name).copied().unwrap_or(Rollout::Healthy);
+    // A gated container runs, but is ready only once its gate was opened.
+    let gated = is_gate(&workload["spec"]["template"]["spec"]["containers"][0]);
     let has_pod = s
         .objects
         .values()
@@ -341,7 +396,7 @@ fn reconcile(s: &mut FakeState, path: &str, workload: &mut Json) {
                     Rollout::Unschedulable => json!({"waiting": {"reason": "ContainerCreating"}}),
                 };
                 let mut status = json!({"name": c["name"], "image": c["image"], "imageID": format!("sha256:{n:064x}"),
-                    "ready": rollout == Rollout::Healthy, "restartCount": 0, "state": state,
+                    "ready": rollout == Rollout::Healthy && !is_gate(c), "restartCount": 0, "state": state,
                     "containerID": format!("containerd://{:064x}", n * 1000 + 1)});
                 if rollout == Rollout::CrashLoopBackOff {
                     status["restartCount"] = json!(3);
@@ -354,8 +409,9 @@ fn reconcile(s: &mut FakeState, path: &str, workload: &mut Json) {
             })
             .collect();
         let healthy = rollout == Rollout::Healthy;
+        let ready = healthy && !gated;
         let mut conditions =
-            vec![json!({"type": "Ready", "status": if healthy { "True" } else { "False" }})];
+            vec![json!({"type": "Ready", "status": if ready { "True" } else { "False" }})];
         if rollout == Rollout::Unschedulable {
             conditions.push(
                 json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -375,13 +431,22 @@ fn reconcile(s: &mut FakeState, path: &str, workload: &mut Json) {
             "status": {"phase": if healthy || rollout == Rollout::CrashLoopBackOff { "Running" } else { "Pending" },
                 "conditions": conditions, "containerStatuses": statuses},
         });
-        s.objects.insert(
-            format!("/api/v1/namespaces/{namespace}/pods/{pod_name}"),
-            pod,
-        );
+        let pod_path = format!("/api/v1/namespaces/{namespace}/pods/{pod_name}");
+        if gated {
+            let at = Instant::now() + s.gate_delay;
+            s.gate_listens_at.insert(pod_path.clone(), at);
+        }
+        s.objects.insert(pod_path, pod);
     }
     let generation = workload["metadata"]["generation"].clone();
-    let ready = i32::from(rollout == Rollout::Healthy);
+    // As a controller counts: the pods it owns that are ready.
+    let ready = s
+        .objects
+        .values()
+        .filter(|o| o["metadata"]["annotations"]["fake/owner"].as_str() == Some(path))
+        .filter(|p| p["status"]["conditions"][0]["status"] == "True")
+        .count();
+    let ready = i32::try_from(ready).unwrap();
     workload["status"] = if workload["kind"] == "Deployment" {
         json!({"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1,
                "readyReplicas": ready, "availableReplicas": ready})
@@ -390,6 +455,84 @@ fn reconcile(s: &mut FakeState, path: &str, workload: &mut Json) {
                "numberMisscheduled": 0, "numberReady": ready, "updatedNumberScheduled": 1, "numberAvailable": ready})
     };
     s.objects.insert(path.to_string(), workload.clone());
+}
+
+/// Whether a container (JSON) runs the start gate.
+fn is_gate(container: &Json) -> bool {
+    let args = &container["args"];
+    args[0] == "python3" && args[1] == "-c" && args[2] == gate_program(GATE_PORT).as_str()
+}
+
+/// The log of the pod at `pod_path`, as a kubelet would give it: for a gated container, what
+/// start.sh says before it execs the gate, then the gate's line once it listens, then the
+/// notebook's first line once the gate was opened.
+fn container_log(s: &FakeState, pod_path: &str) -> Response<Full<Bytes>> {
+    let Some(pod) = s.objects.get(pod_path) else {
+        return not_found(pod_path);
+    };
+    let container = &pod["spec"]["containers"][0];
+    let mut log = String::new();
+    if is_gate(container) {
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Json::as_str)
+            .collect();
+        log.push_str(&format!("Entered start.sh with args: {}\n", args.join(" ")));
+        if s.gate_listens_at
+            .get(pod_path)
+            .is_some_and(|at| Instant::now() >= *at)
+        {
+            log.push_str(&format!("{}\n", gate_waiting_line(GATE_PORT)));
+        }
+        let key = format!(
+            "{}/{}",
+            pod["metadata"]["namespace"].as_str().unwrap(),
+            pod["metadata"]["name"].as_str().unwrap()
+        );
+        if s.gates_opened.contains(&key) {
+            log.push_str("Entered start.sh with args: jupyter lab\n");
+        }
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(log)))
+        .unwrap()
+}
+
+/// A connection to the gate port of the gated pod at `pod_path`: the gate accepts it if it
+/// listens and was not opened yet (the pod and its Deployment become ready). Whether it did.
+fn knock_on_gate(s: &mut FakeState, pod_path: &str) -> bool {
+    let listens = s
+        .gate_listens_at
+        .get(pod_path)
+        .is_some_and(|at| Instant::now() >= *at);
+    let Some(pod) = s.objects.get_mut(pod_path) else {
+        return false;
+    };
+    let key = format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap()
+    );
+    if !listens || s.gates_opened.contains(&key) {
+        return false;
+    }
+    pod["status"]["conditions"][0]["status"] = json!("True");
+    pod["status"]["containerStatuses"][0]["ready"] = json!(true);
+    let owner = pod["metadata"]["annotations"]["fake/owner"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    if let Some(workload) = s.objects.get_mut(&owner) {
+        workload["status"]["readyReplicas"] = json!(1);
+        workload["status"]["availableReplicas"] = json!(1);
+    }
+    s.timeline.push(format!("gate opened: {key}"));
+    s.gates_opened.insert(key);
+    true
 }
 
 /// Answer a port-forward request: upgrade to WebSocket and speak the v4 channel protocol,
@@ -410,22 +553,26 @@ fn port_forward(
     let Some(port) = query_param(query, "ports").and_then(|p| p.parse::<u16>().ok()) else {
         return respond(StatusCode::BAD_REQUEST, json!({"message": "no ports"}));
     };
-    let exists = state
-        .lock()
-        .unwrap()
-        .objects
-        .keys()
-        .any(|p| p.ends_with(&format!("/pods/{pod}")));
-    if !exists {
+    let pod_path = path.trim_end_matches("/portforward").to_string();
+    let mut s = state.lock().unwrap();
+    let Some(object) = s.objects.get(&pod_path).cloned() else {
         return not_found(path);
-    }
-    let target = state
-        .lock()
-        .unwrap()
+    };
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    s.timeline
+        .push(format!("portforward {namespace}/{pod}:{port}"));
+    // The gate's port: accepted (and closed at once, as the gate does) or refused.
+    let gate = (port == GATE_PORT && is_gate(&object["spec"]["containers"][0]))
+        .then(|| knock_on_gate(&mut s, &pod_path));
+    let target = s
         .port_targets
         .iter()
         .find(|((prefix, p), _)| *p == port && pod.starts_with(prefix.as_str()))
         .map(|(_, addr)| *addr);
+    drop(s);
     let Some(key) = headers.get("sec-websocket-key") else {
         return respond(
             StatusCode::BAD_REQUEST,
@@ -441,9 +588,13 @@ fn port_forward(
         let [lo, hi] = port.to_le_bytes();
         let _ = sink.send(Message::binary(vec![0, lo, hi])).await;
         let _ = sink.send(Message::binary(vec![1, lo, hi])).await;
+        if gate == Some(true) {
+            let _ = sink.close().await;
+            return;
+        }
         let connection = match target {
-            Some(addr) => TcpStream::connect(addr).await.ok(),
-            None => None,
+            Some(addr) if gate.is_none() => TcpStream::connect(addr).await.ok(),
+            _ => None,
         };
         let Some(tcp) = connection else {
             let mut error = vec![1];
@@ -496,4 +647,235 @@ fn port_forward(
         .header("sec-websocket-protocol", "v4.channel.k8s.io")
         .body(Full::new(Bytes::new()))
         .unwrap()
+}
+
+/// How the fake sensor answers subscriptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensorBehaviour {
+    /// After `delay`, a `container` event for each container new to the connection. For a
+    /// container whose gate was closed: at once an event of the gate (its `listen` on the gate
+    /// port: plumbing), then, once the gate was opened, its `accept` (plumbing too), the gate's
+    /// exec of start-notebook.py (same pid) and the notebook's `listen` on 8888.
+    Watching { delay: Duration },
+    /// Takes subscriptions and never confirms a watch.
+    Silent,
+}
+
+/// What the fake sensor got: each request line as sent, and as parsed.
+pub type SensorLog = Arc<Mutex<Vec<(String, SensorRequest)>>>;
+
+/// The sensor's control port on loopback; the API's port-forwards to port 7070 of
+/// `guardlab-sensor-*` pods go to it. Kills are answered `ok`.
+pub struct FakeSensor {
+    pub requests: SensorLog,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeSensor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The gate's pid in the fake sensor's events for the container of cgroup `cgroup_id`.
+pub fn gate_pid(cgroup_id: u64) -> u32 {
+    u32::try_from(cgroup_id % 100_000).unwrap() + 100
+}
+
+impl FakeSensor {
+    pub async fn start(api: &FakeApi, behaviour: SensorBehaviour) -> FakeSensor {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        api.route_port(
+            "guardlab-sensor-",
+            crate::manifests::SENSOR_PORT,
+            listener.local_addr().unwrap(),
+        );
+        let requests: SensorLog = Arc::default();
+        let (log, state) = (requests.clone(), api.state.clone());
+        // Cgroup ids, in the order containers are first announced: the first is 4242.
+        let cgroups = Arc::new(std::sync::atomic::AtomicU64::new(4242));
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                connections.spawn(sensor_connection(
+                    connection,
+                    state.clone(),
+                    log.clone(),
+                    behaviour,
+                    cgroups.clone(),
+                ));
+            }
+        });
+        FakeSensor { requests, task }
+    }
+
+    pub fn requests(&self) -> Vec<SensorRequest> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+async fn sensor_connection(
+    connection: TcpStream,
+    state: Arc<Mutex<FakeState>>,
+    log: SensorLog,
+    behaviour: SensorBehaviour,
+    cgroups: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let (r, mut w) = connection.into_split();
+    let (out, mut lines_out) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = lines_out.recv().await {
+            if w.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut watchers = tokio::task::JoinSet::new();
+    let mut announced = std::collections::HashSet::new();
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let request: SensorRequest = serde_json::from_str(&line).unwrap();
+        log.lock().unwrap().push((line.clone(), request.clone()));
+        match request {
+            SensorRequest::Kill { .. } | SensorRequest::KillGroup { .. } => {
+                let _ = out.send("{\"ok\":true}\n".into());
+                break;
+            }
+            SensorRequest::Subscribe { containers } => {
+                let ids: Vec<&str> = containers.iter().map(|c| c.container_id.as_str()).collect();
+                state
+                    .lock()
+                    .unwrap()
+                    .timeline
+                    .push(format!("sensor: subscribe [{}]", ids.join(", ")));
+                let SensorBehaviour::Watching { delay } = behaviour else {
+                    continue;
+                };
+                for c in containers {
+                    if !announced.insert(c.container_id.clone()) {
+                        continue;
+                    }
+                    let cgroup_id = cgroups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    watchers.spawn(watch_container(
+                        c,
+                        cgroup_id,
+                        delay,
+                        state.clone(),
+                        out.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    watchers.abort_all();
+    drop(out);
+    let _ = writer.await;
+}
+
+fn line(event: &Event) -> String {
+    let mut out = Vec::new();
+    write_ndjson(&mut out, event).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// The events of one watched container, as the sensor would send them.
+async fn watch_container(
+    c: crate::sensor_link::WatchedContainer,
+    cgroup_id: u64,
+    delay: Duration,
+    state: Arc<Mutex<FakeState>>,
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    tokio::time::sleep(delay).await;
+    let key = format!("{}/{}", c.namespace, c.pod_name);
+    let pod_path = format!("/api/v1/namespaces/{}/pods/{}", c.namespace, c.pod_name);
+    let gate_closed = {
+        let mut s = state.lock().unwrap();
+        s.timeline
+            .push(format!("sensor: container {}", c.container_id));
+        let gated = s
+            .objects
+            .get(&pod_path)
+            .is_some_and(|p| is_gate(&p["spec"]["containers"][0]));
+        gated && !s.gates_opened.contains(&key)
+    };
+    let info = ContainerInfo {
+        cgroup_id,
+        container_id: c.container_id.clone(),
+        ..Default::default()
+    };
+    let _ = out.send(line(&Event::new(1, EventBody::Container(info))));
+    if !gate_closed {
+        return; // a notebook that runs already: nothing new to say here
+    }
+    let pid = gate_pid(cgroup_id);
+    let process = ProcessKey(pid, 5_000);
+    let listen = |ip: &str, port: u16| {
+        Event::new(
+            3,
+            EventBody::Listen(Listen {
+                process,
+                cgroup_id,
+                protocol: Protocol::Tcp,
+                ip: ip.parse().unwrap(),
+                port,
+            }),
+        )
+    };
+    let _ = out.send(line(&listen("127.0.0.1", GATE_PORT)));
+    while !state.lock().unwrap().gates_opened.contains(&key) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let accept = Event::new(
+        4,
+        EventBody::Accept(guardlab_events::Connection {
+            process,
+            cgroup_id,
+            protocol: Protocol::Tcp,
+            local_ip: Some("127.0.0.1".parse().unwrap()),
+            local_port: Some(GATE_PORT),
+            remote_ip: "127.0.0.1".parse().unwrap(),
+            remote_port: 50_000,
+            refused: false,
+        }),
+    );
+    let _ = out.send(line(&accept));
+    state
+        .lock()
+        .unwrap()
+        .timeline
+        .push(format!("sensor: exec {}", c.container_id));
+    let exec = Event::new(
+        5,
+        EventBody::Exec(ProcessExec {
+            key: process,
+            cgroup_id,
+            pid,
+            ns_pid: 7,
+            parent: Some(ProcessKey(pid - 1, 1_000)),
+            exe: "/opt/conda/bin/python3.11".into(),
+            comm: "start-notebook.".into(),
+            argv: vec![
+                "python".into(),
+                "/usr/local/bin/start-notebook.py".into(),
+                "--IdentityProvider.token=".into(),
+                "--ServerApp.password=".into(),
+            ],
+            argv_truncated: false,
+            uid: 1000,
+            euid: 1000,
+            gid: 100,
+            user: Some("jovyan".into()),
+            euser: Some("jovyan".into()),
+            exe_status: Default::default(),
+            killed: false,
+        }),
+    );
+    let _ = out.send(line(&exec));
+    let _ = out.send(line(&listen("0.0.0.0", 8888)));
 }

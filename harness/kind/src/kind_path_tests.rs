@@ -16,7 +16,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
-use crate::fake_api::FakeApi;
+use crate::fake_api::{FakeApi, FakeSensor, SensorBehaviour};
 use crate::lab::{KindLab, KindOptions, Target};
 use crate::manifests::CLUSTER_CONFIG;
 use crate::state::{LabState, StateTarget};
@@ -161,6 +161,7 @@ fn fake_kind(dir: &Path, api: &FakeApi) -> PathBuf {
 struct Machine {
     dir: tempfile::TempDir,
     api: FakeApi,
+    _sensor: FakeSensor,
     docker: Arc<Mutex<DockerState>>,
     options: KindOptions,
 }
@@ -169,6 +170,13 @@ impl Machine {
     async fn new() -> Machine {
         let dir = tempfile::tempdir().unwrap();
         let api = FakeApi::start().await;
+        let sensor = FakeSensor::start(
+            &api,
+            SensorBehaviour::Watching {
+                delay: Duration::ZERO,
+            },
+        )
+        .await;
         let docker = Arc::new(Mutex::new(DockerState::default()));
         let socket = dir.path().join("docker.sock");
         fake_docker(&socket, docker.clone()).await;
@@ -195,6 +203,7 @@ impl Machine {
         Machine {
             dir,
             api,
+            _sensor: sensor,
             docker,
             options,
         }

@@ -9,24 +9,23 @@ use guardlab_events::Event;
 use guardlab_lab::{Lab, LabAction, LabError, LabInfo, Progress};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use crate::config::KindCluster;
 use crate::forward::{LocalForward, open_pod_stream};
+use crate::gate::{GATE_PORT, GateState, open_gate, wait_for_notebook_start};
 use crate::image::{build_sensor_image, default_workspace_root, remove_image};
 use crate::k8s::{
-    self, apply_objects, delete_objects, list_pods, notebook_pods, sensor_pod_on, serving_pod,
+    self, WorkloadKind, apply_objects, delete_objects, notebook_pods, sensor_pod_on, serving_pod,
     wait_for_rollout, workloads,
 };
 use crate::manifests::{
-    CLUSTER_CONFIG, MANIFEST_NAMESPACE, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT,
-    check_namespace_name, lab_objects,
+    CLUSTER_CONFIG, MANIFEST_NAMESPACE, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_DAEMONSET,
+    SENSOR_PORT, check_namespace_name, lab_objects,
 };
-use crate::sensor_link::{
-    StreamEnd, Watch, WatchedContainer, kill_process, kill_process_group, stream_events,
-};
+use crate::sensor_link::{kill_process, kill_process_group};
 use crate::state::{ImageRecord, LabState, ObjectRecord, StateTarget, default_state_dir, io_error};
+use crate::stream::{ClaimedGates, EventStream, StreamConfig, claim, unclaim};
 use crate::tools::{KindCli, check_tools, connect_docker, docker_host, search_path};
 
 /// Where the lab runs.
@@ -49,8 +48,12 @@ pub struct KindOptions {
     pub local_port: u16,
     /// The sensor's image: built and loaded on kind, pulled by the nodes elsewhere.
     pub sensor_image: String,
-    /// How long `up` waits for the rollout (the notebook image is large).
+    /// How long `up` waits for the rollout (the notebook image is large); each of its waits
+    /// (the sensor's DaemonSet, the notebook's container running, the notebook ready) has this bound.
     pub rollout_timeout: Duration,
+    /// How long `up` waits for the sensor's `container` event of the notebook's container
+    /// (the proof that the sensor watches it), and then for its start gate to open.
+    pub gate_timeout: Duration,
     /// How long `down` waits for deleted objects to be gone.
     pub delete_timeout: Duration,
     /// How often rollouts and deletions are checked.
@@ -74,6 +77,7 @@ impl Default for KindOptions {
             local_port: 1234,
             sensor_image: format!("guardlab-sensor:{}", env!("CARGO_PKG_VERSION")),
             rollout_timeout: Duration::from_secs(600),
+            gate_timeout: Duration::from_secs(60),
             delete_timeout: Duration::from_secs(180),
             poll_interval: Duration::from_secs(2),
             state_dir: default_state_dir(),
@@ -123,7 +127,12 @@ pub struct KindLab {
     /// A client given by the embedder (tests): used instead of kind or the kubeconfig.
     given_client: Option<Client>,
     forward: Option<LocalForward>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Event streams, the newest last: `up` starts one (before the notebook's start gate
+    /// opens) and `events` hands its receiver over; `events` starts another when the receiver
+    /// was handed over already.
+    streams: Vec<EventStream>,
+    /// Whose start gates are being or were opened (one opener per gate).
+    claimed: ClaimedGates,
 }
 
 impl KindLab {
@@ -132,7 +141,8 @@ impl KindLab {
             options,
             given_client: None,
             forward: None,
-            tasks: Vec::new(),
+            streams: Vec::new(),
+            claimed: ClaimedGates::default(),
         }
     }
 
@@ -143,7 +153,8 @@ impl KindLab {
             options,
             given_client: Some(client),
             forward: None,
-            tasks: Vec::new(),
+            streams: Vec::new(),
+            claimed: ClaimedGates::default(),
         }
     }
 
@@ -359,9 +370,151 @@ impl KindLab {
         if let Some(forward) = self.forward.take() {
             forward.stop();
         }
-        for task in self.tasks.drain(..) {
-            task.abort();
+        self.streams.clear();
+    }
+
+    fn stream_config(&self, client: &Client) -> StreamConfig {
+        StreamConfig {
+            client: client.clone(),
+            namespace: self.options.namespace.clone(),
+            poll: self.options.poll_interval,
+            gate_timeout: self.options.gate_timeout,
+            claimed: self.claimed.clone(),
         }
+    }
+
+    /// The running event stream, started if there is none.
+    async fn running_stream(&mut self, client: &Client) -> Result<&EventStream, LabError> {
+        self.streams.retain(EventStream::is_running);
+        if self.streams.is_empty() {
+            let stream = EventStream::start(self.stream_config(client)).await?;
+            self.streams.push(stream);
+        }
+        Ok(self.streams.last().expect("a stream was just started"))
+    }
+
+    /// From the sensor's DaemonSet to the notebook ready behind its open start gate (see
+    /// [`crate::gate`]): every step after `apply`, each bounded, each failure saying what is
+    /// stuck.
+    async fn start_notebook(
+        &mut self,
+        client: &Client,
+        objects: &[crate::manifests::Manifest],
+        progress: &dyn Progress,
+    ) -> Result<(), LabError> {
+        let namespace = self.options.namespace.clone();
+        let (rollout, poll) = (self.options.rollout_timeout, self.options.poll_interval);
+        let all = workloads(objects);
+        let sensors: Vec<_> = all
+            .iter()
+            .filter(|w| w.kind == WorkloadKind::DaemonSet)
+            .cloned()
+            .collect();
+        progress.phase(&format!(
+            "waiting for the {SENSOR_DAEMONSET} DaemonSet (at most {}s)",
+            rollout.as_secs()
+        ));
+        wait_for_rollout(client, &sensors, rollout, poll, progress).await?;
+
+        progress.phase(&format!(
+            "waiting for the notebook's container to run, its start gate waiting on port {GATE_PORT} (at most {}s)",
+            rollout.as_secs()
+        ));
+        let (pod, gate) =
+            wait_for_notebook_start(client, &namespace, rollout, poll, progress).await?;
+        let info = k8s::pod_info(&pod);
+        // Claimed before the stream starts, so that its follow task leaves this gate to us;
+        // given back if `up` fails before it opened it, so that a later try may.
+        let ours = gate == GateState::Waiting && claim(&self.claimed, &info.container_id);
+        let opened = self.watch_and_open(client, &pod, ours, progress).await;
+        if opened.is_err() && ours {
+            unclaim(&self.claimed, &info.container_id);
+        }
+        opened?;
+
+        progress.phase(&format!(
+            "waiting for the rollout (at most {}s)",
+            rollout.as_secs()
+        ));
+        wait_for_rollout(client, &all, rollout, poll, progress).await
+    }
+
+    /// Subscribe to the sensor for the notebook's container, wait for the sensor's `container`
+    /// event for it, then (when `ours`) open its start gate.
+    async fn watch_and_open(
+        &mut self,
+        client: &Client,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        ours: bool,
+        progress: &dyn Progress,
+    ) -> Result<(), LabError> {
+        let namespace = self.options.namespace.clone();
+        let poll = self.options.poll_interval;
+        let info = k8s::pod_info(pod);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+
+        progress.phase(&format!(
+            "subscribing to the {SENSOR_DAEMONSET} pod on node {node} for container {} of pod {}",
+            info.container_id, info.name
+        ));
+        let gate_timeout = self.options.gate_timeout;
+        let stream = self.running_stream(client).await?;
+        progress.phase(&format!(
+            "waiting for the sensor's `container` event for it (at most {}s)",
+            gate_timeout.as_secs()
+        ));
+        let signals = stream.signals().clone();
+        if !signals
+            .wait_confirmed(&info.container_id, gate_timeout)
+            .await
+        {
+            let sensor = match sensor_pod_on(client, &namespace, &node).await {
+                Ok(p) => format!(
+                    "the {SENSOR_DAEMONSET} pod {namespace}/{} on node {node}",
+                    p.metadata.name.unwrap_or_default()
+                ),
+                Err(e) => format!("the {SENSOR_DAEMONSET} pod on node {node} ({e})"),
+            };
+            let last = stream
+                .last_error()
+                .map(|e| format!("; the stream's last error: {e}"))
+                .unwrap_or_default();
+            return Err(LabError::Failed(format!(
+                "{sensor} did not confirm within {}s that it watches container {} of pod {namespace}/{} \
+                 (no `container` event){last}; the notebook stays behind its start gate, unwatched \
+                 containers are never started; the sensor's log: kubectl logs -n {namespace} -l {} -c sensor",
+                gate_timeout.as_secs(),
+                info.container_id,
+                info.name,
+                crate::manifests::SENSOR_SELECTOR,
+            )));
+        }
+        progress.detail(&format!(
+            "the sensor watches container {}",
+            info.container_id
+        ));
+
+        if ours {
+            progress.phase(&format!(
+                "opening the start gate of pod {} (its port {GATE_PORT}, through the API server's port-forward)",
+                info.name
+            ));
+            open_gate(
+                client,
+                &namespace,
+                &info.name,
+                &info.container_id,
+                &signals.passed,
+                gate_timeout,
+                poll,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn current_client(&self) -> Result<(Client, LabState), LabError> {
@@ -423,20 +576,9 @@ impl Lab for KindLab {
                 .await);
         }
 
-        progress.phase(&format!(
-            "waiting for the rollout (at most {}s)",
-            self.options.rollout_timeout.as_secs()
-        ));
-        let workloads = workloads(&objects);
-        if let Err(e) = wait_for_rollout(
-            &client,
-            &workloads,
-            self.options.rollout_timeout,
-            self.options.poll_interval,
-            progress,
-        )
-        .await
-        {
+        if let Err(e) = self.start_notebook(&client, &objects, progress).await {
+            // Streams started for a lab that is being removed would only fail.
+            self.streams.clear();
             return Err(self
                 .undo(&client, &mut state, &created_now, e, progress)
                 .await);
@@ -532,58 +674,19 @@ impl Lab for KindLab {
     }
 
     async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
+        // The stream `up` started (before the notebook's gate opened), when it still runs.
+        self.streams.retain(EventStream::is_running);
+        if let Some(rx) = self.streams.last_mut().and_then(EventStream::take_receiver) {
+            return Ok(rx);
+        }
+        // `up` ran in another process (`lab up`), or the receiver was handed over already: a
+        // new stream, whose follow task opens the gates of notebook containers that wait.
         let (client, _) = self.current_client().await?;
-        let namespace = self.options.namespace.clone();
-        let first = watch_of(&client, &namespace).await?;
-        let (watch_tx, watch_rx) = watch::channel(first);
-        let (tx, rx) = mpsc::channel(4096);
-        let poll = self.options.poll_interval;
-
-        // Follow the notebook pods (a killed pod is replaced by one with a new container).
-        let (c, ns, closed) = (client.clone(), namespace.clone(), tx.clone());
-        self.tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = closed.closed() => return,
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                if let Ok(next) = watch_of(&c, &ns).await
-                    && !next.node.is_empty()
-                {
-                    watch_tx.send_if_modified(|w| {
-                        if *w != next {
-                            *w = next;
-                            true
-                        } else {
-                            false
-                        }
-                    });
-                }
-            }
-        }));
-
-        // Stream from the sensor on the notebook's node, reconnecting when the stream ends.
-        self.tasks.push(tokio::spawn(async move {
-            let mut failures = 0;
-            while failures < 10 && !tx.is_closed() {
-                let node = watch_rx.borrow().node.clone();
-                let result = async {
-                    let sensor = sensor_pod_on(&client, &namespace, &node).await?;
-                    let name = sensor.metadata.name.unwrap_or_default();
-                    let stream = open_pod_stream(&client, &namespace, &name, SENSOR_PORT).await?;
-                    stream_events(stream, watch_rx.clone(), &tx).await
-                }
-                .await;
-                match result {
-                    Ok(StreamEnd::ReceiverGone) => return,
-                    Ok(StreamEnd::NodeChanged) => failures = 0,
-                    Ok(StreamEnd::Closed) | Err(_) => {
-                        failures += 1;
-                        tokio::time::sleep(poll).await;
-                    }
-                }
-            }
-        }));
+        let mut stream = EventStream::start(self.stream_config(&client)).await?;
+        let rx = stream
+            .take_receiver()
+            .expect("a new stream has its receiver");
+        self.streams.push(stream);
         Ok(rx)
     }
 
@@ -625,40 +728,4 @@ impl Lab for KindLab {
             }
         }
     }
-}
-
-/// The notebook containers to watch, and their node.
-async fn watch_of(client: &Client, namespace: &str) -> Result<Watch, LabError> {
-    let pods = list_pods(client, namespace, NOTEBOOK_SELECTOR).await?;
-    let namespace_labels = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .get_opt(namespace)
-        .await
-        .map_err(|e| k8s::api_error(&format!("reading namespace {namespace}"), e))?
-        .and_then(|n| n.metadata.labels)
-        .unwrap_or_default();
-    let mut watch = Watch::default();
-    for pod in pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    {
-        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
-            watch.node = node;
-        }
-        let info = k8s::pod_info(pod);
-        if info.container_id.is_empty() {
-            continue; // not started yet
-        }
-        watch.containers.push(WatchedContainer {
-            container_id: info.container_id,
-            container_name: info.container_name,
-            image: info.image,
-            image_id: info.image_id,
-            namespace: info.namespace,
-            namespace_labels: namespace_labels.clone(),
-            pod_name: info.name,
-            pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
-            pod_labels: info.labels,
-        });
-    }
-    Ok(watch)
 }

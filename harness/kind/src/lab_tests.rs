@@ -1,16 +1,18 @@
 //! `KindLab` against the fake API server: up, rollout failures and their cleanup, port-forward,
 //! events and kills through the sensor, pod deletion, down.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use guardlab_events::{ContainerInfo, Event, EventBody, write_ndjson};
+use guardlab_events::{Event, EventBody};
 use guardlab_lab::{Lab, LabAction, LabError, Progress};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
-use crate::fake_api::{FakeApi, NODE, Rollout};
+use crate::fake_api::{FakeApi, FakeSensor, NODE, Rollout, SensorBehaviour, gate_pid};
+use crate::gate::{GATE_PORT, gate_program};
 use crate::lab::{KindLab, KindOptions, Target};
 use crate::sensor_link::SensorRequest;
 use crate::state::LabState;
@@ -34,6 +36,7 @@ fn options(state_dir: &std::path::Path) -> KindOptions {
         },
         local_port: 0,
         rollout_timeout: Duration::from_secs(20),
+        gate_timeout: Duration::from_secs(10),
         delete_timeout: Duration::from_secs(5),
         poll_interval: Duration::from_millis(20),
         state_dir: state_dir.to_path_buf(),
@@ -57,47 +60,58 @@ async fn echo_server() -> std::net::SocketAddr {
     address
 }
 
-/// What the fake sensor got: each request line as sent, and as parsed.
-type SensorLog = Arc<Mutex<Vec<(String, SensorRequest)>>>;
+/// The fake API with a sensor that confirms its watches at once.
+async fn cluster() -> (FakeApi, FakeSensor) {
+    let fake = FakeApi::start().await;
+    let sensor = FakeSensor::start(
+        &fake,
+        SensorBehaviour::Watching {
+            delay: Duration::ZERO,
+        },
+    )
+    .await;
+    (fake, sensor)
+}
 
-/// A fake sensor control port: records every request line; answers kills with ok and
-/// subscriptions with a container event for the first container, then an exec event.
-async fn fake_sensor() -> (std::net::SocketAddr, SensorLog) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let seen: SensorLog = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((connection, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = connection.into_split();
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let request: SensorRequest = serde_json::from_str(&line).unwrap();
-                    log.lock().unwrap().push((line.clone(), request.clone()));
-                    match request {
-                        SensorRequest::Kill { .. } | SensorRequest::KillGroup { .. } => {
-                            w.write_all(b"{\"ok\":true}\n").await.unwrap();
-                            return;
-                        }
-                        SensorRequest::Subscribe { containers } => {
-                            let mut out = Vec::new();
-                            let info = ContainerInfo {
-                                cgroup_id: 4242,
-                                container_id: containers[0].container_id.clone(),
-                                ..Default::default()
-                            };
-                            write_ndjson(&mut out, &Event::new(1, EventBody::Container(info)))
-                                .unwrap();
-                            w.write_all(&out).await.unwrap();
-                        }
-                    }
-                }
-            });
+/// The next event, within 10 s.
+async fn next(events: &mut mpsc::Receiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10s")
+        .expect("the stream goes on")
+}
+
+/// A short name of an event, for comparing sequences: `container 4242`, `exec 4242 pid 4342`,
+/// `listen 4242 127.0.0.1:8887`, `accept 4242 :8887`.
+fn describe(event: &Event) -> String {
+    match &event.body {
+        EventBody::Container(c) => format!("container {}", c.cgroup_id),
+        EventBody::Exec(x) => format!("exec {} pid {}", x.cgroup_id, x.pid),
+        EventBody::Listen(l) => format!("listen {} {}:{}", l.cgroup_id, l.ip, l.port),
+        EventBody::Accept(c) => format!("accept {} :{}", c.cgroup_id, c.local_port.unwrap_or(0)),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Events until (and with) the notebook's `listen` on 8888.
+async fn until_notebook_listens(events: &mut mpsc::Receiver<Event>) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let event = next(events).await;
+        let done = matches!(&event.body, EventBody::Listen(l) if l.port == 8888);
+        seen.push(describe(&event));
+        if done {
+            return seen;
         }
-    });
-    (address, seen)
+    }
+}
+
+/// Where `entry` first is in `timeline` (it must be there).
+fn at(timeline: &[String], entry: &str) -> usize {
+    timeline
+        .iter()
+        .position(|e| e == entry)
+        .unwrap_or_else(|| panic!("no `{entry}` in the timeline:\n{}", timeline.join("\n")))
 }
 
 fn patched_paths(fake: &FakeApi) -> Vec<String> {
@@ -118,7 +132,7 @@ const APPLY_ORDER: [&str; 5] = [
 
 #[tokio::test]
 async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
-    let fake = FakeApi::start().await;
+    let (fake, _sensor) = cluster().await;
     fake.route_port("jupyter-notebook-", 8888, echo_server().await);
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
@@ -197,7 +211,7 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
     let forward = fake
         .requests()
         .into_iter()
-        .find(|r| r.uri.contains("/portforward"))
+        .find(|r| r.uri.contains("/portforward") && r.uri.contains("ports=8888"))
         .unwrap();
     assert_eq!(forward.method, "GET");
     let (path, query) = forward.uri.split_once('?').unwrap();
@@ -212,8 +226,16 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
     assert_eq!(forward.headers["upgrade"], "websocket");
     assert!(forward.headers["sec-websocket-protocol"].contains("v4.channel.k8s.io"));
 
-    // Up again: harmless, nothing new, still recorded as ours.
+    // Up again: harmless, nothing new, still recorded as ours; the open gate is left alone.
     let again = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    assert_eq!(fake.gates_opened().len(), 1);
+    assert_eq!(
+        fake.timeline()
+            .iter()
+            .filter(|e| e.starts_with("gate opened"))
+            .count(),
+        1
+    );
     assert_eq!(again.pods, info.pods);
     let state = LabState::load(&lab.options().state_file())
         .unwrap()
@@ -307,19 +329,23 @@ async fn an_unschedulable_pod_is_reported_at_the_deadline() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("the rollout did not finish within 1s"),
+        err.contains(
+            "the notebook's container did not start within 1s: pod cryptominer/jupyter-notebook-"
+        ),
         "{err}"
     );
     assert!(
         err.contains("is Pending, not scheduled: Unschedulable: 0/1 nodes are available: 1 Insufficient memory."),
         "{err}"
     );
+    assert!(err.contains("removed what this run created"), "{err}");
     assert!(fake.paths().is_empty(), "left behind: {:?}", fake.paths());
+    assert!(!fake.timeline().iter().any(|e| e.starts_with("portforward")));
 }
 
 #[tokio::test]
 async fn what_existed_before_up_is_left_alone_by_cleanup_and_down() {
-    let fake = FakeApi::start().await;
+    let (fake, _sensor) = cluster().await;
     let namespace = "/api/v1/namespaces/cryptominer";
     fake.insert(
         namespace,
@@ -352,7 +378,7 @@ async fn what_existed_before_up_is_left_alone_by_cleanup_and_down() {
 
 #[tokio::test]
 async fn another_participants_namespace_is_separate() {
-    let fake = FakeApi::start().await;
+    let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut alice = KindLab::with_client(
         KindOptions {
@@ -384,7 +410,7 @@ async fn another_participants_namespace_is_separate() {
 
 #[tokio::test]
 async fn kill_pod_deletes_it_through_the_api_and_only_in_the_lab_namespace() {
-    let fake = FakeApi::start().await;
+    let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
@@ -436,19 +462,15 @@ async fn kill_pod_deletes_it_through_the_api_and_only_in_the_lab_namespace() {
 
 #[tokio::test]
 async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
-    let fake = FakeApi::start().await;
-    let (sensor, requests) = fake_sensor().await;
-    fake.route_port("guardlab-sensor-", 7070, sensor);
+    let (fake, sensor) = cluster().await;
+    let requests = sensor.requests.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
     let pod = &info.pods[0];
 
     let mut events = lab.events().await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next(&mut events).await;
     let EventBody::Container(container) = event.body else {
         panic!("{event:?}")
     };
@@ -530,10 +552,15 @@ async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
 
 #[tokio::test]
 async fn a_kill_the_sensor_cannot_reach_is_an_error() {
-    let fake = FakeApi::start().await; // no route to a sensor: the port-forward reports an error
+    let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    // From now on nothing listens where the sensor's port goes: the port-forward reports an error.
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = gone.local_addr().unwrap();
+    drop(gone);
+    fake.route_port("guardlab-sensor-", crate::manifests::SENSOR_PORT, nowhere);
     let err = lab
         .carry_out(&LabAction::KillProcess { pid: 1 })
         .await
@@ -592,4 +619,428 @@ async fn the_forward_refuses_anything_but_loopback() {
         panic!("0.0.0.0 accepted")
     };
     assert!(err.to_string().contains("only a loopback address"), "{err}");
+}
+
+#[tokio::test]
+async fn the_gate_opens_after_the_sensors_container_event_and_readiness_is_awaited_after_that() {
+    let fake = FakeApi::start().await;
+    // The sensor takes its time to confirm: a harness that did not wait for it would open the
+    // gate first.
+    let _sensor = FakeSensor::start(
+        &fake,
+        SensorBehaviour::Watching {
+            delay: Duration::from_millis(400),
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = KindLab::with_client(options(dir.path()), fake.client());
+    let progress = Recorder::default();
+    let info = lab.up(&progress).await.unwrap();
+    let pod = &info.pods[0];
+
+    // The applied Deployment carries the gate, the original args after it.
+    let deployment = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PATCH" && r.uri.contains("/deployments/jupyter-notebook?"))
+        .unwrap();
+    let container = &deployment.body.unwrap()["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!([
+            "python3",
+            "-c",
+            gate_program(GATE_PORT),
+            "start-notebook.py",
+            "--IdentityProvider.token=",
+            "--ServerApp.password="
+        ])
+    );
+    assert!(container.get("command").is_none(), "{container}");
+
+    let timeline = fake.timeline();
+    let key = format!("cryptominer/{}", pod.name);
+    let deployment_path = "/apis/apps/v1/namespaces/cryptominer/deployments/jupyter-notebook";
+    let applied = at(&timeline, &format!("PATCH {deployment_path}"));
+    let log_read = at(
+        &timeline,
+        &format!("GET /api/v1/namespaces/cryptominer/pods/{}/log", pod.name),
+    );
+    let subscribed = at(
+        &timeline,
+        &format!("sensor: subscribe [{}]", pod.container_id),
+    );
+    let confirmed = at(
+        &timeline,
+        &format!("sensor: container {}", pod.container_id),
+    );
+    let knocked = at(&timeline, &format!("portforward {key}:{GATE_PORT}"));
+    let opened = at(&timeline, &format!("gate opened: {key}"));
+    assert!(
+        applied < log_read && log_read < subscribed,
+        "the gate listens before the subscription:\n{}",
+        timeline.join("\n")
+    );
+    assert!(
+        subscribed < confirmed && confirmed < knocked && knocked < opened,
+        "the gate opens after the sensor's container event:\n{}",
+        timeline.join("\n")
+    );
+    let readiness: Vec<usize> = timeline
+        .iter()
+        .enumerate()
+        .skip(applied + 1)
+        .filter(|(_, e)| **e == format!("GET {deployment_path}"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !readiness.is_empty() && readiness.iter().all(|&i| i > opened),
+        "the notebook's readiness is read only after its gate opened:\n{}",
+        timeline.join("\n")
+    );
+
+    // What the user sees of it.
+    let phases: Vec<String> = progress
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix("phase: ").map(str::to_string))
+        .collect();
+    let order = [
+        "applying 5 objects",
+        "waiting for the guardlab-sensor DaemonSet",
+        "waiting for the notebook's container to run, its start gate waiting on port 8887",
+        "subscribing to the guardlab-sensor pod on node guardlab-control-plane",
+        "waiting for the sensor's `container` event",
+        "opening the start gate of pod jupyter-notebook-",
+        "waiting for the rollout",
+        "forwarding 127.0.0.1:0 to the notebook",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|p| {
+            phases
+                .iter()
+                .position(|l| l.starts_with(p))
+                .unwrap_or_else(|| panic!("no phase `{p}` in {phases:#?}"))
+        })
+        .collect();
+    assert!(positions.is_sorted(), "{phases:#?}");
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_from_before_the_gate_opened_are_dropped_and_the_container_event_kept() {
+    let (fake, _sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = KindLab::with_client(options(dir.path()), fake.client());
+    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let mut events = lab.events().await.unwrap();
+    // The fake sensor sent: container, listen :8887 and accept :8887 (the gate), exec (the
+    // gate becoming start-notebook.py), listen :8888 (the notebook).
+    let pid = gate_pid(4242);
+    assert_eq!(
+        until_notebook_listens(&mut events).await,
+        [
+            "container 4242".to_string(),
+            format!("exec 4242 pid {pid}"),
+            "listen 4242 0.0.0.0:8888".into(),
+        ]
+    );
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gate_that_never_listens_fails_clearly_and_up_removes_what_it_made() {
+    let (fake, sensor) = cluster().await;
+    fake.set_gate_delay(Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        rollout_timeout: Duration::from_secs(1),
+        ..options(dir.path())
+    };
+    let mut lab = KindLab::with_client(options, fake.client());
+    let err = lab
+        .up(&guardlab_lab::NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "the notebook's container did not start within 1s: pod cryptominer/jupyter-notebook-",
+        "container minimal-notebook runs, but its start gate does not listen yet \
+         (no `guardlab start gate: waiting on 127.0.0.1:8887` line in its log)",
+        "removed what this run created: Service cryptominer/jupyter-notebook",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in: {err}");
+    }
+    assert!(sensor.requests().is_empty(), "nothing was subscribed to");
+    assert!(fake.gates_opened().is_empty());
+    assert!(fake.paths().is_empty(), "left behind: {:?}", fake.paths());
+    assert!(!lab.options().state_file().exists());
+}
+
+#[tokio::test]
+async fn a_crash_looping_notebook_is_named_before_anything_is_subscribed() {
+    let (fake, sensor) = cluster().await;
+    fake.set_rollout("jupyter-notebook", Rollout::CrashLoopBackOff);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = KindLab::with_client(options(dir.path()), fake.client());
+    let err = lab
+        .up(&guardlab_lab::NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Deployment cryptominer/jupyter-notebook cannot become ready: pod cryptominer/jupyter-notebook-"),
+        "{err}"
+    );
+    assert!(
+        err.contains("container minimal-notebook: CrashLoopBackOff"),
+        "{err}"
+    );
+    assert!(sensor.requests().is_empty());
+    assert!(fake.paths().is_empty(), "left behind: {:?}", fake.paths());
+}
+
+#[tokio::test]
+async fn a_sensor_that_never_confirms_the_watch_keeps_the_gate_closed_and_up_cleans_up() {
+    let fake = FakeApi::start().await;
+    let sensor = FakeSensor::start(&fake, SensorBehaviour::Silent).await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        gate_timeout: Duration::from_secs(1),
+        ..options(dir.path())
+    };
+    let mut lab = KindLab::with_client(options, fake.client());
+    let err = lab
+        .up(&guardlab_lab::NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    let subscribed = sensor.requests();
+    let Some(SensorRequest::Subscribe { containers }) = subscribed.first() else {
+        panic!("{subscribed:?}")
+    };
+    let container = &containers[0];
+    for expected in [
+        "the guardlab-sensor pod cryptominer/guardlab-sensor-".to_string(),
+        format!(
+            " on node {NODE} did not confirm within 1s that it watches container {} of pod cryptominer/{} (no `container` event)",
+            container.container_id, container.pod_name
+        ),
+        "kubectl logs -n cryptominer -l app.kubernetes.io/name=guardlab-sensor -c sensor".into(),
+        "removed what this run created: Service cryptominer/jupyter-notebook".into(),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in: {err}");
+    }
+    assert!(
+        fake.gates_opened().is_empty(),
+        "an unwatched notebook is never started"
+    );
+    assert!(
+        !fake
+            .timeline()
+            .iter()
+            .any(|e| e.ends_with(&format!(":{GATE_PORT}"))),
+        "{:#?}",
+        fake.timeline()
+    );
+    assert!(fake.paths().is_empty(), "left behind: {:?}", fake.paths());
+    assert!(!lab.options().state_file().exists());
+    assert!(lab.notebook_address().is_none());
+}
+
+#[tokio::test]
+async fn a_replaced_pods_gate_is_opened_after_its_resubscription() {
+    let (fake, _sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = KindLab::with_client(options(dir.path()), fake.client());
+    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let mut events = lab.events().await.unwrap();
+    until_notebook_listens(&mut events).await;
+
+    let old = info.pods[0].name.clone();
+    lab.carry_out(&LabAction::KillPod {
+        namespace: "cryptominer".into(),
+        name: old.clone(),
+    })
+    .await
+    .unwrap();
+    // The new pod's container, gated like the first; its events once its gate opened.
+    let pid = gate_pid(4243);
+    assert_eq!(
+        until_notebook_listens(&mut events).await,
+        [
+            "container 4243".to_string(),
+            format!("exec 4243 pid {pid}"),
+            "listen 4243 0.0.0.0:8888".into(),
+        ]
+    );
+    let new = lab.status().await.unwrap().unwrap().pods;
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0].name, old);
+    let key = format!("cryptominer/{}", new[0].name);
+    let timeline = fake.timeline();
+    let subscribed = at(
+        &timeline,
+        &format!("sensor: subscribe [{}]", new[0].container_id),
+    );
+    let confirmed = at(
+        &timeline,
+        &format!("sensor: container {}", new[0].container_id),
+    );
+    let opened = at(&timeline, &format!("gate opened: {key}"));
+    assert!(
+        at(
+            &timeline,
+            &format!("DELETE /api/v1/namespaces/cryptominer/pods/{old}")
+        ) < subscribed
+            && subscribed < confirmed
+            && confirmed < opened,
+        "{}",
+        timeline.join("\n")
+    );
+    let pod = fake.pod("cryptominer", &new[0].name).unwrap();
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lab_brought_up_by_another_process_is_reused_and_its_waiting_gates_opened() {
+    let (fake, _sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `guardlab lab up` in another process: it opened the gate, then ended.
+    let first = {
+        let mut other = KindLab::with_client(options(dir.path()), fake.client());
+        other.up(&guardlab_lab::NoProgress).await.unwrap().pods[0].clone()
+    };
+    assert_eq!(fake.gates_opened().len(), 1);
+
+    // This process: up reuses the lab; the open gate is left alone, the stream starts anew
+    // (the sensor's container event for a running notebook, nothing held back).
+    let mut lab = KindLab::with_client(options(dir.path()), fake.client());
+    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    assert_eq!(info.pods, vec![first.clone()]);
+    assert_eq!(fake.gates_opened().len(), 1);
+    let mut events = lab.events().await.unwrap();
+    assert_eq!(describe(&next(&mut events).await), "container 4243");
+    drop(events);
+    drop(lab);
+
+    // Its container restarts (here: its pod is replaced) while no guardlab runs: the new
+    // one waits behind its gate, until a process asks for the events.
+    let pods =
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(fake.client(), "cryptominer");
+    pods.delete(&first.name, &Default::default()).await.unwrap();
+    let mut later = KindLab::with_client(options(dir.path()), fake.client());
+    let status = later.status().await.unwrap().unwrap();
+    let waiting = &status.pods[0];
+    assert_ne!(waiting.name, first.name);
+    assert!(
+        !fake
+            .gates_opened()
+            .contains(&format!("cryptominer/{}", waiting.name))
+    );
+    let mut events = later.events().await.unwrap();
+    let seen = until_notebook_listens(&mut events).await;
+    assert_eq!(seen[0], "container 4244", "{seen:?}");
+    assert!(seen[1].starts_with("exec 4244"), "{seen:?}");
+    assert!(
+        fake.gates_opened()
+            .contains(&format!("cryptominer/{}", waiting.name))
+    );
+    later.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+/// The notebook Deployment as `up` applies it, applied to `fake`; its pod's name and
+/// container id.
+async fn gated_pod(fake: &FakeApi) -> (String, String) {
+    let objects = crate::manifests::lab_objects("cryptominer", "guardlab-sensor:0.1.0").unwrap();
+    let deployment = objects
+        .iter()
+        .find(|m| m.object.kind() == "Deployment")
+        .unwrap();
+    let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        fake.client(),
+        "cryptominer",
+        &deployment.object.api_resource(),
+    );
+    api.patch(
+        deployment.object.name(),
+        &kube::api::PatchParams::apply("test"),
+        &kube::api::Patch::Apply(&deployment.object.to_dynamic()),
+    )
+    .await
+    .unwrap();
+    let name = fake.pods("cryptominer").pop().unwrap();
+    let pod = crate::k8s::pod_info(
+        &serde_json::from_value(fake.pod("cryptominer", &name).unwrap()).unwrap(),
+    );
+    (name, pod.container_id)
+}
+
+#[tokio::test]
+async fn opening_a_gate_that_does_not_listen_yet_is_tried_again_and_an_open_one_is_left_open() {
+    let fake = FakeApi::start().await;
+    fake.set_gate_delay(Duration::from_millis(300));
+    let (pod, container_id) = gated_pod(&fake).await;
+    // No event stream here: only the forward's end says that the gate accepted.
+    let (_filter, signals) = crate::gate::PreGateFilter::new();
+    let client = fake.client();
+    let open = || {
+        crate::gate::open_gate(
+            &client,
+            "cryptominer",
+            &pod,
+            &container_id,
+            &signals.passed,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+        )
+    };
+    open().await.unwrap();
+    let knock = format!("portforward cryptominer/{pod}:{GATE_PORT}");
+    let knocks = |timeline: &[String]| timeline.iter().filter(|e| **e == knock).count();
+    let timeline = fake.timeline();
+    assert!(
+        knocks(&timeline) >= 2,
+        "refused first, then accepted:\n{}",
+        timeline.join("\n")
+    );
+    assert!(at(&timeline, &format!("gate opened: cryptominer/{pod}")) > at(&timeline, &knock));
+    assert_eq!(fake.gates_opened().len(), 1);
+
+    // Once open, the gate's port refuses; the container's state says that it is open.
+    open().await.unwrap();
+    assert_eq!(knocks(&fake.timeline()), knocks(&timeline) + 1);
+}
+
+#[tokio::test]
+async fn a_gate_that_never_accepts_is_an_error_that_says_what_the_forward_said() {
+    let fake = FakeApi::start().await;
+    fake.set_gate_delay(Duration::from_secs(3600));
+    let (pod, container_id) = gated_pod(&fake).await;
+    let (_filter, signals) = crate::gate::PreGateFilter::new();
+    let err = crate::gate::open_gate(
+        &fake.client(),
+        "cryptominer",
+        &pod,
+        &container_id,
+        &signals.passed,
+        Duration::from_secs(1),
+        Duration::from_millis(20),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!(
+            "the start gate of pod cryptominer/{pod} did not open within 1s (port 8887 in the pod, \
+             through the API server's port-forward: error forwarding port 8887 to pod {pod}: connection refused)"
+        )),
+        "{err}"
+    );
+    assert!(fake.gates_opened().is_empty());
 }

@@ -1,8 +1,10 @@
 //! The kind backend: the same lab on a Kubernetes cluster.
 //!
 //! `guardlab lab up --backend kind` creates (or reuses) a kind cluster, builds the sensor's image
-//! and loads it into the nodes, applies `manifests/kubernetes/` with server-side apply, waits
-//! for the rollout, forwards 127.0.0.1:1234 to the notebook and streams the sensor's events.
+//! and loads it into the nodes, applies `manifests/kubernetes/` with server-side apply (the
+//! notebook's start put behind a gate, see [`gate`]), waits for the sensor, subscribes to it for
+//! the notebook's container, opens the notebook's gate once the sensor watches it, waits for
+//! the rollout, forwards 127.0.0.1:1234 to the notebook and streams the sensor's events.
 //! With a kubeconfig context instead of kind it runs on an existing cluster (a shared workshop
 //! cluster, one namespace per participant). [`plan`] says all of that without doing it.
 //!
@@ -11,6 +13,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod gate;
 pub mod image;
 pub mod k8s;
 pub mod lab;
@@ -18,6 +21,7 @@ pub mod manifests;
 pub mod plan;
 pub mod sensor_link;
 pub mod state;
+pub mod stream;
 pub mod tools;
 
 #[cfg(test)]

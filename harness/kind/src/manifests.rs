@@ -14,6 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value as Json;
 
+use crate::gate::gate_args;
+
 /// A file of the repository, compiled in.
 #[derive(Clone, Copy, Debug)]
 pub struct EmbeddedFile {
@@ -274,7 +276,8 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Manifest>, Manifest
     Ok(out)
 }
 
-/// The lab's objects, for namespace `namespace`, with the sensor's image set to `sensor_image`.
+/// The lab's objects, for namespace `namespace`, with the sensor's image set to `sensor_image`
+/// and the notebook's container behind the start gate ([`crate::gate`]).
 pub fn lab_objects(namespace: &str, sensor_image: &str) -> Result<Vec<Manifest>, ManifestError> {
     let mut all = Vec::new();
     for file in LAB_MANIFESTS {
@@ -305,8 +308,43 @@ pub fn lab_objects(namespace: &str, sensor_image: &str) -> Result<Vec<Manifest>,
                 }
             }
         }
+        gate_notebook(manifest)?;
     }
     Ok(all)
+}
+
+/// Put the notebook's container behind the start gate (see [`crate::gate`]): its args become
+/// `python3 -c GATE <args>`, which the image's start.sh execs. Other objects are left alone.
+fn gate_notebook(manifest: &mut Manifest) -> Result<(), ManifestError> {
+    if let Object::Deployment(d) = &mut manifest.object
+        && d.metadata.name.as_deref() == Some(NOTEBOOK_DEPLOYMENT)
+    {
+        // The notebook starts behind the start gate (see `gate`): its args become
+        // `python3 -c GATE <args>`, which the image's start.sh execs.
+        let notebook = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .and_then(|s| s.containers.first_mut());
+        match notebook {
+            Some(c) if c.command.is_none() && c.args.as_ref().is_some_and(|a| !a.is_empty()) => {
+                let original = c.args.take().unwrap_or_default();
+                c.args = Some(gate_args(&original));
+            }
+            _ => {
+                return Err(ManifestError {
+                    file: manifest.file.clone(),
+                    line: manifest.line,
+                    message: format!(
+                        "Deployment {NOTEBOOK_DEPLOYMENT}: its first container needs `args` (the \
+                         command the image's start.sh execs) and no `command`: the kind backend \
+                         puts its start gate in front of those args"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Move an object from the manifests' namespace to `namespace`.
@@ -509,6 +547,91 @@ mod tests {
             s.spec.as_ref().unwrap().selector.as_ref().unwrap()["app"],
             "jupyter-notebook"
         );
+    }
+
+    #[test]
+    fn the_applied_notebook_starts_behind_the_gate_and_the_file_does_not() {
+        let original = [
+            "start-notebook.py",
+            "--IdentityProvider.token=",
+            "--ServerApp.password=",
+        ];
+        let container = |all: &[Manifest]| {
+            let Object::Deployment(d) = find(all, "Deployment", NOTEBOOK_DEPLOYMENT) else {
+                unreachable!()
+            };
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .clone()
+        };
+        let applied = container(&all());
+        let mut expected = vec![
+            "python3".to_string(),
+            "-c".to_string(),
+            crate::gate::gate_program(crate::gate::GATE_PORT),
+        ];
+        expected.extend(original.map(String::from));
+        assert_eq!(applied.args.as_deref(), Some(&expected[..]));
+        assert_eq!(
+            applied.command, None,
+            "the image's entrypoint (tini, start.sh) stays"
+        );
+
+        // The file is applied by plain `kubectl apply` too: no gate there.
+        let file = LAB_MANIFESTS
+            .iter()
+            .find(|f| f.path.ends_with("jupyter-notebook.yaml"))
+            .unwrap();
+        let raw = container(&parse_manifests(file.path, file.text).unwrap());
+        assert_eq!(raw.args.as_deref(), Some(&original.map(String::from)[..]));
+        // Everything else is as in the file: the readiness probe (which fails until the
+        // notebook runs) and the ports; the gate's port is in no Service and no container port.
+        assert_eq!(applied.readiness_probe, raw.readiness_probe);
+        assert_eq!(applied.ports, raw.ports);
+        let all = all();
+        for m in &all {
+            if let Object::Service(s) = &m.object {
+                for p in s.spec.as_ref().unwrap().ports.iter().flatten() {
+                    assert_ne!(p.port, i32::from(crate::gate::GATE_PORT), "{m}");
+                }
+            }
+        }
+        assert!(
+            !applied
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == i32::from(crate::gate::GATE_PORT))
+        );
+    }
+
+    #[test]
+    fn a_notebook_without_args_cannot_be_gated() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: jupyter-notebook\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n      - name: n\n        image: x\n";
+        let mut all = parse_manifests("d.yaml", text).unwrap();
+        let err = {
+            // lab_objects reads the compiled-in files; apply its patch to this one.
+            let Object::Deployment(d) = &mut all[0].object else {
+                unreachable!()
+            };
+            d.spec
+                .as_mut()
+                .unwrap()
+                .template
+                .spec
+                .as_mut()
+                .unwrap()
+                .containers[0]
+                .args = None;
+            gate_notebook(&mut all[0]).unwrap_err().to_string()
+        };
+        assert!(err.contains("needs `args`"), "{err}");
     }
 
     #[test]

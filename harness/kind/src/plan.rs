@@ -6,12 +6,13 @@ use std::fmt;
 use guardlab_lab::LabError;
 
 use crate::config::KindCluster;
+use crate::gate::{GATE_PORT, gate_waiting_line};
 use crate::image::SENSOR_DOCKERFILE;
 use crate::k8s::{FIELD_MANAGER, WorkloadKind, workloads};
 use crate::lab::{KindOptions, Target};
 use crate::manifests::{
-    CLUSTER_CONFIG, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT, check_namespace_name,
-    lab_objects,
+    CLUSTER_CONFIG, NOTEBOOK_DEPLOYMENT, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT,
+    check_namespace_name, lab_objects,
 };
 use crate::tools::docker_host;
 
@@ -85,26 +86,63 @@ pub fn plan(options: &KindOptions) -> Result<Plan, LabError> {
         names.join(", "),
         state.display()
     ));
-    let waits: Vec<String> = workloads(&objects)
-        .iter()
-        .map(|w| {
-            format!(
-                "{} {}/{}",
-                if w.kind == WorkloadKind::Deployment {
-                    "Deployment"
-                } else {
-                    "DaemonSet"
-                },
-                w.namespace,
-                w.name
-            )
-        })
-        .collect();
     steps.push(format!(
-        "wait at most {}s for {} to be ready; stop early on a stuck pod (ImagePullBackOff, CrashLoopBackOff...) \
-         naming the pod, container and reason, and then delete what this run created",
-        options.rollout_timeout.as_secs(),
-        waits.join(" and ")
+        "the start gate: in the applied Deployment {ns}/{NOTEBOOK_DEPLOYMENT} (not in the file, which plain \
+         `kubectl apply` uses as it is) the notebook container's args become `python3 -c <gate> <its args>`: \
+         the image's start.sh execs the gate, which listens on 127.0.0.1:{GATE_PORT} inside the pod (in no \
+         Service), prints `{}`, accepts one connection and execs the original args in the same process; \
+         so the notebook starts only once the sensor watches its container (the order of the steps below)",
+        gate_waiting_line(GATE_PORT),
+        ns = options.namespace,
+    ));
+    let stuck = "stop early on a stuck pod (ImagePullBackOff, CrashLoopBackOff...) naming the pod, container and \
+                 reason, and then delete what this run created";
+    let rollout = options.rollout_timeout.as_secs();
+    let (sensors, notebooks): (Vec<String>, Vec<String>) = {
+        let describe = |w: &crate::k8s::Workload| {
+            let kind = if w.kind == WorkloadKind::Deployment {
+                "Deployment"
+            } else {
+                "DaemonSet"
+            };
+            format!("{kind} {}/{}", w.namespace, w.name)
+        };
+        let all = workloads(&objects);
+        (
+            all.iter()
+                .filter(|w| w.kind == WorkloadKind::DaemonSet)
+                .map(describe)
+                .collect(),
+            all.iter()
+                .filter(|w| w.kind == WorkloadKind::Deployment)
+                .map(describe)
+                .collect(),
+        )
+    };
+    steps.push(format!(
+        "wait at most {rollout}s for {} to be ready; {stuck}",
+        sensors.join(" and ")
+    ));
+    steps.push(format!(
+        "wait at most {rollout}s for the notebook pod's container to be running (not ready: its readiness probe \
+         fails until the notebook runs) and its start gate to wait (the last line of its log is the gate's); {stuck}"
+    ));
+    steps.push(format!(
+        "subscribe: port-forward to port {SENSOR_PORT} of the guardlab-sensor pod on the notebook's node and \
+         subscribe to the notebook's container"
+    ));
+    steps.push(format!(
+        "wait at most {}s for the sensor's `container` event for that container, the proof that it watches it; \
+         if it does not come, stop (naming that sensor pod), keep the gate closed and delete what this run created",
+        options.gate_timeout.as_secs()
+    ));
+    steps.push(format!(
+        "open the start gate: one connection to port {GATE_PORT} of the notebook pod through the API server's \
+         port-forward; the gate then becomes start-notebook.py"
+    ));
+    steps.push(format!(
+        "wait at most {rollout}s for {} to be ready (the notebook answers its readiness probe); {stuck}",
+        notebooks.join(" and ")
     ));
     steps.push(format!(
         "forward 127.0.0.1:{} to port {NOTEBOOK_PORT} of the newest ready pod {NOTEBOOK_SELECTOR} in {} \
@@ -112,8 +150,10 @@ pub fn plan(options: &KindOptions) -> Result<Plan, LabError> {
         options.local_port, options.namespace, options.local_port
     ));
     steps.push(format!(
-        "for events: port-forward to port {SENSOR_PORT} of the guardlab-sensor pod on the notebook's node and \
-         subscribe to the notebook's containers; kills go to the same port"
+        "events: the subscription above goes on (kills go to the same port {SENSOR_PORT}); a container's events from \
+         before its gate opened (all but its `container` event, until its first exec) are the lab's plumbing and \
+         dropped; a pod that replaces the notebook's (agentKillPod) starts behind its gate too, opened once the \
+         sensor confirmed its new subscription"
     ));
     let manifests = objects
         .iter()
@@ -192,13 +232,49 @@ mod tests {
             "127.0.0.1:1234",
             "# ---- cluster config: manifests/kind/cluster.yaml",
             "apiVersion: kind.x-k8s.io/v1alpha4",
-            "# Deployment cryptominer/jupyter-notebook (from manifests/kubernetes/jupyter-notebook.yaml:4)",
+            "# Deployment cryptominer/jupyter-notebook (from manifests/kubernetes/jupyter-notebook.yaml:9)",
             "image: jupyter/minimal-notebook:latest",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
         assert!(!text.contains("0.0.0.0"), "{text}");
         assert_eq!(plan.manifests.len(), 5);
+
+        // The start gate: what is patched, and the order around it.
+        let step = |start: &str| {
+            plan.steps
+                .iter()
+                .position(|s| s.starts_with(start))
+                .unwrap_or_else(|| panic!("no step `{start}` in {:#?}", plan.steps))
+        };
+        let order = [
+            step("server-side apply"),
+            step("the start gate: in the applied Deployment cryptominer/jupyter-notebook"),
+            step("wait at most 600s for DaemonSet cryptominer/guardlab-sensor"),
+            step("wait at most 600s for the notebook pod's container to be running"),
+            step("subscribe: port-forward to port 7070"),
+            step("wait at most 60s for the sensor's `container` event"),
+            step("open the start gate: one connection to port 8887"),
+            step("wait at most 600s for Deployment cryptominer/jupyter-notebook to be ready"),
+            step("forward 127.0.0.1:1234"),
+        ];
+        assert!(order.is_sorted(), "{:#?}", plan.steps);
+        let gate = &plan.steps[order[1]];
+        assert!(
+            gate.contains("`python3 -c <gate> <its args>`")
+                && gate.contains("plain `kubectl apply`"),
+            "{gate}"
+        );
+        let (_, _, deployment) = plan
+            .manifests
+            .iter()
+            .find(|(what, _, _)| what == "Deployment cryptominer/jupyter-notebook")
+            .unwrap();
+        assert!(
+            deployment.contains("- python3\n        - -c\n        - 'import os,socket,sys;")
+                && deployment.contains("sys.argv[1:])'\n        - start-notebook.py\n"),
+            "{deployment}"
+        );
         // The printed manifests are themselves valid manifests, the same objects `up` applies.
         let printed: String = plan
             .manifests

@@ -26,19 +26,72 @@
 //! its own view of the container's `cgroup.procs` lists (see `sensor/src/serve.rs`). A pid that
 //! is not a process of a watched container is refused.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use guardlab_events::control::{SensorReply, SensorRequest, WatchedContainer};
 use guardlab_events::{Event, EventBody, parse_line};
 use guardlab_lab::LabError;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
+
+use crate::gate::PreGateFilter;
 
 /// What the harness watches on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Watch {
     pub node: String,
     pub containers: Vec<WatchedContainer>,
+    /// The ids of the containers among them whose start gate was closed when the harness
+    /// first saw them: the gate's event rule applies to them (see [`crate::gate`]).
+    pub gated: BTreeSet<String>,
+}
+
+/// Where a stream's events go. `up` starts the stream before anyone asks for the events
+/// (`lab up` never does): until the receiver is taken, events that do not fit in the channel
+/// are dropped rather than stalling the stream, which must go on reading the sensor's
+/// `container` events to open the gates of replaced pods. Once taken, a full channel waits.
+#[derive(Clone, Debug)]
+pub struct EventSink {
+    tx: mpsc::Sender<Event>,
+    taken: Arc<AtomicBool>,
+}
+
+/// The sink stopped: nobody reads its events any more.
+#[derive(Debug)]
+pub struct SinkClosed;
+
+impl EventSink {
+    /// A sink whose receiver is taken when `taken` is set.
+    pub fn new(tx: mpsc::Sender<Event>, taken: Arc<AtomicBool>) -> Self {
+        EventSink { tx, taken }
+    }
+
+    /// A sink whose receiver is already in a reader's hands.
+    pub fn taken(tx: mpsc::Sender<Event>) -> Self {
+        EventSink::new(tx, Arc::new(AtomicBool::new(true)))
+    }
+
+    pub async fn send(&self, event: Event) -> Result<(), SinkClosed> {
+        if self.taken.load(Ordering::SeqCst) {
+            return self.tx.send(event).await.map_err(|_| SinkClosed);
+        }
+        match self.tx.try_send(event) {
+            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(SinkClosed),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 /// Why an event stream ended.
@@ -91,11 +144,14 @@ fn enrich(event: &mut Event, watched: &[WatchedContainer], node: &str) {
 
 /// Subscribe on `stream` and forward the sensor's events to `events` until the stream ends,
 /// the receiver goes away or the watched pod moves to another node. `watch` changes are sent
-/// to the sensor as new `subscribe` lines.
+/// to the sensor as new `subscribe` lines. Events pass through `gate` (the start gate's rule:
+/// a gated container's events before its gate opened are dropped), which also tells who waits
+/// for them which containers the sensor confirmed.
 pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     mut watch: watch::Receiver<Watch>,
-    events: &mpsc::Sender<Event>,
+    events: &EventSink,
+    gate: &mut PreGateFilter,
 ) -> Result<StreamEnd, LabError> {
     let (reader, mut writer) = tokio::io::split(stream);
     let mut lines = BufReader::new(reader).lines();
@@ -129,6 +185,9 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
                     "the sensor on node {} sent an event guardlab cannot read: {e}", current.node
                 )))?;
                 enrich(&mut event, &current.containers, &current.node);
+                if !gate.admit(&event, &current.gated) {
+                    continue;
+                }
                 if events.send(event).await.is_err() {
                     return Ok(StreamEnd::ReceiverGone);
                 }
@@ -286,9 +345,13 @@ mod tests {
         let (watch_tx, watch_rx) = watch::channel(Watch {
             node: "n1".into(),
             containers: vec![watched("c1")],
+            ..Watch::default()
         });
         let (tx, mut rx) = mpsc::channel(16);
-        let harness = tokio::spawn(async move { stream_events(ours, watch_rx, &tx).await });
+        let harness = tokio::spawn(async move {
+            let (mut gate, _) = PreGateFilter::new();
+            stream_events(ours, watch_rx, &EventSink::taken(tx), &mut gate).await
+        });
 
         let (sr, mut sw) = tokio::io::split(sensor);
         let mut requests = BufReader::new(sr).lines();
@@ -329,6 +392,7 @@ mod tests {
             .send(Watch {
                 node: "n1".into(),
                 containers: vec![watched("c2")],
+                ..Watch::default()
             })
             .unwrap();
         let second: SensorRequest =
@@ -349,14 +413,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sink_nobody_reads_drops_what_does_not_fit_and_a_taken_one_waits() {
+        let event = |ts| {
+            Event::new(
+                ts,
+                EventBody::Lost(guardlab_events::Lost {
+                    count: 1,
+                    cpu: None,
+                }),
+            )
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let taken = Arc::new(AtomicBool::new(false));
+        let sink = EventSink::new(tx, taken.clone());
+        sink.send(event(1)).await.unwrap();
+        // Full, and nobody took the receiver: dropped, the stream goes on.
+        tokio::time::timeout(Duration::from_secs(5), sink.send(event(2)))
+            .await
+            .expect("no wait before the receiver is taken")
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap().ts, 1);
+        assert!(rx.try_recv().is_err(), "event 2 was dropped");
+
+        // Taken: a full channel waits for the reader, nothing is dropped.
+        taken.store(true, Ordering::SeqCst);
+        sink.send(event(3)).await.unwrap();
+        let mut pending = Box::pin(sink.send(event(4)));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut pending)
+                .await
+                .is_err(),
+            "a taken sink waits"
+        );
+        assert_eq!(rx.recv().await.unwrap().ts, 3);
+        pending.await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().ts, 4);
+
+        drop(rx);
+        assert!(sink.is_closed());
+        assert!(sink.send(event(5)).await.is_err());
+    }
+
+    #[tokio::test]
     async fn a_move_to_another_node_ends_the_stream() {
         let (ours, sensor) = tokio::io::duplex(4096);
         let (watch_tx, watch_rx) = watch::channel(Watch {
             node: "n1".into(),
-            containers: vec![],
+            ..Watch::default()
         });
         let (tx, _rx) = mpsc::channel(1);
-        let harness = tokio::spawn(async move { stream_events(ours, watch_rx, &tx).await });
+        let harness = tokio::spawn(async move {
+            let (mut gate, _) = PreGateFilter::new();
+            stream_events(ours, watch_rx, &EventSink::taken(tx), &mut gate).await
+        });
         // Once the subscription is written, the harness has taken the first watch.
         let (sr, _sw) = tokio::io::split(sensor);
         BufReader::new(sr)
@@ -368,7 +477,7 @@ mod tests {
         watch_tx
             .send(Watch {
                 node: "n2".into(),
-                containers: vec![],
+                ..Watch::default()
             })
             .unwrap();
         assert_eq!(harness.await.unwrap().unwrap(), StreamEnd::NodeChanged);
