@@ -237,7 +237,8 @@ pub enum Condition {
     /// A process with this name (as for `exec`) ended.
     Exit(String),
     /// An outbound connection to this host: a DNS name (an earlier DNS answer gave the
-    /// address) or an IP address, optionally with `:port`.
+    /// address), an IP address, or `*` for any address, optionally with `:port` (`*:53`: a
+    /// DNS query, wherever the pod's resolver is).
     Connect(String),
     /// A socket started listening on this port.
     Listen(u16),

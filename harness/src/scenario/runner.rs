@@ -326,10 +326,11 @@ impl Names {
             (Condition::Exit(n), EventBody::Exit(x)) => self.is(&x.key, n),
             (Condition::Connect(target), EventBody::Connect(c)) => {
                 let (host, port) = split_host_port(target);
-                let host_ok = host
-                    .parse::<IpAddr>()
-                    .map(|ip| ip == c.remote_ip)
-                    .unwrap_or(false)
+                let host_ok = host == "*"
+                    || host
+                        .parse::<IpAddr>()
+                        .map(|ip| ip == c.remote_ip)
+                        .unwrap_or(false)
                     || self
                         .dns
                         .get(&c.remote_ip)
@@ -1114,14 +1115,14 @@ pub fn missing_program<'o>(output: &'o str, program: &str) -> Option<&'o str> {
     if program.is_empty() {
         return None;
     }
-    let bash = format!("{program}: command not found");
+    // The program is a whole field of the message: `id` is not missing when `uuid` is.
+    let bash = format!(": {program}: command not found");
     let sh = format!(": {program}: not found");
     // Ubuntu's command-not-found hook, where an image has it.
     let ubuntu = format!("Command '{program}' not found");
-    output
-        .lines()
-        .map(str::trim)
-        .find(|l| l.ends_with(&bash) || l.ends_with(&sh) || l.starts_with(&ubuntu))
+    output.lines().map(str::trim).find(|l| {
+        l.ends_with(&bash) || l.ends_with(&sh) || l.starts_with(&ubuntu) || *l == &bash[2..]
+    })
 }
 
 /// A flag in one line: `high red flag: process deviation dev:... by id (/usr/bin/id) in minimal-notebook`.
@@ -1341,7 +1342,14 @@ mod tests {
             )
             .is_some()
         );
-        // Another program's message, a missing file, or the word in ordinary output: no.
+        // Another program's message (also one whose name ends like it), a missing file, or
+        // the words in ordinary output: no.
+        assert_eq!(missing_program("bash: uuid: command not found", "id"), None);
+        assert_eq!(missing_program("sh: 1: uuid: not found", "id"), None);
+        assert_eq!(
+            missing_program("id: command not found", "id"),
+            Some("id: command not found")
+        );
         assert_eq!(missing_program(bash, "curl"), None);
         assert_eq!(
             missing_program("bash: ./minerd: No such file or directory", "minerd"),
