@@ -10,7 +10,8 @@
 //!
 //! Cache layout, under [`default_cache_dir`]:
 //! - `<hash>/rootfs`: a finished image (`<hash>/image.yaml` describes it, the mtime of
-//!   `<hash>/last-used` says when a lab last took it). A build happens in
+//!   `<hash>/last-used` says when a lab last took it, `<hash>/users/<lab>-<id>` registers a lab
+//!   that uses it, naming the lab's state file). A build happens in
 //!   `.build-<hash>-<pid>/` and is renamed to `<hash>/` only when complete, so an interrupted
 //!   build never looks finished; the next build removes the leftovers.
 //! - `downloads/debs`, `downloads/pip`: debootstrap's and pip's downloads, kept for rebuilds
@@ -18,8 +19,9 @@
 //! - `.<hash>.lock` (one build per recipe), `.prune.lock` (pruning against lookups).
 //!
 //! Old images are pruned after each build ([`prune_images`]): every other recipe's image goes,
-//! except the most recently used one (a step back stays cheap) and any image a lab records in
-//! its state file as the one its pod runs on.
+//! except the most recently used one (a step back stays cheap) and any image a lab uses: one
+//! registered in it whose state file exists (whatever its state directory), or one that
+//! records it in its state file in the cache's labs directories.
 
 mod cache;
 mod chroot;
@@ -36,7 +38,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use cache::{
-    DEFAULT_LABS_DIR, ImageCache, PrunedEntry, PrunedKind, images_used_by_labs, prune_images,
+    DEFAULT_LABS_DIR, ImageCache, ImageUser, PrunedEntry, PrunedKind, Registration, USERS_DIR,
+    image_registrations, images_used_by_labs, prune_images, remove_registration,
 };
 pub use chroot::{Bind, RunAs, rootfs_command};
 pub use host::{AptSource, host_apt_source};
@@ -120,26 +123,30 @@ pub fn cached_image(recipe_dir: &Path, cache_dir: &Path) -> Result<Option<BuiltI
 }
 
 /// The image of the recipe in `recipe_dir`: from the cache when it is there (well under a
-/// second), else built (a few minutes, needs root) and cached. Blocking. Labs are looked up in
-/// [`DEFAULT_LABS_DIR`] when old images are pruned after a build; see [`ensure_cached_image`].
+/// second), else built (a few minutes, needs root) and cached. Blocking. For a caller that is
+/// no lab (nothing registers as the image's user); see [`ensure_cached_image`].
 pub fn ensure_image(
     recipe_dir: &Path,
     cache_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<BuiltImage, LabError> {
-    ensure_cached_image(recipe_dir, &ImageCache::new(cache_dir), progress)
+    ensure_cached_image(recipe_dir, &ImageCache::new(cache_dir), None, progress)
 }
 
-/// [`ensure_image`] with the cache's places given. After a build, the images of other recipes
-/// are pruned ([`prune_images`]): all but the most recently used one and those labs use.
+/// [`ensure_image`] with the cache's places given, for `user` when a lab will run on the image:
+/// it is registered in the image before the image is returned (and removes the registration at
+/// `down`: [`remove_registration`]), so that no prune takes the image while the lab's state file
+/// exists. After a build, the images of other recipes are pruned ([`prune_images`]): all but
+/// the most recently used one and those labs use.
 pub fn ensure_cached_image(
     recipe_dir: &Path,
     cache: &ImageCache,
+    user: Option<&ImageUser>,
     progress: &dyn Progress,
 ) -> Result<BuiltImage, LabError> {
     let loaded = recipe::load(recipe_dir)?;
     let final_dir = cache.dir.join(&loaded.hash);
-    if cache::use_if_complete(cache, &final_dir) {
+    if cache::use_if_complete(cache, &final_dir, user)? {
         progress.phase(&format!(
             "using the cached pod image {} ({})",
             loaded.recipe.image,
@@ -153,9 +160,9 @@ pub fn ensure_cached_image(
         source,
     })?;
     // One build per recipe at a time; whoever waited finds the image built. Held until the
-    // end, so that a prune by another build never takes this image before it is marked used.
+    // end, so that a prune by another build never takes this image before it is registered.
     let _build_lock = cache::BuildLock::acquire(&cache.dir, &loaded.hash)?;
-    if cache::use_if_complete(cache, &final_dir) {
+    if cache::use_if_complete(cache, &final_dir, user)? {
         progress.phase(&format!(
             "using the pod image {} that another build just finished",
             loaded.recipe.image
@@ -163,7 +170,13 @@ pub fn ensure_cached_image(
         return Ok(built_image(&loaded, &final_dir));
     }
     build(&loaded, cache, &final_dir, progress)?;
-    cache::mark_used(&final_dir);
+    // Registered (and marked used) before the prune below, which then keeps it whatever.
+    if !cache::use_if_complete(cache, &final_dir, user)? {
+        return Err(LabError::Failed(format!(
+            "the pod image built at {} is not complete",
+            final_dir.display()
+        )));
+    }
     // The new image is in place: a failure to tidy up is reported, not fatal.
     if let Err(e) = prune_images(cache, &loaded.hash, progress) {
         progress.detail(&format!("old pod images were not removed: {e}"));

@@ -68,9 +68,21 @@ async fn up_twice_is_harmless_status_tells_where_and_the_notebook_is_on_loopback
     let mut lab = LocalLab::new(options.clone()).unwrap();
     let progress = TestProgress::new();
 
+    let mut registration = None;
     let result = async {
         let first = lab.up(&progress).await.expect("lab up");
         let holdings = Holdings::gather(&lab);
+        // Registered in its pod image while up, so that no prune of the cache takes the image.
+        registration = lab.state().unwrap().and_then(|s| s.image_registration);
+        let path = registration
+            .as_ref()
+            .expect("the lab records its registration");
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("the registration {}: {e}", path.display()));
+        assert!(
+            text.contains(&lab.lab_dir().join("state.json").display().to_string()),
+            "{text}"
+        );
         assert_eq!(first.notebook_url, "http://127.0.0.1:1234/");
         assert_eq!(first.pods.len(), 1);
         let pod = &first.pods[0];
@@ -138,6 +150,12 @@ async fn up_twice_is_harmless_status_tells_where_and_the_notebook_is_on_loopback
     eprintln!("down took {:.2} s", started.elapsed().as_secs_f64());
     let holdings = result.unwrap();
     assert_nothing_left(&holdings);
+    let registration = registration.unwrap();
+    assert!(
+        !registration.exists() && registration.parent().unwrap().is_dir(),
+        "down removes the registration {} and nothing else of the image",
+        registration.display()
+    );
     assert_eq!(lab.status().await.unwrap(), None);
     assert!(listeners_on(DEFAULT_NOTEBOOK_PORT).is_empty());
 }
@@ -191,9 +209,13 @@ async fn down_after_a_sigkill_at_any_point_of_up_leaves_nothing() {
             .spawn()
             .unwrap();
         let mut holdings = Holdings::gather(&lab);
+        let mut registration = None;
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             let state = lab.state().ok().flatten();
+            if let Some(path) = state.as_ref().and_then(|s| s.image_registration.clone()) {
+                registration = Some(path);
+            }
             holdings.merge(Holdings::gather(&lab));
             let reached = match (point, &state) {
                 (KillPoint::Preparing, Some(_)) => true,
@@ -278,10 +300,27 @@ async fn down_after_a_sigkill_at_any_point_of_up_leaves_nothing() {
         // Whatever the daemon goes on making until `down` stops it is found by `down` too.
         tokio::time::sleep(Duration::from_millis(300)).await;
         holdings.merge(Holdings::gather(&lab));
+        if let Some(path) = lab.state().unwrap().and_then(|s| s.image_registration) {
+            registration = Some(path);
+        }
+        let registration = registration.expect("the lab records its image registration");
+        if !matches!(point, KillPoint::Preparing) {
+            // The lookup registered the lab before the image was used.
+            assert!(
+                registration.is_file(),
+                "{point:?}: {} is missing",
+                registration.display()
+            );
+        }
         lab.down(&NoProgress)
             .await
             .unwrap_or_else(|e| panic!("{point:?}: lab down: {e}"));
         assert_nothing_left(&holdings);
+        assert!(
+            !registration.exists(),
+            "{point:?}: down left the registration {}",
+            registration.display()
+        );
         // Nothing of this lab in the cgroup tree, whatever was recorded.
         let cgroup_root = guardlab_lab::local::cgroup::cgroup2_mount().unwrap();
         assert!(

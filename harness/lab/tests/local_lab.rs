@@ -234,6 +234,12 @@ async fn up_from_cold_and_from_cache_then_the_tutorial_runs_in_the_lab() {
         .path()
         .join(guardlab_lab::image::image_recipe_hash(recipe_dir).unwrap());
     let recorded = lab.state().unwrap().and_then(|s| s.image_rootfs);
+    // ... and the lab is registered in the image while it is up (whatever its state dir).
+    let registration = lab.state().unwrap().and_then(|s| s.image_registration);
+    let registered = registration.as_ref().is_some_and(|r| {
+        r.starts_with(image_dir.join(guardlab_lab::image::USERS_DIR))
+            && std::fs::read_to_string(r).is_ok_and(|t| t.contains(&name))
+    });
     let cold_result = match cold {
         Ok(info) => {
             hello_world(&info).await;
@@ -246,6 +252,13 @@ async fn up_from_cold_and_from_cache_then_the_tutorial_runs_in_the_lab() {
     assert_nothing_left(&holdings);
     assert_eq!(recorded, Some(image_dir.join("rootfs")));
     assert!(image_dir.join("last-used").is_file());
+    assert!(registered, "not registered in its image: {registration:?}");
+    let registration = registration.unwrap();
+    assert!(
+        !registration.exists(),
+        "{} is left after down",
+        registration.display()
+    );
 
     let started = Instant::now();
     let cached = lab.up(&progress).await;

@@ -1,17 +1,31 @@
 //! The image cache's bookkeeping: where it keeps what, its locks, which images labs use, and
 //! the pruning of old images.
 //!
-//! Pruning must never take an image from under a lab. A lab records the image its pod runs on
-//! in its state file (`image_rootfs`) *before* it looks the image up, and the lookup
-//! ([`use_if_complete`]) holds the cache's prune lock shared while a prune holds it exclusive
-//! from reading the labs' state files to moving their images away. So either the prune sees
-//! the lab's record and keeps the image, or the lookup comes after the image was moved away
-//! and finds none (and builds it again): never an image that disappears after it was found.
+//! Pruning must never take an image from under a lab, whatever directory the lab keeps its
+//! state in. So the cache itself knows its users: a lab registers itself in the image's
+//! directory (`<image>/users/<lab>-<id>`, naming the lab's state file) when it looks the image
+//! up, and removes the registration at `down`. A registration counts while the lab's state file
+//! exists (up, coming up, or left by a killed harness until `lab down`); one whose state file
+//! is gone (a lab torn down by an older harness, `/run` emptied by a reboot) is stale and the
+//! prune removes it. A registration that cannot be read counts as in use.
+//!
+//! The registration is written by the lookup ([`use_if_complete`]) under the cache's prune lock
+//! (shared), which a prune holds exclusive from reading the registrations to moving images
+//! away. So either the prune sees the registration and keeps the image, or the lookup comes
+//! after the image was moved away and finds none (and builds it again): never an image that
+//! disappears after it was found. A lab saves its state file before it registers, so a prune
+//! never finds a fresh registration without its state file.
+//!
+//! The older protection stays as a second line: an image that a lab in one of the cache's
+//! `labs_dirs` records in its state file (`image_rootfs`) is kept too.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{RECORD_FILE, disk_usage, is_complete, remove_tree};
 use crate::{LabError, Progress};
@@ -27,6 +41,8 @@ const PRUNE_LOCK_FILE: &str = ".prune.lock";
 /// then deleted; a prune that crashed in between leaves it for the next one.
 const TRASH_PREFIX: &str = ".prune-";
 const BUILD_PREFIX: &str = ".build-";
+/// The registrations of the labs that use an image: `<image>/users/<lab>-<id>`.
+pub const USERS_DIR: &str = "users";
 
 /// The places of an image cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,19 +52,199 @@ pub struct ImageCache {
     /// debootstrap's and pip's downloads (`debs/`, `pip/`); by default `<dir>/downloads`.
     /// Caches may share one: a build into an empty cache then downloads nothing it has.
     pub downloads: PathBuf,
-    /// Where labs record their state ([`DEFAULT_LABS_DIR`]): an image a lab records is never
-    /// pruned.
-    pub labs_dir: PathBuf,
+    /// Directories where labs record their state ([`DEFAULT_LABS_DIR`]): an image a lab there
+    /// records in its state file is never pruned. A second line behind the registrations in
+    /// the images (see the module's comment), for labs started before labs registered.
+    pub labs_dirs: Vec<PathBuf>,
 }
 
 impl ImageCache {
-    /// A cache in `dir` with its own downloads, for the labs in [`DEFAULT_LABS_DIR`].
+    /// A cache in `dir` with its own downloads, also looking at the labs in
+    /// [`DEFAULT_LABS_DIR`].
     pub fn new(dir: &Path) -> ImageCache {
         ImageCache {
             dir: dir.to_path_buf(),
             downloads: dir.join("downloads"),
-            labs_dir: PathBuf::from(DEFAULT_LABS_DIR),
+            labs_dirs: vec![PathBuf::from(DEFAULT_LABS_DIR)],
         }
+    }
+}
+
+/// A lab that uses an image, as it registers itself in the image's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageUser {
+    /// The lab's name.
+    pub lab: String,
+    /// The lab's state file (absolute): the registration counts while it exists.
+    pub state_file: PathBuf,
+}
+
+impl ImageUser {
+    /// The lab `lab` whose directory is `lab_dir` (which must exist: its path is resolved, so
+    /// that the registration names the state file whatever the working directory).
+    pub fn new(lab: &str, lab_dir: &Path) -> Result<ImageUser, LabError> {
+        let lab_dir = lab_dir.canonicalize().map_err(|source| LabError::Io {
+            context: format!("resolving the lab directory {}", lab_dir.display()),
+            source,
+        })?;
+        Ok(ImageUser {
+            lab: lab.to_string(),
+            state_file: lab_dir.join(crate::local::state::STATE_FILE),
+        })
+    }
+
+    /// `<lab>-<16 hex digits of the state file's path hash>`: unique per lab and state
+    /// directory, readable by a human looking into the cache.
+    pub fn id(&self) -> String {
+        let digest = Sha256::digest(self.state_file.as_os_str().as_encoded_bytes());
+        let name: String = self
+            .lab
+            .chars()
+            .take(40)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{name}-{}", &hex::encode(digest)[..16])
+    }
+
+    /// Where this lab's registration in the image directory `image_dir` (`<cache>/<hash>`) is.
+    pub fn registration_in(&self, image_dir: &Path) -> PathBuf {
+        image_dir.join(USERS_DIR).join(self.id())
+    }
+}
+
+/// What a registration file says (JSON, for the prune and for humans).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RegistrationFile {
+    lab: String,
+    /// The registration counts while this file exists.
+    state_file: PathBuf,
+}
+
+/// A lab's registration found in an image directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The registration file.
+    pub path: PathBuf,
+    /// The lab and its state file; `None` when the file cannot be read (it counts as in use).
+    pub user: Option<ImageUser>,
+    /// Its lab is gone: its state file does not exist.
+    pub stale: bool,
+}
+
+/// The registrations in the image directory `image_dir`, sorted by file. A registration whose
+/// state file's existence cannot be told (no permission) is not stale.
+pub fn image_registrations(image_dir: &Path) -> Vec<Registration> {
+    let Ok(entries) = fs::read_dir(image_dir.join(USERS_DIR)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Registration> = entries
+        .flatten()
+        // A dot file is a registration being written (or one whose writer died before it was
+        // in place, so before its lab used the image).
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let path = e.path();
+            let user = fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| serde_json::from_str::<RegistrationFile>(&text).ok())
+                .filter(|r| r.state_file.is_absolute())
+                .map(|r| ImageUser {
+                    lab: r.lab,
+                    state_file: r.state_file,
+                });
+            let stale = user
+                .as_ref()
+                .is_some_and(|u| state_file_is_gone(&u.state_file));
+            Registration { path, user, stale }
+        })
+        .collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+fn state_file_is_gone(state_file: &Path) -> bool {
+    match fs::symlink_metadata(state_file) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        ),
+    }
+}
+
+/// Register `user` in the image directory `image_dir` (written aside, then renamed: a reader
+/// never sees half a registration). The caller holds the prune lock shared or the image's
+/// build lock.
+fn register(user: &ImageUser, image_dir: &Path) -> Result<(), LabError> {
+    let users = image_dir.join(USERS_DIR);
+    fs::create_dir_all(&users).map_err(|source| LabError::Io {
+        context: format!("creating {}", users.display()),
+        source,
+    })?;
+    let path = user.registration_in(image_dir);
+    let tmp = users.join(format!(".{}.tmp{}", user.id(), std::process::id()));
+    let mut text = serde_json::to_vec_pretty(&RegistrationFile {
+        lab: user.lab.clone(),
+        state_file: user.state_file.clone(),
+    })
+    .map_err(|e| LabError::Failed(format!("writing {}: {e}", path.display())))?;
+    text.push(b'\n');
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            LabError::Io {
+                context: format!(
+                    "registering lab {} as a user of the pod image at {}",
+                    user.lab,
+                    path.display()
+                ),
+                source,
+            }
+        })
+}
+
+/// Remove a lab's registration (`<image>/users/<id>`, as its state file records it) at `down`.
+/// Fine when it is gone already (the image was pruned after the registration went stale).
+pub fn remove_registration(path: &Path) -> Result<(), LabError> {
+    // The state file says where; remove nothing but a registration.
+    if path.parent().and_then(Path::file_name) != Some(USERS_DIR.as_ref()) {
+        return Err(LabError::Failed(format!(
+            "{} is not a pod image registration (`<image>/{USERS_DIR}/<id>`): not removed",
+            path.display()
+        )));
+    }
+    // What a registration killed half-way left (`.<id>.tmp<pid>`, never counted as one).
+    if let (Some(users), Some(id)) = (path.parent(), path.file_name())
+        && let Ok(entries) = fs::read_dir(users)
+    {
+        let prefix = format!(".{}.tmp", id.to_string_lossy());
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(LabError::Io {
+            context: format!("removing the pod image registration {}", path.display()),
+            source,
+        }),
     }
 }
 
@@ -166,20 +362,28 @@ fn try_build_lock(dir: &Path, hash: &str) -> Option<Option<fs::File>> {
     Some(Some(file))
 }
 
-/// Is `final_dir` a finished image? If so it is marked used, all under the prune lock, so that
-/// no prune removes it between the check and the mark (see the module's comment).
-pub(super) fn use_if_complete(cache: &ImageCache, final_dir: &Path) -> bool {
+/// Is `final_dir` a finished image? If so `user` is registered in it and it is marked used, all
+/// under the prune lock, so that no prune removes it between the check and the registration
+/// (see the module's comment).
+pub(super) fn use_if_complete(
+    cache: &ImageCache,
+    final_dir: &Path,
+    user: Option<&ImageUser>,
+) -> Result<bool, LabError> {
     let _lock = FileLock::prune_shared(&cache.dir);
     if !is_complete(final_dir) {
-        return false;
+        return Ok(false);
+    }
+    if let Some(user) = user {
+        register(user, final_dir)?;
     }
     mark_used(final_dir);
-    true
+    Ok(true)
 }
 
 /// Record that the image in `dir` was used now. Best effort: a cache this user may only read
 /// keeps its old marks.
-pub(super) fn mark_used(dir: &Path) {
+fn mark_used(dir: &Path) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -295,9 +499,11 @@ fn ago(when: SystemTime) -> String {
 }
 
 /// Remove from the cache the images of recipes other than `keep`, except the most recently
-/// used one of them (going back a step stays cheap) and every image a lab uses
-/// ([`images_used_by_labs`]) or a build of its recipe is busy with; and what crashed builds
-/// and prunes left. One line per removed entry with its size goes to `progress`.
+/// used one of them (going back a step stays cheap), every image a lab uses (registered in it,
+/// see the module's comment, or recorded in a state file in `labs_dirs`, see
+/// [`images_used_by_labs`]) and every image a build of its recipe is busy with; and what crashed
+/// builds and prunes left. Stale registrations (their lab's state file is gone) are removed
+/// first. One line per removed entry with its size goes to `progress`.
 ///
 /// Nothing else in the cache is touched (the downloads, the locks of kept recipes).
 pub fn prune_images(
@@ -306,7 +512,10 @@ pub fn prune_images(
     progress: &dyn Progress,
 ) -> Result<Vec<PrunedEntry>, LabError> {
     let lock = FileLock::prune_exclusive(&cache.dir)?;
-    let used = images_used_by_labs(&cache.labs_dir)?;
+    let mut used = Vec::new();
+    for labs_dir in &cache.labs_dirs {
+        used.extend(images_used_by_labs(labs_dir)?);
+    }
     let used_by = |dir: &Path| -> Option<&str> {
         let dir = canonical(dir);
         used.iter()
@@ -327,7 +536,31 @@ pub fn prune_images(
     for name in names {
         let path = cache.dir.join(&name);
         if is_recipe_hash(&name) {
-            if name == keep || !path.is_dir() {
+            if !path.is_dir() {
+                continue;
+            }
+            // Under the lock: no lab registers meanwhile.
+            let in_use = current_registrations(&path, &name, progress);
+            if name == keep {
+                continue;
+            }
+            if let Some(registration) = in_use.first() {
+                let who = match &registration.user {
+                    Some(user) => format!(
+                        "lab {} uses it, its state is {}",
+                        user.lab,
+                        user.state_file.display()
+                    ),
+                    None => format!(
+                        "a lab registered in {} that cannot be read may use it",
+                        registration.path.display()
+                    ),
+                };
+                progress.detail(&format!(
+                    "keeping the pod image {} ({who}): {}",
+                    &name[..12],
+                    path.display()
+                ));
                 continue;
             }
             if let Some(lab) = used_by(&path) {
@@ -437,6 +670,33 @@ pub fn prune_images(
             errors.join("; ")
         )))
     }
+}
+
+/// The registrations in the image `dir` (named `name`) that count, after removing the stale
+/// ones. A stale registration that cannot be removed counts (when in doubt, keep the image).
+fn current_registrations(dir: &Path, name: &str, progress: &dyn Progress) -> Vec<Registration> {
+    let mut current = Vec::new();
+    for registration in image_registrations(dir) {
+        if let (true, Some(user)) = (registration.stale, &registration.user) {
+            match fs::remove_file(&registration.path) {
+                Ok(()) => {
+                    progress.detail(&format!(
+                        "removed the stale registration of lab {} in the pod image {} (its \
+                         state {} is gone): {}",
+                        user.lab,
+                        &name[..name.len().min(12)],
+                        user.state_file.display(),
+                        registration.path.display()
+                    ));
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => {}
+            }
+        }
+        current.push(registration);
+    }
+    current
 }
 
 fn kind_note(kind: PrunedKind, name: &str) -> String {

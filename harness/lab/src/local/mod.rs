@@ -165,7 +165,20 @@ impl LocalLab {
         if options.daemon_command.is_empty() {
             return Err(LabError::Failed("the daemon command is empty".into()));
         }
-        let lab_dir = options.state_dir.join(name);
+        // Absolute, so that what the state file records (the image, the image registration)
+        // means the same to a `down` or a prune run from another directory.
+        let absolute = |path: &Path, what: &str| {
+            std::path::absolute(path).map_err(|source| LabError::Io {
+                context: format!("{what} {}", path.display()),
+                source,
+            })
+        };
+        let mut options = options;
+        options.state_dir = absolute(&options.state_dir, "the state directory")?;
+        if let ImageSource::Recipe { cache_dir, .. } = &mut options.image {
+            *cache_dir = absolute(cache_dir, "the image cache")?;
+        }
+        let lab_dir = options.state_dir.join(&options.lab);
         Ok(LocalLab {
             options,
             lab_dir,
@@ -310,8 +323,12 @@ impl LocalLab {
         Ok(())
     }
 
-    /// The pod's image, built or taken from the cache.
-    fn resolve_image(&self, progress: &dyn Progress) -> Result<PodRuntime, LabError> {
+    /// The pod's image, built or taken from the cache; `user` is registered in a cached image.
+    fn resolve_image(
+        &self,
+        user: Option<&crate::image::ImageUser>,
+        progress: &dyn Progress,
+    ) -> Result<PodRuntime, LabError> {
         match &self.options.image {
             ImageSource::Prebuilt(runtime) => Ok(runtime.clone()),
             ImageSource::Recipe {
@@ -323,10 +340,15 @@ impl LocalLab {
                 if let Some(downloads) = downloads_dir {
                     cache.downloads = downloads.clone();
                 }
-                // Pruning after a build keeps the images the labs here record.
-                cache.labs_dir = self.options.state_dir.clone();
-                let built =
-                    blocking(|| crate::image::ensure_cached_image(recipe_dir, &cache, progress))?;
+                // Pruning after a build keeps the images registered labs use, and (for labs
+                // started before labs registered) those recorded by the labs here and in the
+                // default state directory.
+                if !cache.labs_dirs.contains(&self.options.state_dir) {
+                    cache.labs_dirs.push(self.options.state_dir.clone());
+                }
+                let built = blocking(|| {
+                    crate::image::ensure_cached_image(recipe_dir, &cache, user, progress)
+                })?;
                 Ok(PodRuntime {
                     rootfs: built.rootfs,
                     image: built.image,
@@ -411,21 +433,35 @@ impl LocalLab {
         let options = &self.options;
         let lab_cgroup = cgroup::lab_cgroup(&options.lab)?;
         let image_rootfs = self.image_rootfs()?;
-        // The state file first: from here on `down` knows what to remove, and a build of
-        // another image never prunes this lab's (recorded before it is looked up).
+        // A cached image gets this lab's registration when it is looked up.
+        let image_user = match &options.image {
+            ImageSource::Recipe { .. } => {
+                Some(crate::image::ImageUser::new(&options.lab, &self.lab_dir)?)
+            }
+            ImageSource::Prebuilt(_) => None,
+        };
+        let image_registration = image_user.as_ref().and_then(|user| {
+            image_rootfs
+                .parent()
+                .map(|image_dir| user.registration_in(image_dir))
+        });
+        // The state file first: from here on `down` knows what to remove (the registration
+        // too), and the registration never exists without its state file, which is what
+        // makes a prune keep the image (see `image::cache`).
         let state_file = StateFile::in_dir(&self.lab_dir);
         let mut lab_state = LabState {
             version: STATE_VERSION,
             lab: options.lab.clone(),
             cgroup: lab_cgroup.clone(),
             image_rootfs: Some(image_rootfs),
+            image_registration,
             phase: "preparing".into(),
             ..Default::default()
         };
         state_file.save(&lab_state)?;
 
         let pod = manifest::load(&options.manifests_dir)?;
-        let runtime = self.resolve_image(progress)?;
+        let runtime = self.resolve_image(image_user.as_ref(), progress)?;
         let services = if options.services {
             Some(self.prepare_services(progress)?)
         } else {

@@ -106,6 +106,12 @@ pub struct LabState {
     /// so that pruning the image cache (`image::prune_images`) never removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_rootfs: Option<PathBuf>,
+    /// The lab's registration as a user of its image (`<image>/users/<lab>-<id>`, see
+    /// `image::ImageUser`), recorded before it is made; removed at `down`. Whatever directory
+    /// the lab's state is in, no prune removes an image with a registration whose state file
+    /// exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_registration: Option<PathBuf>,
     pub daemon: Option<ProcessRecord>,
     pub pods: Vec<PodRecord>,
     pub netns: Vec<NetnsRecord>,

@@ -25,6 +25,16 @@ pub fn teardown(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError>
     // The daemon is gone: the state cannot change any more.
     let state = state_file.load()?.unwrap_or(state);
     remove_resources(&state, progress)?;
+    // Nothing of the lab runs on its image any more: its registration goes, before the state
+    // file (a crash in between leaves a state file of a lab that runs nothing, which the next
+    // `down` removes; a registration left without its state file would be stale, and pruned).
+    if let Some(registration) = &state.image_registration {
+        progress.detail(&format!(
+            "removing the lab's registration in its pod image {}",
+            registration.display()
+        ));
+        crate::image::remove_registration(registration)?;
+    }
     remove_lab_dir(lab_dir)?;
     Ok(())
 }
