@@ -75,6 +75,8 @@ pub struct FakeState {
     pub gates_opened: BTreeSet<String>,
     /// How long a gated container runs before its gate listens.
     gate_delay: Duration,
+    /// The HTTP status of every read of a pod's log (an RBAC denial: 403), when set.
+    logs_denied: Option<u16>,
     counter: u64,
 }
 
@@ -148,6 +150,12 @@ impl FakeApi {
     /// Gated containers made from now on run this long before their gate listens.
     pub fn set_gate_delay(&self, delay: Duration) {
         self.state.lock().unwrap().gate_delay = delay;
+    }
+
+    /// Every read of a pod's log is answered with this HTTP status (403: RBAC forbids `get` on
+    /// `pods/log`; 401: the credentials are not accepted), as the API server words it.
+    pub fn deny_logs(&self, code: u16) {
+        self.state.lock().unwrap().logs_denied = Some(code);
     }
 
     pub fn gates_opened(&self) -> BTreeSet<String> {
@@ -255,6 +263,9 @@ async fn handle(
     if path.ends_with("/log") && method == "GET" {
         let mut s = state.lock().unwrap();
         s.timeline.push(format!("GET {path}"));
+        if let Some(code) = s.logs_denied {
+            return Ok(log_denied(code, path.trim_end_matches("/log")));
+        }
         return Ok(container_log(&s, path.trim_end_matches("/log")));
     }
     let body = req
@@ -484,7 +495,7 @@ fn container_log(s: &FakeState, pod_path: &str) -> Response<Full<Bytes>> {
             .get(pod_path)
             .is_some_and(|at| Instant::now() >= *at)
         {
-            log.push_str(&format!("{}\n", gate_waiting_line(GATE_PORT)));
+            log.push_str(&format!("{}\n", gate_waiting_line(GATE_PORT, GATE_NS_PID)));
         }
         let key = format!(
             "{}/{}",
@@ -500,6 +511,29 @@ fn container_log(s: &FakeState, pod_path: &str) -> Response<Full<Bytes>> {
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from(log)))
         .unwrap()
+}
+
+/// The API server's answer to a log read it refuses: 403 as RBAC words it, 401 as the
+/// authenticator does.
+fn log_denied(code: u16, pod_path: &str) -> Response<Full<Bytes>> {
+    let mut parts = pod_path.rsplit('/');
+    let (pod, namespace) = (parts.next().unwrap_or(""), parts.nth(1).unwrap_or(""));
+    let (reason, message) = match code {
+        401 => ("Unauthorized", "Unauthorized".to_string()),
+        _ => (
+            "Forbidden",
+            format!(
+                "pods \"{pod}\" is forbidden: User \"participant\" cannot get resource \"pods/log\" \
+                 in API group \"\" in the namespace \"{namespace}\""
+            ),
+        ),
+    };
+    respond(
+        StatusCode::from_u16(code).unwrap(),
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason,
+               "details": {"name": pod, "kind": "pods"}, "code": code}),
+    )
 }
 
 /// A connection to the gate port of the gated pod at `pod_path`: the gate accepts it if it
@@ -657,9 +691,22 @@ pub enum SensorBehaviour {
     /// port: plumbing), then, once the gate was opened, its `accept` (plumbing too), the gate's
     /// exec of start-notebook.py (same pid) and the notebook's `listen` on 8888.
     Watching { delay: Duration },
+    /// As `Watching`; and while a gate waits, two processes that are not the gate exec in its
+    /// container, reported in the same write as the `container` event: a `kubectl exec` shell
+    /// and a `kubectl exec` of start-notebook.py itself, each with its own pid in the
+    /// container ([`FOREIGN_NS_PIDS`]), neither the gate's ([`GATE_NS_PID`]).
+    ExecsBesideTheGate { delay: Duration },
     /// Takes subscriptions and never confirms a watch.
     Silent,
 }
+
+/// The gate's pid inside its container, as the fake kubelet's log has the gate announce it
+/// and as the fake sensor reports the gate's exec (`ns_pid`).
+pub const GATE_NS_PID: u32 = 7;
+
+/// The pids inside the container of the processes [`SensorBehaviour::ExecsBesideTheGate`]
+/// reports.
+pub const FOREIGN_NS_PIDS: [u32; 2] = [31, 32];
 
 /// What the fake sensor got: each request line as sent, and as parsed.
 pub type SensorLog = Arc<Mutex<Vec<(String, SensorRequest)>>>;
@@ -668,6 +715,10 @@ pub type SensorLog = Arc<Mutex<Vec<(String, SensorRequest)>>>;
 /// `guardlab-sensor-*` pods go to it. Kills are answered `ok`.
 pub struct FakeSensor {
     pub requests: SensorLog,
+    /// Where it listens (to route the sensor's port back to it after an outage).
+    pub address: SocketAddr,
+    /// Bumped by [`FakeSensor::cut`]: every connection open at that moment is closed.
+    cuts: tokio::sync::watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -685,13 +736,12 @@ pub fn gate_pid(cgroup_id: u64) -> u32 {
 impl FakeSensor {
     pub async fn start(api: &FakeApi, behaviour: SensorBehaviour) -> FakeSensor {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        api.route_port(
-            "guardlab-sensor-",
-            crate::manifests::SENSOR_PORT,
-            listener.local_addr().unwrap(),
-        );
+        let address = listener.local_addr().unwrap();
+        api.route_port("guardlab-sensor-", crate::manifests::SENSOR_PORT, address);
         let requests: SensorLog = Arc::default();
         let (log, state) = (requests.clone(), api.state.clone());
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let cut = cuts.clone();
         // Cgroup ids, in the order containers are first announced: the first is 4242.
         let cgroups = Arc::new(std::sync::atomic::AtomicU64::new(4242));
         let task = tokio::spawn(async move {
@@ -703,10 +753,22 @@ impl FakeSensor {
                     log.clone(),
                     behaviour,
                     cgroups.clone(),
+                    cut.subscribe(),
                 ));
             }
         });
-        FakeSensor { requests, task }
+        FakeSensor {
+            requests,
+            address,
+            cuts,
+            task,
+        }
+    }
+
+    /// Close every connection open now (a lost port-forward, a restarted sensor pod):
+    /// connections made afterwards are served as usual.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
     }
 
     pub fn requests(&self) -> Vec<SensorRequest> {
@@ -725,6 +787,7 @@ async fn sensor_connection(
     log: SensorLog,
     behaviour: SensorBehaviour,
     cgroups: Arc<std::sync::atomic::AtomicU64>,
+    mut cut: tokio::sync::watch::Receiver<u64>,
 ) {
     let (r, mut w) = connection.into_split();
     let (out, mut lines_out) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -738,7 +801,12 @@ async fn sensor_connection(
     let mut watchers = tokio::task::JoinSet::new();
     let mut announced = std::collections::HashSet::new();
     let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            _ = cut.changed() => break,
+        };
+        let Ok(Some(line)) = line else { break };
         let request: SensorRequest = serde_json::from_str(&line).unwrap();
         log.lock().unwrap().push((line.clone(), request.clone()));
         match request {
@@ -753,8 +821,10 @@ async fn sensor_connection(
                     .unwrap()
                     .timeline
                     .push(format!("sensor: subscribe [{}]", ids.join(", ")));
-                let SensorBehaviour::Watching { delay } = behaviour else {
-                    continue;
+                let (delay, others) = match behaviour {
+                    SensorBehaviour::Watching { delay } => (delay, false),
+                    SensorBehaviour::ExecsBesideTheGate { delay } => (delay, true),
+                    SensorBehaviour::Silent => continue,
                 };
                 for c in containers {
                     if !announced.insert(c.container_id.clone()) {
@@ -765,6 +835,7 @@ async fn sensor_connection(
                         c,
                         cgroup_id,
                         delay,
+                        others,
                         state.clone(),
                         out.clone(),
                     ));
@@ -783,11 +854,13 @@ fn line(event: &Event) -> String {
     String::from_utf8(out).unwrap()
 }
 
-/// The events of one watched container, as the sensor would send them.
+/// The events of one watched container, as the sensor would send them; `others`: see
+/// [`SensorBehaviour::ExecsBesideTheGate`].
 async fn watch_container(
     c: crate::sensor_link::WatchedContainer,
     cgroup_id: u64,
     delay: Duration,
+    others: bool,
     state: Arc<Mutex<FakeState>>,
     out: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
@@ -809,7 +882,42 @@ async fn watch_container(
         container_id: c.container_id.clone(),
         ..Default::default()
     };
-    let _ = out.send(line(&Event::new(1, EventBody::Container(info))));
+    let mut first = line(&Event::new(1, EventBody::Container(info)));
+    if others && gate_closed {
+        for (i, (ns_pid, argv)) in FOREIGN_NS_PIDS
+            .into_iter()
+            .zip([
+                vec!["sh", "-c", "ls"],
+                vec!["python", "/usr/local/bin/start-notebook.py", "--help"],
+            ])
+            .enumerate()
+        {
+            let pid = gate_pid(cgroup_id) + 1_000 + u32::try_from(i).unwrap();
+            first.push_str(&line(&Event::new(
+                2,
+                EventBody::Exec(ProcessExec {
+                    key: ProcessKey(pid, 9_000),
+                    cgroup_id,
+                    pid,
+                    ns_pid,
+                    // Started by the runtime (runc exec), outside the container.
+                    parent: Some(ProcessKey(900, 800)),
+                    exe: format!("/usr/bin/{}", argv[0]),
+                    comm: argv[0].into(),
+                    argv: argv.into_iter().map(String::from).collect(),
+                    argv_truncated: false,
+                    uid: 1000,
+                    euid: 1000,
+                    gid: 100,
+                    user: Some("jovyan".into()),
+                    euser: Some("jovyan".into()),
+                    exe_status: Default::default(),
+                    killed: false,
+                }),
+            )));
+        }
+    }
+    let _ = out.send(first);
     if !gate_closed {
         return; // a notebook that runs already: nothing new to say here
     }
@@ -856,7 +964,7 @@ async fn watch_container(
             key: process,
             cgroup_id,
             pid,
-            ns_pid: 7,
+            ns_pid: GATE_NS_PID,
             parent: Some(ProcessKey(pid - 1, 1_000)),
             exe: "/opt/conda/bin/python3.11".into(),
             comm: "start-notebook.".into(),

@@ -12,10 +12,11 @@
 //! Deployment's container to [`gate_args`] (the files under `manifests/` stay as they are:
 //! plain `kubectl apply` gets no gate). The image's entrypoint is `tini -g -- start.sh`, and
 //! start.sh ends with `exec "$@"`, so start.sh execs `python3 -c GATE <original args>`.
-//! [`gate_program`] binds 127.0.0.1:[`GATE_PORT`], prints [`gate_waiting_line`] (flushed),
-//! accepts ONE connection, closes it and execs the original args: the same pid becomes the
-//! notebook. While it waits nothing else runs in the container (tini only waits for it). The
-//! port is in no Service: only a port-forward through the API server reaches it.
+//! [`gate_program`] binds 127.0.0.1:[`GATE_PORT`], prints [`gate_waiting_line`] with its own
+//! pid inside the container (flushed), accepts ONE connection, closes it and execs the
+//! original args: the same pid becomes the notebook. While it waits nothing of the image runs
+//! in the container (tini only waits for it), but others may: a `kubectl exec`, an exec probe.
+//! The port is in no Service: only a port-forward through the API server reaches it.
 //!
 //! The order `up` keeps: the notebook's container runs and its gate says it waits (the last
 //! line of its log) → the harness subscribes to the sensor on the pod's node → the sensor's
@@ -27,18 +28,28 @@
 //!
 //! Why the log line and not merely "running": a container runs as soon as tini starts; start.sh
 //! then runs (and execs `id` and its hooks) before it execs the gate. A watch that began in that
-//! window would see execs that are not the gate's, and the event rule below would take the
-//! first of them for the gate's. Once the gate's line is the last of the log, start.sh is gone.
+//! window would see the gate's own exec (start.sh becoming the gate) and take it for the
+//! gate's exec to the notebook. Once the gate's line is the last of the log, start.sh is gone,
+//! and the line says which process the gate is.
 //!
 //! The event rule ([`PreGateFilter`]): events of a container from before its gate opened are
 //! the lab's plumbing (the gate accepting the harness's connection), not the pod's behaviour.
 //! Per cgroup of a container whose gate was closed when the harness subscribed, every event
-//! but the `container` event is dropped until the first `exec` in that cgroup: the gate's
-//! execvp to start-notebook.py, since nothing else in the container execs while the gate
-//! waits. That exec and everything after it pass. Containers first seen with their gate
-//! already open (or without a gate) are not filtered; `lost` events (no cgroup) always pass.
+//! but the `container` event is dropped until the gate's exec, and only that exec opens it.
+//! The gate's exec is the first `exec` event in that cgroup whose `ns_pid` (the pid inside the
+//! container) is the pid the gate announced in its log line. Precise because: the gate's
+//! process is the one start.sh exec'd into (tini's child); it keeps its pid while it waits, so
+//! no other process in the container's pid namespace can have it meanwhile; and its next exec
+//! is its execvp of the original args (for start-notebook.py, a `#!/usr/bin/env python` script:
+//! env first, then python, both in that pid; the first is the gate's). Neither the exec's argv
+//! nor its being the cgroup's first exec would do: a `kubectl exec` into the pod or an exec
+//! probe while the gate waits is also an exec in that cgroup, with any argv it likes (even
+//! `start-notebook.py --help`); the pid is the one thing it cannot share. Such execs do not
+//! open the gate, and are dropped with the rest of the container's events from before it.
+//! That exec and everything after it pass. Containers first seen with their gate already open
+//! (or without a gate) are not filtered; `lost` events (no cgroup) always pass.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::pending;
 use std::time::Duration;
 
@@ -61,9 +72,24 @@ pub const GATE_PORT: u16 = 8887;
 /// start.sh's few lines, so a longer log belongs to a notebook that is past its gate.
 const LOG_LIMIT: i64 = 64 * 1024;
 
-/// The line the gate prints once it listens on `port`.
-pub fn gate_waiting_line(port: u16) -> String {
-    format!("guardlab start gate: waiting on 127.0.0.1:{port}")
+/// What the gate's line says before its pid.
+pub fn gate_waiting_prefix(port: u16) -> String {
+    format!("guardlab start gate: waiting on 127.0.0.1:{port} as pid ")
+}
+
+/// The line the gate prints once it listens on `port`: with its pid inside its container
+/// (`pid`), the pid its exec will have in the sensor's events (`ns_pid`).
+pub fn gate_waiting_line(port: u16, pid: u32) -> String {
+    format!("{}{pid}", gate_waiting_prefix(port))
+}
+
+/// The pid in a line of the gate's, when `line` is one.
+fn waiting_pid(line: &str, port: u16) -> Option<u32> {
+    let pid = line.strip_prefix(&gate_waiting_prefix(port))?;
+    pid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| pid.parse().ok())
+        .flatten()
 }
 
 /// The gate, a Python program for `python3 -c` (on the image's PATH). Its own arguments
@@ -71,9 +97,9 @@ pub fn gate_waiting_line(port: u16) -> String {
 pub fn gate_program(port: u16) -> String {
     format!(
         "import os,socket,sys;s=socket.create_server(('127.0.0.1',{port}));\
-         print('{}',flush=True);c,_=s.accept();c.close();s.close();\
+         print('{}%d'%os.getpid(),flush=True);c,_=s.accept();c.close();s.close();\
          os.execvp(sys.argv[1],sys.argv[1:])",
-        gate_waiting_line(port)
+        gate_waiting_prefix(port)
     )
 }
 
@@ -114,32 +140,82 @@ pub fn is_gated(pod: &Pod) -> bool {
 pub enum GateState {
     /// The container does not run yet, or its gate does not listen yet: why.
     Starting(String),
-    /// The gate listens and nobody has opened it.
-    Waiting,
+    /// The gate listens and nobody has opened it. `pid`: the gate's pid inside its container,
+    /// as it announced it (its exec to the notebook has that `ns_pid`).
+    Waiting { pid: u32 },
     /// The gate was opened (or the pod has none): the notebook runs.
     Open,
 }
 
 /// What the container's log (its first [`LOG_LIMIT`] bytes) says of the gate.
 pub fn state_from_log(log: &str, truncated: bool) -> GateState {
-    let waiting = gate_waiting_line(GATE_PORT);
     let lines: Vec<&str> = log
         .lines()
         .map(str::trim_end)
         .filter(|l| !l.is_empty())
         .collect();
-    match lines.iter().position(|l| *l == waiting) {
-        Some(i) if i + 1 == lines.len() && !truncated => GateState::Waiting,
+    match lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| Some((i, waiting_pid(l, GATE_PORT)?)))
+    {
+        Some((i, pid)) if i + 1 == lines.len() && !truncated => GateState::Waiting { pid },
         Some(_) => GateState::Open,
         None if truncated => GateState::Open,
         None => GateState::Starting(format!(
-            "its start gate does not listen yet (no `{waiting}` line in its log)"
+            "its start gate does not listen yet (no `{}<pid>` line in its log)",
+            gate_waiting_prefix(GATE_PORT)
         )),
     }
 }
 
+/// Why the gate's state could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GateStateError {
+    /// Waiting does not change it (the cluster refuses guardlab the log): stop at once.
+    #[error("{0}")]
+    Refused(String),
+    /// It may pass (the container is being created, the pod was just replaced, the API
+    /// server is busy): try again, and say it at the deadline.
+    #[error("{0}")]
+    NotYet(String),
+}
+
+/// Sort an API error of a log read: refusals that waiting does not change (401, 403, and
+/// other 4xx but those of a container not started yet or a pod just gone) from the rest.
+fn log_read_error(
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    error: kube::Error,
+) -> GateStateError {
+    let context = format!("reading the log of pod {namespace}/{pod}, container {container}");
+    let code = match &error {
+        kube::Error::Api(status) => status.code,
+        _ => 0,
+    };
+    let message = api_error(&context, error).to_string();
+    let needs = format!(
+        "guardlab needs `get` on `pods/log` in namespace {namespace} to see the notebook's start gate \
+         (a Role with resources [\"pods/log\"] and verbs [\"get\"], bound to the kubeconfig's user; \
+         check with `kubectl auth can-i get pods/log -n {namespace}`)"
+    );
+    match code {
+        401 => GateStateError::Refused(format!(
+            "{message}: the cluster does not accept the kubeconfig's credentials (expired token or \
+             certificate?); {needs}"
+        )),
+        403 => GateStateError::Refused(format!("{message}: {needs}")),
+        // 400: the container is not started yet (or restarting); 404: the pod is gone (its
+        // replacement comes); 408, 409, 429: the API server asks to come back.
+        400 | 404 | 408 | 409 | 429 => GateStateError::NotYet(message),
+        code if (400..500).contains(&code) => GateStateError::Refused(message),
+        _ => GateStateError::NotYet(message),
+    }
+}
+
 /// The gate's state of `pod`'s notebook container, from its status and its log.
-pub async fn gate_state(client: &Client, pod: &Pod) -> Result<GateState, LabError> {
+pub async fn gate_state(client: &Client, pod: &Pod) -> Result<GateState, GateStateError> {
     if !is_gated(pod) {
         return Ok(GateState::Open);
     }
@@ -176,12 +252,7 @@ pub async fn gate_state(client: &Client, pod: &Pod) -> Result<GateState, LabErro
     let log = Api::<Pod>::namespaced(client.clone(), namespace)
         .logs(name, &params)
         .await
-        .map_err(|e| {
-            api_error(
-                &format!("reading the log of pod {namespace}/{name}, container {container}"),
-                e,
-            )
-        })?;
+        .map_err(|e| log_read_error(namespace, name, &container, e))?;
     Ok(match state_from_log(&log, log.len() as i64 >= LOG_LIMIT) {
         GateState::Starting(why) => GateState::Starting(format!(
             "pod {namespace}/{name}: container {container} runs, but {why}"
@@ -224,8 +295,10 @@ pub async fn wait_for_notebook_start(
                 match gate_state(client, pod).await {
                     Ok(GateState::Starting(why)) => why,
                     Ok(state) => return Ok((pod.clone(), state)),
-                    // A log the API cannot give yet (or at all: RBAC) is said at the deadline.
-                    Err(e) => e.to_string(),
+                    // A log the cluster refuses (RBAC, credentials) stays refused.
+                    Err(GateStateError::Refused(why)) => return Err(LabError::Failed(why)),
+                    // A log the API cannot give yet is said at the deadline.
+                    Err(GateStateError::NotYet(why)) => why,
                 }
             }
         };
@@ -244,7 +317,8 @@ pub async fn wait_for_notebook_start(
 }
 
 /// What the event stream tells about the gates: the containers the sensor confirmed it
-/// watches (it sent their `container` event), and the gated ones whose gate's exec it reported.
+/// watches (it sent their `container` event), and the gated ones whose gate's exec it reported
+/// (the gate's own: see the module's documentation).
 #[derive(Clone, Debug)]
 pub struct GateSignals {
     pub confirmed: watch::Receiver<BTreeSet<String>>,
@@ -268,8 +342,9 @@ impl GateSignals {
 /// The event rule of the start gate (see the module's documentation), applied in the order
 /// the sensor sends events. Its state outlives reconnections to the sensor.
 pub struct PreGateFilter {
-    /// Cgroups of gated containers whose gate has not opened yet, with their container ids.
-    closed: HashMap<u64, String>,
+    /// Cgroups of gated containers whose gate has not opened yet, with their container ids
+    /// and their gates' pids inside the container.
+    closed: HashMap<u64, (String, u32)>,
     /// Cgroups that are past their gate, or had none: a `container` event sent again after a
     /// reconnection does not close them.
     open: HashSet<u64>,
@@ -295,30 +370,38 @@ impl PreGateFilter {
         )
     }
 
-    /// Whether `event` goes on to the harness. `gated`: the ids of the containers whose gate
-    /// was closed when the harness subscribed to them.
-    pub fn admit(&mut self, event: &Event, gated: &BTreeSet<String>) -> bool {
+    /// Whether `event` goes on to the harness. `gated`: the containers whose gate was closed
+    /// when the harness subscribed to them, by id, with their gates' pids in the container.
+    pub fn admit(&mut self, event: &Event, gated: &BTreeMap<String, u32>) -> bool {
         match &event.body {
             EventBody::Container(c) => {
-                if gated.contains(&c.container_id) && !self.open.contains(&c.cgroup_id) {
-                    self.closed.insert(c.cgroup_id, c.container_id.clone());
-                } else {
-                    self.open.insert(c.cgroup_id);
+                match gated.get(&c.container_id) {
+                    Some(&pid) if !self.open.contains(&c.cgroup_id) => {
+                        self.closed
+                            .insert(c.cgroup_id, (c.container_id.clone(), pid));
+                    }
+                    _ => {
+                        self.open.insert(c.cgroup_id);
+                    }
                 }
                 self.confirmed.send_modify(|s| {
                     s.insert(c.container_id.clone());
                 });
                 true
             }
-            EventBody::Exec(x) => {
-                if let Some(id) = self.closed.remove(&x.cgroup_id) {
+            EventBody::Exec(x) => match self.closed.get(&x.cgroup_id) {
+                None => true,
+                Some((_, gate)) if x.ns_pid == *gate => {
+                    let (id, _) = self.closed.remove(&x.cgroup_id).expect("just found");
                     self.open.insert(x.cgroup_id);
                     self.passed.send_modify(|s| {
                         s.insert(id);
                     });
+                    true
                 }
-                true
-            }
+                // Another process (`kubectl exec`, an exec probe) while the gate waits.
+                Some(_) => false,
+            },
             _ => event
                 .cgroup_id()
                 .is_none_or(|cg| !self.closed.contains_key(&cg)),
@@ -327,7 +410,8 @@ impl PreGateFilter {
 }
 
 /// Open the start gate of `pod`: connect to its [`GATE_PORT`] through the API server's
-/// port-forward. Done when the sensor reports the gate's exec (`passed` holds the container)
+/// port-forward. Done when the sensor reports the gate's own exec (`passed` holds the
+/// container: [`PreGateFilter`] puts it there for that exec only, never for another process's)
 /// or the forward ends without an error (the gate accepted and closed); a refused connection
 /// is tried again every `poll`, until `timeout`.
 pub async fn open_gate(
@@ -436,7 +520,11 @@ mod tests {
 
     #[test]
     fn the_log_says_where_the_gate_is() {
-        let line = gate_waiting_line(GATE_PORT);
+        let line = gate_waiting_line(GATE_PORT, 7);
+        assert_eq!(
+            line,
+            "guardlab start gate: waiting on 127.0.0.1:8887 as pid 7"
+        );
         // start.sh echoes its args (the program, with the line inside it) before the gate runs.
         let echo = format!(
             "Entered start.sh with args: python3 -c {}",
@@ -448,12 +536,27 @@ mod tests {
         ));
         assert_eq!(
             state_from_log(&format!("{echo}\n{line}\n"), false),
-            GateState::Waiting
+            GateState::Waiting { pid: 7 }
         );
         assert_eq!(
             state_from_log(&format!("{echo}\n{line}\n\n"), false),
-            GateState::Waiting
+            GateState::Waiting { pid: 7 }
         );
+        // A line without a pid (or with something else) is not the gate's.
+        for other in [
+            "guardlab start gate: waiting on 127.0.0.1:8887",
+            "guardlab start gate: waiting on 127.0.0.1:8887 as pid ",
+            "guardlab start gate: waiting on 127.0.0.1:8887 as pid 7x",
+            "guardlab start gate: waiting on 127.0.0.1:8887 as pid -7",
+        ] {
+            assert!(
+                matches!(
+                    state_from_log(&format!("{echo}\n{other}\n"), false),
+                    GateState::Starting(_)
+                ),
+                "{other}"
+            );
+        }
         assert_eq!(
             state_from_log(
                 &format!("{echo}\n{line}\nEntered start.sh with args: jupyter lab\n"),
@@ -479,18 +582,19 @@ mod tests {
         )
     }
 
-    fn exec(cgroup_id: u64, pid: u32) -> Event {
+    /// The exec of the process of host pid `pid` and pid `ns_pid` in its container.
+    fn exec_in(cgroup_id: u64, pid: u32, ns_pid: u32, argv: &[&str]) -> Event {
         Event::new(
             2,
             EventBody::Exec(ProcessExec {
                 key: guardlab_events::ProcessKey(pid, 5),
                 cgroup_id,
                 pid,
-                ns_pid: 7,
+                ns_pid,
                 parent: None,
                 exe: "/opt/conda/bin/python3.11".into(),
                 comm: "start-notebook.".into(),
-                argv: vec!["python".into(), "/usr/local/bin/start-notebook.py".into()],
+                argv: argv.iter().map(|a| a.to_string()).collect(),
                 argv_truncated: false,
                 uid: 1000,
                 euid: 1000,
@@ -500,6 +604,16 @@ mod tests {
                 exe_status: Default::default(),
                 killed: false,
             }),
+        )
+    }
+
+    /// The gate's exec (pid 7 in its container) to start-notebook.py.
+    fn exec(cgroup_id: u64, pid: u32) -> Event {
+        exec_in(
+            cgroup_id,
+            pid,
+            7,
+            &["python", "/usr/local/bin/start-notebook.py"],
         )
     }
 
@@ -519,7 +633,7 @@ mod tests {
     #[test]
     fn before_its_gate_opens_a_gated_container_shows_only_its_container_event() {
         let (mut filter, signals) = PreGateFilter::new();
-        let gated: BTreeSet<String> = ["c1".to_string()].into();
+        let gated: BTreeMap<String, u32> = [("c1".to_string(), 7)].into();
         assert!(filter.admit(&container(11, "c1"), &gated));
         assert!(signals.confirmed.borrow().contains("c1"));
         assert!(signals.passed.borrow().is_empty());
@@ -543,10 +657,50 @@ mod tests {
         assert!(filter.admit(&container(11, "c1"), &gated));
         assert!(filter.admit(&listen(11, 8888), &gated));
         // A new container of the same id set (a restart: new cgroup) is gated afresh.
-        let gated: BTreeSet<String> = ["c3".to_string()].into();
+        let gated: BTreeMap<String, u32> = [("c3".to_string(), 7)].into();
         assert!(filter.admit(&container(33, "c3"), &gated));
         assert!(!filter.admit(&listen(33, GATE_PORT), &gated));
         assert!(!signals.passed.borrow().contains("c3"));
+    }
+
+    /// While the gate waits, other processes may exec in its container (`kubectl exec`, an exec
+    /// probe), with any argv: only the exec of the gate's own pid opens it.
+    #[test]
+    fn only_the_exec_of_the_gates_pid_opens_it() {
+        let (mut filter, signals) = PreGateFilter::new();
+        let gated: BTreeMap<String, u32> = [("c1".to_string(), 9)].into();
+        assert!(filter.admit(&container(11, "c1"), &gated));
+        for (pid, ns_pid, argv) in [
+            (500, 30, &["sh", "-c", "ls"][..]),
+            (501, 31, &["cat", "/tmp/healthy"][..]),
+            // Even the notebook's own command, run by someone else.
+            (
+                502,
+                32,
+                &["python", "/usr/local/bin/start-notebook.py", "--help"][..],
+            ),
+            // The gate's pid in another container is not this gate's.
+            (503, 9, &["python", "/usr/local/bin/start-notebook.py"][..]),
+        ] {
+            let cgroup = if pid == 503 { 12 } else { 11 };
+            let foreign = exec_in(cgroup, pid, ns_pid, argv);
+            assert_eq!(filter.admit(&foreign, &gated), cgroup == 12, "{argv:?}");
+            assert!(signals.passed.borrow().is_empty(), "{argv:?}");
+            assert!(!filter.admit(&listen(11, 8888), &gated), "{argv:?}");
+        }
+        // The gate's own exec: `/usr/bin/env python start-notebook.py`, then python itself,
+        // both in the gate's pid; the first opens it.
+        let env = exec_in(
+            11,
+            400,
+            9,
+            &["/usr/bin/env", "python", "/usr/local/bin/start-notebook.py"],
+        );
+        assert!(filter.admit(&env, &gated));
+        assert!(signals.passed.borrow().contains("c1"));
+        assert!(filter.admit(&exec_in(11, 400, 9, &["python"]), &gated));
+        assert!(filter.admit(&exec_in(11, 600, 40, &["ls"]), &gated));
+        assert!(filter.admit(&listen(11, 8888), &gated));
     }
 
     /// The real gate program, run by the machine's python3 on a free loopback port: it waits
@@ -568,7 +722,7 @@ mod tests {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim_end(), gate_waiting_line(port));
+        assert_eq!(line.trim_end(), gate_waiting_line(port, pid));
 
         // It waits: still running, nothing more said.
         std::thread::sleep(Duration::from_millis(300));

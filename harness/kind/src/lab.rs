@@ -1,6 +1,7 @@
 //! [`KindLab`]: the lab on a Kubernetes cluster, kind or an existing one.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use crate::manifests::{
 };
 use crate::sensor_link::{kill_process, kill_process_group};
 use crate::state::{ImageRecord, LabState, ObjectRecord, StateTarget, default_state_dir, io_error};
-use crate::stream::{ClaimedGates, EventStream, StreamConfig, claim, unclaim};
+use crate::stream::{ClaimedGates, EventStream, Retry, StreamConfig, claim, unclaim};
 use crate::tools::{KindCli, check_tools, connect_docker, docker_host, search_path};
 
 /// Where the lab runs.
@@ -56,6 +57,13 @@ pub struct KindOptions {
     pub gate_timeout: Duration,
     /// How long `down` waits for deleted objects to be gone.
     pub delete_timeout: Duration,
+    /// The longest wait between two tries of the event stream to reach the sensor (the wait
+    /// starts at `poll_interval` and doubles after each failed try in a row).
+    pub stream_backoff_max: Duration,
+    /// How long the event stream tries to reach the sensor without success (no session that
+    /// delivered a line or stayed open `stream_backoff_max`, since the last one that did)
+    /// before it gives up and says why.
+    pub stream_outage_limit: Duration,
     /// How often rollouts and deletions are checked.
     pub poll_interval: Duration,
     pub state_dir: PathBuf,
@@ -79,6 +87,8 @@ impl Default for KindOptions {
             rollout_timeout: Duration::from_secs(600),
             gate_timeout: Duration::from_secs(60),
             delete_timeout: Duration::from_secs(180),
+            stream_backoff_max: Duration::from_secs(30),
+            stream_outage_limit: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
             state_dir: default_state_dir(),
             workspace_root: default_workspace_root(),
@@ -131,6 +141,8 @@ pub struct KindLab {
     /// opens) and `events` hands its receiver over; `events` starts another when the receiver
     /// was handed over already.
     streams: Vec<EventStream>,
+    /// Why the newest stream gave up, once it was removed from `streams` (until another starts).
+    stream_failure: Option<String>,
     /// Whose start gates are being or were opened (one opener per gate).
     claimed: ClaimedGates,
 }
@@ -142,6 +154,7 @@ impl KindLab {
             given_client: None,
             forward: None,
             streams: Vec::new(),
+            stream_failure: None,
             claimed: ClaimedGates::default(),
         }
     }
@@ -154,6 +167,7 @@ impl KindLab {
             given_client: Some(client),
             forward: None,
             streams: Vec::new(),
+            stream_failure: None,
             claimed: ClaimedGates::default(),
         }
     }
@@ -165,6 +179,49 @@ impl KindLab {
     /// The notebook's forwarded address, while the lab is up in this process.
     pub fn notebook_address(&self) -> Option<SocketAddr> {
         self.forward.as_ref().map(LocalForward::address)
+    }
+
+    /// Why the lab's event stream (the one `up` started, or `events` did) gave up, once it did:
+    /// the sensor could not be reached for `stream_outage_limit`. The receiver `events` gave
+    /// closes then; this says why. `None` while it runs (reconnecting or not).
+    pub fn event_stream_failure(&self) -> Option<String> {
+        match self.streams.last() {
+            Some(stream) => stream.failure(),
+            None => self.stream_failure.clone(),
+        }
+    }
+
+    /// Resolves with [`KindLab::event_stream_failure`] once the newest event stream gives up
+    /// (never, if there is none or it ends otherwise). It borrows nothing: `lab up` awaits it
+    /// next to its stop signal and prints it.
+    pub fn event_stream_gave_up(&self) -> impl Future<Output = String> + Send + 'static {
+        let stream = self.streams.last().map(EventStream::gave_up);
+        async move {
+            match stream {
+                Some(gave_up) => gave_up.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// The newest event stream's last error (reaching the sensor, reading the pods, opening a
+    /// gate), also while it tries again.
+    pub fn event_stream_last_error(&self) -> Option<String> {
+        self.streams.last().and_then(EventStream::last_error)
+    }
+
+    /// Drop the streams that ended, keeping why the newest one gave up.
+    fn prune_streams(&mut self) {
+        if let Some(failure) = self.streams.last().and_then(EventStream::failure) {
+            self.stream_failure = Some(failure);
+        }
+        self.streams.retain(EventStream::is_running);
+    }
+
+    /// Keep a new stream, the newest.
+    fn push_stream(&mut self, stream: EventStream) {
+        self.stream_failure = None;
+        self.streams.push(stream);
     }
 
     async fn client_for(
@@ -371,6 +428,7 @@ impl KindLab {
             forward.stop();
         }
         self.streams.clear();
+        self.stream_failure = None;
     }
 
     fn stream_config(&self, client: &Client) -> StreamConfig {
@@ -378,6 +436,11 @@ impl KindLab {
             client: client.clone(),
             namespace: self.options.namespace.clone(),
             poll: self.options.poll_interval,
+            retry: Retry {
+                first: self.options.poll_interval,
+                max: self.options.stream_backoff_max,
+                outage_limit: self.options.stream_outage_limit,
+            },
             gate_timeout: self.options.gate_timeout,
             claimed: self.claimed.clone(),
         }
@@ -385,10 +448,10 @@ impl KindLab {
 
     /// The running event stream, started if there is none.
     async fn running_stream(&mut self, client: &Client) -> Result<&EventStream, LabError> {
-        self.streams.retain(EventStream::is_running);
+        self.prune_streams();
         if self.streams.is_empty() {
             let stream = EventStream::start(self.stream_config(client)).await?;
-            self.streams.push(stream);
+            self.push_stream(stream);
         }
         Ok(self.streams.last().expect("a stream was just started"))
     }
@@ -425,7 +488,8 @@ impl KindLab {
         let info = k8s::pod_info(&pod);
         // Claimed before the stream starts, so that its follow task leaves this gate to us;
         // given back if `up` fails before it opened it, so that a later try may.
-        let ours = gate == GateState::Waiting && claim(&self.claimed, &info.container_id);
+        let ours =
+            matches!(gate, GateState::Waiting { .. }) && claim(&self.claimed, &info.container_id);
         let opened = self.watch_and_open(client, &pod, ours, progress).await;
         if opened.is_err() && ours {
             unclaim(&self.claimed, &info.container_id);
@@ -675,7 +739,7 @@ impl Lab for KindLab {
 
     async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
         // The stream `up` started (before the notebook's gate opened), when it still runs.
-        self.streams.retain(EventStream::is_running);
+        self.prune_streams();
         if let Some(rx) = self.streams.last_mut().and_then(EventStream::take_receiver) {
             return Ok(rx);
         }
@@ -686,7 +750,7 @@ impl Lab for KindLab {
         let rx = stream
             .take_receiver()
             .expect("a new stream has its receiver");
-        self.streams.push(stream);
+        self.push_stream(stream);
         Ok(rx)
     }
 

@@ -770,7 +770,7 @@ async fn a_gate_that_never_listens_fails_clearly_and_up_removes_what_it_made() {
     for expected in [
         "the notebook's container did not start within 1s: pod cryptominer/jupyter-notebook-",
         "container minimal-notebook runs, but its start gate does not listen yet \
-         (no `guardlab start gate: waiting on 127.0.0.1:8887` line in its log)",
+         (no `guardlab start gate: waiting on 127.0.0.1:8887 as pid <pid>` line in its log)",
         "removed what this run created: Service cryptominer/jupyter-notebook",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in: {err}");
@@ -1043,4 +1043,349 @@ async fn a_gate_that_never_accepts_is_an_error_that_says_what_the_forward_said()
         "{err}"
     );
     assert!(fake.gates_opened().is_empty());
+}
+
+/// How many port-forwards to the sensor's port the API was asked for: one per connection
+/// the harness tried (event stream sessions and kills).
+fn sensor_forwards(fake: &FakeApi) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.uri.contains("/pods/guardlab-sensor-") && r.uri.contains("ports=7070"))
+        .count()
+}
+
+/// A loopback address nothing listens on.
+async fn nowhere() -> std::net::SocketAddr {
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    gone.local_addr().unwrap()
+}
+
+/// A stream that delivers events goes on after any number of lost connections (a
+/// port-forward that drops, a sensor that restarts), spread over longer than the stream's
+/// outage limit: each session that delivered is a fresh start, not one more failure.
+#[tokio::test]
+async fn a_stream_that_delivers_survives_any_number_of_lost_connections() {
+    let (fake, sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        stream_outage_limit: Duration::from_secs(2),
+        ..options(dir.path())
+    };
+    let mut lab = KindLab::with_client(options, fake.client());
+    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let mut events = lab.events().await.unwrap();
+    until_notebook_listens(&mut events).await;
+    for cut in 1..=15 {
+        sensor.cut();
+        // The stream connects again; the sensor confirms its watch again.
+        let event = next(&mut events).await;
+        assert!(
+            matches!(event.body, EventBody::Container(_)),
+            "after cut {cut}: {event:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lab.event_stream_failure(), None);
+
+    // Then the sensor is out of reach for a few tries: an outage since the last good session,
+    // not since the stream started (longer ago than the limit).
+    fake.route_port(
+        "guardlab-sensor-",
+        crate::manifests::SENSOR_PORT,
+        nowhere().await,
+    );
+    let before = sensor_forwards(&fake);
+    sensor.cut();
+    for waited in 0.. {
+        if sensor_forwards(&fake) >= before + 3 {
+            break;
+        }
+        assert!(
+            waited < 2000 && lab.event_stream_failure().is_none(),
+            "the stream stopped trying: {:?}",
+            lab.event_stream_failure()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fake.route_port(
+        "guardlab-sensor-",
+        crate::manifests::SENSOR_PORT,
+        sensor.address,
+    );
+    let event = next(&mut events).await;
+    assert!(matches!(event.body, EventBody::Container(_)), "{event:?}");
+    assert_eq!(lab.event_stream_failure(), None);
+
+    // And it still opens the gate of a pod that replaces the notebook's.
+    let old = lab.status().await.unwrap().unwrap().pods[0].name.clone();
+    lab.carry_out(&LabAction::KillPod {
+        namespace: "cryptominer".into(),
+        name: old.clone(),
+    })
+    .await
+    .unwrap();
+    let seen = until_notebook_listens(&mut events).await;
+    assert!(
+        seen[0].starts_with("container ") && seen[1].starts_with("exec "),
+        "{seen:?}"
+    );
+    let new = lab.status().await.unwrap().unwrap().pods[0].name.clone();
+    assert_ne!(new, old);
+    assert!(fake.gates_opened().contains(&format!("cryptominer/{new}")));
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+/// A sensor out of reach for many tries in a row (its pod restarting, the API server's
+/// port-forwards failing) is tried again, ever less often, until it is back.
+#[tokio::test]
+async fn a_sensor_out_of_reach_for_many_tries_is_waited_for() {
+    let (fake, sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        stream_backoff_max: Duration::from_millis(100),
+        ..options(dir.path())
+    };
+    let mut lab = KindLab::with_client(options, fake.client());
+    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let mut events = lab.events().await.unwrap();
+    until_notebook_listens(&mut events).await;
+
+    fake.route_port(
+        "guardlab-sensor-",
+        crate::manifests::SENSOR_PORT,
+        nowhere().await,
+    );
+    let before = sensor_forwards(&fake);
+    sensor.cut();
+    let mut waited = 0;
+    while sensor_forwards(&fake) < before + 15 {
+        assert!(
+            waited < 1500,
+            "the stream stopped trying after {} tries; its last error: {:?}",
+            sensor_forwards(&fake) - before,
+            lab.event_stream_last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(lab.event_stream_failure(), None);
+    assert!(
+        lab.event_stream_last_error()
+            .is_some_and(|e| e.contains("closed the event stream")),
+        "{:?}",
+        lab.event_stream_last_error()
+    );
+
+    // Back: the stream connects again and the sensor confirms its watch again.
+    fake.route_port(
+        "guardlab-sensor-",
+        crate::manifests::SENSOR_PORT,
+        sensor.address,
+    );
+    let event = next(&mut events).await;
+    assert!(matches!(event.body, EventBody::Container(_)), "{event:?}");
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+/// A sensor out of reach for longer than the outage limit: the stream gives up, its channel
+/// closes, and the lab says why (what `lab up` prints, what a scenario reports).
+#[tokio::test]
+async fn a_long_outage_ends_the_stream_and_says_why() {
+    let (fake, sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        stream_backoff_max: Duration::from_millis(100),
+        stream_outage_limit: Duration::from_secs(1),
+        ..options(dir.path())
+    };
+    let mut lab = KindLab::with_client(options, fake.client());
+    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let gave_up = lab.event_stream_gave_up();
+    let mut events = lab.events().await.unwrap();
+    until_notebook_listens(&mut events).await;
+    assert_eq!(lab.event_stream_failure(), None);
+
+    fake.route_port(
+        "guardlab-sensor-",
+        crate::manifests::SENSOR_PORT,
+        nowhere().await,
+    );
+    sensor.cut();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("the channel closes once the stream gives up");
+        if event.is_none() {
+            break;
+        }
+    }
+    let why = tokio::time::timeout(Duration::from_secs(5), gave_up)
+        .await
+        .expect("who waits for the failure learns it");
+    for expected in [
+        "the sensor's event stream stopped: no working connection to the guardlab-sensor pod on node \
+         guardlab-control-plane for 1s",
+        "the last: the sensor on node guardlab-control-plane closed the event stream",
+        "replaced notebook pods stay behind their start gates",
+    ] {
+        assert!(why.contains(expected), "missing `{expected}` in: {why}");
+    }
+    assert_eq!(lab.event_stream_failure(), Some(why.clone()));
+    // Asking for the events again starts a new stream (the sensor is back).
+    fake.route_port(
+        "guardlab-sensor-",
+        crate::manifests::SENSOR_PORT,
+        sensor.address,
+    );
+    let mut events = lab.events().await.unwrap();
+    assert!(matches!(
+        next(&mut events).await.body,
+        EventBody::Container(_)
+    ));
+    assert_eq!(lab.event_stream_failure(), None);
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+/// No notebook pod on a node (its replacement cannot be scheduled): there is no sensor to
+/// reach, and that is no outage of the sensor; the stream waits for a node.
+#[tokio::test]
+async fn a_stream_without_a_notebook_pod_on_a_node_waits_for_one() {
+    let (fake, _sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        stream_backoff_max: Duration::from_millis(100),
+        stream_outage_limit: Duration::from_secs(1),
+        ..options(dir.path())
+    };
+    let first = {
+        let mut other = KindLab::with_client(options.clone(), fake.client());
+        other.up(&guardlab_lab::NoProgress).await.unwrap().pods[0].clone()
+    };
+    fake.set_rollout("jupyter-notebook", Rollout::Unschedulable);
+    let pods =
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(fake.client(), "cryptominer");
+    pods.delete(&first.name, &Default::default()).await.unwrap();
+    let before = sensor_forwards(&fake);
+    let mut later = KindLab::with_client(options, fake.client());
+    let _events = later.events().await.unwrap();
+    // Twice the outage limit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(later.event_stream_failure(), None);
+    assert_eq!(
+        sensor_forwards(&fake),
+        before,
+        "no sensor was tried: {:?}",
+        later.event_stream_last_error()
+    );
+    later.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+/// `kubectl exec` into the notebook's container, or an exec probe, while its gate waits: the
+/// sensor reports execs that are not the gate's. They do not count as the gate's exec: the
+/// harness still opens the gate, and the notebook gets ready.
+#[tokio::test]
+async fn execs_of_other_processes_while_the_gate_waits_neither_open_it_nor_stop_its_opening() {
+    let fake = FakeApi::start().await;
+    let _sensor = FakeSensor::start(
+        &fake,
+        SensorBehaviour::ExecsBesideTheGate {
+            delay: Duration::ZERO,
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = KindOptions {
+        rollout_timeout: Duration::from_secs(5),
+        ..options(dir.path())
+    };
+    let mut lab = KindLab::with_client(options, fake.client());
+    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let key = format!("cryptominer/{}", info.pods[0].name);
+    let timeline = fake.timeline();
+    assert!(
+        at(&timeline, &format!("portforward {key}:{GATE_PORT}"))
+            < at(&timeline, &format!("gate opened: {key}")),
+        "{}",
+        timeline.join("\n")
+    );
+    // The gate's own exec (its pid in the container is the one it announced) opens the
+    // container's events; the others, from before, are held back with the rest.
+    let mut events = lab.events().await.unwrap();
+    let pid = gate_pid(4242);
+    assert_eq!(
+        until_notebook_listens(&mut events).await,
+        [
+            "container 4242".to_string(),
+            format!("exec 4242 pid {pid}"),
+            "listen 4242 0.0.0.0:8888".into(),
+        ]
+    );
+    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+}
+
+/// A log the cluster does not let guardlab read (RBAC on a shared cluster, or credentials it
+/// does not accept): `up` stops at once, says which permission it needs, and removes what it
+/// applied; it does not poll until its rollout timeout.
+#[tokio::test]
+async fn a_log_the_cluster_refuses_fails_up_at_once_naming_the_permission() {
+    for (code, said) in [
+        (403, "(Forbidden, HTTP 403)"),
+        (401, "(Unauthorized, HTTP 401)"),
+    ] {
+        let (fake, sensor) = cluster().await;
+        fake.deny_logs(code);
+        let dir = tempfile::tempdir().unwrap();
+        let mut lab = KindLab::with_client(options(dir.path()), fake.client());
+        let err = lab
+            .up(&guardlab_lab::NoProgress)
+            .await
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "reading the log of pod cryptominer/jupyter-notebook-",
+            said,
+            "guardlab needs `get` on `pods/log` in namespace cryptominer",
+            "kubectl auth can-i get pods/log -n cryptominer",
+            "removed what this run created: Service cryptominer/jupyter-notebook",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in: {err}");
+        }
+        assert!(!err.contains("did not start within"), "{err}");
+        let reads = fake
+            .timeline()
+            .iter()
+            .filter(|e| e.starts_with("GET ") && e.ends_with("/log"))
+            .count();
+        assert_eq!(reads, 1, "no second try: waiting does not change a refusal");
+        assert!(sensor.requests().is_empty(), "nothing was subscribed to");
+        assert!(fake.gates_opened().is_empty());
+        assert!(fake.paths().is_empty(), "left behind: {:?}", fake.paths());
+        assert!(!lab.options().state_file().exists());
+    }
+}
+
+/// The same refusal when another process asks for the events of a lab whose notebook waits
+/// behind its gate: a clear error at once, not a stream that waits forever.
+#[tokio::test]
+async fn a_log_the_cluster_refuses_fails_a_new_event_stream_at_once() {
+    let (fake, _sensor) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let mut other = KindLab::with_client(options(dir.path()), fake.client());
+        other.up(&guardlab_lab::NoProgress).await.unwrap().pods[0].clone()
+    };
+    let pods =
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(fake.client(), "cryptominer");
+    pods.delete(&first.name, &Default::default()).await.unwrap();
+    fake.deny_logs(403);
+    let mut later = KindLab::with_client(options(dir.path()), fake.client());
+    let err = later.events().await.unwrap_err().to_string();
+    for expected in [
+        "reading the log of pod cryptominer/jupyter-notebook-",
+        "(Forbidden, HTTP 403)",
+        "guardlab needs `get` on `pods/log` in namespace cryptominer",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in: {err}");
+    }
+    later.down(&guardlab_lab::NoProgress).await.unwrap();
 }

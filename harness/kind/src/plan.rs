@@ -6,7 +6,7 @@ use std::fmt;
 use guardlab_lab::LabError;
 
 use crate::config::KindCluster;
-use crate::gate::{GATE_PORT, gate_waiting_line};
+use crate::gate::{GATE_PORT, gate_waiting_prefix};
 use crate::image::SENSOR_DOCKERFILE;
 use crate::k8s::{FIELD_MANAGER, WorkloadKind, workloads};
 use crate::lab::{KindOptions, Target};
@@ -90,9 +90,10 @@ pub fn plan(options: &KindOptions) -> Result<Plan, LabError> {
         "the start gate: in the applied Deployment {ns}/{NOTEBOOK_DEPLOYMENT} (not in the file, which plain \
          `kubectl apply` uses as it is) the notebook container's args become `python3 -c <gate> <its args>`: \
          the image's start.sh execs the gate, which listens on 127.0.0.1:{GATE_PORT} inside the pod (in no \
-         Service), prints `{}`, accepts one connection and execs the original args in the same process; \
+         Service), prints `{}<its pid in the container>`, accepts one connection and execs the original args \
+         in the same process; \
          so the notebook starts only once the sensor watches its container (the order of the steps below)",
-        gate_waiting_line(GATE_PORT),
+        gate_waiting_prefix(GATE_PORT),
         ns = options.namespace,
     ));
     let stuck = "stop early on a stuck pod (ImagePullBackOff, CrashLoopBackOff...) naming the pod, container and \
@@ -151,9 +152,16 @@ pub fn plan(options: &KindOptions) -> Result<Plan, LabError> {
     ));
     steps.push(format!(
         "events: the subscription above goes on (kills go to the same port {SENSOR_PORT}); a container's events from \
-         before its gate opened (all but its `container` event, until its first exec) are the lab's plumbing and \
+         before its gate opened (all but its `container` event, until the gate's own exec: the exec whose pid in \
+         the container is the one the gate printed; another process's exec, a `kubectl exec` or an exec probe, \
+         does not open it) are the lab's plumbing and \
          dropped; a pod that replaces the notebook's (agentKillPod) starts behind its gate too, opened once the \
-         sensor confirmed its new subscription"
+         sensor confirmed its new subscription; a lost connection to the sensor is tried again (after {}s, \
+         doubling after each failed try up to {}s); after {}s without a working connection the stream stops \
+         and says why",
+        options.poll_interval.as_secs(),
+        options.stream_backoff_max.as_secs(),
+        options.stream_outage_limit.as_secs(),
     ));
     let manifests = objects
         .iter()

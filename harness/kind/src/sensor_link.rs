@@ -26,7 +26,7 @@
 //! its own view of the container's `cgroup.procs` lists (see `sensor/src/serve.rs`). A pid that
 //! is not a process of a watched container is refused.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,9 +45,10 @@ use crate::gate::PreGateFilter;
 pub struct Watch {
     pub node: String,
     pub containers: Vec<WatchedContainer>,
-    /// The ids of the containers among them whose start gate was closed when the harness
-    /// first saw them: the gate's event rule applies to them (see [`crate::gate`]).
-    pub gated: BTreeSet<String>,
+    /// The containers among them whose start gate was closed when the harness first saw
+    /// them, by id, with the gate's pid inside the container (as its log line announced it):
+    /// the gate's event rule applies to them (see [`crate::gate`]).
+    pub gated: BTreeMap<String, u32>,
 }
 
 /// Where a stream's events go. `up` starts the stream before anyone asks for the events
@@ -146,12 +147,14 @@ fn enrich(event: &mut Event, watched: &[WatchedContainer], node: &str) {
 /// the receiver goes away or the watched pod moves to another node. `watch` changes are sent
 /// to the sensor as new `subscribe` lines. Events pass through `gate` (the start gate's rule:
 /// a gated container's events before its gate opened are dropped), which also tells who waits
-/// for them which containers the sensor confirmed.
+/// for them which containers the sensor confirmed. `received` counts the lines the sensor sent
+/// (dropped or not), also when this ends with an error: a session that got lines worked.
 pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     mut watch: watch::Receiver<Watch>,
     events: &EventSink,
     gate: &mut PreGateFilter,
+    received: &mut u64,
 ) -> Result<StreamEnd, LabError> {
     let (reader, mut writer) = tokio::io::split(stream);
     let mut lines = BufReader::new(reader).lines();
@@ -178,6 +181,7 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(StreamEnd::Closed);
                 };
                 line_number += 1;
+                *received += 1;
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -350,7 +354,16 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let harness = tokio::spawn(async move {
             let (mut gate, _) = PreGateFilter::new();
-            stream_events(ours, watch_rx, &EventSink::taken(tx), &mut gate).await
+            let mut received = 0;
+            let end = stream_events(
+                ours,
+                watch_rx,
+                &EventSink::taken(tx),
+                &mut gate,
+                &mut received,
+            )
+            .await;
+            (end, received)
         });
 
         let (sr, mut sw) = tokio::io::split(sensor);
@@ -408,8 +421,11 @@ mod tests {
         sw.write_all(b"{\"v\":1,\"ts\":2,\"type\":\"nonsense\"}\n")
             .await
             .unwrap();
-        let err = harness.await.unwrap().unwrap_err().to_string();
+        let (end, received) = harness.await.unwrap();
+        let err = end.unwrap_err().to_string();
         assert!(err.contains("sensor on node n1"), "{err}");
+        // The session got lines, the bad one included: it worked until then.
+        assert_eq!(received, 2);
     }
 
     #[tokio::test]
@@ -464,7 +480,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let harness = tokio::spawn(async move {
             let (mut gate, _) = PreGateFilter::new();
-            stream_events(ours, watch_rx, &EventSink::taken(tx), &mut gate).await
+            stream_events(ours, watch_rx, &EventSink::taken(tx), &mut gate, &mut 0).await
         });
         // Once the subscription is written, the harness has taken the first watch.
         let (sr, _sw) = tokio::io::split(sensor);
