@@ -194,7 +194,7 @@ impl KindLab {
     /// Resolves with [`KindLab::event_stream_failure`] once the newest event stream gives up
     /// (never, if there is none or it ends otherwise). It borrows nothing: `lab up` awaits it
     /// next to its stop signal and prints it.
-    pub fn event_stream_gave_up(&self) -> impl Future<Output = String> + Send + 'static {
+    pub fn event_stream_gave_up(&self) -> impl Future<Output = String> + Send + use<> {
         let stream = self.streams.last().map(EventStream::gave_up);
         async move {
             match stream {

@@ -299,7 +299,7 @@ impl EventStream {
 
     /// Resolves with [`EventStream::failure`] once the stream gives up; never, if it is
     /// dropped first. It borrows nothing: it can be awaited next to the lab.
-    pub fn gave_up(&self) -> impl Future<Output = String> + Send + 'static {
+    pub fn gave_up(&self) -> impl Future<Output = String> + Send + use<> {
         let mut failure = self.failure.clone();
         async move {
             let ended_otherwise = failure.wait_for(Option::is_some).await.is_err();

@@ -34,9 +34,14 @@ pub fn run(verb: LabVerb, args: &LabArgs) -> CommandResult {
         return Ok(Outcome::Clean);
     }
     match verb {
-        LabVerb::Up => {
-            block_on(async move { up_and_hold(KindLab::new(options), stop_signal()).await })
-        }
+        LabVerb::Up => block_on(async move {
+            up_and_hold(
+                KindLab::new(options),
+                stop_signal(),
+                KindLab::event_stream_gave_up,
+            )
+            .await
+        }),
         verb => block_on(async move { drive(KindLab::new(options), verb).await }),
     }
 }
@@ -78,13 +83,33 @@ fn holding_notice(info: &LabInfo) -> String {
     text
 }
 
+/// What `lab up` says when the sensor's event stream gave up while it holds the forward (the
+/// stream's own text says what stopped and what that means for replaced pods).
+fn stream_failure_notice(why: &str) -> String {
+    format!("warning: {why}\nThe notebook forward stays up until Ctrl-C.")
+}
+
 /// Brings the lab up, then holds its port-forward until `stop` completes. The lab is not
-/// taken down: only the forward (and the event stream, if any) end with this process.
-async fn up_and_hold(mut lab: impl Lab, stop: impl Future<Output = ()>) -> CommandResult {
+/// taken down: only the forward (and the event stream, if any) end with this process. If the
+/// lab's event stream gives up meanwhile (`stream_gave_up`), that is said at once, and the
+/// forward is held all the same.
+async fn up_and_hold<L: Lab, F: Future<Output = String>>(
+    mut lab: L,
+    stop: impl Future<Output = ()>,
+    stream_gave_up: impl FnOnce(&L) -> F,
+) -> CommandResult {
     let progress = ConsoleProgress { quiet: false };
     let info = lab.up(&progress).await.map_err(Failure::from)?;
     print!("{}", holding_notice(&info));
-    stop.await;
+    let gave_up = stream_gave_up(&lab);
+    tokio::pin!(stop);
+    tokio::select! {
+        _ = &mut stop => {}
+        why = gave_up => {
+            eprintln!("{}", stream_failure_notice(&why));
+            stop.await;
+        }
+    }
     // Dropping the lab ends its port-forward task.
     drop(lab);
     println!(
@@ -155,9 +180,14 @@ mod tests {
             drops: Arc::clone(&drops),
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let held = tokio::spawn(up_and_hold(lab, async move {
-            let _ = stop_rx.await;
-        }));
+        let held = tokio::spawn(up_and_hold(
+            lab,
+            async move {
+                let _ = stop_rx.await;
+            },
+            // The event stream gives up at once: the forward is held all the same.
+            |_: &CountingLab| async { "the sensor's event stream stopped".to_string() },
+        ));
         // Up, and still holding (the lab, hence its forward, is alive) until told to stop.
         for _ in 0..50 {
             if ups.load(Ordering::SeqCst) == 1 {
@@ -176,6 +206,16 @@ mod tests {
         assert!(matches!(held.await.unwrap(), Ok(Outcome::Clean)));
         assert_eq!(drops.load(Ordering::SeqCst), 1, "the forward ends");
         assert_eq!(downs.load(Ordering::SeqCst), 0, "the lab stays up");
+    }
+
+    #[test]
+    fn a_stream_that_gave_up_is_said_as_a_warning() {
+        let text =
+            stream_failure_notice("the sensor's event stream stopped: no working connection");
+        assert!(
+            text.starts_with("warning: the sensor's event stream stopped: no working connection\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -200,6 +200,11 @@ pub trait LiveLab: Lab {
     /// Said at the end of a `--keep-lab` run, with the notebook's address.
     fn kept_up(notebook_url: &str) -> String;
 
+    /// Said when the event stream ended: [`Self::EVENTS_ENDED`], and why, when the lab knows.
+    fn events_ended(&self) -> String {
+        Self::EVENTS_ENDED.to_string()
+    }
+
     /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError>;
 }
@@ -256,6 +261,13 @@ impl LiveLab for KindLab {
     const EVENTS_ENDED: &'static str =
         "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)";
     const TEAR_DOWN: &'static str = "the kind lab";
+
+    fn events_ended(&self) -> String {
+        match self.event_stream_failure() {
+            Some(why) => format!("{}: {why}", Self::EVENTS_ENDED),
+            None => Self::EVENTS_ENDED.to_string(),
+        }
+    }
 
     fn kept_up(notebook_url: &str) -> String {
         format!(
@@ -429,7 +441,7 @@ impl<L: LiveLab> Backend for LabBackend<L> {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Some(e)) => Ok(Some(e)),
-            Ok(None) => Err(BackendError::Lab(L::EVENTS_ENDED.into())),
+            Ok(None) => Err(BackendError::Lab(self.lab.events_ended())),
             Err(_) => Ok(None),
         }
     }
