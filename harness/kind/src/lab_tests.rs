@@ -93,6 +93,21 @@ fn describe(event: &Event) -> String {
     }
 }
 
+/// What a gated container's stream shows until its notebook listens: its `container` event,
+/// then the gate's exec into the notebook, then the notebook's `listen` on 8888 (nothing of
+/// the gate before it).
+async fn assert_only_the_notebooks_start_passes(events: &mut mpsc::Receiver<Event>) {
+    let pid = gate_pid(4242);
+    assert_eq!(
+        until_notebook_listens(events).await,
+        [
+            "container 4242".to_string(),
+            format!("exec 4242 pid {pid}"),
+            "listen 4242 0.0.0.0:8888".into(),
+        ]
+    );
+}
+
 /// Events until (and with) the notebook's `listen` on 8888.
 async fn until_notebook_listens(events: &mut mpsc::Receiver<Event>) -> Vec<String> {
     let mut seen = Vec::new();
@@ -740,15 +755,7 @@ async fn events_from_before_the_gate_opened_are_dropped_and_the_container_event_
     let mut events = lab.events().await.unwrap();
     // The fake sensor sent: container, listen :8887 and accept :8887 (the gate), exec (the
     // gate becoming start-notebook.py), listen :8888 (the notebook).
-    let pid = gate_pid(4242);
-    assert_eq!(
-        until_notebook_listens(&mut events).await,
-        [
-            "container 4242".to_string(),
-            format!("exec 4242 pid {pid}"),
-            "listen 4242 0.0.0.0:8888".into(),
-        ]
-    );
+    assert_only_the_notebooks_start_passes(&mut events).await;
     lab.down(&guardlab_lab::NoProgress).await.unwrap();
 }
 
@@ -1311,15 +1318,7 @@ async fn execs_of_other_processes_while_the_gate_waits_neither_open_it_nor_stop_
     // The gate's own exec (its pid in the container is the one it announced) opens the
     // container's events; the others, from before, are held back with the rest.
     let mut events = lab.events().await.unwrap();
-    let pid = gate_pid(4242);
-    assert_eq!(
-        until_notebook_listens(&mut events).await,
-        [
-            "container 4242".to_string(),
-            format!("exec 4242 pid {pid}"),
-            "listen 4242 0.0.0.0:8888".into(),
-        ]
-    );
+    assert_only_the_notebooks_start_passes(&mut events).await;
     lab.down(&guardlab_lab::NoProgress).await.unwrap();
 }
 

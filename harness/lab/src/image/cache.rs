@@ -273,17 +273,22 @@ pub enum PrunedKind {
 /// A lock on a file in the cache directory, released when dropped (or when its holder dies).
 pub(super) struct FileLock(#[allow(dead_code)] fs::File);
 
+/// Open (or create) a lock file without truncating it: the lock, not the content, matters.
+fn open_lock_file(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
 impl FileLock {
     /// The cache's prune lock, shared; `None` when it cannot be had (no cache yet, or a cache
     /// this user may only read: then nobody here prunes either).
     fn prune_shared(dir: &Path) -> Option<FileLock> {
         let path = dir.join(PRUNE_LOCK_FILE);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let file = open_lock_file(&path)
             .or_else(|_| fs::File::open(&path))
             .ok()?;
         file.lock_shared().ok()?;
@@ -292,16 +297,10 @@ impl FileLock {
 
     fn prune_exclusive(dir: &Path) -> Result<FileLock, LabError> {
         let path = dir.join(PRUNE_LOCK_FILE);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| LabError::Io {
-                context: format!("opening {}", path.display()),
-                source,
-            })?;
+        let file = open_lock_file(&path).map_err(|source| LabError::Io {
+            context: format!("opening {}", path.display()),
+            source,
+        })?;
         file.lock().map_err(|source| LabError::Io {
             context: format!("locking {}", path.display()),
             source,
@@ -317,16 +316,10 @@ impl BuildLock {
     pub(super) fn acquire(dir: &Path, hash: &str) -> Result<BuildLock, LabError> {
         let path = build_lock_path(dir, hash);
         loop {
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|source| LabError::Io {
-                    context: format!("creating the lock file {}", path.display()),
-                    source,
-                })?;
+            let file = open_lock_file(&path).map_err(|source| LabError::Io {
+                context: format!("creating the lock file {}", path.display()),
+                source,
+            })?;
             file.lock().map_err(|source| LabError::Io {
                 context: format!("locking {}", path.display()),
                 source,
