@@ -108,6 +108,12 @@ async fn assert_only_the_notebooks_start_passes(events: &mut mpsc::Receiver<Even
     );
 }
 
+/// Send the port-forwards to the sensor pods' control port to `address` (a fake sensor, or
+/// nowhere).
+fn route_sensor(fake: &FakeApi, address: std::net::SocketAddr) {
+    fake.route_port("guardlab-sensor-", crate::manifests::SENSOR_PORT, address);
+}
+
 /// Events until (and with) the notebook's `listen` on 8888.
 async fn until_notebook_listens(events: &mut mpsc::Receiver<Event>) -> Vec<String> {
     let mut seen = Vec::new();
@@ -575,7 +581,7 @@ async fn a_kill_the_sensor_cannot_reach_is_an_error() {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nowhere = gone.local_addr().unwrap();
     drop(gone);
-    fake.route_port("guardlab-sensor-", crate::manifests::SENSOR_PORT, nowhere);
+    route_sensor(&fake, nowhere);
     let err = lab
         .carry_out(&LabAction::KillProcess { pid: 1 })
         .await
@@ -1096,11 +1102,7 @@ async fn a_stream_that_delivers_survives_any_number_of_lost_connections() {
 
     // Then the sensor is out of reach for a few tries: an outage since the last good session,
     // not since the stream started (longer ago than the limit).
-    fake.route_port(
-        "guardlab-sensor-",
-        crate::manifests::SENSOR_PORT,
-        nowhere().await,
-    );
+    route_sensor(&fake, nowhere().await);
     let before = sensor_forwards(&fake);
     sensor.cut();
     for waited in 0.. {
@@ -1114,11 +1116,7 @@ async fn a_stream_that_delivers_survives_any_number_of_lost_connections() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    fake.route_port(
-        "guardlab-sensor-",
-        crate::manifests::SENSOR_PORT,
-        sensor.address,
-    );
+    route_sensor(&fake, sensor.address);
     let event = next(&mut events).await;
     assert!(matches!(event.body, EventBody::Container(_)), "{event:?}");
     assert_eq!(lab.event_stream_failure(), None);
@@ -1157,11 +1155,7 @@ async fn a_sensor_out_of_reach_for_many_tries_is_waited_for() {
     let mut events = lab.events().await.unwrap();
     until_notebook_listens(&mut events).await;
 
-    fake.route_port(
-        "guardlab-sensor-",
-        crate::manifests::SENSOR_PORT,
-        nowhere().await,
-    );
+    route_sensor(&fake, nowhere().await);
     let before = sensor_forwards(&fake);
     sensor.cut();
     let mut waited = 0;
@@ -1184,11 +1178,7 @@ async fn a_sensor_out_of_reach_for_many_tries_is_waited_for() {
     );
 
     // Back: the stream connects again and the sensor confirms its watch again.
-    fake.route_port(
-        "guardlab-sensor-",
-        crate::manifests::SENSOR_PORT,
-        sensor.address,
-    );
+    route_sensor(&fake, sensor.address);
     let event = next(&mut events).await;
     assert!(matches!(event.body, EventBody::Container(_)), "{event:?}");
     lab.down(&guardlab_lab::NoProgress).await.unwrap();
@@ -1212,11 +1202,7 @@ async fn a_long_outage_ends_the_stream_and_says_why() {
     until_notebook_listens(&mut events).await;
     assert_eq!(lab.event_stream_failure(), None);
 
-    fake.route_port(
-        "guardlab-sensor-",
-        crate::manifests::SENSOR_PORT,
-        nowhere().await,
-    );
+    route_sensor(&fake, nowhere().await);
     sensor.cut();
     loop {
         let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
@@ -1239,11 +1225,7 @@ async fn a_long_outage_ends_the_stream_and_says_why() {
     }
     assert_eq!(lab.event_stream_failure(), Some(why.clone()));
     // Asking for the events again starts a new stream (the sensor is back).
-    fake.route_port(
-        "guardlab-sensor-",
-        crate::manifests::SENSOR_PORT,
-        sensor.address,
-    );
+    route_sensor(&fake, sensor.address);
     let mut events = lab.events().await.unwrap();
     assert!(matches!(
         next(&mut events).await.body,

@@ -686,6 +686,20 @@ mod tests {
         assert_eq!(sa.automount_service_account_token, Some(false));
     }
 
+    /// The image of the sensor DaemonSet's container.
+    fn sensor_image(ds: &DaemonSet) -> Option<String> {
+        ds.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .clone()
+    }
+
     #[test]
     fn the_files_name_the_image_up_builds_so_plain_kubectl_apply_matches() {
         let file = LAB_MANIFESTS
@@ -696,17 +710,7 @@ mod tests {
         let Object::DaemonSet(ds) = find(&raw, "DaemonSet", SENSOR_DAEMONSET) else {
             unreachable!()
         };
-        let image = ds
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .image
-            .clone();
+        let image = sensor_image(ds);
         assert_eq!(
             image,
             Some(format!("guardlab-sensor:{}", env!("CARGO_PKG_VERSION")))
@@ -724,17 +728,7 @@ mod tests {
         let Object::DaemonSet(ds) = find(&all, "DaemonSet", SENSOR_DAEMONSET) else {
             unreachable!()
         };
-        let image = ds
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .image
-            .clone();
+        let image = sensor_image(ds);
         assert_eq!(image.as_deref(), Some("registry.invalid/guardlab-sensor:1"));
     }
 
