@@ -694,23 +694,29 @@ int gl_sendmsg6(struct bpf_sock_addr *ctx)
  * "current" is whoever was interrupted, so an accepted connection is attributed to the process
  * that called listen() on that port in that cgroup (the accepted socket inherits the listener's
  * cgroup). A listener opened before the cgroup was watched has no owner: pid 0.
+ *
+ * A BTF tracepoint (the raw tracepoint with typed arguments), not the classic one: attaching
+ * it needs no tracefs, which a fresh host (and a kind node's sensor pod) does not mount. The
+ * fields the classic tracepoint copied out are read from the socket the same way it did:
+ * local port from inet_sport (set by bind(), before listen() and on accepted sockets), the
+ * peer's from skc_dport, addresses from inet_saddr and the socket's common part.
  */
-SEC("tracepoint/sock/inet_sock_set_state")
-int gl_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(gl_sock_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (ctx->protocol != IPPROTO_TCP)
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	int oldstate = ctx->oldstate;
-	int newstate = ctx->newstate;
 	bool listen = newstate == TCP_LISTEN;
 	bool unlisten = oldstate == TCP_LISTEN && newstate == TCP_CLOSE;
 	bool accept = oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED;
 	if (!listen && !unlisten && !accept)
 		return 0;
 
-	struct sock *sk = (struct sock *)ctx->skaddr;
+	struct inet_sock *inet = (struct inet_sock *)sk;
+	__u16 sport_be = BPF_CORE_READ(inet, inet_sport);
+	__u16 sport = bpf_ntohs(sport_be);
 	__u64 cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
-	struct listener_key lk = {.cgroup_id = cgroup_id, .port = ctx->sport};
+	struct listener_key lk = {.cgroup_id = cgroup_id, .port = sport};
 	if (unlisten) {
 		/* Before the watched check: the cgroup may have been unwatched since listen(). */
 		bpf_map_delete_elem(&listeners, &lk);
@@ -739,20 +745,16 @@ int gl_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	}
 	e->protocol = IPPROTO_TCP;
 	e->refused = 0;
-	e->lport = ctx->sport;
-	e->rport = ctx->dport;
+	e->lport = sport;
+	__u16 dport = BPF_CORE_READ(sk, __sk_common.skc_dport);
+	e->rport = bpf_ntohs(dport);
 	e->_pad = 0;
-	/* The tracepoint record is the ctx: the verifier only allows fixed-offset loads from it,
-	 * so the address arrays are copied with a helper. */
-	if (ctx->family == AF_INET) {
-		__u32 s = 0, d = 0;
-		bpf_probe_read_kernel(&s, 4, ctx->saddr);
-		bpf_probe_read_kernel(&d, 4, ctx->daddr);
-		v4_mapped(e->laddr, s);
-		v4_mapped(e->raddr, d);
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET) {
+		v4_mapped(e->laddr, BPF_CORE_READ(inet, inet_saddr));
+		v4_mapped(e->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 	} else {
-		bpf_probe_read_kernel(e->laddr, 16, ctx->saddr_v6);
-		bpf_probe_read_kernel(e->raddr, 16, ctx->daddr_v6);
+		BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&e->raddr, sk, __sk_common.skc_v6_daddr);
 	}
 	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;

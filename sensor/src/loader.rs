@@ -12,7 +12,7 @@ use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program,
-    ProgramError, TracePoint,
+    ProgramError,
 };
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::Interest;
@@ -189,10 +189,7 @@ impl Sensor {
                 .or_else(|_| exit(&mut bpf, ExitHook::LiveCount))?,
             hook => exit(&mut bpf, hook)?,
         };
-        let prog: &mut TracePoint = program(&mut bpf, SOCK_STATE_PROGRAM)?;
-        prog.load().map_err(program_err(SOCK_STATE_PROGRAM))?;
-        prog.attach("sock", "inet_sock_set_state")
-            .map_err(program_err(SOCK_STATE_PROGRAM))?;
+        attach_btf_tracepoint(&mut bpf, &btf, SOCK_STATE_PROGRAM, "inet_sock_set_state")?;
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
             prog.load().map_err(program_err(name))?;
