@@ -103,6 +103,26 @@ pub enum Command {
         after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter"
     )]
     Scenario(ScenarioArgs),
+
+    /// The local lab's pod image: make new pins for its Python packages.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Resolve the recipe's Python requirements anew with the image's own pip and rewrite the
+    /// lock files (manifests/image/venv.lock and index-wheels.lock) with exact versions and
+    /// hashes. A maintainer's command: the new pins are a reviewed change (the next scenario run
+    /// may need `--update-snapshots`). Needs root (debootstrap, chroot).
+    #[command(
+        after_help = "Example:\n  guardlab image lock\n  git diff manifests/image/   # review the new pins\n  guardlab scenario cryptominer   # builds the new image, checks the snapshots\n\nExit codes: 0 lock files written, 2 the image could not be built or pip failed."
+    )]
+    Lock {
+        /// The recipe directory.
+        #[arg(long, value_name = "DIR", default_value = "manifests/image")]
+        recipe: PathBuf,
+    },
 }
 
 /// An event stream and a time window over it.

@@ -23,27 +23,30 @@
 //! registered in it whose state file exists (whatever its state directory), or one that
 //! records it in its state file in the cache's labs directories.
 
+mod build;
 mod cache;
 mod chroot;
 mod host;
 mod recipe;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub use build::{DEBIAN_MIRROR_ENV, LockReport, lock_recipe};
 pub use cache::{
     DEFAULT_LABS_DIR, ImageCache, ImageUser, PrunedEntry, PrunedKind, Registration, USERS_DIR,
     image_registrations, images_used_by_labs, prune_images, remove_registration,
 };
 pub use chroot::{Bind, RunAs, rootfs_command};
+pub use guardlab_services::{INDEX_LOCK_FILE, Pin, PythonLock, normalize_project_name};
 pub use host::{AptSource, host_apt_source};
-pub use recipe::{LoadedRecipe, RECIPE_FILE, Recipe, load as load_recipe};
+pub use recipe::{
+    LoadedRecipe, RECIPE_FILE, Recipe, load as load_recipe, load_unlocked as load_recipe_unlocked,
+};
 
 use crate::{LabError, Progress};
 
@@ -169,7 +172,7 @@ pub fn ensure_cached_image(
         ));
         return Ok(built_image(&loaded, &final_dir));
     }
-    build(&loaded, cache, &final_dir, progress)?;
+    build::build_image(&loaded, cache, &final_dir, progress)?;
     // Registered (and marked used) before the prune below, which then keeps it whatever.
     if !cache::use_if_complete(cache, &final_dir, user)? {
         return Err(LabError::Failed(format!(
@@ -237,35 +240,9 @@ fn require_root() -> Result<(), LabError> {
     Ok(())
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     let context = context.into();
     move |source| LabError::Io { context, source }
-}
-
-/// The build directory: removed on drop unless it was renamed into place.
-struct BuildDir {
-    path: PathBuf,
-    committed: bool,
-}
-
-impl BuildDir {
-    fn commit(mut self, final_dir: &Path) -> Result<(), LabError> {
-        fs::rename(&self.path, final_dir).map_err(io(format!(
-            "moving the finished image {} to {}",
-            self.path.display(),
-            final_dir.display()
-        )))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for BuildDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = remove_tree(&self.path);
-        }
-    }
 }
 
 /// Removes a directory tree, first detaching anything still mounted under it (the build never
@@ -311,280 +288,6 @@ fn unescape_mountinfo(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Files the build puts inside the image (host CA bundle, pip configuration, the host's
-/// resolv.conf) and takes out again, also when the build fails.
-struct BuildScratch {
-    rootfs: PathBuf,
-}
-
-impl BuildScratch {
-    fn dir(&self) -> PathBuf {
-        self.rootfs.join(BUILD_SCRATCH.trim_start_matches('/'))
-    }
-}
-
-impl Drop for BuildScratch {
-    fn drop(&mut self) {
-        let _ = remove_tree(&self.dir());
-        // The pod runtime gives each pod its own resolver configuration.
-        let _ = fs::write(self.rootfs.join("etc/resolv.conf"), "");
-    }
-}
-
-fn build(
-    loaded: &LoadedRecipe,
-    cache: &ImageCache,
-    final_dir: &Path,
-    progress: &dyn Progress,
-) -> Result<(), LabError> {
-    let cache_dir = &cache.dir;
-    let started = Instant::now();
-    let r = &loaded.recipe;
-    let short = &loaded.hash[..12];
-    progress.phase(&format!(
-        "building the pod image {} (recipe {short}): a one-time job of a few minutes",
-        r.image
-    ));
-    remove_stale_builds(cache_dir, &loaded.hash, progress)?;
-    if final_dir.exists() {
-        // Not complete (checked by the caller): not ours to keep.
-        remove_tree(final_dir).map_err(io(format!("removing {}", final_dir.display())))?;
-    }
-    let debootstrap = ensure_debootstrap(progress)?;
-    let source = host::host_apt_source(Path::new("/etc/apt"))?;
-    let suite = if r.debian.suite.0 == "host" {
-        source.suite.clone()
-    } else {
-        r.debian.suite.0.clone()
-    };
-
-    let work = BuildDir {
-        path: cache_dir.join(format!(".build-{}-{}", loaded.hash, std::process::id())),
-        committed: false,
-    };
-    fs::create_dir_all(&work.path).map_err(io(format!("creating {}", work.path.display())))?;
-    let rootfs = work.path.join("rootfs");
-    let debs = cache.downloads.join("debs");
-    let pip_cache = cache.downloads.join("pip");
-    for d in [&rootfs, &debs, &pip_cache] {
-        fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
-    }
-
-    // 1. Debian packages.
-    progress.phase(&format!(
-        "debootstrap {suite} ({} variant) from the host's mirror {} ({})",
-        r.debian.variant, source.uri, source.origin
-    ));
-    let mut cmd = chroot::private_mount_command(&debootstrap.to_string_lossy())?;
-    cmd.arg(format!("--variant={}", r.debian.variant.0))
-        .arg(format!(
-            "--include={}",
-            r.debian
-                .packages
-                .iter()
-                .map(|p| p.0.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        ))
-        .arg(format!("--cache-dir={}", debs.display()));
-    if !source.components.is_empty() {
-        cmd.arg(format!("--components={}", source.components.join(",")));
-    }
-    if let Some(k) = source.keyring.as_ref().filter(|k| k.is_file()) {
-        cmd.arg(format!("--keyring={}", k.display()));
-    }
-    cmd.arg(&suite).arg(&rootfs).arg(&source.uri);
-    chroot::run_streaming(cmd, "debootstrap", progress)?;
-
-    let scratch = BuildScratch {
-        rootfs: rootfs.clone(),
-    };
-    let root_env = [
-        ("PATH", ROOT_PATH),
-        ("HOME", "/root"),
-        ("LANG", "C.UTF-8"),
-        ("DEBIAN_FRONTEND", "noninteractive"),
-    ];
-    let in_root = |binds: &[Bind], argv: &[&str]| -> Result<std::process::Command, LabError> {
-        let mut c = chroot::rootfs_command(&rootfs, None, None, binds, argv[0])?;
-        c.args(&argv[1..]).envs(root_env);
-        Ok(c)
-    };
-
-    // 2. The notebook user.
-    progress.phase(&format!(
-        "creating the user {} ({}:{} {})",
-        r.user.name, r.user.uid, r.user.gid, r.user.group
-    ));
-    let group_line = chroot::run_capture(
-        in_root(&[], &["/usr/bin/getent", "group", &r.user.gid.to_string()])?,
-        "getent group",
-    )
-    .unwrap_or_default();
-    match group_line
-        .split(':')
-        .next()
-        .filter(|n| !n.trim().is_empty())
-    {
-        Some(name) if name == r.user.group.0 => {}
-        Some(other) => {
-            return Err(LabError::Failed(format!(
-                "the image's group {} is `{other}`, not `{}` as the recipe says",
-                r.user.gid, r.user.group
-            )));
-        }
-        None => chroot::run_streaming(
-            in_root(
-                &[],
-                &[
-                    "/usr/sbin/groupadd",
-                    "--gid",
-                    &r.user.gid.to_string(),
-                    &r.user.group,
-                ],
-            )?,
-            "groupadd",
-            progress,
-        )?,
-    }
-    chroot::run_streaming(
-        in_root(
-            &[],
-            &[
-                "/usr/sbin/useradd",
-                "--no-log-init",
-                "--create-home",
-                "--no-user-group",
-                "--home-dir",
-                &r.user.home,
-                "--shell",
-                &r.user.shell,
-                "--uid",
-                &r.user.uid.to_string(),
-                "--gid",
-                &r.user.gid.to_string(),
-                &r.user.name,
-            ],
-        )?,
-        "useradd",
-        progress,
-    )?;
-    let owner = format!("{}:{}", r.user.uid, r.user.gid);
-    for d in &r.user.home_dirs {
-        let inside = format!("{}/{}", r.user.home, d);
-        chroot::run_capture(in_root(&[], &["/bin/mkdir", "-p", &inside])?, "mkdir")?;
-        chroot::run_capture(in_root(&[], &["/bin/chown", &owner, &inside])?, "chown")?;
-    }
-
-    // 3. The Python environment, with the image's python, reaching the index as the host does.
-    progress.phase(&format!("creating the Python environment {}", r.venv.path));
-    chroot::run_streaming(
-        in_root(&[], &["/usr/bin/python3", "-m", "venv", &r.venv.path])?,
-        "python3 -m venv",
-        progress,
-    )?;
-    let pip = PipSetup::prepare(&scratch, &pip_cache, progress)?;
-    progress.phase(&format!(
-        "installing {} into {} with pip (host's pip configuration: {})",
-        r.venv
-            .packages
-            .iter()
-            .map(|p| p.0.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        r.venv.path,
-        pip.describe()
-    ));
-    let venv_python = format!("{}/bin/python", r.venv.path);
-    let mut argv: Vec<&str> = vec![
-        &venv_python,
-        "-m",
-        "pip",
-        "install",
-        "--no-input",
-        "--progress-bar",
-        "off",
-        "--root-user-action=ignore",
-        "--disable-pip-version-check",
-    ];
-    argv.extend(r.venv.packages.iter().map(|p| p.0.as_str()));
-    let mut cmd = in_root(&pip.binds, &argv)?;
-    cmd.envs(&pip.env);
-    chroot::run_streaming(cmd, "pip install", progress)?;
-    let freeze = chroot::run_capture(
-        {
-            let mut c = in_root(&[], &[&venv_python, "-m", "pip", "freeze", "--all"])?;
-            c.env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
-            c
-        },
-        "pip freeze",
-    )?;
-    if r.venv.owner.0 != "root" {
-        chroot::run_capture(
-            in_root(&[], &["/bin/chown", "-R", &owner, &r.venv.path])?,
-            "chown",
-        )?;
-    }
-
-    // 4. The recipe's files.
-    progress.phase("installing the recipe's files");
-    for (f, content) in r.files.iter().zip(&loaded.file_contents) {
-        install_file(&rootfs, &f.target, content, f.mode.0)?;
-        progress.detail(&format!("{} -> {} ({:o})", f.source, f.target, f.mode.0));
-    }
-
-    // 5. Tidy up what a container image does not carry.
-    progress.phase("cleaning up");
-    drop(scratch);
-    fs::write(
-        rootfs.join("etc/hosts"),
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    )
-    .map_err(io("writing /etc/hosts"))?;
-    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
-        let dir = rootfs.join(dir);
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_file() && p.file_name().is_some_and(|n| n != "lock") {
-                    let _ = fs::remove_file(&p);
-                }
-            }
-        }
-    }
-
-    // 6. Check the result before anyone relies on it.
-    progress.phase("checking the image");
-    check_image(&rootfs, r, &in_root)?;
-
-    let record = ImageRecord {
-        image: r.image.clone(),
-        recipe_hash: loaded.hash.clone(),
-        debian_suite: suite,
-        debian_mirror: source.uri.clone(),
-        build_seconds: started.elapsed().as_secs_f64(),
-        size_bytes: disk_usage(&rootfs),
-        python_packages: freeze.lines().map(str::to_string).collect(),
-    };
-    let text = serde_yaml::to_string(&record)
-        .map_err(|e| LabError::Failed(format!("writing the image record: {e}")))?;
-    let record_path = work.path.join(RECORD_FILE);
-    let mut f = fs::File::create(&record_path)
-        .map_err(io(format!("creating {}", record_path.display())))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io(format!("writing {}", record_path.display())))?;
-    work.commit(final_dir)?;
-    progress.phase(&format!(
-        "built the pod image {} in {:.0} s ({} MiB) at {}",
-        r.image,
-        record.build_seconds,
-        record.size_bytes / (1 << 20),
-        final_dir.display()
-    ));
-    Ok(())
 }
 
 /// Removes what interrupted builds left: those of this recipe (the caller holds its lock, so
@@ -653,241 +356,6 @@ fn ensure_debootstrap(progress: &dyn Progress) -> Result<PathBuf, LabError> {
         what: "debootstrap".into(),
         hint: "apt-get installed it but it is not on PATH, /usr/sbin or /sbin".into(),
     })
-}
-
-/// How the chroot's pip reaches the package index: the host's pip settings, with the host files
-/// they name (CA bundles, local wheel directories) copied or bind-mounted into the scratch dir.
-struct PipSetup {
-    env: BTreeMap<String, String>,
-    binds: Vec<Bind>,
-    summary: Vec<String>,
-}
-
-impl PipSetup {
-    fn prepare(
-        scratch: &BuildScratch,
-        pip_cache: &Path,
-        progress: &dyn Progress,
-    ) -> Result<Self, LabError> {
-        let dir = scratch.dir();
-        fs::create_dir_all(dir.join("pip-cache"))
-            .map_err(io(format!("creating {}", dir.display())))?;
-        // The host's resolver, for the build only (a file of our own to bind onto).
-        let resolv = scratch.rootfs.join("etc/resolv.conf");
-        let _ = fs::remove_file(&resolv);
-        fs::write(&resolv, "").map_err(io(format!("creating {}", resolv.display())))?;
-        let mut setup = PipSetup {
-            env: BTreeMap::new(),
-            binds: vec![
-                Bind {
-                    host: PathBuf::from("/etc/resolv.conf"),
-                    inside: PathBuf::from("/etc/resolv.conf"),
-                    read_only: true,
-                },
-                Bind {
-                    host: pip_cache.to_path_buf(),
-                    inside: PathBuf::from(format!("{BUILD_SCRATCH}/pip-cache")),
-                    read_only: false,
-                },
-            ],
-            summary: Vec::new(),
-        };
-        let host_env: BTreeMap<String, String> = std::env::vars().collect();
-        let host = host::host_pip_config(&host_env);
-        for f in &host.files_read {
-            setup.summary.push(f.display().to_string());
-        }
-        let mut counter = 0usize;
-        let mut settings: BTreeMap<(String, String), String> = BTreeMap::new();
-        for ((section, key), value) in &host.file_settings {
-            let value = setup.rewrite(&dir, key, value, &mut counter)?;
-            settings.insert((section.clone(), key.clone()), value);
-        }
-        for (k, v) in &host.env {
-            let key = k
-                .strip_prefix("PIP_")
-                .map(|s| s.to_ascii_lowercase().replace('_', "-"))
-                .unwrap_or_else(|| match k.as_str() {
-                    "REQUESTS_CA_BUNDLE" | "SSL_CERT_FILE" => "cert".into(),
-                    _ => String::new(),
-                });
-            let value = setup.rewrite(&dir, &key, v, &mut counter)?;
-            setup.summary.push(format!("${k}"));
-            setup.env.insert(k.clone(), value);
-        }
-        let mut conf = String::from("# The host's pip configuration, for the image build only.\n");
-        let mut section = None;
-        for ((s, k), v) in &settings {
-            if section != Some(s) {
-                conf.push_str(&format!("[{s}]\n"));
-                section = Some(s);
-            }
-            conf.push_str(&format!("{k} = {}\n", v.replace('\n', "\n    ")));
-        }
-        let conf_path = dir.join("pip.conf");
-        fs::write(&conf_path, conf).map_err(io(format!("writing {}", conf_path.display())))?;
-        setup.env.insert(
-            "PIP_CONFIG_FILE".into(),
-            format!("{BUILD_SCRATCH}/pip.conf"),
-        );
-        setup
-            .env
-            .insert("PIP_CACHE_DIR".into(), format!("{BUILD_SCRATCH}/pip-cache"));
-        for line in &setup.summary {
-            progress.detail(&format!("pip setting from the host: {line}"));
-        }
-        Ok(setup)
-    }
-
-    /// A value as the chroot must see it: host files copied in, host directories bind-mounted.
-    fn rewrite(
-        &mut self,
-        dir: &Path,
-        key: &str,
-        value: &str,
-        counter: &mut usize,
-    ) -> Result<String, LabError> {
-        if host::FILE_KEYS.contains(&key) && Path::new(value).is_file() {
-            *counter += 1;
-            let name = format!("file-{counter}");
-            fs::copy(value, dir.join(&name))
-                .map_err(io(format!("copying the host's {value} for pip")))?;
-            return Ok(format!("{BUILD_SCRATCH}/{name}"));
-        }
-        if host::DIR_LIST_KEYS.contains(&key) {
-            let mut out = Vec::new();
-            for item in value.split_whitespace() {
-                let local = item.strip_prefix("file://").unwrap_or(item);
-                if !local.starts_with('/') {
-                    out.push(item.to_string());
-                    continue;
-                }
-                if !Path::new(local).is_dir() {
-                    // pip would only warn about it.
-                    continue;
-                }
-                *counter += 1;
-                let name = format!("links-{counter}");
-                fs::create_dir_all(dir.join(&name)).map_err(io("creating a bind-mount point"))?;
-                self.binds.push(Bind {
-                    host: PathBuf::from(local),
-                    inside: PathBuf::from(format!("{BUILD_SCRATCH}/{name}")),
-                    read_only: true,
-                });
-                out.push(format!("{BUILD_SCRATCH}/{name}"));
-            }
-            return Ok(out.join(if value.contains('\n') { "\n" } else { " " }));
-        }
-        Ok(value.to_string())
-    }
-
-    fn describe(&self) -> String {
-        if self.summary.is_empty() {
-            "none, pip's defaults".into()
-        } else {
-            self.summary.join(", ")
-        }
-    }
-}
-
-/// Writes a recipe file into the image, refusing a target whose parent leaves the image.
-fn install_file(rootfs: &Path, target: &str, content: &[u8], mode: u32) -> Result<(), LabError> {
-    let path = rootfs.join(target.trim_start_matches('/'));
-    let parent = path.parent().unwrap_or(rootfs);
-    fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-    let real_parent = parent
-        .canonicalize()
-        .map_err(io(format!("resolving {}", parent.display())))?;
-    let real_root = rootfs
-        .canonicalize()
-        .map_err(io(format!("resolving {}", rootfs.display())))?;
-    if !real_parent.starts_with(&real_root) {
-        return Err(LabError::Failed(format!(
-            "the recipe's file target {target} leads out of the image (to {})",
-            real_parent.display()
-        )));
-    }
-    let path = real_parent.join(path.file_name().unwrap_or_default());
-    let _ = fs::remove_file(&path);
-    fs::write(&path, content).map_err(io(format!("writing {}", path.display())))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))
-}
-
-/// Makes a command that runs as root inside the image being built, with extra bind mounts.
-type InRoot<'a> = dyn Fn(&[Bind], &[&str]) -> Result<std::process::Command, LabError> + 'a;
-
-/// The image has what the scenario relies on, and not what it must not have.
-fn check_image(rootfs: &Path, r: &Recipe, in_root: &InRoot) -> Result<(), LabError> {
-    for p in &r.debian.forbidden_packages {
-        let status = in_root(&[], &["/usr/bin/dpkg-query", "-W", "-f=${Status}", p])?
-            .output()
-            .map_err(io("running dpkg-query"))?;
-        if String::from_utf8_lossy(&status.stdout).contains("ok installed") {
-            return Err(LabError::Failed(format!(
-                "the image has the package `{p}`, which the recipe forbids (something pulled it in)"
-            )));
-        }
-    }
-    let user = RunAs {
-        uid: r.user.uid,
-        gid: r.user.gid,
-    };
-    let as_user = |argv: &[&str]| -> Result<std::process::Command, LabError> {
-        let mut c = chroot::rootfs_command(rootfs, Some(user), Some(&r.user.home), &[], argv[0])?;
-        c.args(&argv[1..])
-            .envs(r.config.env.iter().map(|(k, v)| (k.0.as_str(), v.as_str())));
-        Ok(c)
-    };
-    for c in &r.debian.forbidden_commands {
-        let out = as_user(&["/bin/bash", "-lc", &format!("command -v {c}")])?
-            .output()
-            .map_err(io("running bash"))?;
-        if out.status.success() {
-            return Err(LabError::Failed(format!(
-                "the image has the command `{c}` ({}), which the recipe forbids",
-                String::from_utf8_lossy(&out.stdout).trim()
-            )));
-        }
-    }
-    let ids = chroot::run_capture(as_user(&["/usr/bin/id"])?, "id")?;
-    let expected = format!(
-        "uid={}({}) gid={}({})",
-        r.user.uid, r.user.name, r.user.gid, r.user.group
-    );
-    if !ids.starts_with(&expected) {
-        return Err(LabError::Failed(format!(
-            "the image's user is `{}`, not `{expected}`",
-            ids.trim()
-        )));
-    }
-    let sudo = as_user(&["/usr/bin/sudo", "-n", "-l"])?
-        .output()
-        .map_err(io("running sudo"))?;
-    if sudo.status.success() {
-        return Err(LabError::Failed(format!(
-            "`sudo -l` works for {} in the image; the recipe's user must not be a sudoer: {}",
-            r.user.name,
-            String::from_utf8_lossy(&sudo.stdout).trim()
-        )));
-    }
-    if !r.venv.check_imports.is_empty() {
-        let python = format!("{}/bin/python", r.venv.path);
-        let code = format!(
-            "import {}",
-            r.venv
-                .check_imports
-                .iter()
-                .map(|m| m.0.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        chroot::run_capture(
-            as_user(&[&python, "-c", &code])?,
-            &format!("`{code}` in the image"),
-        )?;
-    }
-    Ok(())
 }
 
 /// Bytes used on disk under `path` (hard links counted once), like `du -s`.

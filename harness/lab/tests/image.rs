@@ -191,7 +191,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn the_first_ensure_builds_only_when_the_cache_has_no_image() {
     let s = shared();
-    let built = s.phases.iter().any(|p| p.starts_with("debootstrap"));
+    let built = s.phases.iter().any(|p| p.contains(": debootstrap "));
     let cached = s
         .phases
         .iter()
@@ -226,6 +226,32 @@ fn the_first_ensure_builds_only_when_the_cache_has_no_image() {
         "{:?}",
         record.python_packages
     );
+    // Exactly the lock: every pin installed at its version, and nothing else but what the
+    // venv itself brings (pip, setuptools).
+    let lock = guardlab_lab::image::load_recipe(&recipe_dir())
+        .unwrap()
+        .venv_lock;
+    let norm = guardlab_lab::image::normalize_project_name;
+    let installed: Vec<(String, String)> = record
+        .python_packages
+        .iter()
+        .filter_map(|l| l.split_once("=="))
+        .map(|(n, v)| (norm(n), v.to_string()))
+        .collect();
+    for pin in &lock.pins {
+        assert!(
+            installed.contains(&(pin.project.clone(), pin.version.clone())),
+            "{}=={} is pinned but not installed: {installed:?}",
+            pin.project,
+            pin.version
+        );
+    }
+    let extra: Vec<&(String, String)> = installed
+        .iter()
+        .filter(|(n, _)| lock.pin(n).is_none() && n != "pip" && n != "setuptools")
+        .collect();
+    assert!(extra.is_empty(), "installed but not pinned: {extra:?}");
+    assert_eq!(record.debian_suite, "bookworm", "the recipe's pinned suite");
     eprintln!(
         "image: {} MiB on disk, built in {:.0} s, Debian {}",
         record.size_bytes / (1 << 20),
@@ -257,7 +283,7 @@ fn a_second_ensure_uses_the_cache_without_rebuilding() {
         "{phases:?}"
     );
     assert!(
-        !phases.iter().any(|p| p.starts_with("debootstrap")),
+        !phases.iter().any(|p| p.contains(": debootstrap ")),
         "{phases:?}"
     );
     let after = std::fs::metadata(&again.rootfs).unwrap();

@@ -71,6 +71,14 @@ pub enum ServicesError {
     #[error("{}: {detail}", path.display())]
     BadWheel { path: PathBuf, detail: String },
 
+    /// A lock file (`manifests/image/*.lock`) is not what guardlab reads.
+    #[error("{}:{line}: {message}", file.display())]
+    Lock {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+
     /// The host's pip could not fetch the wheels.
     #[error("the host's pip could not fetch {requirements}: {detail}{}", output_tail(.output))]
     Pip {

@@ -14,13 +14,19 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::ServicesError;
+use crate::pylock::PythonLock;
 use crate::web::{Route, Site};
 
 /// The lab name of the package index (not a real registry's name).
 pub const LAB_INDEX_HOST: &str = "pypi.guardlab.test";
 
-/// What the baseline upgrades: `pip install --upgrade pip setuptools wheel`.
+/// What the baseline upgrades: `pip install --upgrade pip setuptools wheel`. The exact wheels
+/// the lab's index serves for them (and their dependencies) are pinned in
+/// [`INDEX_LOCK_FILE`].
 pub const BASELINE_REQUIREMENTS: [&str; 3] = ["pip", "setuptools", "wheel"];
+
+/// The lock of the lab index's wheels, in the image recipe's directory (`manifests/image/`).
+pub const INDEX_LOCK_FILE: &str = "index-wheels.lock";
 
 /// The pod's pip configuration (`/etc/pip.conf`): the lab index, trusted through the system
 /// bundle in which the lab CA is installed.
@@ -144,22 +150,22 @@ pub fn package_index_site(host: &str, wheel_dir: &Path) -> Result<Site, Services
 /// What [`fetch_wheels`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedWheels {
-    /// False when every requirement already had a wheel in the directory (nothing was run).
+    /// False when every pin already had its file in the directory (nothing was run).
     pub downloaded: bool,
-    /// Every wheel now in the directory.
+    /// Every wheel now in the directory: one per pin.
     pub wheels: Vec<PathBuf>,
 }
 
-/// Fills `dir` with wheels for `requirements` and their dependencies through the host's pip
-/// (`python3 -m pip download --only-binary=:all:`, with the host's own pip configuration).
-/// A no-op when every requirement already has a wheel in `dir`. pip downloads into a staging
-/// directory inside `dir`, removed afterwards, so a failed or killed fetch leaves no half file.
-///
-/// Dependencies are fetched too: `wheel` needs `packaging`, which `pip install --upgrade wheel`
-/// must then find in the lab index.
-pub fn fetch_wheels(dir: &Path, requirements: &[&str]) -> Result<FetchedWheels, ServicesError> {
+/// Fills `dir` with exactly the wheels `lock` pins, through the host's pip (`python3 -m pip
+/// download --require-hashes --no-deps --only-binary=:all:`, with the host's own pip
+/// configuration): pip checks each file against the lock's sha256, and so does this function
+/// for what is already in `dir`. Wheels in `dir` that match no pin are removed: the directory
+/// is what the lab's index serves, and nothing a person or an older guardlab left there may be
+/// served. A no-op when every pin has its file. pip downloads into a staging directory inside
+/// `dir`, removed afterwards, so a failed or killed fetch leaves no half file.
+pub fn fetch_wheels(dir: &Path, lock: &PythonLock) -> Result<FetchedWheels, ServicesError> {
     fs::create_dir_all(dir).map_err(|e| ServicesError::file("create", dir, e))?;
-    if missing_requirements(dir, requirements)?.is_empty() {
+    if missing_pins(dir, lock)?.is_empty() {
         return Ok(FetchedWheels {
             downloaded: false,
             wheels: wheel_paths(dir)?,
@@ -171,31 +177,19 @@ pub fn fetch_wheels(dir: &Path, requirements: &[&str]) -> Result<FetchedWheels, 
         .map_err(|e| ServicesError::file("create a staging directory in", dir, e))?;
     tracing::info!(
         dir = %dir.display(),
-        "fetching wheels for {} through the host's pip (once; cached afterwards)",
-        requirements.join(" ")
+        "fetching the wheels pinned in {} through the host's pip (once; cached afterwards)",
+        lock.file.display()
     );
-    run_host_pip_download(staging.path(), requirements)?;
-
-    // Requested projects last: if we die while moving, the cache stays "incomplete" and the
-    // next call fetches again instead of trusting a set without its dependencies.
-    let requested: Vec<String> = requirements
-        .iter()
-        .map(|r| normalize_project_name(requirement_name(r)))
-        .collect();
-    let mut downloaded = Vec::new();
+    run_host_pip_download(staging.path(), lock)?;
     for path in wheel_paths(staging.path())? {
-        let (file_name, project) = parse_wheel_file_name(&path)?;
-        downloaded.push((requested.contains(&project), file_name, path));
-    }
-    downloaded.sort();
-    for (_, file_name, path) in downloaded {
+        let (file_name, _) = parse_wheel_file_name(&path)?;
         let target = dir.join(&file_name);
         fs::rename(&path, &target).map_err(|e| ServicesError::file("move into place", &path, e))?;
     }
-    let still_missing = missing_requirements(dir, requirements)?;
+    let still_missing = missing_pins(dir, lock)?;
     if !still_missing.is_empty() {
         return Err(ServicesError::Pip {
-            requirements: requirements.join(" "),
+            requirements: lock.file.display().to_string(),
             detail: format!(
                 "pip succeeded but left no wheel for {}",
                 still_missing.join(", ")
@@ -209,31 +203,34 @@ pub fn fetch_wheels(dir: &Path, requirements: &[&str]) -> Result<FetchedWheels, 
     })
 }
 
-/// The requirements (their names, as given) that have no wheel in `dir`.
-pub fn missing_requirements(
-    dir: &Path,
-    requirements: &[&str],
-) -> Result<Vec<String>, ServicesError> {
-    let mut present = Vec::new();
+/// The pins of `lock` (as `name==version`) without a wheel in `dir` whose sha256 the pin
+/// allows. Wheels in `dir` that match no pin are removed.
+pub fn missing_pins(dir: &Path, lock: &PythonLock) -> Result<Vec<String>, ServicesError> {
+    let mut found = vec![false; lock.pins.len()];
     if dir.exists() {
         for path in wheel_paths(dir)? {
-            present.push(parse_wheel_file_name(&path)?.1);
+            let bytes = fs::read(&path).map_err(|e| ServicesError::file("read", &path, e))?;
+            let sha = hex::encode(Sha256::digest(&bytes));
+            match lock.pins.iter().position(|p| p.hashes.contains(&sha)) {
+                Some(i) => found[i] = true,
+                None => {
+                    tracing::info!(
+                        "removing {}: not a wheel pinned in {}",
+                        path.display(),
+                        lock.file.display()
+                    );
+                    fs::remove_file(&path).map_err(|e| ServicesError::file("remove", &path, e))?;
+                }
+            }
         }
     }
-    Ok(requirements
+    Ok(lock
+        .pins
         .iter()
-        .map(|r| requirement_name(r))
-        .filter(|name| !present.contains(&normalize_project_name(name)))
-        .map(str::to_string)
+        .zip(found)
+        .filter(|(_, f)| !f)
+        .map(|(p, _)| format!("{}=={}", p.name, p.version))
         .collect())
-}
-
-/// "pip>=23; python_version>'3'" -> "pip".
-fn requirement_name(requirement: &str) -> &str {
-    let end = requirement
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(requirement.len());
-    &requirement[..end]
 }
 
 fn wheel_paths(dir: &Path) -> Result<Vec<PathBuf>, ServicesError> {
@@ -282,10 +279,10 @@ fn parse_wheel_file_name(path: &Path) -> Result<(String, String), ServicesError>
 
 /// Runs the host's `python3 -m pip download` into `target`, its output going to the log as
 /// progress; its last lines go into the error when it fails.
-fn run_host_pip_download(target: &Path, requirements: &[&str]) -> Result<(), ServicesError> {
+fn run_host_pip_download(target: &Path, lock: &PythonLock) -> Result<(), ServicesError> {
     const KEEP_LINES: usize = 20;
     let pip_error = |detail: String, output: Vec<String>| ServicesError::Pip {
-        requirements: requirements.join(" "),
+        requirements: lock.file.display().to_string(),
         detail,
         output,
     };
@@ -294,6 +291,8 @@ fn run_host_pip_download(target: &Path, requirements: &[&str]) -> Result<(), Ser
             "-m",
             "pip",
             "download",
+            "--require-hashes",
+            "--no-deps",
             "--only-binary=:all:",
             "--progress-bar",
             "off",
@@ -302,7 +301,8 @@ fn run_host_pip_download(target: &Path, requirements: &[&str]) -> Result<(), Ser
             "--dest",
         ])
         .arg(target)
-        .args(requirements)
+        .arg("--requirement")
+        .arg(&lock.file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -354,8 +354,6 @@ mod tests {
             "foo-bar-baz-qux"
         );
         assert_eq!(normalize_project_name("setuptools"), "setuptools");
-        assert_eq!(requirement_name("pip>=23.0; python_version>'3'"), "pip");
-        assert_eq!(requirement_name("zope.interface[test]"), "zope.interface");
     }
 
     #[test]
@@ -383,15 +381,38 @@ mod tests {
     }
 
     #[test]
-    fn missing_requirements_look_at_normalized_wheel_names() {
+    fn only_wheels_with_a_pinned_hash_count_and_others_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("pip-26.0-py3-none-any.whl"), b"x").unwrap();
-        fs::write(dir.path().join("Setup_Tools-1-py3-none-any.whl"), b"x").unwrap();
+        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+        fs::write(dir.path().join("pip-26.0-py3-none-any.whl"), b"pip").unwrap();
+        // Right name, wrong bytes: left by someone else, not what the lock pins.
+        fs::write(
+            dir.path().join("wheel-0.48.0-py3-none-any.whl"),
+            b"tampered",
+        )
+        .unwrap();
         fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-        let missing =
-            missing_requirements(dir.path(), &["pip", "setup.tools>=1", "wheel"]).unwrap();
-        assert_eq!(missing, vec!["wheel".to_string()]);
-        assert!(missing_requirements(&dir.path().join("absent"), &["pip"]).unwrap() == ["pip"]);
+        let lock_text = format!(
+            "pip==26.0 --hash=sha256:{}\nwheel==0.48.0 --hash=sha256:{}\n",
+            sha(b"pip"),
+            sha(b"wheel")
+        );
+        let lock = PythonLock::parse(Path::new("index.lock"), &lock_text).unwrap();
+        let missing = missing_pins(dir.path(), &lock).unwrap();
+        assert_eq!(missing, vec!["wheel==0.48.0".to_string()]);
+        assert!(
+            !dir.path().join("wheel-0.48.0-py3-none-any.whl").exists(),
+            "removed"
+        );
+        assert!(dir.path().join("pip-26.0-py3-none-any.whl").exists());
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "not a wheel: not ours to judge"
+        );
+        assert_eq!(
+            missing_pins(&dir.path().join("absent"), &lock).unwrap(),
+            ["pip==26.0", "wheel==0.48.0"]
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! use guardlab_services::*;
 //! let ca = Arc::new(LabCa::load_or_create(std::path::Path::new("/var/cache/guardlab/ca"))?);
 //! let wheels = std::path::Path::new("/var/cache/guardlab/wheels");
-//! fetch_wheels(wheels, &BASELINE_REQUIREMENTS)?;
+//! let lock = PythonLock::read(std::path::Path::new("manifests/image/index-wheels.lock"))?;
+//! fetch_wheels(wheels, &lock)?;
 //! let web_ip = "198.18.0.10".parse().unwrap();
 //! let spec = InternetSpec {
 //!     zone: Zone::new(vec![
@@ -44,6 +45,7 @@ mod ca;
 mod dns;
 mod error;
 mod index;
+mod pylock;
 mod sourceforge;
 mod web;
 
@@ -57,9 +59,10 @@ pub use ca::{CA_CERT_FILE, CA_KEY_FILE, LabCa};
 pub use dns::{DnsOutcome, DnsQueryLog, DnsTransport, Zone};
 pub use error::ServicesError;
 pub use index::{
-    BASELINE_REQUIREMENTS, FetchedWheels, LAB_INDEX_HOST, Wheel, fetch_wheels,
-    missing_requirements, normalize_project_name, package_index_site, pip_conf, read_wheels,
+    BASELINE_REQUIREMENTS, FetchedWheels, INDEX_LOCK_FILE, LAB_INDEX_HOST, Wheel, fetch_wheels,
+    missing_pins, normalize_project_name, package_index_site, pip_conf, read_wheels,
 };
+pub use pylock::{Pin, PythonLock, pin_of_file};
 pub use sourceforge::{MINER_DOWNLOAD_PATH, SOURCEFORGE_HOST, sourceforge_site};
 pub use web::{RequestLog, Route, Scheme, Site};
 

@@ -1,5 +1,5 @@
 //! The lab package index works for a real pip over HTTPS trusting only the lab CA, and
-//! fetch_wheels fills its cache once through the host's pip.
+//! fetch_wheels fills its cache once through the host's pip with exactly the pinned wheels.
 //!
 //! pip runs with `--isolated` and an explicit `--index-url`/`--cert` so that the host's own
 //! pip configuration (find-links, registry, certificates) cannot leak into the check: the
@@ -162,19 +162,23 @@ async fn host_pip_fills_the_cache_once_and_the_lab_serves_the_baseline_upgrade()
         let ca_dir = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
 
+        let lock = PythonLock::read(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../manifests/image")
+                .join(INDEX_LOCK_FILE),
+        )
+        .unwrap();
         let first = tokio::task::spawn_blocking({
             let wheels = wheels.clone();
-            move || fetch_wheels(&wheels, &BASELINE_REQUIREMENTS)
+            let lock = lock.clone();
+            move || fetch_wheels(&wheels, &lock)
         })
         .await
         .unwrap()
         .unwrap();
         assert!(first.downloaded);
-        assert!(
-            missing_requirements(&wheels, &BASELINE_REQUIREMENTS)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(missing_pins(&wheels, &lock).unwrap().is_empty());
+        assert_eq!(first.wheels.len(), lock.pins.len(), "{:?}", first.wheels);
         let leftovers: Vec<_> = fs::read_dir(&wheels)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -182,7 +186,7 @@ async fn host_pip_fills_the_cache_once_and_the_lab_serves_the_baseline_upgrade()
             .collect();
         assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 
-        let second = fetch_wheels(&wheels, &BASELINE_REQUIREMENTS).unwrap();
+        let second = fetch_wheels(&wheels, &lock).unwrap();
         assert!(!second.downloaded, "a filled cache must not run pip again");
         assert_eq!(second.wheels, first.wheels);
 

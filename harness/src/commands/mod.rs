@@ -1,10 +1,11 @@
 //! What each command does. `run` dispatches a parsed command line.
 
 pub mod files;
+pub mod image;
 pub mod kind;
 pub mod lab;
 
-use crate::cli::{Command, LabCommand, PolicyCommand};
+use crate::cli::{Command, ImageCommand, LabCommand, PolicyCommand};
 use crate::report::{CommandResult, Outcome};
 use lab::LabVerb;
 
@@ -34,5 +35,6 @@ pub fn run(command: Command) -> CommandResult {
             Ok(Outcome::Clean)
         }
         Command::Scenario(args) => crate::scenario::run_scenario(&args),
+        Command::Image(ImageCommand::Lock { recipe }) => image::lock(&recipe),
     }
 }

@@ -19,9 +19,12 @@ pub struct AptSource {
     pub origin: String,
 }
 
-/// The host's main Debian source: the first `deb` source whose suite is a release (no `-updates`,
-/// `-security`, `-backports`), else the first `deb` source.
-pub fn host_apt_source(etc_apt: &Path) -> Result<AptSource, LabError> {
+/// The host's Debian source to debootstrap `suite` from: the first `deb` source of that suite,
+/// else the first whose suite is a release (no `-updates`, `-security`, `-backports`: a main
+/// archive, which carries the other releases too), else the first `deb` source. The suite of
+/// the result is always `suite`; a mirror that lacks it makes debootstrap fail, and the build
+/// then says so.
+pub fn host_apt_source(etc_apt: &Path, suite: &str) -> Result<AptSource, LabError> {
     let mut sources = Vec::new();
     let list = etc_apt.join("sources.list");
     if let Ok(text) = std::fs::read_to_string(&list) {
@@ -46,9 +49,20 @@ pub fn host_apt_source(etc_apt: &Path) -> Result<AptSource, LabError> {
     let is_release = |s: &AptSource| !s.suite.contains(['-', '/']);
     let chosen = sources
         .iter()
-        .find(|s| is_release(s))
+        .find(|s| s.suite == suite)
+        .or_else(|| sources.iter().find(|s| is_release(s)))
         .or(sources.first())
-        .cloned();
+        .cloned()
+        .map(|mut s| {
+            if s.suite != suite {
+                // Its keyring signs its own release; debootstrap's default keyring (Debian's
+                // archive keys) signs `suite`.
+                s.keyring = None;
+                s.origin = format!("{}, asked for {suite} instead of {}", s.origin, s.suite);
+                s.suite = suite.to_string();
+            }
+            s
+        });
     chosen.ok_or_else(|| LabError::Missing {
         what: format!(
             "a `deb` source in the host's apt configuration ({})",
@@ -299,12 +313,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("guardlab-apt-unit-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sources.list.d")).unwrap();
         std::fs::write(dir.join("sources.list.d/debian.sources"), text).unwrap();
-        let s = host_apt_source(&dir).unwrap();
+        let s = host_apt_source(&dir, "bookworm").unwrap();
         assert_eq!(s.uri, "http://mirror.invalid/debian");
         assert_eq!(s.suite, "bookworm");
         assert_eq!(s.components, vec!["main", "contrib"]);
         assert_eq!(s.keyring, Some(PathBuf::from("/usr/share/keyrings/k.gpg")));
         assert!(s.origin.ends_with("debian.sources:1"), "{}", s.origin);
+
+        // A host of another release: its main archive, asked for the pinned suite, with
+        // debootstrap's own keyring instead of the host release's.
+        let s = host_apt_source(&dir, "trixie").unwrap();
+        assert_eq!(s.uri, "http://mirror.invalid/debian");
+        assert_eq!(s.suite, "trixie");
+        assert_eq!(s.keyring, None);
+        assert!(
+            s.origin.contains("asked for trixie instead of bookworm"),
+            "{}",
+            s.origin
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -322,7 +348,7 @@ mod tests {
 
     #[test]
     fn no_source_is_a_clear_error() {
-        let err = host_apt_source(Path::new("/nonexistent-guardlab")).unwrap_err();
+        let err = host_apt_source(Path::new("/nonexistent-guardlab"), "bookworm").unwrap_err();
         assert!(err.to_string().contains("apt"), "{err}");
     }
 

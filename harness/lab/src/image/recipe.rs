@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use guardlab_services::PythonLock;
+
 use crate::LabError;
 
 /// The recipe's file name inside the recipe directory.
@@ -33,7 +35,7 @@ pub struct Recipe {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebianSpec {
-    /// `host` or a suite name.
+    /// The Debian suite, by name (`bookworm`): the image is pinned to it whatever the host runs.
     pub suite: SuiteName,
     #[serde(default = "default_variant")]
     pub variant: DebootstrapVariant,
@@ -67,8 +69,12 @@ pub struct VenvSpec {
     pub path: AbsolutePath,
     /// The account that owns the environment (the recipe's user), or `root`.
     pub owner: AccountName,
-    /// pip requirement specifiers, e.g. `jupyter-server>=2.14,<3`.
+    /// pip requirement specifiers, e.g. `jupyter-server>=2.14,<3`: what `guardlab image lock`
+    /// resolves into the lock.
     pub packages: Vec<Requirement>,
+    /// The lock file (relative to the recipe directory): exact versions and hashes of every
+    /// package of the environment. The build installs exactly it.
+    pub lock: RelativeName,
     /// Python modules that must import with the environment's python after the build.
     #[serde(default)]
     pub check_imports: Vec<ModuleName>,
@@ -142,9 +148,17 @@ fn plain_word(value: &str, what: &str, extra: &str) -> Result<(), String> {
 }
 
 checked_string!(
-    /// `host` or a Debian suite name.
+    /// A Debian suite name.
     SuiteName,
-    |v| plain_word(v, "suite", "-._")
+    |v| {
+        plain_word(v, "suite", "-._")?;
+        if v == "host" {
+            return Err("suite `host` is no longer allowed: the image is pinned to a suite of its \
+                        own (for example `bookworm`), so that every host builds the same image"
+                .into());
+        }
+        Ok(())
+    }
 );
 checked_string!(
     /// A debootstrap variant.
@@ -342,12 +356,24 @@ pub struct LoadedRecipe {
     pub dir: PathBuf,
     /// The contents of `files`, in the recipe's order.
     pub file_contents: Vec<Vec<u8>>,
+    /// The venv's lock, parsed.
+    pub venv_lock: PythonLock,
     /// sha256 (hex) over the builder version, the recipe's bytes and every installed file.
     pub hash: String,
 }
 
-/// Reads, checks and hashes the recipe in `dir`.
+/// Reads, checks and hashes the recipe in `dir`, and its lock.
 pub fn load(dir: &Path) -> Result<LoadedRecipe, LabError> {
+    load_with(dir, true)
+}
+
+/// [`load`] for `guardlab image lock`, which makes the lock: a missing or broken lock is
+/// replaced, so it is not read (the result's lock has no pins).
+pub fn load_unlocked(dir: &Path) -> Result<LoadedRecipe, LabError> {
+    load_with(dir, false)
+}
+
+fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, LabError> {
     let file = dir.join(RECIPE_FILE);
     let bytes = std::fs::read(&file).map_err(|source| LabError::Io {
         context: format!("reading the image recipe {}", file.display()),
@@ -385,10 +411,47 @@ pub fn load(dir: &Path) -> Result<LoadedRecipe, LabError> {
         hash_part(&mut hasher, &f.source, &content);
         file_contents.push(content);
     }
+    let lock_path = dir.join(&recipe.venv.lock.0);
+    if !locked {
+        return Ok(LoadedRecipe {
+            venv_lock: PythonLock {
+                file: lock_path,
+                pins: Vec::new(),
+                sha256: String::new(),
+            },
+            recipe,
+            dir: dir.to_path_buf(),
+            file_contents,
+            hash: hex::encode(hasher.finalize()),
+        });
+    }
+    let lock_at = location_of(&file, &text, &format!("lock: {}", recipe.venv.lock));
+    let lock_bytes = std::fs::read(&lock_path).map_err(|e| {
+        LabError::Failed(format!(
+            "{lock_at}: field `venv.lock`: cannot read {}: {e} (make it with `guardlab image lock`)",
+            lock_path.display()
+        ))
+    })?;
+    let venv_lock = PythonLock::read(&lock_path)
+        .map_err(|e| LabError::Failed(format!("{e} (the lock of {lock_at}: field `venv.lock`)")))?;
+    for p in &recipe.venv.packages {
+        let end = p
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .unwrap_or(p.len());
+        if venv_lock.pin(&p[..end]).is_none() {
+            return Err(LabError::Failed(format!(
+                "{}: field `venv.packages`: `{p}` is not pinned in {}: run `guardlab image lock`",
+                location_of(&file, &text, &format!("- {p}")),
+                lock_path.display()
+            )));
+        }
+    }
+    hash_part(&mut hasher, &recipe.venv.lock, &lock_bytes);
     Ok(LoadedRecipe {
         recipe,
         dir: dir.to_path_buf(),
         file_contents,
+        venv_lock,
         hash: hex::encode(hasher.finalize()),
     })
 }
@@ -411,10 +474,10 @@ mod tests {
 
     const GOOD: &str = "image: x/y:1
 debian:
-  suite: host
+  suite: bookworm
   packages: [bash]
 user: {name: jovyan, uid: 1000, group: users, gid: 100, home: /home/jovyan, shell: /bin/bash}
-venv: {path: /opt/venv, owner: jovyan, packages: [ipykernel]}
+venv: {path: /opt/venv, owner: jovyan, packages: [ipykernel], lock: venv.lock}
 files:
   - {source: a.sh, target: /usr/local/bin/a.sh, mode: \"0755\"}
 config: {working_dir: /home/jovyan, env: {PATH: /bin}}
@@ -431,8 +494,11 @@ config: {working_dir: /home/jovyan, env: {PATH: /bin}}
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.sh"), "echo a\n").unwrap();
+        std::fs::write(dir.join("venv.lock"), LOCK).unwrap();
         dir
     }
+
+    const LOCK: &str = "ipykernel==6.31.0 \\\n    --hash=sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n";
 
     #[test]
     fn a_good_recipe_loads_and_its_hash_follows_the_installed_files() {
@@ -443,7 +509,11 @@ config: {working_dir: /home/jovyan, env: {PATH: /bin}}
         assert_eq!(first.hash.len(), 64);
         assert_eq!(load(&dir).unwrap().hash, first.hash, "the hash is stable");
         std::fs::write(dir.join("a.sh"), "echo b\n").unwrap();
-        assert_ne!(load(&dir).unwrap().hash, first.hash);
+        let second = load(&dir).unwrap().hash;
+        assert_ne!(second, first.hash);
+        // A new pin is a new image.
+        std::fs::write(dir.join("venv.lock"), LOCK.replace("6.31.0", "6.31.1")).unwrap();
+        assert_ne!(load(&dir).unwrap().hash, second);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -452,7 +522,18 @@ config: {working_dir: /home/jovyan, env: {PATH: /bin}}
         let dir = scratch();
         for (bad, line, words) in [
             (GOOD.replace("\"0755\"", "\"0989\""), 8, "octal"),
-            (GOOD.replace("suite: host", "suite: a/b"), 3, "suite"),
+            (GOOD.replace("suite: bookworm", "suite: a/b"), 3, "suite"),
+            (GOOD.replace("suite: bookworm", "suite: host"), 3, "pinned"),
+            (
+                GOOD.replace("[ipykernel]", "[ipykernel, notebook]"),
+                6,
+                "not pinned",
+            ),
+            (
+                GOOD.replace("lock: venv.lock", "lock: nope.lock"),
+                6,
+                "venv.lock",
+            ),
             (GOOD.replace("[bash]", "[Bash]"), 4, "upper-case"),
             (
                 GOOD.replace("home: /home/jovyan", "home: home"),

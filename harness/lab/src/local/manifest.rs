@@ -417,7 +417,9 @@ pub fn default_manifests_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("GUARDLAB_MANIFESTS") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
+    // `/work/guardlab/manifests` in messages, not `.../harness/lab/../../manifests`.
+    dir.canonicalize().unwrap_or(dir)
 }
 
 #[cfg(test)]

@@ -382,22 +382,27 @@ impl LocalLab {
     /// miner tarball.
     fn prepare_services(&self, progress: &dyn Progress) -> Result<ServicesConfig, LabError> {
         let cache = &self.options.services_cache_dir;
-        let wheels_dir = cache.join("wheels");
-        let missing = guardlab_services::missing_requirements(
-            &wheels_dir,
-            &guardlab_services::BASELINE_REQUIREMENTS,
-        )
-        .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        // Exactly the wheels the lock pins, in a directory of that lock's own: what an older
+        // lock (or a person) left elsewhere is never served.
+        let lock_path = self
+            .options
+            .manifests_dir
+            .join("image")
+            .join(guardlab_services::INDEX_LOCK_FILE);
+        let lock = guardlab_services::PythonLock::read(&lock_path)
+            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        let wheels_dir = cache.join("wheels").join(&lock.sha256[..12]);
+        let missing = guardlab_services::missing_pins(&wheels_dir, &lock)
+            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
         if !missing.is_empty() {
             progress.phase(&format!(
-                "fetching wheels for the lab's package index ({})",
-                missing.join(", ")
+                "fetching the wheels of the lab's package index ({}, pinned in {})",
+                missing.join(", "),
+                lock_path.display()
             ));
         }
-        blocking(|| {
-            guardlab_services::fetch_wheels(&wheels_dir, &guardlab_services::BASELINE_REQUIREMENTS)
-        })
-        .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        blocking(|| guardlab_services::fetch_wheels(&wheels_dir, &lock))
+            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
         let miner_tarball = match &self.options.miner_tarball {
             Some(path) => path.clone(),
             None => {

@@ -153,6 +153,9 @@ where
 /// environment (the tests talk to loopback only and name their CA explicitly; requests, under
 /// pip, would let REQUESTS_CA_BUNDLE override `--cert`). Panics when it cannot run.
 pub async fn run(program: &str, args: &[&str], cwd: &Path, seconds: u64) -> Output {
+    if program == "python3" {
+        host_python();
+    }
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -219,4 +222,16 @@ pub async fn assert_tcp_released(address: SocketAddr, what: &str) {
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+/// The host's python3 with pip, installed (with apt, saying so) when this machine lacks them,
+/// as the lab itself gets them: a fresh machine runs these tests too.
+pub fn host_python() {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        use guardlab_host::catalog::{PIP, PYTHON3};
+        guardlab_host::Host::new(false)
+            .ensure(&[&PYTHON3, &PIP], &guardlab_host::StderrProgress)
+            .unwrap_or_else(|e| panic!("these tests run the host's python3 -m pip: {e}"));
+    });
 }
