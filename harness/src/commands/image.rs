@@ -60,7 +60,7 @@ fn pin_changes(before: &[Pin], after: &[Pin]) -> Vec<String> {
         }
     }
     // By name, whatever the order of the files.
-    out.sort_by(|a, b| a[2..].cmp(&b[2..]));
+    out.sort_by_key(|line| line[2..].to_ascii_lowercase());
     out
 }
 

@@ -441,7 +441,11 @@ fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, LabError> {
         if venv_lock.pin(&p[..end]).is_none() {
             return Err(LabError::Failed(format!(
                 "{}: field `venv.packages`: `{p}` is not pinned in {}: run `guardlab image lock`",
-                location_of(&file, &text, &format!("- {p}")),
+                if text.contains(&format!("- {p}")) {
+                    location_of(&file, &text, &format!("- {p}"))
+                } else {
+                    location_of(&file, &text, p)
+                },
                 lock_path.display()
             )));
         }
