@@ -95,8 +95,8 @@ mod tests {
             pin_changes(&before, &after),
             [
                 "+ idna==3",
-                "~ Wheel==0.48.0 (other files)",
                 "~ pip 26.3 -> 26.4",
+                "~ Wheel==0.48.0 (other files)",
             ]
         );
         assert_eq!(pin_changes(&after, &before)[0], "- idna==3");
