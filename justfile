@@ -1,12 +1,22 @@
-# guardlab's recipes. `just` lists them. Install just with `cargo install just`.
+# guardlab's recipes. `just` lists them. Install just with `cargo install --locked just`; every
+# recipe is a plain command, so you can also run it without just.
 
 # List the recipes.
 default:
     @just --list
 
-# The whole test suite, as CI runs it (root: the sensor and lab tests need it).
+# The whole test suite (root: the sensor and lab tests need it).
 test:
     cargo test
+
+# The test suite exactly as CI runs it: no tracefs/debugfs/bpffs, an empty cache; then lints.
+ci:
+    .ci/run
+
+# The README's path on a debootstrapped Debian root with only the README's prerequisites (root,
+# ~30 min). `just fresh-check --suite trixie` tries another Debian release.
+fresh-check *args="":
+    .ci/fresh-check {{args}}
 
 # Fast tier: the pure engine, the event format and the file commands; no root needed.
 test-engine:
@@ -29,6 +39,18 @@ lab-down:
 lab-status:
     cargo run -- lab status
 
+# A newcomer's first run (empty target/ and cache) phase by phase, then a warm run (root).
+bench-cold:
+    .ci/bench-cold
+
+# New pins for the pod image's Python packages (manifests/image/*.lock; root). Review the diff.
+lock-image:
+    cargo run -- image lock
+
+# What guardlab needs from this host, and whether it has it.
+doctor:
+    cargo run -- doctor
+
 # The engine benchmark: 1,000,000 generated events through fingerprinting and deviation matching.
 bench:
     cargo bench -p guardlab-engine --bench replay
@@ -41,7 +63,7 @@ bench-sensor:
 bpf:
     sensor/bpf/build.sh
 
-# Formatting and lints.
+# Formatting and lints, as CI checks them.
 check:
     cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets
+    cargo clippy --workspace --all-targets -- -D warnings

@@ -48,6 +48,14 @@ fn venv() -> &'static Path {
             return dir;
         }
         let _ = std::fs::remove_dir_all(&dir);
+        // A fresh machine may have no python3 or no venv module (Debian splits it out): get
+        // them the way the lab gets its tools.
+        use guardlab_host::catalog::{PYTHON3, VENV};
+        guardlab_host::Host::new(false)
+            .ensure(&[&PYTHON3, &VENV], &guardlab_host::StderrProgress)
+            .unwrap_or_else(|e| {
+                panic!("the Jupyter driver tests run a Jupyter server in a venv: {e}")
+            });
         eprintln!("making the test venv {} (once)", dir.display());
         let status = Command::new("python3")
             .args(["-m", "venv"])

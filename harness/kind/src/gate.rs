@@ -712,6 +712,12 @@ mod tests {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
+        guardlab_host::Host::new(false)
+            .ensure(
+                &[&guardlab_host::catalog::PYTHON3],
+                &guardlab_host::StderrProgress,
+            )
+            .unwrap_or_else(|e| panic!("this test runs the gate program with python3: {e}"));
         let mut child = Command::new("python3")
             .args(["-c", &gate_program(port), "sh", "-c", "echo started $$"])
             .stdout(Stdio::piped())
