@@ -73,6 +73,10 @@ pub fn find_minerd_binary() -> Option<PathBuf> {
 /// (`cargo run` sets `CARGO` and `CARGO_MANIFEST_DIR`), build it first with the same cargo, in
 /// the same profile, so that `cargo run -- scenario ...` works on a fresh clone (plain
 /// `cargo run` builds only the `guardlab` binary). Cargo's own progress goes to stderr.
+///
+/// It is built the way `cargo run` at the workspace root resolved features (all default
+/// members, not `--package guardlab-minerd` alone, which resolves other features for tokio,
+/// clap and the rest and so compiles them all again): only minerd's own code is compiled.
 pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
     if let Some(path) = find_minerd_binary() {
         return Ok(path);
@@ -101,17 +105,20 @@ pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
         .skip(1)
         .take(2)
         .any(|dir| dir.file_name().is_some_and(|n| n == "release"));
+    // `CARGO_MANIFEST_DIR` is the guardlab package's; the workspace is two levels up when
+    // this is the project's own checkout (`harness/`), else the package itself.
+    let package_dir = Path::new(&manifest_dir);
+    let workspace_manifest = package_dir
+        .ancestors()
+        .map(|d| d.join("Cargo.toml"))
+        .find(|m| {
+            std::fs::read_to_string(m).is_ok_and(|text| text.contains("[workspace]"))
+        })
+        .unwrap_or_else(|| package_dir.join("Cargo.toml"));
     let mut build = std::process::Command::new(cargo);
     build
-        .args([
-            "build",
-            "--package",
-            "guardlab-minerd",
-            "--bin",
-            RELEASE_ENTRY,
-            "--manifest-path",
-        ])
-        .arg(Path::new(&manifest_dir).join("Cargo.toml"));
+        .args(["build", "--bin", RELEASE_ENTRY, "--manifest-path"])
+        .arg(&workspace_manifest);
     if release {
         build.arg("--release");
     }
