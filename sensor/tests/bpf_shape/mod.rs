@@ -57,7 +57,7 @@ impl fmt::Display for MemberShape {
             self.bit_offset / 8,
             self.size
         )?;
-        if self.bit_offset % 8 != 0 {
+        if !self.bit_offset.is_multiple_of(8) {
             write!(f, ", bit {}", self.bit_offset)?;
         }
         if let Some(bits) = self.bitfield_bits.filter(|b| *b != 0) {
