@@ -171,12 +171,14 @@ fn main() -> Result<()> {
 
     // One loopback listener for every connect storm, in a process of its own so that its CPU
     // time is not counted as the sensor's (which runs in this one).
-    let mut listener = Command::new(PROBE)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut listener = KilledOnDrop(
+        Command::new(PROBE)
+            .args(["serve", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
     let mut first = String::new();
-    BufReader::new(listener.stdout.take().context("listener stdout")?).read_line(&mut first)?;
+    BufReader::new(listener.0.stdout.take().context("listener stdout")?).read_line(&mut first)?;
     let port: u16 = first
         .trim()
         .strip_prefix("ok listening ")
@@ -209,11 +211,21 @@ fn main() -> Result<()> {
             }
         }
     }
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
     drop(auditd);
     print_table(&runs, &args);
     Ok(())
+}
+
+/// A helper process of the benchmark, killed and reaped however the benchmark ends (an error
+/// in a later setup included).
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn storm_command(cgroup: &OwnedCgroup, storm: Storm, n: u64, addr: &str) -> Result<Command> {
