@@ -59,9 +59,12 @@ bench:
 bench-sensor:
     cargo bench -p guardlab-sensor --bench overhead
 
-# Rebuild the eBPF object from its C sources (needs clang, llvm (llvm-strip), libbpf-dev); commit the result.
-bpf:
-    sensor/bpf/build.sh
+# Rebuild the eBPF object from its C sources; commit the result. Installs clang, llvm and
+# libbpf-dev first when missing (through guardlab-host, saying so); `just bpf --regen-vmlinux`
+# also regenerates vmlinux.h from this kernel's BTF (bpftool).
+bpf *args="":
+    cargo run -q -p guardlab-sensor --example bpf-tools -- {{args}}
+    sensor/bpf/build.sh {{args}}
 
 # Formatting and lints, as CI checks them.
 check:

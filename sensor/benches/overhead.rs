@@ -19,6 +19,7 @@
 //! vs expected; and events lost.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use guardlab_host::{Host, Requirement, StderrProgress, catalog};
 use guardlab_sensor::cgroup::{OwnedCgroup, spawn_into};
 use guardlab_sensor::{ContainerInfo, EventBody, Sensor, SensorConfig};
 
@@ -117,7 +119,9 @@ fn parse_args() -> Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: cargo bench -p guardlab-sensor --bench overhead [-- --execs N --connects N --rounds N --setups LIST]\n\
-                     example: cargo bench -p guardlab-sensor --bench overhead -- --execs 2000 --rounds 1"
+                     example: cargo bench -p guardlab-sensor --bench overhead -- --execs 2000 --rounds 1\n\
+                     auditd and bpftrace are installed with apt-get when missing (saying so first); \
+                     GUARDLAB_NO_INSTALL=1 refuses and names the command instead."
                 );
                 std::process::exit(0);
             }
@@ -133,16 +137,18 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs and configures auditd: run it with sudo");
     }
-    for tool in ["auditctl", "auditd", "bpftrace"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()?
-            .stdout
-            .is_empty()
-        {
-            bail!("{tool} is not installed (Debian: apt-get install auditd bpftrace)");
-        }
+    // The comparison points, installed through guardlab-host when missing (said first,
+    // recorded for `guardlab clean`; GUARDLAB_NO_INSTALL=1 refuses and names the command).
+    let mut tools: Vec<&Requirement> = Vec::new();
+    if args.setups.contains(&Setup::Auditd) {
+        tools.push(&catalog::AUDITCTL); // the auditd package brings auditd and auditctl
     }
+    if args.setups.contains(&Setup::Bpftrace) {
+        tools.push(&catalog::BPFTRACE);
+    }
+    Host::new(false)
+        .ensure(&tools, &StderrProgress)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -165,12 +171,14 @@ fn main() -> Result<()> {
 
     // One loopback listener for every connect storm, in a process of its own so that its CPU
     // time is not counted as the sensor's (which runs in this one).
-    let mut listener = Command::new(PROBE)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut listener = KilledOnDrop(
+        Command::new(PROBE)
+            .args(["serve", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
     let mut first = String::new();
-    BufReader::new(listener.stdout.take().context("listener stdout")?).read_line(&mut first)?;
+    BufReader::new(listener.0.stdout.take().context("listener stdout")?).read_line(&mut first)?;
     let port: u16 = first
         .trim()
         .strip_prefix("ok listening ")
@@ -203,11 +211,21 @@ fn main() -> Result<()> {
             }
         }
     }
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
     drop(auditd);
     print_table(&runs, &args);
     Ok(())
+}
+
+/// A helper process of the benchmark, killed and reaped however the benchmark ends (an error
+/// in a later setup included).
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn storm_command(cgroup: &OwnedCgroup, storm: Storm, n: u64, addr: &str) -> Result<Command> {
@@ -530,6 +548,57 @@ impl Drop for AuditDaemon {
     }
 }
 
+/// Runs `command` in a mount namespace of its own, private (nothing reaches the host), with
+/// tracefs at /sys/kernel/tracing and debugfs at /sys/kernel/debug. bpftrace (0.17) finds
+/// tracepoints through tracefs, which a fresh host does not mount; guardlab's sensor needs
+/// neither, and the host is left as it was.
+fn with_tracefs_of_its_own(command: &mut Command) {
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in a constant");
+    let (root, tracing, debug, tracefs, debugfs) = (
+        c("/"),
+        c("/sys/kernel/tracing"),
+        c("/sys/kernel/debug"),
+        c("tracefs"),
+        c("debugfs"),
+    );
+    let run = move || -> std::io::Result<()> {
+        let check = |rc: i32| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: system calls with C strings made before the fork; no allocation here.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                tracefs.as_ptr(),
+                tracing.as_ptr(),
+                tracefs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                debugfs.as_ptr(),
+                debug.as_ptr(),
+                debugfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ))
+        }
+    };
+    // SAFETY: `run` only makes system calls between fork and exec.
+    unsafe { command.pre_exec(run) };
+}
+
 /// bpftrace printing every exec, its output counted on a thread.
 struct Bpftrace {
     child: Child,
@@ -538,12 +607,15 @@ struct Bpftrace {
 
 impl Bpftrace {
     fn start() -> Result<Bpftrace> {
-        let mut child = Command::new("bpftrace")
+        let mut command = Command::new("bpftrace");
+        command
             .args(["-e", r#"tracepoint:sched:sched_process_exec { printf("%d %s\n", pid, str(args->filename)); }"#])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting bpftrace")?;
+            .stderr(Stdio::piped());
+        with_tracefs_of_its_own(&mut command);
+        let mut child = command.spawn().context(
+            "starting bpftrace (in a mount namespace of its own, with tracefs and debugfs mounted)",
+        )?;
         let mut lines = BufReader::new(child.stdout.take().context("bpftrace stdout")?).lines();
         // Attached once it says so.
         let deadline = Instant::now() + Duration::from_secs(60);

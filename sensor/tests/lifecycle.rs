@@ -13,6 +13,7 @@ use guardlab_sensor::SensorConfig;
 
 /// Ids of loaded programs and of the programs behind every link, per bpftool.
 fn kernel_program_ids() -> (Vec<u64>, Vec<u64>) {
+    host_tools(&[&guardlab_host::catalog::BPFTOOL]);
     let ids = |args: &[&str], field: &str| -> Vec<u64> {
         let out = Command::new("bpftool")
             .args(args)

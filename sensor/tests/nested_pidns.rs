@@ -183,6 +183,8 @@ struct Node {
 
 impl Node {
     fn start(port: u16, cgroup_root: &Path) -> Node {
+        // util-linux brings unshare, nsenter and setsid.
+        host_tools(&[&guardlab_host::catalog::UNSHARE]);
         let mut unshare = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
             .arg(SENSOR_BIN)

@@ -221,7 +221,16 @@ mod tests {
                 mounted("/sys/kernel/btf").unwrap_or_else(|| panic!("node {i}: no BTF mount"));
             assert!(btf.read_only, "node {i}: BTF must be mounted read-only");
             assert_eq!(btf.host_path, "/sys/kernel/btf");
-            assert!(mounted("/sys/fs/bpf").is_some(), "node {i}: no bpffs mount");
+            // The sensor needs no tracefs, debugfs or bpffs (sensor/tests/no_kernel_filesystems.rs).
+            for (_, m) in cluster.mounts() {
+                for unneeded in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/debug"] {
+                    assert!(
+                        !m.container_path.starts_with(unneeded)
+                            && !m.host_path.starts_with(unneeded),
+                        "node {i}: {m:?} mounts what the sensor does not need"
+                    );
+                }
+            }
             // The node's own cgroup tree and /proc are what the sensor must see (see the file's
             // comments); the machine's would break the kubelet or expose the user's processes.
             for (_, m) in cluster.mounts() {

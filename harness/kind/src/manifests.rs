@@ -675,11 +675,16 @@ mod tests {
             host_path_of("/sys/kernel/btf"),
             ("/sys/kernel/btf".into(), true)
         );
-        assert_eq!(host_path_of("/sys/fs/bpf"), ("/sys/fs/bpf".into(), false));
         assert_eq!(
             host_path_of("/host/sys/fs/cgroup"),
             ("/sys/fs/cgroup".into(), true)
         );
+        // Nothing else: no tracefs, debugfs or bpffs (the sensor needs none of them,
+        // sensor/tests/no_kernel_filesystems.rs), and no volume that no mount uses.
+        let mut mount_paths: Vec<&str> = mounts.iter().map(|m| m.mount_path.as_str()).collect();
+        mount_paths.sort_unstable();
+        assert_eq!(mount_paths, ["/host/sys/fs/cgroup", "/sys/kernel/btf"]);
+        assert_eq!(volumes.len(), mounts.len(), "{volumes:?}");
         let Object::ServiceAccount(sa) = find(&all, "ServiceAccount", SENSOR_DAEMONSET) else {
             unreachable!()
         };

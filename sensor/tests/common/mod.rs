@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use guardlab_host::{Host, Requirement, StderrProgress};
 use guardlab_sensor::cgroup::{OwnedCgroup, spawn_into};
 use guardlab_sensor::events::control::{SensorReply, WatchedContainer};
 use guardlab_sensor::{ContainerInfo, Event, EventBody, Sensor, SensorConfig};
@@ -38,6 +39,15 @@ pub fn require_root() {
         "the sensor tests load eBPF programs and create cgroups: they need root; run them with sudo \
          (sudo -E cargo test -p guardlab-sensor)"
     );
+}
+
+/// The host programs a test runs (`ip`, `bpftool`, `unshare`...), through guardlab-host: a
+/// fresh machine gets them installed (said first; CI is root), and a failure names the package
+/// and the command.
+pub fn host_tools(tools: &[&Requirement]) {
+    if let Err(e) = Host::new(false).ensure(tools, &StderrProgress) {
+        panic!("this test runs host programs: {e}");
+    }
 }
 
 /// A cgroup name no other test (or test run) uses.
@@ -233,6 +243,7 @@ impl Drop for NetNs {
 }
 
 pub fn ip(args: &[&str]) {
+    host_tools(&[&guardlab_host::catalog::IP]);
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -247,6 +258,7 @@ pub fn ip(args: &[&str]) {
 
 /// `bpftool -j ARGS`, parsed.
 pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
+    host_tools(&[&guardlab_host::catalog::BPFTOOL]);
     let out = Command::new("bpftool")
         .arg("-j")
         .args(args)
