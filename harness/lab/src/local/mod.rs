@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod netns;
 pub mod network;
 pub mod pod;
+pub mod preflight;
 pub mod protocol;
 pub mod sensor;
 pub mod services;
@@ -95,6 +96,10 @@ pub struct LocalLabOptions {
     pub daemon_command: Vec<OsString>,
     /// How long the notebook may take to answer once the pod started.
     pub ready_timeout: Duration,
+    /// The host, as `up` gets what the lab needs from it (see [`preflight`]): whether it may
+    /// install, mount and load modules (`--no-install` refuses), where it finds programs and
+    /// records its changes. By default installs follow `GUARDLAB_NO_INSTALL`.
+    pub host: guardlab_host::Host,
 }
 
 impl LocalLabOptions {
@@ -129,6 +134,7 @@ impl LocalLabOptions {
             sensor: true,
             daemon_command: vec![exe, "lab".into(), "daemon".into()],
             ready_timeout: Duration::from_secs(120),
+            host: guardlab_host::Host::new(false),
         }
     }
 }
@@ -383,12 +389,16 @@ impl LocalLab {
     fn prepare_services(&self, progress: &dyn Progress) -> Result<ServicesConfig, LabError> {
         let cache = &self.options.services_cache_dir;
         let wheels_dir = cache.join("wheels");
-        let missing = guardlab_services::missing_requirements(
-            &wheels_dir,
-            &guardlab_services::BASELINE_REQUIREMENTS,
-        )
-        .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        let missing = self.missing_wheels()?;
         if !missing.is_empty() {
+            // The preflight made sure of them; a cache emptied since needs them again.
+            self.options.host.ensure(
+                &[
+                    &guardlab_host::catalog::PYTHON3,
+                    &guardlab_host::catalog::PIP,
+                ],
+                progress,
+            )?;
             progress.phase(&format!(
                 "fetching wheels for the lab's package index ({})",
                 missing.join(", ")
@@ -428,10 +438,23 @@ impl LocalLab {
         })
     }
 
+    /// The baseline requirements the package index has no wheel for yet.
+    fn missing_wheels(&self) -> Result<Vec<String>, LabError> {
+        guardlab_services::missing_requirements(
+            &self.options.services_cache_dir.join("wheels"),
+            &guardlab_services::BASELINE_REQUIREMENTS,
+        )
+        .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))
+    }
+
     /// Start the daemon and wait for its report. On failure everything is removed again.
-    async fn start(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
+    async fn start(
+        &mut self,
+        host: &preflight::HostReady,
+        progress: &dyn Progress,
+    ) -> Result<LabInfo, LabError> {
         let options = &self.options;
-        let lab_cgroup = cgroup::lab_cgroup(&options.lab)?;
+        let lab_cgroup = cgroup::lab_cgroup(&host.cgroup2, &options.lab);
         let image_rootfs = self.image_rootfs()?;
         // A cached image gets this lab's registration when it is looked up.
         let image_user = match &options.image {
@@ -587,6 +610,8 @@ impl Lab for LocalLab {
 
     async fn up(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
         LocalLab::require_root()?;
+        // Before anything of the lab exists: a refusal leaves nothing behind.
+        let host = blocking(|| self.preflight(progress))?;
         std::fs::create_dir_all(&self.lab_dir).map_err(|source| LabError::Io {
             context: format!("creating {}", self.lab_dir.display()),
             source,
@@ -633,7 +658,7 @@ impl Lab for LocalLab {
         drop(lock);
         let _lock = LabLock::acquire(&self.lab_dir)?;
 
-        match self.start(progress).await {
+        match self.start(&host, progress).await {
             Ok(info) => Ok(info),
             Err(error) => {
                 // Leave nothing behind; the daemon's log goes into the error.
