@@ -71,8 +71,17 @@ pub fn leftover_labs(labs_dir: &Path) -> Result<Vec<LeftoverLab>, LabError> {
             continue;
         }
         let file = StateFile::in_dir(&dir);
-        if !file.path().exists() {
-            continue;
+        match fs::symlink_metadata(file.path()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // A lab directory is root's alone (0700): say so rather than miss the lab.
+            Err(e) => {
+                labs.push(LeftoverLab {
+                    state: Err(format!("reading {}: {e}", file.path().display())),
+                    dir,
+                });
+                continue;
+            }
         }
         let state = match file.load() {
             Ok(Some(state)) => Ok(state),
