@@ -306,3 +306,72 @@ fn clean_takes_down_a_lab_left_behind() {
         "and the empty labs directory"
     );
 }
+
+#[test]
+fn clean_remove_packages_runs_apt_get_remove_and_forgets_them() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "removing packages needs root: run this test as root (sudo)"
+    );
+    let places = Places::new(PACKAGES);
+    // An apt-get that records what it was asked, found before the host's own.
+    let bin = places.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let log = places.path("apt.log");
+    fs::write(
+        bin.join("apt-get"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\necho 'Removing clang ...'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(bin.join("apt-get"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let labs = places.path("labs");
+    let dry = places
+        .guardlab(&[
+            "clean",
+            "--remove-packages",
+            "--dry-run",
+            "--labs-dir",
+            labs.to_str().unwrap(),
+        ])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        text(&dry.stdout).contains("would run: apt-get remove clang debootstrap"),
+        "{}",
+        text(&dry.stdout)
+    );
+    assert!(!log.exists(), "--dry-run ran nothing");
+
+    let out = places
+        .guardlab(&[
+            "clean",
+            "--remove-packages",
+            "--labs-dir",
+            labs.to_str().unwrap(),
+        ])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "-y -q remove clang debootstrap\n"
+    );
+    assert!(stdout.contains("removed clang debootstrap"), "{stdout}");
+    assert!(
+        !places.path("state").exists(),
+        "nothing is recorded any more, and the ledger's directory is gone"
+    );
+}

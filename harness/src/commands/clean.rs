@@ -320,7 +320,10 @@ pub fn run(args: &CleanArgs) -> CommandResult {
             println!("would run: {command}");
         } else {
             match remove_packages(&host, &names) {
-                Ok(()) => host.ledger.forget(|e| e.kind == LedgerKind::Package)?,
+                Ok(()) => {
+                    host.ledger.forget(|e| e.kind == LedgerKind::Package)?;
+                    println!("removed {}", names.join(" "));
+                }
                 Err(e) => problems.push(e),
             }
         }
@@ -355,38 +358,49 @@ fn unmount(point: &Path) -> std::io::Result<()> {
     }
 }
 
-/// `apt-get remove -y <packages>`, its output as progress.
+/// `apt-get remove -y <packages>`, its output as progress as it comes.
 fn remove_packages(host: &Host, names: &[&str]) -> Result<(), String> {
+    use std::io::BufRead;
     let apt_get = host
         .apt_get
         .clone()
         .ok_or("this host has no apt-get: remove the packages with its package manager")?;
     let progress = ConsoleProgress { quiet: false };
+    let command_line = format!("apt-get remove -y {}", names.join(" "));
     progress.phase(&format!(
-        "removing the Debian packages guardlab installed: apt-get remove -y {}",
-        names.join(" ")
+        "removing the Debian packages guardlab installed: {command_line}"
     ));
-    let output = std::process::Command::new(&apt_get)
+    let failed = |e: std::io::Error| format!("running {}: {e}", apt_get.display());
+    let (reader, writer) = std::io::pipe().map_err(failed)?;
+    let mut command = std::process::Command::new(&apt_get);
+    command
         .args(["-y", "-q", "remove"])
         .args(names)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("running {}: {e}", apt_get.display()))?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    for line in text.lines() {
-        progress.detail(line);
+        .stdout(writer.try_clone().map_err(failed)?)
+        .stderr(writer);
+    let mut child = command.spawn().map_err(failed)?;
+    // The pipe's write ends live in `command`: without them the reads end with the child.
+    drop(command);
+    let mut tail = std::collections::VecDeque::new();
+    for line in std::io::BufReader::new(reader)
+        .lines()
+        .map_while(Result::ok)
+    {
+        progress.detail(&line);
+        if tail.len() == crate::console::FAILURE_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
     }
-    if output.status.success() {
+    let status = child.wait().map_err(failed)?;
+    if status.success() {
         Ok(())
     } else {
-        let tail: Vec<&str> = text.lines().rev().take(20).collect::<Vec<_>>();
         Err(format!(
-            "apt-get remove {} failed ({}); its last lines:\n    {}",
-            names.join(" "),
-            output.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+            "`{command_line}` failed ({status}); its last lines:\n    {}",
+            Vec::from(tail).join("\n    ")
         ))
     }
 }
