@@ -1,8 +1,9 @@
 //! The local backend: the scenario's pod in Linux namespaces and a cgroup on this host, on a lab
 //! network whose only "internet" is served by the lab itself.
 //!
-//! [`LocalLab::up`] prepares what takes time or the network (the pod image, the package index's
-//! wheels, the miner download), then starts the lab daemon ([`daemon_main`]) detached, inside
+//! [`LocalLab::up`] first makes sure the host has what the lab needs ([`preflight`]: installed,
+//! mounted or refused before anything of the lab exists), prepares what takes time or the
+//! network (the pod image, the package index's wheels, the miner download), then starts the lab daemon ([`daemon_main`]) detached, inside
 //! the lab's cgroup, and waits until the notebook answers. The daemon owns the running lab;
 //! [`LocalLab::down`] kills the lab's cgroup and removes everything its state file records.
 //!
