@@ -15,9 +15,13 @@ learns a fingerprint of what the pod does, turns it into a guard policy, runs an
 checks the deviations, red flags and process traces against snapshot files.\n\n\
 The file commands (validate, fingerprint, policy, merge, deviations, investigate) need no lab \
 and no privileges.",
-    after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since +30s --until +2m > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run."
+    after_help = "Examples:\n  guardlab doctor\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since +30s --until +2m > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run."
 )]
 pub struct Cli {
+    /// Refuse to install Debian packages, mount filesystems or load kernel modules: say what is
+    /// missing and the package that brings it instead. GUARDLAB_NO_INSTALL=1 does the same.
+    #[arg(long, global = true)]
+    pub no_install: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -97,6 +101,18 @@ pub enum Command {
     /// Bring the lab up, tear it down, or say what runs. Needs root.
     #[command(subcommand)]
     Lab(LabCommand),
+
+    /// Check this host for what guardlab needs: kernel facts, programs and their packages.
+    #[command(
+        after_help = "Examples:\n  guardlab doctor\n  guardlab doctor --no-install   # what `guardlab lab up --no-install` would refuse\n\nNeeds no root; nothing is installed or changed. \"installed by guardlab\" comes from guardlab's record of host changes (/var/lib/guardlab/host-changes, or $GUARDLAB_HOST_STATE_DIR).\n\nExit codes: 0 the local lab can run here (what it needs is met, or guardlab installs or mounts it when it runs), 1 something the lab needs cannot be had, 2 doctor could not run."
+    )]
+    Doctor,
+
+    /// Remove everything guardlab put on this host and list the packages it installed.
+    #[command(
+        after_help = "Examples:\n  guardlab clean --dry-run\n  guardlab clean\n  guardlab clean --remove-packages\n\nRemoves, saying each: every local lab left up or behind (as `guardlab lab down` does), guardlab's caches under $XDG_CACHE_HOME/guardlab (else ~/.cache/guardlab: pod images and their downloads, the lab CA, the package index's wheels, test environments), and the cgroup v2 mount guardlab made when no lab uses it. Then lists the Debian packages guardlab installed, with the apt-get command that removes them. Nothing outside guardlab's own directories is touched.\n\nExit codes: 0 done (or, with --dry-run, listed), 2 something could not be removed."
+    )]
+    Clean(CleanArgs),
 
     /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
     #[command(
@@ -204,6 +220,19 @@ pub struct LabArgs {
     /// Print every step and manifest, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove the Debian packages guardlab installed (apt-get remove), and forget them.
+    #[arg(long)]
+    pub remove_packages: bool,
+    /// Where local labs keep their state.
+    #[arg(long, value_name = "DIR", default_value = guardlab_lab::image::DEFAULT_LABS_DIR)]
+    pub labs_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod privilege;
 pub mod report;
 pub mod scenario;

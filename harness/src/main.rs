@@ -14,7 +14,13 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    match guardlab::commands::run(cli.command) {
+    if cli.no_install {
+        // What every part of guardlab reads (the host checks of a scenario's lab too) and what
+        // a re-run through sudo keeps (it preserves the environment).
+        // SAFETY: at start-up, before any thread exists.
+        unsafe { std::env::set_var(guardlab_host::NO_INSTALL_ENV, "1") };
+    }
+    match guardlab::commands::run(cli.command, cli.no_install) {
         Ok(outcome) => outcome.exit_code(),
         Err(failure) => report::fail(&failure),
     }

@@ -47,14 +47,18 @@ impl fmt::Display for Failure {
 
 pub type CommandResult = Result<Outcome, Failure>;
 
-/// Print a failure to stderr and give its exit code.
+/// Print a failure to stderr and give its exit code. The running phase's last output goes
+/// first when the failure does not quote it.
 pub fn fail(failure: &Failure) -> ExitCode {
+    crate::console::failure(&failure.to_string());
     eprintln!("guardlab: {failure}");
     ExitCode::from(2)
 }
 
-/// Lab progress for a terminal: a line per phase, indented detail lines under it.
-/// `quiet` keeps it silent (JSON-only runs, tests).
+/// Lab progress on the console: on a terminal one updating line per phase, in a log the phase
+/// lines and a detail line now and then (see [`crate::console`]). `quiet` keeps it silent
+/// (JSON-only runs, tests). Every value draws on the process's one console; when one goes away,
+/// its live line stays on the screen as it was.
 pub struct ConsoleProgress {
     pub quiet: bool,
 }
@@ -62,12 +66,20 @@ pub struct ConsoleProgress {
 impl guardlab_lab::Progress for ConsoleProgress {
     fn phase(&self, what: &str) {
         if !self.quiet {
-            println!("       lab: {what}");
+            crate::console::phase(what);
         }
     }
     fn detail(&self, line: &str) {
         if !self.quiet {
-            println!("         {line}");
+            crate::console::detail(line);
+        }
+    }
+}
+
+impl Drop for ConsoleProgress {
+    fn drop(&mut self) {
+        if !self.quiet {
+            crate::console::detach();
         }
     }
 }

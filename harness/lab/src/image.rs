@@ -329,33 +329,18 @@ fn remove_stale_builds(
     Ok(())
 }
 
-/// debootstrap's path, installing it with apt when it is missing (we are root here).
+/// debootstrap's path. `lab up` made sure of it before any slow work (with its own host, which
+/// carries `--no-install`); a direct caller of [`ensure_image`] gets it here through the host
+/// crate: installed after saying so, or refused naming the package (under
+/// `GUARDLAB_NO_INSTALL`, when not root, without apt-get).
 fn ensure_debootstrap(progress: &dyn Progress) -> Result<PathBuf, LabError> {
-    let find = || {
-        let path = std::env::var("PATH").unwrap_or_default();
-        path.split(':')
-            .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-            .map(|d| Path::new(d).join("debootstrap"))
-            .find(|p| p.is_file())
-    };
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    progress.phase("debootstrap is missing: installing it with apt-get");
-    let apt = |args: &[&str]| {
-        let mut c = std::process::Command::new("apt-get");
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    let install = ["install", "-y", "--no-install-recommends", "debootstrap"];
-    if chroot::run_streaming(apt(&install), "apt-get install debootstrap", progress).is_err() {
-        chroot::run_streaming(apt(&["update"]), "apt-get update", progress)?;
-        chroot::run_streaming(apt(&install), "apt-get install debootstrap", progress)?;
-    }
-    find().ok_or_else(|| LabError::Missing {
-        what: "debootstrap".into(),
-        hint: "apt-get installed it but it is not on PATH, /usr/sbin or /sbin".into(),
-    })
+    let host = guardlab_host::Host::new(false);
+    host.ensure(&[&guardlab_host::catalog::DEBOOTSTRAP], progress)?;
+    host.find_program("debootstrap")
+        .ok_or_else(|| LabError::Missing {
+            what: "debootstrap".into(),
+            hint: "the host crate found it a moment ago and now it is gone".into(),
+        })
 }
 
 /// Bytes used on disk under `path` (hard links counted once), like `du -s`.

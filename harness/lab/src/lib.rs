@@ -81,21 +81,9 @@ pub struct AllowedDestination {
     pub last_port: u16,
 }
 
-/// Progress of long work (image builds, rollouts), shown by the CLI layer.
-pub trait Progress: Send + Sync {
-    /// A new phase starts, e.g. "building the pod image".
-    fn phase(&self, what: &str);
-    /// A line of detail inside the current phase.
-    fn detail(&self, line: &str);
-}
-
-/// Progress that goes nowhere (tests).
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn phase(&self, _: &str) {}
-    fn detail(&self, _: &str) {}
-}
+/// Progress of long work (image builds, host installs, rollouts), shown by the CLI layer: the
+/// one trait of every guardlab crate, defined with the host checks that report through it.
+pub use guardlab_host::{NoProgress, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -115,6 +103,10 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// Something the host lacks and guardlab did not (or may not) install, mount or load; the
+    /// message names it and the Debian package that brings it.
+    #[error(transparent)]
+    Host(#[from] guardlab_host::HostError),
 }
 
 /// A lab backend.

@@ -111,9 +111,7 @@ pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
     let workspace_manifest = package_dir
         .ancestors()
         .map(|d| d.join("Cargo.toml"))
-        .find(|m| {
-            std::fs::read_to_string(m).is_ok_and(|text| text.contains("[workspace]"))
-        })
+        .find(|m| std::fs::read_to_string(m).is_ok_and(|text| text.contains("[workspace]")))
         .unwrap_or_else(|| package_dir.join("Cargo.toml"));
     let mut build = std::process::Command::new(cargo);
     build

@@ -98,8 +98,11 @@ async fn up_and_hold<L: Lab, F: Future<Output = String>>(
     stop: impl Future<Output = ()>,
     stream_gave_up: impl FnOnce(&L) -> F,
 ) -> CommandResult {
-    let progress = ConsoleProgress { quiet: false };
-    let info = lab.up(&progress).await.map_err(Failure::from)?;
+    let info = {
+        // Done with before anything else is printed: its live line stays as it is.
+        let progress = ConsoleProgress { quiet: false };
+        lab.up(&progress).await.map_err(Failure::from)?
+    };
     print!("{}", holding_notice(&info));
     let gave_up = stream_gave_up(&lab);
     tokio::pin!(stop);

@@ -18,7 +18,8 @@ pub enum LabVerb {
     Status,
 }
 
-pub fn run(verb: LabVerb, args: &LabArgs) -> CommandResult {
+/// `no_install`: refuse to install, mount or load what the host lacks (`--no-install`).
+pub fn run(verb: LabVerb, args: &LabArgs, no_install: bool) -> CommandResult {
     match args.backend {
         BackendArg::Local => {
             if args.dry_run {
@@ -28,7 +29,9 @@ pub fn run(verb: LabVerb, args: &LabArgs) -> CommandResult {
             }
             privilege::ensure_root("the local lab")?;
             let name = args.namespace.as_deref().unwrap_or(DEFAULT_LAB);
-            let lab = LocalLab::new(LocalLabOptions::new(name))?;
+            let mut options = LocalLabOptions::new(name);
+            options.host = guardlab_host::Host::new(no_install);
+            let lab = LocalLab::new(options)?;
             block_on(drive(lab, verb))
         }
         BackendArg::Kind => crate::commands::kind::run(verb, args),
@@ -49,15 +52,15 @@ pub(crate) fn block_on<F: std::future::Future<Output = CommandResult>>(future: F
 
 /// One verb on any backend: the same words for the learner whichever it is.
 pub(crate) async fn drive(mut lab: impl Lab, verb: LabVerb) -> CommandResult {
-    let progress = ConsoleProgress { quiet: false };
+    // Each progress is done with before the result is printed: its live line stays as it is.
     match verb {
         LabVerb::Up => {
-            let info = lab.up(&progress).await?;
+            let info = lab.up(&ConsoleProgress { quiet: false }).await?;
             print_info(&info);
             println!("The lab stays up until `guardlab lab down`.");
         }
         LabVerb::Down => {
-            lab.down(&progress).await?;
+            lab.down(&ConsoleProgress { quiet: false }).await?;
             println!(
                 "The {} lab is down; nothing it made remains.",
                 lab.backend()

@@ -1,5 +1,7 @@
 //! What each command does. `run` dispatches a parsed command line.
 
+pub mod clean;
+pub mod doctor;
 pub mod files;
 pub mod image;
 pub mod kind;
@@ -9,7 +11,8 @@ use crate::cli::{Command, ImageCommand, LabCommand, PolicyCommand};
 use crate::report::{CommandResult, Outcome};
 use lab::LabVerb;
 
-pub fn run(command: Command) -> CommandResult {
+/// `no_install`: the global `--no-install` (installs, mounts and module loads refused).
+pub fn run(command: Command, no_install: bool) -> CommandResult {
     match command {
         Command::Validate { files: paths } => files::validate(&paths),
         Command::Fingerprint { events, ungrouped } => files::fingerprint(&events, ungrouped),
@@ -27,9 +30,11 @@ pub fn run(command: Command) -> CommandResult {
             events,
             json,
         } => files::investigate(&policy, &events, json),
-        Command::Lab(LabCommand::Up(args)) => lab::run(LabVerb::Up, &args),
-        Command::Lab(LabCommand::Down(args)) => lab::run(LabVerb::Down, &args),
-        Command::Lab(LabCommand::Status(args)) => lab::run(LabVerb::Status, &args),
+        Command::Lab(LabCommand::Up(args)) => lab::run(LabVerb::Up, &args, no_install),
+        Command::Lab(LabCommand::Down(args)) => lab::run(LabVerb::Down, &args, no_install),
+        Command::Lab(LabCommand::Status(args)) => lab::run(LabVerb::Status, &args, no_install),
+        Command::Doctor => doctor::run(no_install),
+        Command::Clean(args) => clean::run(&args),
         Command::Lab(LabCommand::Daemon(args)) => {
             guardlab_lab::daemon_main(args)?;
             Ok(Outcome::Clean)

@@ -43,6 +43,9 @@ struct LabArgs {
     /// Run without the eBPF sensor.
     #[arg(long)]
     no_sensor: bool,
+    /// Refuse to install, mount or load what the host lacks; name it and its package instead.
+    #[arg(long)]
+    no_install: bool,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,7 @@ fn lab(args: &LabArgs) -> Result<LocalLab, guardlab_lab::LabError> {
     options.forward = Some(args.forward);
     options.sensor = !args.no_sensor;
     options.miner_tarball = args.miner_tarball.clone();
+    options.host = guardlab_host::Host::new(args.no_install);
     if let (Some(cache), ImageSource::Recipe { recipe_dir, .. }) =
         (&args.image_cache, &options.image)
     {

@@ -12,56 +12,22 @@ use std::time::{Duration, Instant};
 use crate::LabError;
 
 /// Where cgroup v2 is mounted on this host (`/sys/fs/cgroup` on most systems,
-/// `/sys/fs/cgroup/unified` on hybrid ones), from `/proc/self/mountinfo`.
+/// `/sys/fs/cgroup/unified` on hybrid ones, guardlab's own mount on hosts that had none), as the
+/// host crate finds it. `lab up` makes sure there is one first ([`guardlab_host::Host::ensure_cgroup2`]).
 pub fn cgroup2_mount() -> Result<PathBuf, LabError> {
-    let text = fs::read_to_string("/proc/self/mountinfo").map_err(|source| LabError::Io {
-        context: "reading /proc/self/mountinfo".into(),
-        source,
-    })?;
-    for line in text.lines() {
-        // `... mountpoint ... - fstype source options`
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() == Some("cgroup2")
-            && let Some(mount_point) = left.split_whitespace().nth(4)
-        {
-            return Ok(PathBuf::from(unescape_mountinfo(mount_point)));
-        }
-    }
-    Err(LabError::Missing {
-        what: "cgroup v2".into(),
-        hint: "mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or boot with systemd.unified_cgroup_hierarchy".into(),
+    guardlab_host::cgroup2_mount()?.ok_or_else(|| LabError::Missing {
+        what: "a cgroup v2 mount".into(),
+        hint: format!(
+            "`guardlab lab up` mounts one at {} (unless --no-install); or mount it yourself: \
+             `mount -t cgroup2 none /sys/fs/cgroup/unified`",
+            guardlab_host::OWN_CGROUP2_MOUNT
+        ),
     })
 }
 
-/// mountinfo escapes spaces and a few other bytes as `\ooo`.
-pub fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value =
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The lab's cgroup directory (not created).
-pub fn lab_cgroup(lab: &str) -> Result<PathBuf, LabError> {
-    Ok(cgroup2_mount()?.join("guardlab").join(lab))
+/// The lab's cgroup directory under the cgroup v2 mount `cgroup2` (not created).
+pub fn lab_cgroup(cgroup2: &Path, lab: &str) -> PathBuf {
+    cgroup2.join("guardlab").join(lab)
 }
 
 /// Create a cgroup directory (and its parents); fine when it exists.
@@ -284,15 +250,4 @@ pub fn remove_tree(path: &Path) -> Result<(), LabError> {
 /// Remove an empty parent like `<mount>/guardlab`; keeps it when another lab uses it.
 pub fn remove_if_empty(path: &Path) {
     let _ = fs::remove_dir(path);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_fields() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/sys/fs/cgroup"), "/sys/fs/cgroup");
-    }
 }

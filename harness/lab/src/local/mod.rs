@@ -1,8 +1,9 @@
 //! The local backend: the scenario's pod in Linux namespaces and a cgroup on this host, on a lab
 //! network whose only "internet" is served by the lab itself.
 //!
-//! [`LocalLab::up`] prepares what takes time or the network (the pod image, the package index's
-//! wheels, the miner download), then starts the lab daemon ([`daemon_main`]) detached, inside
+//! [`LocalLab::up`] first makes sure the host has what the lab needs ([`preflight`]: installed,
+//! mounted or refused before anything of the lab exists), prepares what takes time or the
+//! network (the pod image, the package index's wheels, the miner download), then starts the lab daemon ([`daemon_main`]) detached, inside
 //! the lab's cgroup, and waits until the notebook answers. The daemon owns the running lab;
 //! [`LocalLab::down`] kills the lab's cgroup and removes everything its state file records.
 //!
@@ -25,6 +26,7 @@ pub mod manifest;
 pub mod netns;
 pub mod network;
 pub mod pod;
+pub mod preflight;
 pub mod protocol;
 pub mod sensor;
 pub mod services;
@@ -95,6 +97,10 @@ pub struct LocalLabOptions {
     pub daemon_command: Vec<OsString>,
     /// How long the notebook may take to answer once the pod started.
     pub ready_timeout: Duration,
+    /// The host, as `up` gets what the lab needs from it (see [`preflight`]): whether it may
+    /// install, mount and load modules (`--no-install` refuses), where it finds programs and
+    /// records its changes. By default installs follow `GUARDLAB_NO_INSTALL`.
+    pub host: guardlab_host::Host,
 }
 
 impl LocalLabOptions {
@@ -129,6 +135,7 @@ impl LocalLabOptions {
             sensor: true,
             daemon_command: vec![exe, "lab".into(), "daemon".into()],
             ready_timeout: Duration::from_secs(120),
+            host: guardlab_host::Host::new(false),
         }
     }
 }
@@ -382,19 +389,18 @@ impl LocalLab {
     /// miner tarball.
     fn prepare_services(&self, progress: &dyn Progress) -> Result<ServicesConfig, LabError> {
         let cache = &self.options.services_cache_dir;
-        // Exactly the wheels the lock pins, in a directory of that lock's own: what an older
-        // lock (or a person) left elsewhere is never served.
-        let lock_path = self
-            .options
-            .manifests_dir
-            .join("image")
-            .join(guardlab_services::INDEX_LOCK_FILE);
-        let lock = guardlab_services::PythonLock::read(&lock_path)
-            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
-        let wheels_dir = cache.join("wheels").join(&lock.sha256[..12]);
-        let missing = guardlab_services::missing_pins(&wheels_dir, &lock)
-            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        let (lock_path, lock) = self.index_lock()?;
+        let wheels_dir = Self::wheels_dir(cache, &lock);
+        let missing = self.missing_wheels()?;
         if !missing.is_empty() {
+            // The preflight made sure of them; a cache emptied since needs them again.
+            self.options.host.ensure(
+                &[
+                    &guardlab_host::catalog::PYTHON3,
+                    &guardlab_host::catalog::PIP,
+                ],
+                progress,
+            )?;
             progress.phase(&format!(
                 "fetching the wheels of the lab's package index ({}, pinned in {})",
                 missing.join(", "),
@@ -433,10 +439,43 @@ impl LocalLab {
         })
     }
 
+    /// The baseline requirements the package index has no wheel for yet.
+    /// The lock of the lab index's wheels (`manifests/image/index-wheels.lock`), and its path.
+    fn index_lock(&self) -> Result<(PathBuf, guardlab_services::PythonLock), LabError> {
+        let lock_path = self
+            .options
+            .manifests_dir
+            .join("image")
+            .join(guardlab_services::INDEX_LOCK_FILE);
+        let lock = guardlab_services::PythonLock::read(&lock_path)
+            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        Ok((lock_path, lock))
+    }
+
+    /// Exactly the wheels the lock pins, in a directory of that lock's own: what an older lock
+    /// (or a person) left elsewhere is never served.
+    fn wheels_dir(cache: &Path, lock: &guardlab_services::PythonLock) -> PathBuf {
+        cache.join("wheels").join(&lock.sha256[..12])
+    }
+
+    /// The pins of the lab index that have no wheel in the cache yet.
+    fn missing_wheels(&self) -> Result<Vec<String>, LabError> {
+        let (_, lock) = self.index_lock()?;
+        guardlab_services::missing_pins(
+            &Self::wheels_dir(&self.options.services_cache_dir, &lock),
+            &lock,
+        )
+        .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))
+    }
+
     /// Start the daemon and wait for its report. On failure everything is removed again.
-    async fn start(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
+    async fn start(
+        &mut self,
+        host: &preflight::HostReady,
+        progress: &dyn Progress,
+    ) -> Result<LabInfo, LabError> {
         let options = &self.options;
-        let lab_cgroup = cgroup::lab_cgroup(&options.lab)?;
+        let lab_cgroup = cgroup::lab_cgroup(&host.cgroup2, &options.lab);
         let image_rootfs = self.image_rootfs()?;
         // A cached image gets this lab's registration when it is looked up.
         let image_user = match &options.image {
@@ -592,6 +631,8 @@ impl Lab for LocalLab {
 
     async fn up(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
         LocalLab::require_root()?;
+        // Before anything of the lab exists: a refusal leaves nothing behind.
+        let host = blocking(|| self.preflight(progress))?;
         std::fs::create_dir_all(&self.lab_dir).map_err(|source| LabError::Io {
             context: format!("creating {}", self.lab_dir.display()),
             source,
@@ -638,7 +679,7 @@ impl Lab for LocalLab {
         drop(lock);
         let _lock = LabLock::acquire(&self.lab_dir)?;
 
-        match self.start(progress).await {
+        match self.start(&host, progress).await {
             Ok(info) => Ok(info),
             Err(error) => {
                 // Leave nothing behind; the daemon's log goes into the error.

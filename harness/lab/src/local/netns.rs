@@ -150,13 +150,21 @@ impl Netns {
 
     /// Run `ip <args>` inside the namespace; its error output becomes the error.
     pub fn ip(&self, args: &[&str]) -> Result<(), LabError> {
+        let program = ip_program().ok_or_else(|| LabError::Missing {
+            what: format!("`ip` ({})", guardlab_host::catalog::IP.package),
+            hint: format!(
+                "it {}: `apt-get install {}` (`guardlab lab up` installs it unless --no-install)",
+                guardlab_host::catalog::IP.purpose,
+                guardlab_host::catalog::IP.package
+            ),
+        })?;
         let output = self
-            .command("ip")
+            .command(&program.to_string_lossy())
             .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|source| LabError::Io {
-                context: "running ip (iproute2)".into(),
+                context: format!("running {} (iproute2)", program.display()),
                 source,
             })?;
         if !output.status.success() {
@@ -180,6 +188,24 @@ impl Netns {
                 context: format!("writing {shown} in the {} namespace", self.role),
                 source,
             })
+    }
+
+    /// Write a sysctl of this namespace when the kernel has it; `false` when it has not (the
+    /// IPv6 knobs of a kernel booted with `ipv6.disable=1` or built without IPv6).
+    pub fn sysctl_if_present(&self, key: &str, value: &str) -> Result<bool, LabError> {
+        let path = format!("/proc/sys/{key}");
+        let value = value.to_string();
+        let shown = path.clone();
+        self.run(move || {
+            if !std::path::Path::new(&path).exists() {
+                return Ok(false);
+            }
+            fs::write(&path, value).map(|()| true)
+        })?
+        .map_err(|source| LabError::Io {
+            context: format!("writing {shown} in the {} namespace", self.role),
+            source,
+        })
     }
 
     /// A TCP listener bound inside the namespace.
@@ -235,6 +261,12 @@ impl Netns {
         let stream = std::net::TcpStream::from(fd);
         Ok(tokio::net::TcpSocket::from_std_stream(stream))
     }
+}
+
+/// The `ip` program (iproute2), looked for where the host crate looks (PATH, then the sbin
+/// directories, which a user's PATH under sudo may lack); `None` when the host has none.
+pub fn ip_program() -> Option<std::path::PathBuf> {
+    guardlab_host::Host::new(false).find_program("ip")
 }
 
 /// The inode of a namespace file such as `/proc/<pid>/ns/net`.

@@ -70,14 +70,16 @@ impl LabNetwork {
             PEER_INTERFACE,
             "netns",
             &internet_tid,
-        ])?;
+        ])
+        .map_err(veth_error)?;
 
         for ns in [&pod, &internet] {
             ns.ip(&["link", "set", "lo", "up"])?;
         }
-        // No IPv6 on the lab link: the lab speaks IPv4 only and stays quiet.
-        pod.sysctl(&format!("net/ipv6/conf/{POD_INTERFACE}/disable_ipv6"), "1")?;
-        internet.sysctl(&format!("net/ipv6/conf/{PEER_INTERFACE}/disable_ipv6"), "1")?;
+        // No IPv6 on the lab link: the lab speaks IPv4 only and stays quiet. A kernel without
+        // IPv6 (no such knob) has none to turn off.
+        pod.sysctl_if_present(&format!("net/ipv6/conf/{POD_INTERFACE}/disable_ipv6"), "1")?;
+        internet.sysctl_if_present(&format!("net/ipv6/conf/{PEER_INTERFACE}/disable_ipv6"), "1")?;
         pod.ip(&[
             "addr",
             "add",
@@ -103,6 +105,29 @@ impl LabNetwork {
         internet.sysctl("net/ipv4/ip_forward", "1")?;
         Ok(LabNetwork { internet, pod })
     }
+}
+
+/// The veth pair could not be made: when `ip` says the kernel does not know the device type,
+/// the error says that the kernel lacks the veth driver and how to get it.
+fn veth_error(error: LabError) -> LabError {
+    let text = error.to_string();
+    if lacks_device_type(&text) {
+        LabError::Missing {
+            what: "the kernel's veth driver".into(),
+            hint: format!(
+                "{text}; the lab joins its namespaces with a veth pair: the kernel needs \
+                 CONFIG_VETH, built in or as a module loaded with `modprobe veth` (Debian \
+                 package kmod)"
+            ),
+        }
+    } else {
+        error
+    }
+}
+
+/// What iproute2 says when the kernel has no driver for a link type (newer and older wording).
+fn lacks_device_type(ip_error: &str) -> bool {
+    ip_error.contains("Unknown device type") || ip_error.contains("Operation not supported")
 }
 
 /// `/etc/resolv.conf` of the pod.
@@ -139,6 +164,29 @@ mod tests {
                 "{address} is outside 198.18.0.0/15"
             );
         }
+    }
+
+    #[test]
+    fn a_kernel_without_veth_is_named_with_the_way_to_get_it() {
+        for said in [
+            "ip link add name eth0 type veth (in the pod namespace): Error: Unknown device type.",
+            "ip link add (in the pod namespace): RTNETLINK answers: Operation not supported",
+        ] {
+            let err = veth_error(LabError::Failed(said.into())).to_string();
+            assert!(
+                err.contains("veth driver")
+                    && err.contains("CONFIG_VETH")
+                    && err.contains("modprobe veth")
+                    && err.contains("kmod")
+                    && err.contains(said),
+                "{err}"
+            );
+        }
+        let other = "ip link add (in the pod namespace): RTNETLINK answers: File exists";
+        assert_eq!(
+            veth_error(LabError::Failed(other.into())).to_string(),
+            other
+        );
     }
 
     #[test]

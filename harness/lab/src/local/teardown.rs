@@ -5,11 +5,11 @@
 //! while we remove), then read the state again and remove what it records.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::local::cgroup;
-use crate::local::state::{LabState, StateFile};
+use crate::local::state::{LabLock, LabState, StateFile};
 use crate::{LabError, Progress};
 
 /// Remove the lab whose directory is `lab_dir`. Fine when there is nothing to remove.
@@ -37,6 +37,68 @@ pub fn teardown(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError>
     }
     remove_lab_dir(lab_dir)?;
     Ok(())
+}
+
+/// A lab that left its state file in a labs directory: up, coming up, or left behind by a
+/// killed harness.
+#[derive(Debug)]
+pub struct LeftoverLab {
+    /// The lab's directory (`<labs dir>/<lab>`).
+    pub dir: PathBuf,
+    /// Its state, or why it could not be read.
+    pub state: Result<LabState, String>,
+}
+
+/// The labs in `labs_dir`, found the way `lab status` and `lab down` find one: by its state
+/// file, `<labs dir>/<lab>/state.json`. A directory without one is not a lab (guardlab's own
+/// cgroup v2 mount point may be there too) and is not listed. Sorted by directory.
+pub fn leftover_labs(labs_dir: &Path) -> Result<Vec<LeftoverLab>, LabError> {
+    let entries = match fs::read_dir(labs_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LabError::Io {
+                context: format!("reading {}", labs_dir.display()),
+                source,
+            });
+        }
+    };
+    let mut labs = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        // A symbolic link is nobody's lab directory: never follow one out of the labs dir.
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let file = StateFile::in_dir(&dir);
+        match fs::symlink_metadata(file.path()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // A lab directory is root's alone (0700): say so rather than miss the lab.
+            Err(e) => {
+                labs.push(LeftoverLab {
+                    state: Err(format!("reading {}: {e}", file.path().display())),
+                    dir,
+                });
+                continue;
+            }
+        }
+        let state = match file.load() {
+            Ok(Some(state)) => Ok(state),
+            Ok(None) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        labs.push(LeftoverLab { dir, state });
+    }
+    labs.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(labs)
+}
+
+/// Removes the lab in `lab_dir` as `lab down` does (under the lab's lock, so never while its
+/// `up` runs), whatever its name.
+pub fn remove_lab(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError> {
+    let _lock = LabLock::acquire(lab_dir)?;
+    teardown(lab_dir, progress)
 }
 
 fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabError> {
@@ -97,11 +159,18 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
     // the host's namespace under a recorded name would be ours.
     for veth in &state.veths {
         for name in [&veth.name, &veth.peer] {
-            if Path::new("/sys/class/net").join(name).exists()
-                && is_ours_host_veth(name, &veth.name, &veth.peer)
-            {
+            if !Path::new("/sys/class/net").join(name).exists() {
+                continue;
+            }
+            let Some(ip) = crate::local::netns::ip_program() else {
+                progress.detail(&format!(
+                    "not checking the host's {name}: `ip` (Debian package iproute2) is missing"
+                ));
+                continue;
+            };
+            if is_ours_host_veth(&ip, name, &veth.name, &veth.peer) {
                 progress.detail(&format!("removing veth {name}"));
-                let _ = std::process::Command::new("ip")
+                let _ = std::process::Command::new(&ip)
                     .args(["link", "del", name])
                     .status();
             }
@@ -152,9 +221,9 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
 
 /// A host interface is only removed when it is a veth whose peer has the recorded name; the
 /// names are fixed (`eth0`, `pod0`), so this refuses to touch the host's own `eth0`.
-fn is_ours_host_veth(name: &str, a: &str, b: &str) -> bool {
+fn is_ours_host_veth(ip: &Path, name: &str, a: &str, b: &str) -> bool {
     let peer = if name == a { b } else { a };
-    match std::process::Command::new("ip")
+    match std::process::Command::new(ip)
         .args(["-o", "-d", "link", "show", "dev", name])
         .output()
     {
@@ -167,16 +236,7 @@ fn is_ours_host_veth(name: &str, a: &str, b: &str) -> bool {
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    text.lines().any(|line| {
-        line.split_whitespace()
-            .nth(4)
-            .map(cgroup::unescape_mountinfo)
-            .as_deref()
-            == Some(&path.display().to_string())
-    })
+    guardlab_host::mounts().is_ok_and(|mounts| mounts.iter().any(|m| m.target == path))
 }
 
 fn remove_lab_dir(lab_dir: &Path) -> Result<(), LabError> {
@@ -187,5 +247,57 @@ fn remove_lab_dir(lab_dir: &Path) -> Result<(), LabError> {
             context: format!("removing {}", lab_dir.display()),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::state::STATE_VERSION;
+
+    #[test]
+    fn leftover_labs_are_the_directories_with_a_state_file() {
+        let labs = tempfile::tempdir().unwrap();
+        let save = |dir: &Path, version: u32| {
+            fs::create_dir_all(dir).unwrap();
+            StateFile::in_dir(dir)
+                .save(&LabState {
+                    version,
+                    lab: "x".into(),
+                    phase: "ready".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        };
+        save(&labs.path().join("b-lab"), STATE_VERSION);
+        save(&labs.path().join("a-newer"), 99);
+        // Not labs: a directory without a state file (a mount point), a file, a link to a lab
+        // somewhere else.
+        fs::create_dir(labs.path().join("cgroup2")).unwrap();
+        fs::write(labs.path().join("notes"), "").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        save(&elsewhere.path().join("c"), STATE_VERSION);
+        std::os::unix::fs::symlink(elsewhere.path().join("c"), labs.path().join("c-link")).unwrap();
+
+        let found = leftover_labs(labs.path()).unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|l| l.dir.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a-newer", "b-lab"]);
+        assert!(
+            found[0]
+                .state
+                .as_ref()
+                .is_err_and(|e| e.contains("state version 99")),
+            "{:?}",
+            found[0].state
+        );
+        assert_eq!(found[1].state.as_ref().unwrap().phase, "ready");
+
+        assert!(
+            leftover_labs(&labs.path().join("none")).unwrap().is_empty(),
+            "no labs directory: no labs"
+        );
     }
 }
