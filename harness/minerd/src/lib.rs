@@ -15,5 +15,6 @@ pub mod work;
 
 pub use pool::{PoolClient, PoolConfig, PoolError, PoolHandle, start_pool};
 pub use release::{
-    RELEASE_TARBALL_NAME, ensure_minerd_binary, find_minerd_binary, pack_release_tarball,
+    MinerBuild, RELEASE_TARBALL_NAME, ensure_minerd_binary, find_minerd_binary,
+    pack_release_tarball, start_minerd_build,
 };

@@ -69,27 +69,23 @@ pub fn find_minerd_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// [`find_minerd_binary`], and when there is none but this program was started by cargo
-/// (`cargo run` sets `CARGO` and `CARGO_MANIFEST_DIR`), build it first with the same cargo, in
-/// the same profile, so that `cargo run -- scenario ...` works on a fresh clone (plain
-/// `cargo run` builds only the `guardlab` binary). Cargo's own progress goes to stderr.
+fn not_found(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "no `minerd` next to this program ({why}); build it with \
+             `cargo build --bin minerd`, or set {MINERD_ENV}"
+        ),
+    )
+}
+
+/// The cargo command that builds minerd when this program was started by cargo (`cargo run`
+/// sets `CARGO` and `CARGO_MANIFEST_DIR`), in the same profile.
 ///
 /// It is built the way `cargo run` at the workspace root resolved features (all default
 /// members, not `--package guardlab-minerd` alone, which resolves other features for tokio,
 /// clap and the rest and so compiles them all again): only minerd's own code is compiled.
-pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
-    if let Some(path) = find_minerd_binary() {
-        return Ok(path);
-    }
-    let not_found = |why: &str| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "no `minerd` next to this program ({why}); build it with \
-                 `cargo build -p guardlab-minerd --bin minerd`, or set {MINERD_ENV}"
-            ),
-        )
-    };
+fn cargo_build_command() -> io::Result<std::process::Command> {
     let (Some(cargo), Some(manifest_dir)) = (
         std::env::var_os("CARGO"),
         std::env::var_os("CARGO_MANIFEST_DIR"),
@@ -120,6 +116,18 @@ pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
     if release {
         build.arg("--release");
     }
+    Ok(build)
+}
+
+/// [`find_minerd_binary`], and when there is none but this program was started by cargo,
+/// build it first with the same cargo, so that `cargo run -- scenario ...` works on a fresh
+/// clone (plain `cargo run` builds only the `guardlab` binary). Cargo's own progress goes to
+/// stderr.
+pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
+    if let Some(path) = find_minerd_binary() {
+        return Ok(path);
+    }
+    let mut build = cargo_build_command()?;
     eprintln!("guardlab: building the scenario's miner stand-in (minerd) with cargo");
     let status = build.status()?;
     if !status.success() {
@@ -128,6 +136,64 @@ pub fn ensure_minerd_binary() -> io::Result<PathBuf> {
         )));
     }
     find_minerd_binary().ok_or_else(|| not_found("cargo built it somewhere else"))
+}
+
+/// A build of minerd running in the background (see [`start_minerd_build`]). Dropped before
+/// [`MinerBuild::wait`], it kills the build: nothing outlives the lab start that wanted it.
+#[derive(Debug)]
+pub struct MinerBuild {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl MinerBuild {
+    /// Waits for the build; its result is minerd's path, or an error with cargo's last lines.
+    pub fn wait(mut self) -> io::Result<PathBuf> {
+        let mut child = self.child.take().expect("waited once");
+        let status = child.wait()?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n  ");
+            return Err(io::Error::other(format!(
+                "building minerd failed ({status}); cargo said (last lines, all in {}):\n  {tail}",
+                self.log.display()
+            )));
+        }
+        find_minerd_binary().ok_or_else(|| not_found("cargo built it somewhere else"))
+    }
+}
+
+impl Drop for MinerBuild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts building minerd with cargo in the background, its output going to `log`, so that it
+/// compiles while the lab does other slow work (the pod image). `None` when there is nothing
+/// to build: minerd is already there, or this program was not started by cargo (then
+/// [`ensure_minerd_binary`] says what to do).
+pub fn start_minerd_build(log: &Path) -> Option<MinerBuild> {
+    if find_minerd_binary().is_some() {
+        return None;
+    }
+    let mut build = cargo_build_command().ok()?;
+    let out = std::fs::File::create(log).ok()?;
+    let err = out.try_clone().ok()?;
+    let child = build
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .ok()?;
+    Some(MinerBuild {
+        child: Some(child),
+        log: log.to_path_buf(),
+    })
 }
 
 #[cfg(test)]

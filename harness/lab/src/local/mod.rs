@@ -387,7 +387,11 @@ impl LocalLab {
 
     /// The lab internet's inputs: CA directory, wheels (fetched once through the host's pip),
     /// miner tarball.
-    fn prepare_services(&self, progress: &dyn Progress) -> Result<ServicesConfig, LabError> {
+    fn prepare_services(
+        &self,
+        miner_build: Option<guardlab_minerd::MinerBuild>,
+        progress: &dyn Progress,
+    ) -> Result<ServicesConfig, LabError> {
         let cache = &self.options.services_cache_dir;
         let (lock_path, lock) = self.index_lock()?;
         let wheels_dir = Self::wheels_dir(cache, &lock);
@@ -412,11 +416,16 @@ impl LocalLab {
         let miner_tarball = match &self.options.miner_tarball {
             Some(path) => path.clone(),
             None => {
-                let minerd = blocking(guardlab_minerd::ensure_minerd_binary).map_err(|e| {
-                    LabError::Missing {
-                        what: "the scenario's miner (minerd) for the lab's sourceforge.net".into(),
-                        hint: e.to_string(),
+                let minerd = match miner_build {
+                    Some(build) => {
+                        progress.phase("the miner's build (cargo): waiting for it to finish");
+                        blocking(|| build.wait())
                     }
+                    None => blocking(guardlab_minerd::ensure_minerd_binary),
+                }
+                .map_err(|e| LabError::Missing {
+                    what: "the scenario's miner (minerd) for the lab's sourceforge.net".into(),
+                    hint: e.to_string(),
                 })?;
                 let tarball = self.lab_dir.join(guardlab_minerd::RELEASE_TARBALL_NAME);
                 let bytes = guardlab_minerd::pack_release_tarball(&minerd).map_err(|source| {
@@ -505,9 +514,22 @@ impl LocalLab {
         state_file.save(&lab_state)?;
 
         let pod = manifest::load(&options.manifests_dir)?;
+        // Under `cargo run` on a fresh checkout the miner is not built yet: cargo builds it
+        // while the image is made (both take a while; they overlap).
+        let miner_build = if options.services && options.miner_tarball.is_none() {
+            let build = guardlab_minerd::start_minerd_build(&self.lab_dir.join("minerd-build.log"));
+            if build.is_some() {
+                progress.phase(
+                    "building the scenario's miner stand-in (minerd) with cargo, in the background",
+                );
+            }
+            build
+        } else {
+            None
+        };
         let runtime = self.resolve_image(image_user.as_ref(), progress)?;
         let services = if options.services {
-            Some(self.prepare_services(progress)?)
+            Some(self.prepare_services(miner_build, progress)?)
         } else {
             None
         };
