@@ -14,7 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::ServicesError;
-use crate::pylock::PythonLock;
+use crate::pylock::{PythonLock, normalize_project_name};
 use crate::web::{Route, Site};
 
 /// The lab name of the package index (not a real registry's name).
@@ -37,24 +37,6 @@ pub fn pip_conf(index_host: &str) -> String {
          index-url = https://{index_host}/simple\n\
          cert = /etc/ssl/certs/ca-certificates.crt\n"
     )
-}
-
-/// A project name in PEP 503 normal form: lowercase, runs of `-`, `_`, `.` become one `-`.
-pub fn normalize_project_name(name: &str) -> String {
-    let mut normalized = String::with_capacity(name.len());
-    let mut in_separator_run = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !in_separator_run {
-                normalized.push('-');
-            }
-            in_separator_run = true;
-        } else {
-            normalized.push(c.to_ascii_lowercase());
-            in_separator_run = false;
-        }
-    }
-    normalized
 }
 
 /// One wheel of the index.
@@ -346,15 +328,6 @@ fn run_host_pip_download(target: &Path, lock: &PythonLock) -> Result<(), Service
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn project_names_are_normalized_per_pep_503() {
-        assert_eq!(
-            normalize_project_name("Foo.Bar__baz-_-qux"),
-            "foo-bar-baz-qux"
-        );
-        assert_eq!(normalize_project_name("setuptools"), "setuptools");
-    }
 
     #[test]
     fn wheel_file_names_are_parsed_or_refused() {

@@ -60,9 +60,9 @@ pub use dns::{DnsOutcome, DnsQueryLog, DnsTransport, Zone};
 pub use error::ServicesError;
 pub use index::{
     BASELINE_REQUIREMENTS, FetchedWheels, INDEX_LOCK_FILE, LAB_INDEX_HOST, Wheel, fetch_wheels,
-    missing_pins, normalize_project_name, package_index_site, pip_conf, read_wheels,
+    missing_pins, package_index_site, pip_conf, read_wheels,
 };
-pub use pylock::{Pin, PythonLock, pin_of_file};
+pub use pylock::{Pin, PythonLock, normalize_project_name, pin_of_file};
 pub use sourceforge::{MINER_DOWNLOAD_PATH, SOURCEFORGE_HOST, sourceforge_site};
 pub use web::{RequestLog, Route, Scheme, Site};
 

@@ -13,7 +13,24 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::ServicesError;
-use crate::index::normalize_project_name;
+
+/// A project name in PEP 503 normal form: lowercase, runs of `-`, `_`, `.` become one `-`.
+pub fn normalize_project_name(name: &str) -> String {
+    let mut normalized = String::with_capacity(name.len());
+    let mut in_separator_run = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !in_separator_run {
+                normalized.push('-');
+            }
+            in_separator_run = true;
+        } else {
+            normalized.push(c.to_ascii_lowercase());
+            in_separator_run = false;
+        }
+    }
+    normalized
+}
 
 /// One pinned package.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +252,15 @@ mod tests {
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn project_names_are_normalized_per_pep_503() {
+        assert_eq!(
+            normalize_project_name("Foo.Bar__baz-_-qux"),
+            "foo-bar-baz-qux"
+        );
+        assert_eq!(normalize_project_name("setuptools"), "setuptools");
+    }
 
     #[test]
     fn pins_are_read_with_continuations_comments_and_lines() {
