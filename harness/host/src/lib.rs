@@ -17,17 +17,30 @@
 //!
 //! Nothing here depends on state a previous run or a person left behind: every check looks at
 //! the host as it is now.
+//!
+//! It also holds the few host facilities every guardlab crate uses, so that each exists once:
+//! [`ProcStat`] (`/proc/<pid>/stat`), [`Pidfd`] and [`process::signal_if_same`] (signals that
+//! cannot reach a process that reused a pid), [`unix_time_ns`], [`random_hex`] and
+//! [`runtime`] (the tokio runtime).
 
 mod apt;
+mod clock;
 mod ledger;
 mod mounts;
+pub mod process;
+mod random;
 mod requirement;
+mod runtime;
 
 use std::path::PathBuf;
 
+pub use clock::unix_time_ns;
 pub use ledger::{Ledger, LedgerEntry, LedgerKind};
 pub use mounts::{Mount, cgroup2_mount, mounts, parse_mountinfo, unescape_mountinfo};
+pub use process::{Pidfd, ProcStat};
+pub use random::random_hex;
 pub use requirement::{Probe, Requirement, catalog};
+pub use runtime::runtime;
 
 /// Environment variable that refuses installs and mounts like `--no-install` (any value but
 /// empty or `0`).
