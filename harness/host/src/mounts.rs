@@ -47,14 +47,19 @@ pub fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
+        // `\ooo` with a value that fits a byte; anything else is kept as it is.
+        let escaped = (bytes[i] == b'\\'
             && i + 3 < bytes.len()
             && bytes[i + 1..i + 4]
                 .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value =
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+                .all(|b| (b'0'..=b'7').contains(b)))
+        .then(|| {
+            bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |v, b| v * 8 + u32::from(b - b'0'))
+        })
+        .and_then(|v| u8::try_from(v).ok());
+        if let Some(value) = escaped {
             out.push(value);
             i += 4;
         } else {
@@ -210,6 +215,7 @@ mod tests {
 35 22 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
 36 22 0:31 / /sys/kernel/tracing rw - tracefs nodev rw
 40 22 0:32 / /mnt/with\\040space rw - tmpfs tmpfs rw
+41 22 0:33 / /mnt/odd\\777 rw - tmpfs tmpfs rw
 garbage
 ";
         let mounts = parse_mountinfo(text);
@@ -224,6 +230,8 @@ garbage
                 ("cgroup2", "/sys/fs/cgroup/unified"),
                 ("tracefs", "/sys/kernel/tracing"),
                 ("tmpfs", "/mnt/with space"),
+                // Not an escape the kernel writes (over 255): kept as it is.
+                ("tmpfs", "/mnt/odd\\777"),
             ]
         );
     }
