@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 
 pub use build::{DEBIAN_MIRROR_ENV, LockReport, lock_recipe};
 pub use cache::{
-    DEFAULT_LABS_DIR, ImageCache, ImageUser, PrunedEntry, PrunedKind, Registration, USERS_DIR,
-    image_registrations, images_used_by_labs, prune_images, remove_registration,
+    DEFAULT_LABS_DIR, ImageCache, ImageUser, LAB_CONFIG_FILE, LAB_STATE_FILE, PrunedEntry,
+    PrunedKind, Registration, USERS_DIR, image_registrations, images_used_by_labs, prune_images,
+    remove_registration,
 };
 pub use chroot::{Bind, RunAs, rootfs_command};
 pub use guardlab_services::{INDEX_LOCK_FILE, Pin, PythonLock, normalize_project_name};

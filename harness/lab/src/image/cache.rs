@@ -32,6 +32,13 @@ use crate::{LabError, Progress};
 
 /// Where local labs keep their state (`<dir>/<lab>/state.json`).
 pub const DEFAULT_LABS_DIR: &str = "/run/guardlab";
+/// A lab's state file in its directory (`<labs dir>/<lab>/state.json`): a registration counts
+/// while it exists, and its `image_rootfs` names the image the lab uses. The cache's side of
+/// what the local lab writes (its `state::STATE_FILE` is this name).
+pub const LAB_STATE_FILE: &str = "state.json";
+/// A lab's configuration in its directory, whose `runtime.rootfs` names the image of a lab
+/// started before labs recorded `image_rootfs` (the local lab's `state::CONFIG_FILE`).
+pub const LAB_CONFIG_FILE: &str = "config.json";
 
 /// Touched whenever a lab takes the image: its mtime is when the image was last used.
 const LAST_USED_FILE: &str = "last-used";
@@ -89,7 +96,7 @@ impl ImageUser {
         })?;
         Ok(ImageUser {
             lab: lab.to_string(),
-            state_file: lab_dir.join(crate::local::state::STATE_FILE),
+            state_file: lab_dir.join(LAB_STATE_FILE),
         })
     }
 
@@ -419,7 +426,7 @@ pub fn images_used_by_labs(labs_dir: &Path) -> Result<Vec<(String, PathBuf)>, La
     let mut used = Vec::new();
     for entry in entries.flatten() {
         let lab_dir = entry.path();
-        let state_path = lab_dir.join(crate::local::state::STATE_FILE);
+        let state_path = lab_dir.join(LAB_STATE_FILE);
         let text = match fs::read_to_string(&state_path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -438,7 +445,7 @@ pub fn images_used_by_labs(labs_dir: &Path) -> Result<Vec<(String, PathBuf)>, La
                 state_path.display()
             ))
         })?;
-        let config_path = lab_dir.join(crate::local::state::CONFIG_FILE);
+        let config_path = lab_dir.join(LAB_CONFIG_FILE);
         let rootfs = match state.get("image_rootfs").and_then(|v| v.as_str()) {
             Some(rootfs) => Some(PathBuf::from(rootfs)),
             None => fs::read_to_string(&config_path)
