@@ -10,15 +10,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use guardlab_host::Progress;
 use guardlab_services::{Pin, PythonLock};
 
+use super::cache::BuildLock;
 use super::chroot::{self, Bind, RunAs};
+use super::error::{CheckFailure, ImageError, IoContext};
 use super::recipe::{LoadedRecipe, Recipe};
 use super::{
-    BUILD_SCRATCH, ImageCache, ImageRecord, RECORD_FILE, ROOT_PATH, disk_usage, ensure_debootstrap,
-    host, io, remove_stale_builds, remove_tree,
+    BUILD_SCRATCH, DEBIAN_MIRROR_ENV, ImageCache, ImageRecord, RECIPE_FILE, RECORD_FILE, ROOT_PATH,
+    disk_usage, ensure_debootstrap, host, remove_stale_builds, remove_tree,
 };
-use crate::{LabError, Progress};
 
 /// The build directory: removed on drop unless it was renamed into place.
 struct BuildDir {
@@ -27,12 +29,14 @@ struct BuildDir {
 }
 
 impl BuildDir {
-    fn commit(mut self, final_dir: &Path) -> Result<(), LabError> {
-        fs::rename(&self.path, final_dir).map_err(io(format!(
-            "moving the finished image {} to {}",
-            self.path.display(),
-            final_dir.display()
-        )))?;
+    fn commit(mut self, final_dir: &Path) -> Result<(), ImageError> {
+        fs::rename(&self.path, final_dir).context(|| {
+            format!(
+                "moving the finished image {} to {}",
+                self.path.display(),
+                final_dir.display()
+            )
+        })?;
         self.committed = true;
         Ok(())
     }
@@ -76,15 +80,12 @@ enum Purpose {
     Lock,
 }
 
-/// Environment variable naming the Debian mirror to debootstrap from, for hosts whose apt
-/// sources name none that carries the recipe's suite (an Ubuntu host, say).
-pub const DEBIAN_MIRROR_ENV: &str = "GUARDLAB_DEBIAN_MIRROR";
-
 /// The image being built: its work directory (removed unless committed) and root filesystem.
 struct Stage<'a> {
     loaded: &'a LoadedRecipe,
     work: BuildDir,
     rootfs: PathBuf,
+    /// The Debian suite and the mirror it came from, for the image's record.
     suite: String,
     mirror: String,
     pip_cache: PathBuf,
@@ -94,7 +95,7 @@ struct Stage<'a> {
 
 impl Stage<'_> {
     /// A command that runs as root inside the image, with extra bind mounts.
-    fn in_root(&self, binds: &[Bind], argv: &[&str]) -> Result<std::process::Command, LabError> {
+    fn in_root(&self, binds: &[Bind], argv: &[&str]) -> Result<std::process::Command, ImageError> {
         let mut c = chroot::rootfs_command(&self.rootfs, None, None, binds, argv[0])?;
         c.args(&argv[1..]).envs([
             ("PATH", ROOT_PATH),
@@ -121,7 +122,7 @@ pub(super) fn build_image(
     cache: &ImageCache,
     final_dir: &Path,
     progress: &dyn Progress,
-) -> Result<(), LabError> {
+) -> Result<(), ImageError> {
     let r = &loaded.recipe;
     progress.phase(&format!(
         "building the pod image {} (recipe {}): a one-time job of a few minutes",
@@ -130,7 +131,7 @@ pub(super) fn build_image(
     ));
     if final_dir.exists() {
         // Not complete (checked by the caller): not ours to keep.
-        remove_tree(final_dir).map_err(io(format!("removing {}", final_dir.display())))?;
+        remove_tree(final_dir)?;
     }
     let stage = bootstrap(loaded, cache, Purpose::Image, progress)?;
     create_user(&stage, progress)?;
@@ -143,7 +144,7 @@ pub(super) fn build_image(
     let pip = create_venv(&stage, &scratch, progress)?;
     let lock_inside = format!("{BUILD_SCRATCH}/venv.lock");
     fs::copy(&loaded.venv_lock.file, scratch.dir().join("venv.lock"))
-        .map_err(io(format!("copying {}", loaded.venv_lock.file.display())))?;
+        .context(|| format!("copying {}", loaded.venv_lock.file.display()))?;
     stage.step(
         progress,
         3,
@@ -173,12 +174,12 @@ pub(super) fn build_image(
     ];
     let mut cmd = stage.in_root(&pip.binds, &argv)?;
     cmd.envs(&pip.env);
-    chroot::run_streaming(cmd, "pip install", progress).map_err(|e| {
-        LabError::Failed(format!(
-            "{e}\n(the image installs exactly {}; if a pinned file is no longer on the index, \
-             make new pins with `guardlab image lock`)",
-            loaded.venv_lock.file.display()
-        ))
+    chroot::run_streaming(cmd, "pip install", progress).map_err(|e| match e {
+        ImageError::Step(failure) => ImageError::PinnedInstall {
+            failure: Box::new(failure),
+            lock: loaded.venv_lock.file.clone(),
+        },
+        other => other,
     })?;
     let freeze = chroot::run_capture(
         {
@@ -210,7 +211,7 @@ pub(super) fn build_image(
         stage.rootfs.join("etc/hosts"),
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     )
-    .map_err(io("writing /etc/hosts"))?;
+    .context(|| "writing /etc/hosts")?;
     for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         let dir = stage.rootfs.join(dir);
         if let Ok(rd) = fs::read_dir(&dir) {
@@ -236,14 +237,17 @@ pub(super) fn build_image(
         size_bytes: disk_usage(&stage.rootfs),
         python_packages: freeze.lines().map(str::to_string).collect(),
     };
-    let text = serde_yaml::to_string(&record)
-        .map_err(|e| LabError::Failed(format!("writing the image record: {e}")))?;
     let record_path = stage.work.path.join(RECORD_FILE);
-    let mut f = fs::File::create(&record_path)
-        .map_err(io(format!("creating {}", record_path.display())))?;
+    let text = serde_yaml::to_string(&record).map_err(|source| ImageError::Record {
+        path: record_path.clone(),
+        action: "writing",
+        source,
+    })?;
+    let mut f =
+        fs::File::create(&record_path).context(|| format!("creating {}", record_path.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(io(format!("writing {}", record_path.display())))?;
+        .context(|| format!("writing {}", record_path.display()))?;
     stage.work.commit(final_dir)?;
     progress.phase(&format!(
         "built the pod image {} in {:.0} s ({} MiB) at {}",
@@ -272,25 +276,25 @@ pub fn lock_recipe(
     cache: &ImageCache,
     index_lock: &Path,
     progress: &dyn Progress,
-) -> Result<LockReport, LabError> {
+) -> Result<LockReport, ImageError> {
     let r = &loaded.recipe;
     progress.phase(&format!(
         "making new pins for {} and {} from {}'s venv.packages (a few minutes)",
         loaded.venv_lock.file.display(),
         index_lock.display(),
-        loaded.dir.join(super::RECIPE_FILE).display()
+        loaded.dir.join(RECIPE_FILE).display()
     ));
-    fs::create_dir_all(&cache.dir).map_err(io(format!("creating {}", cache.dir.display())))?;
+    fs::create_dir_all(&cache.dir).context(|| format!("creating {}", cache.dir.display()))?;
     // The recipe's build lock: a build of the same recipe would take our work directory for
     // an interrupted build of its own.
-    let _build_lock = super::cache::BuildLock::acquire(&cache.dir, &loaded.hash)?;
+    let _build_lock = BuildLock::acquire(&cache.dir, &loaded.hash)?;
     let stage = bootstrap(loaded, cache, Purpose::Lock, progress)?;
     let scratch = BuildScratch {
         rootfs: stage.rootfs.clone(),
     };
     let pip = create_venv(&stage, &scratch, progress)?;
     let venv_python = stage.venv_python();
-    let pip_run = |args: &[&str], what: &str| -> Result<(), LabError> {
+    let pip_run = |args: &[&str], what: &str| -> Result<(), ImageError> {
         let mut argv = vec![
             venv_python.as_str(),
             "-m",
@@ -326,7 +330,7 @@ pub fn lock_recipe(
         },
         "pip freeze",
     )?;
-    fs::write(scratch.dir().join("frozen.txt"), &freeze).map_err(io("writing frozen.txt"))?;
+    fs::write(scratch.dir().join("frozen.txt"), &freeze).context(|| "writing frozen.txt")?;
     stage.step(progress, 4, "downloading the chosen files to hash them");
     let venv_dir = format!("{BUILD_SCRATCH}/venv-files");
     let index_dir = format!("{BUILD_SCRATCH}/index-files");
@@ -347,13 +351,13 @@ pub fn lock_recipe(
     index_args.extend(guardlab_services::BASELINE_REQUIREMENTS);
     pip_run(&index_args, "pip download (lab index)")?;
 
-    let pins_in = |inside: &str| -> Result<Vec<Pin>, LabError> {
+    let pins_in = |inside: &str| -> Result<Vec<Pin>, ImageError> {
         let dir = stage.rootfs.join(inside.trim_start_matches('/'));
         let mut pins = Vec::new();
-        for e in fs::read_dir(&dir).map_err(io(format!("reading {}", dir.display())))? {
-            let path = e.map_err(io(format!("reading {}", dir.display())))?.path();
+        for e in fs::read_dir(&dir).context(|| format!("reading {}", dir.display()))? {
+            let path = e.context(|| format!("reading {}", dir.display()))?.path();
             let mut pin = guardlab_services::pin_of_file(&path)
-                .map_err(|e| LabError::Failed(format!("hashing a download: {e}")))?;
+                .map_err(|source| ImageError::DownloadHash { source })?;
             // One spelling for every name, whatever the file names use.
             pin.name = pin.project.clone();
             pins.push(pin);
@@ -366,14 +370,14 @@ pub fn lock_recipe(
         .venv
         .packages
         .iter()
-        .map(|p| requirement_project(p))
+        .map(|p| guardlab_services::normalize_project_name(p.project_name()))
         .filter(|p| !venv_pins.iter().any(|pin| &pin.project == p))
         .collect();
     if !missing.is_empty() {
-        return Err(LabError::Failed(format!(
-            "pip installed no {} although venv.packages asks for it",
-            missing.join(", ")
-        )));
+        return Err(ImageError::UnresolvedPackages {
+            recipe: loaded.dir.join(RECIPE_FILE),
+            packages: missing,
+        });
     }
     let header = |what: &str| {
         format!(
@@ -409,19 +413,24 @@ pub fn lock_recipe(
         (&index_lock.to_path_buf(), index_text),
     ] {
         let tmp = path.with_extension("lock.new");
-        fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
-        fs::rename(&tmp, path).map_err(io(format!("replacing {}", path.display())))?;
+        fs::write(&tmp, text).context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path).context(|| format!("replacing {}", path.display()))?;
     }
     Ok(report)
 }
 
-/// `jupyter-server>=2.14,<3` -> `jupyter-server` in PEP 503 form.
-fn requirement_project(requirement: &str) -> String {
-    let end = requirement
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(requirement.len());
-    guardlab_services::normalize_project_name(&requirement[..end])
-}
+/// Messages of debootstrap when the mirror does not carry the suite.
+const NO_SUITE_MESSAGES: &[&str] = &[
+    "Failed getting release file",
+    "Invalid Release file",
+    "Couldn't download",
+];
+
+/// Messages of debootstrap when the suite is signed by a key this host does not know.
+const UNKNOWN_KEY_MESSAGES: &[&str] = &[
+    "Release signed by unknown key",
+    "Release file signed by unknown key",
+];
 
 /// Step 1: a fresh work directory with the recipe's Debian suite debootstrapped into it.
 fn bootstrap<'a>(
@@ -429,7 +438,7 @@ fn bootstrap<'a>(
     cache: &ImageCache,
     purpose: Purpose,
     progress: &dyn Progress,
-) -> Result<Stage<'a>, LabError> {
+) -> Result<Stage<'a>, ImageError> {
     let r = &loaded.recipe;
     remove_stale_builds(&cache.dir, &loaded.hash, progress)?;
     let debootstrap = ensure_debootstrap(progress)?;
@@ -449,12 +458,12 @@ fn bootstrap<'a>(
             .join(format!(".build-{}-{}", loaded.hash, std::process::id())),
         committed: false,
     };
-    fs::create_dir_all(&work.path).map_err(io(format!("creating {}", work.path.display())))?;
+    fs::create_dir_all(&work.path).context(|| format!("creating {}", work.path.display()))?;
     let rootfs = work.path.join("rootfs");
     let debs = cache.downloads.join("debs");
     let pip_cache = cache.downloads.join("pip");
     for d in [&rootfs, &debs, &pip_cache] {
-        fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
+        fs::create_dir_all(d).context(|| format!("creating {}", d.display()))?;
     }
     let stage = Stage {
         loaded,
@@ -497,33 +506,37 @@ fn bootstrap<'a>(
         cmd.arg(format!("--keyring={}", k.display()));
     }
     cmd.arg(&suite).arg(&stage.rootfs).arg(&source.uri);
-    chroot::run_streaming(cmd, "debootstrap", progress).map_err(|e| {
-        let text = e.to_string();
-        let no_suite = ["Failed getting release file", "Invalid Release file", "Couldn't download"]
-            .iter()
-            .any(|m| text.contains(m));
-        let unsigned = text.contains("Release signed by unknown key")
-            || text.contains("Release file signed by unknown key");
-        if no_suite || unsigned {
-            LabError::Failed(format!(
-                "{text}\nThe pod image is pinned to the Debian suite `{suite}` (debian.suite in {}), \
-                 and the mirror {} ({}) {}. On a host whose apt sources name no Debian mirror \
-                 (an Ubuntu host, say), set {DEBIAN_MIRROR_ENV} to a Debian mirror's URL{}",
-                loaded.dir.join(super::RECIPE_FILE).display(),
-                source.uri,
-                source.origin,
-                if no_suite { "does not carry it" } else { "is signed by a key this host does not know" },
-                if unsigned { " and install the package debian-archive-keyring" } else { "" }
-            ))
-        } else {
-            e
+    chroot::run_streaming(cmd, "debootstrap", progress).map_err(|e| match e {
+        ImageError::Step(failure) => {
+            let said = |messages: &[&str]| {
+                failure
+                    .output
+                    .iter()
+                    .any(|line| messages.iter().any(|m| line.contains(m)))
+            };
+            let lacks_suite = said(NO_SUITE_MESSAGES);
+            let unknown_key = said(UNKNOWN_KEY_MESSAGES);
+            if lacks_suite || unknown_key {
+                ImageError::SuiteNotOnMirror {
+                    failure: Box::new(failure),
+                    suite: suite.clone(),
+                    recipe: loaded.dir.join(RECIPE_FILE),
+                    mirror: source.uri.clone(),
+                    origin: source.origin.clone(),
+                    lacks_suite,
+                    unknown_key,
+                }
+            } else {
+                ImageError::Step(failure)
+            }
         }
+        other => other,
     })?;
     Ok(stage)
 }
 
 /// Step 2: the notebook user, and the directories of its home.
-fn create_user(stage: &Stage<'_>, progress: &dyn Progress) -> Result<(), LabError> {
+fn create_user(stage: &Stage<'_>, progress: &dyn Progress) -> Result<(), ImageError> {
     let r = &stage.loaded.recipe;
     stage.step(
         progress,
@@ -545,10 +558,12 @@ fn create_user(stage: &Stage<'_>, progress: &dyn Progress) -> Result<(), LabErro
     {
         Some(name) if name == r.user.group.0 => {}
         Some(other) => {
-            return Err(LabError::Failed(format!(
-                "the image's group {} is `{other}`, not `{}` as the recipe says",
-                r.user.gid, r.user.group
-            )));
+            return Err(CheckFailure::GroupTaken {
+                gid: r.user.gid,
+                found: other.to_string(),
+                expected: r.user.group.to_string(),
+            }
+            .into());
         }
         None => chroot::run_streaming(
             stage.in_root(
@@ -603,7 +618,7 @@ fn create_venv(
     stage: &Stage<'_>,
     scratch: &BuildScratch,
     progress: &dyn Progress,
-) -> Result<PipSetup, LabError> {
+) -> Result<PipSetup, ImageError> {
     let r = &stage.loaded.recipe;
     progress.detail(&format!("creating the Python environment {}", r.venv.path));
     chroot::run_streaming(
@@ -627,14 +642,14 @@ impl PipSetup {
         scratch: &BuildScratch,
         pip_cache: &Path,
         progress: &dyn Progress,
-    ) -> Result<Self, LabError> {
+    ) -> Result<Self, ImageError> {
         let dir = scratch.dir();
         fs::create_dir_all(dir.join("pip-cache"))
-            .map_err(io(format!("creating {}", dir.display())))?;
+            .context(|| format!("creating {}", dir.display()))?;
         // The host's resolver, for the build only (a file of our own to bind onto).
         let resolv = scratch.rootfs.join("etc/resolv.conf");
         let _ = fs::remove_file(&resolv);
-        fs::write(&resolv, "").map_err(io(format!("creating {}", resolv.display())))?;
+        fs::write(&resolv, "").context(|| format!("creating {}", resolv.display()))?;
         let mut setup = PipSetup {
             env: BTreeMap::new(),
             binds: vec![
@@ -684,7 +699,7 @@ impl PipSetup {
             conf.push_str(&format!("{k} = {}\n", v.replace('\n', "\n    ")));
         }
         let conf_path = dir.join("pip.conf");
-        fs::write(&conf_path, conf).map_err(io(format!("writing {}", conf_path.display())))?;
+        fs::write(&conf_path, conf).context(|| format!("writing {}", conf_path.display()))?;
         setup.env.insert(
             "PIP_CONFIG_FILE".into(),
             format!("{BUILD_SCRATCH}/pip.conf"),
@@ -705,12 +720,14 @@ impl PipSetup {
         key: &str,
         value: &str,
         counter: &mut usize,
-    ) -> Result<String, LabError> {
+    ) -> Result<String, ImageError> {
         if host::FILE_KEYS.contains(&key) && Path::new(value).is_file() {
             *counter += 1;
             let name = format!("file-{counter}");
-            fs::copy(value, dir.join(&name))
-                .map_err(io(format!("copying the host's {value} for pip")))?;
+            fs::copy(value, dir.join(&name)).map_err(|source| ImageError::HostPipFile {
+                path: PathBuf::from(value),
+                source,
+            })?;
             return Ok(format!("{BUILD_SCRATCH}/{name}"));
         }
         if host::DIR_LIST_KEYS.contains(&key) {
@@ -727,7 +744,7 @@ impl PipSetup {
                 }
                 *counter += 1;
                 let name = format!("links-{counter}");
-                fs::create_dir_all(dir.join(&name)).map_err(io("creating a bind-mount point"))?;
+                fs::create_dir_all(dir.join(&name)).context(|| "creating a bind-mount point")?;
                 self.binds.push(Bind {
                     host: PathBuf::from(local),
                     inside: PathBuf::from(format!("{BUILD_SCRATCH}/{name}")),
@@ -750,49 +767,50 @@ impl PipSetup {
 }
 
 /// Writes a recipe file into the image, refusing a target whose parent leaves the image.
-fn install_file(rootfs: &Path, target: &str, content: &[u8], mode: u32) -> Result<(), LabError> {
+fn install_file(rootfs: &Path, target: &str, content: &[u8], mode: u32) -> Result<(), ImageError> {
     let path = rootfs.join(target.trim_start_matches('/'));
     let parent = path.parent().unwrap_or(rootfs);
-    fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    fs::create_dir_all(parent).context(|| format!("creating {}", parent.display()))?;
     let real_parent = parent
         .canonicalize()
-        .map_err(io(format!("resolving {}", parent.display())))?;
+        .context(|| format!("resolving {}", parent.display()))?;
     let real_root = rootfs
         .canonicalize()
-        .map_err(io(format!("resolving {}", rootfs.display())))?;
+        .context(|| format!("resolving {}", rootfs.display()))?;
     if !real_parent.starts_with(&real_root) {
-        return Err(LabError::Failed(format!(
-            "the recipe's file target {target} leads out of the image (to {})",
-            real_parent.display()
-        )));
+        return Err(ImageError::TargetOutsideImage {
+            target: target.to_string(),
+            resolved: real_parent,
+        });
     }
     let path = real_parent.join(path.file_name().unwrap_or_default());
     let _ = fs::remove_file(&path);
-    fs::write(&path, content).map_err(io(format!("writing {}", path.display())))?;
+    fs::write(&path, content).context(|| format!("writing {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))
+        .context(|| format!("setting the mode of {}", path.display()))
 }
 
 /// Makes a command that runs as root inside the image being built, with extra bind mounts.
-type InRoot<'a> = dyn Fn(&[Bind], &[&str]) -> Result<std::process::Command, LabError> + 'a;
+type InRoot<'a> = dyn Fn(&[Bind], &[&str]) -> Result<std::process::Command, ImageError> + 'a;
 
 /// The image has what the scenario relies on, and not what it must not have.
-fn check_image(rootfs: &Path, r: &Recipe, in_root: &InRoot) -> Result<(), LabError> {
+fn check_image(rootfs: &Path, r: &Recipe, in_root: &InRoot) -> Result<(), ImageError> {
     for p in &r.debian.forbidden_packages {
         let status = in_root(&[], &["/usr/bin/dpkg-query", "-W", "-f=${Status}", p])?
             .output()
-            .map_err(io("running dpkg-query"))?;
+            .context(|| "running dpkg-query")?;
         if String::from_utf8_lossy(&status.stdout).contains("ok installed") {
-            return Err(LabError::Failed(format!(
-                "the image has the package `{p}`, which the recipe forbids (something pulled it in)"
-            )));
+            return Err(CheckFailure::ForbiddenPackage {
+                package: p.to_string(),
+            }
+            .into());
         }
     }
     let user = RunAs {
         uid: r.user.uid,
         gid: r.user.gid,
     };
-    let as_user = |argv: &[&str]| -> Result<std::process::Command, LabError> {
+    let as_user = |argv: &[&str]| -> Result<std::process::Command, ImageError> {
         let mut c = chroot::rootfs_command(rootfs, Some(user), Some(&r.user.home), &[], argv[0])?;
         c.args(&argv[1..])
             .envs(r.config.env.iter().map(|(k, v)| (k.0.as_str(), v.as_str())));
@@ -801,12 +819,13 @@ fn check_image(rootfs: &Path, r: &Recipe, in_root: &InRoot) -> Result<(), LabErr
     for c in &r.debian.forbidden_commands {
         let out = as_user(&["/bin/bash", "-lc", &format!("command -v {c}")])?
             .output()
-            .map_err(io("running bash"))?;
+            .context(|| "running bash")?;
         if out.status.success() {
-            return Err(LabError::Failed(format!(
-                "the image has the command `{c}` ({}), which the recipe forbids",
-                String::from_utf8_lossy(&out.stdout).trim()
-            )));
+            return Err(CheckFailure::ForbiddenCommand {
+                command: c.to_string(),
+                found: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            }
+            .into());
         }
     }
     let ids = chroot::run_capture(as_user(&["/usr/bin/id"])?, "id")?;
@@ -815,20 +834,21 @@ fn check_image(rootfs: &Path, r: &Recipe, in_root: &InRoot) -> Result<(), LabErr
         r.user.uid, r.user.name, r.user.gid, r.user.group
     );
     if !ids.starts_with(&expected) {
-        return Err(LabError::Failed(format!(
-            "the image's user is `{}`, not `{expected}`",
-            ids.trim()
-        )));
+        return Err(CheckFailure::WrongUser {
+            found: ids.trim().to_string(),
+            expected,
+        }
+        .into());
     }
     let sudo = as_user(&["/usr/bin/sudo", "-n", "-l"])?
         .output()
-        .map_err(io("running sudo"))?;
+        .context(|| "running sudo")?;
     if sudo.status.success() {
-        return Err(LabError::Failed(format!(
-            "`sudo -l` works for {} in the image; the recipe's user must not be a sudoer: {}",
-            r.user.name,
-            String::from_utf8_lossy(&sudo.stdout).trim()
-        )));
+        return Err(CheckFailure::Sudoer {
+            user: r.user.name.to_string(),
+            listing: String::from_utf8_lossy(&sudo.stdout).trim().to_string(),
+        }
+        .into());
     }
     if !r.venv.check_imports.is_empty() {
         let python = format!("{}/bin/python", r.venv.path);
