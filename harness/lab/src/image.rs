@@ -25,10 +25,14 @@
 
 mod build;
 mod cache;
+mod check;
 mod chroot;
 mod error;
 mod host;
+mod lock;
+mod pip;
 mod recipe;
+mod stage;
 
 use std::collections::HashSet;
 use std::fs;
@@ -38,7 +42,6 @@ use std::path::{Path, PathBuf};
 use guardlab_host::Progress;
 use serde::{Deserialize, Serialize};
 
-pub use build::{LockReport, lock_recipe};
 pub use cache::{
     DEFAULT_LABS_DIR, ImageCache, ImageUser, LAB_CONFIG_FILE, LAB_STATE_FILE, PrunedEntry,
     PrunedKind, Registration, USERS_DIR, image_registrations, images_used_by_labs, prune_images,
@@ -48,6 +51,7 @@ pub use chroot::{Bind, RunAs, rootfs_command};
 pub use error::{CheckFailure, ImageError, StepFailed};
 pub use guardlab_services::{INDEX_LOCK_FILE, Pin, PythonLock, normalize_project_name};
 pub use host::{AptSource, host_apt_source};
+pub use lock::{LockReport, lock_recipe};
 pub use recipe::{
     LoadedRecipe, RECIPE_FILE, Recipe, load as load_recipe, load_unlocked as load_recipe_unlocked,
 };
