@@ -22,6 +22,10 @@
 //! except the most recently used one (a step back stays cheap) and any image a lab uses: one
 //! registered in it whose state file exists (whatever its state directory), or one that
 //! records it in its state file in the cache's labs directories.
+//!
+//! Everything here fails with an [`ImageError`], which says what went wrong in the image's own
+//! terms; it becomes the lab's `LabError` at the lab's boundary (bad recipe or lock input,
+//! something missing on the host, or a failure of "the pod image").
 
 mod build;
 mod cache;
