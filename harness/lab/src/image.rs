@@ -22,33 +22,45 @@
 //! except the most recently used one (a step back stays cheap) and any image a lab uses: one
 //! registered in it whose state file exists (whatever its state directory), or one that
 //! records it in its state file in the cache's labs directories.
+//!
+//! Everything here fails with an [`ImageError`], which says what went wrong in the image's own
+//! terms; it becomes the lab's `LabError` at the lab's boundary (bad recipe or lock input,
+//! something missing on the host, or a failure of "the pod image").
 
 mod build;
 mod cache;
+mod check;
 mod chroot;
+mod error;
 mod host;
+mod lock;
+mod pip;
 mod recipe;
+mod stage;
 
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use guardlab_host::Progress;
 use serde::{Deserialize, Serialize};
 
-pub use build::{DEBIAN_MIRROR_ENV, LockReport, lock_recipe};
 pub use cache::{
-    DEFAULT_LABS_DIR, ImageCache, ImageUser, PrunedEntry, PrunedKind, Registration, USERS_DIR,
-    image_registrations, images_used_by_labs, prune_images, remove_registration,
+    DEFAULT_LABS_DIR, ImageCache, ImageUser, LAB_CONFIG_FILE, LAB_STATE_FILE, PrunedEntry,
+    PrunedKind, Registration, USERS_DIR, image_registrations, images_used_by_labs, prune_images,
+    remove_registration,
 };
 pub use chroot::{Bind, RunAs, rootfs_command};
+pub use error::{CheckFailure, ImageError, StepFailed};
 pub use guardlab_services::{INDEX_LOCK_FILE, Pin, PythonLock, normalize_project_name};
 pub use host::{AptSource, host_apt_source};
+pub use lock::{LockReport, lock_recipe};
 pub use recipe::{
     LoadedRecipe, RECIPE_FILE, Recipe, load as load_recipe, load_unlocked as load_recipe_unlocked,
 };
 
-use crate::{LabError, Progress};
+use error::IoContext;
 
 /// A finished image in the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +109,9 @@ const RECORD_FILE: &str = "image.yaml";
 const BUILD_SCRATCH: &str = "/tmp/guardlab-build";
 /// The PATH of commands that the build runs as root inside the image.
 const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Environment variable naming the Debian mirror to debootstrap from, for hosts whose apt
+/// sources name none that carries the recipe's suite (an Ubuntu host, say).
+pub const DEBIAN_MIRROR_ENV: &str = "GUARDLAB_DEBIAN_MIRROR";
 
 /// `$XDG_CACHE_HOME/guardlab/images`, else `~/.cache/guardlab/images` (root's under sudo).
 pub fn default_cache_dir() -> PathBuf {
@@ -114,12 +129,12 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// The hash under which the image of the recipe in `recipe_dir` is cached.
-pub fn image_recipe_hash(recipe_dir: &Path) -> Result<String, LabError> {
+pub fn image_recipe_hash(recipe_dir: &Path) -> Result<String, ImageError> {
     Ok(recipe::load(recipe_dir)?.hash)
 }
 
 /// The image of `recipe_dir` when it is already in the cache, without building anything.
-pub fn cached_image(recipe_dir: &Path, cache_dir: &Path) -> Result<Option<BuiltImage>, LabError> {
+pub fn cached_image(recipe_dir: &Path, cache_dir: &Path) -> Result<Option<BuiltImage>, ImageError> {
     let loaded = recipe::load(recipe_dir)?;
     let dir = cache_dir.join(&loaded.hash);
     Ok(is_complete(&dir).then(|| built_image(&loaded, &dir)))
@@ -132,7 +147,7 @@ pub fn ensure_image(
     recipe_dir: &Path,
     cache_dir: &Path,
     progress: &dyn Progress,
-) -> Result<BuiltImage, LabError> {
+) -> Result<BuiltImage, ImageError> {
     ensure_cached_image(recipe_dir, &ImageCache::new(cache_dir), None, progress)
 }
 
@@ -146,7 +161,7 @@ pub fn ensure_cached_image(
     cache: &ImageCache,
     user: Option<&ImageUser>,
     progress: &dyn Progress,
-) -> Result<BuiltImage, LabError> {
+) -> Result<BuiltImage, ImageError> {
     let loaded = recipe::load(recipe_dir)?;
     let final_dir = cache.dir.join(&loaded.hash);
     if cache::use_if_complete(cache, &final_dir, user)? {
@@ -158,10 +173,8 @@ pub fn ensure_cached_image(
         return Ok(built_image(&loaded, &final_dir));
     }
     require_root()?;
-    fs::create_dir_all(&cache.dir).map_err(|source| LabError::Io {
-        context: format!("creating the image cache {}", cache.dir.display()),
-        source,
-    })?;
+    fs::create_dir_all(&cache.dir)
+        .context(|| format!("creating the image cache {}", cache.dir.display()))?;
     // One build per recipe at a time; whoever waited finds the image built. Held until the
     // end, so that a prune by another build never takes this image before it is registered.
     let _build_lock = cache::BuildLock::acquire(&cache.dir, &loaded.hash)?;
@@ -175,10 +188,7 @@ pub fn ensure_cached_image(
     build::build_image(&loaded, cache, &final_dir, progress)?;
     // Registered (and marked used) before the prune below, which then keeps it whatever.
     if !cache::use_if_complete(cache, &final_dir, user)? {
-        return Err(LabError::Failed(format!(
-            "the pod image built at {} is not complete",
-            final_dir.display()
-        )));
+        return Err(ImageError::Incomplete { dir: final_dir });
     }
     // The new image is in place: a failure to tidy up is reported, not fatal.
     if let Err(e) = prune_images(cache, &loaded.hash, progress) {
@@ -215,48 +225,43 @@ fn built_image(loaded: &LoadedRecipe, dir: &Path) -> BuiltImage {
 }
 
 /// The record of a finished image (build time, size, Python packages).
-pub fn image_record(image: &BuiltImage) -> Result<ImageRecord, LabError> {
+pub fn image_record(image: &BuiltImage) -> Result<ImageRecord, ImageError> {
     let path = image
         .rootfs
         .parent()
         .unwrap_or(&image.rootfs)
         .join(RECORD_FILE);
-    let text = fs::read_to_string(&path).map_err(|source| LabError::Io {
-        context: format!("reading {}", path.display()),
+    let text = fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|source| ImageError::Record {
+        path,
+        action: "reading",
         source,
-    })?;
-    serde_yaml::from_str(&text)
-        .map_err(|e| LabError::Failed(format!("{}: bad image record: {e}", path.display())))
+    })
 }
 
-fn require_root() -> Result<(), LabError> {
+fn require_root() -> Result<(), ImageError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(LabError::Missing {
-            what: "root".into(),
-            hint: "building the pod image (debootstrap, chroot) needs root: run with sudo".into(),
+        return Err(ImageError::NotRoot {
+            task: "building the pod image (debootstrap, chroot)",
         });
     }
     Ok(())
 }
 
-pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
-    let context = context.into();
-    move |source| LabError::Io { context, source }
-}
-
 /// Removes a directory tree, first detaching anything still mounted under it (the build never
 /// mounts in the host's namespace, but a tree left by someone else might have mounts: removing
 /// through them would delete what they show).
-fn remove_tree(path: &Path) -> std::io::Result<()> {
+fn remove_tree(path: &Path) -> Result<(), ImageError> {
     if !path.exists() {
         return Ok(());
     }
-    let canonical = path.canonicalize()?;
-    let mut mounts: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")?
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+    let canonical = path
+        .canonicalize()
+        .context(|| format!("resolving {}", path.display()))?;
+    let mut mounts: Vec<PathBuf> = guardlab_host::mounts()?
+        .into_iter()
+        .map(|m| m.target)
         .filter(|m| m.starts_with(&canonical))
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
@@ -266,28 +271,7 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
-    fs::remove_dir_all(path)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(digits) = std::str::from_utf8(&b[i + 1..i + 4])
-            && let Ok(v) = u8::from_str_radix(digits, 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    fs::remove_dir_all(path).context(|| format!("removing {}", path.display()))
 }
 
 /// Removes what interrupted builds left: those of this recipe (the caller holds its lock, so
@@ -297,8 +281,8 @@ fn remove_stale_builds(
     cache_dir: &Path,
     hash: &str,
     progress: &dyn Progress,
-) -> Result<(), LabError> {
-    let rd = fs::read_dir(cache_dir).map_err(io(format!("reading {}", cache_dir.display())))?;
+) -> Result<(), ImageError> {
+    let rd = fs::read_dir(cache_dir).context(|| format!("reading {}", cache_dir.display()))?;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(build_hash) = name
@@ -324,7 +308,7 @@ fn remove_stale_builds(
             "removing an interrupted build {}",
             e.path().display()
         ));
-        remove_tree(&e.path()).map_err(io(format!("removing {}", e.path().display())))?;
+        remove_tree(&e.path())?;
     }
     Ok(())
 }
@@ -333,13 +317,12 @@ fn remove_stale_builds(
 /// carries `--no-install`); a direct caller of [`ensure_image`] gets it here through the host
 /// crate: installed after saying so, or refused naming the package (under
 /// `GUARDLAB_NO_INSTALL`, when not root, without apt-get).
-fn ensure_debootstrap(progress: &dyn Progress) -> Result<PathBuf, LabError> {
+fn ensure_debootstrap(progress: &dyn Progress) -> Result<PathBuf, ImageError> {
     let host = guardlab_host::Host::new(false);
     host.ensure(&[&guardlab_host::catalog::DEBOOTSTRAP], progress)?;
     host.find_program("debootstrap")
-        .ok_or_else(|| LabError::Missing {
-            what: "debootstrap".into(),
-            hint: "the host crate found it a moment ago and now it is gone".into(),
+        .ok_or(ImageError::ProgramGone {
+            program: "debootstrap",
         })
 }
 
@@ -382,7 +365,7 @@ mod tests {
         fs::write(cache.join(".dead.lock"), "").unwrap();
         let running = fs::File::create(cache.join(".running.lock")).unwrap();
         running.lock().unwrap();
-        remove_stale_builds(&cache, "ours", &crate::NoProgress).unwrap();
+        remove_stale_builds(&cache, "ours", &guardlab_host::NoProgress).unwrap();
         let mut left: Vec<String> = fs::read_dir(&cache)
             .unwrap()
             .flatten()
@@ -395,8 +378,10 @@ mod tests {
         fs::remove_dir_all(&cache).unwrap();
     }
 
+    /// `remove_tree` finds the mounts under a tree through the host crate's mountinfo reader.
     #[test]
     fn mountinfo_paths_are_unescaped() {
+        use guardlab_host::unescape_mountinfo;
         assert_eq!(unescape_mountinfo("/a\\040b\\011c"), "/a b\tc");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");

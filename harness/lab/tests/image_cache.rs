@@ -13,7 +13,7 @@ use guardlab_lab::image::{
     ImageCache, ImageUser, PrunedKind, ensure_cached_image, image_recipe_hash, image_registrations,
     images_used_by_labs, prune_images,
 };
-use guardlab_lab::local::state::{LabState, ProcessRecord, STATE_VERSION, StateFile};
+use guardlab_lab::local::state::{LabState, ProcessRecord, STATE_FILE, STATE_VERSION, StateFile};
 use guardlab_lab::local::teardown::teardown;
 use guardlab_lab::{NoProgress, Progress};
 
@@ -323,6 +323,16 @@ fn a_lab_state_that_cannot_be_read_stops_the_prune() {
         "{err}"
     );
     assert!(old.exists() && older.exists(), "nothing is removed");
+}
+
+/// The cache reads the files a local lab writes by their names: the names must be the same.
+#[test]
+fn the_cache_reads_the_lab_files_the_local_lab_writes() {
+    assert_eq!(guardlab_lab::image::LAB_STATE_FILE, STATE_FILE);
+    assert_eq!(
+        guardlab_lab::image::LAB_CONFIG_FILE,
+        guardlab_lab::local::state::CONFIG_FILE
+    );
 }
 
 #[test]

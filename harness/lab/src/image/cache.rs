@@ -27,11 +27,20 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use guardlab_host::Progress;
+
+use super::error::{ImageError, IoContext};
 use super::{RECORD_FILE, disk_usage, is_complete, remove_tree};
-use crate::{LabError, Progress};
 
 /// Where local labs keep their state (`<dir>/<lab>/state.json`).
 pub const DEFAULT_LABS_DIR: &str = "/run/guardlab";
+/// A lab's state file in its directory (`<labs dir>/<lab>/state.json`): a registration counts
+/// while it exists, and its `image_rootfs` names the image the lab uses. The cache's side of
+/// what the local lab writes (its `state::STATE_FILE` is this name).
+pub const LAB_STATE_FILE: &str = "state.json";
+/// A lab's configuration in its directory, whose `runtime.rootfs` names the image of a lab
+/// started before labs recorded `image_rootfs` (the local lab's `state::CONFIG_FILE`).
+pub const LAB_CONFIG_FILE: &str = "config.json";
 
 /// Touched whenever a lab takes the image: its mtime is when the image was last used.
 const LAST_USED_FILE: &str = "last-used";
@@ -82,14 +91,13 @@ pub struct ImageUser {
 impl ImageUser {
     /// The lab `lab` whose directory is `lab_dir` (which must exist: its path is resolved, so
     /// that the registration names the state file whatever the working directory).
-    pub fn new(lab: &str, lab_dir: &Path) -> Result<ImageUser, LabError> {
-        let lab_dir = lab_dir.canonicalize().map_err(|source| LabError::Io {
-            context: format!("resolving the lab directory {}", lab_dir.display()),
-            source,
-        })?;
+    pub fn new(lab: &str, lab_dir: &Path) -> Result<ImageUser, ImageError> {
+        let lab_dir = lab_dir
+            .canonicalize()
+            .context(|| format!("resolving the lab directory {}", lab_dir.display()))?;
         Ok(ImageUser {
             lab: lab.to_string(),
-            state_file: lab_dir.join(crate::local::state::STATE_FILE),
+            state_file: lab_dir.join(LAB_STATE_FILE),
         })
     }
 
@@ -181,44 +189,42 @@ fn state_file_is_gone(state_file: &Path) -> bool {
 /// Register `user` in the image directory `image_dir` (written aside, then renamed: a reader
 /// never sees half a registration). The caller holds the prune lock shared or the image's
 /// build lock.
-fn register(user: &ImageUser, image_dir: &Path) -> Result<(), LabError> {
+fn register(user: &ImageUser, image_dir: &Path) -> Result<(), ImageError> {
     let users = image_dir.join(USERS_DIR);
-    fs::create_dir_all(&users).map_err(|source| LabError::Io {
-        context: format!("creating {}", users.display()),
-        source,
-    })?;
+    fs::create_dir_all(&users).context(|| format!("creating {}", users.display()))?;
     let path = user.registration_in(image_dir);
     let tmp = users.join(format!(".{}.tmp{}", user.id(), std::process::id()));
     let mut text = serde_json::to_vec_pretty(&RegistrationFile {
         lab: user.lab.clone(),
         state_file: user.state_file.clone(),
     })
-    .map_err(|e| LabError::Failed(format!("writing {}: {e}", path.display())))?;
+    .map_err(|source| ImageError::Registration {
+        path: path.clone(),
+        source,
+    })?;
     text.push(b'\n');
     fs::write(&tmp, text)
         .and_then(|()| fs::rename(&tmp, &path))
-        .map_err(|source| {
+        .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-            LabError::Io {
-                context: format!(
-                    "registering lab {} as a user of the pod image at {}",
-                    user.lab,
-                    path.display()
-                ),
-                source,
-            }
+        })
+        .context(|| {
+            format!(
+                "registering lab {} as a user of the pod image at {}",
+                user.lab,
+                path.display()
+            )
         })
 }
 
 /// Remove a lab's registration (`<image>/users/<id>`, as its state file records it) at `down`.
 /// Fine when it is gone already (the image was pruned after the registration went stale).
-pub fn remove_registration(path: &Path) -> Result<(), LabError> {
+pub fn remove_registration(path: &Path) -> Result<(), ImageError> {
     // The state file says where; remove nothing but a registration.
     if path.parent().and_then(Path::file_name) != Some(USERS_DIR.as_ref()) {
-        return Err(LabError::Failed(format!(
-            "{} is not a pod image registration (`<image>/{USERS_DIR}/<id>`): not removed",
-            path.display()
-        )));
+        return Err(ImageError::NotARegistration {
+            path: path.to_path_buf(),
+        });
     }
     // What a registration killed half-way left (`.<id>.tmp<pid>`, never counted as one).
     if let (Some(users), Some(id)) = (path.parent(), path.file_name())
@@ -241,10 +247,8 @@ pub fn remove_registration(path: &Path) -> Result<(), LabError> {
         {
             Ok(())
         }
-        Err(source) => Err(LabError::Io {
-            context: format!("removing the pod image registration {}", path.display()),
-            source,
-        }),
+        Err(source) => Err(source)
+            .context(|| format!("removing the pod image registration {}", path.display())),
     }
 }
 
@@ -295,16 +299,11 @@ impl FileLock {
         Some(FileLock(file))
     }
 
-    fn prune_exclusive(dir: &Path) -> Result<FileLock, LabError> {
+    fn prune_exclusive(dir: &Path) -> Result<FileLock, ImageError> {
         let path = dir.join(PRUNE_LOCK_FILE);
-        let file = open_lock_file(&path).map_err(|source| LabError::Io {
-            context: format!("opening {}", path.display()),
-            source,
-        })?;
-        file.lock().map_err(|source| LabError::Io {
-            context: format!("locking {}", path.display()),
-            source,
-        })?;
+        let file = open_lock_file(&path).context(|| format!("opening {}", path.display()))?;
+        file.lock()
+            .context(|| format!("locking {}", path.display()))?;
         Ok(FileLock(file))
     }
 }
@@ -313,17 +312,13 @@ impl FileLock {
 pub(super) struct BuildLock(#[allow(dead_code)] FileLock);
 
 impl BuildLock {
-    pub(super) fn acquire(dir: &Path, hash: &str) -> Result<BuildLock, LabError> {
+    pub(super) fn acquire(dir: &Path, hash: &str) -> Result<BuildLock, ImageError> {
         let path = build_lock_path(dir, hash);
         loop {
-            let file = open_lock_file(&path).map_err(|source| LabError::Io {
-                context: format!("creating the lock file {}", path.display()),
-                source,
-            })?;
-            file.lock().map_err(|source| LabError::Io {
-                context: format!("locking {}", path.display()),
-                source,
-            })?;
+            let file = open_lock_file(&path)
+                .context(|| format!("creating the lock file {}", path.display()))?;
+            file.lock()
+                .context(|| format!("locking {}", path.display()))?;
             // A prune removes the lock file of a recipe whose image it removed (holding the
             // lock while it does): a lock on a file no longer at the path locks nothing.
             if same_file(&file, &path) {
@@ -362,7 +357,7 @@ pub(super) fn use_if_complete(
     cache: &ImageCache,
     final_dir: &Path,
     user: Option<&ImageUser>,
-) -> Result<bool, LabError> {
+) -> Result<bool, ImageError> {
     let _lock = FileLock::prune_shared(&cache.dir);
     if !is_complete(final_dir) {
         return Ok(false);
@@ -377,10 +372,7 @@ pub(super) fn use_if_complete(
 /// Record that the image in `dir` was used now. Best effort: a cache this user may only read
 /// keeps its old marks.
 fn mark_used(dir: &Path) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = guardlab_host::unix_time_ns() / 1_000_000_000;
     let _ = fs::write(
         dir.join(LAST_USED_FILE),
         format!("{now} (seconds since 1970; the file's mtime is what counts)\n"),
@@ -405,40 +397,34 @@ fn last_used(dir: &Path) -> SystemTime {
 /// up, or left by a killed harness until `lab down` (its pods may still run).
 ///
 /// A state file that cannot be read is an error: nobody can tell which image that lab uses.
-pub fn images_used_by_labs(labs_dir: &Path) -> Result<Vec<(String, PathBuf)>, LabError> {
+pub fn images_used_by_labs(labs_dir: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
     let entries = match fs::read_dir(labs_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(LabError::Io {
-                context: format!("reading the labs' directory {}", labs_dir.display()),
-                source,
-            });
+            return Err(source)
+                .context(|| format!("reading the labs' directory {}", labs_dir.display()));
         }
     };
     let mut used = Vec::new();
     for entry in entries.flatten() {
         let lab_dir = entry.path();
-        let state_path = lab_dir.join(crate::local::state::STATE_FILE);
+        let state_path = lab_dir.join(LAB_STATE_FILE);
         let text = match fs::read_to_string(&state_path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
             Err(source) => {
-                return Err(LabError::Io {
-                    context: format!("reading {}", state_path.display()),
-                    source,
-                });
+                return Err(source).context(|| format!("reading {}", state_path.display()));
             }
         };
         // Read as plain JSON: a state file of another version still says which image it uses.
-        let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            LabError::Failed(format!(
-                "{}: {e}: cannot tell which pod image that lab uses",
-                state_path.display()
-            ))
-        })?;
-        let config_path = lab_dir.join(crate::local::state::CONFIG_FILE);
+        let state: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ImageError::LabState {
+                path: state_path.clone(),
+                source,
+            })?;
+        let config_path = lab_dir.join(LAB_CONFIG_FILE);
         let rootfs = match state.get("image_rootfs").and_then(|v| v.as_str()) {
             Some(rootfs) => Some(PathBuf::from(rootfs)),
             None => fs::read_to_string(&config_path)
@@ -503,7 +489,7 @@ pub fn prune_images(
     cache: &ImageCache,
     keep: &str,
     progress: &dyn Progress,
-) -> Result<Vec<PrunedEntry>, LabError> {
+) -> Result<Vec<PrunedEntry>, ImageError> {
     let lock = FileLock::prune_exclusive(&cache.dir)?;
     let mut used = Vec::new();
     for labs_dir in &cache.labs_dirs {
@@ -515,10 +501,8 @@ pub fn prune_images(
             .find(|(_, rootfs)| rootfs.parent().map(canonical).as_deref() == Some(dir.as_path()))
             .map(|(lab, _)| lab.as_str())
     };
-    let entries = fs::read_dir(&cache.dir).map_err(|source| LabError::Io {
-        context: format!("reading the image cache {}", cache.dir.display()),
-        source,
-    })?;
+    let entries = fs::read_dir(&cache.dir)
+        .context(|| format!("reading the image cache {}", cache.dir.display()))?;
     let mut images: Vec<(PathBuf, SystemTime)> = Vec::new();
     let mut doomed: Vec<(PathBuf, PrunedKind)> = Vec::new();
     let mut names: Vec<String> = entries
@@ -624,8 +608,10 @@ pub fn prune_images(
         let target = match kind {
             PrunedKind::Image | PrunedKind::UnfinishedImage => {
                 let target = cache.dir.join(format!("{TRASH_PREFIX}{name}-{pid}"));
-                if let Err(e) = fs::rename(&path, &target) {
-                    errors.push(format!("moving {} away: {e}", path.display()));
+                if let Err(e) =
+                    fs::rename(&path, &target).context(|| format!("moving {} away", path.display()))
+                {
+                    errors.push(e);
                     continue;
                 }
                 // Its recipe's lock file goes too, unless a build just took it.
@@ -650,18 +636,17 @@ pub fn prune_images(
                 ));
                 removed.push(entry);
             }
-            Err(e) => errors.push(format!("removing {}: {e}", target.display())),
+            Err(e) => errors.push(e),
         }
     }
     drop(lock);
     if errors.is_empty() {
         Ok(removed)
     } else {
-        Err(LabError::Failed(format!(
-            "pruning the image cache {}: {}",
-            cache.dir.display(),
-            errors.join("; ")
-        )))
+        Err(ImageError::Prune {
+            cache: cache.dir.clone(),
+            failures: errors,
+        })
     }
 }
 

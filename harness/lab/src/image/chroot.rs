@@ -12,7 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{LabError, Progress};
+use guardlab_host::Progress;
+
+use super::error::{ImageError, IoContext, StepFailed};
 
 /// A bind mount made for one command: a host path onto a path inside the root filesystem.
 #[derive(Clone, Debug)]
@@ -30,9 +32,10 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-fn cstring(p: impl AsRef<OsStr>) -> Result<CString, LabError> {
-    CString::new(p.as_ref().as_bytes())
-        .map_err(|_| LabError::Failed(format!("path {:?} has a NUL byte", p.as_ref())))
+fn cstring(p: impl AsRef<OsStr>) -> Result<CString, ImageError> {
+    CString::new(p.as_ref().as_bytes()).map_err(|_| ImageError::NulInPath {
+        path: p.as_ref().to_os_string(),
+    })
 }
 
 /// Device nodes of the minimal /dev: name, major, minor.
@@ -70,11 +73,10 @@ pub fn rootfs_command(
     workdir: Option<&str>,
     binds: &[Bind],
     program: &str,
-) -> Result<Command, LabError> {
-    let rootfs = rootfs.canonicalize().map_err(|source| LabError::Io {
-        context: format!("opening the root filesystem {}", rootfs.display()),
-        source,
-    })?;
+) -> Result<Command, ImageError> {
+    let rootfs = rootfs
+        .canonicalize()
+        .context(|| format!("opening the root filesystem {}", rootfs.display()))?;
     let inside = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
     let dev = rootfs.join("dev");
     let mut binds_c = Vec::new();
@@ -87,7 +89,7 @@ pub fn rootfs_command(
         devices: DEVICES
             .iter()
             .map(|(n, ma, mi)| Ok((cstring(dev.join(n))?, libc::makedev(*ma, *mi))))
-            .collect::<Result<_, LabError>>()?,
+            .collect::<Result<_, ImageError>>()?,
         dev_dirs: vec![cstring(dev.join("pts"))?, cstring(dev.join("shm"))?],
         dev_links: vec![
             (cstring("/proc/self/fd")?, cstring(dev.join("fd"))?),
@@ -191,7 +193,7 @@ fn enter(p: &Prepared, run_as: Option<RunAs>) -> std::io::Result<()> {
 
 /// A command that runs on the host in a private mount namespace, killed if the harness dies
 /// (for debootstrap, which mounts /proc and /sys in its target while it works).
-pub fn private_mount_command(program: &str) -> Result<Command, LabError> {
+pub fn private_mount_command(program: &str) -> Result<Command, ImageError> {
     let slash = cstring("/")?;
     let mut command = Command::new(program);
     // SAFETY: only system calls on memory prepared before fork.
@@ -224,21 +226,16 @@ pub fn run_streaming(
     mut command: Command,
     what: &str,
     progress: &dyn Progress,
-) -> Result<(), LabError> {
-    let (reader, writer) = std::io::pipe().map_err(|source| LabError::Io {
-        context: format!("making a pipe for {what}"),
-        source,
-    })?;
-    let writer2 = writer.try_clone().map_err(|source| LabError::Io {
-        context: format!("making a pipe for {what}"),
-        source,
-    })?;
+) -> Result<(), ImageError> {
+    let (reader, writer) = std::io::pipe().context(|| format!("making a pipe for {what}"))?;
+    let writer2 = writer
+        .try_clone()
+        .context(|| format!("making a pipe for {what}"))?;
     command.stdin(Stdio::null()).stdout(writer).stderr(writer2);
-    let mut child = command.spawn().map_err(|source| LabError::Io {
-        context: format!("starting {what}"),
-        source,
-    })?;
-    // The pipe's write ends live in `command`: drop it so the read below ends with the child.
+    let mut child = command.spawn().context(|| format!("starting {what}"))?;
+    // The pipe's write ends live in `command`: keep only what the failure message names, so
+    // that the read below ends with the child.
+    let command_line = command_line(&command);
     drop(command);
     let mut tail: std::collections::VecDeque<String> = Default::default();
     let mut reader = BufReader::new(reader);
@@ -264,36 +261,45 @@ pub fn run_streaming(
             Err(_) => break,
         }
     }
-    let status = child.wait().map_err(|source| LabError::Io {
-        context: format!("waiting for {what}"),
-        source,
-    })?;
+    let status = child.wait().context(|| format!("waiting for {what}"))?;
     if status.success() {
         return Ok(());
     }
-    let tail: Vec<String> = tail.into_iter().collect();
-    Err(LabError::Failed(format!(
-        "{what} failed ({status}); its last output:\n  {}",
-        tail.join("\n  ")
-    )))
+    Err(StepFailed::new(what, command_line, status, tail.into_iter().collect()).into())
 }
 
-/// Runs a command to completion and returns its stdout; fails with its stderr.
-pub fn run_capture(mut command: Command, what: &str) -> Result<String, LabError> {
+/// Runs a command to completion and returns its stdout; fails with its stderr and stdout.
+pub fn run_capture(mut command: Command, what: &str) -> Result<String, ImageError> {
     let out = command
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| LabError::Io {
-            context: format!("running {what}"),
-            source,
-        })?;
+        .context(|| format!("running {what}"))?;
     if !out.status.success() {
-        return Err(LabError::Failed(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        )));
+        let output: Vec<String> = [&out.stderr, &out.stdout]
+            .iter()
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .map(str::trim_end)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let skip = output.len().saturating_sub(TAIL_LINES);
+        let command_line = command_line(&command);
+        return Err(
+            StepFailed::new(what, command_line, out.status, output[skip..].to_vec()).into(),
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `program arg arg...` of `command`, for the message of a failure.
+fn command_line(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::LabError;
+use super::error::ImageError;
 
 /// A `deb` source of the host's apt configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct AptSource {
 /// archive, which carries the other releases too), else the first `deb` source. The suite of
 /// the result is always `suite`; a mirror that lacks it makes debootstrap fail, and the build
 /// then says so.
-pub fn host_apt_source(etc_apt: &Path, suite: &str) -> Result<AptSource, LabError> {
+pub fn host_apt_source(etc_apt: &Path, suite: &str) -> Result<AptSource, ImageError> {
     let mut sources = Vec::new();
     let list = etc_apt.join("sources.list");
     if let Ok(text) = std::fs::read_to_string(&list) {
@@ -63,14 +63,8 @@ pub fn host_apt_source(etc_apt: &Path, suite: &str) -> Result<AptSource, LabErro
             }
             s
         });
-    chosen.ok_or_else(|| LabError::Missing {
-        what: format!(
-            "a `deb` source in the host's apt configuration ({})",
-            etc_apt.display()
-        ),
-        hint: "the pod image is built with debootstrap from the host's Debian mirror; configure \
-               apt (sources.list or sources.list.d/*.sources) first"
-            .into(),
+    chosen.ok_or_else(|| ImageError::NoAptSource {
+        etc_apt: etc_apt.to_path_buf(),
     })
 }
 

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use guardlab_services::PythonLock;
 
-use crate::LabError;
+use super::error::{ImageError, IoContext};
 
 /// The recipe's file name inside the recipe directory.
 pub const RECIPE_FILE: &str = "recipe.yaml";
@@ -261,6 +261,17 @@ checked_string!(
     }
 );
 
+impl Requirement {
+    /// The project name the requirement starts with: `jupyter-server>=2.14,<3` ->
+    /// `jupyter-server` (as written, not normalized).
+    pub fn project_name(&self) -> &str {
+        let end = self
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .unwrap_or(self.len());
+        &self[..end]
+    }
+}
+
 /// An octal file mode, written as a string (`"0755"`) because YAML 1.2 reads `0755` as decimal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -280,20 +291,23 @@ impl TryFrom<String> for FileMode {
 
 impl Recipe {
     /// Checks that need the whole recipe (each field is already checked on its own).
-    fn check(&self, file: &Path, text: &str) -> Result<(), LabError> {
-        let at = |key: &str| -> String { location_of(file, text, key) };
+    fn check(&self, file: &Path, text: &str) -> Result<(), ImageError> {
+        let bad = |needle: &str, field: &str, message: String| {
+            ImageError::recipe(file, line_of(text, needle), field, message)
+        };
         if self.image.trim().is_empty() || self.image.contains(char::is_whitespace) {
-            return Err(LabError::Failed(format!(
-                "{}: field `image`: `{}` is not an image name",
-                at("image:"),
-                self.image
-            )));
+            return Err(bad(
+                "image:",
+                "image",
+                format!("`{}` is not an image name", self.image),
+            ));
         }
         if self.debian.packages.is_empty() {
-            return Err(LabError::Failed(format!(
-                "{}: field `debian.packages` is empty",
-                at("packages:")
-            )));
+            return Err(bad(
+                "packages:",
+                "debian.packages",
+                "the list is empty".into(),
+            ));
         }
         if let Some(p) = self
             .debian
@@ -301,52 +315,50 @@ impl Recipe {
             .iter()
             .find(|p| self.debian.forbidden_packages.contains(p))
         {
-            return Err(LabError::Failed(format!(
-                "{}: field `debian.packages`: `{p}` is also in `debian.forbidden_packages`",
-                at(&format!("- {p}"))
-            )));
+            return Err(bad(
+                &format!("- {p}"),
+                "debian.packages",
+                format!("`{p}` is also in `debian.forbidden_packages`"),
+            ));
         }
         if self.venv.owner.0 != "root" && self.venv.owner != self.user.name {
-            return Err(LabError::Failed(format!(
-                "{}: field `venv.owner`: `{}` is neither `root` nor the recipe's user `{}`",
-                at("owner:"),
-                self.venv.owner,
-                self.user.name
-            )));
+            return Err(bad(
+                "owner:",
+                "venv.owner",
+                format!(
+                    "`{}` is neither `root` nor the recipe's user `{}`",
+                    self.venv.owner, self.user.name
+                ),
+            ));
         }
         if self.venv.packages.is_empty() {
-            return Err(LabError::Failed(format!(
-                "{}: field `venv.packages` is empty",
-                at("venv:")
-            )));
+            return Err(bad("venv:", "venv.packages", "the list is empty".into()));
         }
         if self.user.uid == 0 {
-            return Err(LabError::Failed(format!(
-                "{}: field `user.uid`: the notebook user must not be root",
-                at("uid:")
-            )));
+            return Err(bad(
+                "uid:",
+                "user.uid",
+                "the notebook user must not be root".into(),
+            ));
         }
         let mut targets = std::collections::BTreeSet::new();
         for f in &self.files {
             if !targets.insert(f.target.0.clone()) {
-                return Err(LabError::Failed(format!(
-                    "{}: field `files.target`: `{}` is installed twice",
-                    at(&format!("target: {}", f.target)),
-                    f.target
-                )));
+                return Err(bad(
+                    &format!("target: {}", f.target),
+                    "files.target",
+                    format!("`{}` is installed twice", f.target),
+                ));
             }
         }
         Ok(())
     }
 }
 
-/// `file:line` of the first line that contains `needle`, or `file` alone (for checks that look
-/// at the whole recipe, where serde has no position to give).
-fn location_of(file: &Path, text: &str, needle: &str) -> String {
-    match text.lines().position(|l| l.contains(needle)) {
-        Some(i) => format!("{}:{}", file.display(), i + 1),
-        None => file.display().to_string(),
-    }
+/// The line (1-based) of the first line that contains `needle`; `None` for checks that look at
+/// the whole recipe, where serde has no position to give, when no line has it.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
 
 /// A recipe with the content of every file it installs, and its hash.
@@ -363,35 +375,39 @@ pub struct LoadedRecipe {
 }
 
 /// Reads, checks and hashes the recipe in `dir`, and its lock.
-pub fn load(dir: &Path) -> Result<LoadedRecipe, LabError> {
+pub fn load(dir: &Path) -> Result<LoadedRecipe, ImageError> {
     load_with(dir, true)
 }
 
 /// [`load`] for `guardlab image lock`, which makes the lock: a missing or broken lock is
 /// replaced, so it is not read (the result's lock has no pins).
-pub fn load_unlocked(dir: &Path) -> Result<LoadedRecipe, LabError> {
+pub fn load_unlocked(dir: &Path) -> Result<LoadedRecipe, ImageError> {
     load_with(dir, false)
 }
 
-fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, LabError> {
+fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, ImageError> {
     let file = dir.join(RECIPE_FILE);
-    let bytes = std::fs::read(&file).map_err(|source| LabError::Io {
-        context: format!("reading the image recipe {}", file.display()),
-        source,
+    let bytes =
+        std::fs::read(&file).context(|| format!("reading the image recipe {}", file.display()))?;
+    let text = String::from_utf8(bytes.clone()).map_err(|e| ImageError::Recipe {
+        file: file.clone(),
+        line: None,
+        field: None,
+        message: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
     })?;
-    let text = String::from_utf8(bytes.clone()).map_err(|e| {
-        LabError::Failed(format!(
-            "{}: not UTF-8 (byte {})",
-            file.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
-    let recipe: Recipe = serde_yaml::from_str(&text).map_err(|e| {
-        let at = match e.location() {
-            Some(l) => format!("{}:{}:{}", file.display(), l.line(), l.column()),
-            None => file.display().to_string(),
-        };
-        LabError::Failed(format!("{at}: bad image recipe: {e}"))
+    let recipe: Recipe = serde_yaml::from_str(&text).map_err(|source| match source.location() {
+        Some(at) => ImageError::RecipeYaml {
+            file: file.clone(),
+            line: at.line(),
+            column: at.column(),
+            source,
+        },
+        None => ImageError::Recipe {
+            file: file.clone(),
+            line: None,
+            field: None,
+            message: format!("bad image recipe: {source}"),
+        },
     })?;
     recipe.check(&file, &text)?;
 
@@ -401,12 +417,12 @@ fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, LabError> {
     let mut file_contents = Vec::with_capacity(recipe.files.len());
     for f in &recipe.files {
         let source = dir.join(&f.source.0);
-        let content = std::fs::read(&source).map_err(|e| {
-            LabError::Failed(format!(
-                "{}: field `files.source`: cannot read {}: {e}",
-                location_of(&file, &text, &format!("source: {}", f.source)),
-                source.display()
-            ))
+        let content = std::fs::read(&source).map_err(|e| ImageError::RecipeFileUnreadable {
+            recipe: file.clone(),
+            line: line_of(&text, &format!("source: {}", f.source)),
+            field: "files.source",
+            path: source.clone(),
+            source: e,
         })?;
         hash_part(&mut hasher, &f.source, &content);
         file_contents.push(content);
@@ -425,29 +441,32 @@ fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, LabError> {
             hash: hex::encode(hasher.finalize()),
         });
     }
-    let lock_at = location_of(&file, &text, &format!("lock: {}", recipe.venv.lock));
-    let lock_bytes = std::fs::read(&lock_path).map_err(|e| {
-        LabError::Failed(format!(
-            "{lock_at}: field `venv.lock`: cannot read {}: {e} (make it with `guardlab image lock`)",
-            lock_path.display()
-        ))
+    let lock_line = line_of(&text, &format!("lock: {}", recipe.venv.lock));
+    let lock_bytes =
+        std::fs::read(&lock_path).map_err(|source| ImageError::RecipeFileUnreadable {
+            recipe: file.clone(),
+            line: lock_line,
+            field: "venv.lock",
+            path: lock_path.clone(),
+            source,
+        })?;
+    let venv_lock = PythonLock::read(&lock_path).map_err(|source| ImageError::Lock {
+        recipe: file.clone(),
+        line: lock_line,
+        source,
     })?;
-    let venv_lock = PythonLock::read(&lock_path)
-        .map_err(|e| LabError::Failed(format!("{e} (the lock of {lock_at}: field `venv.lock`)")))?;
     for p in &recipe.venv.packages {
-        let end = p
-            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-            .unwrap_or(p.len());
-        if venv_lock.pin(&p[..end]).is_none() {
-            return Err(LabError::Failed(format!(
-                "{}: field `venv.packages`: `{p}` is not pinned in {}: run `guardlab image lock`",
-                if text.contains(&format!("- {p}")) {
-                    location_of(&file, &text, &format!("- {p}"))
-                } else {
-                    location_of(&file, &text, p)
-                },
-                lock_path.display()
-            )));
+        if venv_lock.pin(p.project_name()).is_none() {
+            let line = line_of(&text, &format!("- {p}")).or_else(|| line_of(&text, p));
+            return Err(ImageError::recipe(
+                &file,
+                line,
+                "venv.packages",
+                format!(
+                    "`{p}` is not pinned in {}: run `guardlab image lock`",
+                    lock_path.display()
+                ),
+            ));
         }
     }
     hash_part(&mut hasher, &recipe.venv.lock, &lock_bytes);
@@ -491,10 +510,7 @@ config: {working_dir: /home/jovyan, env: {PATH: /bin}}
         let dir = std::env::temp_dir().join(format!(
             "guardlab-recipe-unit-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
+            guardlab_host::unix_time_ns()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.sh"), "echo a\n").unwrap();
