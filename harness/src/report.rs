@@ -54,32 +54,3 @@ pub fn fail(failure: &Failure) -> ExitCode {
     eprintln!("guardlab: {failure}");
     ExitCode::from(2)
 }
-
-/// Lab progress on the console: on a terminal one updating line per phase, in a log the phase
-/// lines and a detail line now and then (see [`crate::console`]). `quiet` keeps it silent
-/// (JSON-only runs, tests). Every value draws on the process's one console; when one goes away,
-/// its live line stays on the screen as it was.
-pub struct ConsoleProgress {
-    pub quiet: bool,
-}
-
-impl guardlab_lab::Progress for ConsoleProgress {
-    fn phase(&self, what: &str) {
-        if !self.quiet {
-            crate::console::phase(what);
-        }
-    }
-    fn detail(&self, line: &str) {
-        if !self.quiet {
-            crate::console::detail(line);
-        }
-    }
-}
-
-impl Drop for ConsoleProgress {
-    fn drop(&mut self) {
-        if !self.quiet {
-            crate::console::detach();
-        }
-    }
-}

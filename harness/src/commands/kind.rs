@@ -11,7 +11,8 @@ use guardlab_lab::{Lab, LabInfo};
 
 use crate::cli::LabArgs;
 use crate::commands::lab::{LabVerb, block_on, drive};
-use crate::report::{CommandResult, ConsoleProgress, Failure, Outcome};
+use crate::console::{self, ConsoleProgress};
+use crate::report::{CommandResult, Failure, Outcome};
 
 fn options(args: &LabArgs) -> KindOptions {
     let mut options = KindOptions::default();
@@ -83,10 +84,10 @@ fn holding_notice(info: &LabInfo) -> String {
     text
 }
 
-/// What `lab up` says when the sensor's event stream gave up while it holds the forward (the
-/// stream's own text says what stopped and what that means for replaced pods).
+/// The warning `lab up` gives when the sensor's event stream gave up while it holds the
+/// forward (the stream's own text says what stopped and what that means for replaced pods).
 fn stream_failure_notice(why: &str) -> String {
-    format!("warning: {why}\nThe notebook forward stays up until Ctrl-C.")
+    format!("{why}\nThe notebook forward stays up until Ctrl-C.")
 }
 
 /// Brings the lab up, then holds its port-forward until `stop` completes. The lab is not
@@ -109,7 +110,7 @@ async fn up_and_hold<L: Lab, F: Future<Output = String>>(
     tokio::select! {
         _ = &mut stop => {}
         why = gave_up => {
-            eprintln!("{}", stream_failure_notice(&why));
+            console::warning(&stream_failure_notice(&why));
             stop.await;
         }
     }
@@ -213,8 +214,9 @@ mod tests {
 
     #[test]
     fn a_stream_that_gave_up_is_said_as_a_warning() {
-        let text =
-            stream_failure_notice("the sensor's event stream stopped: no working connection");
+        let text = console::warning_line(&stream_failure_notice(
+            "the sensor's event stream stopped: no working connection",
+        ));
         assert!(
             text.starts_with("warning: the sensor's event stream stopped: no working connection\n"),
             "{text}"

@@ -4,8 +4,9 @@ use anyhow::anyhow;
 use guardlab_lab::{Lab, LabInfo, LocalLab, LocalLabOptions};
 
 use crate::cli::{BackendArg, LabArgs};
+use crate::console::ConsoleProgress;
 use crate::privilege;
-use crate::report::{CommandResult, ConsoleProgress, Failure, Outcome};
+use crate::report::{CommandResult, Failure, Outcome};
 
 /// The lab `lab up` makes when no namespace is given: the scenario's namespace, so that
 /// `guardlab scenario cryptominer` and `lab down` find the same lab.

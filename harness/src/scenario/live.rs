@@ -20,12 +20,13 @@ use guardlab_jupyter::{JupyterClient, JupyterError, Kernel, Terminal};
 use guardlab_kind::{KindLab, KindOptions};
 use guardlab_lab::{Lab, LabAction, LabInfo, LocalLab, LocalLabOptions};
 
-use crate::report::ConsoleProgress;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
-use super::runner::{Backend, BackendError, Console};
+use crate::console::Console;
+
+use super::runner::{Backend, BackendError};
 
 /// What a live run needs from the notebook: cells and terminals, through Jupyter's APIs.
 #[allow(async_fn_in_trait)] // Used through generics only.
@@ -385,7 +386,7 @@ impl<L: LiveLab> Backend for LabBackend<L> {
     fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
 
     async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
-        let progress = ConsoleProgress { quiet: out.quiet };
+        let progress = out.progress();
         // A lab left up by `lab up` or --keep-lab is removed first: the baseline must start
         // from a fresh pod.
         if self.lab.status().await.map_err(lab_err(L::LAB))?.is_some() {
@@ -490,7 +491,7 @@ impl<L: LiveLab> Backend for LabBackend<L> {
         }
         out.line(format!("Tearing {} down.", L::TEAR_DOWN));
         self.lab
-            .down(&ConsoleProgress { quiet: out.quiet })
+            .down(&out.progress())
             .await
             .map_err(|e| BackendError::Lab(format!("tearing {} down: {e}", L::TEAR_DOWN)))
     }

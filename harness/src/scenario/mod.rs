@@ -115,7 +115,7 @@ pub fn run_scenario(args: &ScenarioArgs) -> CommandResult {
         crate::privilege::ensure_root("the local lab")?;
     }
     let report = run_blocking(&options);
-    let console = runner::Console { quiet: false };
+    let console = crate::console::Console { quiet: false };
     summary::print_summary(&report, &console);
     let mut write_errors = Vec::new();
     if let Some(path) = &options.json
@@ -253,7 +253,7 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 .unwrap_or_default()
         ),
     };
-    let console = runner::Console {
+    let console = crate::console::Console {
         quiet: options.quiet,
     };
     let header = |backend: &str, synthetic: bool, note: String| recording::Header {

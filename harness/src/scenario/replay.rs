@@ -12,7 +12,9 @@ use serde_json::Value as Json;
 
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Recording};
-use super::runner::{Backend, BackendError, Console};
+use crate::console::Console;
+
+use super::runner::{Backend, BackendError};
 
 pub struct ReplayBackend {
     recording: Recording,

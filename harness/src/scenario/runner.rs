@@ -23,6 +23,8 @@ use guardlab_events::{Event, EventBody, ProcessKey};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::console::{Console, seconds, textwrap};
+
 use super::file::{Action, CheckPoolReached, Condition, Scenario, Step, TerminalCommand};
 use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordingWriter};
 use super::snapshot::{Comparison, Redactor, SnapshotDir, yaml, yaml_documents};
@@ -83,23 +85,6 @@ pub trait Backend {
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError>;
     /// Tear down (unless `keep`).
     async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError>;
-}
-
-/// Where the runner writes for a person.
-pub struct Console {
-    pub quiet: bool,
-}
-
-impl Console {
-    pub fn line(&self, text: impl AsRef<str>) {
-        if !self.quiet {
-            println!("{}", text.as_ref());
-        }
-    }
-    /// A line of detail inside a step.
-    pub fn detail(&self, text: impl AsRef<str>) {
-        self.line(format!("       {}", text.as_ref()));
-    }
 }
 
 /// Whether to run the next step, as a person in a workshop answers (`--step`).
@@ -1295,29 +1280,6 @@ pub fn kind_word(kind: DeviationType) -> &'static str {
         DeviationType::Ingress => "ingress",
         DeviationType::Egress => "egress",
     }
-}
-
-pub fn seconds(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}
-
-/// Wrap text at `width` columns.
-pub fn textwrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        if !line.is_empty() && line.len() + 1 + word.len() > width {
-            lines.push(std::mem::take(&mut line));
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    if !line.is_empty() {
-        lines.push(line);
-    }
-    lines
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::runner::{Console, RunReport, StepResult, seconds};
+use crate::console::{Console, seconds};
+
+use super::runner::{RunReport, StepResult};
 
 /// Print the summary table and what the engine found.
 pub fn print_summary(report: &RunReport, out: &Console) {
