@@ -67,5 +67,10 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         step: false,
         quiet: true,
     });
-    assert_eq!(replay.exit_code(), 0, "{:?}", replay.steps);
+    assert_eq!(
+        replay.result,
+        guardlab::scenario::RunResult::Pass,
+        "{:?}",
+        replay.steps
+    );
 }

@@ -2,7 +2,8 @@
 //! a recording ([`replay`], [`recording`]), driving the engine and checking the results against
 //! snapshot files ([`snapshot`]) in `snapshots/<name>/`.
 //!
-//! The lead's `main` calls [`run_scenario`] for `guardlab scenario ...`.
+//! `guardlab scenario ...` (`crate::commands::scenario`) resolves a [`RunOptions`] and calls
+//! [`run_blocking`]; the [`RunReport`] it gets back says how the run came out.
 //!
 //! Where things are found (each can be moved with an environment variable, for tests and for
 //! scenarios kept elsewhere):
@@ -21,10 +22,9 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{BackendArg, ScenarioArgs};
-use crate::report::{CommandResult, Failure, Outcome};
+use crate::cli::BackendArg;
 
-pub use runner::{RunReport, StepResult};
+pub use runner::{RunReport, RunResult, StepResult};
 
 /// Environment variables that move the scenario's files.
 pub const ENV_SCENARIOS_DIR: &str = "GUARDLAB_SCENARIOS_DIR";
@@ -65,25 +65,6 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-impl RunOptions {
-    pub fn from_args(args: &ScenarioArgs, name: &str) -> Result<RunOptions, Failure> {
-        let scenario_file = file::resolve_scenario(&scenarios_dir(), name)?;
-        Ok(RunOptions {
-            scenario_file,
-            backend: args.backend,
-            snapshot_dir: std::env::var_os(ENV_SNAPSHOT_DIR).map(PathBuf::from),
-            update_snapshots: args.update_snapshots,
-            replay_file: std::env::var_os(ENV_REPLAY_FILE).map(PathBuf::from),
-            record: args.record.clone(),
-            json: args.json.clone(),
-            junit: args.junit.clone(),
-            keep_lab: args.keep_lab,
-            step: args.step,
-            quiet: false,
-        })
-    }
-}
-
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
 pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
     let dir = scenario_file.parent().unwrap_or(Path::new("."));
@@ -93,95 +74,6 @@ pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
         dir
     };
     dir.join("..").join("snapshots").join(name)
-}
-
-/// `guardlab scenario ...`: list, or run one scenario, print the summary, write the reports.
-/// Exit codes through [`CommandResult`]: 0 pass, 1 a snapshot or check failed, 2 the lab could
-/// not run (or bad input).
-pub fn run_scenario(args: &ScenarioArgs) -> CommandResult {
-    if args.list {
-        return list_scenarios();
-    }
-    let Some(name) = args.name.as_deref() else {
-        return Err(Failure(anyhow::anyhow!("name a scenario, or use --list")));
-    };
-    let options = RunOptions::from_args(args, name)?;
-    if options.step && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return Err(Failure(anyhow::anyhow!(
-            "--step waits for Enter before each step, typed in a terminal, and standard input is not one: run it from a terminal, or leave --step out"
-        )));
-    }
-    if matches!(options.backend, BackendArg::Local) {
-        crate::privilege::ensure_root("the local lab")?;
-    }
-    let report = run_blocking(&options);
-    let console = crate::console::Console { quiet: false };
-    summary::print_summary(&report, &console);
-    let mut write_errors = Vec::new();
-    if let Some(path) = &options.json
-        && let Err(e) = summary::write_json(&report, path)
-    {
-        write_errors.push(format!("--json {}: {e}", path.display()));
-    }
-    if let Some(path) = &options.junit
-        && let Err(e) = summary::write_junit(&report, path)
-    {
-        write_errors.push(format!("--junit {}: {e}", path.display()));
-    }
-    if !write_errors.is_empty() {
-        return Err(Failure(anyhow::anyhow!("{}", write_errors.join("; "))));
-    }
-    match report.exit_code() {
-        0 => Ok(Outcome::Clean),
-        1 => Ok(Outcome::Findings),
-        _ => Err(Failure(anyhow::anyhow!(
-            "{}{}",
-            if report.scenario == "?" {
-                String::new()
-            } else {
-                format!("scenario {}: ", report.scenario)
-            },
-            report
-                .error
-                .clone()
-                .or_else(|| report
-                    .steps
-                    .iter()
-                    .find(|s| s.result == StepResult::Error)
-                    .map(|s| { format!("step {:?}: {}", s.name, s.messages.join("; ")) }))
-                .unwrap_or_else(|| "the lab could not run".into())
-        ))),
-    }
-}
-
-/// `guardlab scenario --list`: every scenario file's name and description.
-pub fn list_scenarios() -> CommandResult {
-    let dir = scenarios_dir();
-    let files = file::scenario_files(&dir)?;
-    if files.is_empty() {
-        println!("no scenarios in {}", file::display_path(&dir));
-        return Ok(Outcome::Clean);
-    }
-    let mut problems = Vec::new();
-    let mut rows = Vec::new();
-    for path in files {
-        match file::load_scenario(&path) {
-            Ok(s) => rows.push((s.name, s.description, s.steps.len())),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    for (name, description, steps) in &rows {
-        println!("{name:<width$}  {description} ({steps} steps)");
-    }
-    for p in &problems {
-        eprintln!("guardlab: {p}");
-    }
-    Ok(if problems.is_empty() {
-        Outcome::Clean
-    } else {
-        Outcome::Findings
-    })
 }
 
 /// Run a scenario to the end on a fresh tokio runtime; never fails: errors are in the report.

@@ -175,13 +175,24 @@ pub struct StepReport {
     pub diff: Option<String>,
 }
 
+/// How a whole run came out (`result` in the JSON report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// Every step that ran passed (or wrote its snapshot).
+    Pass,
+    /// A snapshot differs or a check failed: the question was answered "no".
+    Mismatch,
+    /// The lab or a driver broke, or the run could not start.
+    Error,
+}
+
 /// The whole run, for the summary, `--json` and `--junit`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub scenario: String,
     pub backend: String,
-    /// `pass`, `mismatch` (exit 1) or `error` (exit 2).
-    pub result: String,
+    pub result: RunResult,
     pub duration_ms: u64,
     pub steps: Vec<StepReport>,
     /// An error before or after the steps (a lab that would not come up, a bad recording).
@@ -204,7 +215,7 @@ impl RunReport {
         RunReport {
             scenario: scenario.into(),
             backend: backend.into(),
-            result: "error".into(),
+            result: RunResult::Error,
             duration_ms: 0,
             steps: Vec::new(),
             error: None,
@@ -215,28 +226,20 @@ impl RunReport {
         }
     }
 
-    /// 0 pass, 1 a snapshot or check failed, 2 the lab could not run.
-    pub fn exit_code(&self) -> u8 {
-        if self.error.is_some() || self.steps.iter().any(|s| s.result == StepResult::Error) {
-            2
-        } else if self
-            .steps
-            .iter()
-            .any(|s| matches!(s.result, StepResult::Mismatch | StepResult::Failed))
-        {
-            1
-        } else {
-            0
-        }
-    }
-
+    /// How the run came out, from its steps and its error: set once the run is over.
     pub fn settle(&mut self) {
-        self.result = match self.exit_code() {
-            0 => "pass",
-            1 => "mismatch",
-            _ => "error",
-        }
-        .into();
+        self.result =
+            if self.error.is_some() || self.steps.iter().any(|s| s.result == StepResult::Error) {
+                RunResult::Error
+            } else if self
+                .steps
+                .iter()
+                .any(|s| matches!(s.result, StepResult::Mismatch | StepResult::Failed))
+            {
+                RunResult::Mismatch
+            } else {
+                RunResult::Pass
+            };
     }
 }
 
@@ -1354,17 +1357,26 @@ mod tests {
         assert_eq!(report.steps.len(), 13);
         assert_eq!(report.stopped.as_deref(), Some("fingerprint"));
         assert_eq!(report.steps[3].messages, ["stopped here (--step)"]);
-        assert_eq!(report.exit_code(), 0);
+        assert_eq!(report.result, RunResult::Pass);
 
         // Enter at every step runs them all, as without pauses.
         let report = paced_replay(&[b'\n'; 13]);
         assert_eq!(report.stopped, None);
-        assert_eq!(report.exit_code(), 0, "{:?}", report.steps);
+        assert_eq!(report.result, RunResult::Pass, "{:?}", report.steps);
         assert!(report.steps.iter().all(|s| s.result == StepResult::Passed));
 
         // The end of the input stops too (a closed terminal must not run the rest unasked).
         let report = paced_replay(b"\n");
         assert_eq!(report.stopped.as_deref(), Some("baseline-hello"));
+    }
+
+    #[test]
+    fn a_runs_result_is_written_as_the_json_report_always_wrote_it() {
+        let words: Vec<String> = [RunResult::Pass, RunResult::Mismatch, RunResult::Error]
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        assert_eq!(words, ["\"pass\"", "\"mismatch\"", "\"error\""]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::console::{Console, seconds};
 
-use super::runner::{RunReport, StepResult};
+use super::runner::{RunReport, RunResult, StepResult};
 
 /// Print the summary table and what the engine found.
 pub fn print_summary(report: &RunReport, out: &Console) {
@@ -115,18 +115,18 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         n => format!(" ({n} not applicable on this backend)"),
     };
     let took = seconds(Duration::from_millis(report.duration_ms));
-    match report.exit_code() {
-        0 if report.stopped.is_some() => out.line(format!(
+    match report.result {
+        RunResult::Pass if report.stopped.is_some() => out.line(format!(
             "STOPPED before step {:?} (as asked): {ran} of {} steps ran and passed{not_applicable}, in {took}",
             report.stopped.as_deref().unwrap_or("?"),
             report.steps.len(),
         )),
-        0 => out.line(format!(
+        RunResult::Pass => out.line(format!(
             "PASS: {} steps{not_applicable} in {took}",
             report.steps.len(),
         )),
-        1 => out.line(format!("FAIL: {}", failed.join(", "))),
-        _ => out.line(format!(
+        RunResult::Mismatch => out.line(format!("FAIL: {}", failed.join(", "))),
+        RunResult::Error => out.line(format!(
             "ERROR: the lab could not run{}",
             if failed.is_empty() {
                 String::new()
