@@ -4,7 +4,6 @@ pub mod clean;
 pub mod doctor;
 pub mod files;
 pub mod image;
-pub mod kind;
 pub mod lab;
 pub mod scenario;
 

@@ -78,11 +78,7 @@ pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
 
 /// Run a scenario to the end on a fresh tokio runtime; never fails: errors are in the report.
 pub fn run_blocking(options: &RunOptions) -> RunReport {
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    match guardlab_host::runtime(2) {
         Ok(rt) => rt.block_on(run(options)),
         Err(e) => {
             let mut r = RunReport::new("?", "?");

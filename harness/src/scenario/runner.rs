@@ -1341,9 +1341,7 @@ mod tests {
         };
         let runner = Runner::new(&scenario, backend, snapshots, None, Console { quiet: true })
             .with_pacer(Pacer::from_reader(answers));
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        guardlab_host::runtime(1)
             .unwrap()
             .block_on(runner.run(false))
     }

@@ -9,8 +9,8 @@ use std::future::Future;
 use guardlab_kind::{KindLab, KindOptions, Target};
 use guardlab_lab::{Lab, LabInfo};
 
+use super::{LabVerb, block_on, drive};
 use crate::cli::LabArgs;
-use crate::commands::lab::{LabVerb, block_on, drive};
 use crate::console::{self, ConsoleProgress};
 use crate::report::{CommandResult, Failure, Outcome};
 
