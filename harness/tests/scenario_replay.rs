@@ -7,16 +7,16 @@ mod scenario_common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use guardlab::cli::BackendArg;
-use guardlab::scenario::recording::{read_recording, write_recording};
+use guardlab::scenario::recording::{RecordedOn, read_recording, write_recording};
 use guardlab::scenario::{RunOptions, RunReport, RunResult, StepResult, run_blocking};
 use guardlab_engine::model::DeviationType;
+use guardlab_lab_api::Backend;
 use scenario_common::*;
 
 fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
     RunOptions {
         scenario_file: scenario_file(),
-        backend: BackendArg::Replay,
+        backend: Backend::Replay,
         snapshot_dir: Some(snapshot_dir.to_path_buf()),
         update_snapshots: false,
         replay_file: Some(recording.to_path_buf()),
@@ -173,7 +173,8 @@ fn replay_real() -> RunReport {
 fn the_recording_of_a_live_run_replays_against_the_committed_snapshots() {
     let recording = read_recording(&root().join("scenarios/cryptominer.ndjson")).unwrap();
     assert!(
-        !recording.header.synthetic && recording.header.backend == "local",
+        !recording.header.synthetic
+            && recording.header.backend == RecordedOn::Backend(Backend::Local),
         "{:?}",
         recording.header
     );
@@ -373,7 +374,7 @@ fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kind.ndjson");
     let mut rec = synthetic();
-    rec.header.backend = "kind".into();
+    rec.header.backend = RecordedOn::Backend(Backend::Kind);
     rec.header.synthetic = false;
     // A cluster has no lab pool: nothing to ask it, nothing recorded.
     let pool = rec
@@ -406,7 +407,7 @@ fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
     assert_eq!(read_recording(&again).unwrap(), rec);
 
     // The same events as a local run: the pool check is real there, and fails without facts.
-    rec.header.backend = "local".into();
+    rec.header.backend = RecordedOn::Backend(Backend::Local);
     write_recording(&path, &rec).unwrap();
     let report = run_blocking(&replay_options(&synthetic_snapshots(), &path));
     assert_eq!(report.result, RunResult::Mismatch);

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 
-use crate::cli::{BackendArg, ScenarioArgs};
+use guardlab_lab_api::Backend;
+
+use crate::cli::ScenarioArgs;
 use crate::console::Console;
 use crate::report::{self, CommandResult, Failure, Outcome};
 use crate::scenario::{self, RunOptions, RunReport, RunResult, StepResult, file, summary};
@@ -24,7 +26,7 @@ pub fn run(args: &ScenarioArgs) -> CommandResult {
             "--step waits for Enter before each step, typed in a terminal, and standard input is not one: run it from a terminal, or leave --step out"
         )));
     }
-    if matches!(options.backend, BackendArg::Local) {
+    if options.backend == Backend::Local {
         crate::privilege::ensure_root("the local lab")?;
     }
     let report = scenario::run_blocking(&options);

@@ -29,6 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use guardlab_lab_api::Backend;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -62,33 +63,42 @@ pub struct Step {
     pub name: String,
     pub explain: String,
     pub action: Action,
-    /// The lab backends the step runs on; empty: all of them.
-    pub backends: Vec<LabKind>,
+    /// The lab backends the step runs on (live ones only); empty: all of them.
+    pub backends: Vec<Backend>,
 }
 
 impl Step {
     /// Whether the step runs on this lab backend (a replay counts as the backend it recorded).
-    pub fn runs_on(&self, lab: &str) -> bool {
-        self.backends.is_empty() || self.backends.iter().any(|b| b.word() == lab)
+    pub fn runs_on(&self, backend: Backend) -> bool {
+        self.backends.is_empty() || self.backends.contains(&backend)
     }
 }
 
-/// A live lab backend, as a step's `backends:` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LabKind {
-    /// The local lab: namespaces, cgroups, the lab's own internet.
-    Local,
-    /// A Kubernetes cluster (kind, or `--context`).
-    Kind,
-}
+/// The names a step's `backends:` takes: the live backends (a replay runs the steps of the
+/// backend it recorded).
+const LIVE_BACKENDS: &[&str] = &["local", "kind"];
 
-impl LabKind {
-    pub fn word(self) -> &'static str {
-        match self {
-            LabKind::Local => "local",
-            LabKind::Kind => "kind",
+/// A live backend, as a step's `backends:` names it.
+struct LiveBackend(Backend);
+
+impl<'de> Deserialize<'de> for LiveBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, so that the error is raised while the scalar is read and carries its
+        // path and line.
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = LiveBackend;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a lab backend: local or kind")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<LiveBackend, E> {
+                match name.parse::<Backend>() {
+                    Ok(backend) if backend.is_live() => Ok(LiveBackend(backend)),
+                    _ => Err(E::unknown_variant(name, LIVE_BACKENDS)),
+                }
+            }
         }
+        d.deserialize_str(V)
     }
 }
 
@@ -493,7 +503,7 @@ impl<'de> Deserialize<'de> for Step {
                 let mut name: Option<String> = None;
                 let mut explain: Option<String> = None;
                 let mut action: Option<Action> = None;
-                let mut backends: Option<Vec<LabKind>> = None;
+                let mut backends: Option<Vec<Backend>> = None;
                 while let Some(key) = map.next_key::<String>()? {
                     let parsed = match key.as_str() {
                         "name" => {
@@ -514,13 +524,13 @@ impl<'de> Deserialize<'de> for Step {
                             if backends.is_some() {
                                 return Err(de::Error::duplicate_field("backends"));
                             }
-                            let list: Vec<LabKind> = map.next_value()?;
+                            let list: Vec<LiveBackend> = map.next_value()?;
                             if list.is_empty() {
                                 return Err(de::Error::custom(
                                     "backends: name at least one backend (local, kind), or leave the key out to run everywhere",
                                 ));
                             }
-                            backends = Some(list);
+                            backends = Some(list.into_iter().map(|b| b.0).collect());
                             continue;
                         }
                         "lab_up" => Action::LabUp(map.next_value()?),
@@ -895,10 +905,13 @@ steps:
         );
         let s = parse_scenario("d.yaml", &text).unwrap();
         let pool = &s.steps[4];
-        assert_eq!(pool.backends, vec![LabKind::Local]);
-        assert!(pool.runs_on("local"));
-        assert!(!pool.runs_on("kind"));
-        assert!(s.steps[0].runs_on("kind"), "no `backends`: everywhere");
+        assert_eq!(pool.backends, vec![Backend::Local]);
+        assert!(pool.runs_on(Backend::Local));
+        assert!(!pool.runs_on(Backend::Kind));
+        assert!(
+            s.steps[0].runs_on(Backend::Kind),
+            "no `backends`: everywhere"
+        );
 
         let bad = text.replace("backends: [local]", "backends: [docker]");
         let err = parse_scenario("d.yaml", &bad).unwrap_err();
@@ -907,6 +920,18 @@ steps:
         assert!(
             err.to_string().contains("expected `local` or `kind`"),
             "{err}"
+        );
+
+        let replay = text.replace("backends: [local]", "backends: [kind, replay]");
+        let err = parse_scenario("d.yaml", &replay).unwrap_err().to_string();
+        assert!(err.contains("expected `local` or `kind`"), "{err}");
+        assert_eq!(
+            LIVE_BACKENDS,
+            Backend::ALL
+                .iter()
+                .filter(|b| b.is_live())
+                .map(|b| b.name())
+                .collect::<Vec<_>>()
         );
 
         let empty = text.replace("backends: [local]", "backends: []");

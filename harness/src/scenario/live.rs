@@ -18,7 +18,9 @@ use guardlab_engine::deviation::{ActionKind, Decision};
 use guardlab_events::Event;
 use guardlab_jupyter::{JupyterClient, JupyterError, Kernel, Terminal};
 use guardlab_kind::{KindLab, KindOptions};
-use guardlab_lab::{Lab, LabAction, LabInfo, LocalLab, LocalLabOptions};
+// Bridge until guardlab-lab re-exports guardlab-lab-api: then these come from guardlab_lab_api.
+use guardlab_lab::{Lab, LabAction, LabError, LabInfo, LocalLab, LocalLabOptions};
+use guardlab_lab_api::Backend;
 
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use crate::console::Console;
 
-use super::runner::{Backend, BackendError};
+use super::runner::{BackendError, ScenarioBackend};
 
 /// What a live run needs from the notebook: cells and terminals, through Jupyter's APIs.
 #[allow(async_fn_in_trait)] // Used through generics only.
@@ -316,9 +318,8 @@ fn lab_name(scenario: &Scenario) -> String {
 }
 
 impl LabBackend<LocalLab> {
-    pub fn new(scenario: &Scenario) -> Result<Self, String> {
-        let lab =
-            LocalLab::new(LocalLabOptions::new(&lab_name(scenario))).map_err(|e| e.to_string())?;
+    pub fn new(scenario: &Scenario) -> Result<Self, LabError> {
+        let lab = LocalLab::new(LocalLabOptions::new(&lab_name(scenario)))?;
         Ok(LabBackend::with_lab(lab))
     }
 }
@@ -366,17 +367,18 @@ pub fn lab_action(decision: &Decision) -> Option<LabAction> {
     }
 }
 
-fn lab_err(what: &str) -> impl Fn(guardlab_lab::LabError) -> BackendError + '_ {
+fn lab_err(what: &str) -> impl Fn(LabError) -> BackendError + '_ {
     move |e| BackendError::Lab(format!("{what}: {e}"))
 }
 
-impl<L: LiveLab> Backend for LabBackend<L> {
-    fn name(&self) -> &'static str {
-        self.lab.backend()
-    }
-
-    fn is_live(&self) -> bool {
-        true
+impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
+    fn backend(&self) -> Backend {
+        // Bridge until guardlab-lab re-exports guardlab-lab-api: `Lab::backend()` is then a
+        // `Backend` and this is `self.lab.backend()`.
+        self.lab
+            .backend()
+            .parse()
+            .expect("a lab backend's name is a Backend's")
     }
 
     fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), BackendError> {

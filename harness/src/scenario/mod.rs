@@ -22,7 +22,15 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::BackendArg;
+use guardlab_lab_api::Backend;
+
+// Bridge until guardlab-lab re-exports guardlab-lab-api: then this is guardlab_lab_api::LabError.
+use guardlab_lab::LabError;
+
+use crate::console::Console;
+use file::Scenario;
+use recording::RecordingWriter;
+use runner::{Pacer, Runner, ScenarioBackend, SnapshotMode};
 
 pub use runner::{RunReport, RunResult, StepResult};
 
@@ -49,7 +57,7 @@ pub fn scenarios_dir() -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub scenario_file: PathBuf,
-    pub backend: BackendArg,
+    pub backend: Backend,
     pub snapshot_dir: Option<PathBuf>,
     pub update_snapshots: bool,
     /// Replay: the recording to read (default `<scenarios>/<name>.ndjson`).
@@ -80,55 +88,117 @@ pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
 pub fn run_blocking(options: &RunOptions) -> RunReport {
     match guardlab_host::runtime(2) {
         Ok(rt) => rt.block_on(run(options)),
-        Err(e) => {
-            let mut r = RunReport::new("?", "?");
-            r.error = Some(format!("starting the async runtime: {e}"));
-            r.settle();
-            r
-        }
+        Err(e) => RunReport::failed(
+            "?",
+            options.backend,
+            format!("starting the async runtime: {e}"),
+        ),
     }
 }
 
-/// Run the steps, pausing before each one with `--step`.
-async fn drive<B: runner::Backend>(
-    runner: runner::Runner<'_, B>,
-    options: &RunOptions,
-) -> RunReport {
-    let runner = if options.step {
-        runner.with_pacer(runner::Pacer::stdin())
-    } else {
-        runner
-    };
-    runner.run(options.keep_lab).await
+/// Why a run could not start: its scenario, its recording or its lab could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Scenario(#[from] file::ScenarioError),
+    /// The recording a replay reads.
+    #[error("{source} (make a recording with `guardlab scenario {scenario} --record {shown}`)")]
+    NoRecording {
+        scenario: String,
+        shown: String,
+        #[source]
+        source: recording::RecordingError,
+    },
+    #[error(transparent)]
+    Replay(#[from] replay::ReplayError),
+    /// The file `--record` names.
+    #[error(transparent)]
+    Record(#[from] recording::RecordingError),
+    #[error(transparent)]
+    Lab(#[from] LabError),
 }
 
 /// Run a scenario to the end; never fails: errors are in the report.
 pub async fn run(options: &RunOptions) -> RunReport {
-    let backend_word = match options.backend {
-        BackendArg::Local => "local",
-        BackendArg::Kind => "kind",
-        BackendArg::Replay => "replay",
-    };
-    let fail = |name: &str, error: String| {
-        let mut r = RunReport::new(name, backend_word);
-        r.error = Some(error);
-        r.settle();
-        r
-    };
     let scenario = match file::load_scenario(&options.scenario_file) {
         Ok(s) => s,
-        Err(e) => return fail("?", e.to_string()),
+        Err(e) => return RunReport::failed("?", options.backend, SetupError::from(e)),
     };
+    match run_scenario(options, &scenario).await {
+        Ok(report) => report,
+        Err(e) => RunReport::failed(&scenario.name, options.backend, e),
+    }
+}
+
+async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunReport, SetupError> {
+    let snapshots = snapshot_mode(options, scenario);
+    let console = Console {
+        quiet: options.quiet,
+    };
+    match options.backend {
+        Backend::Replay => {
+            let path = options.replay_file.clone().unwrap_or_else(|| {
+                options
+                    .scenario_file
+                    .with_file_name(format!("{}.ndjson", scenario.name))
+            });
+            let shown = file::display_path(&path);
+            let rec =
+                recording::read_recording(&path).map_err(|source| SetupError::NoRecording {
+                    scenario: scenario.name.clone(),
+                    shown: shown.clone(),
+                    source,
+                })?;
+            let backend = replay::ReplayBackend::new(scenario, rec, &shown)?;
+            // A replay recorded again is the same recording.
+            let header = backend.header().clone();
+            let recorder = recorder(options, &header)?;
+            Ok(drive(
+                Runner::new(scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await)
+        }
+        Backend::Local => {
+            let backend = live::LocalBackend::new(scenario)?;
+            let recorder = recorder(options, &live_header(scenario, Backend::Local))?;
+            Ok(drive(
+                Runner::new(scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await)
+        }
+        Backend::Kind => {
+            if !options.update_snapshots && !snapshots.dir.dir.exists() {
+                console.line(format!(
+                    "! no snapshots for the kind backend yet ({} does not exist): the checked steps \
+                     will fail as missing; run once with --update-snapshots to write them, review, and commit",
+                    file::display_path(&snapshots.dir.dir)
+                ));
+            }
+            let backend = live::KindBackend::new(scenario);
+            let recorder = recorder(options, &live_header(scenario, Backend::Kind))?;
+            Ok(drive(
+                Runner::new(scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await)
+        }
+    }
+}
+
+/// Where the run's snapshots are, and whether to rewrite them.
+fn snapshot_mode(options: &RunOptions, scenario: &Scenario) -> SnapshotMode {
     // The kind backend runs the real image, whose paths differ from the local pod's: it keeps
     // its own snapshot set, `snapshots/<name>-kind/`.
     let snapshot_dir = options.snapshot_dir.clone().unwrap_or_else(|| {
         let name = match options.backend {
-            BackendArg::Kind => format!("{}-kind", scenario.name),
-            _ => scenario.name.clone(),
+            Backend::Kind => format!("{}-kind", scenario.name),
+            Backend::Local | Backend::Replay => scenario.name.clone(),
         };
         default_snapshot_dir(&options.scenario_file, &name)
     });
-    let snapshots = runner::SnapshotMode {
+    SnapshotMode {
         dir: snapshot::SnapshotDir::new(snapshot_dir),
         update: options.update_snapshots,
         // As the repository names it, whatever the current directory.
@@ -140,108 +210,39 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ),
-    };
-    let console = crate::console::Console {
-        quiet: options.quiet,
-    };
-    let header = |backend: &str, synthetic: bool, note: String| recording::Header {
+    }
+}
+
+/// The header of a recording of a live run.
+fn live_header(scenario: &Scenario, backend: Backend) -> recording::Header {
+    recording::Header {
         format: recording::RECORDING_FORMAT,
         scenario: scenario.name.clone(),
         events_format: guardlab_events::FORMAT_VERSION,
-        backend: backend.to_string(),
-        synthetic,
-        note,
-    };
-    match options.backend {
-        BackendArg::Replay => {
-            let path = options.replay_file.clone().unwrap_or_else(|| {
-                options
-                    .scenario_file
-                    .with_file_name(format!("{}.ndjson", scenario.name))
-            });
-            let shown = file::display_path(&path);
-            let rec = match recording::read_recording(&path) {
-                Ok(r) => r,
-                Err(e) => {
-                    return fail(
-                        &scenario.name,
-                        format!(
-                            "{e} (make a recording with `guardlab scenario {} --record {shown}`)",
-                            scenario.name
-                        ),
-                    );
-                }
-            };
-            let backend = match replay::ReplayBackend::new(&scenario, rec, &shown) {
-                Ok(b) => b,
-                Err(e) => return fail(&scenario.name, e),
-            };
-            let recorder = match &options.record {
-                Some(out) => {
-                    let h = backend.header().clone();
-                    match recording::RecordingWriter::create(out, &h) {
-                        Ok(w) => Some(w),
-                        Err(e) => return fail(&scenario.name, e.to_string()),
-                    }
-                }
-                None => None,
-            };
-            drive(
-                runner::Runner::new(&scenario, backend, snapshots, recorder, console),
-                options,
-            )
-            .await
-        }
-        BackendArg::Local => {
-            let backend = match live::LocalBackend::new(&scenario) {
-                Ok(b) => b,
-                Err(e) => return fail(&scenario.name, e),
-            };
-            let recorder = match &options.record {
-                Some(out) => match recording::RecordingWriter::create(
-                    out,
-                    &header(
-                        "local",
-                        false,
-                        format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
-                    ),
-                ) {
-                    Ok(w) => Some(w),
-                    Err(e) => return fail(&scenario.name, e.to_string()),
-                },
-                None => None,
-            };
-            let runner = runner::Runner::new(&scenario, backend, snapshots, recorder, console);
-            drive(runner, options).await
-        }
-        BackendArg::Kind => {
-            if !options.update_snapshots && !snapshots.dir.dir.exists() {
-                console.line(format!(
-                    "! no snapshots for the kind backend yet ({} does not exist): the checked steps \
-                     will fail as missing; run once with --update-snapshots to write them, review, and commit",
-                    file::display_path(&snapshots.dir.dir)
-                ));
-            }
-            let backend = live::KindBackend::new(&scenario);
-            let recorder = match &options.record {
-                Some(out) => match recording::RecordingWriter::create(
-                    out,
-                    &header(
-                        "kind",
-                        false,
-                        format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
-                    ),
-                ) {
-                    Ok(w) => Some(w),
-                    Err(e) => return fail(&scenario.name, e.to_string()),
-                },
-                None => None,
-            };
-            drive(
-                runner::Runner::new(&scenario, backend, snapshots, recorder, console),
-                options,
-            )
-            .await
-        }
+        backend: recording::RecordedOn::Backend(backend),
+        synthetic: false,
+        note: format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
     }
+}
+
+/// The writer of `--record`, when asked for.
+fn recorder(
+    options: &RunOptions,
+    header: &recording::Header,
+) -> Result<Option<RecordingWriter>, recording::RecordingError> {
+    options
+        .record
+        .as_deref()
+        .map(|out| RecordingWriter::create(out, header))
+        .transpose()
+}
+
+/// Run the steps, pausing before each one with `--step`.
+async fn drive<B: ScenarioBackend>(runner: Runner<'_, B>, options: &RunOptions) -> RunReport {
+    let runner = if options.step {
+        runner.with_pacer(Pacer::stdin())
+    } else {
+        runner
+    };
+    runner.run(options.keep_lab).await
 }

@@ -8,13 +8,36 @@ use std::time::{Duration, Instant};
 
 use guardlab_engine::deviation::Decision;
 use guardlab_events::Event;
+use guardlab_lab_api::Backend;
 use serde_json::Value as Json;
 
-use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
-use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Recording};
 use crate::console::Console;
 
-use super::runner::{Backend, BackendError};
+use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
+use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordedOn, Recording};
+use super::runner::{BackendError, ScenarioBackend};
+
+/// A recording that is not of the scenario to replay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{file} is a recording of scenario {recorded:?}, not {scenario:?}")]
+    OtherScenario {
+        file: String,
+        recorded: String,
+        scenario: String,
+    },
+    #[error(
+        "{file}: step {number} is {recorded:?} in the recording but {step:?} in the scenario: the scenario changed since it was recorded; record it again (`guardlab scenario {scenario} --record {file}`)"
+    )]
+    StepChanged {
+        file: String,
+        /// Counted from 1.
+        number: usize,
+        recorded: String,
+        step: String,
+        scenario: String,
+    },
+}
 
 pub struct ReplayBackend {
     recording: Recording,
@@ -28,22 +51,23 @@ pub struct ReplayBackend {
 
 impl ReplayBackend {
     /// Check that the recording was made from this scenario (same steps, same order).
-    pub fn new(scenario: &Scenario, recording: Recording, file: &str) -> Result<Self, String> {
+    pub fn new(scenario: &Scenario, recording: Recording, file: &str) -> Result<Self, ReplayError> {
         if recording.header.scenario != scenario.name {
-            return Err(format!(
-                "{file} is a recording of scenario {:?}, not {:?}",
-                recording.header.scenario, scenario.name
-            ));
+            return Err(ReplayError::OtherScenario {
+                file: file.to_string(),
+                recorded: recording.header.scenario.clone(),
+                scenario: scenario.name.clone(),
+            });
         }
         for (i, (step, recorded)) in scenario.steps.iter().zip(&recording.steps).enumerate() {
             if step.name != recorded.name {
-                return Err(format!(
-                    "{file}: step {} is {:?} in the recording but {:?} in the scenario: the scenario changed since it was recorded; record it again (`guardlab scenario {} --record {file}`)",
-                    i + 1,
-                    recorded.name,
-                    step.name,
-                    scenario.name
-                ));
+                return Err(ReplayError::StepChanged {
+                    file: file.to_string(),
+                    number: i + 1,
+                    recorded: recorded.name.clone(),
+                    step: step.name.clone(),
+                    scenario: scenario.name.clone(),
+                });
             }
         }
         Ok(ReplayBackend {
@@ -60,19 +84,20 @@ impl ReplayBackend {
     }
 }
 
-impl Backend for ReplayBackend {
-    fn name(&self) -> &'static str {
-        "replay"
-    }
-
-    fn is_live(&self) -> bool {
-        false
+impl ScenarioBackend for ReplayBackend {
+    fn backend(&self) -> Backend {
+        Backend::Replay
     }
 
     /// The steps of the backend the recording was made on; a synthetic recording stands in
     /// for every backend and has all steps.
     fn runs(&self, step: &Step) -> bool {
-        self.recording.header.synthetic || step.runs_on(&self.recording.header.backend)
+        let header = &self.recording.header;
+        header.synthetic
+            || match header.backend {
+                RecordedOn::Backend(backend) => step.runs_on(backend),
+                RecordedOn::Synthetic => step.backends.is_empty(),
+            }
     }
 
     fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError> {

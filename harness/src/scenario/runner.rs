@@ -20,6 +20,7 @@ use guardlab_engine::model::{DeviationType, FingerprintGroup, Policy};
 use guardlab_engine::policy;
 use guardlab_engine::trace::{Investigation, Investigator};
 use guardlab_events::{Event, EventBody, ProcessKey};
+use guardlab_lab_api::Backend;
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -48,14 +49,16 @@ impl std::fmt::Display for BackendError {
 
 /// Where events come from and where the scenario's actions go.
 #[allow(async_fn_in_trait)] // Used through generics only.
-pub trait Backend {
-    /// `local`, `kind`, `replay`.
-    fn name(&self) -> &'static str;
+pub trait ScenarioBackend {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
     /// A live lab (actions happen, responses are carried out) rather than a recording.
-    fn is_live(&self) -> bool;
+    fn is_live(&self) -> bool {
+        self.backend().is_live()
+    }
     /// Whether `step` runs here (its `backends:`); a replay answers for the backend it recorded.
     fn runs(&self, step: &Step) -> bool {
-        step.runs_on(self.name())
+        step.runs_on(self.backend())
     }
     /// A new step starts (a replay moves to the step's recorded events).
     fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError>;
@@ -191,7 +194,7 @@ pub enum RunResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub scenario: String,
-    pub backend: String,
+    pub backend: Backend,
     pub result: RunResult,
     pub duration_ms: u64,
     pub steps: Vec<StepReport>,
@@ -211,10 +214,10 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn new(scenario: &str, backend: &str) -> Self {
+    pub fn new(scenario: &str, backend: Backend) -> Self {
         RunReport {
             scenario: scenario.into(),
-            backend: backend.into(),
+            backend,
             result: RunResult::Error,
             duration_ms: 0,
             steps: Vec::new(),
@@ -224,6 +227,14 @@ impl RunReport {
             snapshots: BTreeMap::new(),
             stopped: None,
         }
+    }
+
+    /// A run that could not start: `error` says why.
+    pub fn failed(scenario: &str, backend: Backend, error: impl std::fmt::Display) -> Self {
+        let mut report = RunReport::new(scenario, backend);
+        report.error = Some(error.to_string());
+        report.settle();
+        report
     }
 
     /// How the run came out, from its steps and its error: set once the run is over.
@@ -361,7 +372,7 @@ struct Engine {
 }
 
 /// The state of a run.
-pub struct Runner<'a, B: Backend> {
+pub struct Runner<'a, B: ScenarioBackend> {
     scenario: &'a Scenario,
     backend: B,
     snapshots: SnapshotMode,
@@ -380,7 +391,7 @@ pub struct Runner<'a, B: Backend> {
     pacer: Option<Pacer>,
 }
 
-impl<'a, B: Backend> Runner<'a, B> {
+impl<'a, B: ScenarioBackend> Runner<'a, B> {
     pub fn new(
         scenario: &'a Scenario,
         backend: B,
@@ -388,7 +399,7 @@ impl<'a, B: Backend> Runner<'a, B> {
         recorder: Option<RecordingWriter>,
         out: Console,
     ) -> Self {
-        let report = RunReport::new(&scenario.name, backend.name());
+        let report = RunReport::new(&scenario.name, backend.backend());
         Runner {
             scenario,
             backend,
@@ -444,7 +455,7 @@ impl<'a, B: Backend> Runner<'a, B> {
                 continue;
             }
             if !self.backend.runs(step) {
-                let only: Vec<_> = step.backends.iter().map(|b| b.word()).collect();
+                let only: Vec<_> = step.backends.iter().map(|b| b.name()).collect();
                 let why = format!(
                     "runs only on the {} backend{}",
                     only.join(", "),

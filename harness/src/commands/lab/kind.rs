@@ -145,13 +145,16 @@ mod tests {
     }
 
     impl Lab for CountingLab {
+        // Bridge until guardlab-lab re-exports guardlab-lab-api: then this returns
+        // `guardlab_lab_api::Backend::Kind`.
         fn backend(&self) -> &'static str {
             "kind"
         }
         async fn up(&mut self, _: &dyn Progress) -> Result<LabInfo, LabError> {
             self.ups.fetch_add(1, Ordering::SeqCst);
             Ok(LabInfo {
-                backend: "kind".into(),
+                // A `Backend` once guardlab-lab re-exports guardlab-lab-api.
+                backend: "kind".parse().unwrap(),
                 notebook_url: "http://127.0.0.1:1234/".into(),
                 pods: vec![PodInfo {
                     namespace: "cryptominer".into(),
@@ -168,7 +171,10 @@ mod tests {
             Ok(())
         }
         async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
-            Err(LabError::Failed("not here".into()))
+            Err(LabError::Missing {
+                what: "an event stream".into(),
+                hint: "this test lab has none".into(),
+            })
         }
         async fn carry_out(&mut self, _: &LabAction) -> Result<(), LabError> {
             Ok(())
@@ -226,7 +232,7 @@ mod tests {
     #[test]
     fn the_notice_says_where_the_notebook_is_and_what_ctrl_c_does() {
         let text = holding_notice(&LabInfo {
-            backend: "kind".into(),
+            backend: "kind".parse().unwrap(),
             notebook_url: "http://127.0.0.1:1234/".into(),
             pods: vec![],
         });

@@ -7,7 +7,9 @@ mod kind;
 use anyhow::anyhow;
 use guardlab_lab::{Lab, LabInfo, LocalLab, LocalLabOptions};
 
-use crate::cli::{BackendArg, LabArgs};
+use guardlab_lab_api::Backend;
+
+use crate::cli::LabArgs;
 use crate::console::ConsoleProgress;
 use crate::privilege;
 use crate::report::{CommandResult, Failure, Outcome};
@@ -26,7 +28,7 @@ pub enum LabVerb {
 /// `no_install`: refuse to install, mount or load what the host lacks (`--no-install`).
 pub fn run(verb: LabVerb, args: &LabArgs, no_install: bool) -> CommandResult {
     match args.backend {
-        BackendArg::Local => {
+        Backend::Local => {
             if args.dry_run {
                 return Err(Failure(anyhow!(
                     "--dry-run is for the kind backend; the local lab has no plan to print"
@@ -39,8 +41,8 @@ pub fn run(verb: LabVerb, args: &LabArgs, no_install: bool) -> CommandResult {
             let lab = LocalLab::new(options)?;
             block_on(drive(lab, verb))
         }
-        BackendArg::Kind => kind::run(verb, args),
-        BackendArg::Replay => Err(Failure(anyhow!(
+        Backend::Kind => kind::run(verb, args),
+        Backend::Replay => Err(Failure(anyhow!(
             "the replay backend has no lab to bring up; use `guardlab scenario NAME --backend replay`"
         ))),
     }
