@@ -28,20 +28,20 @@ use tokio::sync::mpsc;
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use crate::console::Console;
 
-use super::runner::{BackendError, ScenarioBackend};
+use super::backend::{CheckFailure, ScenarioBackend, StepError};
 
 /// What a live run needs from the notebook: cells and terminals, through Jupyter's APIs.
 #[allow(async_fn_in_trait)] // Used through generics only.
 pub trait Workbench {
     /// Run a cell in the notebook's kernel (started on first use); returns its output.
-    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, BackendError>;
+    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, StepError>;
     /// Type a command line into the terminal of a session (opened on first use). A foreground
     /// command is waited for (the shell's prompt); a background one is left running.
     async fn terminal_command(
         &mut self,
         session: &str,
         command: &TerminalCommand,
-    ) -> Result<String, BackendError>;
+    ) -> Result<String, StepError>;
     /// End what still runs in the terminals, close them and the kernel.
     async fn close(&mut self);
 }
@@ -57,12 +57,12 @@ pub struct JupyterWorkbench {
     terminals: Vec<(String, Terminal, bool)>,
 }
 
-fn driver(what: &str) -> impl Fn(JupyterError) -> BackendError + '_ {
-    move |e| BackendError::Lab(format!("{what}: {e}"))
+fn driver(what: &'static str) -> impl Fn(JupyterError) -> StepError {
+    move |source| StepError::Driver { what, source }
 }
 
 impl JupyterWorkbench {
-    pub async fn connect(url: &str) -> Result<Self, BackendError> {
+    pub async fn connect(url: &str) -> Result<Self, StepError> {
         let client = JupyterClient::new(url).map_err(driver("the notebook"))?;
         client
             .wait_until_up(Duration::from_secs(60))
@@ -77,7 +77,7 @@ impl JupyterWorkbench {
 }
 
 impl Workbench for JupyterWorkbench {
-    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, BackendError> {
+    async fn run_cell(&mut self, code: &str, timeout: Duration) -> Result<String, StepError> {
         if self.kernel.is_none() {
             self.kernel = Some(
                 self.client
@@ -94,16 +94,17 @@ impl Workbench for JupyterWorkbench {
         let mut output = cell.stdout.clone();
         output.push_str(&cell.stderr);
         if let Some(e) = &cell.error {
-            return Err(BackendError::Check(format!(
-                "the cell failed: {}: {}",
-                e.ename, e.evalue
-            )));
+            return Err(CheckFailure::CellFailed {
+                ename: e.ename.clone(),
+                evalue: e.evalue.clone(),
+            }
+            .into());
         }
         if cell.status != "ok" {
-            return Err(BackendError::Check(format!(
-                "the cell ended with status {:?}",
-                cell.status
-            )));
+            return Err(CheckFailure::CellStatus {
+                status: cell.status.clone(),
+            }
+            .into());
         }
         Ok(output)
     }
@@ -112,7 +113,7 @@ impl Workbench for JupyterWorkbench {
         &mut self,
         session: &str,
         command: &TerminalCommand,
-    ) -> Result<String, BackendError> {
+    ) -> Result<String, StepError> {
         let index = match self
             .terminals
             .iter()
@@ -161,10 +162,11 @@ impl Workbench for JupyterWorkbench {
                 *busy = true;
                 Ok(partial)
             }
-            Err(e @ JupyterError::Timeout { .. }) => Err(BackendError::Check(format!(
-                "`{}` did not finish: {e}",
-                command.run
-            ))),
+            Err(source @ JupyterError::Timeout { .. }) => Err(CheckFailure::Unfinished {
+                run: command.run.clone(),
+                source,
+            }
+            .into()),
             Err(e) => Err(driver("the terminal")(e)),
         }
     }
@@ -193,7 +195,8 @@ pub trait LiveLab: Lab {
     const ALREADY_UP: &'static str;
     /// How the event source is named when subscribing to it fails.
     const EVENTS: &'static str;
-    /// The event stream is asked for before any `lab_up` step.
+    /// The event stream is asked for before any `lab_up` step (said with `(no lab_up step
+    /// ran)`).
     const EVENTS_NOT_FLOWING: &'static str;
     /// The event stream ended.
     const EVENTS_ENDED: &'static str;
@@ -203,13 +206,13 @@ pub trait LiveLab: Lab {
     /// Said at the end of a `--keep-lab` run, with the notebook's address.
     fn kept_up(notebook_url: &str) -> String;
 
-    /// Said when the event stream ended: [`Self::EVENTS_ENDED`], and why, when the lab knows.
-    fn events_ended(&self) -> String {
-        Self::EVENTS_ENDED.to_string()
+    /// Why the event stream ended, when the lab knows (said after [`Self::EVENTS_ENDED`]).
+    fn events_ended_why(&self) -> Option<String> {
+        None
     }
 
     /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
-    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError>;
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError>;
 }
 
 impl LiveLab for LocalLab {
@@ -217,8 +220,7 @@ impl LiveLab for LocalLab {
     const ALREADY_UP: &'static str =
         "a lab is up already: bringing it up afresh so that the baseline starts clean";
     const EVENTS: &'static str = "the local lab";
-    const EVENTS_NOT_FLOWING: &'static str =
-        "the lab's events are not flowing (no lab_up step ran)";
+    const EVENTS_NOT_FLOWING: &'static str = "the lab's events are not flowing";
     const EVENTS_ENDED: &'static str = "the lab's event stream ended (did the lab daemon stop?)";
     const TEAR_DOWN: &'static str = "the lab";
 
@@ -228,13 +230,10 @@ impl LiveLab for LocalLab {
         )
     }
 
-    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         let deadline = Instant::now() + check.timeout.0;
         loop {
-            let visitors = self
-                .visitors()
-                .await
-                .map_err(|e| BackendError::Lab(format!("the lab's pool: {e}")))?;
+            let visitors = self.visitors().await.map_err(lab_err("the lab's pool"))?;
             let enough = visitors
                 .pool
                 .iter()
@@ -259,17 +258,13 @@ impl LiveLab for KindLab {
     const ALREADY_UP: &'static str =
         "a kind lab is up already: bringing it up afresh so that the baseline starts clean";
     const EVENTS: &'static str = "the sensor's events";
-    const EVENTS_NOT_FLOWING: &'static str =
-        "the sensor's events are not flowing (no lab_up step ran)";
+    const EVENTS_NOT_FLOWING: &'static str = "the sensor's events are not flowing";
     const EVENTS_ENDED: &'static str =
         "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)";
     const TEAR_DOWN: &'static str = "the kind lab";
 
-    fn events_ended(&self) -> String {
-        match self.event_stream_failure() {
-            Some(why) => format!("{}: {why}", Self::EVENTS_ENDED),
-            None => Self::EVENTS_ENDED.to_string(),
-        }
+    fn events_ended_why(&self) -> Option<String> {
+        self.event_stream_failure()
     }
 
     fn kept_up(notebook_url: &str) -> String {
@@ -279,13 +274,14 @@ impl LiveLab for KindLab {
         )
     }
 
-    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         // The local lab runs its own mining pool in a network namespace; a cluster has none
         // (and guardlab sends no traffic to a real one), so there is nobody to ask.
-        Err(BackendError::Check(format!(
-            "the kind lab has no mining pool of its own to ask whether {} client(s) logged in: this check only runs on the local backend",
-            check.clients
-        )))
+        Err(CheckFailure::NoPool {
+            backend: Backend::Kind,
+            clients: check.clients,
+        }
+        .into())
     }
 }
 
@@ -345,30 +341,35 @@ impl<L: LiveLab> LabBackend<L> {
         }
     }
 
-    fn workbench(&mut self) -> Result<&mut JupyterWorkbench, BackendError> {
-        self.workbench.as_mut().ok_or_else(|| {
-            BackendError::Lab("the notebook is not connected (no lab_up step ran)".into())
-        })
+    fn workbench(&mut self) -> Result<&mut JupyterWorkbench, StepError> {
+        self.workbench
+            .as_mut()
+            .ok_or_else(|| StepError::BeforeLabUp {
+                what: "the notebook is not connected",
+            })
     }
 }
 
-/// What the engine decided, as the lab interface says it (`None` would be an action it has no
-/// word for; every response action has one now).
-pub fn lab_action(decision: &Decision) -> Option<LabAction> {
+/// What the engine decided, as the lab interface says it (every response action has a word
+/// there).
+pub fn lab_action(decision: &Decision) -> LabAction {
     let t = &decision.target;
     match decision.action {
-        ActionKind::AgentKillProcess => Some(LabAction::KillProcess { pid: t.pid }),
-        ActionKind::AgentKillProcessTree => Some(LabAction::KillProcessTree { pid: t.pid }),
-        ActionKind::AgentKillPod => Some(LabAction::KillPod {
+        ActionKind::AgentKillProcess => LabAction::KillProcess { pid: t.pid },
+        ActionKind::AgentKillProcessTree => LabAction::KillProcessTree { pid: t.pid },
+        ActionKind::AgentKillPod => LabAction::KillPod {
             namespace: t.namespace.clone(),
             name: t.pod.clone(),
-        }),
-        ActionKind::AgentKillProcessGroup => Some(LabAction::KillProcessGroup { pid: t.pid }),
+        },
+        ActionKind::AgentKillProcessGroup => LabAction::KillProcessGroup { pid: t.pid },
     }
 }
 
-fn lab_err(what: &str) -> impl Fn(LabError) -> BackendError + '_ {
-    move |e| BackendError::Lab(format!("{what}: {e}"))
+fn lab_err(what: &str) -> impl Fn(LabError) -> StepError + '_ {
+    move |source| StepError::Lab {
+        what: what.to_string(),
+        source,
+    }
 }
 
 impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
@@ -381,13 +382,13 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
             .expect("a lab backend's name is a Backend's")
     }
 
-    fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), BackendError> {
+    fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), StepError> {
         Ok(())
     }
 
     fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
 
-    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
+    async fn lab_up(&mut self, out: &Console) -> Result<(), StepError> {
         let progress = out.progress();
         // A lab left up by `lab up` or --keep-lab is removed first: the baseline must start
         // from a fresh pod.
@@ -415,7 +416,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         code: &str,
         timeout: Duration,
         out: &Console,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StepError> {
         let output =
             guardlab_jupyter::screen_text(&self.workbench()?.run_cell(code, timeout).await?);
         for line in output.lines().take(5) {
@@ -429,7 +430,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         session: &str,
         command: &TerminalCommand,
         out: &Console,
-    ) -> Result<String, BackendError> {
+    ) -> Result<String, StepError> {
         let output = self.workbench()?.terminal_command(session, command).await?;
         for line in output.lines().take(3) {
             out.detail(format!("| {line}"));
@@ -437,19 +438,24 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         Ok(output)
     }
 
-    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError> {
+    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, StepError> {
         let Some(rx) = self.events.as_mut() else {
-            return Err(BackendError::Lab(L::EVENTS_NOT_FLOWING.into()));
+            return Err(StepError::BeforeLabUp {
+                what: L::EVENTS_NOT_FLOWING,
+            });
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Some(e)) => Ok(Some(e)),
-            Ok(None) => Err(BackendError::Lab(self.lab.events_ended())),
+            Ok(None) => Err(StepError::EventsEnded {
+                what: L::EVENTS_ENDED,
+                why: self.lab.events_ended_why(),
+            }),
             Err(_) => Ok(None),
         }
     }
 
-    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+    async fn drain(&mut self) -> Result<Vec<Event>, StepError> {
         let mut out = Vec::new();
         if let Some(rx) = self.events.as_mut() {
             while let Ok(e) = rx.try_recv() {
@@ -459,25 +465,20 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         Ok(out)
     }
 
-    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
-        let Some(action) = lab_action(decision) else {
-            return Err(BackendError::Check(format!(
-                "{} is not something the lab interface can carry out",
-                decision.action.as_str()
-            )));
-        };
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, StepError> {
+        let action = lab_action(decision);
         self.lab
             .carry_out(&action)
             .await
             .map(|()| format!("carried out: {action:?}"))
-            .map_err(|e| BackendError::Check(format!("carrying out {action:?}: {e}")))
+            .map_err(|source| CheckFailure::Action { action, source }.into())
     }
 
-    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         self.lab.pool_clients(check).await
     }
 
-    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError> {
+    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), StepError> {
         if let Some(mut w) = self.workbench.take() {
             w.close().await;
         }
@@ -495,6 +496,9 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         self.lab
             .down(&out.progress())
             .await
-            .map_err(|e| BackendError::Lab(format!("tearing {} down: {e}", L::TEAR_DOWN)))
+            .map_err(|source| StepError::Lab {
+                what: format!("tearing {} down", L::TEAR_DOWN),
+                source,
+            })
     }
 }

@@ -12,6 +12,7 @@
 //!   backend `<scenario>-kind`: the real image's paths differ);
 //! - the recording a replay reads: `GUARDLAB_REPLAY_FILE`, else `<scenarios>/<scenario>.ndjson`.
 
+pub mod backend;
 pub mod file;
 pub mod live;
 pub mod recording;
@@ -28,9 +29,10 @@ use guardlab_lab_api::Backend;
 use guardlab_lab::LabError;
 
 use crate::console::Console;
+use backend::ScenarioBackend;
 use file::Scenario;
 use recording::RecordingWriter;
-use runner::{Pacer, Runner, ScenarioBackend, SnapshotMode};
+use runner::{Pacer, Runner, SnapshotMode};
 
 pub use runner::{RunReport, RunResult, StepResult};
 

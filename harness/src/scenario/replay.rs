@@ -13,9 +13,9 @@ use serde_json::Value as Json;
 
 use crate::console::Console;
 
+use super::backend::{CheckFailure, ScenarioBackend, StepError};
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordedOn, Recording};
-use super::runner::{BackendError, ScenarioBackend};
 
 /// A recording that is not of the scenario to replay.
 #[derive(Debug, thiserror::Error)]
@@ -100,14 +100,13 @@ impl ScenarioBackend for ReplayBackend {
             }
     }
 
-    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError> {
+    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), StepError> {
         let Some(recorded) = self.recording.steps.get_mut(index) else {
-            return Err(BackendError::Lab(format!(
-                "{}: the recording ends before step {} ({:?}): the live run stopped there, or the scenario grew; record it again",
-                self.file,
-                index + 1,
-                step.name
-            )));
+            return Err(StepError::RecordingEnds {
+                file: self.file.clone(),
+                number: index + 1,
+                step: step.name.clone(),
+            });
         };
         self.current = std::mem::take(&mut recorded.events).into();
         self.facts = std::mem::take(&mut recorded.facts);
@@ -117,7 +116,7 @@ impl ScenarioBackend for ReplayBackend {
 
     fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
 
-    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
+    async fn lab_up(&mut self, out: &Console) -> Result<(), StepError> {
         let h = &self.recording.header;
         let kind = if h.synthetic {
             "a synthetic recording"
@@ -136,7 +135,7 @@ impl ScenarioBackend for ReplayBackend {
         _code: &str,
         _timeout: Duration,
         _out: &Console,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StepError> {
         Ok(())
     }
 
@@ -146,7 +145,7 @@ impl ScenarioBackend for ReplayBackend {
         _session: &str,
         _command: &TerminalCommand,
         out: &Console,
-    ) -> Result<String, BackendError> {
+    ) -> Result<String, StepError> {
         let index = self.commands;
         self.commands += 1;
         let output = match self.facts.get(FACT_TERMINAL_OUTPUT) {
@@ -163,32 +162,33 @@ impl ScenarioBackend for ReplayBackend {
         Ok(output)
     }
 
-    async fn next_event(&mut self, _deadline: Instant) -> Result<Option<Event>, BackendError> {
+    async fn next_event(&mut self, _deadline: Instant) -> Result<Option<Event>, StepError> {
         Ok(self.current.pop_front())
     }
 
-    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+    async fn drain(&mut self) -> Result<Vec<Event>, StepError> {
         Ok(self.current.drain(..).collect())
     }
 
-    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, StepError> {
         Ok(format!(
             "not carried out again in a replay (pid {})",
             decision.target.pid
         ))
     }
 
-    async fn pool_clients(&mut self, _check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+    async fn pool_clients(&mut self, _check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         match self.facts.get(FACT_POOL_CLIENTS) {
             Some(Json::Array(clients)) => Ok(clients.clone()),
-            _ => Err(BackendError::Check(format!(
-                "{}: the recording of this step has no `{FACT_POOL_CLIENTS}` fact",
-                self.file
-            ))),
+            _ => Err(CheckFailure::NotRecorded {
+                file: self.file.clone(),
+                fact: FACT_POOL_CLIENTS,
+            }
+            .into()),
         }
     }
 
-    async fn finish(&mut self, _keep: bool, _out: &Console) -> Result<(), BackendError> {
+    async fn finish(&mut self, _keep: bool, _out: &Console) -> Result<(), StepError> {
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use guardlab_engine::deviation::{Decision, Finding};
+use guardlab_engine::deviation::Finding;
 use guardlab_engine::fingerprint::{FingerprintBuilder, fingerprints_of_groups, process_name};
 use guardlab_engine::model::{DeviationType, FingerprintGroup, Policy};
 use guardlab_engine::policy;
@@ -26,69 +26,10 @@ use serde_json::Value as Json;
 
 use crate::console::{Console, seconds, textwrap};
 
-use super::file::{Action, CheckPoolReached, Condition, Scenario, Step, TerminalCommand};
+use super::backend::{CheckFailure, ScenarioBackend, StepError};
+use super::file::{Action, Condition, Scenario, Step, TerminalCommand};
 use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordingWriter};
 use super::snapshot::{Comparison, Redactor, SnapshotDir, yaml, yaml_documents};
-
-/// Why a backend could not do what a step asked.
-#[derive(Debug, Clone)]
-pub enum BackendError {
-    /// The lab or a driver broke (exit 2): the run stops.
-    Lab(String),
-    /// The world did not behave as the scenario expects (exit 1): the run goes on.
-    Check(String),
-}
-
-impl std::fmt::Display for BackendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BackendError::Lab(m) | BackendError::Check(m) => f.write_str(m),
-        }
-    }
-}
-
-/// Where events come from and where the scenario's actions go.
-#[allow(async_fn_in_trait)] // Used through generics only.
-pub trait ScenarioBackend {
-    /// Which backend this is.
-    fn backend(&self) -> Backend;
-    /// A live lab (actions happen, responses are carried out) rather than a recording.
-    fn is_live(&self) -> bool {
-        self.backend().is_live()
-    }
-    /// Whether `step` runs here (its `backends:`); a replay answers for the backend it recorded.
-    fn runs(&self, step: &Step) -> bool {
-        step.runs_on(self.backend())
-    }
-    /// A new step starts (a replay moves to the step's recorded events).
-    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError>;
-    /// The step is over; `facts` are what it learned outside the event stream.
-    fn end_step(&mut self, index: usize, step: &Step, facts: &BTreeMap<String, Json>);
-    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError>;
-    async fn notebook_cell(
-        &mut self,
-        code: &str,
-        timeout: Duration,
-        out: &Console,
-    ) -> Result<(), BackendError>;
-    async fn terminal_command(
-        &mut self,
-        session: &str,
-        command: &TerminalCommand,
-        out: &Console,
-    ) -> Result<String, BackendError>;
-    /// The next event, or `None` when the deadline passed (live) or the step's recorded events
-    /// are used up (replay).
-    async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, BackendError>;
-    /// The events there are now without waiting (live), or the rest of the step's (replay).
-    async fn drain(&mut self) -> Result<Vec<Event>, BackendError>;
-    /// Carry out a response action; returns what was done.
-    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError>;
-    /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
-    async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, BackendError>;
-    /// Tear down (unless `keep`).
-    async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), BackendError>;
-}
 
 /// Whether to run the next step, as a person in a workshop answers (`--step`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -523,7 +464,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     if let Some(r) = self.recorder.as_mut()
                         && let Err(e) = r.begin_step(index, &step.name)
                     {
-                        Err(BackendError::Lab(format!("recording: {e}")))
+                        Err(StepError::Recording(e))
                     } else {
                         self.step(step, &mut facts, &mut diff).await
                     }
@@ -532,7 +473,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             };
             // The events already there belong to this step (also after a failed check).
             let drained = match &outcome {
-                Err(BackendError::Lab(_)) => Ok(()),
+                Err(e) if !e.is_check() => Ok(()),
                 _ => self.drain().await,
             };
             let outcome = outcome.and(drained);
@@ -543,14 +484,14 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 self.messages.push(format!("recording: {e}"));
             }
             let mut result = match (&outcome, &diff) {
-                (Err(BackendError::Lab(m)), _) => {
-                    self.messages.push(m.clone());
+                (Err(e), _) if e.is_check() => {
+                    self.messages.push(e.to_string());
+                    StepResult::Failed
+                }
+                (Err(e), _) => {
+                    self.messages.push(e.to_string());
                     stopped = true;
                     StepResult::Error
-                }
-                (Err(BackendError::Check(m)), _) => {
-                    self.messages.push(m.clone());
-                    StepResult::Failed
                 }
                 (Ok(()), Some(StepDiff::Differs(_))) => StepResult::Mismatch,
                 (Ok(()), Some(StepDiff::Missing)) => StepResult::Mismatch,
@@ -627,10 +568,9 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
     }
 
     /// Take one event: engine, names, recording, responses.
-    async fn observe(&mut self, event: Event) -> Result<(), BackendError> {
+    async fn observe(&mut self, event: Event) -> Result<(), StepError> {
         if let Some(r) = self.recorder.as_mut() {
-            r.event(&event)
-                .map_err(|e| BackendError::Lab(format!("recording: {e}")))?;
+            r.event(&event)?;
         }
         if let EventBody::Container(info) = &event.body {
             self.engine.redactor.learn(info);
@@ -649,7 +589,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
     }
 
     /// Say what a finding is, and carry out what the policy decided.
-    async fn respond(&mut self, event: &Event, finding: Finding) -> Result<(), BackendError> {
+    async fn respond(&mut self, event: &Event, finding: Finding) -> Result<(), StepError> {
         if finding.new {
             let what = match (&event.body, finding.kind) {
                 (EventBody::Connect(c) | EventBody::Accept(c), _) => {
@@ -686,8 +626,9 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             }
             match self.backend.carry_out(decision).await {
                 Ok(done) => self.out.detail(format!("{} -> {done}", decision.message)),
-                Err(BackendError::Check(m)) => {
-                    self.messages.push(format!("{}: {m}", decision.message));
+                Err(StepError::Check(failure)) => {
+                    self.messages
+                        .push(format!("{}: {failure}", decision.message));
                     self.failed = true;
                 }
                 Err(e) => return Err(e),
@@ -696,7 +637,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         Ok(())
     }
 
-    async fn drain(&mut self) -> Result<(), BackendError> {
+    async fn drain(&mut self) -> Result<(), StepError> {
         for event in self.backend.drain().await? {
             self.observe(event).await?;
         }
@@ -709,21 +650,17 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         conditions: &[Condition],
         timeout: Duration,
         what: &str,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StepError> {
         let mut pending: Vec<&Condition> = conditions.iter().collect();
         let deadline = Instant::now() + timeout;
         while !pending.is_empty() {
             let Some(event) = self.backend.next_event(deadline).await? else {
-                let missing: Vec<String> = pending.iter().map(|c| c.to_string()).collect();
-                let how = if self.backend.is_live() {
-                    format!("not seen within {}", seconds(timeout))
-                } else {
-                    "not in the recording of this step".to_string()
-                };
-                return Err(BackendError::Check(format!(
-                    "{what}: {} {how}",
-                    missing.join(", ")
-                )));
+                return Err(CheckFailure::NotSeen {
+                    what: what.to_string(),
+                    missing: pending.into_iter().cloned().collect(),
+                    within: self.backend.is_live().then_some(timeout),
+                }
+                .into());
             };
             self.engine.names.observe(&event);
             pending.retain(|c| !self.engine.names.matches(c, &event));
@@ -739,7 +676,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         conditions: &[Condition],
         timeout: Duration,
         what: &str,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StepError> {
         let pending: Vec<Condition> = conditions
             .iter()
             .filter(|c| !self.history.iter().any(|e| self.engine.names.matches(c, e)))
@@ -753,7 +690,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         step: &Step,
         facts: &mut BTreeMap<String, Json>,
         diff: &mut Option<StepDiff>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StepError> {
         match &step.action {
             Action::LabUp(up) => {
                 self.backend.lab_up(&self.out).await?;
@@ -762,8 +699,8 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     .wait_for(&up.wait_for, up.timeout.0, "the lab's events")
                     .await
                 {
-                    Err(BackendError::Check(m)) if self.backend.is_live() => {
-                        Err(BackendError::Lab(m))
+                    Err(StepError::Check(failure)) if self.backend.is_live() => {
+                        Err(StepError::LabSilent(failure))
                     }
                     other => other,
                 }
@@ -809,9 +746,9 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                         .await
                     {
                         match e {
-                            BackendError::Check(m) => {
+                            StepError::Check(failure) => {
                                 // Go on with the next command: the rest of the step still tells.
-                                self.messages.push(m);
+                                self.messages.push(failure.to_string());
                                 self.failed = true;
                             }
                             lab => return Err(lab),
@@ -836,9 +773,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     ));
                 }
                 if fps.is_empty() {
-                    return Err(BackendError::Check(
-                        "no fingerprint: no program ran in any container".into(),
-                    ));
+                    return Err(CheckFailure::NoFingerprint.into());
                 }
                 let values: Vec<_> = self
                     .engine
@@ -863,8 +798,12 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                         guardlab_engine::glob::glob_match(pattern, image)
                     });
                 }
-                let policy = policy::create_policy(&fps, Some(&c.name), c.mode.into())
-                    .map_err(|e| BackendError::Check(format!("creating the policy: {e}")))?;
+                let policy = policy::create_policy(&fps, Some(&c.name), c.mode.into()).map_err(
+                    |source| CheckFailure::Policy {
+                        what: "creating the policy",
+                        source,
+                    },
+                )?;
                 self.out.detail(format!(
                     "policy {} ({}), uid {}",
                     policy.metadata.name,
@@ -876,7 +815,10 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     std::slice::from_ref(&policy),
                     &self.engine.baseline,
                 )
-                .map_err(|e| BackendError::Check(format!("the new policy: {e}")))?;
+                .map_err(|source| CheckFailure::Policy {
+                    what: "the new policy",
+                    source,
+                })?;
                 if check.unique() > 0 {
                     self.failed = true;
                     for d in check.deviations() {
@@ -896,7 +838,10 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     .investigator
                     .matcher_mut()
                     .set_policy(&policy)
-                    .map_err(|e| BackendError::Check(format!("the new policy: {e}")))?;
+                    .map_err(|source| CheckFailure::Policy {
+                        what: "the new policy",
+                        source,
+                    })?;
                 if let Some(name) = &c.snapshot {
                     let text = yaml(&self.engine.redactor.value(&policy));
                     *diff = self.check_snapshot(step, name, &text);
@@ -968,25 +913,21 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     ));
                 }
                 if matching.len() < check.clients {
-                    return Err(BackendError::Check(format!(
-                        "the pool saw {} client(s){}, expected at least {}",
-                        matching.len(),
-                        check
-                            .user
-                            .as_deref()
-                            .map(|u| format!(" as user {u}"))
-                            .unwrap_or_default(),
-                        check.clients
-                    )));
+                    return Err(CheckFailure::PoolClients {
+                        seen: matching.len(),
+                        user: check.user.clone(),
+                        expected: check.clients,
+                    }
+                    .into());
                 }
                 Ok(())
             }
         }
     }
 
-    fn change_policy(&mut self, change: impl FnOnce(&mut Policy)) -> Result<(), BackendError> {
+    fn change_policy(&mut self, change: impl FnOnce(&mut Policy)) -> Result<(), StepError> {
         let Some(policy) = self.engine.policy.as_mut() else {
-            return Err(BackendError::Check("no policy yet".into()));
+            return Err(CheckFailure::NoPolicy.into());
         };
         change(policy);
         self.out.detail(format!(
@@ -998,7 +939,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             .investigator
             .matcher_mut()
             .set_policy(policy)
-            .map_err(|e| BackendError::Check(format!("the policy: {e}")))
+            .map_err(|source| {
+                CheckFailure::Policy {
+                    what: "the policy",
+                    source,
+                }
+                .into()
+            })
     }
 
     /// The snapshot text of an `expect_deviations` step: the policy's counts, and what is new
