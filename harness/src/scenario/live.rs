@@ -342,11 +342,9 @@ impl<L: LiveLab> LabBackend<L> {
     }
 
     fn workbench(&mut self) -> Result<&mut JupyterWorkbench, StepError> {
-        self.workbench
-            .as_mut()
-            .ok_or_else(|| StepError::BeforeLabUp {
-                what: "the notebook is not connected",
-            })
+        self.workbench.as_mut().ok_or(StepError::BeforeLabUp {
+            what: "the notebook is not connected",
+        })
     }
 }
 

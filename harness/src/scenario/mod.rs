@@ -15,10 +15,14 @@
 pub mod backend;
 pub mod file;
 pub mod live;
+pub mod names;
+pub mod pace;
 pub mod recording;
 pub mod replay;
+pub mod run_report;
 pub mod runner;
 pub mod snapshot;
+pub mod snapshot_text;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
@@ -31,10 +35,11 @@ use guardlab_lab::LabError;
 use crate::console::Console;
 use backend::ScenarioBackend;
 use file::Scenario;
+use pace::Pacer;
 use recording::RecordingWriter;
-use runner::{Pacer, Runner, SnapshotMode};
+use runner::{Runner, SnapshotMode};
 
-pub use runner::{RunReport, RunResult, StepResult};
+pub use run_report::{RunReport, RunResult, StepResult};
 
 /// Environment variables that move the scenario's files.
 pub const ENV_SCENARIOS_DIR: &str = "GUARDLAB_SCENARIOS_DIR";

@@ -8,7 +8,8 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::console::{Console, seconds};
 
-use super::runner::{RunReport, RunResult, StepResult};
+use super::run_report::{RunReport, RunResult, StepResult};
+use super::snapshot_text::kind_word;
 
 /// Print the summary table and what the engine found.
 pub fn print_summary(report: &RunReport, out: &Console) {
@@ -56,7 +57,7 @@ pub fn print_summary(report: &RunReport, out: &Console) {
             out.line(format!(
                 "  {:?} {} deviation {} by {} ({})",
                 f.severity,
-                super::runner::kind_word(f.kind),
+                kind_word(f.kind),
                 f.deviation_uid,
                 if f.process.is_empty() {
                     "?"
