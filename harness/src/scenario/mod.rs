@@ -24,6 +24,7 @@ pub mod runner;
 pub mod snapshot;
 pub mod snapshot_text;
 pub mod summary;
+pub mod workbench;
 
 use std::path::{Path, PathBuf};
 
