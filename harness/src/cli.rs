@@ -286,6 +286,27 @@ mod tests {
     }
 
     #[test]
+    fn backend_takes_every_backend_by_its_name_and_defaults_to_local() {
+        let backend = |args: &[&str]| -> Result<Backend, clap::Error> {
+            let cli =
+                Cli::try_parse_from(["guardlab", "scenario", "cryptominer"].iter().chain(args))?;
+            match cli.command {
+                Command::Scenario(s) => Ok(s.backend),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(backend(&[]).unwrap(), Backend::Local);
+        for b in Backend::ALL {
+            assert_eq!(backend(&["--backend", b.name()]).unwrap(), b);
+        }
+        let err = backend(&["--backend", "docker"]).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid value 'docker'") && err.contains("local, kind, replay"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_visible_command_has_an_example() {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
