@@ -107,6 +107,7 @@ pub fn run_blocking(options: &RunOptions) -> RunReport {
 /// Why a run could not start: its scenario, its recording or its lab could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The scenario file (its file, line and key).
     #[error(transparent)]
     Scenario(#[from] file::ScenarioError),
     /// The recording a replay reads.
@@ -117,11 +118,13 @@ pub enum SetupError {
         #[source]
         source: recording::RecordingError,
     },
+    /// A recording of another scenario, or of another version of it.
     #[error(transparent)]
     Replay(#[from] replay::ReplayError),
     /// The file `--record` names.
     #[error(transparent)]
     Record(#[from] recording::RecordingError),
+    /// The local lab's options.
     #[error(transparent)]
     Lab(#[from] LabError),
 }
