@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use guardlab_engine::window::TimeBound;
+use guardlab_lab_api::Backend;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -179,14 +181,21 @@ pub enum ModeArg {
     Enforce,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendArg {
-    /// Namespaces and a cgroup on this host (default).
-    Local,
-    /// A kind (Kubernetes in Docker) cluster, or an existing one with --context.
-    Kind,
-    /// The engine side only, from a recorded event stream (no privileges).
-    Replay,
+/// `--backend`: one of [`Backend::ALL`] by its name, each listed with a line of help.
+fn backend_parser() -> impl TypedValueParser<Value = Backend> {
+    PossibleValuesParser::new(
+        Backend::ALL.map(|backend| PossibleValue::new(backend.name()).help(backend_help(backend))),
+    )
+    .try_map(|name| name.parse::<Backend>())
+}
+
+/// What `--help` says of a backend.
+fn backend_help(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Local => "Namespaces and a cgroup on this host (default)",
+        Backend::Kind => "A kind (Kubernetes in Docker) cluster, or an existing one with --context",
+        Backend::Replay => "The engine side only, from a recorded event stream (no privileges)",
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,8 +218,8 @@ pub enum LabCommand {
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    #[arg(long, value_enum, default_value_t = BackendArg::Local)]
-    pub backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value_t = Backend::Local)]
+    pub backend: Backend,
     /// kind backend: use this kubeconfig context instead of creating a kind cluster.
     #[arg(long)]
     pub context: Option<String>,
@@ -243,8 +252,8 @@ pub struct ScenarioArgs {
     /// List the scenarios with their descriptions.
     #[arg(long)]
     pub list: bool,
-    #[arg(long, value_enum, default_value_t = BackendArg::Local)]
-    pub backend: BackendArg,
+    #[arg(long, value_parser = backend_parser(), default_value_t = Backend::Local)]
+    pub backend: Backend,
     /// Rewrite the snapshot files instead of comparing.
     #[arg(long)]
     pub update_snapshots: bool,
@@ -274,6 +283,27 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backend_takes_every_backend_by_its_name_and_defaults_to_local() {
+        let backend = |args: &[&str]| -> Result<Backend, clap::Error> {
+            let cli =
+                Cli::try_parse_from(["guardlab", "scenario", "cryptominer"].iter().chain(args))?;
+            match cli.command {
+                Command::Scenario(s) => Ok(s.backend),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(backend(&[]).unwrap(), Backend::Local);
+        for b in Backend::ALL {
+            assert_eq!(backend(&["--backend", b.name()]).unwrap(), b);
+        }
+        let err = backend(&["--backend", "docker"]).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid value 'docker'") && err.contains("local, kind, replay"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,8 +20,5 @@ fn main() -> ExitCode {
         // SAFETY: at start-up, before any thread exists.
         unsafe { std::env::set_var(guardlab_host::NO_INSTALL_ENV, "1") };
     }
-    match guardlab::commands::run(cli.command, cli.no_install) {
-        Ok(outcome) => outcome.exit_code(),
-        Err(failure) => report::fail(&failure),
-    }
+    report::exit(guardlab::commands::run(cli.command, cli.no_install))
 }

@@ -25,7 +25,9 @@ pub fn ensure_root(why: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe().map_err(|e| {
         anyhow::anyhow!("{why} needs root; cannot find this program to re-run it through sudo: {e}")
     })?;
-    eprintln!("guardlab: {why} needs root (namespaces, cgroups and eBPF); re-running through sudo");
+    crate::console::note(&format!(
+        "{why} needs root (namespaces, cgroups and eBPF); re-running through sudo"
+    ));
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let err = Command::new("sudo")
         .arg("--preserve-env")

@@ -1,6 +1,8 @@
-//! The reporting layer at the edge: every command ends in an [`Outcome`] or a [`Failure`], and
-//! both map to one exit code: 0 ok, 1 the question asked was answered "no" (deviations found, a
-//! check or snapshot failed), 2 bad input or the lab could not run.
+//! The reporting layer at the edge, and the only place that decides how errors look and what
+//! exit code a command gets: every command ends in an [`Outcome`] or a [`Failure`], and
+//! [`exit`] maps it to 0 ok, 1 the question asked was answered "no" (deviations found, a file
+//! invalid, a check or snapshot failed), 2 bad input or the lab could not run. Only this
+//! module writes `guardlab: ...` error lines ([`exit`], [`problem`]).
 
 use std::fmt;
 use std::process::ExitCode;
@@ -12,15 +14,6 @@ pub enum Outcome {
     Clean,
     /// Deviations found, a file invalid, a snapshot differs: exit 1.
     Findings,
-}
-
-impl Outcome {
-    pub fn exit_code(self) -> ExitCode {
-        match self {
-            Outcome::Clean => ExitCode::SUCCESS,
-            Outcome::Findings => ExitCode::from(1),
-        }
-    }
 }
 
 /// A command that could not do its work: bad input, a missing tool, a lab that would not run.
@@ -47,39 +40,49 @@ impl fmt::Display for Failure {
 
 pub type CommandResult = Result<Outcome, Failure>;
 
-/// Print a failure to stderr and give its exit code. The running phase's last output goes
-/// first when the failure does not quote it.
-pub fn fail(failure: &Failure) -> ExitCode {
-    crate::console::failure(&failure.to_string());
-    eprintln!("guardlab: {failure}");
-    ExitCode::from(2)
-}
-
-/// Lab progress on the console: on a terminal one updating line per phase, in a log the phase
-/// lines and a detail line now and then (see [`crate::console`]). `quiet` keeps it silent
-/// (JSON-only runs, tests). Every value draws on the process's one console; when one goes away,
-/// its live line stays on the screen as it was.
-pub struct ConsoleProgress {
-    pub quiet: bool,
-}
-
-impl guardlab_lab::Progress for ConsoleProgress {
-    fn phase(&self, what: &str) {
-        if !self.quiet {
-            crate::console::phase(what);
-        }
-    }
-    fn detail(&self, line: &str) {
-        if !self.quiet {
-            crate::console::detail(line);
-        }
+/// The exit code of a command's result.
+pub fn exit_code(result: &CommandResult) -> u8 {
+    match result {
+        Ok(Outcome::Clean) => 0,
+        Ok(Outcome::Findings) => 1,
+        Err(_) => 2,
     }
 }
 
-impl Drop for ConsoleProgress {
-    fn drop(&mut self) {
-        if !self.quiet {
-            crate::console::detach();
-        }
+/// End a command: say its failure, if any, on stderr (the running phase's last output first,
+/// when the failure does not quote it), and give its exit code.
+pub fn exit(result: CommandResult) -> ExitCode {
+    if let Err(failure) = &result {
+        let text = failure.to_string();
+        crate::console::failure(&text);
+        eprintln!("guardlab: {text}");
+    }
+    ExitCode::from(exit_code(&result))
+}
+
+/// A problem that does not end the command (one broken file among several): said as an error
+/// line now; the command ends in [`Outcome::Findings`].
+pub fn problem(text: &dyn fmt::Display) {
+    eprintln!("guardlab: {text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_failures_map_to_the_documented_exit_codes() {
+        assert_eq!(exit_code(&Ok(Outcome::Clean)), 0);
+        assert_eq!(exit_code(&Ok(Outcome::Findings)), 1);
+        assert_eq!(exit_code(&Err(Failure(anyhow::anyhow!("no lab")))), 2);
+    }
+
+    #[test]
+    fn a_failure_says_its_causes_one_per_line() {
+        let err = anyhow::anyhow!("the disk is full").context("writing run.json");
+        assert_eq!(
+            Failure(err).to_string(),
+            "writing run.json\n  caused by: the disk is full"
+        );
     }
 }

@@ -56,7 +56,7 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
     // What was recorded replays to the same snapshots, without privileges.
     let replay = guardlab::scenario::run_blocking(&guardlab::scenario::RunOptions {
         scenario_file: scenario_file(),
-        backend: guardlab::cli::BackendArg::Replay,
+        backend: guardlab_lab_api::Backend::Replay,
         snapshot_dir: Some(root().join("snapshots/cryptominer")),
         update_snapshots: false,
         replay_file: Some(recording),
@@ -67,5 +67,10 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         step: false,
         quiet: true,
     });
-    assert_eq!(replay.exit_code(), 0, "{:?}", replay.steps);
+    assert_eq!(
+        replay.result,
+        guardlab::scenario::RunResult::Pass,
+        "{:?}",
+        replay.steps
+    );
 }

@@ -7,16 +7,16 @@ mod scenario_common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use guardlab::cli::BackendArg;
-use guardlab::scenario::recording::{read_recording, write_recording};
-use guardlab::scenario::{RunOptions, RunReport, StepResult, run_blocking};
+use guardlab::scenario::recording::{RecordedOn, read_recording, write_recording};
+use guardlab::scenario::{RunOptions, RunReport, RunResult, StepResult, run_blocking};
 use guardlab_engine::model::DeviationType;
+use guardlab_lab_api::Backend;
 use scenario_common::*;
 
 fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
     RunOptions {
         scenario_file: scenario_file(),
-        backend: BackendArg::Replay,
+        backend: Backend::Replay,
         snapshot_dir: Some(snapshot_dir.to_path_buf()),
         update_snapshots: false,
         replay_file: Some(recording.to_path_buf()),
@@ -84,7 +84,7 @@ fn synthetic_recording_is_what_its_source_generates() {
 #[test]
 fn replay_matches_the_snapshots_checked_by_the_runner_and_by_insta() {
     let report = replay_synthetic();
-    assert_eq!(report.exit_code(), 0, "{}", failures(&report));
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
     assert!(
         report.steps.iter().all(|s| s.result == StepResult::Passed),
         "{}",
@@ -173,12 +173,13 @@ fn replay_real() -> RunReport {
 fn the_recording_of_a_live_run_replays_against_the_committed_snapshots() {
     let recording = read_recording(&root().join("scenarios/cryptominer.ndjson")).unwrap();
     assert!(
-        !recording.header.synthetic && recording.header.backend == "local",
+        !recording.header.synthetic
+            && recording.header.backend == RecordedOn::Backend(Backend::Local),
         "{:?}",
         recording.header
     );
     let report = replay_real();
-    assert_eq!(report.exit_code(), 0, "{}", failures(&report));
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
     for (name, text) in &report.snapshots {
         insta::with_settings!({
             snapshot_path => root().join("snapshots/cryptominer"),
@@ -243,7 +244,7 @@ fn a_changed_snapshot_fails_the_step_with_a_diff() {
     std::fs::write(&target, text.replace("minerd", "xmrig")).unwrap();
 
     let report = run_blocking(&replay_options(dir.path(), &synthetic_recording()));
-    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.result, RunResult::Mismatch);
     let bad: Vec<_> = report
         .steps
         .iter()
@@ -265,7 +266,7 @@ fn a_changed_snapshot_fails_the_step_with_a_diff() {
     let mut options = replay_options(dir.path(), &synthetic_recording());
     options.update_snapshots = true;
     let report = run_blocking(&options);
-    assert_eq!(report.exit_code(), 0, "{}", failures(&report));
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
     assert_eq!(
         std::fs::read_to_string(&target)
             .unwrap()
@@ -283,7 +284,7 @@ fn a_recording_can_be_recorded_again_from_a_replay() {
     let mut options = replay_options(&synthetic_snapshots(), &synthetic_recording());
     options.record = Some(copy.clone());
     let report = run_blocking(&options);
-    assert_eq!(report.exit_code(), 0, "{}", failures(&report));
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
     assert_eq!(
         read_recording(&copy).unwrap(),
         read_recording(&synthetic_recording()).unwrap()
@@ -298,7 +299,7 @@ fn a_recording_of_another_scenario_version_is_refused() {
     rec.steps[5].name = "terminal".into();
     write_recording(&path, &rec).unwrap();
     let report = run_blocking(&replay_options(&synthetic_snapshots(), &path));
-    assert_eq!(report.exit_code(), 2);
+    assert_eq!(report.result, RunResult::Error);
     let error = report.error.unwrap();
     assert!(
         error.contains("step 6 is \"terminal\" in the recording but \"terminal-ls\""),
@@ -320,7 +321,7 @@ fn a_recording_without_the_pools_client_fails_that_check_only() {
         .insert("pool_clients".into(), serde_json::json!([]));
     write_recording(&path, &rec).unwrap();
     let report = run_blocking(&replay_options(&synthetic_snapshots(), &path));
-    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.result, RunResult::Mismatch);
     let failed: Vec<_> = report
         .steps
         .iter()
@@ -365,7 +366,7 @@ fn a_missing_event_fails_the_step_that_waits_for_it() {
         "{:?}",
         attack.messages
     );
-    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.result, RunResult::Mismatch);
 }
 
 #[test]
@@ -373,7 +374,7 @@ fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kind.ndjson");
     let mut rec = synthetic();
-    rec.header.backend = "kind".into();
+    rec.header.backend = RecordedOn::Backend(Backend::Kind);
     rec.header.synthetic = false;
     // A cluster has no lab pool: nothing to ask it, nothing recorded.
     let pool = rec
@@ -388,7 +389,7 @@ fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
     let mut options = replay_options(&synthetic_snapshots(), &path);
     options.record = Some(again.clone());
     let report = run_blocking(&options);
-    assert_eq!(report.exit_code(), 0, "{}", failures(&report));
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
     let pool = report
         .steps
         .iter()
@@ -406,10 +407,10 @@ fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
     assert_eq!(read_recording(&again).unwrap(), rec);
 
     // The same events as a local run: the pool check is real there, and fails without facts.
-    rec.header.backend = "local".into();
+    rec.header.backend = RecordedOn::Backend(Backend::Local);
     write_recording(&path, &rec).unwrap();
     let report = run_blocking(&replay_options(&synthetic_snapshots(), &path));
-    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.result, RunResult::Mismatch);
     let pool = report
         .steps
         .iter()

@@ -15,7 +15,8 @@ use guardlab_host::{Host, LedgerEntry, LedgerKind, OWN_CGROUP2_MOUNT, Progress};
 use guardlab_lab::local::teardown::{LeftoverLab, leftover_labs, remove_lab};
 
 use crate::cli::CleanArgs;
-use crate::report::{CommandResult, ConsoleProgress, Failure, Outcome};
+use crate::console::ConsoleProgress;
+use crate::report::{CommandResult, Failure, Outcome};
 
 /// `1.3 GiB`, `412 MiB`, `12 KiB`, `0 B`.
 pub fn human_size(bytes: u64) -> String {
@@ -389,7 +390,7 @@ fn remove_packages(host: &Host, names: &[&str]) -> Result<(), String> {
         .map_while(Result::ok)
     {
         progress.detail(&line);
-        if tail.len() == crate::console::FAILURE_TAIL {
+        if tail.len() == crate::console::render::FAILURE_TAIL {
             tail.pop_front();
         }
         tail.push_back(line);

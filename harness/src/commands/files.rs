@@ -14,6 +14,7 @@ use guardlab_engine::{deviation, fingerprint, merge, policy, trace};
 use guardlab_events::Event;
 
 use crate::cli::{ModeArg, WindowedEvents};
+use crate::console;
 use crate::report::{CommandResult, Failure, Outcome};
 
 /// Read a file as text, with the file named in the error.
@@ -69,10 +70,10 @@ pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
     // saying so keeps the user's.
     let regressions = events.windows(2).filter(|w| w[1].ts < w[0].ts).count();
     if regressions > 0 {
-        eprintln!(
-            "warning: {}: {regressions} event(s) out of time order; sorted by timestamp",
+        console::warning(&format!(
+            "{}: {regressions} event(s) out of time order; sorted by timestamp",
             path.display()
-        );
+        ));
         guardlab_engine::sort_events(&mut events);
     }
     Ok(events)
@@ -190,16 +191,16 @@ pub fn fingerprint(input: &WindowedEvents, ungrouped: bool) -> CommandResult {
     warn_about_stream(builder.stats());
     if !window.is_all() {
         let counts = builder.window_counts();
-        eprintln!(
-            "note: {path}: fingerprinted the {} event(s) {window}; the {} before and {} after only gave the process tree and DNS names",
+        console::note(&format!(
+            "{path}: fingerprinted the {} event(s) {window}; the {} before and {} after only gave the process tree and DNS names",
             counts.within, counts.before, counts.after
-        );
+        ));
     }
     let untrusted = builder.stats().untrusted_exes;
     if untrusted > 0 {
-        eprintln!(
-            "note: {path}: {untrusted} exec(s) ran an executable the sensor could not resolve to a path (fileless, truncated or unresolved); they are fingerprinted as reported, but no policy allows them (fail closed)"
-        );
+        console::note(&format!(
+            "{path}: {untrusted} exec(s) ran an executable the sensor could not resolve to a path (fileless, truncated or unresolved); they are fingerprinted as reported, but no policy allows them (fail closed)"
+        ));
     }
     let docs: Vec<Document> = if ungrouped {
         builder
@@ -287,16 +288,16 @@ fn require_applied(
 /// stream proves less than it seems to.
 fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
     if stats.lost_events > 0 {
-        eprintln!(
-            "warning: the sensor lost {} event(s) in this stream",
+        console::warning(&format!(
+            "the sensor lost {} event(s) in this stream",
             stats.lost_events
-        );
+        ));
     }
     if stats.unknown_container_events > 0 {
-        eprintln!(
-            "warning: {} event(s) belong to no known container (no `container` event for their cgroup) and were ignored",
+        console::warning(&format!(
+            "{} event(s) belong to no known container (no `container` event for their cgroup) and were ignored",
             stats.unknown_container_events
-        );
+        ));
     }
 }
 

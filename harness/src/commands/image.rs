@@ -5,8 +5,9 @@ use std::path::Path;
 use anyhow::Context;
 use guardlab_lab::image::{self, ImageCache, Pin};
 
+use crate::console::ConsoleProgress;
 use crate::privilege;
-use crate::report::{CommandResult, ConsoleProgress, Outcome};
+use crate::report::{CommandResult, Outcome};
 
 pub fn lock(recipe_dir: &Path) -> CommandResult {
     privilege::ensure_root("making the image's pins (debootstrap, chroot)")?;

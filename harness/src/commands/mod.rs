@@ -4,8 +4,8 @@ pub mod clean;
 pub mod doctor;
 pub mod files;
 pub mod image;
-pub mod kind;
 pub mod lab;
+pub mod scenario;
 
 use crate::cli::{Command, ImageCommand, LabCommand, PolicyCommand};
 use crate::report::{CommandResult, Outcome};
@@ -39,7 +39,7 @@ pub fn run(command: Command, no_install: bool) -> CommandResult {
             guardlab_lab::daemon_main(args)?;
             Ok(Outcome::Clean)
         }
-        Command::Scenario(args) => crate::scenario::run_scenario(&args),
+        Command::Scenario(args) => scenario::run(&args),
         Command::Image(ImageCommand::Lock { recipe }) => image::lock(&recipe),
     }
 }

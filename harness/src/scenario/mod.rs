@@ -2,7 +2,8 @@
 //! a recording ([`replay`], [`recording`]), driving the engine and checking the results against
 //! snapshot files ([`snapshot`]) in `snapshots/<name>/`.
 //!
-//! The lead's `main` calls [`run_scenario`] for `guardlab scenario ...`.
+//! `guardlab scenario ...` (`crate::commands::scenario`) resolves a [`RunOptions`] and calls
+//! [`run_blocking`]; the [`RunReport`] it gets back says how the run came out.
 //!
 //! Where things are found (each can be moved with an environment variable, for tests and for
 //! scenarios kept elsewhere):
@@ -11,20 +12,35 @@
 //!   backend `<scenario>-kind`: the real image's paths differ);
 //! - the recording a replay reads: `GUARDLAB_REPLAY_FILE`, else `<scenarios>/<scenario>.ndjson`.
 
+pub mod backend;
 pub mod file;
 pub mod live;
+pub mod names;
+pub mod pace;
 pub mod recording;
 pub mod replay;
+pub mod run_report;
 pub mod runner;
 pub mod snapshot;
+pub mod snapshot_text;
 pub mod summary;
+pub mod workbench;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{BackendArg, ScenarioArgs};
-use crate::report::{CommandResult, Failure, Outcome};
+use guardlab_lab_api::Backend;
 
-pub use runner::{RunReport, StepResult};
+// Bridge until guardlab-lab re-exports guardlab-lab-api: then this is guardlab_lab_api::LabError.
+use guardlab_lab::LabError;
+
+use crate::console::Console;
+use backend::ScenarioBackend;
+use file::Scenario;
+use pace::Pacer;
+use recording::RecordingWriter;
+use runner::{Runner, SnapshotMode};
+
+pub use run_report::{RunReport, RunResult, StepResult};
 
 /// Environment variables that move the scenario's files.
 pub const ENV_SCENARIOS_DIR: &str = "GUARDLAB_SCENARIOS_DIR";
@@ -49,7 +65,7 @@ pub fn scenarios_dir() -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub scenario_file: PathBuf,
-    pub backend: BackendArg,
+    pub backend: Backend,
     pub snapshot_dir: Option<PathBuf>,
     pub update_snapshots: bool,
     /// Replay: the recording to read (default `<scenarios>/<name>.ndjson`).
@@ -65,25 +81,6 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-impl RunOptions {
-    pub fn from_args(args: &ScenarioArgs, name: &str) -> Result<RunOptions, Failure> {
-        let scenario_file = file::resolve_scenario(&scenarios_dir(), name)?;
-        Ok(RunOptions {
-            scenario_file,
-            backend: args.backend,
-            snapshot_dir: std::env::var_os(ENV_SNAPSHOT_DIR).map(PathBuf::from),
-            update_snapshots: args.update_snapshots,
-            replay_file: std::env::var_os(ENV_REPLAY_FILE).map(PathBuf::from),
-            record: args.record.clone(),
-            json: args.json.clone(),
-            junit: args.junit.clone(),
-            keep_lab: args.keep_lab,
-            step: args.step,
-            quiet: false,
-        })
-    }
-}
-
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
 pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
     let dir = scenario_file.parent().unwrap_or(Path::new("."));
@@ -95,152 +92,124 @@ pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
     dir.join("..").join("snapshots").join(name)
 }
 
-/// `guardlab scenario ...`: list, or run one scenario, print the summary, write the reports.
-/// Exit codes through [`CommandResult`]: 0 pass, 1 a snapshot or check failed, 2 the lab could
-/// not run (or bad input).
-pub fn run_scenario(args: &ScenarioArgs) -> CommandResult {
-    if args.list {
-        return list_scenarios();
-    }
-    let Some(name) = args.name.as_deref() else {
-        return Err(Failure(anyhow::anyhow!("name a scenario, or use --list")));
-    };
-    let options = RunOptions::from_args(args, name)?;
-    if options.step && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return Err(Failure(anyhow::anyhow!(
-            "--step waits for Enter before each step, typed in a terminal, and standard input is not one: run it from a terminal, or leave --step out"
-        )));
-    }
-    if matches!(options.backend, BackendArg::Local) {
-        crate::privilege::ensure_root("the local lab")?;
-    }
-    let report = run_blocking(&options);
-    let console = runner::Console { quiet: false };
-    summary::print_summary(&report, &console);
-    let mut write_errors = Vec::new();
-    if let Some(path) = &options.json
-        && let Err(e) = summary::write_json(&report, path)
-    {
-        write_errors.push(format!("--json {}: {e}", path.display()));
-    }
-    if let Some(path) = &options.junit
-        && let Err(e) = summary::write_junit(&report, path)
-    {
-        write_errors.push(format!("--junit {}: {e}", path.display()));
-    }
-    if !write_errors.is_empty() {
-        return Err(Failure(anyhow::anyhow!("{}", write_errors.join("; "))));
-    }
-    match report.exit_code() {
-        0 => Ok(Outcome::Clean),
-        1 => Ok(Outcome::Findings),
-        _ => Err(Failure(anyhow::anyhow!(
-            "{}{}",
-            if report.scenario == "?" {
-                String::new()
-            } else {
-                format!("scenario {}: ", report.scenario)
-            },
-            report
-                .error
-                .clone()
-                .or_else(|| report
-                    .steps
-                    .iter()
-                    .find(|s| s.result == StepResult::Error)
-                    .map(|s| { format!("step {:?}: {}", s.name, s.messages.join("; ")) }))
-                .unwrap_or_else(|| "the lab could not run".into())
-        ))),
-    }
-}
-
-/// `guardlab scenario --list`: every scenario file's name and description.
-pub fn list_scenarios() -> CommandResult {
-    let dir = scenarios_dir();
-    let files = file::scenario_files(&dir)?;
-    if files.is_empty() {
-        println!("no scenarios in {}", file::display_path(&dir));
-        return Ok(Outcome::Clean);
-    }
-    let mut problems = Vec::new();
-    let mut rows = Vec::new();
-    for path in files {
-        match file::load_scenario(&path) {
-            Ok(s) => rows.push((s.name, s.description, s.steps.len())),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    for (name, description, steps) in &rows {
-        println!("{name:<width$}  {description} ({steps} steps)");
-    }
-    for p in &problems {
-        eprintln!("guardlab: {p}");
-    }
-    Ok(if problems.is_empty() {
-        Outcome::Clean
-    } else {
-        Outcome::Findings
-    })
-}
-
 /// Run a scenario to the end on a fresh tokio runtime; never fails: errors are in the report.
 pub fn run_blocking(options: &RunOptions) -> RunReport {
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    match guardlab_host::runtime(2) {
         Ok(rt) => rt.block_on(run(options)),
-        Err(e) => {
-            let mut r = RunReport::new("?", "?");
-            r.error = Some(format!("starting the async runtime: {e}"));
-            r.settle();
-            r
-        }
+        Err(e) => RunReport::failed(
+            "?",
+            options.backend,
+            format!("starting the async runtime: {e}"),
+        ),
     }
 }
 
-/// Run the steps, pausing before each one with `--step`.
-async fn drive<B: runner::Backend>(
-    runner: runner::Runner<'_, B>,
-    options: &RunOptions,
-) -> RunReport {
-    let runner = if options.step {
-        runner.with_pacer(runner::Pacer::stdin())
-    } else {
-        runner
-    };
-    runner.run(options.keep_lab).await
+/// Why a run could not start: its scenario, its recording or its lab could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The scenario file (its file, line and key).
+    #[error(transparent)]
+    Scenario(#[from] file::ScenarioError),
+    /// The recording a replay reads.
+    #[error("{source} (make a recording with `guardlab scenario {scenario} --record {shown}`)")]
+    NoRecording {
+        scenario: String,
+        shown: String,
+        #[source]
+        source: recording::RecordingError,
+    },
+    /// A recording of another scenario, or of another version of it.
+    #[error(transparent)]
+    Replay(#[from] replay::ReplayError),
+    /// The file `--record` names.
+    #[error(transparent)]
+    Record(#[from] recording::RecordingError),
+    /// The local lab's options.
+    #[error(transparent)]
+    Lab(#[from] LabError),
 }
 
 /// Run a scenario to the end; never fails: errors are in the report.
 pub async fn run(options: &RunOptions) -> RunReport {
-    let backend_word = match options.backend {
-        BackendArg::Local => "local",
-        BackendArg::Kind => "kind",
-        BackendArg::Replay => "replay",
-    };
-    let fail = |name: &str, error: String| {
-        let mut r = RunReport::new(name, backend_word);
-        r.error = Some(error);
-        r.settle();
-        r
-    };
     let scenario = match file::load_scenario(&options.scenario_file) {
         Ok(s) => s,
-        Err(e) => return fail("?", e.to_string()),
+        Err(e) => return RunReport::failed("?", options.backend, SetupError::from(e)),
     };
+    match run_scenario(options, &scenario).await {
+        Ok(report) => report,
+        Err(e) => RunReport::failed(&scenario.name, options.backend, e),
+    }
+}
+
+async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunReport, SetupError> {
+    let snapshots = snapshot_mode(options, scenario);
+    let console = Console {
+        quiet: options.quiet,
+    };
+    match options.backend {
+        Backend::Replay => {
+            let path = options.replay_file.clone().unwrap_or_else(|| {
+                options
+                    .scenario_file
+                    .with_file_name(format!("{}.ndjson", scenario.name))
+            });
+            let shown = file::display_path(&path);
+            let rec =
+                recording::read_recording(&path).map_err(|source| SetupError::NoRecording {
+                    scenario: scenario.name.clone(),
+                    shown: shown.clone(),
+                    source,
+                })?;
+            let backend = replay::ReplayBackend::new(scenario, rec, &shown)?;
+            // A replay recorded again is the same recording.
+            let header = backend.header().clone();
+            let recorder = recorder(options, &header)?;
+            Ok(drive(
+                Runner::new(scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await)
+        }
+        Backend::Local => {
+            let backend = live::LocalBackend::new(scenario)?;
+            let recorder = recorder(options, &live_header(scenario, Backend::Local))?;
+            Ok(drive(
+                Runner::new(scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await)
+        }
+        Backend::Kind => {
+            if !options.update_snapshots && !snapshots.dir.dir.exists() {
+                console.line(format!(
+                    "! no snapshots for the kind backend yet ({} does not exist): the checked steps \
+                     will fail as missing; run once with --update-snapshots to write them, review, and commit",
+                    file::display_path(&snapshots.dir.dir)
+                ));
+            }
+            let backend = live::KindBackend::new(scenario);
+            let recorder = recorder(options, &live_header(scenario, Backend::Kind))?;
+            Ok(drive(
+                Runner::new(scenario, backend, snapshots, recorder, console),
+                options,
+            )
+            .await)
+        }
+    }
+}
+
+/// Where the run's snapshots are, and whether to rewrite them.
+fn snapshot_mode(options: &RunOptions, scenario: &Scenario) -> SnapshotMode {
     // The kind backend runs the real image, whose paths differ from the local pod's: it keeps
     // its own snapshot set, `snapshots/<name>-kind/`.
     let snapshot_dir = options.snapshot_dir.clone().unwrap_or_else(|| {
         let name = match options.backend {
-            BackendArg::Kind => format!("{}-kind", scenario.name),
-            _ => scenario.name.clone(),
+            Backend::Kind => format!("{}-kind", scenario.name),
+            Backend::Local | Backend::Replay => scenario.name.clone(),
         };
         default_snapshot_dir(&options.scenario_file, &name)
     });
-    let snapshots = runner::SnapshotMode {
+    SnapshotMode {
         dir: snapshot::SnapshotDir::new(snapshot_dir),
         update: options.update_snapshots,
         // As the repository names it, whatever the current directory.
@@ -252,108 +221,39 @@ pub async fn run(options: &RunOptions) -> RunReport {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ),
-    };
-    let console = runner::Console {
-        quiet: options.quiet,
-    };
-    let header = |backend: &str, synthetic: bool, note: String| recording::Header {
+    }
+}
+
+/// The header of a recording of a live run.
+fn live_header(scenario: &Scenario, backend: Backend) -> recording::Header {
+    recording::Header {
         format: recording::RECORDING_FORMAT,
         scenario: scenario.name.clone(),
         events_format: guardlab_events::FORMAT_VERSION,
-        backend: backend.to_string(),
-        synthetic,
-        note,
-    };
-    match options.backend {
-        BackendArg::Replay => {
-            let path = options.replay_file.clone().unwrap_or_else(|| {
-                options
-                    .scenario_file
-                    .with_file_name(format!("{}.ndjson", scenario.name))
-            });
-            let shown = file::display_path(&path);
-            let rec = match recording::read_recording(&path) {
-                Ok(r) => r,
-                Err(e) => {
-                    return fail(
-                        &scenario.name,
-                        format!(
-                            "{e} (make a recording with `guardlab scenario {} --record {shown}`)",
-                            scenario.name
-                        ),
-                    );
-                }
-            };
-            let backend = match replay::ReplayBackend::new(&scenario, rec, &shown) {
-                Ok(b) => b,
-                Err(e) => return fail(&scenario.name, e),
-            };
-            let recorder = match &options.record {
-                Some(out) => {
-                    let h = backend.header().clone();
-                    match recording::RecordingWriter::create(out, &h) {
-                        Ok(w) => Some(w),
-                        Err(e) => return fail(&scenario.name, e.to_string()),
-                    }
-                }
-                None => None,
-            };
-            drive(
-                runner::Runner::new(&scenario, backend, snapshots, recorder, console),
-                options,
-            )
-            .await
-        }
-        BackendArg::Local => {
-            let backend = match live::LocalBackend::new(&scenario) {
-                Ok(b) => b,
-                Err(e) => return fail(&scenario.name, e),
-            };
-            let recorder = match &options.record {
-                Some(out) => match recording::RecordingWriter::create(
-                    out,
-                    &header(
-                        "local",
-                        false,
-                        format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
-                    ),
-                ) {
-                    Ok(w) => Some(w),
-                    Err(e) => return fail(&scenario.name, e.to_string()),
-                },
-                None => None,
-            };
-            let runner = runner::Runner::new(&scenario, backend, snapshots, recorder, console);
-            drive(runner, options).await
-        }
-        BackendArg::Kind => {
-            if !options.update_snapshots && !snapshots.dir.dir.exists() {
-                console.line(format!(
-                    "! no snapshots for the kind backend yet ({} does not exist): the checked steps \
-                     will fail as missing; run once with --update-snapshots to write them, review, and commit",
-                    file::display_path(&snapshots.dir.dir)
-                ));
-            }
-            let backend = live::KindBackend::new(&scenario);
-            let recorder = match &options.record {
-                Some(out) => match recording::RecordingWriter::create(
-                    out,
-                    &header(
-                        "kind",
-                        false,
-                        format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
-                    ),
-                ) {
-                    Ok(w) => Some(w),
-                    Err(e) => return fail(&scenario.name, e.to_string()),
-                },
-                None => None,
-            };
-            drive(
-                runner::Runner::new(&scenario, backend, snapshots, recorder, console),
-                options,
-            )
-            .await
-        }
+        backend: recording::RecordedOn::Backend(backend),
+        synthetic: false,
+        note: format!("recorded by guardlab {}", env!("CARGO_PKG_VERSION")),
     }
+}
+
+/// The writer of `--record`, when asked for.
+fn recorder(
+    options: &RunOptions,
+    header: &recording::Header,
+) -> Result<Option<RecordingWriter>, recording::RecordingError> {
+    options
+        .record
+        .as_deref()
+        .map(|out| RecordingWriter::create(out, header))
+        .transpose()
+}
+
+/// Run the steps, pausing before each one with `--step`.
+async fn drive<B: ScenarioBackend>(runner: Runner<'_, B>, options: &RunOptions) -> RunReport {
+    let runner = if options.step {
+        runner.with_pacer(Pacer::stdin())
+    } else {
+        runner
+    };
+    runner.run(options.keep_lab).await
 }

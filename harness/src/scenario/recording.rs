@@ -31,6 +31,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use guardlab_events::{Event, ReadError};
+use guardlab_lab_api::Backend;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -51,13 +52,56 @@ pub struct Header {
     pub scenario: String,
     pub events_format: u32,
     /// The backend the run was made on (`local`, `kind`), or `synthetic`.
-    pub backend: String,
+    pub backend: RecordedOn,
     /// True for a recording written by a program rather than by a live run.
     #[serde(default)]
     pub synthetic: bool,
     /// Where it came from, for a person reading the file.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+}
+
+/// What a recording was made on: a backend's run, or a program (`synthetic`, a recording
+/// written from a hand-made event sequence). Written as the backend's name, or `synthetic`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RecordedOn {
+    Backend(Backend),
+    Synthetic,
+}
+
+const SYNTHETIC: &str = "synthetic";
+
+/// A header's `backend` that names no backend and is not `synthetic`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown backend `{0}`: a recording is made on local or kind, or is synthetic")]
+pub struct UnknownRecordedOn(String);
+
+impl TryFrom<String> for RecordedOn {
+    type Error = UnknownRecordedOn;
+    fn try_from(name: String) -> Result<RecordedOn, UnknownRecordedOn> {
+        if name == SYNTHETIC {
+            return Ok(RecordedOn::Synthetic);
+        }
+        name.parse()
+            .map(RecordedOn::Backend)
+            .map_err(|_| UnknownRecordedOn(name))
+    }
+}
+
+impl From<RecordedOn> for String {
+    fn from(on: RecordedOn) -> String {
+        on.to_string()
+    }
+}
+
+impl std::fmt::Display for RecordedOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordedOn::Backend(backend) => write!(f, "{backend}"),
+            RecordedOn::Synthetic => f.write_str(SYNTHETIC),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,7 +397,7 @@ mod tests {
             format: RECORDING_FORMAT,
             scenario: "demo".into(),
             events_format: guardlab_events::FORMAT_VERSION,
-            backend: "synthetic".into(),
+            backend: RecordedOn::Synthetic,
             synthetic: true,
             note: String::new(),
         }
@@ -395,6 +439,23 @@ mod tests {
         assert!(text.starts_with("{\"recording\":{\"format\":1,"), "{text}");
         assert_eq!(read_recording(&path).unwrap(), rec);
         assert_eq!(read_events_only(&path).unwrap(), vec![lost(1), lost(2)]);
+    }
+
+    #[test]
+    fn the_header_names_the_backend_as_before() {
+        for (on, word) in [
+            (RecordedOn::Backend(Backend::Local), "\"local\""),
+            (RecordedOn::Backend(Backend::Kind), "\"kind\""),
+            (RecordedOn::Synthetic, "\"synthetic\""),
+        ] {
+            assert_eq!(serde_json::to_string(&on).unwrap(), word);
+            assert_eq!(serde_json::from_str::<RecordedOn>(word).unwrap(), on);
+        }
+        let err = serde_json::from_str::<RecordedOn>("\"docker\"").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown backend `docker`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,11 +8,36 @@ use std::time::{Duration, Instant};
 
 use guardlab_engine::deviation::Decision;
 use guardlab_events::Event;
+use guardlab_lab_api::Backend;
 use serde_json::Value as Json;
 
+use crate::console::Console;
+
+use super::backend::{CheckFailure, ScenarioBackend, StepError};
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
-use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Recording};
-use super::runner::{Backend, BackendError, Console};
+use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordedOn, Recording};
+
+/// A recording that is not of the scenario to replay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{file} is a recording of scenario {recorded:?}, not {scenario:?}")]
+    OtherScenario {
+        file: String,
+        recorded: String,
+        scenario: String,
+    },
+    #[error(
+        "{file}: step {number} is {recorded:?} in the recording but {step:?} in the scenario: the scenario changed since it was recorded; record it again (`guardlab scenario {scenario} --record {file}`)"
+    )]
+    StepChanged {
+        file: String,
+        /// Counted from 1.
+        number: usize,
+        recorded: String,
+        step: String,
+        scenario: String,
+    },
+}
 
 pub struct ReplayBackend {
     recording: Recording,
@@ -26,22 +51,23 @@ pub struct ReplayBackend {
 
 impl ReplayBackend {
     /// Check that the recording was made from this scenario (same steps, same order).
-    pub fn new(scenario: &Scenario, recording: Recording, file: &str) -> Result<Self, String> {
+    pub fn new(scenario: &Scenario, recording: Recording, file: &str) -> Result<Self, ReplayError> {
         if recording.header.scenario != scenario.name {
-            return Err(format!(
-                "{file} is a recording of scenario {:?}, not {:?}",
-                recording.header.scenario, scenario.name
-            ));
+            return Err(ReplayError::OtherScenario {
+                file: file.to_string(),
+                recorded: recording.header.scenario.clone(),
+                scenario: scenario.name.clone(),
+            });
         }
         for (i, (step, recorded)) in scenario.steps.iter().zip(&recording.steps).enumerate() {
             if step.name != recorded.name {
-                return Err(format!(
-                    "{file}: step {} is {:?} in the recording but {:?} in the scenario: the scenario changed since it was recorded; record it again (`guardlab scenario {} --record {file}`)",
-                    i + 1,
-                    recorded.name,
-                    step.name,
-                    scenario.name
-                ));
+                return Err(ReplayError::StepChanged {
+                    file: file.to_string(),
+                    number: i + 1,
+                    recorded: recorded.name.clone(),
+                    step: step.name.clone(),
+                    scenario: scenario.name.clone(),
+                });
             }
         }
         Ok(ReplayBackend {
@@ -58,29 +84,29 @@ impl ReplayBackend {
     }
 }
 
-impl Backend for ReplayBackend {
-    fn name(&self) -> &'static str {
-        "replay"
-    }
-
-    fn is_live(&self) -> bool {
-        false
+impl ScenarioBackend for ReplayBackend {
+    fn backend(&self) -> Backend {
+        Backend::Replay
     }
 
     /// The steps of the backend the recording was made on; a synthetic recording stands in
     /// for every backend and has all steps.
     fn runs(&self, step: &Step) -> bool {
-        self.recording.header.synthetic || step.runs_on(&self.recording.header.backend)
+        let header = &self.recording.header;
+        header.synthetic
+            || match header.backend {
+                RecordedOn::Backend(backend) => step.runs_on(backend),
+                RecordedOn::Synthetic => step.backends.is_empty(),
+            }
     }
 
-    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), BackendError> {
+    fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), StepError> {
         let Some(recorded) = self.recording.steps.get_mut(index) else {
-            return Err(BackendError::Lab(format!(
-                "{}: the recording ends before step {} ({:?}): the live run stopped there, or the scenario grew; record it again",
-                self.file,
-                index + 1,
-                step.name
-            )));
+            return Err(StepError::RecordingEnds {
+                file: self.file.clone(),
+                number: index + 1,
+                step: step.name.clone(),
+            });
         };
         self.current = std::mem::take(&mut recorded.events).into();
         self.facts = std::mem::take(&mut recorded.facts);
@@ -90,7 +116,7 @@ impl Backend for ReplayBackend {
 
     fn end_step(&mut self, _index: usize, _step: &Step, _facts: &BTreeMap<String, Json>) {}
 
-    async fn lab_up(&mut self, out: &Console) -> Result<(), BackendError> {
+    async fn lab_up(&mut self, out: &Console) -> Result<(), StepError> {
         let h = &self.recording.header;
         let kind = if h.synthetic {
             "a synthetic recording"
@@ -109,7 +135,7 @@ impl Backend for ReplayBackend {
         _code: &str,
         _timeout: Duration,
         _out: &Console,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), StepError> {
         Ok(())
     }
 
@@ -119,7 +145,7 @@ impl Backend for ReplayBackend {
         _session: &str,
         _command: &TerminalCommand,
         out: &Console,
-    ) -> Result<String, BackendError> {
+    ) -> Result<String, StepError> {
         let index = self.commands;
         self.commands += 1;
         let output = match self.facts.get(FACT_TERMINAL_OUTPUT) {
@@ -136,32 +162,33 @@ impl Backend for ReplayBackend {
         Ok(output)
     }
 
-    async fn next_event(&mut self, _deadline: Instant) -> Result<Option<Event>, BackendError> {
+    async fn next_event(&mut self, _deadline: Instant) -> Result<Option<Event>, StepError> {
         Ok(self.current.pop_front())
     }
 
-    async fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+    async fn drain(&mut self) -> Result<Vec<Event>, StepError> {
         Ok(self.current.drain(..).collect())
     }
 
-    async fn carry_out(&mut self, decision: &Decision) -> Result<String, BackendError> {
+    async fn carry_out(&mut self, decision: &Decision) -> Result<String, StepError> {
         Ok(format!(
             "not carried out again in a replay (pid {})",
             decision.target.pid
         ))
     }
 
-    async fn pool_clients(&mut self, _check: &CheckPoolReached) -> Result<Vec<Json>, BackendError> {
+    async fn pool_clients(&mut self, _check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         match self.facts.get(FACT_POOL_CLIENTS) {
             Some(Json::Array(clients)) => Ok(clients.clone()),
-            _ => Err(BackendError::Check(format!(
-                "{}: the recording of this step has no `{FACT_POOL_CLIENTS}` fact",
-                self.file
-            ))),
+            _ => Err(CheckFailure::NotRecorded {
+                file: self.file.clone(),
+                fact: FACT_POOL_CLIENTS,
+            }
+            .into()),
         }
     }
 
-    async fn finish(&mut self, _keep: bool, _out: &Console) -> Result<(), BackendError> {
+    async fn finish(&mut self, _keep: bool, _out: &Console) -> Result<(), StepError> {
         Ok(())
     }
 }

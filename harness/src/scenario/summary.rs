@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::runner::{Console, RunReport, StepResult, seconds};
+use crate::console::{Console, seconds};
+
+use super::run_report::{RunReport, RunResult, StepResult};
+use super::snapshot_text::kind_word;
 
 /// Print the summary table and what the engine found.
 pub fn print_summary(report: &RunReport, out: &Console) {
@@ -54,7 +57,7 @@ pub fn print_summary(report: &RunReport, out: &Console) {
             out.line(format!(
                 "  {:?} {} deviation {} by {} ({})",
                 f.severity,
-                super::runner::kind_word(f.kind),
+                kind_word(f.kind),
                 f.deviation_uid,
                 if f.process.is_empty() {
                     "?"
@@ -113,18 +116,18 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         n => format!(" ({n} not applicable on this backend)"),
     };
     let took = seconds(Duration::from_millis(report.duration_ms));
-    match report.exit_code() {
-        0 if report.stopped.is_some() => out.line(format!(
+    match report.result {
+        RunResult::Pass if report.stopped.is_some() => out.line(format!(
             "STOPPED before step {:?} (as asked): {ran} of {} steps ran and passed{not_applicable}, in {took}",
             report.stopped.as_deref().unwrap_or("?"),
             report.steps.len(),
         )),
-        0 => out.line(format!(
+        RunResult::Pass => out.line(format!(
             "PASS: {} steps{not_applicable} in {took}",
             report.steps.len(),
         )),
-        1 => out.line(format!("FAIL: {}", failed.join(", "))),
-        _ => out.line(format!(
+        RunResult::Mismatch => out.line(format!("FAIL: {}", failed.join(", "))),
+        RunResult::Error => out.line(format!(
             "ERROR: the lab could not run{}",
             if failed.is_empty() {
                 String::new()

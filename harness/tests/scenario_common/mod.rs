@@ -16,7 +16,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use guardlab::scenario::recording::{
-    FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Header, RECORDING_FORMAT, RecordedStep, Recording,
+    FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, Header, RECORDING_FORMAT, RecordedOn, RecordedStep,
+    Recording,
 };
 use guardlab_events::{
     Connection, ContainerInfo, DnsAnswer, Event, EventBody, Listen, ProcessExec, ProcessExit,
@@ -442,7 +443,7 @@ pub fn synthetic() -> Recording {
             format: RECORDING_FORMAT,
             scenario: "cryptominer".into(),
             events_format: guardlab_events::FORMAT_VERSION,
-            backend: "synthetic".into(),
+            backend: RecordedOn::Synthetic,
             synthetic: true,
             note: "SYNTHETIC: written by harness/tests/scenario_common/mod.rs from a hand-written event sequence, not by a live run".into(),
         },

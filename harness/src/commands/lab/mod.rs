@@ -1,11 +1,18 @@
-//! `guardlab lab up | down | status`: keep a lab running for a workshop.
+//! `guardlab lab up | down | status`: keep a lab running for a workshop. The verbs say the same
+//! words whichever the backend ([`drive`]); the kind backend's `up` holds its port-forward
+//! ([`kind`]).
+
+mod kind;
 
 use anyhow::anyhow;
 use guardlab_lab::{Lab, LabInfo, LocalLab, LocalLabOptions};
 
-use crate::cli::{BackendArg, LabArgs};
+use guardlab_lab_api::Backend;
+
+use crate::cli::LabArgs;
+use crate::console::ConsoleProgress;
 use crate::privilege;
-use crate::report::{CommandResult, ConsoleProgress, Failure, Outcome};
+use crate::report::{CommandResult, Failure, Outcome};
 
 /// The lab `lab up` makes when no namespace is given: the scenario's namespace, so that
 /// `guardlab scenario cryptominer` and `lab down` find the same lab.
@@ -21,7 +28,7 @@ pub enum LabVerb {
 /// `no_install`: refuse to install, mount or load what the host lacks (`--no-install`).
 pub fn run(verb: LabVerb, args: &LabArgs, no_install: bool) -> CommandResult {
     match args.backend {
-        BackendArg::Local => {
+        Backend::Local => {
             if args.dry_run {
                 return Err(Failure(anyhow!(
                     "--dry-run is for the kind backend; the local lab has no plan to print"
@@ -34,24 +41,21 @@ pub fn run(verb: LabVerb, args: &LabArgs, no_install: bool) -> CommandResult {
             let lab = LocalLab::new(options)?;
             block_on(drive(lab, verb))
         }
-        BackendArg::Kind => crate::commands::kind::run(verb, args),
-        BackendArg::Replay => Err(Failure(anyhow!(
+        Backend::Kind => kind::run(verb, args),
+        Backend::Replay => Err(Failure(anyhow!(
             "the replay backend has no lab to bring up; use `guardlab scenario NAME --backend replay`"
         ))),
     }
 }
 
-pub(crate) fn block_on<F: std::future::Future<Output = CommandResult>>(future: F) -> CommandResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+fn block_on<F: std::future::Future<Output = CommandResult>>(future: F) -> CommandResult {
+    let runtime = guardlab_host::runtime(2)
         .map_err(|e| Failure(anyhow!("cannot start the async runtime: {e}")))?;
     runtime.block_on(future)
 }
 
 /// One verb on any backend: the same words for the learner whichever it is.
-pub(crate) async fn drive(mut lab: impl Lab, verb: LabVerb) -> CommandResult {
+async fn drive(mut lab: impl Lab, verb: LabVerb) -> CommandResult {
     // Each progress is done with before the result is printed: its live line stays as it is.
     match verb {
         LabVerb::Up => {

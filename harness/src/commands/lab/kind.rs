@@ -9,9 +9,10 @@ use std::future::Future;
 use guardlab_kind::{KindLab, KindOptions, Target};
 use guardlab_lab::{Lab, LabInfo};
 
+use super::{LabVerb, block_on, drive};
 use crate::cli::LabArgs;
-use crate::commands::lab::{LabVerb, block_on, drive};
-use crate::report::{CommandResult, ConsoleProgress, Failure, Outcome};
+use crate::console::{self, ConsoleProgress};
+use crate::report::{CommandResult, Failure, Outcome};
 
 fn options(args: &LabArgs) -> KindOptions {
     let mut options = KindOptions::default();
@@ -83,10 +84,10 @@ fn holding_notice(info: &LabInfo) -> String {
     text
 }
 
-/// What `lab up` says when the sensor's event stream gave up while it holds the forward (the
-/// stream's own text says what stopped and what that means for replaced pods).
+/// The warning `lab up` gives when the sensor's event stream gave up while it holds the
+/// forward (the stream's own text says what stopped and what that means for replaced pods).
 fn stream_failure_notice(why: &str) -> String {
-    format!("warning: {why}\nThe notebook forward stays up until Ctrl-C.")
+    format!("{why}\nThe notebook forward stays up until Ctrl-C.")
 }
 
 /// Brings the lab up, then holds its port-forward until `stop` completes. The lab is not
@@ -109,7 +110,7 @@ async fn up_and_hold<L: Lab, F: Future<Output = String>>(
     tokio::select! {
         _ = &mut stop => {}
         why = gave_up => {
-            eprintln!("{}", stream_failure_notice(&why));
+            console::warning(&stream_failure_notice(&why));
             stop.await;
         }
     }
@@ -144,13 +145,16 @@ mod tests {
     }
 
     impl Lab for CountingLab {
+        // Bridge until guardlab-lab re-exports guardlab-lab-api: then this returns
+        // `guardlab_lab_api::Backend::Kind`.
         fn backend(&self) -> &'static str {
             "kind"
         }
         async fn up(&mut self, _: &dyn Progress) -> Result<LabInfo, LabError> {
             self.ups.fetch_add(1, Ordering::SeqCst);
             Ok(LabInfo {
-                backend: "kind".into(),
+                // A `Backend` once guardlab-lab re-exports guardlab-lab-api.
+                backend: "kind".parse().unwrap(),
                 notebook_url: "http://127.0.0.1:1234/".into(),
                 pods: vec![PodInfo {
                     namespace: "cryptominer".into(),
@@ -167,7 +171,10 @@ mod tests {
             Ok(())
         }
         async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
-            Err(LabError::Failed("not here".into()))
+            Err(LabError::Missing {
+                what: "an event stream".into(),
+                hint: "this test lab has none".into(),
+            })
         }
         async fn carry_out(&mut self, _: &LabAction) -> Result<(), LabError> {
             Ok(())
@@ -213,8 +220,9 @@ mod tests {
 
     #[test]
     fn a_stream_that_gave_up_is_said_as_a_warning() {
-        let text =
-            stream_failure_notice("the sensor's event stream stopped: no working connection");
+        let text = console::warning_line(&stream_failure_notice(
+            "the sensor's event stream stopped: no working connection",
+        ));
         assert!(
             text.starts_with("warning: the sensor's event stream stopped: no working connection\n"),
             "{text}"
@@ -224,7 +232,7 @@ mod tests {
     #[test]
     fn the_notice_says_where_the_notebook_is_and_what_ctrl_c_does() {
         let text = holding_notice(&LabInfo {
-            backend: "kind".into(),
+            backend: "kind".parse().unwrap(),
             notebook_url: "http://127.0.0.1:1234/".into(),
             pods: vec![],
         });

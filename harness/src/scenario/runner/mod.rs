@@ -1,0 +1,480 @@
+//! The runner: goes through a scenario's steps, takes the sensor's events from a backend (a
+//! live lab, or a recording), drives the engine, and checks snapshots.
+//!
+//! The backend does what touches the world (the lab, the notebook, the terminals, the pool)
+//! and hands over events; everything else (fingerprints, the policy, deviations, responses,
+//! traces, snapshots) happens here, the same way for every backend, so a replay checks the
+//! same things as a live run. What each action does is in [`actions`].
+//!
+//! Events are consumed step by step: a step takes the events that arrive while it waits for
+//! its conditions, and at its end those already there. A live run records exactly these
+//! (see [`super::recording`]) so that a replay gives every step the same events.
+
+mod actions;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use guardlab_engine::deviation::Finding;
+use guardlab_engine::fingerprint::FingerprintBuilder;
+use guardlab_engine::model::{DeviationType, FingerprintGroup, Policy};
+use guardlab_engine::trace::Investigator;
+use guardlab_events::{Event, EventBody};
+
+use crate::console::{Console, seconds, textwrap};
+
+use super::backend::{CheckFailure, ScenarioBackend, StepError};
+use super::file::{Condition, Scenario};
+use super::names::Names;
+use super::pace::{Pace, Pacer};
+use super::recording::RecordingWriter;
+use super::run_report::{RunReport, StepReport, StepResult};
+use super::snapshot::{Redactor, SnapshotDir};
+use super::snapshot_text::{SeenSoFar, flag_line, kind_word};
+
+/// How to treat snapshots.
+pub struct SnapshotMode {
+    pub dir: SnapshotDir,
+    pub update: bool,
+    /// The scenario file, written into the snapshots' metadata.
+    pub source: String,
+}
+
+enum StepDiff {
+    Written,
+    Differs(String),
+    Missing,
+}
+
+/// The engine side of a run.
+struct Engine {
+    fingerprinter: Option<FingerprintBuilder>,
+    /// The events the fingerprints were learned from (the baseline window).
+    baseline: Vec<Event>,
+    groups: Vec<FingerprintGroup>,
+    investigator: Investigator,
+    policy: Option<Policy>,
+    redactor: Redactor,
+    names: Names,
+    /// Where the previous `expect_deviations` left off.
+    seen: SeenSoFar,
+}
+
+/// The state of a run.
+pub struct Runner<'a, B: ScenarioBackend> {
+    scenario: &'a Scenario,
+    backend: B,
+    snapshots: SnapshotMode,
+    recorder: Option<RecordingWriter>,
+    out: Console,
+    engine: Engine,
+    terminals: Vec<String>,
+    /// Messages of the step that runs.
+    messages: Vec<String>,
+    /// A check of the step that runs failed.
+    failed: bool,
+    report: RunReport,
+    /// Every event taken so far, for conditions that may have been met before their step.
+    history: Vec<Event>,
+    /// Set: pause before each step (`--step`).
+    pacer: Option<Pacer>,
+}
+
+impl<'a, B: ScenarioBackend> Runner<'a, B> {
+    pub fn new(
+        scenario: &'a Scenario,
+        backend: B,
+        snapshots: SnapshotMode,
+        recorder: Option<RecordingWriter>,
+        out: Console,
+    ) -> Self {
+        let report = RunReport::new(&scenario.name, backend.backend());
+        Runner {
+            scenario,
+            backend,
+            snapshots,
+            recorder,
+            out,
+            engine: Engine {
+                fingerprinter: Some(FingerprintBuilder::new()),
+                baseline: Vec::new(),
+                groups: Vec::new(),
+                investigator: Investigator::new(&[]).expect("no policy is always valid"),
+                policy: None,
+                redactor: Redactor::default(),
+                names: Names::default(),
+                seen: SeenSoFar::default(),
+            },
+            terminals: Vec::new(),
+            history: Vec::new(),
+            pacer: None,
+            messages: Vec::new(),
+            failed: false,
+            report,
+        }
+    }
+
+    /// Pause before each step until `pacer` says go on.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// Run every step; then tear down (unless `keep_lab`). Never fails: what went wrong is in
+    /// the report.
+    pub async fn run(mut self, keep_lab: bool) -> RunReport {
+        let started = Instant::now();
+        let total = self.scenario.steps.len();
+        let mut stopped = false;
+        for (index, step) in self.scenario.steps.iter().enumerate() {
+            if stopped {
+                self.report.steps.push(StepReport {
+                    index,
+                    name: step.name.clone(),
+                    action: step.action.key(),
+                    result: StepResult::Skipped,
+                    duration_ms: 0,
+                    messages: Vec::new(),
+                    snapshot: None,
+                    diff: None,
+                });
+                continue;
+            }
+            if !self.backend.runs(step) {
+                let only: Vec<_> = step.backends.iter().map(|b| b.name()).collect();
+                let why = format!(
+                    "runs only on the {} backend{}",
+                    only.join(", "),
+                    if only.len() == 1 { "" } else { "s" }
+                );
+                self.out.line(format!(
+                    "[{:>2}/{total}] {} ({}): not applicable, {why}",
+                    index + 1,
+                    step.name,
+                    step.action.key()
+                ));
+                // A recording keeps every step, so that a replay lines its steps up by index.
+                if let Some(r) = self.recorder.as_mut()
+                    && let Err(e) = r
+                        .begin_step(index, &step.name)
+                        .and_then(|()| r.end_step(index, &step.name, &BTreeMap::new()))
+                {
+                    self.report.error = Some(format!("recording: {e}"));
+                }
+                self.report.steps.push(StepReport {
+                    index,
+                    name: step.name.clone(),
+                    action: step.action.key(),
+                    result: StepResult::NotApplicable,
+                    duration_ms: 0,
+                    messages: vec![why],
+                    snapshot: None,
+                    diff: None,
+                });
+                continue;
+            }
+            self.out.line(format!(
+                "[{:>2}/{total}] {} ({})",
+                index + 1,
+                step.name,
+                step.action.key()
+            ));
+            for line in textwrap(&step.explain, 88) {
+                self.out.line(format!("       {line}"));
+            }
+            if let Some(pacer) = self.pacer.as_mut()
+                && pacer.ask(&self.out).await == Pace::Stop
+            {
+                self.report.stopped = Some(step.name.clone());
+                stopped = true;
+                self.report.steps.push(StepReport {
+                    index,
+                    name: step.name.clone(),
+                    action: step.action.key(),
+                    result: StepResult::Skipped,
+                    duration_ms: 0,
+                    messages: vec!["stopped here (--step)".into()],
+                    snapshot: None,
+                    diff: None,
+                });
+                continue;
+            }
+            let t0 = Instant::now();
+            self.messages.clear();
+            self.failed = false;
+            let mut facts = BTreeMap::new();
+            let mut diff = None;
+            let outcome = match self.backend.begin_step(index, step) {
+                Ok(()) => {
+                    if let Some(r) = self.recorder.as_mut()
+                        && let Err(e) = r.begin_step(index, &step.name)
+                    {
+                        Err(StepError::Recording(e))
+                    } else {
+                        self.step(step, &mut facts, &mut diff).await
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            // The events already there belong to this step (also after a failed check).
+            let drained = match &outcome {
+                Err(e) if !e.is_check() => Ok(()),
+                _ => self.drain().await,
+            };
+            let outcome = outcome.and(drained);
+            self.backend.end_step(index, step, &facts);
+            if let Some(r) = self.recorder.as_mut()
+                && let Err(e) = r.end_step(index, &step.name, &facts)
+            {
+                self.messages.push(format!("recording: {e}"));
+            }
+            let mut result = match (&outcome, &diff) {
+                (Err(e), _) if e.is_check() => {
+                    self.messages.push(e.to_string());
+                    StepResult::Failed
+                }
+                (Err(e), _) => {
+                    self.messages.push(e.to_string());
+                    stopped = true;
+                    StepResult::Error
+                }
+                (Ok(()), Some(StepDiff::Differs(_))) => StepResult::Mismatch,
+                (Ok(()), Some(StepDiff::Missing)) => StepResult::Mismatch,
+                (Ok(()), Some(StepDiff::Written)) => StepResult::Updated,
+                (Ok(()), None) => StepResult::Passed,
+            };
+            if self.failed && result == StepResult::Passed {
+                result = StepResult::Failed;
+            }
+            let elapsed = t0.elapsed();
+            let snapshot = step
+                .action
+                .snapshot()
+                .map(|s| super::file::display_path(&self.snapshots.dir.path(s)));
+            let mark = match result {
+                StepResult::Passed => "ok",
+                StepResult::Updated => "ok (snapshot written)",
+                _ => result.word(),
+            };
+            for m in &self.messages {
+                self.out.detail(format!("! {m}"));
+            }
+            if let Some(StepDiff::Differs(d)) = &diff {
+                self.out.line(format!(
+                    "       snapshot mismatch in step {} {:?} ({}):",
+                    index + 1,
+                    step.name,
+                    snapshot.as_deref().unwrap_or("?")
+                ));
+                for line in d.lines() {
+                    self.out.line(format!("         {line}"));
+                }
+            }
+            if let Some(StepDiff::Missing) = &diff {
+                self.out.detail(format!(
+                    "! no snapshot {} yet: run with --update-snapshots to write it",
+                    snapshot.as_deref().unwrap_or("?")
+                ));
+            }
+            self.out
+                .line(format!("       => {mark} in {}", seconds(elapsed)));
+            self.report.steps.push(StepReport {
+                index,
+                name: step.name.clone(),
+                action: step.action.key(),
+                result,
+                duration_ms: elapsed.as_millis() as u64,
+                messages: std::mem::take(&mut self.messages),
+                snapshot,
+                diff: match diff {
+                    Some(StepDiff::Differs(d)) => Some(d),
+                    Some(StepDiff::Missing) => Some("(no snapshot file)".into()),
+                    _ => None,
+                },
+            });
+        }
+        if let Err(e) = self.backend.finish(keep_lab, &self.out).await {
+            self.report.error = Some(format!("tearing the lab down: {e}"));
+        }
+        if let Some(r) = self.recorder.take()
+            && let Err(e) = r.finish()
+        {
+            self.report.error = Some(format!("recording: {e}"));
+        }
+        if self.engine.policy.is_some() {
+            self.report.deviations = Some(self.engine.investigator.matcher_mut().report());
+            if self.report.investigation.is_none() {
+                self.report.investigation = Some(self.engine.investigator.finish());
+            }
+        }
+        self.report.duration_ms = started.elapsed().as_millis() as u64;
+        self.report.settle();
+        self.report
+    }
+
+    /// Take one event: engine, names, recording, responses.
+    async fn observe(&mut self, event: Event) -> Result<(), StepError> {
+        if let Some(r) = self.recorder.as_mut() {
+            r.event(&event)?;
+        }
+        if let EventBody::Container(info) = &event.body {
+            self.engine.redactor.learn(info);
+        }
+        self.engine.names.observe(&event);
+        self.history.push(event.clone());
+        if let Some(fp) = self.engine.fingerprinter.as_mut() {
+            fp.observe(&event);
+            self.engine.baseline.push(event.clone());
+        }
+        let findings = self.engine.investigator.observe(&event);
+        for finding in findings {
+            self.respond(&event, finding).await?;
+        }
+        Ok(())
+    }
+
+    /// Say what a finding is, and carry out what the policy decided.
+    async fn respond(&mut self, event: &Event, finding: Finding) -> Result<(), StepError> {
+        if finding.new {
+            let what = match (&event.body, finding.kind) {
+                (EventBody::Connect(c) | EventBody::Accept(c), _) => {
+                    format!(
+                        "{} {}:{}",
+                        self.engine.names.name(&c.process),
+                        self.engine.names.remote(&c.remote_ip),
+                        c.remote_port
+                    )
+                }
+                (_, DeviationType::Process) => {
+                    format!(
+                        "{} (pid {})",
+                        self.engine.names.name(&finding.process),
+                        finding.process.pid()
+                    )
+                }
+                _ => String::new(),
+            };
+            self.out.detail(format!(
+                "new {} deviation {}: {what}",
+                kind_word(finding.kind),
+                finding.deviation_uid
+            ));
+        }
+        for flag in &finding.flags {
+            self.out
+                .detail(format!("raised: {} (pid {})", flag_line(flag), flag.pid));
+        }
+        for decision in &finding.decisions {
+            if !decision.initiated {
+                self.out.detail(decision.message.clone());
+                continue;
+            }
+            match self.backend.carry_out(decision).await {
+                Ok(done) => self.out.detail(format!("{} -> {done}", decision.message)),
+                Err(StepError::Check(failure)) => {
+                    self.messages
+                        .push(format!("{}: {failure}", decision.message));
+                    self.failed = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), StepError> {
+        for event in self.backend.drain().await? {
+            self.observe(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Take events until every condition was met, or the timeout.
+    async fn wait_for(
+        &mut self,
+        conditions: &[Condition],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), StepError> {
+        let mut pending: Vec<&Condition> = conditions.iter().collect();
+        let deadline = Instant::now() + timeout;
+        while !pending.is_empty() {
+            let Some(event) = self.backend.next_event(deadline).await? else {
+                return Err(CheckFailure::NotSeen {
+                    what: what.to_string(),
+                    missing: pending.into_iter().cloned().collect(),
+                    within: self.backend.is_live().then_some(timeout),
+                }
+                .into());
+            };
+            self.engine.names.observe(&event);
+            pending.retain(|c| !self.engine.names.matches(c, &event));
+            self.observe(event).await?;
+        }
+        Ok(())
+    }
+
+    /// As [`Self::wait_for`], but a condition an earlier event of the run met counts as met
+    /// (a check after the fact: the events may have come with the step before).
+    async fn wait_for_seen(
+        &mut self,
+        conditions: &[Condition],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), StepError> {
+        let pending: Vec<Condition> = conditions
+            .iter()
+            .filter(|c| !self.history.iter().any(|e| self.engine.names.matches(c, e)))
+            .cloned()
+            .collect();
+        self.wait_for(&pending, timeout, what).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::pace::Pacer;
+    use crate::scenario::run_report::RunResult;
+
+    /// The committed recording of a live run, replayed with `answers` typed at the pauses.
+    fn paced_replay(answers: &'static [u8]) -> RunReport {
+        use crate::scenario::{file, recording, replay, snapshot};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let scenario = file::load_scenario(&root.join("scenarios/cryptominer.yaml")).unwrap();
+        let rec = recording::read_recording(&root.join("scenarios/cryptominer.ndjson")).unwrap();
+        let backend = replay::ReplayBackend::new(&scenario, rec, "cryptominer.ndjson").unwrap();
+        let snapshots = SnapshotMode {
+            dir: snapshot::SnapshotDir::new(root.join("snapshots/cryptominer")),
+            update: false,
+            source: "scenarios/cryptominer.yaml".into(),
+        };
+        let runner = Runner::new(&scenario, backend, snapshots, None, Console { quiet: true })
+            .with_pacer(Pacer::from_reader(answers));
+        guardlab_host::runtime(1)
+            .unwrap()
+            .block_on(runner.run(false))
+    }
+
+    #[test]
+    fn a_paced_run_goes_on_at_enter_and_stops_at_q() {
+        let report = paced_replay(b"\n\n\nq\n");
+        let results: Vec<_> = report.steps.iter().map(|s| s.result).collect();
+        assert_eq!(results[..3], [StepResult::Passed; 3]);
+        assert!(results[3..].iter().all(|r| *r == StepResult::Skipped));
+        assert_eq!(report.steps.len(), 13);
+        assert_eq!(report.stopped.as_deref(), Some("fingerprint"));
+        assert_eq!(report.steps[3].messages, ["stopped here (--step)"]);
+        assert_eq!(report.result, RunResult::Pass);
+
+        // Enter at every step runs them all, as without pauses.
+        let report = paced_replay(&[b'\n'; 13]);
+        assert_eq!(report.stopped, None);
+        assert_eq!(report.result, RunResult::Pass, "{:?}", report.steps);
+        assert!(report.steps.iter().all(|s| s.result == StepResult::Passed));
+
+        // The end of the input stops too (a closed terminal must not run the rest unasked).
+        let report = paced_replay(b"\n");
+        assert_eq!(report.stopped.as_deref(), Some("baseline-hello"));
+    }
+}
