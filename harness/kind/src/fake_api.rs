@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::gate::{GATE_PORT, gate_program, gate_waiting_line};
+use crate::gate_program::{GATE_PORT, gate_program, gate_waiting_line};
 use crate::sensor_link::SensorRequest;
 
 pub const NODE: &str = "guardlab-control-plane";
@@ -737,7 +737,7 @@ impl FakeSensor {
     pub async fn start(api: &FakeApi, behaviour: SensorBehaviour) -> FakeSensor {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        api.route_port("guardlab-sensor-", crate::manifests::SENSOR_PORT, address);
+        api.route_port("guardlab-sensor-", crate::names::SENSOR_PORT, address);
         let requests: SensorLog = Arc::default();
         let (log, state) = (requests.clone(), api.state.clone());
         let (cuts, _) = tokio::sync::watch::channel(0u64);

@@ -11,7 +11,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use tokio::time::Instant;
 
-use crate::manifests::{Manifest, NOTEBOOK_SELECTOR, Object, SENSOR_SELECTOR};
+use crate::manifests::{Manifest, Object};
+use crate::names::{NOTEBOOK_SELECTOR, SENSOR_SELECTOR};
 use crate::state::{LabState, ObjectRecord};
 
 /// The field manager of guardlab's server-side applies.

@@ -14,15 +14,17 @@ use tokio::sync::mpsc;
 
 use crate::config::KindCluster;
 use crate::forward::{LocalForward, open_pod_stream};
-use crate::gate::{GATE_PORT, GateState, open_gate, wait_for_notebook_start};
+use crate::gate::{open_gate, wait_for_notebook_start};
+use crate::gate_program::{GATE_PORT, GateState};
 use crate::image::{build_sensor_image, default_workspace_root, remove_image};
 use crate::k8s::{
     self, WorkloadKind, apply_objects, delete_objects, notebook_pods, sensor_pod_on, serving_pod,
     wait_for_rollout, workloads,
 };
-use crate::manifests::{
-    CLUSTER_CONFIG, MANIFEST_NAMESPACE, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_DAEMONSET,
-    SENSOR_PORT, check_namespace_name, lab_objects,
+use crate::manifests::{CLUSTER_CONFIG, check_namespace_name, lab_objects};
+use crate::names::{
+    MANIFEST_NAMESPACE, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_DAEMONSET, SENSOR_PORT,
+    SENSOR_SELECTOR,
 };
 use crate::sensor_link::{kill_process, kill_process_group};
 use crate::state::{ImageRecord, LabState, ObjectRecord, StateTarget, default_state_dir, io_error};
@@ -554,7 +556,7 @@ impl KindLab {
                 gate_timeout.as_secs(),
                 info.container_id,
                 info.name,
-                crate::manifests::SENSOR_SELECTOR,
+                SENSOR_SELECTOR,
             )));
         }
         progress.detail(&format!(

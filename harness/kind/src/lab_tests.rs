@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::fake_api::{FakeApi, FakeSensor, NODE, Rollout, SensorBehaviour, gate_pid};
-use crate::gate::{GATE_PORT, gate_program};
+use crate::gate_program::{GATE_PORT, gate_program};
 use crate::lab::{KindLab, KindOptions, Target};
 use crate::sensor_link::SensorRequest;
 use crate::state::LabState;
@@ -111,7 +111,7 @@ async fn assert_only_the_notebooks_start_passes(events: &mut mpsc::Receiver<Even
 /// Send the port-forwards to the sensor pods' control port to `address` (a fake sensor, or
 /// nowhere).
 fn route_sensor(fake: &FakeApi, address: std::net::SocketAddr) {
-    fake.route_port("guardlab-sensor-", crate::manifests::SENSOR_PORT, address);
+    fake.route_port("guardlab-sensor-", crate::names::SENSOR_PORT, address);
 }
 
 /// Events until (and with) the notebook's `listen` on 8888.
@@ -1000,7 +1000,7 @@ async fn opening_a_gate_that_does_not_listen_yet_is_tried_again_and_an_open_one_
     fake.set_gate_delay(Duration::from_millis(300));
     let (pod, container_id) = gated_pod(&fake).await;
     // No event stream here: only the forward's end says that the gate accepted.
-    let (_filter, signals) = crate::gate::PreGateFilter::new();
+    let (_filter, signals) = crate::pre_gate::PreGateFilter::new();
     let client = fake.client();
     let open = || {
         crate::gate::open_gate(
@@ -1035,7 +1035,7 @@ async fn a_gate_that_never_accepts_is_an_error_that_says_what_the_forward_said()
     let fake = FakeApi::start().await;
     fake.set_gate_delay(Duration::from_secs(3600));
     let (pod, container_id) = gated_pod(&fake).await;
-    let (_filter, signals) = crate::gate::PreGateFilter::new();
+    let (_filter, signals) = crate::pre_gate::PreGateFilter::new();
     let err = crate::gate::open_gate(
         &fake.client(),
         "cryptominer",

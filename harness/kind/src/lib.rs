@@ -6,7 +6,7 @@
 //! the notebook's container, opens the notebook's gate once the sensor watches it, waits for
 //! the rollout, forwards 127.0.0.1:1234 to the notebook and streams the sensor's events.
 //! With a kubeconfig context instead of kind it runs on an existing cluster (a shared workshop
-//! cluster, one namespace per participant). [`plan`] says all of that without doing it.
+//! cluster, one namespace per participant). [`plan()`] says all of that without doing it.
 //!
 //! Everything that talks to the cluster goes through kube-rs; Docker through bollard; kind
 //! through its CLI (it has no API).
@@ -14,11 +14,14 @@
 pub mod config;
 pub mod forward;
 pub mod gate;
+pub mod gate_program;
 pub mod image;
 pub mod k8s;
 pub mod lab;
 pub mod manifests;
+pub mod names;
 pub mod plan;
+pub mod pre_gate;
 pub mod sensor_link;
 pub mod state;
 pub mod stream;

@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value as Json;
 
-use crate::gate::gate_args;
+use crate::gate_program::gate_args;
+use crate::names::{MANIFEST_NAMESPACE, NOTEBOOK_DEPLOYMENT, SENSOR_CONTAINER, SENSOR_DAEMONSET};
 
 /// A file of the repository, compiled in.
 #[derive(Clone, Copy, Debug)]
@@ -46,19 +47,6 @@ pub const LAB_MANIFESTS: [EmbeddedFile; 3] = [
         text: include_str!("../../../manifests/kubernetes/jupyter-notebook.yaml"),
     },
 ];
-
-/// The namespace the manifests are written for.
-pub const MANIFEST_NAMESPACE: &str = "cryptominer";
-/// The notebook Deployment and its pod label.
-pub const NOTEBOOK_DEPLOYMENT: &str = "jupyter-notebook";
-pub const NOTEBOOK_SELECTOR: &str = "app=jupyter-notebook";
-pub const NOTEBOOK_PORT: u16 = 8888;
-/// The sensor DaemonSet, its container and its pod label.
-pub const SENSOR_DAEMONSET: &str = "guardlab-sensor";
-pub const SENSOR_CONTAINER: &str = "sensor";
-pub const SENSOR_SELECTOR: &str = "app.kubernetes.io/name=guardlab-sensor";
-/// The sensor's control port inside its pod (see `sensor_link`).
-pub const SENSOR_PORT: u16 = 7070;
 
 /// A manifest that is not what it should be: file, line and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -466,6 +454,7 @@ fn is_empty(v: &Json) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{NOTEBOOK_PORT, SENSOR_PORT};
 
     fn all() -> Vec<Manifest> {
         lab_objects(MANIFEST_NAMESPACE, "guardlab-sensor:0.1.0").unwrap()
@@ -574,7 +563,7 @@ mod tests {
         let mut expected = vec![
             "python3".to_string(),
             "-c".to_string(),
-            crate::gate::gate_program(crate::gate::GATE_PORT),
+            crate::gate_program::gate_program(crate::gate_program::GATE_PORT),
         ];
         expected.extend(original.map(String::from));
         assert_eq!(applied.args.as_deref(), Some(&expected[..]));
@@ -598,7 +587,7 @@ mod tests {
         for m in &all {
             if let Object::Service(s) = &m.object {
                 for p in s.spec.as_ref().unwrap().ports.iter().flatten() {
-                    assert_ne!(p.port, i32::from(crate::gate::GATE_PORT), "{m}");
+                    assert_ne!(p.port, i32::from(crate::gate_program::GATE_PORT), "{m}");
                 }
             }
         }
@@ -607,7 +596,7 @@ mod tests {
                 .ports
                 .iter()
                 .flatten()
-                .any(|p| p.container_port == i32::from(crate::gate::GATE_PORT))
+                .any(|p| p.container_port == i32::from(crate::gate_program::GATE_PORT))
         );
     }
 

@@ -6,14 +6,12 @@ use std::fmt;
 use guardlab_lab::LabError;
 
 use crate::config::KindCluster;
-use crate::gate::{GATE_PORT, gate_waiting_prefix};
+use crate::gate_program::{GATE_PORT, gate_waiting_prefix};
 use crate::image::SENSOR_DOCKERFILE;
 use crate::k8s::{FIELD_MANAGER, WorkloadKind, workloads};
 use crate::lab::{KindOptions, Target};
-use crate::manifests::{
-    CLUSTER_CONFIG, NOTEBOOK_DEPLOYMENT, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT,
-    check_namespace_name, lab_objects,
-};
+use crate::manifests::{CLUSTER_CONFIG, check_namespace_name, lab_objects};
+use crate::names::{NOTEBOOK_DEPLOYMENT, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT};
 use crate::tools::docker_host;
 
 /// What `up` would do.

@@ -38,7 +38,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
-use crate::gate::PreGateFilter;
+use crate::pre_gate::PreGateFilter;
 
 /// What the harness watches on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

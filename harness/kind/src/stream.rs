@@ -34,9 +34,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::forward::open_pod_stream;
-use crate::gate::{GateSignals, GateState, GateStateError, PreGateFilter, gate_state, open_gate};
+use crate::gate::{GateStateError, gate_state, open_gate};
+use crate::gate_program::GateState;
 use crate::k8s::{self, list_pods, sensor_pod_on};
-use crate::manifests::{NOTEBOOK_SELECTOR, SENSOR_PORT};
+use crate::names::{NOTEBOOK_SELECTOR, SENSOR_PORT};
+use crate::pre_gate::{GateSignals, PreGateFilter};
 use crate::sensor_link::{EventSink, StreamEnd, Watch, WatchedContainer, stream_events};
 
 /// The ids of the containers whose gate someone (`up`, or a follow task) opens or opened: one
