@@ -27,13 +27,6 @@ pub mod state;
 pub mod stream;
 pub mod tools;
 
-#[cfg(test)]
-mod fake_api;
-#[cfg(test)]
-mod kind_path_tests;
-#[cfg(test)]
-mod lab_tests;
-
 pub use config::KindCluster;
 pub use lab::{KindLab, KindOptions, Target};
 pub use manifests::{ManifestError, lab_objects};

@@ -201,24 +201,8 @@ pub fn search_path(given: Option<&OsStr>) -> OsString {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// Write an executable script from another process, so that no file descriptor open for
-    /// writing is inherited by a concurrent test's fork (which would make exec fail with ETXTBSY).
-    pub(crate) fn write_script(path: &Path, content: &str) {
-        let status = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
-                "sh",
-                content,
-            ])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
 
     #[tokio::test]
     async fn without_docker_and_kind_both_are_named_with_what_to_install() {
@@ -240,63 +224,6 @@ pub(crate) mod tests {
             err.to_string()
                 .starts_with("Docker and the kind CLI is missing: "),
             "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_kind_that_is_found_but_does_not_run_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let kind = dir.path().join("kind");
-        write_script(
-            &kind,
-            "#!/bin/sh\necho 'kind: broken install' >&2\nexit 3\n",
-        );
-        let err = KindCli::find(dir.path().as_os_str()).await.unwrap_err();
-        assert!(err.contains("`kind version` failed"), "{err}");
-        assert!(err.contains("broken install"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn the_kind_cli_is_driven_with_the_expected_arguments() {
-        // A stand-in `kind` that logs its arguments and answers like kind does.
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        let kind = dir.path().join("kind");
-        write_script(
-            &kind,
-            &format!(
-                "#!/bin/sh\necho \"$*\" >> {}\ncase \"$1 $2\" in\n  'get clusters') echo guardlab; echo other ;;\n  'get kubeconfig') echo 'apiVersion: v1' ;;\nesac\n",
-                log.display()
-            ),
-        );
-        let not_executable = tempfile::tempdir().unwrap();
-        std::fs::write(not_executable.path().join("kind"), "").unwrap();
-        let path = std::env::join_paths([not_executable.path(), dir.path()]).unwrap();
-        let cli = KindCli::find(&path).await.unwrap();
-        assert_eq!(cli.path, kind);
-        assert_eq!(cli.clusters().await.unwrap(), ["guardlab", "other"]);
-        assert_eq!(
-            cli.kubeconfig("guardlab").await.unwrap(),
-            "apiVersion: v1\n"
-        );
-        cli.load_image("guardlab", "guardlab-sensor:0.1.0")
-            .await
-            .unwrap();
-        cli.create_cluster("guardlab", Path::new("/c.yaml"), &guardlab_lab::NoProgress)
-            .await
-            .unwrap();
-        cli.delete_cluster("guardlab").await.unwrap();
-        let logged = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(
-            logged.lines().collect::<Vec<_>>(),
-            [
-                "version",
-                "get clusters",
-                "get kubeconfig --name guardlab",
-                "load docker-image guardlab-sensor:0.1.0 --name guardlab",
-                "create cluster --name guardlab --config /c.yaml --wait 180s",
-                "delete cluster --name guardlab",
-            ]
         );
     }
 
