@@ -53,7 +53,7 @@ use std::collections::BTreeSet;
 use std::future::pending;
 use std::time::Duration;
 
-use guardlab_lab::{LabError, Progress};
+use guardlab_lab_api::{LabError, Progress};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, LogParams};
@@ -62,19 +62,47 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::gate_program::{GATE_PORT, GateState, LOG_LIMIT, is_gated, state_from_log};
-use crate::k8s::{PodProblem, api_error, list_pods, pod_problem};
-use crate::names::{NOTEBOOK_DEPLOYMENT, NOTEBOOK_SELECTOR};
+use crate::k8s::{ApiError, ClusterError, PodProblem, list_pods, pod_problem};
+use crate::names::{NOTEBOOK_DEPLOYMENT, NOTEBOOK_SELECTOR, SENSOR_SELECTOR};
 
-/// Why the gate's state could not be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why the gate's state could not be read: the API did not give the container's log.
+#[derive(Debug, thiserror::Error)]
 pub enum GateStateError {
-    /// Waiting does not change it (the cluster refuses guardlab the log): stop at once.
-    #[error("{0}")]
-    Refused(String),
+    /// Waiting does not change it (the cluster refuses guardlab the log): stop at once. The
+    /// message says which permission guardlab needs in `namespace`.
+    #[error("{read}{}", refusal_advice(read, namespace))]
+    Refused {
+        #[source]
+        read: ApiError,
+        namespace: String,
+    },
     /// It may pass (the container is being created, the pod was just replaced, the API
     /// server is busy): try again, and say it at the deadline.
-    #[error("{0}")]
-    NotYet(String),
+    #[error(transparent)]
+    NotYet(ApiError),
+}
+
+/// What a refused log read needs, by the API server's status.
+fn refusal_advice(read: &ApiError, namespace: &str) -> String {
+    let needs = format!(
+        "guardlab needs `get` on `pods/log` in namespace {namespace} to see the notebook's start gate \
+         (a Role with resources [\"pods/log\"] and verbs [\"get\"], bound to the kubeconfig's user; \
+         check with `kubectl auth can-i get pods/log -n {namespace}`)"
+    );
+    match read.status_code() {
+        Some(401) => format!(
+            ": the cluster does not accept the kubeconfig's credentials (expired token or \
+             certificate?); {needs}"
+        ),
+        Some(403) => format!(": {needs}"),
+        _ => String::new(),
+    }
+}
+
+impl From<GateStateError> for LabError {
+    fn from(error: GateStateError) -> LabError {
+        LabError::backend("the Kubernetes API", error)
+    }
 }
 
 /// Sort an API error of a log read: refusals that waiting does not change (401, 403, and
@@ -85,29 +113,95 @@ fn log_read_error(
     container: &str,
     error: kube::Error,
 ) -> GateStateError {
-    let context = format!("reading the log of pod {namespace}/{pod}, container {container}");
-    let code = match &error {
-        kube::Error::Api(status) => status.code,
-        _ => 0,
-    };
-    let message = api_error(&context, error).to_string();
-    let needs = format!(
-        "guardlab needs `get` on `pods/log` in namespace {namespace} to see the notebook's start gate \
-         (a Role with resources [\"pods/log\"] and verbs [\"get\"], bound to the kubeconfig's user; \
-         check with `kubectl auth can-i get pods/log -n {namespace}`)"
+    let read = ApiError::new(
+        format!("reading the log of pod {namespace}/{pod}, container {container}"),
+        error,
     );
-    match code {
-        401 => GateStateError::Refused(format!(
-            "{message}: the cluster does not accept the kubeconfig's credentials (expired token or \
-             certificate?); {needs}"
-        )),
-        403 => GateStateError::Refused(format!("{message}: {needs}")),
+    match read.status_code().unwrap_or(0) {
         // 400: the container is not started yet (or restarting); 404: the pod is gone (its
         // replacement comes); 408, 409, 429: the API server asks to come back.
-        400 | 404 | 408 | 409 | 429 => GateStateError::NotYet(message),
-        code if (400..500).contains(&code) => GateStateError::Refused(message),
-        _ => GateStateError::NotYet(message),
+        400 | 404 | 408 | 409 | 429 => GateStateError::NotYet(read),
+        code if (400..500).contains(&code) => GateStateError::Refused {
+            read,
+            namespace: namespace.to_string(),
+        },
+        _ => GateStateError::NotYet(read),
     }
+}
+
+/// Why the notebook could not be started behind its gate, or its gate not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Listing the pods failed, or the notebook's pod is stuck (image pull, crash loop...).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The cluster refuses guardlab the notebook's log, where the gate says that it waits.
+    #[error(transparent)]
+    LogRefused(GateStateError),
+    /// The container did not run with its gate waiting in time; `reason`: what it last was.
+    #[error("the notebook's container did not start within {}s: {reason}", limit.as_secs())]
+    NotStarted { limit: Duration, reason: String },
+    /// The sensor did not send the `container` event of the container in time: the gate stays
+    /// shut. `sensor` names the sensor's pod (or why it was not found), `stream_error` is the
+    /// event stream's last error.
+    #[error(
+        "{sensor} did not confirm within {}s that it watches container {container_id} of pod \
+         {namespace}/{pod} (no `container` event){}; the notebook stays behind its start gate, \
+         unwatched containers are never started; the sensor's log: kubectl logs -n {namespace} \
+         -l {SENSOR_SELECTOR} -c sensor",
+        limit.as_secs(),
+        stream_error.as_ref().map(|e| format!("; the stream's last error: {e}")).unwrap_or_default()
+    )]
+    Unwatched {
+        sensor: String,
+        limit: Duration,
+        container_id: String,
+        namespace: String,
+        pod: String,
+        stream_error: Option<String>,
+    },
+    /// No knock on the gate's port opened it in time; `last`: why the last one did not.
+    #[error(
+        "the start gate of pod {namespace}/{pod} did not open within {}s (port {GATE_PORT} in the \
+         pod, through the API server's port-forward: {})",
+        limit.as_secs(),
+        last.as_ref().map_or_else(|| "no answer".to_string(), ToString::to_string)
+    )]
+    NotOpened {
+        namespace: String,
+        pod: String,
+        limit: Duration,
+        last: Option<KnockError>,
+    },
+}
+
+impl From<ApiError> for GateError {
+    fn from(error: ApiError) -> GateError {
+        GateError::Cluster(error.into())
+    }
+}
+
+impl From<GateError> for LabError {
+    fn from(error: GateError) -> LabError {
+        match error {
+            GateError::Cluster(e) => e.into(),
+            GateError::LogRefused(e) => e.into(),
+            e => LabError::backend("the notebook's start gate", e),
+        }
+    }
+}
+
+/// Why a connection to the gate's port did not open the gate.
+#[derive(Debug, thiserror::Error)]
+pub enum KnockError {
+    #[error(transparent)]
+    Api(ApiError),
+    #[error("the port-forward gave no stream")]
+    NoStream,
+    /// The API server's port-forward ended with this message (`connection refused` when
+    /// nothing listens on the port): it says nothing more than these words.
+    #[error("{message}")]
+    ServerSaid { message: String },
 }
 
 /// The gate's state of `pod`'s notebook container, from its status and its log.
@@ -166,7 +260,7 @@ pub async fn wait_for_notebook_start(
     timeout: Duration,
     poll: Duration,
     progress: &dyn Progress,
-) -> Result<(Pod, GateState), LabError> {
+) -> Result<(Pod, GateState), GateError> {
     let started = Instant::now();
     let mut last = String::new();
     loop {
@@ -184,17 +278,21 @@ pub async fn wait_for_notebook_start(
             None => "no pod of the gated Deployment yet".to_string(),
             Some(pod) => {
                 if let Some(PodProblem::Stuck(why)) = pod_problem(pod) {
-                    return Err(LabError::Failed(format!(
-                        "Deployment {namespace}/{NOTEBOOK_DEPLOYMENT} cannot become ready: {why}"
-                    )));
+                    return Err(ClusterError::Stuck {
+                        workload: format!("Deployment {namespace}/{NOTEBOOK_DEPLOYMENT}"),
+                        why,
+                    }
+                    .into());
                 }
                 match gate_state(client, pod).await {
                     Ok(GateState::Starting(why)) => why,
                     Ok(state) => return Ok((pod.clone(), state)),
                     // A log the cluster refuses (RBAC, credentials) stays refused.
-                    Err(GateStateError::Refused(why)) => return Err(LabError::Failed(why)),
+                    Err(refused @ GateStateError::Refused { .. }) => {
+                        return Err(GateError::LogRefused(refused));
+                    }
                     // A log the API cannot give yet is said at the deadline.
-                    Err(GateStateError::NotYet(why)) => why,
+                    Err(GateStateError::NotYet(why)) => why.to_string(),
                 }
             }
         };
@@ -203,10 +301,10 @@ pub async fn wait_for_notebook_start(
             last = reason.clone();
         }
         if started.elapsed() >= timeout {
-            return Err(LabError::Failed(format!(
-                "the notebook's container did not start within {}s: {reason}",
-                timeout.as_secs()
-            )));
+            return Err(GateError::NotStarted {
+                limit: timeout,
+                reason,
+            });
         }
         tokio::time::sleep(poll).await;
     }
@@ -225,9 +323,9 @@ pub async fn open_gate(
     passed: &watch::Receiver<BTreeSet<String>>,
     timeout: Duration,
     poll: Duration,
-) -> Result<(), LabError> {
+) -> Result<(), GateError> {
     let deadline = Instant::now() + timeout;
-    let mut last = "no answer".to_string();
+    let mut last = None;
     let exec_reported = || async {
         let mut passed = passed.clone();
         let reported = passed.wait_for(|s| s.contains(container_id)).await.is_ok();
@@ -242,17 +340,16 @@ pub async fn open_gate(
                 .portforward(pod, &[GATE_PORT])
                 .await
                 .map_err(|e| {
-                    api_error(
-                        &format!("port-forwarding to {namespace}/{pod}:{GATE_PORT}"),
+                    Some(KnockError::Api(ApiError::new(
+                        format!("port-forwarding to {namespace}/{pod}:{GATE_PORT}"),
                         e,
-                    )
-                    .to_string()
+                    )))
                 })?;
             let (Some(mut stream), Some(error)) = (
                 forwarder.take_stream(GATE_PORT),
                 forwarder.take_error(GATE_PORT),
             ) else {
-                return Err("the port-forward gave no stream".to_string());
+                return Err(Some(KnockError::NoStream));
             };
             // The gate sends nothing and closes at once; a refused connection ends the
             // forward too, with an error message that comes before the end.
@@ -260,19 +357,20 @@ pub async fn open_gate(
             let _ = stream.read(&mut byte).await;
             drop(stream);
             match tokio::time::timeout(Duration::from_secs(2), error).await {
-                Ok(Some(message)) => Err(message),
+                Ok(Some(message)) => Err(Some(KnockError::ServerSaid { message })),
                 _ => Ok(()),
             }
         };
         let outcome = tokio::select! {
             outcome = attempt => outcome,
             () = exec_reported() => Ok(()),
-            () = tokio::time::sleep_until(deadline) => Err(String::new()),
+            () = tokio::time::sleep_until(deadline) => Err(None),
         };
         match outcome {
             Ok(()) => return Ok(()),
-            Err(message) if !message.is_empty() => last = message,
-            Err(_) => {}
+            Err(Some(knock)) => last = Some(knock),
+            // The deadline came during the knock: the last answer stays the one to say.
+            Err(None) => {}
         }
         // Refused: the gate may have been opened already (by an attempt whose answer was
         // lost, or by another harness); the container then says so.
@@ -284,11 +382,12 @@ pub async fn open_gate(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(LabError::Failed(format!(
-                "the start gate of pod {namespace}/{pod} did not open within {}s \
-                 (port {GATE_PORT} in the pod, through the API server's port-forward: {last})",
-                timeout.as_secs()
-            )));
+            return Err(GateError::NotOpened {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                limit: timeout,
+                last,
+            });
         }
         tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
     }

@@ -12,23 +12,28 @@
 //! through its CLI (it has no API).
 
 pub mod config;
+pub mod connect;
 pub mod forward;
 pub mod gate;
 pub mod gate_program;
 pub mod image;
+pub mod io_failure;
 pub mod k8s;
 pub mod lab;
 pub mod manifests;
 pub mod names;
+pub mod options;
 pub mod plan;
 pub mod pre_gate;
 pub mod sensor_link;
 pub mod state;
 pub mod stream;
 pub mod tools;
+pub mod undo;
 
 pub use config::KindCluster;
-pub use lab::{KindLab, KindOptions, Target};
+pub use lab::KindLab;
 pub use manifests::{ManifestError, lab_objects};
+pub use options::{KindOptions, Target};
 pub use plan::{Plan, plan};
 pub use sensor_link::{SensorReply, SensorRequest, WatchedContainer};

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use guardlab_lab_api::LabError;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -55,6 +56,12 @@ pub struct ManifestError {
     pub file: String,
     pub line: usize,
     pub message: String,
+}
+
+impl From<ManifestError> for LabError {
+    fn from(error: ManifestError) -> LabError {
+        LabError::input(error.file, Some(error.line), None, error.message)
+    }
 }
 
 macro_rules! objects {
@@ -363,25 +370,6 @@ fn retarget(object: &mut Object, namespace: &str) {
         if meta.namespace.is_none() || meta.namespace.as_deref() == Some(from) {
             meta.namespace = Some(namespace.to_string());
         }
-    }
-}
-
-/// Kubernetes namespace names are RFC 1123 labels.
-pub fn check_namespace_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid namespace name (lower-case letters, digits and `-`, \
-             at most 63, starting and ending with a letter or digit)"
-        ))
     }
 }
 
@@ -761,13 +749,5 @@ mod tests {
         assert!(err.message.contains("no metadata.name"), "{err}");
         let err = parse_manifests("k.yaml", "apiVersion: v1\nmetadata: {}\n").unwrap_err();
         assert!(err.message.contains("no `kind`"), "{err}");
-    }
-
-    #[test]
-    fn namespace_names_are_checked() {
-        assert!(check_namespace_name("participant-7").is_ok());
-        for bad in ["", "Upper", "-a", "a-", "a_b", &"a".repeat(64)] {
-            assert!(check_namespace_name(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use guardlab_lab::{Lab, NoProgress};
+use guardlab_lab_api::{Lab, NoProgress};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -383,7 +383,10 @@ async fn a_kind_that_is_found_but_does_not_run_is_reported() {
         &kind,
         "#!/bin/sh\necho 'kind: broken install' >&2\nexit 3\n",
     );
-    let err = KindCli::find(dir.path().as_os_str()).await.unwrap_err();
+    let err = KindCli::find(dir.path().as_os_str())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`kind version` failed"), "{err}");
     assert!(err.contains("broken install"), "{err}");
 }

@@ -15,7 +15,7 @@ async fn a_stream_that_delivers_survives_any_number_of_lost_connections() {
         ..options(dir.path())
     };
     let mut lab = KindLab::with_client(options, fake.client());
-    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let mut events = lab.events().await.unwrap();
     until_notebook_listens(&mut events).await;
     for cut in 1..=15 {
@@ -67,7 +67,7 @@ async fn a_stream_that_delivers_survives_any_number_of_lost_connections() {
     let new = lab.status().await.unwrap().unwrap().pods[0].name.clone();
     assert_ne!(new, old);
     assert!(fake.gates_opened().contains(&format!("cryptominer/{new}")));
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 /// A sensor out of reach for many tries in a row (its pod restarting, the API server's
@@ -81,7 +81,7 @@ async fn a_sensor_out_of_reach_for_many_tries_is_waited_for() {
         ..options(dir.path())
     };
     let mut lab = KindLab::with_client(options, fake.client());
-    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let mut events = lab.events().await.unwrap();
     until_notebook_listens(&mut events).await;
 
@@ -111,7 +111,7 @@ async fn a_sensor_out_of_reach_for_many_tries_is_waited_for() {
     route_sensor(&fake, sensor.address);
     let event = next(&mut events).await;
     assert!(matches!(event.body, EventBody::Container(_)), "{event:?}");
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 /// A sensor out of reach for longer than the outage limit: the stream gives up, its channel
@@ -126,7 +126,7 @@ async fn a_long_outage_ends_the_stream_and_says_why() {
         ..options(dir.path())
     };
     let mut lab = KindLab::with_client(options, fake.client());
-    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let gave_up = lab.event_stream_gave_up();
     let mut events = lab.events().await.unwrap();
     until_notebook_listens(&mut events).await;
@@ -162,7 +162,7 @@ async fn a_long_outage_ends_the_stream_and_says_why() {
         EventBody::Container(_)
     ));
     assert_eq!(lab.event_stream_failure(), None);
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 /// No notebook pod on a node (its replacement cannot be scheduled): there is no sensor to
@@ -178,7 +178,7 @@ async fn a_stream_without_a_notebook_pod_on_a_node_waits_for_one() {
     };
     let first = {
         let mut other = KindLab::with_client(options.clone(), fake.client());
-        other.up(&guardlab_lab::NoProgress).await.unwrap().pods[0].clone()
+        other.up(&guardlab_lab_api::NoProgress).await.unwrap().pods[0].clone()
     };
     fake.set_rollout("jupyter-notebook", Rollout::Unschedulable);
     let pods =
@@ -196,5 +196,5 @@ async fn a_stream_without_a_notebook_pod_on_a_node_waits_for_one() {
         "no sensor was tried: {:?}",
         later.event_stream_last_error()
     );
-    later.down(&guardlab_lab::NoProgress).await.unwrap();
+    later.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }

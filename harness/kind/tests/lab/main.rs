@@ -19,7 +19,7 @@ use guardlab_kind::SensorRequest;
 use guardlab_kind::gate_program::{GATE_PORT, gate_program};
 use guardlab_kind::state::LabState;
 use guardlab_kind::{KindLab, KindOptions, Target};
-use guardlab_lab::{Lab, LabAction, LabError, Progress};
+use guardlab_lab_api::{Backend, Lab, LabAction, LabError, Progress};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -8,7 +8,7 @@ async fn kill_pod_deletes_it_through_the_api_and_only_in_the_lab_namespace() {
     let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
-    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let info = lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let pod = info.pods[0].name.clone();
     lab.carry_out(&LabAction::KillPod {
         namespace: "cryptominer".into(),
@@ -52,7 +52,7 @@ async fn kill_pod_deletes_it_through_the_api_and_only_in_the_lab_namespace() {
             .to_string()
             .contains("deleting pod cryptominer/nope")
     );
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 #[tokio::test]
@@ -61,7 +61,7 @@ async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
     let requests = sensor.requests.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
-    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let info = lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let pod = &info.pods[0];
 
     let mut events = lab.events().await.unwrap();
@@ -142,7 +142,7 @@ async fn events_and_kills_go_through_the_sensor_on_the_notebooks_node() {
         "{to_sensor:?}"
     );
     drop(events);
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 #[tokio::test]
@@ -150,7 +150,7 @@ async fn a_kill_the_sensor_cannot_reach_is_an_error() {
     let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
-    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     // From now on nothing listens where the sensor's port goes: the port-forward reports an error.
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nowhere = gone.local_addr().unwrap();
@@ -165,5 +165,5 @@ async fn a_kill_the_sensor_cannot_reach_is_an_error() {
         err.contains("sensor on node guardlab-control-plane"),
         "{err}"
     );
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }

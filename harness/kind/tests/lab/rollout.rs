@@ -10,7 +10,7 @@ async fn an_image_pull_failure_names_pod_container_reason_and_removes_what_was_a
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();
@@ -35,7 +35,7 @@ async fn a_crash_looping_sensor_is_named_with_its_last_exit_and_where_to_look() 
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();
@@ -63,7 +63,7 @@ async fn an_unschedulable_pod_is_reported_at_the_deadline() {
     };
     let mut lab = KindLab::with_client(options, fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();

@@ -111,7 +111,7 @@ async fn the_gate_opens_after_the_sensors_container_event_and_readiness_is_await
         })
         .collect();
     assert!(positions.is_sorted(), "{phases:#?}");
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 #[tokio::test]
@@ -119,12 +119,12 @@ async fn events_from_before_the_gate_opened_are_dropped_and_the_container_event_
     let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
-    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let mut events = lab.events().await.unwrap();
     // The fake sensor sent: container, listen :8887 and accept :8887 (the gate), exec (the
     // gate becoming start-notebook.py), listen :8888 (the notebook).
     assert_only_the_notebooks_start_passes(&mut events).await;
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 #[tokio::test]
@@ -138,7 +138,7 @@ async fn a_gate_that_never_listens_fails_clearly_and_up_removes_what_it_made() {
     };
     let mut lab = KindLab::with_client(options, fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();
@@ -163,7 +163,7 @@ async fn a_crash_looping_notebook_is_named_before_anything_is_subscribed() {
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();
@@ -190,7 +190,7 @@ async fn a_sensor_that_never_confirms_the_watch_keeps_the_gate_closed_and_up_cle
     };
     let mut lab = KindLab::with_client(options, fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();
@@ -232,7 +232,7 @@ async fn a_replaced_pods_gate_is_opened_after_its_resubscription() {
     let (fake, _sensor) = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
-    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let info = lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let mut events = lab.events().await.unwrap();
     until_notebook_listens(&mut events).await;
 
@@ -279,7 +279,7 @@ async fn a_replaced_pods_gate_is_opened_after_its_resubscription() {
     );
     let pod = fake.pod("cryptominer", &new[0].name).unwrap();
     assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 #[tokio::test]
@@ -289,14 +289,14 @@ async fn a_lab_brought_up_by_another_process_is_reused_and_its_waiting_gates_ope
     // `guardlab lab up` in another process: it opened the gate, then ended.
     let first = {
         let mut other = KindLab::with_client(options(dir.path()), fake.client());
-        other.up(&guardlab_lab::NoProgress).await.unwrap().pods[0].clone()
+        other.up(&guardlab_lab_api::NoProgress).await.unwrap().pods[0].clone()
     };
     assert_eq!(fake.gates_opened().len(), 1);
 
     // This process: up reuses the lab; the open gate is left alone, the stream starts anew
     // (the sensor's container event for a running notebook, nothing held back).
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
-    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let info = lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     assert_eq!(info.pods, vec![first.clone()]);
     assert_eq!(fake.gates_opened().len(), 1);
     let mut events = lab.events().await.unwrap();
@@ -326,7 +326,7 @@ async fn a_lab_brought_up_by_another_process_is_reused_and_its_waiting_gates_ope
         fake.gates_opened()
             .contains(&format!("cryptominer/{}", waiting.name))
     );
-    later.down(&guardlab_lab::NoProgress).await.unwrap();
+    later.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 /// `kubectl exec` into the notebook's container, or an exec probe, while its gate waits: the
@@ -348,7 +348,7 @@ async fn execs_of_other_processes_while_the_gate_waits_neither_open_it_nor_stop_
         ..options(dir.path())
     };
     let mut lab = KindLab::with_client(options, fake.client());
-    let info = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let info = lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let key = format!("cryptominer/{}", info.pods[0].name);
     let timeline = fake.timeline();
     assert!(
@@ -361,7 +361,7 @@ async fn execs_of_other_processes_while_the_gate_waits_neither_open_it_nor_stop_
     // container's events; the others, from before, are held back with the rest.
     let mut events = lab.events().await.unwrap();
     assert_only_the_notebooks_start_passes(&mut events).await;
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 /// A log the cluster does not let guardlab read (RBAC on a shared cluster, or credentials it
@@ -378,7 +378,7 @@ async fn a_log_the_cluster_refuses_fails_up_at_once_naming_the_permission() {
         let dir = tempfile::tempdir().unwrap();
         let mut lab = KindLab::with_client(options(dir.path()), fake.client());
         let err = lab
-            .up(&guardlab_lab::NoProgress)
+            .up(&guardlab_lab_api::NoProgress)
             .await
             .unwrap_err()
             .to_string();
@@ -413,7 +413,7 @@ async fn a_log_the_cluster_refuses_fails_a_new_event_stream_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
         let mut other = KindLab::with_client(options(dir.path()), fake.client());
-        other.up(&guardlab_lab::NoProgress).await.unwrap().pods[0].clone()
+        other.up(&guardlab_lab_api::NoProgress).await.unwrap().pods[0].clone()
     };
     let pods =
         kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(fake.client(), "cryptominer");
@@ -428,7 +428,7 @@ async fn a_log_the_cluster_refuses_fails_a_new_event_stream_at_once() {
     ] {
         assert!(err.contains(expected), "missing `{expected}` in: {err}");
     }
-    later.down(&guardlab_lab::NoProgress).await.unwrap();
+    later.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 /// The notebook Deployment as `up` applies it, applied to `fake`; its pod's name and

@@ -55,7 +55,7 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
     assert_eq!(body["metadata"]["namespace"], "cryptominer");
 
     // What up reports.
-    assert_eq!(info.backend, "kind");
+    assert_eq!(info.backend, Backend::Kind);
     let address = lab.notebook_address().unwrap();
     assert!(address.ip().is_loopback());
     assert_eq!(
@@ -116,7 +116,7 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
     assert!(forward.headers["sec-websocket-protocol"].contains("v4.channel.k8s.io"));
 
     // Up again: harmless, nothing new, still recorded as ours; the open gate is left alone.
-    let again = lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    let again = lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     assert_eq!(fake.gates_opened().len(), 1);
     assert_eq!(
         fake.timeline()
@@ -133,7 +133,7 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
     assert_eq!(lab.status().await.unwrap().unwrap().pods, info.pods);
 
     // Down removes it all, newest first, and the state file.
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
     let deleted: Vec<String> = fake
         .requests()
         .iter()
@@ -150,7 +150,7 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
         tokio::net::TcpStream::connect(address).await.is_err(),
         "the forward must stop with down"
     );
-    lab.down(&guardlab_lab::NoProgress).await.unwrap(); // down twice is harmless
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap(); // down twice is harmless
 }
 
 #[tokio::test]
@@ -166,7 +166,7 @@ async fn what_existed_before_up_is_left_alone_by_cleanup_and_down() {
     fake.set_rollout("jupyter-notebook", Rollout::ImagePullBackOff);
     let mut lab = KindLab::with_client(options(dir.path()), fake.client());
     let err = lab
-        .up(&guardlab_lab::NoProgress)
+        .up(&guardlab_lab_api::NoProgress)
         .await
         .unwrap_err()
         .to_string();
@@ -174,7 +174,7 @@ async fn what_existed_before_up_is_left_alone_by_cleanup_and_down() {
     assert_eq!(fake.paths(), [namespace]);
 
     fake.set_rollout("jupyter-notebook", Rollout::Healthy);
-    lab.up(&guardlab_lab::NoProgress).await.unwrap();
+    lab.up(&guardlab_lab_api::NoProgress).await.unwrap();
     let state = LabState::load(&lab.options().state_file())
         .unwrap()
         .unwrap();
@@ -182,7 +182,7 @@ async fn what_existed_before_up_is_left_alone_by_cleanup_and_down() {
         !state.objects[0].created && state.objects[0].kind == "Namespace",
         "{state:?}"
     );
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
     assert_eq!(fake.paths(), [namespace]);
 }
 
@@ -204,17 +204,17 @@ async fn another_participants_namespace_is_separate() {
         },
         fake.client(),
     );
-    alice.up(&guardlab_lab::NoProgress).await.unwrap();
-    bob.up(&guardlab_lab::NoProgress).await.unwrap();
+    alice.up(&guardlab_lab_api::NoProgress).await.unwrap();
+    bob.up(&guardlab_lab_api::NoProgress).await.unwrap();
     assert_ne!(alice.options().state_file(), bob.options().state_file());
-    alice.down(&guardlab_lab::NoProgress).await.unwrap();
+    alice.down(&guardlab_lab_api::NoProgress).await.unwrap();
     assert!(
         fake.paths().iter().all(|p| p.contains("/bob")),
         "{:?}",
         fake.paths()
     );
     assert_eq!(fake.pods("bob").len(), 2);
-    bob.down(&guardlab_lab::NoProgress).await.unwrap();
+    bob.down(&guardlab_lab_api::NoProgress).await.unwrap();
     assert!(fake.paths().is_empty());
 }
 
@@ -231,7 +231,7 @@ async fn without_docker_and_kind_up_says_what_is_missing_and_makes_nothing() {
         ..options(dir.path())
     };
     let mut lab = KindLab::new(options);
-    let err = lab.up(&guardlab_lab::NoProgress).await.unwrap_err();
+    let err = lab.up(&guardlab_lab_api::NoProgress).await.unwrap_err();
     let LabError::Missing { what, hint } = &err else {
         panic!("{err:?}")
     };
@@ -246,7 +246,7 @@ async fn without_docker_and_kind_up_says_what_is_missing_and_makes_nothing() {
         "nothing may be written"
     );
     assert_eq!(lab.status().await.unwrap(), None);
-    lab.down(&guardlab_lab::NoProgress).await.unwrap();
+    lab.down(&guardlab_lab_api::NoProgress).await.unwrap();
 }
 
 #[tokio::test]
