@@ -1,7 +1,6 @@
 //! The machine's side of the kind backend: the Docker engine (through its API) and the `kind` CLI.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -208,8 +207,12 @@ pub struct KindCli {
 impl KindCli {
     /// Find `kind` on `search_path` (a PATH-style list) and check that it runs.
     pub async fn find(search_path: &OsStr) -> Result<KindCli, KindUnavailable> {
-        let path =
-            find_executable("kind", search_path).ok_or_else(|| KindUnavailable::NotOnPath {
+        // The host's program lookup, on exactly the directories given.
+        let mut host = guardlab_host::Host::new(false);
+        host.search_path = std::env::split_paths(search_path).collect();
+        let path = host
+            .find_program("kind")
+            .ok_or_else(|| KindUnavailable::NotOnPath {
                 search_path: search_path.to_os_string(),
             })?;
         let cli = KindCli { path };
@@ -287,17 +290,6 @@ impl KindCli {
             .await
             .map(drop)
     }
-}
-
-/// The first executable file called `name` in a PATH-style list.
-pub fn find_executable(name: &str, search_path: &OsStr) -> Option<PathBuf> {
-    std::env::split_paths(search_path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// The PATH to search: the given one, else the process's.
