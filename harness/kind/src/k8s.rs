@@ -613,3 +613,50 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
         root_pid: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the lab says of the cluster's failures: deadlines are timeouts that keep what was
+    /// still waiting, a missing pod means the lab is not up, a stuck pod names the rollout.
+    #[test]
+    fn cluster_errors_become_the_labs_kinds_of_failure() {
+        let err = LabError::from(ClusterError::RolloutTimeout {
+            limit: Duration::from_secs(600),
+            waiting: vec!["Deployment a/b: pod a/b-1 is not ready yet".into()],
+        });
+        assert_eq!(
+            err.to_string(),
+            "the rollout did not happen within 600 s; still waiting: Deployment a/b: pod a/b-1 is not ready yet"
+        );
+        assert!(matches!(err, LabError::Timeout { .. }));
+
+        let err = LabError::from(ClusterError::NotDeleted {
+            limit: Duration::from_secs(5),
+            left: vec!["Namespace a".into()],
+        });
+        assert!(
+            matches!(&err, LabError::Timeout { what, .. } if what == "the removal of Namespace a"),
+            "{err:?}"
+        );
+
+        let err = LabError::from(ClusterError::NoSensorPod {
+            node: "n1".into(),
+            namespace: "a".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "the kind lab is not up; no ready guardlab-sensor pod on node n1 in namespace a"
+        );
+
+        let err = LabError::from(ClusterError::Stuck {
+            workload: "DaemonSet a/s".into(),
+            why: "pod a/s-1, container sensor: CrashLoopBackOff".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "the rollout: DaemonSet a/s cannot become ready: pod a/s-1, container sensor: CrashLoopBackOff"
+        );
+    }
+}

@@ -10,6 +10,11 @@
 //!
 //! Everything that talks to the cluster goes through kube-rs; Docker through bollard; kind
 //! through its CLI (it has no API).
+//!
+//! Errors: each part has its own (`k8s::ClusterError`, `gate::GateError`,
+//! `sensor_link::SensorLinkError`, `tools::MissingTools`...), with the failure it comes from as
+//! a typed source; [`KindLab`] turns them into the lab's one error, `guardlab_lab_api::LabError`
+//! (each part's `From` impl says which kind of failure it is).
 
 pub mod config;
 pub mod connect;

@@ -98,7 +98,7 @@ impl From<SensorLinkError> for LabError {
                 limit,
             } => LabError::Timeout {
                 what: format!(
-                    "an answer of the sensor on node {node} to {}",
+                    "an answer from the sensor on node {node} to {}",
                     noun(&request)
                 ),
                 limit,
@@ -676,5 +676,42 @@ mod tests {
                 .contains("did not answer the kill of the process group of pid 2 within 10s"),
             "{err}"
         );
+    }
+
+    /// What the lab says of the sensor's failures: a silent sensor is a timeout, a refusal
+    /// an action that could not be carried out, naming the node in both.
+    #[tokio::test(start_paused = true)]
+    async fn at_the_labs_boundary_silence_is_a_timeout_and_a_refusal_an_action() {
+        let (ours, _sensor) = tokio::io::duplex(4096);
+        let silent = kill_process(ours, 1, false, "n1", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let err = LabError::from(silent);
+        let LabError::Timeout { what, limit, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            what,
+            "an answer from the sensor on node n1 to the kill of pid 1"
+        );
+        assert_eq!(*limit, Duration::from_secs(10));
+
+        let (ours, sensor) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let (sr, mut sw) = tokio::io::split(sensor);
+            let _ = BufReader::new(sr).lines().next_line().await;
+            sw.write_all(b"{\"ok\":false,\"error\":\"no such process\"}\n")
+                .await
+                .unwrap();
+        });
+        let refused = kill_process_group(ours, 42, "n1", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let err = LabError::from(refused);
+        let LabError::Action { action, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(action, "kill the process group of pid 42");
+        assert_eq!(reason, "the sensor on node n1 answered: no such process");
     }
 }

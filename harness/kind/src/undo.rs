@@ -80,16 +80,16 @@ impl From<UpUndone> for LabError {
 }
 
 /// What [`undo`] needs to know of the lab.
-pub struct Undo<'a> {
-    pub client: &'a Client,
-    pub state_file: &'a Path,
-    pub delete_timeout: Duration,
-    pub poll: Duration,
+pub(crate) struct Undo<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) state_file: &'a Path,
+    pub(crate) delete_timeout: Duration,
+    pub(crate) poll: Duration,
 }
 
 /// Remove the objects this run created (`created_now`, oldest first) after `cause`, and bring
 /// the state file up to date: removed when nothing it records is guardlab's any more.
-pub async fn undo(
+pub(crate) async fn undo(
     lab: Undo<'_>,
     state: &mut LabState,
     created_now: &[ObjectRecord],
