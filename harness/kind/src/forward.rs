@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use guardlab_lab::LabError;
+use guardlab_lab_api::LabError;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
@@ -10,7 +10,43 @@ use tokio::io::DuplexStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::k8s::{api_error, serving_pod};
+use crate::io_failure::{Doing, IoFailure};
+use crate::k8s::{ApiError, ClusterError, serving_pod};
+
+/// Why a port-forward could not be opened or served.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("port-forward to {namespace}/{pod}:{port} gave no stream")]
+    NoStream {
+        namespace: String,
+        pod: String,
+        port: u16,
+    },
+    #[error(
+        "refusing to forward {address}: the notebook has no password, only a loopback address may reach it"
+    )]
+    NotLoopback { address: SocketAddr },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
+    /// No pod to forward a connection to.
+    #[error(transparent)]
+    Pod(#[from] ClusterError),
+}
+
+impl From<ForwardError> for LabError {
+    fn from(error: ForwardError) -> LabError {
+        match error {
+            ForwardError::Api(e) => e.into(),
+            ForwardError::Io(e) => e.into(),
+            ForwardError::Pod(e) => e.into(),
+            e @ (ForwardError::NoStream { .. } | ForwardError::NotLoopback { .. }) => {
+                LabError::backend("the port-forward", e)
+            }
+        }
+    }
+}
 
 /// A TCP stream to `port` of a pod, through the API server.
 pub async fn open_pod_stream(
@@ -18,17 +54,19 @@ pub async fn open_pod_stream(
     namespace: &str,
     pod: &str,
     port: u16,
-) -> Result<DuplexStream, LabError> {
+) -> Result<DuplexStream, ForwardError> {
     let mut forwarder = Api::<Pod>::namespaced(client.clone(), namespace)
         .portforward(pod, &[port])
         .await
-        .map_err(|e| api_error(&format!("port-forwarding to {namespace}/{pod}:{port}"), e))?;
+        .map_err(|e| ApiError::new(format!("port-forwarding to {namespace}/{pod}:{port}"), e))?;
     // The forwarder's task keeps running after the handle is dropped, until either side closes.
-    forwarder.take_stream(port).ok_or_else(|| {
-        LabError::Failed(format!(
-            "port-forward to {namespace}/{pod}:{port} gave no stream"
-        ))
-    })
+    forwarder
+        .take_stream(port)
+        .ok_or_else(|| ForwardError::NoStream {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            port,
+        })
 }
 
 /// A local port forwarded to a pod of a Deployment: each connection goes to the newest ready
@@ -46,19 +84,15 @@ impl LocalForward {
         selector: String,
         pod_port: u16,
         address: SocketAddr,
-    ) -> Result<LocalForward, LabError> {
+    ) -> Result<LocalForward, ForwardError> {
         if !address.ip().is_loopback() {
-            return Err(LabError::Failed(format!(
-                "refusing to forward {address}: the notebook has no password, only a loopback address may reach it"
-            )));
+            return Err(ForwardError::NotLoopback { address });
         }
-        let listener = TcpListener::bind(address).await.map_err(|source| LabError::Io {
-            context: format!("listening on {address} for the notebook (is another lab or program using that port?)"),
-            source,
+        let listener = TcpListener::bind(address).await.doing(|| {
+            format!("listening on {address} for the notebook (is another lab or program using that port?)")
         })?;
-        let address = listener.local_addr().map_err(|source| LabError::Io {
-            context: "local address".into(),
-            source,
+        let address = listener.local_addr().doing(|| {
+            format!("reading the address the notebook's forward listens on ({address})")
         })?;
         let task = tokio::spawn(async move {
             while let Ok((connection, _)) = listener.accept().await {
@@ -94,15 +128,12 @@ async fn forward_one(
     namespace: &str,
     selector: &str,
     port: u16,
-) -> Result<(), LabError> {
+) -> Result<(), ForwardError> {
     let pod = serving_pod(client, namespace, selector).await?;
     let name = pod.metadata.name.unwrap_or_default();
     let mut upstream = open_pod_stream(client, namespace, &name, port).await?;
     tokio::io::copy_bidirectional(&mut connection, &mut upstream)
         .await
-        .map(drop)
-        .map_err(|source| LabError::Io {
-            context: format!("forwarding to {namespace}/{name}:{port}"),
-            source,
-        })
+        .doing(|| format!("forwarding to {namespace}/{name}:{port}"))?;
+    Ok(())
 }

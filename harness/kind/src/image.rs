@@ -6,12 +6,55 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptionsBuilder};
 use futures::StreamExt;
-use guardlab_lab::{LabError, Progress};
+use guardlab_lab_api::{LabError, Progress};
 
-use crate::state::io_error;
+use crate::io_failure::{Doing, IoFailure};
 
 /// The Dockerfile, relative to the workspace root (the build context).
 pub const SENSOR_DOCKERFILE: &str = "sensor/Dockerfile";
+
+/// Why the sensor's image could not be built or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The workspace `up` builds from has no `sensor/Dockerfile`.
+    #[error("{} is missing: the sensor image is built from the workspace at {}", dockerfile.display(), root.display())]
+    NoDockerfile { dockerfile: PathBuf, root: PathBuf },
+    /// The build context could not be read.
+    #[error(transparent)]
+    Context(#[from] IoFailure),
+    /// A step of the Dockerfile failed: the engine's message says which and why.
+    #[error("building {tag} from {SENSOR_DOCKERFILE} failed: {message}")]
+    StepFailed { tag: String, message: String },
+    /// The Docker API call of the build failed.
+    #[error("building {tag} from {SENSOR_DOCKERFILE}: {source}")]
+    Build {
+        tag: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("removing image {tag}: {source}")]
+    Remove {
+        tag: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+impl From<ImageError> for LabError {
+    fn from(error: ImageError) -> LabError {
+        match error {
+            ImageError::NoDockerfile { dockerfile, root } => LabError::Missing {
+                what: dockerfile.display().to_string(),
+                hint: format!(
+                    "the sensor image is built from the workspace at {}",
+                    root.display()
+                ),
+            },
+            ImageError::Context(e) => e.into(),
+            e => LabError::backend("Docker", e),
+        }
+    }
+}
 
 /// Top-level entries of the workspace that never go into the build context: build outputs
 /// (`target`, the helpers' `target-*`) and git's data. They are large and the build needs none.
@@ -21,26 +64,24 @@ fn left_out(top_level: &str) -> bool {
 
 /// The build context: the workspace as an uncompressed tar, without build outputs and `.git`.
 /// Entries are in name order, so the same tree gives the same archive.
-pub fn build_context(root: &Path) -> Result<Vec<u8>, LabError> {
+pub fn build_context(root: &Path) -> Result<Vec<u8>, IoFailure> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     add_directory(&mut builder, root, Path::new(""))?;
-    builder
-        .into_inner()
-        .map_err(|e| io_error("finishing the build context".into(), e))
+    builder.into_inner().doing(|| "finishing the build context")
 }
 
 fn add_directory(
     builder: &mut tar::Builder<Vec<u8>>,
     root: &Path,
     relative: &Path,
-) -> Result<(), LabError> {
+) -> Result<(), IoFailure> {
     let dir = root.join(relative);
-    let reading = |e| io_error(format!("reading {}", dir.display()), e);
+    let reading = || format!("reading {}", dir.display());
     let mut entries: Vec<_> = fs::read_dir(&dir)
-        .map_err(reading)?
+        .doing(reading)?
         .collect::<Result<_, _>>()
-        .map_err(reading)?;
+        .doing(reading)?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();
@@ -48,16 +89,14 @@ fn add_directory(
             continue;
         }
         let path = relative.join(&name);
-        let adding = |e| io_error(format!("adding {} to the build context", path.display()), e);
-        if entry.file_type().map_err(adding)?.is_dir() {
-            builder
-                .append_dir(&path, root.join(&path))
-                .map_err(adding)?;
+        let adding = || format!("adding {} to the build context", path.display());
+        if entry.file_type().doing(adding)?.is_dir() {
+            builder.append_dir(&path, root.join(&path)).doing(adding)?;
             add_directory(builder, root, &path)?;
         } else {
             builder
                 .append_path_with_name(root.join(&path), &path)
-                .map_err(adding)?;
+                .doing(adding)?;
         }
     }
     Ok(())
@@ -70,13 +109,12 @@ pub async fn build_sensor_image(
     root: &Path,
     tag: &str,
     progress: &dyn Progress,
-) -> Result<bool, LabError> {
+) -> Result<bool, ImageError> {
     if !root.join(SENSOR_DOCKERFILE).is_file() {
-        return Err(LabError::Failed(format!(
-            "{} is missing: the sensor image is built from the workspace at {}",
-            root.join(SENSOR_DOCKERFILE).display(),
-            root.display()
-        )));
+        return Err(ImageError::NoDockerfile {
+            dockerfile: root.join(SENSOR_DOCKERFILE),
+            root: root.to_path_buf(),
+        });
     }
     let existed = docker.inspect_image(tag).await.is_ok();
     let context = build_context(root)?;
@@ -94,16 +132,20 @@ pub async fn build_sensor_image(
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| match e {
             // A step of the Dockerfile failed: the engine's message says which and why.
-            bollard::errors::Error::DockerStreamError { error } => LabError::Failed(format!(
-                "building {tag} from {SENSOR_DOCKERFILE} failed: {error}"
-            )),
-            other => LabError::Failed(format!("building {tag} from {SENSOR_DOCKERFILE}: {other}")),
+            bollard::errors::Error::DockerStreamError { error } => ImageError::StepFailed {
+                tag: tag.to_string(),
+                message: error,
+            },
+            source => ImageError::Build {
+                tag: tag.to_string(),
+                source,
+            },
         })?;
         if let Some(detail) = info.error_detail {
-            return Err(LabError::Failed(format!(
-                "building {tag} from {SENSOR_DOCKERFILE} failed: {}",
-                detail.message.unwrap_or_default()
-            )));
+            return Err(ImageError::StepFailed {
+                tag: tag.to_string(),
+                message: detail.message.unwrap_or_default(),
+            });
         }
         if let Some(line) = info
             .stream
@@ -117,14 +159,17 @@ pub async fn build_sensor_image(
     Ok(!existed)
 }
 
-pub async fn remove_image(docker: &Docker, tag: &str) -> Result<(), LabError> {
+pub async fn remove_image(docker: &Docker, tag: &str) -> Result<(), ImageError> {
     let options = RemoveImageOptionsBuilder::default().force(false).build();
     match docker.remove_image(tag, Some(options), None).await {
         Ok(_) => Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        Err(e) => Err(LabError::Failed(format!("removing image {tag}: {e}"))),
+        Err(source) => Err(ImageError::Remove {
+            tag: tag.to_string(),
+            source,
+        }),
     }
 }
 
@@ -223,10 +268,19 @@ mod tests {
         let docker =
             Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
                 .unwrap();
-        let err = build_sensor_image(&docker, dir.path(), "t:1", &guardlab_lab::NoProgress)
+        let err = build_sensor_image(&docker, dir.path(), "t:1", &guardlab_lab_api::NoProgress)
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sensor/Dockerfile is missing"), "{err}");
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("sensor/Dockerfile is missing"),
+            "{err}"
+        );
+        // At the lab's boundary: a missing thing, with where it was looked for.
+        let err = LabError::from(err);
+        let LabError::Missing { what, hint } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(what.ends_with("sensor/Dockerfile"), "{what}");
+        assert!(hint.contains(&dir.path().display().to_string()), "{hint}");
     }
 }

@@ -4,27 +4,112 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use guardlab_lab::{LabError, PodInfo, Progress};
+use guardlab_lab_api::{Backend, LabError, PodInfo, Progress};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use tokio::time::Instant;
 
-use crate::manifests::{Manifest, NOTEBOOK_SELECTOR, Object, SENSOR_SELECTOR};
-use crate::state::{LabState, ObjectRecord};
+use crate::manifests::{Manifest, Object};
+use crate::names::{NOTEBOOK_SELECTOR, SENSOR_SELECTOR};
+use crate::state::{LabState, ObjectRecord, StateError};
 
 /// The field manager of guardlab's server-side applies.
 pub const FIELD_MANAGER: &str = "guardlab";
 
-/// A Kubernetes API error as a lab error, with what was being done.
-pub fn api_error(context: &str, error: kube::Error) -> LabError {
+/// A call to the Kubernetes API that failed: what was being done, and the API server's answer
+/// (its message, reason and HTTP status) or why there was none.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {}", answer(source))]
+pub struct ApiError {
+    pub context: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+fn answer(error: &kube::Error) -> String {
     match error {
-        kube::Error::Api(status) => LabError::Failed(format!(
-            "{context}: {} ({}, HTTP {})",
+        kube::Error::Api(status) => format!(
+            "{} ({}, HTTP {})",
             status.message, status.reason, status.code
-        )),
-        other => LabError::Failed(format!("{context}: {other}")),
+        ),
+        other => other.to_string(),
+    }
+}
+
+impl ApiError {
+    pub fn new(context: impl Into<String>, source: kube::Error) -> ApiError {
+        ApiError {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The HTTP status the API server answered with, when it answered (a refusal, a 404...).
+    pub fn status_code(&self) -> Option<u16> {
+        match &self.source {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<ApiError> for LabError {
+    fn from(error: ApiError) -> LabError {
+        LabError::backend("the Kubernetes API", error)
+    }
+}
+
+/// What went wrong on the cluster: an API call, a rollout, a deletion, a pod that is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The state file could not be written before an object was applied.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A pod of the workload will not get better by waiting (image pull, crash loop...).
+    #[error("{workload} cannot become ready: {why}")]
+    Stuck { workload: String, why: String },
+    /// The deadline passed; `waiting` says what each workload still waits for.
+    #[error("the rollout did not finish within {}s: {}", limit.as_secs(), waiting.join(" | "))]
+    RolloutTimeout {
+        limit: Duration,
+        waiting: Vec<String>,
+    },
+    /// Objects deleted `limit` ago are still there.
+    #[error("still there {}s after deletion: {}", limit.as_secs(), left.join(", "))]
+    NotDeleted { limit: Duration, left: Vec<String> },
+    #[error("no ready pod {selector} in namespace {namespace}")]
+    NoReadyPod { selector: String, namespace: String },
+    #[error("no ready guardlab-sensor pod on node {node} in namespace {namespace}")]
+    NoSensorPod { node: String, namespace: String },
+}
+
+impl From<ClusterError> for LabError {
+    fn from(error: ClusterError) -> LabError {
+        match error {
+            ClusterError::Api(e) => e.into(),
+            ClusterError::State(e) => e.into(),
+            ClusterError::RolloutTimeout { limit, waiting } => LabError::Timeout {
+                what: "the rollout".into(),
+                limit,
+                detail: format!("still waiting: {}", waiting.join(" | ")),
+            },
+            ClusterError::NotDeleted { limit, left } => LabError::Timeout {
+                what: format!("the removal of {}", left.join(", ")),
+                limit,
+                detail: String::new(),
+            },
+            e @ (ClusterError::NoReadyPod { .. } | ClusterError::NoSensorPod { .. }) => {
+                LabError::NotUp {
+                    backend: Backend::Kind,
+                    detail: e.to_string(),
+                }
+            }
+            e @ ClusterError::Stuck { .. } => LabError::backend("the rollout", e),
+        }
     }
 }
 
@@ -62,7 +147,7 @@ pub async fn apply_objects(
     state_path: &Path,
     created_now: &mut Vec<ObjectRecord>,
     progress: &dyn Progress,
-) -> Result<(), LabError> {
+) -> Result<(), ClusterError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for manifest in manifests {
         let object = &manifest.object;
@@ -71,7 +156,7 @@ pub async fn apply_objects(
         let existed = api
             .get_opt(object.name())
             .await
-            .map_err(|e| api_error(&format!("looking up {what}"), e))?
+            .map_err(|e| ApiError::new(format!("looking up {what}"), e))?
             .is_some();
         let record = ObjectRecord {
             api_version: object.api_version().to_string(),
@@ -91,8 +176,8 @@ pub async fn apply_objects(
         api.patch(object.name(), &params, &Patch::Apply(&object.to_dynamic()))
             .await
             .map_err(|e| {
-                api_error(
-                    &format!("applying {what} from {}:{}", manifest.file, manifest.line),
+                ApiError::new(
+                    format!("applying {what} from {}:{}", manifest.file, manifest.line),
                     e,
                 )
             })?;
@@ -269,14 +354,14 @@ pub fn pod_problem(pod: &Pod) -> Option<PodProblem> {
 }
 
 /// Whether the workload's rollout is complete.
-async fn is_ready(client: &Client, w: &Workload) -> Result<bool, LabError> {
+async fn is_ready(client: &Client, w: &Workload) -> Result<bool, ApiError> {
     let context = format!("reading {}", w.describe());
     Ok(match w.kind {
         WorkloadKind::Deployment => {
             let d = Api::<Deployment>::namespaced(client.clone(), &w.namespace)
                 .get(&w.name)
                 .await
-                .map_err(|e| api_error(&context, e))?;
+                .map_err(|e| ApiError::new(context.clone(), e))?;
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let generation = d.metadata.generation.unwrap_or(0);
             d.status.is_some_and(|s| {
@@ -290,7 +375,7 @@ async fn is_ready(client: &Client, w: &Workload) -> Result<bool, LabError> {
             let d = Api::<DaemonSet>::namespaced(client.clone(), &w.namespace)
                 .get(&w.name)
                 .await
-                .map_err(|e| api_error(&context, e))?;
+                .map_err(|e| ApiError::new(context.clone(), e))?;
             let generation = d.metadata.generation.unwrap_or(0);
             d.status.is_some_and(|s| {
                 s.desired_number_scheduled > 0
@@ -306,12 +391,12 @@ pub async fn list_pods(
     client: &Client,
     namespace: &str,
     selector: &str,
-) -> Result<Vec<Pod>, LabError> {
+) -> Result<Vec<Pod>, ApiError> {
     Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(selector))
         .await
         .map(|l| l.items)
-        .map_err(|e| api_error(&format!("listing pods {selector} in {namespace}"), e))
+        .map_err(|e| ApiError::new(format!("listing pods {selector} in {namespace}"), e))
 }
 
 /// Wait until every workload is rolled out, at most `timeout`. Stops early, with the pod, the
@@ -323,7 +408,7 @@ pub async fn wait_for_rollout(
     timeout: Duration,
     poll: Duration,
     progress: &dyn Progress,
-) -> Result<(), LabError> {
+) -> Result<(), ClusterError> {
     let started = Instant::now();
     let mut last_reported: BTreeMap<String, String> = BTreeMap::new();
     loop {
@@ -347,10 +432,10 @@ pub async fn wait_for_rollout(
             {
                 match pod_problem(pod) {
                     Some(PodProblem::Stuck(why)) => {
-                        return Err(LabError::Failed(format!(
-                            "{} cannot become ready: {why}",
-                            w.describe()
-                        )));
+                        return Err(ClusterError::Stuck {
+                            workload: w.describe(),
+                            why,
+                        });
                     }
                     Some(PodProblem::Waiting(why)) => reasons.push(why),
                     None => {}
@@ -374,11 +459,10 @@ pub async fn wait_for_rollout(
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(LabError::Failed(format!(
-                "the rollout did not finish within {}s: {}",
-                timeout.as_secs(),
-                waiting.join(" | ")
-            )));
+            return Err(ClusterError::RolloutTimeout {
+                limit: timeout,
+                waiting,
+            });
         }
         tokio::time::sleep(poll).await;
     }
@@ -391,13 +475,15 @@ pub async fn delete_objects(
     timeout: Duration,
     poll: Duration,
     progress: &dyn Progress,
-) -> Result<(), LabError> {
+) -> Result<(), ClusterError> {
     for record in records {
         let api = record_api(client, record);
         match api.delete(&record.name, &DeleteParams::background()).await {
             Ok(_) => progress.detail(&format!("deleting {}", record.describe())),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(api_error(&format!("deleting {}", record.describe()), e)),
+            Err(e) => {
+                return Err(ApiError::new(format!("deleting {}", record.describe()), e).into());
+            }
         }
     }
     let started = Instant::now();
@@ -408,7 +494,7 @@ pub async fn delete_objects(
             if api
                 .get_opt(&record.name)
                 .await
-                .map_err(|e| api_error(&format!("checking {}", record.describe()), e))?
+                .map_err(|e| ApiError::new(format!("checking {}", record.describe()), e))?
                 .is_some()
             {
                 left.push(record.describe());
@@ -418,23 +504,22 @@ pub async fn delete_objects(
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(LabError::Failed(format!(
-                "still there {}s after deletion: {}",
-                timeout.as_secs(),
-                left.join(", ")
-            )));
+            return Err(ClusterError::NotDeleted {
+                limit: timeout,
+                left,
+            });
         }
         tokio::time::sleep(poll).await;
     }
 }
 
 /// Delete one pod (its Deployment brings a new one).
-pub async fn delete_pod(client: &Client, namespace: &str, name: &str) -> Result<(), LabError> {
+pub async fn delete_pod(client: &Client, namespace: &str, name: &str) -> Result<(), ApiError> {
     Api::<Pod>::namespaced(client.clone(), namespace)
         .delete(name, &DeleteParams::default())
         .await
         .map(drop)
-        .map_err(|e| api_error(&format!("deleting pod {namespace}/{name}"), e))
+        .map_err(|e| ApiError::new(format!("deleting pod {namespace}/{name}"), e))
 }
 
 /// Whether a pod is running, ready and not being deleted.
@@ -454,7 +539,7 @@ pub async fn serving_pod(
     client: &Client,
     namespace: &str,
     selector: &str,
-) -> Result<Pod, LabError> {
+) -> Result<Pod, ClusterError> {
     let mut pods: Vec<Pod> = list_pods(client, namespace, selector)
         .await?
         .into_iter()
@@ -465,28 +550,32 @@ pub async fn serving_pod(
             .creation_timestamp
             .cmp(&b.metadata.creation_timestamp)
     });
-    pods.pop().ok_or_else(|| {
-        LabError::Failed(format!("no ready pod {selector} in namespace {namespace}"))
+    pods.pop().ok_or_else(|| ClusterError::NoReadyPod {
+        selector: selector.to_string(),
+        namespace: namespace.to_string(),
     })
 }
 
 /// The sensor pod on `node`.
-pub async fn sensor_pod_on(client: &Client, namespace: &str, node: &str) -> Result<Pod, LabError> {
+pub async fn sensor_pod_on(
+    client: &Client,
+    namespace: &str,
+    node: &str,
+) -> Result<Pod, ClusterError> {
     list_pods(client, namespace, SENSOR_SELECTOR)
         .await?
         .into_iter()
         .find(|p| {
             p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) && is_serving(p)
         })
-        .ok_or_else(|| {
-            LabError::Failed(format!(
-                "no ready guardlab-sensor pod on node {node} in namespace {namespace}"
-            ))
+        .ok_or_else(|| ClusterError::NoSensorPod {
+            node: node.to_string(),
+            namespace: namespace.to_string(),
         })
 }
 
 /// The lab's notebook pods, as the runner knows them.
-pub async fn notebook_pods(client: &Client, namespace: &str) -> Result<Vec<PodInfo>, LabError> {
+pub async fn notebook_pods(client: &Client, namespace: &str) -> Result<Vec<PodInfo>, ApiError> {
     let pods = list_pods(client, namespace, NOTEBOOK_SELECTOR).await?;
     Ok(pods
         .iter()
@@ -522,5 +611,52 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
         cgroup_path: None,
         cgroup_id: None,
         root_pid: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the lab says of the cluster's failures: deadlines are timeouts that keep what was
+    /// still waiting, a missing pod means the lab is not up, a stuck pod names the rollout.
+    #[test]
+    fn cluster_errors_become_the_labs_kinds_of_failure() {
+        let err = LabError::from(ClusterError::RolloutTimeout {
+            limit: Duration::from_secs(600),
+            waiting: vec!["Deployment a/b: pod a/b-1 is not ready yet".into()],
+        });
+        assert_eq!(
+            err.to_string(),
+            "the rollout did not happen within 600 s; still waiting: Deployment a/b: pod a/b-1 is not ready yet"
+        );
+        assert!(matches!(err, LabError::Timeout { .. }));
+
+        let err = LabError::from(ClusterError::NotDeleted {
+            limit: Duration::from_secs(5),
+            left: vec!["Namespace a".into()],
+        });
+        assert!(
+            matches!(&err, LabError::Timeout { what, .. } if what == "the removal of Namespace a"),
+            "{err:?}"
+        );
+
+        let err = LabError::from(ClusterError::NoSensorPod {
+            node: "n1".into(),
+            namespace: "a".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "the kind lab is not up; no ready guardlab-sensor pod on node n1 in namespace a"
+        );
+
+        let err = LabError::from(ClusterError::Stuck {
+            workload: "DaemonSet a/s".into(),
+            why: "pod a/s-1, container sensor: CrashLoopBackOff".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "the rollout: DaemonSet a/s cannot become ready: pod a/s-1, container sensor: CrashLoopBackOff"
+        );
     }
 }

@@ -1,132 +1,48 @@
 //! [`KindLab`]: the lab on a Kubernetes cluster, kind or an existing one.
 
-use std::ffi::OsString;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use guardlab_events::Event;
-use guardlab_lab::{Lab, LabAction, LabError, LabInfo, Progress};
+use guardlab_lab_api::{Backend, IoContext, Lab, LabAction, LabError, LabInfo, Progress};
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::mpsc;
 
 use crate::config::KindCluster;
+use crate::connect::connect;
 use crate::forward::{LocalForward, open_pod_stream};
-use crate::gate::{GATE_PORT, GateState, open_gate, wait_for_notebook_start};
-use crate::image::{build_sensor_image, default_workspace_root, remove_image};
+use crate::gate::{GateError, open_gate, wait_for_notebook_start};
+use crate::gate_program::{GATE_PORT, GateState};
+use crate::image::{build_sensor_image, remove_image};
 use crate::k8s::{
     self, WorkloadKind, apply_objects, delete_objects, notebook_pods, sensor_pod_on, serving_pod,
     wait_for_rollout, workloads,
 };
-use crate::manifests::{
-    CLUSTER_CONFIG, MANIFEST_NAMESPACE, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_DAEMONSET,
-    SENSOR_PORT, check_namespace_name, lab_objects,
+use crate::manifests::{CLUSTER_CONFIG, lab_objects};
+use crate::names::{
+    NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_DAEMONSET, SENSOR_PORT, check_namespace_name,
 };
+use crate::options::{KindOptions, Target};
 use crate::sensor_link::{kill_process, kill_process_group};
-use crate::state::{ImageRecord, LabState, ObjectRecord, StateTarget, default_state_dir, io_error};
+use crate::state::{ImageRecord, LabState, StateTarget};
 use crate::stream::{ClaimedGates, EventStream, Retry, StreamConfig, claim, unclaim};
 use crate::tools::{KindCli, check_tools, connect_docker, docker_host, search_path};
+use crate::undo::{Undo, undo};
 
-/// Where the lab runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// A kind cluster of this name, created by `up` unless it exists.
-    Kind { cluster: String },
-    /// An existing cluster, by kubeconfig context (a shared workshop cluster): never created
-    /// or deleted, no Docker needed.
-    Context { context: String },
-}
+/// A lab made with a client of its own ([`KindLab::with_client`]) has no kind cluster to make
+/// or talk to: its target must be a kubeconfig context.
+#[derive(Debug, thiserror::Error)]
+#[error("a lab with a given client must target a context")]
+pub struct GivenClientNeedsContext;
 
-/// Everything `up` needs to know; `Default` is `guardlab lab up --backend kind`.
-#[derive(Clone, Debug)]
-pub struct KindOptions {
-    pub target: Target,
-    /// The lab's namespace (one per participant on a shared cluster).
-    pub namespace: String,
-    /// The notebook's local port on 127.0.0.1 (0: any free port, for tests).
-    pub local_port: u16,
-    /// The sensor's image: built and loaded on kind, pulled by the nodes elsewhere.
-    pub sensor_image: String,
-    /// How long `up` waits for the rollout (the notebook image is large); each of its waits
-    /// (the sensor's DaemonSet, the notebook's container running, the notebook ready) has this bound.
-    pub rollout_timeout: Duration,
-    /// How long `up` waits for the sensor's `container` event of the notebook's container
-    /// (the proof that the sensor watches it), and then for its start gate to open.
-    pub gate_timeout: Duration,
-    /// How long `down` waits for deleted objects to be gone.
-    pub delete_timeout: Duration,
-    /// The longest wait between two tries of the event stream to reach the sensor (the wait
-    /// starts at `poll_interval` and doubles after each failed try in a row).
-    pub stream_backoff_max: Duration,
-    /// How long the event stream tries to reach the sensor without success (no session that
-    /// delivered a line or stayed open `stream_backoff_max`, since the last one that did)
-    /// before it gives up and says why.
-    pub stream_outage_limit: Duration,
-    /// How often rollouts and deletions are checked.
-    pub poll_interval: Duration,
-    pub state_dir: PathBuf,
-    /// The sensor image's build context.
-    pub workspace_root: PathBuf,
-    /// The Docker engine (`unix:///...` or `tcp://...`); `None`: `DOCKER_HOST`, else the default socket.
-    pub docker_host: Option<String>,
-    /// Where to look for `kind`; `None`: `PATH`.
-    pub search_path: Option<OsString>,
-}
-
-impl Default for KindOptions {
-    fn default() -> Self {
-        KindOptions {
-            target: Target::Kind {
-                cluster: "guardlab".into(),
-            },
-            namespace: MANIFEST_NAMESPACE.into(),
-            local_port: 1234,
-            sensor_image: format!("guardlab-sensor:{}", env!("CARGO_PKG_VERSION")),
-            rollout_timeout: Duration::from_secs(600),
-            gate_timeout: Duration::from_secs(60),
-            delete_timeout: Duration::from_secs(180),
-            stream_backoff_max: Duration::from_secs(30),
-            stream_outage_limit: Duration::from_secs(300),
-            poll_interval: Duration::from_secs(2),
-            state_dir: default_state_dir(),
-            workspace_root: default_workspace_root(),
-            docker_host: None,
-            search_path: None,
-        }
-    }
-}
-
-impl KindOptions {
-    /// The state file of this target and namespace.
-    pub fn state_file(&self) -> PathBuf {
-        let target = match &self.target {
-            Target::Kind { cluster } => format!("kind-{cluster}"),
-            Target::Context { context } => format!("context-{context}"),
-        };
-        let safe: String = format!("{target}-{}", self.namespace)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.state_dir.join(format!("{safe}.json"))
-    }
-
-    fn state_target(&self, cluster_created: bool) -> StateTarget {
-        match &self.target {
-            Target::Kind { cluster } => StateTarget::Kind {
-                cluster: cluster.clone(),
-                created: cluster_created,
-            },
-            Target::Context { context } => StateTarget::Context {
-                context: context.clone(),
-            },
+impl From<GivenClientNeedsContext> for LabError {
+    fn from(error: GivenClientNeedsContext) -> LabError {
+        LabError::Input {
+            file: None,
+            line: None,
+            field: Some("target".into()),
+            message: error.to_string(),
         }
     }
 }
@@ -224,6 +140,7 @@ impl KindLab {
         self.streams.push(stream);
     }
 
+    /// A client for the cluster of `target` (the given one, if any).
     async fn client_for(
         &self,
         target: &StateTarget,
@@ -232,64 +149,16 @@ impl KindLab {
         if let Some(client) = &self.given_client {
             return Ok(client.clone());
         }
-        match target {
-            StateTarget::Kind { cluster, .. } => {
-                let kind = match kind {
-                    Some(kind) => kind.clone(),
-                    None => KindCli::find(&search_path(self.options.search_path.as_deref()))
-                        .await
-                        .map_err(|hint| LabError::Missing {
-                            what: "the kind CLI".into(),
-                            hint,
-                        })?,
-                };
-                let yaml = kind.kubeconfig(cluster).await?;
-                let kubeconfig = Kubeconfig::from_yaml(&yaml).map_err(|e| {
-                    LabError::Failed(format!("the kubeconfig of kind cluster {cluster}: {e}"))
-                })?;
-                let options = KubeConfigOptions {
-                    context: Some(format!("kind-{cluster}")),
-                    ..Default::default()
-                };
-                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .map_err(|e| {
-                        LabError::Failed(format!("the kubeconfig of kind cluster {cluster}: {e}"))
-                    })?;
-                Client::try_from(config).map_err(|e| {
-                    LabError::Failed(format!("connecting to kind cluster {cluster}: {e}"))
-                })
-            }
-            StateTarget::Context { context } => {
-                let options = KubeConfigOptions {
-                    context: Some(context.clone()),
-                    ..Default::default()
-                };
-                let config = kube::Config::from_kubeconfig(&options).await.map_err(|e| {
-                    LabError::Failed(format!("kubeconfig context `{context}`: {e}"))
-                })?;
-                Client::try_from(config).map_err(|e| {
-                    LabError::Failed(format!("connecting with context `{context}`: {e}"))
-                })
-            }
-        }
+        let search_path = search_path(self.options.search_path.as_deref());
+        Ok(connect(target, kind, &search_path).await?)
     }
 
     /// The previous state, checked against the options.
     fn load_state(&self) -> Result<Option<LabState>, LabError> {
-        let path = self.options.state_file();
-        let state = LabState::load(&path)?;
-        if let Some(state) = &state
-            && state.namespace != self.options.namespace
-        {
-            return Err(LabError::Failed(format!(
-                "{} records a lab in namespace {}, not {}",
-                path.display(),
-                state.namespace,
-                self.options.namespace
-            )));
-        }
-        Ok(state)
+        Ok(LabState::load_in(
+            &self.options.state_file(),
+            &self.options.namespace,
+        )?)
     }
 
     /// Everything before the API: tools, cluster, image. Returns the client.
@@ -304,9 +173,7 @@ impl KindLab {
             return self.client_for(&state.target, None).await;
         };
         if self.given_client.is_some() {
-            return Err(LabError::Failed(
-                "a lab with a given client must target a context".into(),
-            ));
+            return Err(GivenClientNeedsContext.into());
         }
         progress.phase("checking Docker and kind");
         let host = docker_host(self.options.docker_host.as_deref());
@@ -322,10 +189,9 @@ impl KindLab {
                 .options
                 .state_dir
                 .join(format!("kind-{cluster}-cluster.yaml"));
-            KindCluster::parse(CLUSTER_CONFIG.path, CLUSTER_CONFIG.text)
-                .map_err(|e| LabError::Failed(e.to_string()))?;
+            KindCluster::parse(CLUSTER_CONFIG.path, CLUSTER_CONFIG.text)?;
             std::fs::write(&config_path, CLUSTER_CONFIG.text)
-                .map_err(|e| io_error(format!("writing {}", config_path.display()), e))?;
+                .context(|| format!("writing {}", config_path.display()))?;
             tools
                 .kind
                 .create_cluster(cluster, &config_path, progress)
@@ -355,61 +221,6 @@ impl KindLab {
         self.client_for(&state.target, Some(&tools.kind)).await
     }
 
-    /// Remove what this run created after a failed step, and say so in the error.
-    async fn undo(
-        &self,
-        client: &Client,
-        state: &mut LabState,
-        created_now: &[ObjectRecord],
-        error: LabError,
-        progress: &dyn Progress,
-    ) -> LabError {
-        progress.phase("removing what this run applied");
-        let newest_first: Vec<ObjectRecord> = created_now.iter().rev().cloned().collect();
-        let cleanup = delete_objects(
-            client,
-            &newest_first,
-            self.options.delete_timeout,
-            self.options.poll_interval,
-            progress,
-        )
-        .await;
-        let removed: Vec<String> = newest_first.iter().map(ObjectRecord::describe).collect();
-        let path = self.options.state_file();
-        let mut message = error.to_string();
-        match cleanup {
-            Ok(()) => {
-                state.objects.retain(|o| !created_now.iter().any(|c| c.same_object(o)));
-                let nothing_left = state.objects.iter().all(|o| !o.created)
-                    && state.image.as_ref().is_none_or(|i| !i.created)
-                    && !matches!(state.target, StateTarget::Kind { created: true, .. });
-                let saved = if nothing_left { LabState::remove(&path) } else { state.save(&path) };
-                if let Err(e) = saved {
-                    message.push_str(&format!("; and the state file: {e}"));
-                }
-                if removed.is_empty() {
-                    message.push_str("; this run created no object");
-                } else {
-                    message.push_str(&format!("; removed what this run created: {}", removed.join(", ")));
-                }
-            }
-            Err(e) => message.push_str(&format!(
-                "; removing what this run created failed too ({e}); `guardlab lab down --backend kind` retries, from {}",
-                path.display()
-            )),
-        }
-        if let StateTarget::Kind {
-            cluster,
-            created: true,
-        } = &state.target
-        {
-            message.push_str(&format!(
-                "; the kind cluster {cluster} is kept for another try (`guardlab lab down --backend kind` removes it)"
-            ));
-        }
-        LabError::Failed(message)
-    }
-
     async fn info(&self, client: &Client) -> Result<LabInfo, LabError> {
         let port = self
             .forward
@@ -417,7 +228,7 @@ impl KindLab {
             .map(|f| f.address().port())
             .unwrap_or(self.options.local_port);
         Ok(LabInfo {
-            backend: "kind".into(),
+            backend: Backend::Kind,
             notebook_url: format!("http://127.0.0.1:{port}/"),
             pods: notebook_pods(client, &self.options.namespace).await?,
         })
@@ -500,7 +311,7 @@ impl KindLab {
             "waiting for the rollout (at most {}s)",
             rollout.as_secs()
         ));
-        wait_for_rollout(client, &all, rollout, poll, progress).await
+        Ok(wait_for_rollout(client, &all, rollout, poll, progress).await?)
     }
 
     /// Subscribe to the sensor for the notebook's container, wait for the sensor's `container`
@@ -543,19 +354,15 @@ impl KindLab {
                 ),
                 Err(e) => format!("the {SENSOR_DAEMONSET} pod on node {node} ({e})"),
             };
-            let last = stream
-                .last_error()
-                .map(|e| format!("; the stream's last error: {e}"))
-                .unwrap_or_default();
-            return Err(LabError::Failed(format!(
-                "{sensor} did not confirm within {}s that it watches container {} of pod {namespace}/{} \
-                 (no `container` event){last}; the notebook stays behind its start gate, unwatched \
-                 containers are never started; the sensor's log: kubectl logs -n {namespace} -l {} -c sensor",
-                gate_timeout.as_secs(),
-                info.container_id,
-                info.name,
-                crate::manifests::SENSOR_SELECTOR,
-            )));
+            return Err(GateError::Unwatched {
+                sensor,
+                limit: gate_timeout,
+                container_id: info.container_id,
+                namespace,
+                pod: info.name,
+                stream_error: stream.last_error(),
+            }
+            .into());
         }
         progress.detail(&format!(
             "the sensor watches container {}",
@@ -582,11 +389,12 @@ impl KindLab {
     }
 
     async fn current_client(&self) -> Result<(Client, LabState), LabError> {
-        let state = self.load_state()?.ok_or_else(|| {
-            LabError::Failed(format!(
-                "the kind lab is not up (no {}); run `guardlab lab up --backend kind` first",
+        let state = self.load_state()?.ok_or_else(|| LabError::NotUp {
+            backend: Backend::Kind,
+            detail: format!(
+                "no {}; run `guardlab lab up --backend kind` first",
                 self.options.state_file().display()
-            ))
+            ),
         })?;
         Ok((self.client_for(&state.target, None).await?, state))
     }
@@ -599,19 +407,16 @@ impl Drop for KindLab {
 }
 
 impl Lab for KindLab {
-    fn backend(&self) -> &'static str {
-        "kind"
+    fn backend(&self) -> Backend {
+        Backend::Kind
     }
 
     async fn up(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
-        check_namespace_name(&self.options.namespace).map_err(LabError::Failed)?;
+        check_namespace_name(&self.options.namespace)?;
         if self.given_client.is_some() && matches!(self.options.target, Target::Kind { .. }) {
-            return Err(LabError::Failed(
-                "a lab with a given client must target a context".into(),
-            ));
+            return Err(GivenClientNeedsContext.into());
         }
-        let objects = lab_objects(&self.options.namespace, &self.options.sensor_image)
-            .map_err(|e| LabError::Failed(e.to_string()))?;
+        let objects = lab_objects(&self.options.namespace, &self.options.sensor_image)?;
         let path = self.options.state_file();
         let mut state = match self.load_state()? {
             Some(state) => state,
@@ -625,7 +430,7 @@ impl Lab for KindLab {
             self.options.namespace
         ));
         let mut created_now = Vec::new();
-        if let Err(e) = apply_objects(
+        let applied = apply_objects(
             &client,
             &objects,
             &mut state,
@@ -634,18 +439,23 @@ impl Lab for KindLab {
             progress,
         )
         .await
-        {
-            return Err(self
-                .undo(&client, &mut state, &created_now, e, progress)
-                .await);
-        }
-
-        if let Err(e) = self.start_notebook(&client, &objects, progress).await {
+        .map_err(LabError::from);
+        let started = match applied {
+            Ok(()) => self.start_notebook(&client, &objects, progress).await,
+            Err(e) => Err(e),
+        };
+        if let Err(cause) = started {
             // Streams started for a lab that is being removed would only fail.
             self.streams.clear();
-            return Err(self
-                .undo(&client, &mut state, &created_now, e, progress)
-                .await);
+            let lab = Undo {
+                client: &client,
+                state_file: &path,
+                delete_timeout: self.options.delete_timeout,
+                poll: self.options.poll_interval,
+            };
+            return Err(undo(lab, &mut state, &created_now, cause, progress)
+                .await
+                .into());
         }
 
         if self.forward.is_none() {
@@ -691,12 +501,7 @@ impl Lab for KindLab {
                 progress.phase(&format!(
                     "deleting kind cluster {cluster}, which `up` created"
                 ));
-                let kind = KindCli::find(&search_path(self.options.search_path.as_deref()))
-                    .await
-                    .map_err(|hint| LabError::Missing {
-                        what: "the kind CLI".into(),
-                        hint,
-                    })?;
+                let kind = KindCli::find(&search_path(self.options.search_path.as_deref())).await?;
                 kind.delete_cluster(&cluster).await?;
                 state.objects.clear();
                 state.target = self.options.state_target(false);
@@ -726,15 +531,10 @@ impl Lab for KindLab {
         if let Some(image) = state.image.clone().filter(|i| i.created) {
             progress.phase(&format!("removing image {}, which `up` built", image.tag));
             let host = docker_host(self.options.docker_host.as_deref());
-            let docker = connect_docker(&host)
-                .await
-                .map_err(|hint| LabError::Missing {
-                    what: "Docker".into(),
-                    hint,
-                })?;
+            let docker = connect_docker(&host).await?;
             remove_image(&docker, &image.tag).await?;
         }
-        LabState::remove(&path)
+        Ok(LabState::remove(&path)?)
     }
 
     async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
@@ -763,11 +563,12 @@ impl Lab for KindLab {
                 name,
             } => {
                 if ns != namespace {
-                    return Err(LabError::Failed(format!(
-                        "refusing to delete pod {ns}/{name}: it is outside the lab's namespace {namespace}"
-                    )));
+                    return Err(LabError::Action {
+                        action: format!("refusing to delete pod {ns}/{name}"),
+                        reason: format!("it is outside the lab's namespace {namespace}"),
+                    });
                 }
-                k8s::delete_pod(&client, ns, name).await
+                Ok(k8s::delete_pod(&client, ns, name).await?)
             }
             LabAction::KillProcess { pid }
             | LabAction::KillProcessTree { pid }
@@ -782,11 +583,11 @@ impl Lab for KindLab {
                 let timeout = Duration::from_secs(10);
                 match action {
                     LabAction::KillProcessGroup { .. } => {
-                        kill_process_group(stream, *pid, &node, timeout).await
+                        Ok(kill_process_group(stream, *pid, &node, timeout).await?)
                     }
                     _ => {
                         let tree = matches!(action, LabAction::KillProcessTree { .. });
-                        kill_process(stream, *pid, tree, &node, timeout).await
+                        Ok(kill_process(stream, *pid, tree, &node, timeout).await?)
                     }
                 }
             }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use guardlab_lab_api::LabError;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -14,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value as Json;
 
-use crate::gate::gate_args;
+use crate::gate_program::gate_args;
+use crate::names::{MANIFEST_NAMESPACE, NOTEBOOK_DEPLOYMENT, SENSOR_CONTAINER, SENSOR_DAEMONSET};
 
 /// A file of the repository, compiled in.
 #[derive(Clone, Copy, Debug)]
@@ -47,19 +49,6 @@ pub const LAB_MANIFESTS: [EmbeddedFile; 3] = [
     },
 ];
 
-/// The namespace the manifests are written for.
-pub const MANIFEST_NAMESPACE: &str = "cryptominer";
-/// The notebook Deployment and its pod label.
-pub const NOTEBOOK_DEPLOYMENT: &str = "jupyter-notebook";
-pub const NOTEBOOK_SELECTOR: &str = "app=jupyter-notebook";
-pub const NOTEBOOK_PORT: u16 = 8888;
-/// The sensor DaemonSet, its container and its pod label.
-pub const SENSOR_DAEMONSET: &str = "guardlab-sensor";
-pub const SENSOR_CONTAINER: &str = "sensor";
-pub const SENSOR_SELECTOR: &str = "app.kubernetes.io/name=guardlab-sensor";
-/// The sensor's control port inside its pod (see `sensor_link`).
-pub const SENSOR_PORT: u16 = 7070;
-
 /// A manifest that is not what it should be: file, line and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
@@ -67,6 +56,12 @@ pub struct ManifestError {
     pub file: String,
     pub line: usize,
     pub message: String,
+}
+
+impl From<ManifestError> for LabError {
+    fn from(error: ManifestError) -> LabError {
+        LabError::input(error.file, Some(error.line), None, error.message)
+    }
 }
 
 macro_rules! objects {
@@ -378,25 +373,6 @@ fn retarget(object: &mut Object, namespace: &str) {
     }
 }
 
-/// Kubernetes namespace names are RFC 1123 labels.
-pub fn check_namespace_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid namespace name (lower-case letters, digits and `-`, \
-             at most 63, starting and ending with a letter or digit)"
-        ))
-    }
-}
-
 /// The documents of a YAML stream with the line each starts on (1-based).
 fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut documents = Vec::new();
@@ -466,6 +442,7 @@ fn is_empty(v: &Json) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{NOTEBOOK_PORT, SENSOR_PORT};
 
     fn all() -> Vec<Manifest> {
         lab_objects(MANIFEST_NAMESPACE, "guardlab-sensor:0.1.0").unwrap()
@@ -574,7 +551,7 @@ mod tests {
         let mut expected = vec![
             "python3".to_string(),
             "-c".to_string(),
-            crate::gate::gate_program(crate::gate::GATE_PORT),
+            crate::gate_program::gate_program(crate::gate_program::GATE_PORT),
         ];
         expected.extend(original.map(String::from));
         assert_eq!(applied.args.as_deref(), Some(&expected[..]));
@@ -598,7 +575,7 @@ mod tests {
         for m in &all {
             if let Object::Service(s) = &m.object {
                 for p in s.spec.as_ref().unwrap().ports.iter().flatten() {
-                    assert_ne!(p.port, i32::from(crate::gate::GATE_PORT), "{m}");
+                    assert_ne!(p.port, i32::from(crate::gate_program::GATE_PORT), "{m}");
                 }
             }
         }
@@ -607,7 +584,7 @@ mod tests {
                 .ports
                 .iter()
                 .flatten()
-                .any(|p| p.container_port == i32::from(crate::gate::GATE_PORT))
+                .any(|p| p.container_port == i32::from(crate::gate_program::GATE_PORT))
         );
     }
 
@@ -772,13 +749,5 @@ mod tests {
         assert!(err.message.contains("no metadata.name"), "{err}");
         let err = parse_manifests("k.yaml", "apiVersion: v1\nmetadata: {}\n").unwrap_err();
         assert!(err.message.contains("no `kind`"), "{err}");
-    }
-
-    #[test]
-    fn namespace_names_are_checked() {
-        assert!(check_namespace_name("participant-7").is_ok());
-        for bad in ["", "Upper", "-a", "a-", "a_b", &"a".repeat(64)] {
-            assert!(check_namespace_name(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -3,17 +3,17 @@
 
 use std::fmt;
 
-use guardlab_lab::LabError;
+use guardlab_lab_api::LabError;
 
 use crate::config::KindCluster;
-use crate::gate::{GATE_PORT, gate_waiting_prefix};
+use crate::gate_program::{GATE_PORT, gate_waiting_prefix};
 use crate::image::SENSOR_DOCKERFILE;
 use crate::k8s::{FIELD_MANAGER, WorkloadKind, workloads};
-use crate::lab::{KindOptions, Target};
-use crate::manifests::{
-    CLUSTER_CONFIG, NOTEBOOK_DEPLOYMENT, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT,
-    check_namespace_name, lab_objects,
+use crate::manifests::{CLUSTER_CONFIG, lab_objects};
+use crate::names::{
+    NOTEBOOK_DEPLOYMENT, NOTEBOOK_PORT, NOTEBOOK_SELECTOR, SENSOR_PORT, check_namespace_name,
 };
+use crate::options::{KindOptions, Target};
 use crate::tools::docker_host;
 
 /// What `up` would do.
@@ -30,16 +30,14 @@ pub struct Plan {
 
 /// The plan for `options`. Fails only when the options or the compiled-in manifests are wrong.
 pub fn plan(options: &KindOptions) -> Result<Plan, LabError> {
-    check_namespace_name(&options.namespace).map_err(LabError::Failed)?;
-    let objects = lab_objects(&options.namespace, &options.sensor_image)
-        .map_err(|e| LabError::Failed(e.to_string()))?;
+    check_namespace_name(&options.namespace)?;
+    let objects = lab_objects(&options.namespace, &options.sensor_image)?;
     let state = options.state_file();
     let mut steps = Vec::new();
     let (target, cluster_config) = match &options.target {
         Target::Kind { cluster } => {
             // The config is shown as it is in the file; parsing it checks it first.
-            KindCluster::parse(CLUSTER_CONFIG.path, CLUSTER_CONFIG.text)
-                .map_err(|e| LabError::Failed(e.to_string()))?;
+            KindCluster::parse(CLUSTER_CONFIG.path, CLUSTER_CONFIG.text)?;
             steps.push(format!(
                 "check that a Docker engine answers at {} and that the `kind` CLI is on PATH \
                  (if not: stop, say what to install, exit code 2)",
@@ -324,7 +322,9 @@ mod tests {
             namespace: "Bad_Name".into(),
             ..options(dir.path())
         };
-        let err = plan(&options).unwrap_err().to_string();
+        let err = plan(&options).unwrap_err();
+        assert!(err.is_bad_input(), "{err:?}");
+        let err = err.to_string();
         assert!(
             err.contains("`Bad_Name` is not a valid namespace name"),
             "{err}"

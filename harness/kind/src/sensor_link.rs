@@ -32,13 +32,108 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use guardlab_events::control::{SensorReply, SensorRequest, WatchedContainer};
-use guardlab_events::{Event, EventBody, parse_line};
-use guardlab_lab::LabError;
+use guardlab_events::{Event, EventBody, ReadError, parse_line};
+use guardlab_lab_api::LabError;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
-use crate::gate::PreGateFilter;
+use crate::io_failure::{Doing, IoFailure};
+use crate::pre_gate::PreGateFilter;
+
+/// What went wrong talking to the sensor's control port on `node`.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorLinkError {
+    #[error(transparent)]
+    Io(#[from] IoFailure),
+    /// A line of the event stream that is not an event.
+    #[error("the sensor on node {node} sent an event guardlab cannot read: {source}")]
+    BadEvent {
+        node: String,
+        #[source]
+        source: ReadError,
+    },
+    #[error("the sensor on node {node} did not answer {} within {}s", noun(request), limit.as_secs())]
+    NoAnswer {
+        node: String,
+        request: SensorRequest,
+        limit: Duration,
+    },
+    #[error(
+        "the sensor on node {node} closed the connection without answering {}",
+        noun(request)
+    )]
+    Closed {
+        node: String,
+        request: SensorRequest,
+    },
+    /// An answer that is not a [`SensorReply`].
+    #[error(
+        "the sensor on node {node} answered {} with `{line}`: {source}",
+        noun(request)
+    )]
+    BadAnswer {
+        node: String,
+        request: SensorRequest,
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The sensor answered that it could not; `reason` is its own.
+    #[error("the sensor on node {node} could not {}: {reason}", verb(request))]
+    Refused {
+        node: String,
+        request: SensorRequest,
+        reason: String,
+    },
+}
+
+impl From<SensorLinkError> for LabError {
+    fn from(error: SensorLinkError) -> LabError {
+        match error {
+            SensorLinkError::Io(e) => e.into(),
+            SensorLinkError::NoAnswer {
+                node,
+                request,
+                limit,
+            } => LabError::Timeout {
+                what: format!(
+                    "an answer from the sensor on node {node} to {}",
+                    noun(&request)
+                ),
+                limit,
+                detail: String::new(),
+            },
+            SensorLinkError::Refused {
+                node,
+                request,
+                reason,
+            } => LabError::Action {
+                action: verb(&request),
+                reason: format!("the sensor on node {node} answered: {reason}"),
+            },
+            e => LabError::backend("the sensor's control port", e),
+        }
+    }
+}
+
+/// A request as errors name it: "did not answer the kill of pid 42".
+fn noun(request: &SensorRequest) -> String {
+    match request {
+        SensorRequest::Kill { pid, .. } => format!("the kill of pid {pid}"),
+        SensorRequest::KillGroup { pid } => format!("the kill of the process group of pid {pid}"),
+        SensorRequest::Subscribe { .. } => "the subscription".into(),
+    }
+}
+
+/// What a request asks, as errors say it: "could not kill pid 42".
+fn verb(request: &SensorRequest) -> String {
+    match request {
+        SensorRequest::Kill { pid, .. } => format!("kill pid {pid}"),
+        SensorRequest::KillGroup { pid } => format!("kill the process group of pid {pid}"),
+        SensorRequest::Subscribe { .. } => "watch the containers".into(),
+    }
+}
 
 /// What the harness watches on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,7 +250,7 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
     events: &EventSink,
     gate: &mut PreGateFilter,
     received: &mut u64,
-) -> Result<StreamEnd, LabError> {
+) -> Result<StreamEnd, SensorLinkError> {
     let (reader, mut writer) = tokio::io::split(stream);
     let mut lines = BufReader::new(reader).lines();
     let mut current = watch.borrow_and_update().clone();
@@ -166,17 +261,13 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
         },
     )
     .await
-    .map_err(|source| LabError::Io {
-        context: format!("subscribing to the sensor on node {}", current.node),
-        source,
-    })?;
+    .doing(|| format!("subscribing to the sensor on node {}", current.node))?;
     let mut line_number = 0;
     loop {
         tokio::select! {
             line = lines.next_line() => {
-                let Some(line) = line.map_err(|source| LabError::Io {
-                    context: format!("reading events from the sensor on node {}", current.node),
-                    source,
+                let Some(line) = line.doing(|| {
+                    format!("reading events from the sensor on node {}", current.node)
                 })? else {
                     return Ok(StreamEnd::Closed);
                 };
@@ -185,9 +276,9 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
                 if line.trim().is_empty() {
                     continue;
                 }
-                let mut event = parse_line(&line, line_number).map_err(|e| LabError::Failed(format!(
-                    "the sensor on node {} sent an event guardlab cannot read: {e}", current.node
-                )))?;
+                let mut event = parse_line(&line, line_number).map_err(|source| {
+                    SensorLinkError::BadEvent { node: current.node.clone(), source }
+                })?;
                 enrich(&mut event, &current.containers, &current.node);
                 if !gate.admit(&event, &current.gated) {
                     continue;
@@ -207,10 +298,7 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
                 if next.containers != current.containers {
                     write_request(&mut writer, &SensorRequest::Subscribe { containers: next.containers.clone() })
                         .await
-                        .map_err(|source| LabError::Io {
-                            context: format!("writing to the sensor on node {}", next.node),
-                            source,
-                        })?;
+                        .doing(|| format!("writing to the sensor on node {}", next.node))?;
                 }
                 current = next;
             }
@@ -226,13 +314,8 @@ pub async fn kill_process<S: AsyncRead + AsyncWrite + Unpin>(
     tree: bool,
     node: &str,
     timeout: Duration,
-) -> Result<(), LabError> {
-    let request = SensorRequest::Kill { pid, tree };
-    let what = Asked {
-        noun: format!("the kill of pid {pid}"),
-        verb: format!("kill pid {pid}"),
-    };
-    ask(stream, &request, &what, node, timeout).await
+) -> Result<(), SensorLinkError> {
+    ask(stream, SensorRequest::Kill { pid, tree }, node, timeout).await
 }
 
 /// Ask the sensor on `stream` to kill the process group of `pid` (its members in the watched
@@ -242,63 +325,56 @@ pub async fn kill_process_group<S: AsyncRead + AsyncWrite + Unpin>(
     pid: u32,
     node: &str,
     timeout: Duration,
-) -> Result<(), LabError> {
-    let request = SensorRequest::KillGroup { pid };
-    let what = Asked {
-        noun: format!("the kill of the process group of pid {pid}"),
-        verb: format!("kill the process group of pid {pid}"),
-    };
-    ask(stream, &request, &what, node, timeout).await
-}
-
-/// How errors name a request: "did not answer the kill of pid 42", "could not kill pid 42".
-struct Asked {
-    noun: String,
-    verb: String,
+) -> Result<(), SensorLinkError> {
+    ask(stream, SensorRequest::KillGroup { pid }, node, timeout).await
 }
 
 /// Send one request that the sensor answers with one [`SensorReply`] line.
 async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    request: &SensorRequest,
-    what: &Asked,
+    request: SensorRequest,
     node: &str,
     timeout: Duration,
-) -> Result<(), LabError> {
-    let Asked { noun: what, verb } = what;
+) -> Result<(), SensorLinkError> {
     let (reader, mut writer) = tokio::io::split(stream);
-    let io = |source| LabError::Io {
-        context: format!("asking the sensor on node {node} to {verb}"),
-        source,
-    };
-    write_request(&mut writer, request).await.map_err(io)?;
+    let asking = || format!("asking the sensor on node {node} to {}", verb(&request));
+    write_request(&mut writer, &request).await.doing(asking)?;
     let mut lines = BufReader::new(reader).lines();
     let line = match tokio::time::timeout(timeout, lines.next_line()).await {
-        Ok(line) => line.map_err(io)?,
+        Ok(line) => line.doing(asking)?,
         Err(_) => {
-            return Err(LabError::Failed(format!(
-                "the sensor on node {node} did not answer {what} within {}s",
-                timeout.as_secs()
-            )));
+            return Err(SensorLinkError::NoAnswer {
+                node: node.to_string(),
+                request,
+                limit: timeout,
+            });
         }
     };
     let Some(line) = line else {
-        return Err(LabError::Failed(format!(
-            "the sensor on node {node} closed the connection without answering {what}"
-        )));
+        return Err(SensorLinkError::Closed {
+            node: node.to_string(),
+            request,
+        });
     };
-    let reply: SensorReply = serde_json::from_str(&line).map_err(|e| {
-        LabError::Failed(format!(
-            "the sensor on node {node} answered {what} with `{line}`: {e}"
-        ))
-    })?;
+    let reply: SensorReply = match serde_json::from_str(&line) {
+        Ok(reply) => reply,
+        Err(source) => {
+            return Err(SensorLinkError::BadAnswer {
+                node: node.to_string(),
+                request,
+                line,
+                source,
+            });
+        }
+    };
     if reply.ok {
         Ok(())
     } else {
-        Err(LabError::Failed(format!(
-            "the sensor on node {node} could not {verb}: {}",
-            reply.error.unwrap_or_else(|| "no reason given".into())
-        )))
+        Err(SensorLinkError::Refused {
+            node: node.to_string(),
+            request,
+            reason: reply.error.unwrap_or_else(|| "no reason given".into()),
+        })
     }
 }
 
@@ -600,5 +676,42 @@ mod tests {
                 .contains("did not answer the kill of the process group of pid 2 within 10s"),
             "{err}"
         );
+    }
+
+    /// What the lab says of the sensor's failures: a silent sensor is a timeout, a refusal
+    /// an action that could not be carried out, naming the node in both.
+    #[tokio::test(start_paused = true)]
+    async fn at_the_labs_boundary_silence_is_a_timeout_and_a_refusal_an_action() {
+        let (ours, _sensor) = tokio::io::duplex(4096);
+        let silent = kill_process(ours, 1, false, "n1", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let err = LabError::from(silent);
+        let LabError::Timeout { what, limit, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            what,
+            "an answer from the sensor on node n1 to the kill of pid 1"
+        );
+        assert_eq!(*limit, Duration::from_secs(10));
+
+        let (ours, sensor) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let (sr, mut sw) = tokio::io::split(sensor);
+            let _ = BufReader::new(sr).lines().next_line().await;
+            sw.write_all(b"{\"ok\":false,\"error\":\"no such process\"}\n")
+                .await
+                .unwrap();
+        });
+        let refused = kill_process_group(ours, 42, "n1", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let err = LabError::from(refused);
+        let LabError::Action { action, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(action, "kill the process group of pid 42");
+        assert_eq!(reason, "the sensor on node n1 answered: no such process");
     }
 }

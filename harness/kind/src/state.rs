@@ -8,10 +8,67 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use guardlab_lab::LabError;
+use guardlab_lab_api::LabError;
 use serde::{Deserialize, Serialize};
 
+use crate::io_failure::{Doing, IoFailure};
+
 pub const STATE_VERSION: u32 = 1;
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Io(#[from] IoFailure),
+    /// Not JSON, or not the state's fields.
+    #[error(
+        "{}:{line}: {source} (the kind lab's state file; remove it only after removing what it lists by hand)",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Written by a guardlab with another state format.
+    #[error("{}: state format version {found} is not {STATE_VERSION}", path.display())]
+    Version { path: PathBuf, found: u32 },
+    /// The file of this target and namespace records a lab in another namespace.
+    #[error("{} records a lab in namespace {recorded}, not {wanted}", path.display())]
+    OtherNamespace {
+        path: PathBuf,
+        recorded: String,
+        wanted: String,
+    },
+}
+
+impl From<StateError> for LabError {
+    /// A state file that is not what this guardlab reads is bad input, at its file and line.
+    fn from(error: StateError) -> LabError {
+        let message = error.to_string();
+        match error {
+            StateError::Io(failure) => failure.into(),
+            StateError::Damaged { path, line, source } => LabError::input(
+                path,
+                Some(line),
+                None,
+                format!(
+                    "{source} (the kind lab's state file; remove it only after removing what it lists by hand)"
+                ),
+            ),
+            StateError::Version { path, found } => LabError::input(
+                path,
+                None,
+                Some("version"),
+                format!("state format version {found} is not {STATE_VERSION}"),
+            ),
+            StateError::OtherNamespace { path, .. } => {
+                LabError::input(path, None, Some("namespace"), message)
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,52 +140,58 @@ impl LabState {
     }
 
     /// Read the state file; `None` when there is none (the lab is down).
-    pub fn load(path: &Path) -> Result<Option<LabState>, LabError> {
+    pub fn load(path: &Path) -> Result<Option<LabState>, StateError> {
         let text = match fs::read_to_string(path) {
-            Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(io_error(format!("reading {}", path.display()), source)),
+            read => read.doing(|| format!("reading {}", path.display()))?,
         };
-        let state: LabState = serde_json::from_str(&text).map_err(|e| {
-            LabError::Failed(format!(
-                "{}:{}: {e} (the kind lab's state file; remove it only after removing what it lists by hand)",
-                path.display(),
-                e.line()
-            ))
-        })?;
+        let state: LabState =
+            serde_json::from_str(&text).map_err(|source| StateError::Damaged {
+                path: path.to_path_buf(),
+                line: source.line(),
+                source,
+            })?;
         if state.version != STATE_VERSION {
-            return Err(LabError::Failed(format!(
-                "{}: state format version {} is not {STATE_VERSION}",
-                path.display(),
-                state.version
-            )));
+            return Err(StateError::Version {
+                path: path.to_path_buf(),
+                found: state.version,
+            });
         }
         Ok(Some(state))
     }
 
+    /// [`LabState::load`], and the lab it records must be in `namespace`.
+    pub fn load_in(path: &Path, namespace: &str) -> Result<Option<LabState>, StateError> {
+        let state = LabState::load(path)?;
+        if let Some(state) = &state
+            && state.namespace != namespace
+        {
+            return Err(StateError::OtherNamespace {
+                path: path.to_path_buf(),
+                recorded: state.namespace.clone(),
+                wanted: namespace.to_string(),
+            });
+        }
+        Ok(state)
+    }
+
     /// Write the state file atomically (write a sibling, then rename).
-    pub fn save(&self, path: &Path) -> Result<(), LabError> {
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)
-                .map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+            fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
         }
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("state serializes");
-        fs::write(&tmp, text + "\n")
-            .map_err(|e| io_error(format!("writing {}", tmp.display()), e))?;
-        fs::rename(&tmp, path).map_err(|e| {
-            io_error(
-                format!("renaming {} to {}", tmp.display(), path.display()),
-                e,
-            )
-        })
+        fs::write(&tmp, text + "\n").doing(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .doing(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(())
     }
 
-    pub fn remove(path: &Path) -> Result<(), LabError> {
+    pub fn remove(path: &Path) -> Result<(), StateError> {
         match fs::remove_file(path) {
-            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(format!("removing {}", path.display()), e)),
+            removed => Ok(removed.doing(|| format!("removing {}", path.display()))?),
         }
     }
 
@@ -160,10 +223,6 @@ pub fn default_state_dir() -> PathBuf {
         return PathBuf::from(home).join(".local/state/guardlab");
     }
     std::env::temp_dir().join("guardlab")
-}
-
-pub(crate) fn io_error(context: String, source: io::Error) -> LabError {
-    LabError::Io { context, source }
 }
 
 #[cfg(test)]
@@ -213,7 +272,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kind.json");
         fs::write(&path, "{\"version\": 1,\n \"target\": 3}").unwrap();
-        let err = LabState::load(&path).unwrap_err().to_string();
-        assert!(err.contains("kind.json:2:"), "{err}");
+        let err = LabState::load(&path).unwrap_err();
+        assert!(err.to_string().contains("kind.json:2:"), "{err}");
+        // At the lab's boundary: bad input, at the file's line.
+        let err = LabError::from(err);
+        assert!(err.is_bad_input(), "{err:?}");
+        assert!(err.to_string().contains("kind.json:2: "), "{err}");
+        assert!(err.to_string().contains("remove it only after"), "{err}");
+    }
+
+    #[test]
+    fn a_state_file_of_another_namespace_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kind.json");
+        let state = LabState::new(
+            StateTarget::Context {
+                context: "workshop".into(),
+            },
+            "alice",
+        );
+        state.save(&path).unwrap();
+        assert_eq!(LabState::load_in(&path, "alice").unwrap(), Some(state));
+        let err = LabError::from(LabState::load_in(&path, "bob").unwrap_err());
+        assert!(err.is_bad_input(), "{err:?}");
+        assert!(
+            err.to_string()
+                .ends_with("records a lab in namespace alice, not bob"),
+            "{err}"
+        );
     }
 }

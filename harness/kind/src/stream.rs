@@ -26,18 +26,55 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use guardlab_events::Event;
-use guardlab_lab::LabError;
+use guardlab_lab_api::LabError;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::forward::open_pod_stream;
-use crate::gate::{GateSignals, GateState, GateStateError, PreGateFilter, gate_state, open_gate};
-use crate::k8s::{self, list_pods, sensor_pod_on};
-use crate::manifests::{NOTEBOOK_SELECTOR, SENSOR_PORT};
-use crate::sensor_link::{EventSink, StreamEnd, Watch, WatchedContainer, stream_events};
+use crate::forward::{ForwardError, open_pod_stream};
+use crate::gate::{GateError, GateStateError, gate_state, open_gate};
+use crate::gate_program::GateState;
+use crate::k8s::{self, ApiError, ClusterError, list_pods, sensor_pod_on};
+use crate::names::{NOTEBOOK_SELECTOR, SENSOR_PORT};
+use crate::pre_gate::{GateSignals, PreGateFilter};
+use crate::sensor_link::{
+    EventSink, SensorLinkError, StreamEnd, Watch, WatchedContainer, stream_events,
+};
+
+/// Why the event stream could not start, or a session with the sensor ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading the notebook's pods or namespace, or finding the sensor's pod on its node.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The cluster refuses guardlab the log of a notebook container, where its gate says that
+    /// it waits: waiting does not change that.
+    #[error(transparent)]
+    LogRefused(GateStateError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error(transparent)]
+    SensorLink(#[from] SensorLinkError),
+}
+
+impl From<ApiError> for StreamError {
+    fn from(error: ApiError) -> StreamError {
+        StreamError::Cluster(error.into())
+    }
+}
+
+impl From<StreamError> for LabError {
+    fn from(error: StreamError) -> LabError {
+        match error {
+            StreamError::Cluster(e) => e.into(),
+            StreamError::LogRefused(e) => e.into(),
+            StreamError::Forward(e) => e.into(),
+            StreamError::SensorLink(e) => e.into(),
+        }
+    }
+}
 
 /// The ids of the containers whose gate someone (`up`, or a follow task) opens or opened: one
 /// opener per gate. Shared by all the streams of a lab.
@@ -107,7 +144,7 @@ struct Seen {
 impl EventStream {
     /// Subscribe to the sensor on the notebook's node for the notebook's containers (those
     /// whose gate waits or is open; one whose gate does not listen yet is added once it does).
-    pub async fn start(config: StreamConfig) -> Result<EventStream, LabError> {
+    pub async fn start(config: StreamConfig) -> Result<EventStream, StreamError> {
         let StreamConfig {
             client,
             namespace,
@@ -137,7 +174,7 @@ impl EventStream {
             last_error.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut opening = JoinSet::<(String, Result<(), LabError>)>::new();
+            let mut opening = JoinSet::<(String, Result<(), GateError>)>::new();
             loop {
                 tokio::time::sleep(poll).await;
                 // The stream gave up, or nobody reads its events any more: the gate openings
@@ -225,11 +262,14 @@ impl EventStream {
                 }
                 let began = Instant::now();
                 let mut received = 0;
-                let result = async {
+                let result: Result<StreamEnd, StreamError> = async {
                     let sensor = sensor_pod_on(&client, &namespace, &node).await?;
                     let name = sensor.metadata.name.unwrap_or_default();
                     let stream = open_pod_stream(&client, &namespace, &name, SENSOR_PORT).await?;
-                    stream_events(stream, watch_rx.clone(), &sink, &mut filter, &mut received).await
+                    Ok(
+                        stream_events(stream, watch_rx.clone(), &sink, &mut filter, &mut received)
+                            .await?,
+                    )
                 }
                 .await;
                 let good = received > 0 || began.elapsed() >= retry.max;
@@ -357,12 +397,12 @@ async fn watch_of(
     client: &Client,
     namespace: &str,
     seen: &mut HashMap<String, Seen>,
-) -> Result<Watch, LabError> {
+) -> Result<Watch, StreamError> {
     let pods = list_pods(client, namespace, NOTEBOOK_SELECTOR).await?;
     let namespace_labels = kube::Api::<Namespace>::all(client.clone())
         .get_opt(namespace)
         .await
-        .map_err(|e| k8s::api_error(&format!("reading namespace {namespace}"), e))?
+        .map_err(|e| ApiError::new(format!("reading namespace {namespace}"), e))?
         .and_then(|n| n.metadata.labels)
         .unwrap_or_default();
     let mut watch = Watch::default();
@@ -383,9 +423,11 @@ async fn watch_of(
             Some(s) if !matches!(s.gate, GateState::Starting(_)) => s.gate.clone(),
             _ => match gate_state(client, pod).await {
                 Ok(gate) => gate,
-                Err(GateStateError::Refused(why)) => return Err(LabError::Failed(why)),
+                Err(refused @ GateStateError::Refused { .. }) => {
+                    return Err(StreamError::LogRefused(refused));
+                }
                 // A log the API cannot give yet leaves the container out of this round only.
-                Err(GateStateError::NotYet(why)) => GateState::Starting(why),
+                Err(GateStateError::NotYet(why)) => GateState::Starting(why.to_string()),
             },
         };
         seen.insert(

@@ -1,6 +1,7 @@
 //! The kind path of `up` and `down` with stand-ins for the machine's tools: a fake Docker
 //! engine on a unix socket (the Docker API as bollard speaks it), a stand-in `kind` script that
-//! keeps its clusters in a file and hands out a kubeconfig for the fake API server.
+//! keeps its clusters in a file and hands out a kubeconfig for the fake API server; and the
+//! `kind` CLI driven alone.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use guardlab_lab::{Lab, NoProgress};
+use guardlab_lab_api::{Lab, NoProgress};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -16,11 +17,16 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
-use crate::fake_api::{FakeApi, FakeSensor, SensorBehaviour};
-use crate::lab::{KindLab, KindOptions, Target};
-use crate::manifests::CLUSTER_CONFIG;
-use crate::state::{LabState, StateTarget};
-use crate::tools::tests::write_script;
+mod support;
+
+use guardlab_kind::manifests::CLUSTER_CONFIG;
+use guardlab_kind::state::{LabState, StateTarget};
+use guardlab_kind::tools::KindCli;
+use guardlab_kind::{KindLab, KindOptions, Target};
+
+use support::fake_api::FakeApi;
+use support::fake_sensor::{FakeSensor, SensorBehaviour};
+use support::write_script;
 
 #[derive(Default)]
 struct DockerState {
@@ -367,4 +373,64 @@ async fn a_failed_build_is_reported_and_down_still_removes_the_cluster_it_made()
         "delete cluster --name guardlab"
     );
     assert!(!m.options.state_file().exists());
+}
+
+#[tokio::test]
+async fn a_kind_that_is_found_but_does_not_run_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let kind = dir.path().join("kind");
+    write_script(
+        &kind,
+        "#!/bin/sh\necho 'kind: broken install' >&2\nexit 3\n",
+    );
+    let err = KindCli::find(dir.path().as_os_str())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`kind version` failed"), "{err}");
+    assert!(err.contains("broken install"), "{err}");
+}
+
+#[tokio::test]
+async fn the_kind_cli_is_driven_with_the_expected_arguments() {
+    // A stand-in `kind` that logs its arguments and answers like kind does.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let kind = dir.path().join("kind");
+    write_script(
+        &kind,
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> {}\ncase \"$1 $2\" in\n  'get clusters') echo guardlab; echo other ;;\n  'get kubeconfig') echo 'apiVersion: v1' ;;\nesac\n",
+            log.display()
+        ),
+    );
+    let not_executable = tempfile::tempdir().unwrap();
+    std::fs::write(not_executable.path().join("kind"), "").unwrap();
+    let path = std::env::join_paths([not_executable.path(), dir.path()]).unwrap();
+    let cli = KindCli::find(&path).await.unwrap();
+    assert_eq!(cli.path, kind);
+    assert_eq!(cli.clusters().await.unwrap(), ["guardlab", "other"]);
+    assert_eq!(
+        cli.kubeconfig("guardlab").await.unwrap(),
+        "apiVersion: v1\n"
+    );
+    cli.load_image("guardlab", "guardlab-sensor:0.1.0")
+        .await
+        .unwrap();
+    cli.create_cluster("guardlab", Path::new("/c.yaml"), &NoProgress)
+        .await
+        .unwrap();
+    cli.delete_cluster("guardlab").await.unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged.lines().collect::<Vec<_>>(),
+        [
+            "version",
+            "get clusters",
+            "get kubeconfig --name guardlab",
+            "load docker-image guardlab-sensor:0.1.0 --name guardlab",
+            "create cluster --name guardlab --config /c.yaml --wait 180s",
+            "delete cluster --name guardlab",
+        ]
+    );
 }
