@@ -24,10 +24,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use guardlab_host::{Host, Requirement, StderrProgress, catalog};
+use guardlab_host::{Host, ProcStat, Requirement, StderrProgress, catalog};
 use guardlab_sensor::cgroup::{OwnedCgroup, spawn_into};
 use guardlab_sensor::{ContainerInfo, EventBody, Sensor, SensorConfig};
 
@@ -149,10 +149,7 @@ fn main() -> Result<()> {
     Host::new(false)
         .ensure(&tools, &StderrProgress)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = guardlab_host::runtime(2)?;
     let auditd = if args.setups.contains(&Setup::Auditd) {
         Some(AuditDaemon::ensure_running()?)
     } else {
@@ -160,7 +157,7 @@ fn main() -> Result<()> {
     };
 
     // Ctrl-C: leave no audit rule, daemon or cgroup behind.
-    let started_auditd = auditd.as_ref().and_then(|a| a.started);
+    let started_auditd = auditd.as_ref().and_then(|a| a.started.clone());
     runtime.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("\ninterrupted: cleaning up");
@@ -266,21 +263,12 @@ fn rusage_secs(who: i32) -> f64 {
 
 /// utime + stime of a process, from /proc/PID/stat (0 when it is gone).
 fn proc_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(stat) = ProcStat::read(pid) else {
         return 0.0;
-    };
-    // After "(comm)": state is field 3 of the line, utime 14 and stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+    (stat.utime_ticks + stat.stime_ticks) as f64 / hz
 }
 
 fn pid_of_comm(comm: &str) -> Option<u32> {
@@ -292,11 +280,12 @@ fn pid_of_comm(comm: &str) -> Option<u32> {
 }
 
 /// After Ctrl-C: no audit rule, daemon or cgroup of this run is left behind.
-fn cleanup_after_interrupt(started_auditd: Option<u32>) {
+fn cleanup_after_interrupt(started_auditd: Option<ProcStat>) {
     let _ = Command::new("auditctl").args(audit_rule("-d")).output();
-    if let Some(pid) = started_auditd {
-        // SAFETY: plain kill(2) of the daemon this benchmark started.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    if let Some(daemon) = started_auditd {
+        // Only the daemon this benchmark started, not a process that took its pid since.
+        let _ =
+            guardlab_host::process::signal_if_same(daemon.pid, daemon.start_ticks, libc::SIGTERM);
     }
     let prefix = format!("guardlab-bench-{}-", std::process::id());
     if let Ok(root) = guardlab_sensor::cgroup::cgroup2_mount()
@@ -366,7 +355,7 @@ async fn one_run(setup: Setup, storm: Storm, n: u64, addr: &str) -> Result<Run> 
         }
         Setup::Auditd => {
             let lost_before = audit_lost()?;
-            let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+            let started = guardlab_host::unix_time_ns() as f64 / 1e9;
             let daemons: Vec<u32> = ["auditd", "kauditd"]
                 .iter()
                 .filter_map(|c| pid_of_comm(c))
@@ -478,7 +467,8 @@ fn audit_time(line: &str) -> Option<f64> {
 
 /// auditd running for the benchmark; stopped again at the end if the benchmark started it.
 struct AuditDaemon {
-    started: Option<u32>,
+    /// The daemon this benchmark started (none when one was already running).
+    started: Option<ProcStat>,
     /// Kernel audit settings before the benchmark changed them: (backlog_limit, backlog_wait_time).
     restore: Option<(String, String)>,
 }
@@ -521,7 +511,7 @@ impl AuditDaemon {
                     "started auditd (pid {p}) for the benchmark, backlog 8192 as Debian's rules set it"
                 );
                 return Ok(AuditDaemon {
-                    started: Some(p),
+                    started: ProcStat::read(p),
                     restore: Some(restore),
                 });
             }
@@ -535,9 +525,13 @@ impl AuditDaemon {
 
 impl Drop for AuditDaemon {
     fn drop(&mut self) {
-        if let Some(pid) = self.started {
-            // SAFETY: plain kill(2) of the daemon this benchmark started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        if let Some(daemon) = &self.started {
+            // Only the daemon this benchmark started, not a process that took its pid since.
+            let _ = guardlab_host::process::signal_if_same(
+                daemon.pid,
+                daemon.start_ticks,
+                libc::SIGTERM,
+            );
         }
         if let Some((limit, wait)) = &self.restore
             && !limit.is_empty()
@@ -649,8 +643,8 @@ impl Bpftrace {
     }
 
     fn finish(&mut self) -> Result<(u64, u64)> {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // Our own child, not yet reaped: its pid names it.
+        let _ = guardlab_host::process::signal(self.child.id(), libc::SIGINT);
         self.child.wait()?;
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {

@@ -17,11 +17,8 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones (like this project's CI).
 pub fn cgroup2_mount() -> Result<PathBuf, SensorError> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| SensorError::Io {
-            path: "/proc/self/mountinfo".into(),
-            source,
-        })?;
+    let mountinfo = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(mountinfo).map_err(SensorError::io_at(mountinfo))?;
     let mut found: Vec<PathBuf> = Vec::new();
     for line in text.lines() {
         // mountinfo: ... mount_point ... - fstype source options
@@ -60,10 +57,7 @@ pub fn cgroup_id(path: &Path) -> Result<u64, SensorError> {
     if st.f_type as i64 != CGROUP2_SUPER_MAGIC {
         return Err(SensorError::NotCgroup2 { path: path.into() });
     }
-    let meta = std::fs::metadata(path).map_err(|source| SensorError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(SensorError::io_at(path))?;
     if !meta.is_dir() {
         return Err(SensorError::NotCgroup2 { path: path.into() });
     }
@@ -111,10 +105,7 @@ impl OwnedCgroup {
     /// Creates `<cgroup2 mount>/<name>`; `name` should be unique (tests add the pid).
     pub fn create(name: &str) -> Result<Self, SensorError> {
         let path = cgroup2_mount()?.join(name);
-        std::fs::create_dir(&path).map_err(|source| SensorError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::create_dir(&path).map_err(SensorError::io_at(&path))?;
         let id = cgroup_id(&path)?;
         Ok(OwnedCgroup { path, id })
     }

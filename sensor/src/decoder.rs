@@ -429,10 +429,7 @@ mod tests {
     fn boot_time_stamps_convert_to_the_wall_clock() {
         let d = decoder();
         let boot = clock_ns(libc::CLOCK_BOOTTIME) as u64;
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
+        let wall = i128::from(guardlab_host::unix_time_ns());
         let converted = i128::from(d.epoch(boot));
         assert!(
             (converted - wall).abs() < 1_000_000_000,

@@ -124,6 +124,14 @@ pub enum SensorError {
     EventsTaken,
 }
 
+impl SensorError {
+    /// For `map_err`: an io error at `path`.
+    pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SensorError {
+        let path = path.into();
+        move |source| SensorError::Io { path, source }
+    }
+}
+
 /// How to run the sensor.
 #[derive(Clone, Debug)]
 pub struct SensorConfig {

@@ -305,10 +305,7 @@ impl Sensor {
                 path: w.path.clone(),
             });
         }
-        let dir = File::open(cgroup_path).map_err(|source| SensorError::Io {
-            path: cgroup_path.into(),
-            source,
-        })?;
+        let dir = File::open(cgroup_path).map_err(SensorError::io_at(cgroup_path))?;
         info.cgroup_id = id;
         let mut watch = Watch {
             path: cgroup_path.into(),

@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -144,13 +144,6 @@ fn write_batch(sink: &mut Sink, first: Event, events: &mut mpsc::Receiver<Event>
     Ok(n)
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 async fn serve(
     listener: tokio::net::TcpListener,
     tx: broadcast::Sender<String>,
@@ -197,7 +190,7 @@ async fn serve(
                     // A client too slow to keep up is told how many events it missed.
                     Err(Some(n)) => {
                         let lost = Event::new(
-                            now_ns(),
+                            guardlab_host::unix_time_ns(),
                             EventBody::Lost(Lost {
                                 count: n,
                                 cpu: None,

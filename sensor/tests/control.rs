@@ -198,8 +198,8 @@ async fn subscribe_streams_only_the_given_containers_and_kill_stays_inside_them(
     );
 
     drop((a, b));
-    // SAFETY: kill(2) of our own child, not yet waited for.
-    unsafe { libc::kill(sensor.id() as i32, libc::SIGTERM) };
+    // Our own child, not yet waited for.
+    guardlab_host::process::signal(sensor.id(), libc::SIGTERM).unwrap();
     assert!(sensor.wait().unwrap().success());
     let rest: Vec<String> = stderr.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("routed")), "{rest:?}");

@@ -139,8 +139,8 @@ async fn the_binary_streams_ndjson_until_sigterm_or_sigint_and_leaves_nothing_lo
                 break;
             }
         }
-        // SAFETY: kill(2) of our own child, which has not been waited for (its pid is ours).
-        unsafe { libc::kill(child.id() as i32, signal) };
+        // Our own child, which has not been waited for (its pid is ours).
+        guardlab_host::process::signal(child.id(), signal).unwrap();
         for line in lines {
             text.push_str(&line.unwrap());
             text.push('\n');
@@ -323,8 +323,8 @@ async fn the_binary_finds_container_cgroups_and_serves_them_to_late_clients() {
             break;
         }
     }
-    // SAFETY: kill(2) of our own child, which has not been waited for (its pid is ours).
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Our own child, which has not been waited for (its pid is ours).
+    guardlab_host::process::signal(child.id(), libc::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
     let rest: Vec<String> = stderr.map_while(Result::ok).collect();
     assert!(

@@ -143,13 +143,7 @@ fn ns_pids(pid: u32) -> Vec<u32> {
 
 /// The process group of `pid`, as the host numbers it (0 when it has exited).
 fn host_pgrp(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| {
-            let rest = &t[t.rfind(')')? + 1..];
-            rest.split_whitespace().nth(2)?.parse().ok()
-        })
-        .unwrap_or(0)
+    guardlab_host::ProcStat::read(pid).map_or(0, |s| s.pgrp)
 }
 
 fn cmdline(pid: u32) -> Vec<String> {

@@ -411,8 +411,8 @@ fn the_sensor_reports_execs_and_sockets_with_no_tracefs_debugfs_or_bpffs_mounted
         Vec::<(String, String)>::new(),
         "the sensor's mount namespace has these after it ran"
     );
-    // SAFETY: kill(2) of our own child, which has not been waited for.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // Our own child, which has not been waited for.
+    guardlab_host::process::signal(pid, libc::SIGTERM).unwrap();
     let status = sensor.0.wait().unwrap();
     assert!(status.success(), "the sensor at SIGTERM: {status:?}");
 

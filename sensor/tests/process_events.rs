@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use guardlab_sensor::events::{ExeStatus, ProcessKey};
@@ -101,10 +101,7 @@ async fn exec_fork_and_exit_of_a_watched_cgroup_are_reported_with_their_fields()
     );
 
     // Times are the wall clock's (boot-time clock converted once at start).
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i128;
+    let now = i128::from(guardlab_host::unix_time_ns());
     for event in seen {
         let skew = (i128::from(event.ts) - now).abs();
         assert!(

@@ -18,6 +18,10 @@ pub struct ProcStat {
     /// Process group.
     pub pgrp: u32,
     pub session: u32,
+    /// CPU time spent in user mode, in clock ticks (field 14).
+    pub utime_ticks: u64,
+    /// CPU time spent in kernel mode, in clock ticks (field 15).
+    pub stime_ticks: u64,
     /// Start time after boot, in clock ticks (field 22): with the pid, it names a process for
     /// its whole life.
     pub start_ticks: u64,
@@ -55,6 +59,8 @@ impl ProcStat {
             ppid: field(4)?.parse().ok()?,
             pgrp: field(5)?.parse().ok()?,
             session: field(6)?.parse().ok()?,
+            utime_ticks: field(14)?.parse().ok()?,
+            stime_ticks: field(15)?.parse().ok()?,
             start_ticks: field(22)?.parse().ok()?,
         })
     }
@@ -157,6 +163,8 @@ mod tests {
                 ppid: 1,
                 pgrp: 4242,
                 session: 4242,
+                utime_ticks: 1,
+                stime_ticks: 2,
                 start_ticks: 987654,
             }
         );

@@ -1,5 +1,6 @@
 //! The Jupyter server's REST API over plain HTTP (the lab's notebook is only reachable on
-//! loopback), and WebSocket connections to it.
+//! loopback), and the WebSockets opened with the client's cookie. Kernels and terminals are
+//! started through it by their own modules (`kernel`, `terminal`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,19 +14,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::JupyterError;
-use crate::kernel::Kernel;
-use crate::terminal::Terminal;
+use crate::websocket::{self, WsStream};
 
 /// How long one REST call may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Jupyter's XSRF cookie (tornado's default name).
 const XSRF_COOKIE: &str = "_xsrf";
-
-pub(crate) type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A Jupyter server, e.g. `http://127.0.0.1:1234/` (with a base path if it has one).
 #[derive(Clone)]
@@ -123,8 +119,10 @@ impl JupyterClient {
     /// `GET /api/status`.
     pub async fn status(&self) -> Result<ServerStatus, JupyterError> {
         let v = self.request(Method::GET, "api/status", None).await?;
-        serde_json::from_value(v)
-            .map_err(|e| JupyterError::Protocol(format!("GET api/status: unexpected answer: {e}")))
+        serde_json::from_value(v).map_err(|source| JupyterError::Json {
+            what: "GET api/status: unexpected answer".into(),
+            source,
+        })
     }
 
     /// Polls `GET /api/status` until the server answers (it may still be starting).
@@ -149,43 +147,6 @@ impl JupyterClient {
         }
     }
 
-    /// Starts a `python3` kernel and connects to its channels.
-    pub async fn start_kernel(&self) -> Result<Kernel, JupyterError> {
-        self.start_kernel_named("python3").await
-    }
-
-    /// Starts a kernel of the given kernelspec and connects to its channels.
-    pub async fn start_kernel_named(&self, name: &str) -> Result<Kernel, JupyterError> {
-        let v = self
-            .request(
-                Method::POST,
-                "api/kernels",
-                Some(serde_json::json!({ "name": name })),
-            )
-            .await?;
-        let id = v["id"]
-            .as_str()
-            .ok_or_else(|| {
-                JupyterError::Protocol(format!("POST api/kernels: no kernel id in {v}"))
-            })?
-            .to_string();
-        Kernel::connect(self.clone(), id).await
-    }
-
-    /// Opens a terminal (a login shell in the server's environment) and connects to it.
-    pub async fn open_terminal(&self) -> Result<Terminal, JupyterError> {
-        let v = self
-            .request(Method::POST, "api/terminals", Some(serde_json::json!({})))
-            .await?;
-        let name = v["name"]
-            .as_str()
-            .ok_or_else(|| {
-                JupyterError::Protocol(format!("POST api/terminals: no terminal name in {v}"))
-            })?
-            .to_string();
-        Terminal::connect(self.clone(), name).await
-    }
-
     /// The ids of the server's running kernels.
     pub async fn kernel_ids(&self) -> Result<Vec<String>, JupyterError> {
         let v = self.request(Method::GET, "api/kernels", None).await?;
@@ -207,7 +168,9 @@ impl JupyterClient {
         // Pages set the cookie; the API alone may not.
         let _ = self.send(Method::GET, "", None, None).await;
         let mut guard = self.inner.xsrf.lock().await;
-        Ok(guard.get_or_insert_with(|| crate::random_hex(16)).clone())
+        Ok(guard
+            .get_or_insert_with(|| guardlab_host::random_hex(16))
+            .clone())
     }
 
     /// A REST call; the JSON answer (`null` for an empty body), or an error naming the call.
@@ -235,8 +198,9 @@ impl JupyterClient {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            JupyterError::Protocol(format!("{method} {url}: the answer is not JSON: {e}"))
+        serde_json::from_slice(&bytes).map_err(|source| JupyterError::Json {
+            what: format!("{method} {url}: the answer is not JSON"),
+            source,
         })
     }
 
@@ -314,32 +278,32 @@ impl JupyterClient {
         }
     }
 
-    /// Connects a WebSocket to `path` (relative to the base URL).
+    /// Connects a WebSocket to `path` (relative to the base URL), with the XSRF cookie when
+    /// there is one.
     pub(crate) async fn websocket(&self, path: &str) -> Result<WsStream, JupyterError> {
-        let url = self.ws_url(path);
-        let ws_err = |reason: String| JupyterError::WebSocket {
-            url: url.clone(),
-            reason,
-        };
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ws_err(e.to_string()))?;
-        if let Some(t) = self.inner.xsrf.lock().await.clone() {
-            let cookie = HeaderValue::from_str(&format!("{XSRF_COOKIE}={t}"))
-                .map_err(|e| ws_err(e.to_string()))?;
-            request.headers_mut().insert(COOKIE, cookie);
+        let cookie = self.inner.xsrf.lock().await.clone();
+        let cookie = cookie.map(|t| format!("{XSRF_COOKIE}={t}"));
+        websocket::connect(&self.ws_url(path), cookie, REQUEST_TIMEOUT).await
+    }
+
+    /// `POST path` that answers a JSON object naming what it made: that name (`key` of the
+    /// answer). `naming` says what the name is, for the error when it is missing.
+    pub(crate) async fn create(
+        &self,
+        path: &'static str,
+        body: Value,
+        key: &str,
+        naming: &'static str,
+    ) -> Result<String, JupyterError> {
+        let v = self.request(Method::POST, path, Some(body)).await?;
+        match v[key].as_str() {
+            Some(name) => Ok(name.to_string()),
+            None => Err(JupyterError::MissingInAnswer {
+                call: format!("POST {path}"),
+                missing: naming,
+                answer: v.to_string(),
+            }),
         }
-        let connect = tokio_tungstenite::connect_async(request);
-        let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, connect)
-            .await
-            .map_err(|_| JupyterError::Timeout {
-                what: format!("the WebSocket handshake with {url}"),
-                after: REQUEST_TIMEOUT,
-                partial: String::new(),
-            })?
-            .map_err(|e| ws_err(e.to_string()))?;
-        Ok(ws)
     }
 }
 

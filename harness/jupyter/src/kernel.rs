@@ -3,13 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use hyper::Method;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::JupyterError;
-use crate::http::{JupyterClient, WsStream};
+use crate::http::JupyterClient;
+use crate::websocket::{self, WsStream};
 
 /// How long a new kernel may take to answer its first `kernel_info_request`.
 const KERNEL_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,9 +58,24 @@ pub struct CellResult {
     pub status: String,
 }
 
+impl JupyterClient {
+    /// Starts a `python3` kernel and connects to its channels.
+    pub async fn start_kernel(&self) -> Result<Kernel, JupyterError> {
+        self.start_kernel_named("python3").await
+    }
+
+    /// Starts a kernel of the given kernelspec and connects to its channels.
+    pub async fn start_kernel_named(&self, name: &str) -> Result<Kernel, JupyterError> {
+        let id = self
+            .create("api/kernels", json!({ "name": name }), "id", "kernel id")
+            .await?;
+        Kernel::connect(self.clone(), id).await
+    }
+}
+
 impl Kernel {
-    pub(crate) async fn connect(client: JupyterClient, id: String) -> Result<Kernel, JupyterError> {
-        let session = crate::random_hex(16);
+    async fn connect(client: JupyterClient, id: String) -> Result<Kernel, JupyterError> {
+        let session = guardlab_host::random_hex(16);
         let ws = client
             .websocket(&format!("api/kernels/{id}/channels?session_id={session}"))
             .await?;
@@ -293,51 +307,15 @@ impl Kernel {
             "channel": "shell",
             "buffers": [],
         });
-        self.ws
-            .send(Message::text(msg.to_string()))
-            .await
-            .map_err(|e| JupyterError::WebSocket {
-                url: format!("kernel {} channels", self.id),
-                reason: format!("sending {msg_type}: {e}"),
-            })?;
+        let socket = format!("kernel {} channels", self.id);
+        websocket::send_json(&mut self.ws, &msg, &socket, &msg_type).await?;
         Ok(msg_id)
     }
 
     /// The next JSON message from any channel.
     async fn next_message(&mut self) -> Result<Value, JupyterError> {
-        loop {
-            let frame = self.ws.next().await;
-            let what = || format!("the channels of kernel {}", self.id);
-            match frame {
-                None => {
-                    return Err(JupyterError::Closed {
-                        what: what(),
-                        reason: "the server ended the connection".into(),
-                    });
-                }
-                Some(Err(e)) => {
-                    return Err(JupyterError::WebSocket {
-                        url: what(),
-                        reason: e.to_string(),
-                    });
-                }
-                Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str()).map_err(|e| {
-                        JupyterError::Protocol(format!("{}: a message is not JSON: {e}", what()))
-                    });
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(JupyterError::Closed {
-                        what: what(),
-                        reason: frame
-                            .map(|f| format!("{} {}", f.code, f.reason))
-                            .unwrap_or_else(|| "closed by the server".into()),
-                    });
-                }
-                // Pings are answered by tungstenite; binary frames carry buffers we do not use.
-                Some(Ok(_)) => {}
-            }
-        }
+        let socket = format!("the channels of kernel {}", self.id);
+        websocket::next_json(&mut self.ws, &socket).await
     }
 }
 
@@ -383,10 +361,8 @@ fn snippet(code: &str) -> String {
 
 /// The current UTC time as Jupyter's headers carry it, e.g. `2024-05-01T12:00:00.000000Z`.
 fn iso8601_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
+    let now = guardlab_host::unix_time_ns();
+    let (secs, micros) = (now / 1_000_000_000, now % 1_000_000_000 / 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's days-to-civil.
     let z = days as i64 + 719_468;
@@ -403,7 +379,7 @@ fn iso8601_now() -> String {
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        now.subsec_micros()
+        micros
     )
 }
 

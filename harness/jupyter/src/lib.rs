@@ -5,6 +5,10 @@
 //! terminal (terminado) through its WebSocket, so the sensor sees the same processes a learner's
 //! browser would cause.
 //!
+//! Modules: `http` (the [`JupyterClient`]: the REST API, its XSRF token, opening WebSockets),
+//! `kernel` and `terminal` (each starts its kind through the client and drives it),
+//! `websocket` (the JSON text frames both speak), `ansi` (terminal output to text).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), guardlab_jupyter::JupyterError> {
 //! use std::time::Duration;
@@ -28,6 +32,7 @@ mod ansi;
 mod http;
 mod kernel;
 mod terminal;
+mod websocket;
 
 use std::time::Duration;
 
@@ -61,8 +66,26 @@ pub enum JupyterError {
     },
     #[error("{what} closed: {reason}")]
     Closed { what: String, reason: String },
-    #[error("Jupyter protocol: {0}")]
-    Protocol(String),
+    /// An answer or a message that is not the JSON Jupyter's protocol says.
+    #[error("Jupyter protocol: {what}: {source}")]
+    Json {
+        /// The call or the socket, and what was wrong with what it gave.
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An answer without what it should name (a new kernel's id, a new terminal's name).
+    #[error("Jupyter protocol: {call}: no {missing} in {answer}")]
+    MissingInAnswer {
+        call: String,
+        missing: &'static str,
+        answer: String,
+    },
+    /// A command was typed into a terminal whose previous command timed out and still runs.
+    #[error(
+        "terminal {terminal} is still running `{command}` (it timed out); call interrupt() first"
+    )]
+    TerminalBusy { terminal: String, command: String },
 }
 
 fn partial_note(partial: &str) -> String {
@@ -80,25 +103,4 @@ fn partial_note(partial: &str) -> String {
         partial.to_string()
     };
     format!("; output so far:\n{tail}")
-}
-
-/// Random hex from the kernel's generator, for session ids, message ids and markers.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
-        // Unique enough for ids when /dev/urandom is unavailable.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let seed = nanos ^ ((std::process::id() as u128) << 64);
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
-        }
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -10,14 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use hyper::Method;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::JupyterError;
-use crate::ansi::screen_text;
-use crate::http::{JupyterClient, WsStream};
+use crate::ansi::{screen_text, strip_ansi};
+use crate::http::JupyterClient;
+use crate::websocket::{self, WsStream};
 
 /// How long a new terminal's shell may take to show its first (marker) prompt.
 const SHELL_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,12 +45,22 @@ pub struct CommandResult {
     pub exit_status: i32,
 }
 
+impl JupyterClient {
+    /// Opens a terminal (a login shell in the server's environment) and connects to it.
+    pub async fn open_terminal(&self) -> Result<Terminal, JupyterError> {
+        let name = self
+            .create("api/terminals", json!({}), "name", "terminal name")
+            .await?;
+        Terminal::connect(self.clone(), name).await
+    }
+}
+
 impl Terminal {
-    pub(crate) async fn connect(client: JupyterClient, name: String) -> Result<Self, JupyterError> {
+    async fn connect(client: JupyterClient, name: String) -> Result<Self, JupyterError> {
         let ws = client
             .websocket(&format!("terminals/websocket/{name}"))
             .await?;
-        let nonce = crate::random_hex(8);
+        let nonce = guardlab_host::random_hex(8);
         let mut t = Terminal {
             client,
             name,
@@ -108,10 +117,10 @@ impl Terminal {
         timeout: Duration,
     ) -> Result<CommandResult, JupyterError> {
         if let Some(previous) = &self.busy_with {
-            return Err(JupyterError::Protocol(format!(
-                "terminal {} is still running `{previous}` (it timed out); call interrupt() first",
-                self.name
-            )));
+            return Err(JupyterError::TerminalBusy {
+                terminal: self.name.clone(),
+                command: previous.clone(),
+            });
         }
         // Whatever arrived between commands (there should be nothing) is not this command's.
         self.pending.clear();
@@ -194,7 +203,8 @@ impl Terminal {
                 return Ok((before, status));
             }
             if let Some((prompt, reply)) = replies.get(next_reply) {
-                let seen = strip_for_search(&self.pending);
+                // Escapes removed, for finding a prompt such as sudo's.
+                let seen = strip_ansi(&self.pending);
                 // The terminal first echoes the typed command line, which may itself contain
                 // the prompt's text (`read -p 'Name? '`): look for prompts only after the
                 // echo's line break, or the reply would be typed before the program asks.
@@ -243,52 +253,20 @@ impl Terminal {
     }
 
     async fn send(&mut self, message: Value) -> Result<(), JupyterError> {
-        self.ws
-            .send(Message::text(message.to_string()))
-            .await
-            .map_err(|e| JupyterError::WebSocket {
-                url: format!("terminal {}", self.name),
-                reason: format!("sending {message}: {e}"),
-            })
+        let socket = format!("terminal {}", self.name);
+        websocket::send_json(&mut self.ws, &message, &socket, &message).await
     }
 
     /// The next `stdout` text from the terminal.
     async fn next_output(&mut self) -> Result<String, JupyterError> {
+        let socket = format!("terminal {}", self.name);
         loop {
-            let what = || format!("terminal {}", self.name);
-            let frame = self.ws.next().await;
-            let text = match frame {
-                None => {
-                    return Err(JupyterError::Closed {
-                        what: what(),
-                        reason: "the server ended the connection".into(),
-                    });
-                }
-                Some(Err(e)) => {
-                    return Err(JupyterError::WebSocket {
-                        url: what(),
-                        reason: e.to_string(),
-                    });
-                }
-                Some(Ok(Message::Close(f))) => {
-                    return Err(JupyterError::Closed {
-                        what: what(),
-                        reason: f
-                            .map(|f| format!("{} {}", f.code, f.reason))
-                            .unwrap_or_else(|| "closed by the server".into()),
-                    });
-                }
-                Some(Ok(Message::Text(t))) => t,
-                Some(Ok(_)) => continue,
-            };
-            let msg: Value = serde_json::from_str(text.as_str()).map_err(|e| {
-                JupyterError::Protocol(format!("{}: a message is not JSON: {e}", what()))
-            })?;
+            let msg = websocket::next_json(&mut self.ws, &socket).await?;
             match msg[0].as_str() {
                 Some("stdout") => return Ok(msg[1].as_str().unwrap_or("").to_string()),
                 Some("disconnect") => {
                     return Err(JupyterError::Closed {
-                        what: what(),
+                        what: socket,
                         reason: "its shell exited".into(),
                     });
                 }
@@ -296,11 +274,6 @@ impl Terminal {
             }
         }
     }
-}
-
-/// Escapes removed, for finding a prompt such as sudo's.
-fn strip_for_search(s: &str) -> String {
-    crate::ansi::strip_ansi(s)
 }
 
 /// The output without the echo of the typed command: its lines are the first lines of what the

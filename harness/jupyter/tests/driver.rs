@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use guardlab_host::ProcStat;
 use guardlab_jupyter::{JupyterClient, JupyterError, strip_ansi};
 use sha2::{Digest, Sha256};
 
@@ -160,50 +161,34 @@ impl Server {
 }
 
 /// Every process below `pid` (kernels and terminal shells start their own sessions, so a
-/// process group would not reach them).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // The command name is in parentheses and may contain spaces: parse after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        if let Some(ppid) = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u32>().ok())
-        {
-            parent_of.push((p, ppid));
-        }
-    }
+/// process group would not reach them), with its start time.
+fn descendants(pid: u32) -> Vec<ProcStat> {
+    let all: Vec<ProcStat> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(ProcStat::read)
+        .collect();
     let mut found = vec![pid];
+    let mut below = Vec::new();
     let mut i = 0;
     while i < found.len() {
         let cur = found[i];
-        found.extend(
-            parent_of
-                .iter()
-                .filter(|(_, pp)| *pp == cur)
-                .map(|(p, _)| *p),
-        );
+        for p in all.iter().filter(|p| p.ppid == cur) {
+            found.push(p.pid);
+            below.push(p.clone());
+        }
         i += 1;
     }
-    found.remove(0);
-    found
+    below
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let pid = self.child.id();
         let below = descendants(pid);
-        // SAFETY: signals to processes this test started.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // Our own child, not yet reaped: its pid cannot name another process.
+        let _ = guardlab_host::process::signal(pid, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(50));
@@ -211,8 +196,8 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for p in below {
-            // SAFETY: as above; a pid that already exited gets ESRCH.
-            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            // Only the very process seen above: its pid may have been reused since it exited.
+            let _ = guardlab_host::process::signal_if_same(p.pid, p.start_ticks, libc::SIGKILL);
         }
     }
 }

@@ -267,7 +267,10 @@ async fn send<'a, R: ResponseHandler>(
 
 fn lab_soa() -> Result<Record, ServicesError> {
     let name = |text: &str| {
-        Name::from_str(text).map_err(|e| ServicesError::Spec(format!("SOA name {text}: {e}")))
+        Name::from_str(text).map_err(|source| ServicesError::SoaName {
+            name: text.to_string(),
+            source,
+        })
     };
     let soa = SOA::new(
         name("ns.guardlab.test.")?,

@@ -87,9 +87,21 @@ pub enum ServicesError {
         output: Vec<String>,
     },
 
-    /// The lab internet was asked to start with nothing to serve or no way to be reached.
-    #[error("cannot start the lab internet: {0}")]
-    Spec(String),
+    /// The lab internet was asked to start without a single socket.
+    #[error("cannot start the lab internet: no sockets to serve on")]
+    NoSockets,
+
+    /// Web sockets were given, but no site to serve on them.
+    #[error("cannot start the lab internet: web sockets were given but no sites to serve")]
+    NoSites,
+
+    /// A name of the lab zone's own SOA record is not a DNS name.
+    #[error("cannot start the lab internet: SOA name {name}: {source}")]
+    SoaName {
+        name: String,
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
 }
 
 fn output_tail(lines: &[String]) -> String {

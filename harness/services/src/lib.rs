@@ -107,7 +107,7 @@ impl LabInternet {
             https,
         } = sockets;
         if dns_udp.is_empty() && dns_tcp.is_empty() && http.is_empty() && https.is_empty() {
-            return Err(ServicesError::Spec("no sockets to serve on".to_string()));
+            return Err(ServicesError::NoSockets);
         }
         let router = Router::new(&spec.sites)?;
         for site in &spec.sites {
@@ -121,9 +121,7 @@ impl LabInternet {
             }
         }
         if (!http.is_empty() || !https.is_empty()) && spec.sites.is_empty() {
-            return Err(ServicesError::Spec(
-                "web sockets were given but no sites to serve".to_string(),
-            ));
+            return Err(ServicesError::NoSites);
         }
         let tls = if https.is_empty() {
             None
