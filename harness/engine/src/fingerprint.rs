@@ -708,10 +708,5 @@ pub fn fingerprints_of_groups(groups: &[FingerprintGroup]) -> Vec<Fingerprint> {
         .collect()
 }
 
-/// The event-stream builder of the tests, shared with the integration tests.
-#[cfg(test)]
-#[path = "../tests/common/stream.rs"]
-pub(crate) mod stream;
-
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
 use guardlab_events::{ContainerInfo, ExeStatus, ProcessKey, Protocol};
+use guardlab_test_support::stream::{Stream, pod_container, prog};
 
 use super::*;
 use crate::fingerprint::fingerprints;
-use crate::fingerprint::stream::{Stream, pod_container, prog};
 use crate::merge::merge_deviation;
 use crate::model::{
     ActionSelectors, FlagAction, ProcessSelector, Response, ResponseAction, Severity,
