@@ -40,10 +40,9 @@ pub mod net;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::deviation::ROOT_ANCHOR;
-use crate::document::Document;
 use crate::glob::{glob_match, merged_name};
 use crate::model::{
-    ContainerSelector, Deviation, EgressNode, GuardDocument, IngressNode, LabelSelector,
+    ContainerSelector, Deviation, Document, EgressNode, GuardDocument, IngressNode, LabelSelector,
     NetworkPolicy, Peer, PortSpec, ProcessNode,
 };
 use crate::policy::{PolicyError, policy_uid};

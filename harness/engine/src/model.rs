@@ -32,6 +32,27 @@ pub struct GuardDocument {
 pub type Fingerprint = GuardDocument;
 pub type Policy = GuardDocument;
 
+/// One spyctl document, chosen by its `kind`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Document {
+    Fingerprint(Fingerprint),
+    Policy(Policy),
+    FingerprintGroup(FingerprintGroup),
+    Deviation(Deviation),
+}
+
+impl Document {
+    /// The `kind` this variant is written with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Fingerprint(_) => KIND_FINGERPRINT,
+            Document::Policy(_) => KIND_POLICY,
+            Document::FingerprintGroup(_) => KIND_FINGERPRINT_GROUP,
+            Document::Deviation(_) => KIND_DEVIATION,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {

@@ -14,12 +14,11 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::document::Document;
 use crate::fingerprint::image_short_name;
 use crate::merge::{canonicalize, symmetric_merge};
 use crate::model::{
-    API_VERSION, FlagAction, GuardDocument, KIND_FINGERPRINT, KIND_POLICY, Metadata, Mode, Policy,
-    Response, ResponseAction, Severity,
+    API_VERSION, Document, FlagAction, GuardDocument, KIND_FINGERPRINT, KIND_POLICY, Metadata,
+    Mode, Policy, Response, ResponseAction, Severity,
 };
 
 #[derive(Debug, thiserror::Error)]
