@@ -89,12 +89,12 @@ use sha2::{Digest, Sha256};
 use crate::fingerprint::epoch_seconds;
 use crate::fingerprint::tracker::{Direction, NONE, NetObs, Stats, Step, Sym, Tracker};
 use crate::merge::is_relevant_to_canonical;
-use crate::merge::net::host_cidr;
 use crate::model::{
     API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
     DeviationType, EgressNode, IngressNode, KIND_DEVIATION, Mode, Peer, Policy, PolicyNodeRef,
     PortSpec, ProcessNode,
 };
+use crate::net::host_cidr;
 use crate::policy::{PolicyError, default_response, status_in_stream};
 use compiled::CompiledPolicy;
 pub use response::{ActionKind, Decision, Flag, FlagClass, Target};

@@ -110,12 +110,13 @@ use guardlab_events::{Event, ProcessExec, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
-use crate::merge::{self, net::host_cidr};
+use crate::merge;
 use crate::model::{
     API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
     GroupMetadata, IngressNode, IpBlock, KIND_FINGERPRINT, KIND_FINGERPRINT_GROUP, LabelSelector,
     Metadata, NetworkPolicy, Peer, PortSpec, ProcessNode, Spec,
 };
+use crate::net::host_cidr;
 use crate::window::{Place, TimeWindow};
 pub use tracker::{Direction, Stats};
 use tracker::{NONE, Step, Sym, Tracker};

@@ -18,6 +18,7 @@ pub mod deviation;
 pub mod fingerprint;
 pub mod glob;
 pub mod merge;
+pub mod net;
 pub mod policy;
 pub mod trace;
 pub mod window;

@@ -35,7 +35,8 @@
 //!   dot), peers ordered DNS names, IPv4, IPv6; network nodes sorted. Every document the
 //!   engine writes is canonical, so equal content is equal text.
 
-pub mod net;
+/// The network values of nodes, formerly `merge::net` (see [`crate::net`]).
+pub use crate::net;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -45,8 +46,8 @@ use crate::model::{
     ContainerSelector, Deviation, Document, EgressNode, GuardDocument, IngressNode, LabelSelector,
     NetworkPolicy, Peer, PortSpec, ProcessNode,
 };
+use crate::net::{Ports, normalize_dns_name, peer_covered, peer_order, port_order, ports_covered};
 use crate::policy::{PolicyError, policy_uid};
-use net::{Ports, normalize_dns_name, peer_covered, peer_order, port_order, ports_covered};
 
 /// Old id (in the document merged in) to new id (in the result).
 type IdMap = HashMap<String, String>;

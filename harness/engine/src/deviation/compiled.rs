@@ -8,11 +8,9 @@ use std::net::IpAddr;
 use guardlab_events::{ContainerInfo, Protocol};
 
 use crate::glob::{Glob, glob_match, is_glob};
-use crate::merge::{
-    self, PolicyNets,
-    net::{Block, Ports, normalize_dns_name, parse_cidr},
-};
+use crate::merge::{self, PolicyNets};
 use crate::model::{ContainerSelector, LabelSelector, Mode, Peer, Policy, ProcessNode};
+use crate::net::{Block, Ports, normalize_dns_name, parse_cidr};
 use crate::policy::{PolicyError, is_enabled, mode, policy_uid};
 
 pub(crate) struct CNode {
@@ -45,7 +43,7 @@ impl CNet {
     }
 
     /// True when the address is in a block, or one of the names an earlier DNS answer gave
-    /// for it (in normal form, see [`crate::merge::net::normalize_dns_name`]) matches a
+    /// for it (in normal form, see [`crate::net::normalize_dns_name`]) matches a
     /// `dnsSelector`.
     pub fn allows_peer(&self, names: &[&str], ip: IpAddr) -> bool {
         names

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::process_name;
-use crate::merge::net::normalize_dns_name;
+use crate::net::normalize_dns_name;
 
 /// An interned string.
 pub(crate) type Sym = u32;
