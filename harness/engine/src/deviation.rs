@@ -86,23 +86,21 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::fingerprint::epoch_seconds;
+use crate::error::PolicyError;
 use crate::fingerprint::tracker::{Direction, NONE, NetObs, Stats, Step, Sym, Tracker};
 use crate::merge::is_relevant_to_canonical;
 use crate::model::{
     API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
     DeviationType, EgressNode, IngressNode, KIND_DEVIATION, Mode, Peer, Policy, PolicyNodeRef,
-    PortSpec, ProcessNode,
+    PortSpec, ProcessNode, epoch_seconds,
 };
 use crate::net::host_cidr;
-use crate::policy::{PolicyError, default_response, status_in_stream};
+use crate::policy::{default_response, status_in_stream};
 use compiled::CompiledPolicy;
 pub use response::{ActionKind, Decision, Flag, FlagClass, Target};
 use response::{Subject, effective};
 
-/// The `policyNode.id` of a deviation that is a new root of the process forest (a process
-/// with no parent in the container that no root of the policy covers).
-pub const ROOT_ANCHOR: &str = "(root)";
+pub use crate::model::ROOT_ANCHOR;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PState {

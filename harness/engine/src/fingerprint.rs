@@ -106,23 +106,22 @@ pub(crate) mod tracker;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use guardlab_events::{Event, ProcessExec, Protocol};
+use guardlab_events::{Event, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use crate::merge;
+pub use crate::model::epoch_seconds;
 use crate::model::{
     API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
     GroupMetadata, IngressNode, IpBlock, KIND_FINGERPRINT, KIND_FINGERPRINT_GROUP, LabelSelector,
     Metadata, NetworkPolicy, Peer, PortSpec, ProcessNode, Spec,
 };
+pub use crate::names::{image_short_name, process_name};
 use crate::net::host_cidr;
 use crate::window::{Place, TimeWindow};
 pub use tracker::{Direction, Stats};
 use tracker::{NONE, Step, Sym, Tracker};
-
-/// `comm` is at most this many bytes (the kernel's TASK_COMM_LEN less the NUL).
-const COMM_MAX: usize = 15;
 
 /// Pod labels that differ between pods of one workload or between rollouts.
 const VOLATILE_POD_LABELS: &[&str] = &[
@@ -132,47 +131,6 @@ const VOLATILE_POD_LABELS: &[&str] = &[
     "statefulset.kubernetes.io/pod-name",
     "apps.kubernetes.io/pod-index",
 ];
-
-fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
-/// The name of a process node for an exec (see the module documentation).
-pub fn process_name(exec: &ProcessExec) -> &str {
-    let comm = exec.comm.as_str();
-    if !comm.is_empty() {
-        if comm.len() >= COMM_MAX {
-            let candidates = [
-                Some(exec.exe.as_str()),
-                exec.argv.first().map(String::as_str),
-                exec.argv.get(1).map(String::as_str),
-            ];
-            for candidate in candidates.into_iter().flatten().map(basename) {
-                if candidate.len() > comm.len() && candidate.starts_with(comm) {
-                    return candidate;
-                }
-            }
-        }
-        return comm;
-    }
-    match exec.argv.first().map(|a| basename(a)) {
-        Some(name) if !name.is_empty() => name,
-        _ => basename(&exec.exe),
-    }
-}
-
-/// The short name of an image reference: `docker.io/jupyter/minimal-notebook:latest` gives
-/// `minimal-notebook`.
-pub fn image_short_name(image: &str) -> &str {
-    let no_digest = image.split('@').next().unwrap_or(image);
-    let last = basename(no_digest);
-    last.split(':').next().unwrap_or(last)
-}
-
-/// Epoch nanoseconds as the float seconds of the public format, to the microsecond.
-pub fn epoch_seconds(ns: u64) -> f64 {
-    (ns / 1_000) as f64 / 1e6
-}
 
 struct FpNode {
     container: u32,

@@ -15,9 +15,11 @@ pub mod document;
 pub mod validate;
 
 pub mod deviation;
+pub mod error;
 pub mod fingerprint;
 pub mod glob;
 pub mod merge;
+pub mod names;
 pub mod net;
 pub mod policy;
 pub mod trace;

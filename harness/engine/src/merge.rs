@@ -40,14 +40,14 @@ pub use crate::net;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::deviation::ROOT_ANCHOR;
+use crate::error::PolicyError;
 use crate::glob::{glob_match, merged_name};
 use crate::model::{
     ContainerSelector, Deviation, Document, EgressNode, GuardDocument, IngressNode, LabelSelector,
-    NetworkPolicy, Peer, PortSpec, ProcessNode,
+    NetworkPolicy, Peer, PortSpec, ProcessNode, ROOT_ANCHOR,
 };
+use crate::names::policy_uid;
 use crate::net::{Ports, normalize_dns_name, peer_covered, peer_order, port_order, ports_covered};
-use crate::policy::{PolicyError, policy_uid};
 
 /// Old id (in the document merged in) to new id (in the result).
 type IdMap = HashMap<String, String>;

@@ -17,6 +17,15 @@ pub const KIND_FINGERPRINT_GROUP: &str = "FingerprintGroup";
 pub const KIND_POLICY: &str = "SpyderbatPolicy";
 pub const KIND_DEVIATION: &str = "GuardianDeviation";
 
+/// The `policyNode.id` of a deviation that is a new root of the process forest (a process
+/// with no parent in the container that no root of the policy covers).
+pub const ROOT_ANCHOR: &str = "(root)";
+
+/// Epoch nanoseconds as the float seconds of the format's timestamps, to the microsecond.
+pub fn epoch_seconds(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1e6
+}
+
 /// A fingerprint or a policy: the same shape, told apart by `kind`. A fingerprint has no
 /// `enabled`, `mode` or `response`; a policy has a `mode` (files written before modes existed
 /// have none and are treated as audit).
@@ -482,6 +491,7 @@ pub struct DeviationProcess {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyNodeRef {
+    /// The policy node the fragment hangs under, or [`ROOT_ANCHOR`] for a new root.
     pub id: String,
     pub children: Vec<ProcessNode>,
 }

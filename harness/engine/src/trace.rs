@@ -22,11 +22,10 @@ use serde::Serialize;
 use crate::deviation::{
     Decision, DeviationMatcher, Finding, FlagClass, dns_text, untrusted_exe_reason,
 };
-use crate::fingerprint::epoch_seconds;
+use crate::error::PolicyError;
 use crate::fingerprint::tracker::{Direction, NONE, Step};
 use crate::merge::is_relevant_to_canonical;
-use crate::model::{DeviationType, Policy, Severity};
-use crate::policy::PolicyError;
+use crate::model::{DeviationType, Policy, Severity, epoch_seconds};
 
 /// One program image on the way to a deviant process.
 #[derive(Clone, Debug, PartialEq, Serialize)]

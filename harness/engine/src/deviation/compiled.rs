@@ -7,11 +7,13 @@ use std::net::IpAddr;
 
 use guardlab_events::{ContainerInfo, Protocol};
 
+use crate::error::PolicyError;
 use crate::glob::{Glob, glob_match, is_glob};
 use crate::merge::{self, PolicyNets};
 use crate::model::{ContainerSelector, LabelSelector, Mode, Peer, Policy, ProcessNode};
+use crate::names::policy_uid;
 use crate::net::{Block, Ports, normalize_dns_name, parse_cidr};
-use crate::policy::{PolicyError, is_enabled, mode, policy_uid};
+use crate::policy::{is_enabled, mode};
 
 pub(crate) struct CNode {
     pub id: String,

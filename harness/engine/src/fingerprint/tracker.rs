@@ -14,7 +14,7 @@ use guardlab_events::{ContainerInfo, Event, EventBody, ExeStatus, ProcessKey, Pr
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::process_name;
+use crate::names::process_name;
 use crate::net::normalize_dns_name;
 
 /// An interned string.
