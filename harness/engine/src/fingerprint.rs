@@ -65,7 +65,7 @@
 //!
 //! **Network nodes.** For each remote, the set of processes that reached it and the set of
 //! ports is collected; remotes with the same process set and port set share one node. Nodes
-//! are in canonical order (see [`crate::merge::canonicalize`]).
+//! are in canonical order (see [`crate::canonical`]).
 //!
 //! **Untrusted executables.** An exec whose `exe_status` is not `resolved` (fileless: a memfd
 //! or a file outside the process's root, `exe` being `memfd:NAME`; a truncated path; an
@@ -110,7 +110,7 @@ use guardlab_events::{Event, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
-use crate::merge;
+use crate::canonical::canonicalize;
 pub use crate::model::epoch_seconds;
 use crate::model::{
     API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
@@ -467,7 +467,7 @@ impl FingerprintBuilder {
                     ..Spec::default()
                 },
             };
-            merge::canonicalize(&mut fp);
+            canonicalize(&mut fp);
             out.push((fp, info.machine.clone()));
         }
         out.sort_by_key(|(fp, _)| fingerprint_order(fp));

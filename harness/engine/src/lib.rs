@@ -11,6 +11,8 @@
 
 pub mod model;
 
+pub mod canonical;
+
 pub mod document;
 pub mod validate;
 

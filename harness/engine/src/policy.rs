@@ -9,8 +9,9 @@
 //!
 //! A policy's uid, which deviations are filed under, is [`policy_uid`] (see [`crate::names`]).
 
+use crate::canonical::canonicalize;
 pub use crate::error::PolicyError;
-use crate::merge::{canonicalize, symmetric_merge};
+use crate::merge::symmetric_merge;
 use crate::model::{
     API_VERSION, Document, FlagAction, GuardDocument, KIND_FINGERPRINT, KIND_POLICY, Metadata,
     Mode, Policy, Response, ResponseAction, Severity,

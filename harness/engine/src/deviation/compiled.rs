@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use guardlab_events::{ContainerInfo, Protocol};
 
+use crate::canonical::{canonicalize, collect_ids};
 use crate::error::PolicyError;
 use crate::glob::{Glob, glob_match, is_glob};
-use crate::merge::{self, PolicyNets};
+use crate::merge::PolicyNets;
 use crate::model::{ContainerSelector, LabelSelector, Mode, Peer, Policy, ProcessNode};
 use crate::names::policy_uid;
 use crate::net::{Block, Ports, normalize_dns_name, parse_cidr};
@@ -74,8 +75,8 @@ pub(crate) struct CompiledPolicy {
 impl CompiledPolicy {
     pub fn new(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
         let mut policy = policy.clone();
-        merge::canonicalize(&mut policy);
-        let ids = merge::collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
+        canonicalize(&mut policy);
+        let ids = collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
         let mut nodes = Vec::new();
         let mut id_index = BTreeMap::new();
         let roots = flatten(&policy.spec.process_policy, &mut nodes, &mut id_index);

@@ -1,8 +1,8 @@
 use super::*;
 use crate::model::{
     API_VERSION, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
-    DeviationType, IpBlock, KIND_DEVIATION, KIND_FINGERPRINT, KIND_POLICY, Metadata, PolicyNodeRef,
-    Spec,
+    DeviationType, IpBlock, KIND_DEVIATION, KIND_FINGERPRINT, KIND_POLICY, Metadata, Peer,
+    PolicyNodeRef, PortSpec, Spec,
 };
 
 fn node(name: &str, exe: &str, id: &str, kids: Vec<ProcessNode>) -> ProcessNode {
