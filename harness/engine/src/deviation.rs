@@ -87,7 +87,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::PolicyError;
-use crate::fingerprint::tracker::{Direction, NONE, NetObs, Stats, Step, Sym, Tracker};
 use crate::merge::is_relevant_to_canonical;
 use crate::model::{
     API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
@@ -96,6 +95,7 @@ use crate::model::{
 };
 use crate::net::host_cidr;
 use crate::policy::{default_response, status_in_stream};
+use crate::tracker::{Direction, NONE, NetObs, Stats, Step, Sym, Tracker};
 use compiled::CompiledPolicy;
 pub use response::{ActionKind, Decision, Flag, FlagClass, Target};
 use response::{Subject, effective};
@@ -136,7 +136,7 @@ enum ProcRef {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum PeerRef {
-    /// A set of names (see `tracker::NameSets`).
+    /// A set of names (see `crate::tracker::NameSets`).
     Dns(u32),
     Ip(IpAddr),
 }
@@ -843,7 +843,7 @@ impl DeviationMatcher {
                             ip: obs.ip,
                             port: obs.port,
                             remote_port: obs.remote_port,
-                            dns: dns_text(&self.tracker, obs.dns),
+                            dns: self.tracker.dns_text(obs.dns),
                             refused: obs.refused,
                         }),
                     };
@@ -1036,11 +1036,6 @@ impl DeviationMatcher {
             stats: self.tracker.stats.clone(),
         }
     }
-}
-
-/// The names of a remote as one text: sorted, separated by `, `.
-pub(crate) fn dns_text(t: &Tracker, set: u32) -> Option<String> {
-    (set != NONE).then(|| t.dns_names(set).collect::<Vec<_>>().join(", "))
 }
 
 /// Match a whole stream against policies, in one call.

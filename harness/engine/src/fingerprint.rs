@@ -101,8 +101,6 @@
 //! (`pod-template-hash`, `controller-revision-hash`, `pod-template-generation`,
 //! `statefulset.kubernetes.io/pod-name`, `apps.kubernetes.io/pod-index`).
 
-pub(crate) mod tracker;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -119,9 +117,9 @@ use crate::model::{
 };
 pub use crate::names::{image_short_name, process_name};
 use crate::net::host_cidr;
+pub use crate::tracker::{Direction, Stats};
+use crate::tracker::{NONE, Step, Sym, Tracker};
 use crate::window::{Place, TimeWindow};
-pub use tracker::{Direction, Stats};
-use tracker::{NONE, Step, Sym, Tracker};
 
 /// Pod labels that differ between pods of one workload or between rollouts.
 const VOLATILE_POD_LABELS: &[&str] = &[
@@ -146,7 +144,7 @@ struct FpNode {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerFact {
-    /// A set of names (see `tracker::NameSets`).
+    /// A set of names (see `crate::tracker::NameSets`).
     Dns(u32),
     Ip(IpAddr),
 }

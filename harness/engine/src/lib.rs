@@ -25,6 +25,7 @@ pub mod names;
 pub mod net;
 pub mod policy;
 pub mod trace;
+mod tracker;
 pub mod window;
 
 use guardlab_events::Event;

@@ -19,13 +19,11 @@ use guardlab_events::{Event, EventBody, ExeStatus, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::deviation::{
-    Decision, DeviationMatcher, Finding, FlagClass, dns_text, untrusted_exe_reason,
-};
+use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, untrusted_exe_reason};
 use crate::error::PolicyError;
-use crate::fingerprint::tracker::{Direction, NONE, Step};
 use crate::merge::is_relevant_to_canonical;
 use crate::model::{DeviationType, Policy, Severity, epoch_seconds};
+use crate::tracker::{Direction, NONE, Step};
 
 /// One program image on the way to a deviant process.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -185,7 +183,7 @@ impl Investigator {
                 }
             }
             Step::Net(obs) => {
-                let dns = dns_text(self.matcher.tracker(), obs.dns);
+                let dns = self.matcher.tracker().dns_text(obs.dns);
                 self.connections
                     .entry(obs.key)
                     .or_default()

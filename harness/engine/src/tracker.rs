@@ -237,6 +237,12 @@ impl Tracker {
         syms.iter().map(|&s| self.syms.get(s))
     }
 
+    /// The names of a set of [`NameSets`] as one text: sorted, separated by `, `; none for
+    /// [`NONE`].
+    pub(crate) fn dns_text(&self, set: u32) -> Option<String> {
+        (set != NONE).then(|| self.dns_names(set).collect::<Vec<_>>().join(", "))
+    }
+
     /// The image a running process of `container` runs, or [`NONE`].
     fn image_of(&self, key: &ProcessKey, container: u32) -> u32 {
         self.live_in(key, container).map_or(NONE, |l| l.image)
