@@ -77,6 +77,7 @@
 
 mod compiled;
 mod response;
+mod selector;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
