@@ -88,7 +88,7 @@ use crate::error::PolicyError;
 use crate::merge::is_relevant_to_canonical;
 use crate::model::{Deviation, DeviationType, Mode, Policy, epoch_seconds};
 use crate::policy::{default_response, status_in_stream};
-use crate::tracker::{NONE, Stats, Step, Tracker};
+use crate::tracker::{Stats, Step, Tracker};
 use compiled::CompiledPolicy;
 pub use fragment::untrusted_exe_reason;
 use fragment::{PeerRef, RecordKey};
@@ -259,13 +259,13 @@ impl DeviationMatcher {
         let step = self.tracker.observe(event);
         match &step {
             &Step::Container(c) => {
-                let info = &self.tracker.containers[c as usize].info;
+                let info = &self.tracker.container(c).info;
                 for p in &mut self.policies {
                     let selects = p.c.enabled && p.c.selects(info);
-                    if p.selected.len() <= c as usize {
-                        p.selected.resize(c as usize + 1, false);
+                    if p.selected.len() <= c.index() {
+                        p.selected.resize(c.index() + 1, false);
                     }
-                    p.selected[c as usize] = selects;
+                    p.selected[c.index()] = selects;
                 }
             }
             &Step::Exec(image) => {
@@ -274,10 +274,10 @@ impl DeviationMatcher {
                     let state = p.map_image(&self.tracker, image);
                     p.states.push(state);
                     if let PState::Deviant(ch) = state {
-                        let img = &self.tracker.images[image as usize];
+                        let img = self.tracker.image(image);
                         let occurrence = Occurrence {
                             container: img.container,
-                            image,
+                            image: Some(image),
                             key: img.key,
                             ts: img.ts,
                             connection: None,
@@ -296,10 +296,9 @@ impl DeviationMatcher {
                     if p.allowed(&self.tracker, obs, process) {
                         continue;
                     }
-                    let peer = if obs.dns == NONE {
-                        PeerRef::Ip(obs.ip)
-                    } else {
-                        PeerRef::Dns(obs.dns)
+                    let peer = match obs.dns {
+                        Some(set) => PeerRef::Dns(set),
+                        None => PeerRef::Ip(obs.ip),
                     };
                     let key = RecordKey::Net {
                         direction: obs.direction,
@@ -350,21 +349,22 @@ impl DeviationMatcher {
             occurrence.ts,
         );
         let (r, new) = p.record(t, key, occurrence);
-        let rec = &mut p.records[r as usize];
+        let rec = &mut p.records[r.index()];
         rec.count += 1;
         rec.first_ts = rec.first_ts.min(ts);
         rec.last_ts = rec.last_ts.max(ts);
 
-        let info = &t.containers[container as usize].info;
-        let (name, exe, euser) = if image == NONE {
-            (None, None, None)
-        } else {
-            let img = &t.images[image as usize];
-            (
-                Some(t.syms.get(img.name)),
-                Some(t.syms.get(img.exe)),
-                Some(t.syms.get(img.euser)),
-            )
+        let info = &t.container(container).info;
+        let (name, exe, euser) = match image {
+            None => (None, None, None),
+            Some(image) => {
+                let img = t.image(image);
+                (
+                    Some(t.syms.get(img.name)),
+                    Some(t.syms.get(img.exe)),
+                    Some(t.syms.get(img.euser)),
+                )
+            }
         };
         let subject = Subject {
             info,

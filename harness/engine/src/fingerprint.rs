@@ -109,6 +109,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use crate::canonical::canonicalize;
+use crate::id::typed_id;
 pub use crate::model::epoch_seconds;
 use crate::model::{
     API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
@@ -117,8 +118,8 @@ use crate::model::{
 };
 pub use crate::names::{image_short_name, process_name};
 use crate::net::host_cidr;
+use crate::tracker::{ContainerId, ImageId, NameSetId, Step, Sym, Tracker};
 pub use crate::tracker::{Direction, Stats};
-use crate::tracker::{NONE, Step, Sym, Tracker};
 use crate::window::{Place, TimeWindow};
 
 /// Pod labels that differ between pods of one workload or between rollouts.
@@ -130,9 +131,15 @@ const VOLATILE_POD_LABELS: &[&str] = &[
     "apps.kubernetes.io/pod-index",
 ];
 
+typed_id!(
+    /// A node of the fingerprints' process forests ([`FpNode`]).
+    FpNodeId
+);
+
 struct FpNode {
-    container: u32,
-    parent: u32,
+    container: ContainerId,
+    /// None for a root of the container's forest.
+    parent: Option<FpNodeId>,
     name: Sym,
     exe: Sym,
     /// The effective users of its recorded images.
@@ -145,15 +152,15 @@ struct FpNode {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerFact {
     /// A set of names (see `crate::tracker::NameSets`).
-    Dns(u32),
+    Dns(NameSetId),
     Ip(IpAddr),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct NetFact {
-    container: u32,
-    /// The process node, or [`NONE`] for a process we never saw start.
-    node: u32,
+    container: ContainerId,
+    /// The process node; none for a process we never saw start.
+    node: Option<FpNodeId>,
     direction: Direction,
     peer: PeerFact,
     protocol: Protocol,
@@ -178,11 +185,11 @@ pub struct FingerprintBuilder {
     /// Per container: its first and last event in the window (kept only with a window).
     window_times: Vec<Option<(u64, u64)>>,
     /// The node of each image of the tracker.
-    image_node: Vec<u32>,
+    image_node: Vec<FpNodeId>,
     /// Per image of the tracker: recorded (see the module documentation).
     image_recorded: Vec<bool>,
     nodes: Vec<FpNode>,
-    node_index: FxHashMap<(u32, u32, Sym, Sym), u32>,
+    node_index: FxHashMap<(ContainerId, Option<FpNodeId>, Sym, Sym), FpNodeId>,
     facts: FxHashSet<NetFact>,
 }
 
@@ -207,16 +214,19 @@ impl FingerprintBuilder {
 
     /// Record an image, and its ancestors that are not recorded yet: the fingerprint's
     /// forest then reaches it from its container's root.
-    fn record(&mut self, mut image: u32) {
-        while image != NONE && !self.image_recorded[image as usize] {
-            self.image_recorded[image as usize] = true;
-            let img = &self.tracker.images[image as usize];
-            let n = &mut self.nodes[self.image_node[image as usize] as usize];
+    fn record(&mut self, image: ImageId) {
+        let mut next = Some(image);
+        while let Some(image) = next
+            && !self.image_recorded[image.index()]
+        {
+            self.image_recorded[image.index()] = true;
+            let img = self.tracker.image(image);
+            let n = &mut self.nodes[self.image_node[image.index()].index()];
             n.recorded = true;
             if !n.eusers.contains(&img.euser) {
                 n.eusers.push(img.euser);
             }
-            image = img.parent;
+            next = img.parent;
         }
     }
 
@@ -234,7 +244,7 @@ impl FingerprintBuilder {
             && !self.window.is_all()
             && let Some(c) = self.tracker.container_of(event)
         {
-            let c = c as usize;
+            let c = c.index();
             if self.window_times.len() <= c {
                 self.window_times.resize(c + 1, None);
             }
@@ -243,14 +253,10 @@ impl FingerprintBuilder {
         }
         match step {
             Step::Exec(image) => {
-                let img = &self.tracker.images[image as usize];
-                let parent = if img.parent == NONE {
-                    NONE
-                } else {
-                    self.image_node[img.parent as usize]
-                };
+                let img = self.tracker.image(image);
+                let parent = img.parent.map(|p| self.image_node[p.index()]);
                 let key = (img.container, parent, img.name, img.exe);
-                let next = self.nodes.len() as u32;
+                let next = FpNodeId::new(self.nodes.len());
                 let node = *self.node_index.entry(key).or_insert(next);
                 if node == next {
                     self.nodes.push(FpNode {
@@ -263,7 +269,7 @@ impl FingerprintBuilder {
                         recorded: false,
                     });
                 }
-                debug_assert_eq!(self.image_node.len(), image as usize);
+                debug_assert_eq!(self.image_node.len(), image.index());
                 self.image_node.push(node);
                 self.image_recorded.push(false);
                 if within {
@@ -271,27 +277,24 @@ impl FingerprintBuilder {
                 }
             }
             Step::Listen {
-                image,
+                image: Some(image),
                 protocol,
                 port,
-            } if image != NONE && within => {
+            } if within => {
                 self.record(image);
-                let n = &mut self.nodes[self.image_node[image as usize] as usize];
+                let n = &mut self.nodes[self.image_node[image.index()].index()];
                 if !n.sockets.contains(&(port, protocol)) {
                     n.sockets.push((port, protocol));
                 }
             }
             Step::Net(obs) if within => {
-                let node = if obs.image == NONE {
-                    NONE
-                } else {
-                    self.record(obs.image);
-                    self.image_node[obs.image as usize]
-                };
-                let peer = if obs.dns == NONE {
-                    PeerFact::Ip(obs.ip)
-                } else {
-                    PeerFact::Dns(obs.dns)
+                let node = obs.image.map(|image| {
+                    self.record(image);
+                    self.image_node[image.index()]
+                });
+                let peer = match obs.dns {
+                    Some(set) => PeerFact::Dns(set),
+                    None => PeerFact::Ip(obs.ip),
                 };
                 self.facts.insert(NetFact {
                     container: obs.container,
@@ -332,20 +335,19 @@ impl FingerprintBuilder {
     fn build(&self) -> Vec<(Fingerprint, String)> {
         let syms = &self.tracker.syms;
         let ncont = self.tracker.containers.len();
-        let mut roots: Vec<Vec<u32>> = vec![Vec::new(); ncont];
-        let mut children: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
+        let mut roots: Vec<Vec<FpNodeId>> = vec![Vec::new(); ncont];
+        let mut children: Vec<Vec<FpNodeId>> = vec![Vec::new(); self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.recorded {
                 continue;
             }
-            if n.parent == NONE {
-                roots[n.container as usize].push(i as u32);
-            } else {
-                children[n.parent as usize].push(i as u32);
+            match n.parent {
+                None => roots[n.container.index()].push(FpNodeId::new(i)),
+                Some(parent) => children[parent.index()].push(FpNodeId::new(i)),
             }
         }
-        let order = |a: &u32, b: &u32| {
-            let (x, y) = (&self.nodes[*a as usize], &self.nodes[*b as usize]);
+        let order = |a: &FpNodeId, b: &FpNodeId| {
+            let (x, y) = (&self.nodes[a.index()], &self.nodes[b.index()]);
             (syms.get(x.name), syms.get(x.exe)).cmp(&(syms.get(y.name), syms.get(y.exe)))
         };
         for list in roots.iter_mut().chain(children.iter_mut()) {
@@ -354,7 +356,7 @@ impl FingerprintBuilder {
         // Facts per container.
         let mut facts_of: Vec<Vec<&NetFact>> = vec![Vec::new(); ncont];
         for fact in &self.facts {
-            facts_of[fact.container as usize].push(fact);
+            facts_of[fact.container.index()].push(fact);
         }
 
         let mut out = Vec::new();
@@ -362,7 +364,7 @@ impl FingerprintBuilder {
             if roots[c].is_empty() {
                 continue;
             }
-            let mut ids: FxHashMap<u32, String> = FxHashMap::default();
+            let mut ids: FxHashMap<FpNodeId, String> = FxHashMap::default();
             let mut counters: BTreeMap<String, usize> = BTreeMap::new();
             let process_policy: Vec<ProcessNode> = roots[c]
                 .iter()
@@ -374,17 +376,21 @@ impl FingerprintBuilder {
             let mut per_peer: BTreeMap<(Direction, PeerSort), PeerUse> = BTreeMap::new();
             for fact in &facts_of[c] {
                 let peer = match fact.peer {
-                    PeerFact::Dns(set) => {
-                        PeerSort::Dns(self.tracker.dns_names(set).map(str::to_string).collect())
-                    }
+                    PeerFact::Dns(set) => PeerSort::Dns(
+                        self.tracker
+                            .dns_names(Some(set))
+                            .map(str::to_string)
+                            .collect(),
+                    ),
                     PeerFact::Ip(ip) => PeerSort::Ip(ip),
                 };
                 let entry = per_peer
                     .entry((fact.direction, peer))
                     .or_insert_with(|| (Some(BTreeSet::new()), BTreeSet::new()));
-                // A node of another container's forest cannot be named here (the tracker
-                // never lets that happen); should it, the process is "unknown": any.
-                match ids.get(&fact.node) {
+                // A process never seen starting names no node: any process. A node of another
+                // container's forest cannot be named here either (the tracker never lets that
+                // happen); should it, the process is "unknown" too.
+                match fact.node.and_then(|node| ids.get(&node)) {
                     Some(id) => {
                         if let Some(set) = entry.0.as_mut() {
                             set.insert(id.clone());
@@ -474,14 +480,14 @@ impl FingerprintBuilder {
 
     fn emit_node(
         &self,
-        node: u32,
+        node: FpNodeId,
         parent_eusers: Option<&[String]>,
-        children: &[Vec<u32>],
-        ids: &mut FxHashMap<u32, String>,
+        children: &[Vec<FpNodeId>],
+        ids: &mut FxHashMap<FpNodeId, String>,
         counters: &mut BTreeMap<String, usize>,
     ) -> ProcessNode {
         let syms = &self.tracker.syms;
-        let n = &self.nodes[node as usize];
+        let n = &self.nodes[node.index()];
         let name = syms.get(n.name).to_string();
         let counter = counters.entry(name.clone()).or_insert(0);
         let id = format!("{name}_{counter}");
@@ -491,7 +497,7 @@ impl FingerprintBuilder {
         eusers.sort();
         let mut sockets = n.sockets.clone();
         sockets.sort();
-        let kids: Vec<ProcessNode> = children[node as usize]
+        let kids: Vec<ProcessNode> = children[node.index()]
             .iter()
             .map(|&k| self.emit_node(k, Some(&eusers), children, ids, counters))
             .collect();

@@ -10,17 +10,23 @@ use super::selector::{container_matches, labels_match, namespace_labels};
 use crate::canonical::{canonicalize, collect_ids};
 use crate::error::PolicyError;
 use crate::glob::{Glob, glob_match};
+use crate::id::typed_id;
 use crate::merge::PolicyNets;
 use crate::model::{Mode, Peer, Policy, ProcessNode};
 use crate::names::policy_uid;
 use crate::net::{Block, Ports, normalize_dns_name, parse_cidr};
 use crate::policy::{is_enabled, mode};
 
+typed_id!(
+    /// A node of a compiled policy's process forest ([`CNode`]).
+    pub(crate) PolicyNodeId
+);
+
 pub(crate) struct CNode {
     pub id: String,
     pub name: Glob,
     pub exes: Vec<Glob>,
-    pub children: Vec<u32>,
+    pub children: Vec<PolicyNodeId>,
 }
 
 pub(crate) struct CNet {
@@ -28,8 +34,8 @@ pub(crate) struct CNet {
     pub dns: Vec<Glob>,
     pub blocks: Vec<Block>,
     pub ports: Vec<Ports>,
-    /// Node indexes; `None` means any process.
-    pub processes: Option<Vec<u32>>,
+    /// The nodes it names; `None` means any process.
+    pub processes: Option<Vec<PolicyNodeId>>,
 }
 
 impl CNet {
@@ -37,7 +43,7 @@ impl CNet {
         self.ports.iter().any(|p| p.allows(protocol, port))
     }
 
-    pub fn allows_process(&self, node: Option<u32>) -> bool {
+    pub fn allows_process(&self, node: Option<PolicyNodeId>) -> bool {
         match (&self.processes, node) {
             (None, _) => true,
             (Some(list), Some(n)) => list.contains(&n),
@@ -64,7 +70,7 @@ pub(crate) struct CompiledPolicy {
     pub enabled: bool,
     pub mode: Mode,
     pub nodes: Vec<CNode>,
-    pub roots: Vec<u32>,
+    pub roots: Vec<PolicyNodeId>,
     pub ids: HashSet<String>,
     pub ingress: Vec<CNet>,
     pub egress: Vec<CNet>,
@@ -172,18 +178,28 @@ impl CompiledPolicy {
     }
 
     /// The first node among `candidates` that covers a process named `name` running `exe`.
-    pub fn covering(&self, candidates: &[u32], name: &str, exe: &str) -> Option<u32> {
+    pub fn covering(
+        &self,
+        candidates: &[PolicyNodeId],
+        name: &str,
+        exe: &str,
+    ) -> Option<PolicyNodeId> {
         candidates.iter().copied().find(|&c| {
-            let n = &self.nodes[c as usize];
+            let n = self.node(c);
             n.name.matches(name) && n.exes.iter().any(|g| g.matches(exe))
         })
     }
 
-    pub fn children_of(&self, node: Option<u32>) -> &[u32] {
+    /// The children of a node; the roots for none.
+    pub fn children_of(&self, node: Option<PolicyNodeId>) -> &[PolicyNodeId] {
         match node {
-            Some(n) => &self.nodes[n as usize].children,
+            Some(n) => &self.node(n).children,
             None => &self.roots,
         }
+    }
+
+    pub fn node(&self, id: PolicyNodeId) -> &CNode {
+        &self.nodes[id.index()]
     }
 
     /// True when the policy applies to the container.
@@ -221,11 +237,11 @@ impl CompiledPolicy {
 fn flatten(
     nodes: &[ProcessNode],
     out: &mut Vec<CNode>,
-    ids: &mut BTreeMap<String, u32>,
-) -> Vec<u32> {
+    ids: &mut BTreeMap<String, PolicyNodeId>,
+) -> Vec<PolicyNodeId> {
     let mut mine = Vec::with_capacity(nodes.len());
     for n in nodes {
-        let idx = out.len() as u32;
+        let idx = PolicyNodeId::new(out.len());
         out.push(CNode {
             id: n.id.clone(),
             name: Glob::new(&n.name),
@@ -234,7 +250,7 @@ fn flatten(
         });
         ids.insert(n.id.clone(), idx);
         let kids = flatten(n.children.as_deref().unwrap_or_default(), out, ids);
-        out[idx as usize].children = kids;
+        out[idx.index()].children = kids;
         mine.push(idx);
     }
     mine

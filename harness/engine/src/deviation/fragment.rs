@@ -7,15 +7,17 @@ use std::net::IpAddr;
 use guardlab_events::{ExeStatus, Protocol};
 use sha2::{Digest, Sha256};
 
-use super::compiled::CompiledPolicy;
+use super::compiled::{CompiledPolicy, PolicyNodeId};
+use crate::id::typed_id;
 use crate::model::{
     API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
     DeviationType, EgressNode, IngressNode, IpBlock, KIND_DEVIATION, Peer, PolicyNodeRef, PortSpec,
     ProcessNode, ROOT_ANCHOR,
 };
 use crate::net::host_cidr;
-use crate::tracker::{Direction, NONE, Sym, Tracker};
+use crate::tracker::{Direction, NameSetId, Sym, Tracker};
 
+#[derive(Clone)]
 pub(super) struct FragNode {
     pub name: Sym,
     pub exe: Sym,
@@ -27,29 +29,37 @@ pub(super) struct FragNode {
     pub id: String,
 }
 
+typed_id!(
+    /// A [`Chain`] of one policy's.
+    pub(super) ChainId
+);
+
 /// A chain of deviant processes under the nearest policy node.
 pub(super) struct Chain {
-    pub anchor: u32,
+    /// The nearest policy node; none for a new root.
+    pub anchor: Option<PolicyNodeId>,
     pub nodes: Vec<FragNode>,
 }
 
+/// The process of a connection as the policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum ProcRef {
-    Node(u32),
-    Chain(u32),
+    Node(PolicyNodeId),
+    Chain(ChainId),
+    /// Not started under the policy's eyes: any process.
     Unknown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum PeerRef {
     /// A set of names (see `crate::tracker::NameSets`).
-    Dns(u32),
+    Dns(NameSetId),
     Ip(IpAddr),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum RecordKey {
-    Process(u32),
+    Process(ChainId),
     Net {
         direction: Direction,
         process: ProcRef,
@@ -68,16 +78,19 @@ pub(super) struct DeviationWriter<'a> {
 }
 
 impl DeviationWriter<'_> {
-    fn anchor_id(&self, anchor: u32) -> String {
-        if anchor == NONE {
-            ROOT_ANCHOR.to_string()
-        } else {
-            self.policy.nodes[anchor as usize].id.clone()
+    fn anchor_id(&self, anchor: Option<PolicyNodeId>) -> String {
+        match anchor {
+            Some(node) => self.policy.node(node).id.clone(),
+            None => ROOT_ANCHOR.to_string(),
         }
     }
 
-    fn chain_fragment(&self, ch: u32) -> DeviationProcess {
-        let chain = &self.chains[ch as usize];
+    fn chain(&self, id: ChainId) -> &Chain {
+        &self.chains[id.index()]
+    }
+
+    fn chain_fragment(&self, ch: ChainId) -> DeviationProcess {
+        let chain = self.chain(ch);
         let mut child: Option<ProcessNode> = None;
         for (i, n) in chain.nodes.iter().enumerate().rev() {
             let inherits = i > 0 && chain.nodes[i - 1].euser == n.euser;
@@ -99,8 +112,8 @@ impl DeviationWriter<'_> {
     }
 
     /// The untrusted executables of a chain: (node id, status), for the checksum.
-    fn untrusted_of(&self, ch: u32) -> Vec<(&str, ExeStatus)> {
-        self.chains[ch as usize]
+    fn untrusted_of(&self, ch: ChainId) -> Vec<(&str, ExeStatus)> {
+        self.chain(ch)
             .nodes
             .iter()
             .filter(|n| !n.exe_status.is_resolved())
@@ -113,7 +126,7 @@ impl DeviationWriter<'_> {
         let RecordKey::Process(ch) = key else {
             return None;
         };
-        let last = self.chains[ch as usize].nodes.last()?;
+        let last = self.chain(ch).nodes.last()?;
         untrusted_exe_reason(last.exe_status).map(|why| {
             format!(
                 "{why} `{}`: no exe glob allows it (fail closed)",
@@ -147,11 +160,10 @@ impl DeviationWriter<'_> {
                 port,
             } => {
                 let (process_policy, processes) = match process {
-                    ProcRef::Node(n) => {
-                        (Vec::new(), vec![self.policy.nodes[n as usize].id.clone()])
-                    }
+                    ProcRef::Node(n) => (Vec::new(), vec![self.policy.node(n).id.clone()]),
                     ProcRef::Chain(c) => {
-                        let id = self.chains[c as usize]
+                        let id = self
+                            .chain(c)
                             .nodes
                             .last()
                             .map(|n| n.id.clone())
@@ -163,7 +175,7 @@ impl DeviationWriter<'_> {
                 let peers = match peer {
                     PeerRef::Dns(set) => self
                         .tracker
-                        .dns_names(set)
+                        .dns_names(Some(set))
                         .map(|name| Peer::DnsSelector(vec![name.to_string()]))
                         .collect(),
                     PeerRef::Ip(ip) => vec![Peer::IpBlock(IpBlock {

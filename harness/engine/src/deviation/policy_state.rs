@@ -8,35 +8,56 @@ use std::net::IpAddr;
 use guardlab_events::{ExeStatus, ProcessKey, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::compiled::CompiledPolicy;
-use super::fragment::{Chain, DeviationWriter, FragNode, ProcRef, RecordKey};
+use super::compiled::{CompiledPolicy, PolicyNodeId};
+use super::fragment::{Chain, ChainId, DeviationWriter, FragNode, ProcRef, RecordKey};
+use crate::id::typed_id;
 use crate::model::Deviation;
-use crate::tracker::{Direction, NONE, NetObs, Sym, Tracker};
+use crate::tracker::{ContainerId, Direction, ImageId, NameSetId, NetObs, Sym, Tracker};
+
+typed_id!(
+    /// A unique deviation ([`Record`]) of one policy's.
+    pub(super) RecordId
+);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum PState {
     /// Not watched by this policy.
     Outside,
-    Node(u32),
-    Deviant(u32),
+    /// Allowed: it runs as this node of the policy.
+    Node(PolicyNodeId),
+    /// Not allowed: the last process of this chain of deviant ones.
+    Deviant(ChainId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct NetKey {
     direction: Direction,
     process: ProcRef,
-    /// A set of names, or [`NONE`].
-    dns: u32,
+    /// A set of names, if any.
+    dns: Option<NameSetId>,
     ip: IpAddr,
     protocol: Protocol,
     port: u16,
 }
 
+/// What makes a deviant process the one of a chain seen before: its parent's chain (none when
+/// its parent is allowed), the policy node it hangs under, and its program; never its
+/// effective user (see the rules in [`super`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ChainKey {
+    parent_chain: Option<ChainId>,
+    anchor: Option<PolicyNodeId>,
+    name: Sym,
+    exe: Sym,
+    exe_status: ExeStatus,
+}
+
 /// Where and when a unique deviation was first seen (for investigation).
 #[derive(Clone, Debug)]
 pub(crate) struct Occurrence {
-    pub container: u32,
-    pub image: u32,
+    pub container: ContainerId,
+    /// None for a process whose start was not seen.
+    pub image: Option<ImageId>,
     pub key: ProcessKey,
     pub ts: u64,
     pub connection: Option<OccurredConnection>,
@@ -64,9 +85,9 @@ pub(crate) struct Record {
     /// Why it deviates, when the policy could not have allowed it (an untrusted executable).
     pub reason: Option<String>,
     /// Containers a flag was raised for (once per unique deviation and container).
-    pub(super) flagged: FxHashSet<u32>,
+    pub(super) flagged: FxHashSet<ContainerId>,
     /// Containers the audit log said it would flag.
-    pub(super) audited: FxHashSet<u32>,
+    pub(super) audited: FxHashSet<ContainerId>,
 }
 
 pub(crate) struct PolicyState {
@@ -75,15 +96,14 @@ pub(crate) struct PolicyState {
     pub(super) selected: Vec<bool>,
     /// Per image of the tracker.
     pub(super) states: Vec<PState>,
-    child_cache: FxHashMap<(u32, Sym, Sym), u32>,
+    /// (parent node or none for a root, name, exe): the node that covers it, if one does.
+    child_cache: FxHashMap<(Option<PolicyNodeId>, Sym, Sym), Option<PolicyNodeId>>,
     net_cache: FxHashMap<NetKey, bool>,
     chains: Vec<Chain>,
-    /// (parent chain, anchor, name, exe, exe status): no effective user, see the module
-    /// documentation.
-    chain_index: FxHashMap<(u32, u32, Sym, Sym, ExeStatus), u32>,
+    chain_index: FxHashMap<ChainKey, ChainId>,
     pub records: Vec<Record>,
-    record_index: FxHashMap<RecordKey, u32>,
-    by_checksum: HashMap<String, u32>,
+    record_index: FxHashMap<RecordKey, RecordId>,
+    by_checksum: HashMap<String, RecordId>,
 }
 
 impl PolicyState {
@@ -102,30 +122,28 @@ impl PolicyState {
         }
     }
 
-    pub(super) fn watches(&self, container: u32) -> bool {
+    pub(super) fn watches(&self, container: ContainerId) -> bool {
         self.selected
-            .get(container as usize)
+            .get(container.index())
             .copied()
             .unwrap_or(false)
     }
 
     /// The state of a new image, and the chain it starts or extends when deviant.
-    pub(super) fn map_image(&mut self, t: &Tracker, image: u32) -> PState {
-        let img = &t.images[image as usize];
+    pub(super) fn map_image(&mut self, t: &Tracker, image: ImageId) -> PState {
+        let img = t.image(image);
         if !self.watches(img.container) {
             return PState::Outside;
         }
-        let parent = if img.parent == NONE {
-            PState::Outside
-        } else {
-            self.states[img.parent as usize]
-        };
+        let parent = img
+            .parent
+            .map_or(PState::Outside, |p| self.states[p.index()]);
         let (parent_chain, anchor) = match parent {
-            PState::Deviant(ch) => (ch, self.chains[ch as usize].anchor),
+            PState::Deviant(ch) => (Some(ch), self.chains[ch.index()].anchor),
             PState::Outside | PState::Node(_) => {
                 let parent_node = match parent {
-                    PState::Node(n) => n,
-                    _ => NONE,
+                    PState::Node(n) => Some(n),
+                    _ => None,
                 };
                 let key = (parent_node, img.name, img.exe);
                 // An untrusted executable is covered by no node, whatever its globs say (fail
@@ -135,45 +153,38 @@ impl PolicyState {
                 let cached = if img.exe_status.is_resolved() {
                     self.child_cache.get(&key).copied()
                 } else {
-                    Some(NONE)
+                    Some(None)
                 };
                 let node = match cached {
                     Some(n) => n,
                     None => {
-                        let candidates = self
-                            .c
-                            .children_of((parent_node != NONE).then_some(parent_node));
-                        let n = self
-                            .c
-                            .covering(candidates, t.syms.get(img.name), t.syms.get(img.exe))
-                            .unwrap_or(NONE);
+                        let candidates = self.c.children_of(parent_node);
+                        let n =
+                            self.c
+                                .covering(candidates, t.syms.get(img.name), t.syms.get(img.exe));
                         self.child_cache.insert(key, n);
                         n
                     }
                 };
-                if node != NONE {
+                if let Some(node) = node {
                     return PState::Node(node);
                 }
-                (NONE, parent_node)
+                (None, parent_node)
             }
         };
-        let key = (parent_chain, anchor, img.name, img.exe, img.exe_status);
+        let key = ChainKey {
+            parent_chain,
+            anchor,
+            name: img.name,
+            exe: img.exe,
+            exe_status: img.exe_status,
+        };
         if let Some(&ch) = self.chain_index.get(&key) {
             return PState::Deviant(ch);
         }
         let mut nodes: Vec<FragNode> = match parent_chain {
-            NONE => Vec::new(),
-            pc => self.chains[pc as usize]
-                .nodes
-                .iter()
-                .map(|n| FragNode {
-                    name: n.name,
-                    exe: n.exe,
-                    exe_status: n.exe_status,
-                    euser: n.euser,
-                    id: n.id.clone(),
-                })
-                .collect(),
+            None => Vec::new(),
+            Some(pc) => self.chains[pc.index()].nodes.clone(),
         };
         let name = t.syms.get(img.name);
         let id = (0..)
@@ -187,17 +198,17 @@ impl PolicyState {
             euser: img.euser,
             id,
         });
-        let ch = self.chains.len() as u32;
+        let ch = ChainId::new(self.chains.len());
         self.chains.push(Chain { anchor, nodes });
         self.chain_index.insert(key, ch);
         PState::Deviant(ch)
     }
 
     /// The node an image maps to: (id, deviant), or `None` when the policy does not watch it.
-    pub(crate) fn label(&self, image: u32) -> Option<(String, bool)> {
-        match *self.states.get(image as usize)? {
-            PState::Node(n) => Some((self.c.nodes[n as usize].id.clone(), false)),
-            PState::Deviant(c) => self.chains[c as usize]
+    pub(crate) fn label(&self, image: ImageId) -> Option<(String, bool)> {
+        match *self.states.get(image.index())? {
+            PState::Node(n) => Some((self.c.node(n).id.clone(), false)),
+            PState::Deviant(c) => self.chains[c.index()]
                 .nodes
                 .last()
                 .map(|n| (n.id.clone(), true)),
@@ -205,11 +216,11 @@ impl PolicyState {
         }
     }
 
-    pub(super) fn proc_ref(&self, image: u32) -> ProcRef {
-        if image == NONE {
+    pub(super) fn proc_ref(&self, image: Option<ImageId>) -> ProcRef {
+        let Some(image) = image else {
             return ProcRef::Unknown;
-        }
-        match self.states[image as usize] {
+        };
+        match self.states[image.index()] {
             PState::Node(n) => ProcRef::Node(n),
             PState::Deviant(c) => ProcRef::Chain(c),
             PState::Outside => ProcRef::Unknown,
@@ -252,7 +263,7 @@ impl PolicyState {
         t: &Tracker,
         key: RecordKey,
         occurrence: Occurrence,
-    ) -> (u32, bool) {
+    ) -> (RecordId, bool) {
         if let Some(&r) = self.record_index.get(&key) {
             return (r, false);
         }
@@ -267,7 +278,7 @@ impl PolicyState {
             self.record_index.insert(key, r);
             return (r, false);
         }
-        let r = self.records.len() as u32;
+        let r = RecordId::new(self.records.len());
         self.by_checksum
             .insert(deviation.metadata.checksum.clone(), r);
         self.record_index.insert(key, r);
@@ -298,7 +309,7 @@ impl PolicyState {
         self.chains.clear();
         self.chain_index.clear();
         self.record_index.clear();
-        for image in 0..t.images.len() as u32 {
+        for image in (0..t.images.len()).map(ImageId::new) {
             let s = self.map_image(t, image);
             self.states.push(s);
         }
