@@ -4,7 +4,7 @@
 //! it equals what it inherits; one DNS name per `dnsSelector`, in normal form (lower case, no
 //! trailing dot), peers ordered DNS names, IPv4, IPv6; network nodes sorted.
 //!
-//! Also the ids of a process forest ([`collect_ids`]), which a forest must not repeat.
+//! Also the ids of a process forest (`collect_ids`), which a forest must not repeat.
 
 use std::collections::HashSet;
 

@@ -248,8 +248,8 @@ pub fn untrusted_exe_reason(status: ExeStatus) -> Option<&'static str> {
 }
 
 /// The checksum of a deviation: its type and fragment, with no effective user, and the
-/// untrusted executables of its fragment (node id and status) when it has any (see the module
-/// documentation).
+/// untrusted executables of its fragment (node id and status) when it has any (see the rules
+/// in [`super`]).
 fn checksum(kind: DeviationType, spec: &DeviationSpec, untrusted: &[(&str, ExeStatus)]) -> String {
     fn strip(nodes: &mut [ProcessNode]) {
         for n in nodes {

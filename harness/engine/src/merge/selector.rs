@@ -66,7 +66,7 @@ impl<'a> ImageRef<'a> {
     }
 }
 
-/// The image selector that covers two images of one repository (see the module documentation).
+/// The image selector that covers two images of one repository (see [`super`]).
 fn merge_images(a: &str, b: &str) -> Result<String, PolicyError> {
     if a == b || glob_match(a, b) {
         return Ok(a.to_string());
