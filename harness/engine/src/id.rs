@@ -13,7 +13,9 @@ use std::num::NonZeroU32;
 macro_rules! typed_id {
     ($(#[$attr:meta])* $vis:vis $name:ident) => {
         $(#[$attr])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        ///
+        /// Ids compare in the order of their indexes.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         $vis struct $name(::std::num::NonZeroU32);
 
         impl $name {

@@ -34,7 +34,7 @@ pub(crate) struct CNet {
     pub dns: Vec<Glob>,
     pub blocks: Vec<Block>,
     pub ports: Vec<Ports>,
-    /// The nodes it names; `None` means any process.
+    /// The nodes it names, sorted; `None` means any process.
     pub processes: Option<Vec<PolicyNodeId>>,
 }
 
@@ -46,7 +46,7 @@ impl CNet {
     pub fn allows_process(&self, node: Option<PolicyNodeId>) -> bool {
         match (&self.processes, node) {
             (None, _) => true,
-            (Some(list), Some(n)) => list.contains(&n),
+            (Some(list), Some(n)) => list.binary_search(&n).is_ok(),
             (Some(_), None) => false,
         }
     }
@@ -136,10 +136,15 @@ impl CompiledPolicy {
                 .collect::<Result<_, _>>()?;
             // An id that names no node matches no process (validation reports it).
             let processes = (!processes.is_empty()).then(|| {
-                processes
+                let mut nodes: Vec<PolicyNodeId> = processes
                     .iter()
                     .filter_map(|id| id_index.get(id.as_str()).copied())
-                    .collect()
+                    .collect();
+                // Sorted, to be searched on every connection: a network node may name
+                // hundreds of processes.
+                nodes.sort_unstable();
+                nodes.dedup();
+                nodes
             });
             Ok(CNet {
                 dns,
