@@ -1,11 +1,10 @@
 //! Merging network nodes: coverage of one node by another, and where a node that is not
 //! covered joins (the same peers and ports, else the same ports and processes) or is added.
 
+use super::process::{IdMap, translate};
 use crate::canonical::{NetNode, peer_set, port_set, sort_dedup};
 use crate::model::{EgressNode, IngressNode, NetworkPolicy};
 use crate::net::{peer_covered, ports_covered};
-
-use super::process::{IdMap, translate};
 
 /// True when `policy` allows everything `node` describes.
 pub(super) fn net_covers(policy: &NetNode, node: &NetNode) -> bool {

@@ -1,13 +1,12 @@
 //! Relevance: would merging a deviation into its policy still change the policy? Decided
 //! without merging, since a report asks it of every unique deviation.
 
+use super::network::net_covers;
+use super::process::{IdMap, find_node, node_covers, translate};
 use crate::canonical::{NetNode, canonicalize};
 use crate::model::{Deviation, GuardDocument, ProcessNode, ROOT_ANCHOR};
 use crate::names::policy_uid;
 use crate::net::Ports;
-
-use super::network::net_covers;
-use super::process::{IdMap, find_node, node_covers, translate};
 
 /// True while merging the deviation would still change the policy.
 pub fn is_relevant(policy: &GuardDocument, deviation: &Deviation) -> bool {
