@@ -1,13 +1,11 @@
 //! The file commands end to end, through the real `guardlab` binary: events on disk in,
 //! fingerprints, a policy, deviations and a trace out, with the exit codes the README promises.
 
-#[path = "../engine/tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use common::notebook::{FIRST, Notebook, REPLAY};
+use guardlab_test_support::notebook::{self, FIRST, Notebook, REPLAY};
+use guardlab_test_support::stream;
 use predicates::prelude::*;
 
 fn guardlab() -> Command {
@@ -312,8 +310,8 @@ fn output_cut_short_by_a_closed_pipe_ends_quietly() {
 /// away; a minute later the shell starts `curl`, which reaches a host; a minute after that,
 /// `wget` reaches another.
 fn window_stream(dir: &Path) -> (PathBuf, u64) {
-    use common::stream::{Stream, pod_container, prog};
     use guardlab_events::{ProcessKey, Protocol};
+    use stream::{Stream, pod_container, prog};
     const CG: u64 = 31;
     let mut s = Stream::new(1_732_780_800, 5000);
     s.container(pod_container(
@@ -503,9 +501,9 @@ fn a_fileless_exec_deviates_and_the_output_says_why() {
     let mut replay = Notebook::start(&REPLAY);
     replay.baseline_cells(&REPLAY);
     replay.s.spawn_untrusted(
-        common::notebook::CG,
+        notebook::CG,
         Some(replay.kernel),
-        common::stream::prog("memfd:minerd", &["minerd"], "jovyan"),
+        stream::prog("memfd:minerd", &["minerd"], "jovyan"),
         ExeStatus::Fileless,
     );
     let attack = write_events(dir.path(), "fileless.ndjson", &replay.s.events);

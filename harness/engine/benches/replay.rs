@@ -22,28 +22,12 @@ use guardlab_events::{
     Connection, ContainerInfo, DnsAnswer, Event, EventBody, ProcessExec, ProcessExit, ProcessFork,
     ProcessKey, Protocol,
 };
+use guardlab_test_support::stream::Rng;
 
 const TARGET: f64 = 1_000_000.0;
 /// Processes alive at once per container (a busy notebook or web server).
 const MAX_LIVE: usize = 64;
 const ROUNDS: usize = 3;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// (exe, comm, spawns children)
 const COMMON: &[(&str, &str, bool)] = &[
@@ -103,7 +87,7 @@ struct Gen {
 
 impl Gen {
     fn push(&mut self, body: EventBody) {
-        self.ts += 1_000 + self.rng.next() % 50_000;
+        self.ts += 1_000 + self.rng.next_u64() % 50_000;
         self.events.push(Event::new(self.ts, body));
     }
 

@@ -76,553 +76,27 @@
 //!   that a backend carries out: the engine only decides.
 
 mod compiled;
+mod fragment;
+mod policy_state;
 mod response;
+mod selector;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-
-use guardlab_events::{Event, ExeStatus, ProcessKey, Protocol};
-use rustc_hash::{FxHashMap, FxHashSet};
+use guardlab_events::{Event, ProcessKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::fingerprint::epoch_seconds;
-use crate::fingerprint::tracker::{Direction, NONE, NetObs, Stats, Step, Sym, Tracker};
+use crate::error::PolicyError;
 use crate::merge::is_relevant_to_canonical;
-use crate::merge::net::host_cidr;
-use crate::model::{
-    API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
-    DeviationType, EgressNode, IngressNode, KIND_DEVIATION, Mode, Peer, Policy, PolicyNodeRef,
-    PortSpec, ProcessNode,
-};
-use crate::policy::{PolicyError, default_response, status_in_stream};
+use crate::model::{Deviation, DeviationType, Mode, Policy, epoch_seconds};
+use crate::policy::{default_response, status_in_stream};
+use crate::tracker::{Stats, Step, Tracker};
 use compiled::CompiledPolicy;
+pub use fragment::untrusted_exe_reason;
+use fragment::{PeerRef, RecordKey};
+use policy_state::{OccurredConnection, Occurrence, PState, PolicyState};
 pub use response::{ActionKind, Decision, Flag, FlagClass, Target};
 use response::{Subject, effective};
 
-/// The `policyNode.id` of a deviation that is a new root of the process forest (a process
-/// with no parent in the container that no root of the policy covers).
-pub const ROOT_ANCHOR: &str = "(root)";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PState {
-    /// Not watched by this policy.
-    Outside,
-    Node(u32),
-    Deviant(u32),
-}
-
-struct FragNode {
-    name: Sym,
-    exe: Sym,
-    /// Part of the node's identity: an exec the sensor could not resolve is not the same
-    /// program as a resolved one whose exe reads the same.
-    exe_status: ExeStatus,
-    /// The effective user of the first occurrence (an attribute, not part of the key).
-    euser: Sym,
-    id: String,
-}
-
-/// A chain of deviant processes under the nearest policy node.
-struct Chain {
-    anchor: u32,
-    nodes: Vec<FragNode>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum ProcRef {
-    Node(u32),
-    Chain(u32),
-    Unknown,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum PeerRef {
-    /// A set of names (see `tracker::NameSets`).
-    Dns(u32),
-    Ip(IpAddr),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum RecordKey {
-    Process(u32),
-    Net {
-        direction: Direction,
-        process: ProcRef,
-        peer: PeerRef,
-        protocol: Protocol,
-        port: u16,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct NetKey {
-    direction: Direction,
-    process: ProcRef,
-    /// A set of names, or [`NONE`].
-    dns: u32,
-    ip: IpAddr,
-    protocol: Protocol,
-    port: u16,
-}
-
-/// Where and when a unique deviation was first seen (for investigation).
-#[derive(Clone, Debug)]
-pub(crate) struct Occurrence {
-    pub container: u32,
-    pub image: u32,
-    pub key: ProcessKey,
-    pub ts: u64,
-    pub connection: Option<OccurredConnection>,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct OccurredConnection {
-    pub direction: Direction,
-    pub protocol: Protocol,
-    pub ip: IpAddr,
-    pub port: u16,
-    pub remote_port: u16,
-    /// The names of the remote (see [`crate::trace::TraceConnection::dns`]).
-    pub dns: Option<String>,
-    pub refused: bool,
-}
-
-pub(crate) struct Record {
-    pub deviation: Deviation,
-    pub uid: String,
-    pub count: u64,
-    pub first_ts: u64,
-    pub last_ts: u64,
-    pub first: Occurrence,
-    /// Why it deviates, when the policy could not have allowed it (an untrusted executable).
-    pub reason: Option<String>,
-    /// Containers a flag was raised for (once per unique deviation and container).
-    flagged: FxHashSet<u32>,
-    /// Containers the audit log said it would flag.
-    audited: FxHashSet<u32>,
-}
-
-pub(crate) struct PolicyState {
-    pub c: CompiledPolicy,
-    /// Per container of the tracker: watched by this policy.
-    selected: Vec<bool>,
-    /// Per image of the tracker.
-    states: Vec<PState>,
-    child_cache: FxHashMap<(u32, Sym, Sym), u32>,
-    net_cache: FxHashMap<NetKey, bool>,
-    chains: Vec<Chain>,
-    /// (parent chain, anchor, name, exe, exe status): no effective user, see the module
-    /// documentation.
-    chain_index: FxHashMap<(u32, u32, Sym, Sym, ExeStatus), u32>,
-    pub records: Vec<Record>,
-    record_index: FxHashMap<RecordKey, u32>,
-    by_checksum: HashMap<String, u32>,
-}
-
-impl PolicyState {
-    fn new(c: CompiledPolicy) -> Self {
-        PolicyState {
-            c,
-            selected: Vec::new(),
-            states: Vec::new(),
-            child_cache: FxHashMap::default(),
-            net_cache: FxHashMap::default(),
-            chains: Vec::new(),
-            chain_index: FxHashMap::default(),
-            records: Vec::new(),
-            record_index: FxHashMap::default(),
-            by_checksum: HashMap::new(),
-        }
-    }
-
-    fn watches(&self, container: u32) -> bool {
-        self.selected
-            .get(container as usize)
-            .copied()
-            .unwrap_or(false)
-    }
-
-    /// The state of a new image, and the chain it starts or extends when deviant.
-    fn map_image(&mut self, t: &Tracker, image: u32) -> PState {
-        let img = &t.images[image as usize];
-        if !self.watches(img.container) {
-            return PState::Outside;
-        }
-        let parent = if img.parent == NONE {
-            PState::Outside
-        } else {
-            self.states[img.parent as usize]
-        };
-        let (parent_chain, anchor) = match parent {
-            PState::Deviant(ch) => (ch, self.chains[ch as usize].anchor),
-            PState::Outside | PState::Node(_) => {
-                let parent_node = match parent {
-                    PState::Node(n) => n,
-                    _ => NONE,
-                };
-                let key = (parent_node, img.name, img.exe);
-                // An untrusted executable is covered by no node, whatever its globs say (fail
-                // closed). Checked before the cache, which is keyed by the exe's text: a
-                // resolved exec with the same text must neither lend it its node nor take
-                // its refusal.
-                let cached = if img.exe_status.is_resolved() {
-                    self.child_cache.get(&key).copied()
-                } else {
-                    Some(NONE)
-                };
-                let node = match cached {
-                    Some(n) => n,
-                    None => {
-                        let candidates = self
-                            .c
-                            .children_of((parent_node != NONE).then_some(parent_node));
-                        let n = self
-                            .c
-                            .covering(candidates, t.syms.get(img.name), t.syms.get(img.exe))
-                            .unwrap_or(NONE);
-                        self.child_cache.insert(key, n);
-                        n
-                    }
-                };
-                if node != NONE {
-                    return PState::Node(node);
-                }
-                (NONE, parent_node)
-            }
-        };
-        let key = (parent_chain, anchor, img.name, img.exe, img.exe_status);
-        if let Some(&ch) = self.chain_index.get(&key) {
-            return PState::Deviant(ch);
-        }
-        let mut nodes: Vec<FragNode> = match parent_chain {
-            NONE => Vec::new(),
-            pc => self.chains[pc as usize]
-                .nodes
-                .iter()
-                .map(|n| FragNode {
-                    name: n.name,
-                    exe: n.exe,
-                    exe_status: n.exe_status,
-                    euser: n.euser,
-                    id: n.id.clone(),
-                })
-                .collect(),
-        };
-        let name = t.syms.get(img.name);
-        let id = (0..)
-            .map(|k| format!("{name}_{k}"))
-            .find(|id| !self.c.ids.contains(id) && !nodes.iter().any(|n| &n.id == id))
-            .expect("an unbounded search finds a free id");
-        nodes.push(FragNode {
-            name: img.name,
-            exe: img.exe,
-            exe_status: img.exe_status,
-            euser: img.euser,
-            id,
-        });
-        let ch = self.chains.len() as u32;
-        self.chains.push(Chain { anchor, nodes });
-        self.chain_index.insert(key, ch);
-        PState::Deviant(ch)
-    }
-
-    /// The node an image maps to: (id, deviant), or `None` when the policy does not watch it.
-    pub(crate) fn label(&self, image: u32) -> Option<(String, bool)> {
-        match *self.states.get(image as usize)? {
-            PState::Node(n) => Some((self.c.nodes[n as usize].id.clone(), false)),
-            PState::Deviant(c) => self.chains[c as usize]
-                .nodes
-                .last()
-                .map(|n| (n.id.clone(), true)),
-            PState::Outside => None,
-        }
-    }
-
-    fn proc_ref(&self, image: u32) -> ProcRef {
-        if image == NONE {
-            return ProcRef::Unknown;
-        }
-        match self.states[image as usize] {
-            PState::Node(n) => ProcRef::Node(n),
-            PState::Deviant(c) => ProcRef::Chain(c),
-            PState::Outside => ProcRef::Unknown,
-        }
-    }
-
-    fn allowed(&mut self, t: &Tracker, obs: &NetObs, process: ProcRef) -> bool {
-        let key = NetKey {
-            direction: obs.direction,
-            process,
-            dns: obs.dns,
-            ip: obs.ip,
-            protocol: obs.protocol,
-            port: obs.port,
-        };
-        if let Some(&ok) = self.net_cache.get(&key) {
-            return ok;
-        }
-        let node = match process {
-            ProcRef::Node(n) => Some(n),
-            _ => None,
-        };
-        let names: Vec<&str> = t.dns_names(obs.dns).collect();
-        let nets = match obs.direction {
-            Direction::Ingress => &self.c.ingress,
-            Direction::Egress => &self.c.egress,
-        };
-        let ok = nets.iter().any(|n| {
-            n.allows_port(obs.protocol, obs.port)
-                && n.allows_process(node)
-                && n.allows_peer(&names, obs.ip)
-        });
-        self.net_cache.insert(key, ok);
-        ok
-    }
-
-    fn anchor_id(&self, anchor: u32) -> String {
-        if anchor == NONE {
-            ROOT_ANCHOR.to_string()
-        } else {
-            self.c.nodes[anchor as usize].id.clone()
-        }
-    }
-
-    fn chain_fragment(&self, t: &Tracker, ch: u32) -> DeviationProcess {
-        let chain = &self.chains[ch as usize];
-        let mut child: Option<ProcessNode> = None;
-        for (i, n) in chain.nodes.iter().enumerate().rev() {
-            let inherits = i > 0 && chain.nodes[i - 1].euser == n.euser;
-            child = Some(ProcessNode {
-                name: t.syms.get(n.name).to_string(),
-                exe: vec![t.syms.get(n.exe).to_string()],
-                id: n.id.clone(),
-                euser: (!inherits).then(|| vec![t.syms.get(n.euser).to_string()]),
-                listening_sockets: None,
-                children: child.map(|c| vec![c]),
-            });
-        }
-        DeviationProcess {
-            policy_node: PolicyNodeRef {
-                id: self.anchor_id(chain.anchor),
-                children: child.into_iter().collect(),
-            },
-        }
-    }
-
-    /// The untrusted executables of a chain: (node id, status), for the checksum.
-    fn untrusted_of(&self, ch: u32) -> Vec<(&str, ExeStatus)> {
-        self.chains[ch as usize]
-            .nodes
-            .iter()
-            .filter(|n| !n.exe_status.is_resolved())
-            .map(|n| (n.id.as_str(), n.exe_status))
-            .collect()
-    }
-
-    /// Why a deviation could not have been allowed: its process's executable is untrusted.
-    fn reason(&self, t: &Tracker, key: RecordKey) -> Option<String> {
-        let RecordKey::Process(ch) = key else {
-            return None;
-        };
-        let last = self.chains[ch as usize].nodes.last()?;
-        untrusted_exe_reason(last.exe_status).map(|why| {
-            format!(
-                "{why} `{}`: no exe glob allows it (fail closed)",
-                t.syms.get(last.exe)
-            )
-        })
-    }
-
-    fn build_deviation(&self, t: &Tracker, key: RecordKey) -> Deviation {
-        let untrusted = match key {
-            RecordKey::Process(ch)
-            | RecordKey::Net {
-                process: ProcRef::Chain(ch),
-                ..
-            } => self.untrusted_of(ch),
-            RecordKey::Net { .. } => Vec::new(),
-        };
-        let (kind, spec) = match key {
-            RecordKey::Process(ch) => (
-                DeviationType::Process,
-                DeviationSpec {
-                    process_policy: vec![self.chain_fragment(t, ch)],
-                    network_policy: None,
-                },
-            ),
-            RecordKey::Net {
-                direction,
-                process,
-                peer,
-                protocol,
-                port,
-            } => {
-                let (process_policy, processes) = match process {
-                    ProcRef::Node(n) => (Vec::new(), vec![self.c.nodes[n as usize].id.clone()]),
-                    ProcRef::Chain(c) => {
-                        let id = self.chains[c as usize]
-                            .nodes
-                            .last()
-                            .map(|n| n.id.clone())
-                            .unwrap_or_default();
-                        (vec![self.chain_fragment(t, c)], vec![id])
-                    }
-                    ProcRef::Unknown => (Vec::new(), Vec::new()),
-                };
-                let peers = match peer {
-                    PeerRef::Dns(set) => t
-                        .dns_names(set)
-                        .map(|name| Peer::DnsSelector(vec![name.to_string()]))
-                        .collect(),
-                    PeerRef::Ip(ip) => vec![Peer::IpBlock(crate::model::IpBlock {
-                        cidr: host_cidr(ip),
-                        except: Vec::new(),
-                    })],
-                };
-                let ports = vec![PortSpec {
-                    protocol: protocol.to_string(),
-                    port: port.into(),
-                    end_port: None,
-                }];
-                let (kind, network) = match direction {
-                    Direction::Egress => (
-                        DeviationType::Egress,
-                        DeviationNetwork {
-                            egress: vec![EgressNode {
-                                to: peers,
-                                processes,
-                                ports,
-                            }],
-                            ingress: Vec::new(),
-                        },
-                    ),
-                    Direction::Ingress => (
-                        DeviationType::Ingress,
-                        DeviationNetwork {
-                            ingress: vec![IngressNode {
-                                from: peers,
-                                processes,
-                                ports,
-                            }],
-                            egress: Vec::new(),
-                        },
-                    ),
-                };
-                (
-                    kind,
-                    DeviationSpec {
-                        process_policy,
-                        network_policy: Some(network),
-                    },
-                )
-            }
-        };
-        let checksum = checksum(kind, &spec, &untrusted);
-        Deviation {
-            api_version: API_VERSION.into(),
-            kind: KIND_DEVIATION.into(),
-            metadata: DeviationMetadata {
-                kind,
-                policy_uid: self.c.uid.clone(),
-                uid: Some(deviation_uid(&self.c.uid, &checksum)),
-                checksum,
-            },
-            spec,
-        }
-    }
-
-    /// The record for a deviation key, made on first sight. Returns (record, new).
-    fn record(&mut self, t: &Tracker, key: RecordKey, occurrence: Occurrence) -> (u32, bool) {
-        if let Some(&r) = self.record_index.get(&key) {
-            return (r, false);
-        }
-        let deviation = self.build_deviation(t, key);
-        let reason = self.reason(t, key);
-        if let Some(&r) = self.by_checksum.get(&deviation.metadata.checksum) {
-            self.record_index.insert(key, r);
-            return (r, false);
-        }
-        let r = self.records.len() as u32;
-        self.by_checksum
-            .insert(deviation.metadata.checksum.clone(), r);
-        self.record_index.insert(key, r);
-        self.records.push(Record {
-            uid: deviation.metadata.uid.clone().unwrap_or_default(),
-            deviation,
-            count: 0,
-            first_ts: occurrence.ts,
-            last_ts: occurrence.ts,
-            first: occurrence,
-            reason,
-            flagged: FxHashSet::default(),
-            audited: FxHashSet::default(),
-        });
-        (r, true)
-    }
-
-    /// Recompute every image's state (after the policy changed); finds nothing.
-    fn remap(&mut self, t: &Tracker) {
-        self.selected = t
-            .containers
-            .iter()
-            .map(|rec| self.c.enabled && self.c.selects(&rec.info))
-            .collect();
-        self.states.clear();
-        self.child_cache.clear();
-        self.net_cache.clear();
-        self.chains.clear();
-        self.chain_index.clear();
-        self.record_index.clear();
-        for image in 0..t.images.len() as u32 {
-            let s = self.map_image(t, image);
-            self.states.push(s);
-        }
-    }
-}
-
-/// Why an exec with this status is never covered by a process node, or `None` for a
-/// resolved executable.
-pub fn untrusted_exe_reason(status: ExeStatus) -> Option<&'static str> {
-    match status {
-        ExeStatus::Resolved => None,
-        ExeStatus::Fileless => Some("fileless executable"),
-        ExeStatus::Truncated => Some("truncated executable path"),
-        ExeStatus::Unresolved => Some("unresolved executable path"),
-    }
-}
-
-/// The checksum of a deviation: its type and fragment, with no effective user, and the
-/// untrusted executables of its fragment (node id and status) when it has any (see the module
-/// documentation).
-fn checksum(kind: DeviationType, spec: &DeviationSpec, untrusted: &[(&str, ExeStatus)]) -> String {
-    fn strip(nodes: &mut [ProcessNode]) {
-        for n in nodes {
-            n.euser = None;
-            if let Some(kids) = n.children.as_mut() {
-                strip(kids);
-            }
-        }
-    }
-    let mut spec = spec.clone();
-    for item in &mut spec.process_policy {
-        strip(&mut item.policy_node.children);
-    }
-    // Without untrusted executables the text is what it always was: checksums (and so
-    // deviation uids) stay stable across versions.
-    let text = if untrusted.is_empty() {
-        serde_json::to_vec(&(kind, &spec))
-    } else {
-        serde_json::to_vec(&(kind, &spec, untrusted))
-    }
-    .expect("deviation specs serialize");
-    hex::encode(Sha256::digest(&text))
-}
-
-fn deviation_uid(policy_uid: &str, checksum: &str) -> String {
-    let digest = Sha256::digest(format!("{policy_uid}\n{checksum}").as_bytes());
-    format!("dev:{}", &hex::encode(digest)[..16])
-}
+pub use crate::model::ROOT_ANCHOR;
 
 /// One occurrence of a deviation, as it happens, with what the policy's response decided.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -785,13 +259,13 @@ impl DeviationMatcher {
         let step = self.tracker.observe(event);
         match &step {
             &Step::Container(c) => {
-                let info = &self.tracker.containers[c as usize].info;
+                let info = &self.tracker.container(c).info;
                 for p in &mut self.policies {
                     let selects = p.c.enabled && p.c.selects(info);
-                    if p.selected.len() <= c as usize {
-                        p.selected.resize(c as usize + 1, false);
+                    if p.selected.len() <= c.index() {
+                        p.selected.resize(c.index() + 1, false);
                     }
-                    p.selected[c as usize] = selects;
+                    p.selected[c.index()] = selects;
                 }
             }
             &Step::Exec(image) => {
@@ -800,10 +274,10 @@ impl DeviationMatcher {
                     let state = p.map_image(&self.tracker, image);
                     p.states.push(state);
                     if let PState::Deviant(ch) = state {
-                        let img = &self.tracker.images[image as usize];
+                        let img = self.tracker.image(image);
                         let occurrence = Occurrence {
                             container: img.container,
-                            image,
+                            image: Some(image),
                             key: img.key,
                             ts: img.ts,
                             connection: None,
@@ -822,10 +296,9 @@ impl DeviationMatcher {
                     if p.allowed(&self.tracker, obs, process) {
                         continue;
                     }
-                    let peer = if obs.dns == NONE {
-                        PeerRef::Ip(obs.ip)
-                    } else {
-                        PeerRef::Dns(obs.dns)
+                    let peer = match obs.dns {
+                        Some(set) => PeerRef::Dns(set),
+                        None => PeerRef::Ip(obs.ip),
                     };
                     let key = RecordKey::Net {
                         direction: obs.direction,
@@ -845,7 +318,7 @@ impl DeviationMatcher {
                             ip: obs.ip,
                             port: obs.port,
                             remote_port: obs.remote_port,
-                            dns: dns_text(&self.tracker, obs.dns),
+                            dns: self.tracker.dns_text(obs.dns),
                             refused: obs.refused,
                         }),
                     };
@@ -876,21 +349,22 @@ impl DeviationMatcher {
             occurrence.ts,
         );
         let (r, new) = p.record(t, key, occurrence);
-        let rec = &mut p.records[r as usize];
+        let rec = &mut p.records[r.index()];
         rec.count += 1;
         rec.first_ts = rec.first_ts.min(ts);
         rec.last_ts = rec.last_ts.max(ts);
 
-        let info = &t.containers[container as usize].info;
-        let (name, exe, euser) = if image == NONE {
-            (None, None, None)
-        } else {
-            let img = &t.images[image as usize];
-            (
-                Some(t.syms.get(img.name)),
-                Some(t.syms.get(img.exe)),
-                Some(t.syms.get(img.euser)),
-            )
+        let info = &t.container(container).info;
+        let (name, exe, euser) = match image {
+            None => (None, None, None),
+            Some(image) => {
+                let img = t.image(image);
+                (
+                    Some(t.syms.get(img.name)),
+                    Some(t.syms.get(img.exe)),
+                    Some(t.syms.get(img.euser)),
+                )
+            }
         };
         let subject = Subject {
             info,
@@ -1038,11 +512,6 @@ impl DeviationMatcher {
             stats: self.tracker.stats.clone(),
         }
     }
-}
-
-/// The names of a remote as one text: sorted, separated by `, `.
-pub(crate) fn dns_text(t: &Tracker, set: u32) -> Option<String> {
-    (set != NONE).then(|| t.dns_names(set).collect::<Vec<_>>().join(", "))
 }
 
 /// Match a whole stream against policies, in one call.

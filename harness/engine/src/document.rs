@@ -18,32 +18,9 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-use crate::model::{
-    Deviation, Fingerprint, FingerprintGroup, KIND_DEVIATION, KIND_FINGERPRINT,
-    KIND_FINGERPRINT_GROUP, KIND_POLICY, Policy,
-};
+pub use crate::model::Document;
+use crate::model::{KIND_DEVIATION, KIND_FINGERPRINT, KIND_FINGERPRINT_GROUP, KIND_POLICY};
 use crate::validate::{FieldPath, PathSegment, Problem, validate};
-
-/// One spyctl document, chosen by its `kind`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Document {
-    Fingerprint(Fingerprint),
-    Policy(Policy),
-    FingerprintGroup(FingerprintGroup),
-    Deviation(Deviation),
-}
-
-impl Document {
-    /// The `kind` this variant is written with.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Document::Fingerprint(_) => KIND_FINGERPRINT,
-            Document::Policy(_) => KIND_POLICY,
-            Document::FingerprintGroup(_) => KIND_FINGERPRINT_GROUP,
-            Document::Deviation(_) => KIND_DEVIATION,
-        }
-    }
-}
 
 const KINDS: [&str; 4] = [
     KIND_FINGERPRINT,

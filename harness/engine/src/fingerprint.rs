@@ -65,7 +65,7 @@
 //!
 //! **Network nodes.** For each remote, the set of processes that reached it and the set of
 //! ports is collected; remotes with the same process set and port set share one node. Nodes
-//! are in canonical order (see [`crate::merge::canonicalize`]).
+//! are in canonical order (see [`crate::canonical`]).
 //!
 //! **Untrusted executables.** An exec whose `exe_status` is not `resolved` (fileless: a memfd
 //! or a file outside the process's root, `exe` being `memfd:NAME`; a truncated path; an
@@ -101,27 +101,26 @@
 //! (`pod-template-hash`, `controller-revision-hash`, `pod-template-generation`,
 //! `statefulset.kubernetes.io/pod-name`, `apps.kubernetes.io/pod-index`).
 
-pub(crate) mod tracker;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use guardlab_events::{Event, ProcessExec, Protocol};
+use guardlab_events::{Event, Protocol};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
-use crate::merge::{self, net::host_cidr};
+use crate::canonical::canonicalize;
+use crate::id::typed_id;
+pub use crate::model::epoch_seconds;
 use crate::model::{
     API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
     GroupMetadata, IngressNode, IpBlock, KIND_FINGERPRINT, KIND_FINGERPRINT_GROUP, LabelSelector,
     Metadata, NetworkPolicy, Peer, PortSpec, ProcessNode, Spec,
 };
+pub use crate::names::{image_short_name, process_name};
+use crate::net::host_cidr;
+use crate::tracker::{ContainerId, ImageId, NameSetId, Step, Sym, Tracker};
+pub use crate::tracker::{Direction, Stats};
 use crate::window::{Place, TimeWindow};
-pub use tracker::{Direction, Stats};
-use tracker::{NONE, Step, Sym, Tracker};
-
-/// `comm` is at most this many bytes (the kernel's TASK_COMM_LEN less the NUL).
-const COMM_MAX: usize = 15;
 
 /// Pod labels that differ between pods of one workload or between rollouts.
 const VOLATILE_POD_LABELS: &[&str] = &[
@@ -132,50 +131,15 @@ const VOLATILE_POD_LABELS: &[&str] = &[
     "apps.kubernetes.io/pod-index",
 ];
 
-fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
-/// The name of a process node for an exec (see the module documentation).
-pub fn process_name(exec: &ProcessExec) -> &str {
-    let comm = exec.comm.as_str();
-    if !comm.is_empty() {
-        if comm.len() >= COMM_MAX {
-            let candidates = [
-                Some(exec.exe.as_str()),
-                exec.argv.first().map(String::as_str),
-                exec.argv.get(1).map(String::as_str),
-            ];
-            for candidate in candidates.into_iter().flatten().map(basename) {
-                if candidate.len() > comm.len() && candidate.starts_with(comm) {
-                    return candidate;
-                }
-            }
-        }
-        return comm;
-    }
-    match exec.argv.first().map(|a| basename(a)) {
-        Some(name) if !name.is_empty() => name,
-        _ => basename(&exec.exe),
-    }
-}
-
-/// The short name of an image reference: `docker.io/jupyter/minimal-notebook:latest` gives
-/// `minimal-notebook`.
-pub fn image_short_name(image: &str) -> &str {
-    let no_digest = image.split('@').next().unwrap_or(image);
-    let last = basename(no_digest);
-    last.split(':').next().unwrap_or(last)
-}
-
-/// Epoch nanoseconds as the float seconds of the public format, to the microsecond.
-pub fn epoch_seconds(ns: u64) -> f64 {
-    (ns / 1_000) as f64 / 1e6
-}
+typed_id!(
+    /// A node of the fingerprints' process forests ([`FpNode`]).
+    FpNodeId
+);
 
 struct FpNode {
-    container: u32,
-    parent: u32,
+    container: ContainerId,
+    /// None for a root of the container's forest.
+    parent: Option<FpNodeId>,
     name: Sym,
     exe: Sym,
     /// The effective users of its recorded images.
@@ -187,16 +151,16 @@ struct FpNode {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerFact {
-    /// A set of names (see `tracker::NameSets`).
-    Dns(u32),
+    /// A set of names (see `crate::tracker::NameSets`).
+    Dns(NameSetId),
     Ip(IpAddr),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct NetFact {
-    container: u32,
-    /// The process node, or [`NONE`] for a process we never saw start.
-    node: u32,
+    container: ContainerId,
+    /// The process node; none for a process we never saw start.
+    node: Option<FpNodeId>,
     direction: Direction,
     peer: PeerFact,
     protocol: Protocol,
@@ -221,11 +185,11 @@ pub struct FingerprintBuilder {
     /// Per container: its first and last event in the window (kept only with a window).
     window_times: Vec<Option<(u64, u64)>>,
     /// The node of each image of the tracker.
-    image_node: Vec<u32>,
+    image_node: Vec<FpNodeId>,
     /// Per image of the tracker: recorded (see the module documentation).
     image_recorded: Vec<bool>,
     nodes: Vec<FpNode>,
-    node_index: FxHashMap<(u32, u32, Sym, Sym), u32>,
+    node_index: FxHashMap<(ContainerId, Option<FpNodeId>, Sym, Sym), FpNodeId>,
     facts: FxHashSet<NetFact>,
 }
 
@@ -250,16 +214,19 @@ impl FingerprintBuilder {
 
     /// Record an image, and its ancestors that are not recorded yet: the fingerprint's
     /// forest then reaches it from its container's root.
-    fn record(&mut self, mut image: u32) {
-        while image != NONE && !self.image_recorded[image as usize] {
-            self.image_recorded[image as usize] = true;
-            let img = &self.tracker.images[image as usize];
-            let n = &mut self.nodes[self.image_node[image as usize] as usize];
+    fn record(&mut self, image: ImageId) {
+        let mut next = Some(image);
+        while let Some(image) = next
+            && !self.image_recorded[image.index()]
+        {
+            self.image_recorded[image.index()] = true;
+            let img = self.tracker.image(image);
+            let n = &mut self.nodes[self.image_node[image.index()].index()];
             n.recorded = true;
             if !n.eusers.contains(&img.euser) {
                 n.eusers.push(img.euser);
             }
-            image = img.parent;
+            next = img.parent;
         }
     }
 
@@ -277,7 +244,7 @@ impl FingerprintBuilder {
             && !self.window.is_all()
             && let Some(c) = self.tracker.container_of(event)
         {
-            let c = c as usize;
+            let c = c.index();
             if self.window_times.len() <= c {
                 self.window_times.resize(c + 1, None);
             }
@@ -286,14 +253,10 @@ impl FingerprintBuilder {
         }
         match step {
             Step::Exec(image) => {
-                let img = &self.tracker.images[image as usize];
-                let parent = if img.parent == NONE {
-                    NONE
-                } else {
-                    self.image_node[img.parent as usize]
-                };
+                let img = self.tracker.image(image);
+                let parent = img.parent.map(|p| self.image_node[p.index()]);
                 let key = (img.container, parent, img.name, img.exe);
-                let next = self.nodes.len() as u32;
+                let next = FpNodeId::new(self.nodes.len());
                 let node = *self.node_index.entry(key).or_insert(next);
                 if node == next {
                     self.nodes.push(FpNode {
@@ -306,7 +269,7 @@ impl FingerprintBuilder {
                         recorded: false,
                     });
                 }
-                debug_assert_eq!(self.image_node.len(), image as usize);
+                debug_assert_eq!(self.image_node.len(), image.index());
                 self.image_node.push(node);
                 self.image_recorded.push(false);
                 if within {
@@ -314,27 +277,24 @@ impl FingerprintBuilder {
                 }
             }
             Step::Listen {
-                image,
+                image: Some(image),
                 protocol,
                 port,
-            } if image != NONE && within => {
+            } if within => {
                 self.record(image);
-                let n = &mut self.nodes[self.image_node[image as usize] as usize];
+                let n = &mut self.nodes[self.image_node[image.index()].index()];
                 if !n.sockets.contains(&(port, protocol)) {
                     n.sockets.push((port, protocol));
                 }
             }
             Step::Net(obs) if within => {
-                let node = if obs.image == NONE {
-                    NONE
-                } else {
-                    self.record(obs.image);
-                    self.image_node[obs.image as usize]
-                };
-                let peer = if obs.dns == NONE {
-                    PeerFact::Ip(obs.ip)
-                } else {
-                    PeerFact::Dns(obs.dns)
+                let node = obs.image.map(|image| {
+                    self.record(image);
+                    self.image_node[image.index()]
+                });
+                let peer = match obs.dns {
+                    Some(set) => PeerFact::Dns(set),
+                    None => PeerFact::Ip(obs.ip),
                 };
                 self.facts.insert(NetFact {
                     container: obs.container,
@@ -375,20 +335,19 @@ impl FingerprintBuilder {
     fn build(&self) -> Vec<(Fingerprint, String)> {
         let syms = &self.tracker.syms;
         let ncont = self.tracker.containers.len();
-        let mut roots: Vec<Vec<u32>> = vec![Vec::new(); ncont];
-        let mut children: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
+        let mut roots: Vec<Vec<FpNodeId>> = vec![Vec::new(); ncont];
+        let mut children: Vec<Vec<FpNodeId>> = vec![Vec::new(); self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.recorded {
                 continue;
             }
-            if n.parent == NONE {
-                roots[n.container as usize].push(i as u32);
-            } else {
-                children[n.parent as usize].push(i as u32);
+            match n.parent {
+                None => roots[n.container.index()].push(FpNodeId::new(i)),
+                Some(parent) => children[parent.index()].push(FpNodeId::new(i)),
             }
         }
-        let order = |a: &u32, b: &u32| {
-            let (x, y) = (&self.nodes[*a as usize], &self.nodes[*b as usize]);
+        let order = |a: &FpNodeId, b: &FpNodeId| {
+            let (x, y) = (&self.nodes[a.index()], &self.nodes[b.index()]);
             (syms.get(x.name), syms.get(x.exe)).cmp(&(syms.get(y.name), syms.get(y.exe)))
         };
         for list in roots.iter_mut().chain(children.iter_mut()) {
@@ -397,7 +356,7 @@ impl FingerprintBuilder {
         // Facts per container.
         let mut facts_of: Vec<Vec<&NetFact>> = vec![Vec::new(); ncont];
         for fact in &self.facts {
-            facts_of[fact.container as usize].push(fact);
+            facts_of[fact.container.index()].push(fact);
         }
 
         let mut out = Vec::new();
@@ -405,7 +364,7 @@ impl FingerprintBuilder {
             if roots[c].is_empty() {
                 continue;
             }
-            let mut ids: FxHashMap<u32, String> = FxHashMap::default();
+            let mut ids: FxHashMap<FpNodeId, String> = FxHashMap::default();
             let mut counters: BTreeMap<String, usize> = BTreeMap::new();
             let process_policy: Vec<ProcessNode> = roots[c]
                 .iter()
@@ -417,17 +376,21 @@ impl FingerprintBuilder {
             let mut per_peer: BTreeMap<(Direction, PeerSort), PeerUse> = BTreeMap::new();
             for fact in &facts_of[c] {
                 let peer = match fact.peer {
-                    PeerFact::Dns(set) => {
-                        PeerSort::Dns(self.tracker.dns_names(set).map(str::to_string).collect())
-                    }
+                    PeerFact::Dns(set) => PeerSort::Dns(
+                        self.tracker
+                            .dns_names(Some(set))
+                            .map(str::to_string)
+                            .collect(),
+                    ),
                     PeerFact::Ip(ip) => PeerSort::Ip(ip),
                 };
                 let entry = per_peer
                     .entry((fact.direction, peer))
                     .or_insert_with(|| (Some(BTreeSet::new()), BTreeSet::new()));
-                // A node of another container's forest cannot be named here (the tracker
-                // never lets that happen); should it, the process is "unknown": any.
-                match ids.get(&fact.node) {
+                // A process never seen starting names no node: any process. A node of another
+                // container's forest cannot be named here either (the tracker never lets that
+                // happen); should it, the process is "unknown" too.
+                match fact.node.and_then(|node| ids.get(&node)) {
                     Some(id) => {
                         if let Some(set) = entry.0.as_mut() {
                             set.insert(id.clone());
@@ -508,7 +471,7 @@ impl FingerprintBuilder {
                     ..Spec::default()
                 },
             };
-            merge::canonicalize(&mut fp);
+            canonicalize(&mut fp);
             out.push((fp, info.machine.clone()));
         }
         out.sort_by_key(|(fp, _)| fingerprint_order(fp));
@@ -517,14 +480,14 @@ impl FingerprintBuilder {
 
     fn emit_node(
         &self,
-        node: u32,
+        node: FpNodeId,
         parent_eusers: Option<&[String]>,
-        children: &[Vec<u32>],
-        ids: &mut FxHashMap<u32, String>,
+        children: &[Vec<FpNodeId>],
+        ids: &mut FxHashMap<FpNodeId, String>,
         counters: &mut BTreeMap<String, usize>,
     ) -> ProcessNode {
         let syms = &self.tracker.syms;
-        let n = &self.nodes[node as usize];
+        let n = &self.nodes[node.index()];
         let name = syms.get(n.name).to_string();
         let counter = counters.entry(name.clone()).or_insert(0);
         let id = format!("{name}_{counter}");
@@ -534,7 +497,7 @@ impl FingerprintBuilder {
         eusers.sort();
         let mut sockets = n.sockets.clone();
         sockets.sort();
-        let kids: Vec<ProcessNode> = children[node as usize]
+        let kids: Vec<ProcessNode> = children[node.index()]
             .iter()
             .map(|&k| self.emit_node(k, Some(&eusers), children, ids, counters))
             .collect();
@@ -707,11 +670,6 @@ pub fn fingerprints_of_groups(groups: &[FingerprintGroup]) -> Vec<Fingerprint> {
         .flat_map(|g| g.data.fingerprints.iter().cloned())
         .collect()
 }
-
-/// The event-stream builder of the tests, shared with the integration tests.
-#[cfg(test)]
-#[path = "../tests/common/stream.rs"]
-pub(crate) mod stream;
 
 #[cfg(test)]
 mod tests;

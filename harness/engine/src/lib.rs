@@ -8,19 +8,33 @@
 //! may be out of time order (per-CPU buffers are drained one after the other): sort it with
 //! [`sort_events`] before replaying it, and look at `Stats::out_of_order_events` (in
 //! [`fingerprint::Stats`]) to tell the user when a stream was not sorted.
+//!
+//! The modules come in four groups, below. A module uses modules of its own group and of the
+//! groups before it, never of a group after it, and the uses between modules form no loop.
 
+// The public format, and the values and rules every part shares.
+pub mod canonical;
+pub mod error;
+pub mod glob;
+mod id;
 pub mod model;
+pub mod names;
+pub mod net;
+pub mod window;
 
+// Files: the rules a document keeps, and reading and writing it.
 pub mod document;
 pub mod validate;
 
-pub mod deviation;
+// From events: the processes and connections of each container, and its fingerprint.
 pub mod fingerprint;
-pub mod glob;
+mod tracker;
+
+// Policies: merged, made, matched against a stream, and deviations investigated.
+pub mod deviation;
 pub mod merge;
 pub mod policy;
 pub mod trace;
-pub mod window;
 
 use guardlab_events::Event;
 

@@ -17,6 +17,15 @@ pub const KIND_FINGERPRINT_GROUP: &str = "FingerprintGroup";
 pub const KIND_POLICY: &str = "SpyderbatPolicy";
 pub const KIND_DEVIATION: &str = "GuardianDeviation";
 
+/// The `policyNode.id` of a deviation that is a new root of the process forest (a process
+/// with no parent in the container that no root of the policy covers).
+pub const ROOT_ANCHOR: &str = "(root)";
+
+/// Epoch nanoseconds as the float seconds of the format's timestamps, to the microsecond.
+pub fn epoch_seconds(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1e6
+}
+
 /// A fingerprint or a policy: the same shape, told apart by `kind`. A fingerprint has no
 /// `enabled`, `mode` or `response`; a policy has a `mode` (files written before modes existed
 /// have none and are treated as audit).
@@ -31,6 +40,27 @@ pub struct GuardDocument {
 
 pub type Fingerprint = GuardDocument;
 pub type Policy = GuardDocument;
+
+/// One spyctl document, chosen by its `kind`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Document {
+    Fingerprint(Fingerprint),
+    Policy(Policy),
+    FingerprintGroup(FingerprintGroup),
+    Deviation(Deviation),
+}
+
+impl Document {
+    /// The `kind` this variant is written with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Fingerprint(_) => KIND_FINGERPRINT,
+            Document::Policy(_) => KIND_POLICY,
+            Document::FingerprintGroup(_) => KIND_FINGERPRINT_GROUP,
+            Document::Deviation(_) => KIND_DEVIATION,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -461,6 +491,7 @@ pub struct DeviationProcess {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyNodeRef {
+    /// The policy node the fragment hangs under, or [`ROOT_ANCHOR`] for a new root.
     pub id: String,
     pub children: Vec<ProcessNode>,
 }

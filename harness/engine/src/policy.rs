@@ -7,58 +7,17 @@
 //! by default at the CLI), and the default response `makeRedFlag: {severity: high}` with no
 //! actions.
 //!
-//! **Policy uid** (ours): `metadata.uid` when the policy has one (the public tool assigns it
-//! when a policy is applied); otherwise `pol:` and the first 16 hex digits of the SHA-256 of
-//! the policy's name, so that the same policy file gives the same uid on every run and
-//! deviations found against it can be merged back into it.
+//! A policy's uid, which deviations are filed under, is [`policy_uid`] (see [`crate::names`]).
 
-use sha2::{Digest, Sha256};
-
-use crate::document::Document;
-use crate::fingerprint::image_short_name;
-use crate::merge::{canonicalize, symmetric_merge};
+use crate::canonical::canonicalize;
+pub use crate::error::PolicyError;
+use crate::merge::symmetric_merge;
 use crate::model::{
-    API_VERSION, FlagAction, GuardDocument, KIND_FINGERPRINT, KIND_POLICY, Metadata, Mode, Policy,
-    Response, ResponseAction, Severity,
+    API_VERSION, Document, FlagAction, GuardDocument, KIND_FINGERPRINT, KIND_POLICY, Metadata,
+    Mode, Policy, Response, ResponseAction, Severity,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("no fingerprint to make a policy from")]
-    NoFingerprints,
-    #[error("expected a {expected} document, got a {found} document (named {name:?})")]
-    WrongKind {
-        expected: String,
-        found: String,
-        name: String,
-    },
-    #[error(
-        "cannot merge the images {first:?} and {second:?}: they are different repositories; make one policy per image"
-    )]
-    ImageMismatch { first: String, second: String },
-    #[error("{document:?}: processPolicy: the id {id:?} is used twice")]
-    DuplicateId { document: String, id: String },
-    #[error("the deviation hangs under process node {id:?}, which policy {policy:?} does not have")]
-    UnknownPolicyNode { policy: String, id: String },
-    #[error(
-        "the deviation belongs to policy uid {deviation:?}, not to this policy (uid {policy:?})"
-    )]
-    PolicyMismatch { deviation: String, policy: String },
-    #[error(
-        "policy {policy:?}: {field}: {value:?} is not an IP block (a.b.c.d/n or x::y/n, host bits zero)"
-    )]
-    InvalidCidr {
-        policy: String,
-        field: String,
-        value: String,
-    },
-    #[error("policy {policy:?}: {field}: unknown protocol {value:?}, expected TCP or UDP")]
-    UnknownProtocol {
-        policy: String,
-        field: String,
-        value: String,
-    },
-}
+use crate::names::image_short_name;
+pub use crate::names::policy_uid;
 
 /// The response a new policy gets: a high red flag, no actions.
 pub fn default_response() -> Response {
@@ -66,15 +25,6 @@ pub fn default_response() -> Response {
         default: vec![ResponseAction::MakeRedFlag(FlagAction::new(Severity::High))],
         actions: Vec::new(),
     }
-}
-
-/// The uid deviations are filed under (see the module documentation).
-pub fn policy_uid(policy: &GuardDocument) -> String {
-    if let Some(uid) = policy.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
-        return uid.to_string();
-    }
-    let digest = Sha256::digest(policy.metadata.name.as_bytes());
-    format!("pol:{}", &hex::encode(digest)[..16])
 }
 
 /// The mode a policy is in; a policy written before modes existed is audited.

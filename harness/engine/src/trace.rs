@@ -19,14 +19,11 @@ use guardlab_events::{Event, EventBody, ExeStatus, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::deviation::{
-    Decision, DeviationMatcher, Finding, FlagClass, dns_text, untrusted_exe_reason,
-};
-use crate::fingerprint::epoch_seconds;
-use crate::fingerprint::tracker::{Direction, NONE, Step};
+use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, untrusted_exe_reason};
+use crate::error::PolicyError;
 use crate::merge::is_relevant_to_canonical;
-use crate::model::{DeviationType, Policy, Severity};
-use crate::policy::PolicyError;
+use crate::model::{DeviationType, Policy, Severity, epoch_seconds};
+use crate::tracker::{Direction, Step};
 
 /// One program image on the way to a deviant process.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -173,7 +170,7 @@ impl Investigator {
         match step {
             Step::Exec(image) => {
                 if let EventBody::Exec(exec) = &event.body {
-                    debug_assert_eq!(self.details.len(), image as usize);
+                    debug_assert_eq!(self.details.len(), image.index());
                     let mut args = exec.argv.clone();
                     if exec.argv_truncated {
                         args.push("...".into());
@@ -186,7 +183,7 @@ impl Investigator {
                 }
             }
             Step::Net(obs) => {
-                let dns = dns_text(self.matcher.tracker(), obs.dns);
+                let dns = self.matcher.tracker().dns_text(obs.dns);
                 self.connections
                     .entry(obs.key)
                     .or_default()
@@ -224,10 +221,10 @@ impl Investigator {
                 let occ = &r.first;
                 let mut chain = Vec::new();
                 let mut image = occ.image;
-                while image != NONE {
-                    let img = &t.images[image as usize];
-                    let d = &self.details[image as usize];
-                    let label = p.label(image);
+                while let Some(id) = image {
+                    let img = t.image(id);
+                    let d = &self.details[id.index()];
+                    let label = p.label(id);
                     chain.push(TraceProcess {
                         pid: d.pid,
                         ns_pid: d.ns_pid,
@@ -245,7 +242,7 @@ impl Investigator {
                     image = img.parent;
                 }
                 chain.reverse();
-                let info = &t.containers[occ.container as usize].info;
+                let info = &t.container(occ.container).info;
                 deviations.push(DeviationTrace {
                     policy_name: p.c.name.clone(),
                     policy_uid: p.c.uid.clone(),

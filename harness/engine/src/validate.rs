@@ -12,14 +12,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::document::Document;
-use crate::merge::net::{parse_cidr, parse_protocol};
 use crate::model::{
-    API_VERSION, ContainerSelector, Deviation, DeviationType, EgressNode, FingerprintGroup,
-    FlagAction, GuardDocument, IngressNode, KIND_DEVIATION, KIND_FINGERPRINT,
+    API_VERSION, ContainerSelector, Deviation, DeviationType, Document, EgressNode,
+    FingerprintGroup, FlagAction, GuardDocument, IngressNode, KIND_DEVIATION, KIND_FINGERPRINT,
     KIND_FINGERPRINT_GROUP, KIND_POLICY, LabelSelector, MachineSelector, Peer, PortSpec,
     ProcessNode, ProcessSelector, ResponseAction,
 };
+use crate::net::{parse_cidr, parse_protocol};
 
 /// One step of a [`FieldPath`]: a mapping key as spelled in the YAML, or a list index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -32,11 +32,37 @@ pub enum TimeBound {
 }
 
 /// A time that is none of the [`TIME_FORMS`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a time: {detail}; give {TIME_FORMS}")]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("`{input}` is not a time: {problem}; give {TIME_FORMS}")]
 pub struct TimeBoundError {
+    /// The text as given.
     pub input: String,
-    pub detail: String,
+    pub problem: NotATime,
+}
+
+/// Why a text is not a time (see [`TimeBoundError`]).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NotATime {
+    #[error("it is empty")]
+    Empty,
+    /// After `+`, what jiff could not read as a duration.
+    #[error("{0}")]
+    Duration(jiff::Error),
+    #[error("the duration after the first event is negative")]
+    NegativeDuration,
+    #[error("the duration is too long")]
+    DurationTooLong,
+    #[error("durations count forward from the first event and start with `+`")]
+    Backwards,
+    #[error(
+        "a bare number could be seconds after the first event or since 1970: write `+30s` for the first"
+    )]
+    BareNumber,
+    /// What jiff could not read as an RFC 3339 time with its offset.
+    #[error("{0}")]
+    Time(jiff::Error),
+    #[error("it is before 1970, and no event is")]
+    Before1970,
 }
 
 impl FromStr for TimeBound {
@@ -44,42 +70,33 @@ impl FromStr for TimeBound {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let input = s.trim();
-        let fail = |detail: String| TimeBoundError {
+        let fail = |problem: NotATime| TimeBoundError {
             input: s.to_string(),
-            detail,
+            problem,
         };
         if input.is_empty() {
-            return Err(fail("it is empty".into()));
+            return Err(fail(NotATime::Empty));
         }
         if let Some(rest) = input.strip_prefix('+') {
             let duration: SignedDuration = rest
                 .trim_start()
                 .parse()
-                .map_err(|e: jiff::Error| fail(e.to_string()))?;
+                .map_err(|e| fail(NotATime::Duration(e)))?;
             if duration.is_negative() {
-                return Err(fail(
-                    "the duration after the first event is negative".into(),
-                ));
+                return Err(fail(NotATime::NegativeDuration));
             }
-            let ns = u64::try_from(duration.as_nanos())
-                .map_err(|_| fail("the duration is too long".into()))?;
+            let ns =
+                u64::try_from(duration.as_nanos()).map_err(|_| fail(NotATime::DurationTooLong))?;
             return Ok(TimeBound::AfterFirst(ns));
         }
         if input.starts_with('-') {
-            return Err(fail(
-                "durations count forward from the first event and start with `+`".into(),
-            ));
+            return Err(fail(NotATime::Backwards));
         }
         if input.parse::<f64>().is_ok() {
-            return Err(fail(
-                "a bare number could be seconds after the first event or since 1970: write `+30s` for the first".into(),
-            ));
+            return Err(fail(NotATime::BareNumber));
         }
-        let at: Timestamp = input
-            .parse()
-            .map_err(|e: jiff::Error| fail(e.to_string()))?;
-        let ns = u64::try_from(at.as_nanosecond())
-            .map_err(|_| fail("it is before 1970, and no event is".into()))?;
+        let at: Timestamp = input.parse().map_err(|e| fail(NotATime::Time(e)))?;
+        let ns = u64::try_from(at.as_nanosecond()).map_err(|_| fail(NotATime::Before1970))?;
         Ok(TimeBound::At(ns))
     }
 }
@@ -263,6 +280,23 @@ mod tests {
             assert!(message.contains(says), "{input}: {message}");
             assert!(message.contains("+1m30s"), "{input}: {message}");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_its_problem() {
+        let problem = |s: &str| s.parse::<TimeBound>().map(|_| ()).unwrap_err().problem;
+        assert!(matches!(problem(""), NotATime::Empty));
+        assert!(matches!(problem("+-30s"), NotATime::NegativeDuration));
+        assert!(matches!(problem("+30"), NotATime::Duration(_)));
+        assert!(matches!(problem("-30s"), NotATime::Backwards));
+        assert!(matches!(problem("30"), NotATime::BareNumber));
+        assert!(matches!(problem("yesterday"), NotATime::Time(_)));
+        assert!(matches!(
+            problem("1969-12-31T23:59:59Z"),
+            NotATime::Before1970
+        ));
+        let err = "+30".parse::<TimeBound>().unwrap_err();
+        assert_eq!(err.input, "+30");
     }
 
     #[test]

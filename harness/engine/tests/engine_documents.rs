@@ -1,9 +1,6 @@
 //! Everything the engine writes is a valid spyctl document that reads back unchanged: the
 //! fingerprints, groups, policies, deviations and merged policies of the notebook story.
 
-mod common;
-
-use common::notebook::{FIRST, baseline};
 use guardlab_engine::deviation::{DeviationMatcher, ROOT_ANCHOR};
 use guardlab_engine::document::{Document, parse_document, to_yaml};
 use guardlab_engine::fingerprint::{fingerprint_groups, fingerprints};
@@ -11,6 +8,8 @@ use guardlab_engine::merge::{merge_deviation, merge_document, merge_policy};
 use guardlab_engine::model::Mode;
 use guardlab_engine::policy::{PolicyError, create_policy, create_policy_from};
 use guardlab_engine::validate::validate;
+use guardlab_test_support::notebook::{CG, FIRST, baseline};
+use guardlab_test_support::stream::prog;
 
 fn check(doc: Document) {
     let problems = validate(&doc);
@@ -37,24 +36,15 @@ fn the_story_s_documents_validate_and_round_trip() {
     let bash = nb.terminal();
     nb.attack(bash);
     // A `kubectl exec` shell: a new root.
-    let shell = nb.s.spawn(
-        common::notebook::CG,
-        None,
-        common::stream::prog("/bin/sh", &["sh"], "root"),
-    );
+    let shell = nb.s.spawn(CG, None, prog("/bin/sh", &["sh"], "root"));
     nb.s.connect(
-        common::notebook::CG,
+        CG,
         shell,
         guardlab_events::Protocol::Tcp,
         ("198.18.0.2", 40000),
         ("198.18.0.99", 22),
     );
-    nb.s.accept(
-        common::notebook::CG,
-        nb.server,
-        ("198.18.0.2", 8888),
-        ("198.18.0.77", 41000),
-    );
+    nb.s.accept(CG, nb.server, ("198.18.0.2", 8888), ("198.18.0.77", 41000));
     let mut m = DeviationMatcher::new(std::slice::from_ref(&policy)).unwrap();
     m.observe_all(&nb.s.events);
     let report = m.report();

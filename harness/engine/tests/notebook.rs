@@ -4,10 +4,6 @@
 //! expected process and egress deviations, flags and kills; every output is the same on every
 //! run, and is kept as a snapshot under `snapshots/engine/`.
 
-mod common;
-
-use common::notebook::{CG, FIRST, Notebook, PY, REPLAY, Run, baseline};
-use common::stream::prog;
 use guardlab_engine::deviation::{
     ActionKind, DeviationMatcher, DeviationReport, ROOT_ANCHOR, find_deviations,
 };
@@ -19,6 +15,8 @@ use guardlab_engine::model::{
 };
 use guardlab_engine::policy::{create_policy, set_enabled, set_mode};
 use guardlab_engine::trace::{Investigation, Investigator};
+use guardlab_test_support::notebook::{CG, FIRST, Notebook, PY, REPLAY, Run, baseline};
+use guardlab_test_support::stream::{Exec, prog};
 
 fn snapshots() -> insta::Settings {
     let mut settings = insta::Settings::clone_current();
@@ -445,7 +443,7 @@ fn a_kernel_restart_is_not_a_new_behaviour() {
     let kernel = nb.s.spawn(
         CG,
         Some(nb.server),
-        common::stream::Exec {
+        Exec {
             exe: PY,
             comm: "python",
             argv: &argv,

@@ -1,25 +1,32 @@
 //! A policy prepared for matching: its process forest flattened with globs ready, its network
 //! nodes parsed, and the selectors that say which containers it applies to.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use guardlab_events::{ContainerInfo, Protocol};
 
-use crate::glob::{Glob, glob_match, is_glob};
-use crate::merge::{
-    self, PolicyNets,
-    net::{Block, Ports, normalize_dns_name, parse_cidr},
-};
-use crate::model::{ContainerSelector, LabelSelector, Mode, Peer, Policy, ProcessNode};
-use crate::policy::{PolicyError, is_enabled, mode, policy_uid};
+use super::selector::{container_matches, labels_match, namespace_labels};
+use crate::canonical::{canonicalize, collect_ids};
+use crate::error::PolicyError;
+use crate::glob::{Glob, glob_match};
+use crate::id::typed_id;
+use crate::merge::PolicyNets;
+use crate::model::{Mode, Peer, Policy, ProcessNode};
+use crate::names::policy_uid;
+use crate::net::{Block, Ports, normalize_dns_name, parse_cidr};
+use crate::policy::{is_enabled, mode};
+
+typed_id!(
+    /// A node of a compiled policy's process forest ([`CNode`]).
+    pub(crate) PolicyNodeId
+);
 
 pub(crate) struct CNode {
     pub id: String,
     pub name: Glob,
     pub exes: Vec<Glob>,
-    pub children: Vec<u32>,
+    pub children: Vec<PolicyNodeId>,
 }
 
 pub(crate) struct CNet {
@@ -27,8 +34,8 @@ pub(crate) struct CNet {
     pub dns: Vec<Glob>,
     pub blocks: Vec<Block>,
     pub ports: Vec<Ports>,
-    /// Node indexes; `None` means any process.
-    pub processes: Option<Vec<u32>>,
+    /// The nodes it names, sorted; `None` means any process.
+    pub processes: Option<Vec<PolicyNodeId>>,
 }
 
 impl CNet {
@@ -36,16 +43,16 @@ impl CNet {
         self.ports.iter().any(|p| p.allows(protocol, port))
     }
 
-    pub fn allows_process(&self, node: Option<u32>) -> bool {
+    pub fn allows_process(&self, node: Option<PolicyNodeId>) -> bool {
         match (&self.processes, node) {
             (None, _) => true,
-            (Some(list), Some(n)) => list.contains(&n),
+            (Some(list), Some(n)) => list.binary_search(&n).is_ok(),
             (Some(_), None) => false,
         }
     }
 
     /// True when the address is in a block, or one of the names an earlier DNS answer gave
-    /// for it (in normal form, see [`crate::merge::net::normalize_dns_name`]) matches a
+    /// for it (in normal form, see [`crate::net::normalize_dns_name`]) matches a
     /// `dnsSelector`.
     pub fn allows_peer(&self, names: &[&str], ip: IpAddr) -> bool {
         names
@@ -63,7 +70,7 @@ pub(crate) struct CompiledPolicy {
     pub enabled: bool,
     pub mode: Mode,
     pub nodes: Vec<CNode>,
-    pub roots: Vec<u32>,
+    pub roots: Vec<PolicyNodeId>,
     pub ids: HashSet<String>,
     pub ingress: Vec<CNet>,
     pub egress: Vec<CNet>,
@@ -74,8 +81,8 @@ pub(crate) struct CompiledPolicy {
 impl CompiledPolicy {
     pub fn new(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
         let mut policy = policy.clone();
-        merge::canonicalize(&mut policy);
-        let ids = merge::collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
+        canonicalize(&mut policy);
+        let ids = collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
         let mut nodes = Vec::new();
         let mut id_index = BTreeMap::new();
         let roots = flatten(&policy.spec.process_policy, &mut nodes, &mut id_index);
@@ -129,10 +136,15 @@ impl CompiledPolicy {
                 .collect::<Result<_, _>>()?;
             // An id that names no node matches no process (validation reports it).
             let processes = (!processes.is_empty()).then(|| {
-                processes
+                let mut nodes: Vec<PolicyNodeId> = processes
                     .iter()
                     .filter_map(|id| id_index.get(id.as_str()).copied())
-                    .collect()
+                    .collect();
+                // Sorted, to be searched on every connection: a network node may name
+                // hundreds of processes.
+                nodes.sort_unstable();
+                nodes.dedup();
+                nodes
             });
             Ok(CNet {
                 dns,
@@ -171,18 +183,28 @@ impl CompiledPolicy {
     }
 
     /// The first node among `candidates` that covers a process named `name` running `exe`.
-    pub fn covering(&self, candidates: &[u32], name: &str, exe: &str) -> Option<u32> {
+    pub fn covering(
+        &self,
+        candidates: &[PolicyNodeId],
+        name: &str,
+        exe: &str,
+    ) -> Option<PolicyNodeId> {
         candidates.iter().copied().find(|&c| {
-            let n = &self.nodes[c as usize];
+            let n = self.node(c);
             n.name.matches(name) && n.exes.iter().any(|g| g.matches(exe))
         })
     }
 
-    pub fn children_of(&self, node: Option<u32>) -> &[u32] {
+    /// The children of a node; the roots for none.
+    pub fn children_of(&self, node: Option<PolicyNodeId>) -> &[PolicyNodeId] {
         match node {
-            Some(n) => &self.nodes[n as usize].children,
+            Some(n) => &self.node(n).children,
             None => &self.roots,
         }
+    }
+
+    pub fn node(&self, id: PolicyNodeId) -> &CNode {
+        &self.nodes[id.index()]
     }
 
     /// True when the policy applies to the container.
@@ -220,11 +242,11 @@ impl CompiledPolicy {
 fn flatten(
     nodes: &[ProcessNode],
     out: &mut Vec<CNode>,
-    ids: &mut BTreeMap<String, u32>,
-) -> Vec<u32> {
+    ids: &mut BTreeMap<String, PolicyNodeId>,
+) -> Vec<PolicyNodeId> {
     let mut mine = Vec::with_capacity(nodes.len());
     for n in nodes {
-        let idx = out.len() as u32;
+        let idx = PolicyNodeId::new(out.len());
         out.push(CNode {
             id: n.id.clone(),
             name: Glob::new(&n.name),
@@ -233,89 +255,8 @@ fn flatten(
         });
         ids.insert(n.id.clone(), idx);
         let kids = flatten(n.children.as_deref().unwrap_or_default(), out, ids);
-        out[idx as usize].children = kids;
+        out[idx.index()].children = kids;
         mine.push(idx);
     }
     mine
-}
-
-/// The namespace's labels, with the `kubernetes.io/metadata.name` label Kubernetes always sets.
-pub(crate) fn namespace_labels(info: &ContainerInfo) -> BTreeMap<String, String> {
-    let mut labels = info.namespace_labels.clone();
-    if !info.namespace.is_empty() {
-        labels
-            .entry("kubernetes.io/metadata.name".into())
-            .or_insert_with(|| info.namespace.clone());
-    }
-    labels
-}
-
-/// Image references name the default registry in several ways; a selector written with the
-/// short form matches the long form too. A reference with neither tag nor digest means
-/// `:latest`, so `nginx` is also matched as `nginx:latest` (and by `nginx:*`).
-fn image_forms(image: &str) -> Vec<Cow<'_, str>> {
-    let mut forms = vec![Cow::Borrowed(image)];
-    if let Some(rest) = image.strip_prefix("docker.io/") {
-        forms.push(Cow::Borrowed(rest));
-        if let Some(short) = rest.strip_prefix("library/") {
-            forms.push(Cow::Borrowed(short));
-        }
-    }
-    let name = image.rsplit('/').next().unwrap_or(image);
-    if !name.contains(':') && !image.contains('@') && !image.is_empty() {
-        let tagged: Vec<Cow<'_, str>> = forms
-            .iter()
-            .map(|f| Cow::Owned(format!("{f}:latest")))
-            .collect();
-        forms.extend(tagged);
-    }
-    forms
-}
-
-pub(crate) fn container_matches(sel: &ContainerSelector, info: &ContainerInfo) -> bool {
-    if let Some(image) = &sel.image
-        && !image_forms(&info.image)
-            .iter()
-            .any(|form| glob_match(image, form))
-    {
-        return false;
-    }
-    if let Some(id) = &sel.image_id
-        && !glob_match(id, &info.image_id)
-    {
-        return false;
-    }
-    if let Some(name) = &sel.container_name
-        && !glob_match(name, &info.container_name)
-    {
-        return false;
-    }
-    if let Some(id) = &sel.container_id {
-        // A short container id (as `docker ps` shows) selects the full one.
-        let matched = if is_glob(id) {
-            glob_match(id, &info.container_id)
-        } else {
-            info.container_id.starts_with(id.as_str()) && !id.is_empty()
-        };
-        if !matched {
-            return false;
-        }
-    }
-    true
-}
-
-pub(crate) fn labels_match(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    sel.match_labels
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && sel.match_expressions.iter().all(|e| {
-            let value = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => value.is_some_and(|v| e.values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
 }

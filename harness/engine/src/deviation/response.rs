@@ -10,7 +10,7 @@ use std::fmt;
 use guardlab_events::{ContainerInfo, ProcessKey};
 use serde::Serialize;
 
-use super::compiled::{container_matches, labels_match, namespace_labels};
+use super::selector::{container_matches, labels_match, namespace_labels};
 use crate::glob::glob_match;
 use crate::model::{
     ContainerSelector, DeviationType, FlagAction, LabelSelector, MachineSelector, ProcessSelector,

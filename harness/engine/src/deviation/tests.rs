@@ -1,11 +1,13 @@
 use guardlab_events::{ContainerInfo, ExeStatus, ProcessKey, Protocol};
+use guardlab_test_support::stream::{Stream, pod_container, prog};
+use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::fingerprint::fingerprints;
-use crate::fingerprint::stream::{Stream, pod_container, prog};
 use crate::merge::merge_deviation;
 use crate::model::{
-    ActionSelectors, FlagAction, ProcessSelector, Response, ResponseAction, Severity,
+    ActionSelectors, EgressNode, FlagAction, Peer, PortSpec, ProcessNode, ProcessSelector,
+    Response, ResponseAction, Severity,
 };
 use crate::policy::{create_policy, set_enabled, set_mode};
 

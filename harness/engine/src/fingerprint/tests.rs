@@ -1,6 +1,6 @@
 use guardlab_events::{ContainerInfo, ProcessExec, ProcessKey, Protocol};
+use guardlab_test_support::stream::{Exec, Stream, pod_container, prog};
 
-use super::stream::{Exec, Stream, pod_container, prog};
 use super::*;
 use crate::model::Peer;
 use crate::window::TimeWindow;

@@ -1,8 +1,11 @@
+use super::network::net_covers;
+use super::process::unique_id;
 use super::*;
+use crate::canonical::NetNode;
 use crate::model::{
-    API_VERSION, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
-    DeviationType, IpBlock, KIND_DEVIATION, KIND_FINGERPRINT, KIND_POLICY, Metadata, PolicyNodeRef,
-    Spec,
+    API_VERSION, ContainerSelector, DeviationMetadata, DeviationNetwork, DeviationProcess,
+    DeviationSpec, DeviationType, EgressNode, IpBlock, KIND_DEVIATION, KIND_FINGERPRINT,
+    KIND_POLICY, LabelSelector, Metadata, Peer, PolicyNodeRef, PortSpec, Spec,
 };
 
 fn node(name: &str, exe: &str, id: &str, kids: Vec<ProcessNode>) -> ProcessNode {

@@ -8,19 +8,33 @@
 //! container (a sensor bug, a process that moved cgroups, a forged recording) never ties two
 //! containers' forests together; it is taken as a process whose start was not seen.
 
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
 use guardlab_events::{ContainerInfo, Event, EventBody, ExeStatus, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::process_name;
-use crate::merge::net::normalize_dns_name;
+use crate::id::typed_id;
+use crate::names::process_name;
+use crate::net::normalize_dns_name;
 
-/// An interned string.
-pub(crate) type Sym = u32;
-/// "No such thing" for the `u32` indexes below (kept as plain integers for compactness).
-pub(crate) const NONE: u32 = u32::MAX;
+typed_id!(
+    /// An interned string of [`Symbols`].
+    pub(crate) Sym
+);
+typed_id!(
+    /// A set of DNS names of [`NameSets`].
+    pub(crate) NameSetId
+);
+typed_id!(
+    /// A container, in the order `container` events introduced them.
+    pub(crate) ContainerId
+);
+typed_id!(
+    /// An exec'd program [`Image`], in the order of the execs.
+    pub(crate) ImageId
+);
 
 #[derive(Default)]
 pub(crate) struct Symbols {
@@ -33,14 +47,14 @@ impl Symbols {
         if let Some(&sym) = self.index.get(s) {
             return sym;
         }
-        let sym = self.names.len() as Sym;
+        let sym = Sym::new(self.names.len());
         self.names.push(s.into());
         self.index.insert(s.into(), sym);
         sym
     }
 
     pub(crate) fn get(&self, sym: Sym) -> &str {
-        &self.names[sym as usize]
+        &self.names[sym.index()]
     }
 }
 
@@ -49,22 +63,23 @@ impl Symbols {
 #[derive(Default)]
 pub(crate) struct NameSets {
     sets: Vec<Box<[Sym]>>,
-    index: FxHashMap<Box<[Sym]>, u32>,
+    index: FxHashMap<Box<[Sym]>, NameSetId>,
 }
 
 impl NameSets {
-    pub(crate) fn get(&self, set: u32) -> &[Sym] {
-        &self.sets[set as usize]
+    pub(crate) fn get(&self, set: NameSetId) -> &[Sym] {
+        &self.sets[set.index()]
     }
 
-    /// The set `set` (or the empty set for [`NONE`]) with `name` added.
-    fn with(&mut self, syms: &Symbols, set: u32, name: Sym) -> u32 {
-        let current: &[Sym] = if set == NONE {
-            &[]
-        } else {
-            &self.sets[set as usize]
+    /// The set `set` (or the empty set for none) with `name` added.
+    fn with(&mut self, syms: &Symbols, set: Option<NameSetId>, name: Sym) -> NameSetId {
+        let current: &[Sym] = match set {
+            Some(set) => self.get(set),
+            None => &[],
         };
-        if current.contains(&name) {
+        if let Some(set) = set
+            && current.contains(&name)
+        {
             return set;
         }
         let mut names: Vec<Sym> = current.to_vec();
@@ -74,7 +89,7 @@ impl NameSets {
         if let Some(&id) = self.index.get(&names) {
             return id;
         }
-        let id = self.sets.len() as u32;
+        let id = NameSetId::new(self.sets.len());
         self.sets.push(names.clone());
         self.index.insert(names, id);
         id
@@ -90,9 +105,9 @@ pub(crate) struct ContainerRec {
 /// One exec'd program image: a process after an `exec`. A process that execs twice is two
 /// images, the second the child of the first.
 pub(crate) struct Image {
-    pub container: u32,
-    /// The parent image, or [`NONE`] for a root of the container's forest.
-    pub parent: u32,
+    pub container: ContainerId,
+    /// The parent image; none for a root of the container's forest.
+    pub parent: Option<ImageId>,
     pub key: ProcessKey,
     pub name: Sym,
     pub exe: Sym,
@@ -105,10 +120,10 @@ pub(crate) struct Image {
 
 #[derive(Clone, Copy)]
 struct Live {
-    container: u32,
+    container: ContainerId,
     /// The image this process runs: its own after exec, its parent's after a fork without
-    /// exec; [`NONE`] when its lineage is unknown (it was running before we saw it).
-    image: u32,
+    /// exec; none when its lineage is unknown (it was running before we saw it).
+    image: Option<ImageId>,
 }
 
 /// Which way a connection went, seen from the container.
@@ -121,9 +136,9 @@ pub enum Direction {
 
 /// A connection that crosses the pod's boundary.
 pub(crate) struct NetObs {
-    pub container: u32,
-    /// The image of the process that owns the socket, or [`NONE`] when unknown.
-    pub image: u32,
+    pub container: ContainerId,
+    /// The image of the process that owns the socket; none when unknown.
+    pub image: Option<ImageId>,
     pub key: ProcessKey,
     pub direction: Direction,
     pub protocol: Protocol,
@@ -134,8 +149,8 @@ pub(crate) struct NetObs {
     pub port: u16,
     /// The peer's own port (ephemeral for ingress), for traces only.
     pub remote_port: u16,
-    /// The names earlier answers gave for `ip` (a set of [`NameSets`]), or [`NONE`].
-    pub dns: u32,
+    /// The names earlier answers gave for `ip` (a set of [`NameSets`]), if any did.
+    pub dns: Option<NameSetId>,
     pub ts: u64,
     pub refused: bool,
 }
@@ -143,8 +158,8 @@ pub(crate) struct NetObs {
 pub(crate) enum Step {
     /// Nothing the engine keeps (unknown container, loopback, lost, ...).
     Ignored,
-    Container(u32),
-    Exec(u32),
+    Container(ContainerId),
+    Exec(ImageId),
     Fork,
     Exit {
         key: ProcessKey,
@@ -153,7 +168,7 @@ pub(crate) enum Step {
     },
     Net(NetObs),
     Listen {
-        image: u32,
+        image: Option<ImageId>,
         protocol: Protocol,
         port: u16,
     },
@@ -192,12 +207,12 @@ pub struct Stats {
 #[derive(Default)]
 pub(crate) struct Tracker {
     pub syms: Symbols,
-    cgroups: FxHashMap<u64, u32>,
+    cgroups: FxHashMap<u64, ContainerId>,
     pub containers: Vec<ContainerRec>,
     live: FxHashMap<ProcessKey, Live>,
     pub images: Vec<Image>,
     /// Per (container, address): the names DNS answers gave for it (a set of `name_sets`).
-    dns: FxHashMap<(u32, IpAddr), u32>,
+    dns: FxHashMap<(ContainerId, IpAddr), NameSetId>,
     pub name_sets: NameSets,
     euid_names: FxHashMap<u32, Sym>,
     /// The latest event time seen.
@@ -215,7 +230,7 @@ fn intra_pod(remote: IpAddr, local: Option<IpAddr>) -> bool {
 impl Tracker {
     /// The running process `key` of `container`, if there is one (see the module
     /// documentation: never a process of another container).
-    fn live_in(&self, key: &ProcessKey, container: u32) -> Option<Live> {
+    fn live_in(&self, key: &ProcessKey, container: ContainerId) -> Option<Live> {
         self.live
             .get(key)
             .copied()
@@ -223,23 +238,35 @@ impl Tracker {
     }
 
     /// The container an event belongs to, when a `container` event introduced its cgroup.
-    pub(crate) fn container_of(&self, event: &Event) -> Option<u32> {
+    pub(crate) fn container_of(&self, event: &Event) -> Option<ContainerId> {
         self.cgroups.get(&event.cgroup_id()?).copied()
     }
 
-    /// The names of a set of [`NameSets`] (sorted), none for [`NONE`].
-    pub(crate) fn dns_names(&self, set: u32) -> impl Iterator<Item = &str> {
-        let syms: &[Sym] = if set == NONE {
-            &[]
-        } else {
-            self.name_sets.get(set)
+    pub(crate) fn container(&self, id: ContainerId) -> &ContainerRec {
+        &self.containers[id.index()]
+    }
+
+    pub(crate) fn image(&self, id: ImageId) -> &Image {
+        &self.images[id.index()]
+    }
+
+    /// The names of a set of [`NameSets`] (sorted); none for no set.
+    pub(crate) fn dns_names(&self, set: Option<NameSetId>) -> impl Iterator<Item = &str> {
+        let syms: &[Sym] = match set {
+            Some(set) => self.name_sets.get(set),
+            None => &[],
         };
         syms.iter().map(|&s| self.syms.get(s))
     }
 
-    /// The image a running process of `container` runs, or [`NONE`].
-    fn image_of(&self, key: &ProcessKey, container: u32) -> u32 {
-        self.live_in(key, container).map_or(NONE, |l| l.image)
+    /// The names of a set of [`NameSets`] as one text: sorted, separated by `, `.
+    pub(crate) fn dns_text(&self, set: Option<NameSetId>) -> Option<String> {
+        set.map(|set| self.dns_names(Some(set)).collect::<Vec<_>>().join(", "))
+    }
+
+    /// The image a running process of `container` runs, if it is known.
+    fn image_of(&self, key: &ProcessKey, container: ContainerId) -> Option<ImageId> {
+        self.live_in(key, container).and_then(|l| l.image)
     }
 
     pub(crate) fn observe(&mut self, event: &Event) -> Step {
@@ -249,7 +276,7 @@ impl Tracker {
         }
         self.latest_ts = self.latest_ts.max(event.ts);
         match &event.body {
-            EventBody::Container(info) => return self.container(info, event.ts),
+            EventBody::Container(info) => return self.observe_container(info, event.ts),
             EventBody::Lost(lost) => {
                 self.stats.lost_events += lost.count;
                 return Step::Ignored;
@@ -263,7 +290,7 @@ impl Tracker {
             self.stats.unknown_container_events += 1;
             return Step::Ignored;
         };
-        let rec = &mut self.containers[container as usize];
+        let rec = &mut self.containers[container.index()];
         rec.first_ts = rec.first_ts.min(event.ts);
         rec.last_ts = rec.last_ts.max(event.ts);
         match &event.body {
@@ -273,10 +300,11 @@ impl Tracker {
                 // parent when the parent runs in this container, else is a root. A process
                 // forked by a parent we did not know yet (its events came out of order) takes
                 // the parent its exec names, when that one is known by now.
-                let named_parent = exec.parent.map_or(NONE, |p| self.image_of(&p, container));
                 let parent = match self.live_in(&exec.key, container) {
-                    Some(live) if live.image != NONE => live.image,
-                    _ => named_parent,
+                    Some(Live {
+                        image: Some(image), ..
+                    }) => Some(image),
+                    _ => exec.parent.and_then(|p| self.image_of(&p, container)),
                 };
                 let name = self.syms.intern(process_name(exec));
                 let exe = self.syms.intern(&exec.exe);
@@ -291,7 +319,7 @@ impl Tracker {
                         }
                     },
                 };
-                let image = self.images.len() as u32;
+                let image = ImageId::new(self.images.len());
                 self.images.push(Image {
                     container,
                     parent,
@@ -302,7 +330,13 @@ impl Tracker {
                     euser,
                     ts: event.ts,
                 });
-                self.live.insert(exec.key, Live { container, image });
+                self.live.insert(
+                    exec.key,
+                    Live {
+                        container,
+                        image: Some(image),
+                    },
+                );
                 self.stats.processes += 1;
                 if !exec.exe_status.is_resolved() {
                     self.stats.untrusted_exes += 1;
@@ -346,10 +380,10 @@ impl Tracker {
                     },
                 };
                 let image = self.image_of(&c.process, container);
-                if image == NONE {
+                if image.is_none() {
                     self.stats.unknown_process_connections += 1;
                 }
-                let dns = self.dns.get(&(container, ip)).copied().unwrap_or(NONE);
+                let dns = self.dns.get(&(container, ip)).copied();
                 Step::Net(NetObs {
                     container,
                     image,
@@ -370,7 +404,7 @@ impl Tracker {
                     return Step::Ignored;
                 }
                 let image = self.image_of(&l.process, container);
-                if image == NONE {
+                if image.is_none() {
                     self.stats.unknown_process_connections += 1;
                 }
                 Step::Listen {
@@ -386,11 +420,15 @@ impl Tracker {
                 }
                 let name = self.syms.intern(&name);
                 for addr in &answer.addresses {
-                    let slot = self
-                        .dns
-                        .entry((container, addr.to_canonical()))
-                        .or_insert(NONE);
-                    *slot = self.name_sets.with(&self.syms, *slot, name);
+                    match self.dns.entry((container, addr.to_canonical())) {
+                        Entry::Occupied(mut known) => {
+                            let set = self.name_sets.with(&self.syms, Some(*known.get()), name);
+                            known.insert(set);
+                        }
+                        Entry::Vacant(new) => {
+                            new.insert(self.name_sets.with(&self.syms, None, name));
+                        }
+                    }
                 }
                 Step::Dns
             }
@@ -398,16 +436,16 @@ impl Tracker {
         }
     }
 
-    fn container(&mut self, info: &ContainerInfo, ts: u64) -> Step {
+    fn observe_container(&mut self, info: &ContainerInfo, ts: u64) -> Step {
         if let Some(&idx) = self.cgroups.get(&info.cgroup_id) {
             // Told again (a sensor restart): the newest facts win, the times stay.
-            let rec = &mut self.containers[idx as usize];
+            let rec = &mut self.containers[idx.index()];
             rec.info = info.clone();
             rec.first_ts = rec.first_ts.min(ts);
             rec.last_ts = rec.last_ts.max(ts);
             return Step::Container(idx);
         }
-        let idx = self.containers.len() as u32;
+        let idx = ContainerId::new(self.containers.len());
         self.cgroups.insert(info.cgroup_id, idx);
         self.containers.push(ContainerRec {
             info: info.clone(),

@@ -5,7 +5,7 @@
 
 use guardlab_events::{ProcessKey, Protocol};
 
-use super::stream::{Exec, Rng, Stream, pod_container, prog};
+use crate::stream::{Exec, Rng, Stream, pod_container, prog};
 
 pub const CG: u64 = 4242;
 pub const IMAGE: &str = "jupyter/minimal-notebook:latest";
@@ -84,10 +84,10 @@ impl Notebook {
             s.accept(CG, server, (POD_IP, 8888), (HOST_IP, port));
         }
         s.wait_ms(250);
-        s.skip_pids((rng.next() % 7) as u32);
+        s.skip_pids((rng.next_u64() % 7) as u32);
         let file = format!(
             "/home/jovyan/.local/share/jupyter/runtime/kernel-{:016x}.json",
-            rng.next()
+            rng.next_u64()
         );
         let argv = [
             "/opt/conda/bin/python",
@@ -246,4 +246,73 @@ pub fn baseline(run: &Run) -> Notebook {
     let mut nb = Notebook::start(run);
     nb.baseline_cells(run);
     nb
+}
+
+#[cfg(test)]
+mod tests {
+    use guardlab_events::{Event, EventBody};
+
+    use super::*;
+
+    /// The programs exec'd, in order, with their parent's position in the list.
+    fn programs(events: &[Event]) -> Vec<(String, Vec<String>, Option<usize>)> {
+        let mut keys = Vec::new();
+        let mut out = Vec::new();
+        for event in events {
+            if let EventBody::Exec(exec) = &event.body {
+                let parent = exec.parent.and_then(|p| keys.iter().position(|k| *k == p));
+                keys.push(exec.key);
+                // The kernel's connection file is named at random: leave it out.
+                let argv = exec
+                    .argv
+                    .iter()
+                    .filter(|a| !a.contains("/runtime/kernel-"))
+                    .cloned()
+                    .collect();
+                out.push((exec.exe.clone(), argv, parent));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn two_runs_differ_only_in_what_changes_between_runs() {
+        let (first, replay) = (baseline(&FIRST), baseline(&REPLAY));
+        assert_eq!(programs(&first.s.events), programs(&replay.s.events));
+        assert_ne!(first.server, replay.server, "other pids");
+        assert_ne!(
+            first.kernel_ports, replay.kernel_ports,
+            "other loopback ports"
+        );
+        assert_ne!(first.s.events[0].ts, replay.s.events[0].ts, "another time");
+    }
+
+    #[test]
+    fn the_server_is_the_container_s_first_process_and_the_attack_runs_under_the_shell() {
+        let mut nb = baseline(&FIRST);
+        let bash = nb.terminal();
+        let miner = nb.attack(bash);
+        let exec = |key| {
+            nb.s.events.iter().find_map(|e| match &e.body {
+                EventBody::Exec(x) if x.key == key => Some(x.clone()),
+                _ => None,
+            })
+        };
+        let server = exec(nb.server).expect("the server execs");
+        assert_eq!(server.cgroup_id, CG);
+        assert_eq!(
+            server.parent,
+            Some(ProcessKey(900, 1)),
+            "the runtime's process"
+        );
+        let miner = exec(miner).expect("the miner execs");
+        assert_eq!(
+            (miner.exe.as_str(), miner.parent),
+            ("/home/jovyan/minerd", Some(bash))
+        );
+        let EventBody::Container(info) = &nb.s.events[0].body else {
+            panic!("the container comes first");
+        };
+        assert_eq!((info.cgroup_id, info.image.as_str()), (CG, IMAGE));
+    }
 }

@@ -1,6 +1,6 @@
-//! A small builder of hand-written event streams, shared by the engine's unit tests (included
-//! with `#[path]`) and its integration tests.
-#![allow(dead_code)]
+//! A small builder of hand-written event streams: each event 1 ms after the previous one, pids
+//! counting up from the first, process start times growing with the stream, so that a test
+//! writes only what a process does.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -262,7 +262,7 @@ pub fn pod_container(cgroup: u64, container_id: &str, image: &str, pod: &str) ->
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -271,8 +271,104 @@ impl Rng {
         x
     }
 
+    /// A number below `n` (not quite uniform: tests and benchmarks need no more).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
     /// An ephemeral port (Linux's default range).
     pub fn port(&mut self) -> u16 {
-        32768 + (self.next() % 28000) as u16
+        32768 + (self.next_u64() % 28000) as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_of(event: &Event) -> &ProcessExec {
+        match &event.body {
+            EventBody::Exec(exec) => exec,
+            other => panic!("expected an exec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn events_come_one_millisecond_apart_and_waits_move_time_on() {
+        let mut s = Stream::new(100, 4000);
+        s.container(pod_container(7, "c1", "app:1", "app-5d8f7-abcde"));
+        s.spawn(7, None, prog("/bin/sh", &["sh"], "root"));
+        s.wait_ms(250);
+        assert_eq!(s.next_ts(), 100_000_000_000 + 253_000_000);
+        s.dns(7, "example.org", &["198.18.0.9"]);
+        let times: Vec<u64> = s.events.iter().map(|e| e.ts).collect();
+        assert_eq!(
+            times,
+            [100_001_000_000, 100_002_000_000, 100_253_000_000],
+            "container, exec, then the answer after the wait"
+        );
+    }
+
+    #[test]
+    fn a_spawn_is_a_fork_then_an_exec_of_the_same_process() {
+        let mut s = Stream::new(0, 4000);
+        let root = s.spawn(7, None, prog("/bin/sh", &["sh"], "root"));
+        s.skip_pids(5);
+        let child = s.spawn(7, Some(root), prog("/usr/bin/ls", &["ls", "-l"], "jovyan"));
+        assert_eq!((root.pid(), child.pid()), (4000, 4006));
+        assert!(child.1 > root.1, "a later process starts later");
+        let EventBody::Fork(fork) = &s.events[1].body else {
+            panic!("{:?}", s.events[1]);
+        };
+        assert_eq!((fork.key, fork.parent), (child, root));
+        let exec = exec_of(&s.events[2]);
+        assert_eq!((exec.key, exec.parent), (child, Some(root)));
+        assert_eq!(exec.argv, ["ls", "-l"]);
+        assert_eq!((exec.euid, exec.euser.as_deref()), (1000, Some("jovyan")));
+        assert_eq!(exec_of(&s.events[0]).euid, 0, "root is uid 0");
+        assert!(exec.exe_status.is_resolved());
+    }
+
+    #[test]
+    fn comm_is_the_basename_of_argv0_cut_at_15_bytes() {
+        let e = prog(
+            "/opt/conda/bin/python3.11",
+            &["/opt/conda/bin/jupyter-labextension"],
+            "x",
+        );
+        assert_eq!(e.comm, "jupyter-labexte");
+        assert_eq!(prog("/usr/bin/ls", &[], "x").comm, "ls", "no argv: the exe");
+    }
+
+    #[test]
+    fn an_untrusted_spawn_carries_its_status() {
+        let mut s = Stream::new(0, 10);
+        s.spawn_untrusted(
+            7,
+            None,
+            prog("memfd:minerd", &["minerd"], "jovyan"),
+            ExeStatus::Fileless,
+        );
+        assert_eq!(exec_of(&s.events[0]).exe_status, ExeStatus::Fileless);
+    }
+
+    #[test]
+    fn pod_containers_have_the_labels_of_a_deployment() {
+        let info = pod_container(7, "c1", "app:1", "web-7d9f8c6b5-x2k4p");
+        assert_eq!(info.pod_labels["app"], "jupyter-notebook");
+        assert_eq!(info.pod_labels["pod-template-hash"], "7d9f8c6b5");
+    }
+
+    #[test]
+    fn the_sequence_is_fixed_by_its_seed() {
+        let draw = |seed| {
+            let mut rng = Rng(seed);
+            (0..8).map(|_| rng.port()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
+        assert!(draw(42).iter().all(|p| (32768..60768).contains(p)));
+        let mut rng = Rng(42);
+        assert!((0..100).all(|_| rng.below(3) < 3));
     }
 }

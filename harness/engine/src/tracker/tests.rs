@@ -2,9 +2,9 @@
 //! fingerprints and deviations that depend on them.
 
 use guardlab_events::{ContainerInfo, Event, ProcessKey, Protocol};
+use guardlab_test_support::stream::{Stream, pod_container, prog};
 
 use crate::deviation::find_deviations;
-use crate::fingerprint::stream::{Stream, pod_container, prog};
 use crate::fingerprint::{FingerprintBuilder, fingerprints};
 use crate::model::{Fingerprint, Mode, Peer, ProcessNode};
 use crate::policy::create_policy;
