@@ -142,10 +142,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // The daemon builds its own runtime.
         Command::Daemon(args) => guardlab_lab::daemon_main(args),
-        command => match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        command => match guardlab_host::runtime(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ) {
             Ok(runtime) => runtime.block_on(run(command)),
             Err(source) => Err(guardlab_lab::LabError::Io {
                 context: "starting the runtime".into(),

@@ -4,10 +4,11 @@
 //! straight into theirs), so `cgroup.kill` on the lab's directory ends every lab process at once.
 
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use guardlab_host::{Pidfd, ProcStat};
 
 use crate::LabError;
 
@@ -90,9 +91,8 @@ pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
             // Ends every process of the tree, also ones forking while we kill (kernel 5.14+).
             let _ = fs::write(&kill_file, "1");
         } else {
-            for pid in pids_in_tree(path) {
-                // SAFETY: kill(2) with a pid read from the cgroup.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            for member in hold_members(path, &[]) {
+                let _ = member.send_signal(libc::SIGKILL);
             }
         }
         if Instant::now() > deadline {
@@ -109,58 +109,32 @@ pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
 /// The process group of a process (`pgrp`, field 5 of `/proc/<pid>/stat`), as this host's pid
 /// namespace numbers it. `None` when the process is gone.
 pub fn process_group(pid: u32) -> Option<u32> {
-    stat_state_and_group(pid).map(|(_, group)| group)
+    ProcStat::read(pid).map(|stat| stat.pgrp)
 }
 
 /// The process group of a process that has not ended (a zombie has nothing left to kill).
 fn live_process_group(pid: u32) -> Option<u32> {
-    stat_state_and_group(pid)
-        .filter(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
-        .map(|(_, group)| group)
+    ProcStat::read(pid)
+        .filter(|stat| !matches!(stat.state, 'Z' | 'X' | 'x'))
+        .map(|stat| stat.pgrp)
 }
 
-fn stat_state_and_group(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid pgrp ...`: the command name may contain spaces and parentheses.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let group = fields.nth(1)?.parse().ok()?;
-    Some((state, group))
-}
-
-/// A process held by a pidfd: a signal through it reaches that process or nothing, never a
-/// process that reused its pid.
-struct HeldProcess {
-    pid: u32,
-    fd: OwnedFd,
-}
-
-impl HeldProcess {
-    fn open(pid: u32) -> Option<HeldProcess> {
-        // SAFETY: pidfd_open(2) with no flags returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        Some(HeldProcess {
-            pid,
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: pidfd_send_signal(2) on a pidfd we own, without siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-    }
+/// The processes of the cgroup tree `tree` (but those in `known`), each held by a pidfd that
+/// was opened before the tree was listed again: every one returned is a member, and a signal
+/// through it reaches that process or nothing, never a process that reused its pid.
+fn hold_members(tree: &Path, known: &[u32]) -> Vec<Pidfd> {
+    let candidates: Vec<Pidfd> = pids_in_tree(tree)
+        .into_iter()
+        .filter(|pid| !known.contains(pid))
+        .filter_map(|pid| Pidfd::open(pid).ok())
+        .collect();
+    // Checked after the pidfd was opened: what passes is the process the pidfd holds (or one
+    // that died since, which no signal reaches).
+    let listed = pids_in_tree(tree);
+    candidates
+        .into_iter()
+        .filter(|held| listed.contains(&held.pid()))
+        .collect()
 }
 
 /// Kill the process group of `pid` with SIGKILL, limited to the processes of the cgroup tree
@@ -181,25 +155,18 @@ pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
     let pgid = live_process_group(pid).filter(|g| *g != 0).ok_or_else(|| {
         LabError::Failed(format!("process {pid} ended before it could be killed"))
     })?;
-    let mut members: Vec<HeldProcess> = Vec::new();
+    let mut members: Vec<Pidfd> = Vec::new();
     for _ in 0..100 {
-        let candidates: Vec<HeldProcess> = pids_in_tree(tree)
+        let known: Vec<u32> = members.iter().map(Pidfd::pid).collect();
+        let fresh: Vec<Pidfd> = hold_members(tree, &known)
             .into_iter()
-            .filter(|p| !members.iter().any(|m| m.pid == *p))
-            .filter_map(HeldProcess::open)
-            .collect();
-        // Checked after the pidfd was opened: what passes is the process the pidfd holds
-        // (or one that died since, which no signal reaches).
-        let listed = pids_in_tree(tree);
-        let fresh: Vec<HeldProcess> = candidates
-            .into_iter()
-            .filter(|c| listed.contains(&c.pid) && live_process_group(c.pid) == Some(pgid))
+            .filter(|held| live_process_group(held.pid()) == Some(pgid))
             .collect();
         if fresh.is_empty() {
             break;
         }
         for member in fresh {
-            member.signal(libc::SIGSTOP);
+            let _ = member.send_signal(libc::SIGSTOP);
             members.push(member);
         }
     }
@@ -209,11 +176,98 @@ pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
         )));
     }
     for member in &members {
-        member.signal(libc::SIGKILL);
+        let _ = member.send_signal(libc::SIGKILL);
     }
-    let mut killed: Vec<u32> = members.iter().map(|m| m.pid).collect();
+    let mut killed: Vec<u32> = members.iter().map(Pidfd::pid).collect();
     killed.sort_unstable();
     Ok(killed)
+}
+
+/// Kill one process of the cgroup tree `tree` with SIGKILL, through a pidfd opened before its
+/// membership is checked: a process outside the tree is never signalled, nor one that reused
+/// the pid of a process that left.
+pub fn kill_in_tree(tree: &Path, pid: u32) -> Result<(), LabError> {
+    let ended = || LabError::Failed(format!("process {pid} ended before it could be killed"));
+    let held = Pidfd::open(pid).map_err(|_| ended())?;
+    if !pids_in_tree(tree).contains(&pid) {
+        return Err(LabError::Failed(format!(
+            "process {pid} is not in cgroup {}",
+            tree.display()
+        )));
+    }
+    match held.send_signal(libc::SIGKILL) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ended()),
+        Err(source) => Err(LabError::Io {
+            context: format!("killing process {pid}"),
+            source,
+        }),
+    }
+}
+
+/// Kill a process of the cgroup tree `tree` and all its descendants there with SIGKILL.
+/// Returns the host pids that were signalled, in ascending order.
+///
+/// The tree is stopped first (SIGSTOP) and read again, so that nothing forks away while it is
+/// killed; each process is held by a pidfd opened before it is checked to be in the tree.
+pub fn kill_process_tree_in(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
+    if !pids_in_tree(tree).contains(&pid) {
+        return Err(LabError::Failed(format!(
+            "process {pid} is not in cgroup {}",
+            tree.display()
+        )));
+    }
+    let mut members = hold_process_tree(tree, pid, &[]);
+    for member in &members {
+        let _ = member.send_signal(libc::SIGSTOP);
+    }
+    let known: Vec<u32> = members.iter().map(Pidfd::pid).collect();
+    members.extend(hold_process_tree(tree, pid, &known));
+    for member in &members {
+        let _ = member.send_signal(libc::SIGKILL);
+    }
+    let mut killed: Vec<u32> = members.iter().map(Pidfd::pid).collect();
+    killed.sort_unstable();
+    Ok(killed)
+}
+
+/// `root` and its descendants in the cgroup tree `tree` (but those in `known`), each held by a
+/// pidfd opened before the tree was read again.
+fn hold_process_tree(tree: &Path, root: u32, known: &[u32]) -> Vec<Pidfd> {
+    let candidates: Vec<Pidfd> = descendants(&pids_in_tree(tree), root)
+        .into_iter()
+        .filter(|pid| !known.contains(pid))
+        .filter_map(|pid| Pidfd::open(pid).ok())
+        .collect();
+    let now = descendants(&pids_in_tree(tree), root);
+    candidates
+        .into_iter()
+        .filter(|held| now.contains(&held.pid()))
+        .collect()
+}
+
+/// `root` and every process below it, among `candidates`.
+fn descendants(candidates: &[u32], root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, Option<u32>)> = candidates
+        .iter()
+        .map(|&pid| (pid, ProcStat::read(pid).map(|stat| stat.ppid)))
+        .collect();
+    let mut tree = vec![root];
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (pid, parent) in &parents {
+            if let Some(parent) = parent
+                && tree.contains(parent)
+                && !tree.contains(pid)
+            {
+                tree.push(*pid);
+                changed = true;
+            }
+        }
+    }
+    tree.retain(|pid| candidates.contains(pid));
+    tree
 }
 
 /// Remove a cgroup tree, leaves first. Fine when it does not exist. The processes must be gone.

@@ -62,15 +62,10 @@ impl DaemonArgs {
 /// inside `block_on`).
 pub fn daemon_main(args: DaemonArgs) -> Result<(), LabError> {
     let config = DaemonConfig::read(&args.lab_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("lab-daemon")
-        .build()
-        .map_err(|source| LabError::Io {
-            context: "starting the daemon's runtime".into(),
-            source,
-        })?;
+    let runtime = guardlab_host::runtime(2).map_err(|source| LabError::Io {
+        context: "starting the daemon's runtime".into(),
+        source,
+    })?;
     runtime.block_on(run(config))
 }
 
@@ -100,10 +95,12 @@ impl Reporter {
 }
 
 fn log(text: &str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!("[{}.{:03}] {text}", now.as_secs(), now.subsec_millis());
+    let now = guardlab_host::unix_time_ns();
+    eprintln!(
+        "[{}.{:03}] {text}",
+        now / 1_000_000_000,
+        now / 1_000_000 % 1000
+    );
 }
 
 /// The state file, kept in memory and written through on every change.
@@ -384,29 +381,9 @@ impl Daemon {
 /// Largest size of a pod's writable layer (tmpfs; only what is written uses memory).
 const POD_LAYER_SIZE: &str = "4g";
 
-/// Random bytes from the kernel, as lowercase hex.
-fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    // SAFETY: getrandom(2) fills the buffer we own.
-    let filled = unsafe { libc::getrandom(buffer.as_mut_ptr().cast(), bytes, 0) };
-    if filled as usize != bytes {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        return format!(
-            "{:0width$x}",
-            nanos ^ std::process::id() as u128,
-            width = bytes * 2
-        )[..bytes * 2]
-            .to_string();
-    }
-    hex::encode(buffer)
-}
-
 /// A pod name suffix as Kubernetes makes them (5 characters of its safe alphabet).
 fn pod_suffix() -> String {
-    crate::local::manifest::kube_safe_hash(random_hex(16).as_bytes(), 5)
+    crate::local::manifest::kube_safe_hash(guardlab_host::random_hex(16).as_bytes(), 5)
 }
 
 async fn create_pod(daemon: &Daemon, reporter: &Reporter) -> Result<RunningPod, LabError> {
@@ -470,7 +447,7 @@ async fn create_pod(daemon: &Daemon, reporter: &Reporter) -> Result<RunningPod, 
         name: name.clone(),
         labels,
         container_name: template.container_name.clone(),
-        container_id: random_hex(32),
+        container_id: guardlab_host::random_hex(32),
         image: runtime.image.clone(),
         image_id: runtime.image_id.clone(),
         cgroup_path: Some(record.cgroup.clone()),
@@ -992,7 +969,7 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>) {
                         let event = match event {
                             Ok(event) => event,
                             Err(broadcast::error::RecvError::Lagged(count)) => Event::new(
-                                now_ns(),
+                                guardlab_host::unix_time_ns(),
                                 guardlab_events::EventBody::Lost(guardlab_events::Lost { count, cpu: None }),
                             ),
                             Err(broadcast::error::RecvError::Closed) => return,
@@ -1077,13 +1054,6 @@ impl EventBus {
     }
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
@@ -1103,12 +1073,12 @@ async fn carry_out(daemon: &Arc<Daemon>, action: &LabAction) -> Result<(), LabEr
     log(&format!("carry out {action:?}"));
     match action {
         LabAction::KillProcess { pid } => {
-            if pod_of_pid(daemon, *pid).is_none() {
+            let Some(cgroup_path) = pod_of_pid(daemon, *pid) else {
                 return Err(LabError::Failed(format!(
                     "process {pid} is not in a pod of this lab"
                 )));
-            }
-            kill(*pid)
+            };
+            cgroup::kill_in_tree(&cgroup_path, *pid)
         }
         LabAction::KillProcessTree { pid } => {
             let Some(cgroup_path) = pod_of_pid(daemon, *pid) else {
@@ -1116,17 +1086,8 @@ async fn carry_out(daemon: &Arc<Daemon>, action: &LabAction) -> Result<(), LabEr
                     "process {pid} is not in a pod of this lab"
                 )));
             };
-            // Stop the whole tree first so that nothing forks away while we kill it.
-            let tree = descendants(&cgroup::pids_in_tree(&cgroup_path), *pid);
-            for member in &tree {
-                // SAFETY: kill(2) of processes of the lab's pod.
-                unsafe { libc::kill(*member as libc::pid_t, libc::SIGSTOP) };
-            }
-            let tree = descendants(&cgroup::pids_in_tree(&cgroup_path), *pid);
-            for member in &tree {
-                // SAFETY: as above.
-                unsafe { libc::kill(*member as libc::pid_t, libc::SIGKILL) };
-            }
+            let killed = cgroup::kill_process_tree_in(&cgroup_path, *pid)?;
+            log(&format!("killed the process tree of {pid}: {killed:?}"));
             Ok(())
         }
         LabAction::KillProcessGroup { pid } => {
@@ -1157,42 +1118,6 @@ async fn carry_out(daemon: &Arc<Daemon>, action: &LabAction) -> Result<(), LabEr
             replace_pod(daemon).await
         }
     }
-}
-
-fn kill(pid: u32) -> Result<(), LabError> {
-    // SAFETY: kill(2) of a process checked to be in the lab's pod.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
-        return Err(LabError::Io {
-            context: format!("killing process {pid}"),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-/// `root` and every process below it, among `candidates`.
-fn descendants(candidates: &[u32], root: u32) -> Vec<u32> {
-    let parent_of = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let after = &stat[stat.rfind(')')? + 1..];
-        after.split_whitespace().nth(1)?.parse().ok()
-    };
-    let parents: Vec<(u32, Option<u32>)> = candidates.iter().map(|&p| (p, parent_of(p))).collect();
-    let mut tree = vec![root];
-    let mut changed = true;
-    while changed {
-        changed = false;
-        for (pid, parent) in &parents {
-            if let Some(parent) = parent
-                && tree.contains(parent)
-                && !tree.contains(pid)
-            {
-                tree.push(*pid);
-                changed = true;
-            }
-        }
-    }
-    tree
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use guardlab_host::ProcStat;
 use serde::{Deserialize, Serialize};
 
 use crate::{LabError, LabInfo};
@@ -41,31 +42,21 @@ impl ProcessRecord {
 
     /// The process still runs (same pid, same start time) and is not a zombie.
     pub fn is_alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => {
-                let fields = stat_fields(&stat);
-                fields
-                    .first()
-                    .map(|s| *s != "Z" && *s != "X")
-                    .unwrap_or(false)
-                    && fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(self.start_time)
-            }
-            Err(_) => false,
-        }
+        ProcStat::read(self.pid).is_some_and(|stat| {
+            !matches!(stat.state, 'Z' | 'X') && stat.start_ticks == self.start_time
+        })
+    }
+
+    /// Sends SIGKILL through a pidfd if this is still the recorded process (a reused pid is
+    /// never signalled); `false` when it has ended.
+    pub fn kill(&self) -> std::io::Result<bool> {
+        guardlab_host::process::signal_if_same(self.pid, self.start_time, libc::SIGKILL)
     }
 }
 
-/// Fields of `/proc/<pid>/stat` after the command name (field 3 is index 0).
-fn stat_fields(stat: &str) -> Vec<&str> {
-    match stat.rfind(')') {
-        Some(end) => stat[end + 1..].split_whitespace().collect(),
-        None => Vec::new(),
-    }
-}
-
+/// The start time of a process (clock ticks after boot), `None` when it is gone.
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_fields(&stat).get(19)?.parse().ok()
+    ProcStat::read(pid).map(|stat| stat.start_ticks)
 }
 
 /// One pod the daemon made.

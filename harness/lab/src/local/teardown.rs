@@ -121,8 +121,9 @@ fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabEr
     for process in recorded {
         if process.is_alive() {
             progress.detail(&format!("ending process {}", process.pid));
-            // SAFETY: kill(2) of a process we recorded and checked by its start time.
-            unsafe { libc::kill(process.pid as libc::pid_t, libc::SIGKILL) };
+            // Through a pidfd of the recorded process: a pid reused since is never hit. It
+            // may end by itself meanwhile, which is what we want anyway.
+            let _ = process.kill();
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
