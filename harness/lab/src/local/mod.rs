@@ -22,6 +22,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod manifest;
 pub mod netns;
 pub mod network;

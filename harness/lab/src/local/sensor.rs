@@ -10,7 +10,7 @@ use guardlab_events::ContainerInfo;
 use guardlab_sensor::{AllowedDestination, IpNet, Sensor, SensorConfig};
 use std::sync::Arc;
 
-use crate::local::daemon::EventBus;
+use crate::local::events::EventBus;
 
 use crate::{Enforcement, LabError, PodInfo};
 
