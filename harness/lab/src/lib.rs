@@ -10,7 +10,7 @@
 pub mod image;
 pub mod local;
 
-pub use local::{DaemonArgs, LocalLab, LocalLabOptions, daemon_main};
+pub use local::{DaemonOptions, LocalLab, LocalLabOptions, daemon_main};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

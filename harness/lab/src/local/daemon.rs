@@ -26,34 +26,12 @@ use crate::local::services::{LabServices, ServiceSockets};
 use crate::local::state::{LabState, NetnsRecord, PodRecord, ProcessRecord, StateFile};
 use crate::{LabAction, LabError, LabInfo, PodInfo};
 
-/// Arguments of the hidden `guardlab lab daemon` subcommand (and of `guardlab-lab-daemon`).
-#[derive(Clone, Debug, clap::Args)]
-pub struct DaemonArgs {
+/// What the daemon is started with: `guardlab lab daemon --lab-dir DIR` (a hidden subcommand
+/// of the binary) or `guardlab-local-lab daemon --lab-dir DIR`, whose argument parsers build it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonOptions {
     /// The lab's directory, with the `config.json` that `lab up` wrote.
-    #[arg(long, value_name = "DIR")]
     pub lab_dir: PathBuf,
-}
-
-impl DaemonArgs {
-    /// Parse the daemon's arguments from a command line's words (without the program name),
-    /// for callers that collect them as trailing arguments.
-    pub fn parse_words<I, T>(words: I) -> Result<DaemonArgs, LabError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        #[derive(clap::Parser)]
-        #[command(name = "guardlab lab daemon")]
-        struct Words {
-            #[command(flatten)]
-            args: DaemonArgs,
-        }
-        let words = std::iter::once(std::ffi::OsString::from("guardlab lab daemon"))
-            .chain(words.into_iter().map(Into::into));
-        <Words as clap::Parser>::try_parse_from(words)
-            .map(|w| w.args)
-            .map_err(|e| LabError::Failed(format!("the lab daemon's arguments: {e}")))
-    }
 }
 
 /// Run the lab daemon until it is killed (by `lab down`) or told to stop (SIGTERM). Its stdout
@@ -61,8 +39,8 @@ impl DaemonArgs {
 ///
 /// It builds its own tokio runtime: call it from `main` before any runtime exists (not from
 /// inside `block_on`).
-pub fn daemon_main(args: DaemonArgs) -> Result<(), LabError> {
-    let config = DaemonConfig::read(&args.lab_dir)?;
+pub fn daemon_main(options: DaemonOptions) -> Result<(), LabError> {
+    let config = DaemonConfig::read(&options.lab_dir)?;
     let runtime = guardlab_host::runtime(2).map_err(|source| LabError::Io {
         context: "starting the daemon's runtime".into(),
         source,
@@ -1054,20 +1032,5 @@ async fn carry_out(daemon: &Arc<Daemon>, action: &LabAction) -> Result<(), LabEr
             let _guard = daemon.pod_lifecycle.lock().await;
             replace_pod(daemon).await
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn daemon_arguments_parse_from_trailing_words() {
-        let args = DaemonArgs::parse_words(["--lab-dir", "/run/guardlab/cryptominer"]).unwrap();
-        assert_eq!(args.lab_dir, PathBuf::from("/run/guardlab/cryptominer"));
-        let err = DaemonArgs::parse_words(["--bogus"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--bogus"), "{err}");
     }
 }

@@ -47,7 +47,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub use config::{DaemonConfig, PodRuntime, ServicesConfig};
-pub use daemon::{DaemonArgs, daemon_main};
+pub use daemon::{DaemonOptions, daemon_main};
 pub use protocol::{DaemonStatus, Visitors};
 
 use crate::{Enforcement, Lab, LabAction, LabError, LabInfo, PodInfo, Progress};
