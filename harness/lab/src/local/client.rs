@@ -1,0 +1,130 @@
+//! The control socket's client: `LocalLab`'s requests to its daemon (status, visitors,
+//! actions, enforcement) and its event stream.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use guardlab_events::Event;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::LocalLab;
+use super::protocol::{DaemonStatus, Reply, Request, Visitors};
+use super::state;
+use crate::LabError;
+
+impl LocalLab {
+    /// Everything the daemon says about the lab; `None` when it is down or its daemon is not
+    /// running (see [`LocalLab::state`] for what is left).
+    pub async fn daemon_status(&self) -> Result<Option<DaemonStatus>, LabError> {
+        match self.request(&Request::Status).await {
+            Ok((reply, _, _)) => Ok(reply.status),
+            Err(_) if !self.daemon_alive()? => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who reached the lab's services (web requests, DNS queries, pool clients).
+    pub async fn visitors(&self) -> Result<Visitors, LabError> {
+        let (reply, _, _) = self.request(&Request::Visitors).await?;
+        Ok(reply.visitors.unwrap_or_default())
+    }
+
+    /// Events like [`Lab::events`], optionally without the replay of what came before.
+    pub async fn event_stream(&self, replay: bool) -> Result<mpsc::Receiver<Event>, LabError> {
+        let (_, reader, writer) = self.request(&Request::Events { replay }).await?;
+        let (tx, rx) = mpsc::channel(65536);
+        tokio::spawn(async move {
+            // Holding the write half keeps the stream open; dropping it (when the receiver is
+            // gone) tells the daemon to stop.
+            let _writer = writer;
+            let mut lines = reader.lines();
+            let mut number = 1;
+            while let Ok(Some(line)) = lines.next_line().await {
+                number += 1;
+                match guardlab_events::parse_line(&line, number) {
+                    Ok(event) => {
+                        if tx.send(event).await.is_err() {
+                            return; // Dropping the reader closes the connection.
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("lab events: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    pub(super) fn socket_path(&self) -> PathBuf {
+        self.lab_dir.join(state::SOCKET_FILE)
+    }
+
+    pub(super) fn daemon_alive(&self) -> Result<bool, LabError> {
+        Ok(self
+            .state()?
+            .and_then(|s| s.daemon)
+            .is_some_and(|d| d.is_alive()))
+    }
+
+    /// One request to the daemon: its reply, and the connection for what follows.
+    pub(super) async fn request(
+        &self,
+        request: &Request,
+    ) -> Result<
+        (
+            Reply,
+            BufReader<tokio::net::unix::OwnedReadHalf>,
+            tokio::net::unix::OwnedWriteHalf,
+        ),
+        LabError,
+    > {
+        let path = self.socket_path();
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|source| LabError::Io {
+                context: format!(
+                    "connecting to the lab daemon at {} (is the lab up? `guardlab lab status`)",
+                    path.display()
+                ),
+                source,
+            })?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(request).map_err(|e| LabError::Failed(e.to_string()))?;
+        line.push(b'\n');
+        write
+            .write_all(&line)
+            .await
+            .map_err(|source| LabError::Io {
+                context: "talking to the lab daemon".into(),
+                source,
+            })?;
+        let mut reader = BufReader::new(read);
+        let mut answer = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut answer))
+            .await
+            .map_err(|_| LabError::Failed("the lab daemon did not answer within 30 s".into()))?
+            .map_err(|source| LabError::Io {
+                context: "reading the lab daemon's answer".into(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(LabError::Failed(
+                "the lab daemon closed the connection".into(),
+            ));
+        }
+        let reply: Reply = serde_json::from_str(answer.trim())
+            .map_err(|e| LabError::Failed(format!("the lab daemon's answer {answer:?}: {e}")))?;
+        if !reply.ok {
+            return Err(LabError::Failed(
+                reply
+                    .error
+                    .unwrap_or_else(|| "the lab daemon refused".into()),
+            ));
+        }
+        Ok((reply, reader, write))
+    }
+}
