@@ -25,7 +25,7 @@ pub async fn open_pod_stream(
         .map_err(|e| api_error(&format!("port-forwarding to {namespace}/{pod}:{port}"), e))?;
     // The forwarder's task keeps running after the handle is dropped, until either side closes.
     forwarder.take_stream(port).ok_or_else(|| {
-        LabError::Failed(format!(
+        crate::failed(format!(
             "port-forward to {namespace}/{pod}:{port} gave no stream"
         ))
     })
@@ -48,7 +48,7 @@ impl LocalForward {
         address: SocketAddr,
     ) -> Result<LocalForward, LabError> {
         if !address.ip().is_loopback() {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "refusing to forward {address}: the notebook has no password, only a loopback address may reach it"
             )));
         }

@@ -288,7 +288,7 @@ pub async fn wait_for_notebook_start(
             None => "no pod of the gated Deployment yet".to_string(),
             Some(pod) => {
                 if let Some(PodProblem::Stuck(why)) = pod_problem(pod) {
-                    return Err(LabError::Failed(format!(
+                    return Err(crate::failed(format!(
                         "Deployment {namespace}/{NOTEBOOK_DEPLOYMENT} cannot become ready: {why}"
                     )));
                 }
@@ -296,7 +296,7 @@ pub async fn wait_for_notebook_start(
                     Ok(GateState::Starting(why)) => why,
                     Ok(state) => return Ok((pod.clone(), state)),
                     // A log the cluster refuses (RBAC, credentials) stays refused.
-                    Err(GateStateError::Refused(why)) => return Err(LabError::Failed(why)),
+                    Err(GateStateError::Refused(why)) => return Err(crate::failed(why)),
                     // A log the API cannot give yet is said at the deadline.
                     Err(GateStateError::NotYet(why)) => why,
                 }
@@ -307,7 +307,7 @@ pub async fn wait_for_notebook_start(
             last = reason.clone();
         }
         if started.elapsed() >= timeout {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "the notebook's container did not start within {}s: {reason}",
                 timeout.as_secs()
             )));
@@ -481,7 +481,7 @@ pub async fn open_gate(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "the start gate of pod {namespace}/{pod} did not open within {}s \
                  (port {GATE_PORT} in the pod, through the API server's port-forward: {last})",
                 timeout.as_secs()

@@ -72,7 +72,7 @@ pub async fn build_sensor_image(
     progress: &dyn Progress,
 ) -> Result<bool, LabError> {
     if !root.join(SENSOR_DOCKERFILE).is_file() {
-        return Err(LabError::Failed(format!(
+        return Err(crate::failed(format!(
             "{} is missing: the sensor image is built from the workspace at {}",
             root.join(SENSOR_DOCKERFILE).display(),
             root.display()
@@ -94,13 +94,13 @@ pub async fn build_sensor_image(
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| match e {
             // A step of the Dockerfile failed: the engine's message says which and why.
-            bollard::errors::Error::DockerStreamError { error } => LabError::Failed(format!(
+            bollard::errors::Error::DockerStreamError { error } => crate::failed(format!(
                 "building {tag} from {SENSOR_DOCKERFILE} failed: {error}"
             )),
-            other => LabError::Failed(format!("building {tag} from {SENSOR_DOCKERFILE}: {other}")),
+            other => crate::failed(format!("building {tag} from {SENSOR_DOCKERFILE}: {other}")),
         })?;
         if let Some(detail) = info.error_detail {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "building {tag} from {SENSOR_DOCKERFILE} failed: {}",
                 detail.message.unwrap_or_default()
             )));
@@ -124,7 +124,7 @@ pub async fn remove_image(docker: &Docker, tag: &str) -> Result<(), LabError> {
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        Err(e) => Err(LabError::Failed(format!("removing image {tag}: {e}"))),
+        Err(e) => Err(crate::failed(format!("removing image {tag}: {e}"))),
     }
 }
 

@@ -20,11 +20,11 @@ pub const FIELD_MANAGER: &str = "guardlab";
 /// A Kubernetes API error as a lab error, with what was being done.
 pub fn api_error(context: &str, error: kube::Error) -> LabError {
     match error {
-        kube::Error::Api(status) => LabError::Failed(format!(
+        kube::Error::Api(status) => crate::failed(format!(
             "{context}: {} ({}, HTTP {})",
             status.message, status.reason, status.code
         )),
-        other => LabError::Failed(format!("{context}: {other}")),
+        other => crate::failed(format!("{context}: {other}")),
     }
 }
 
@@ -347,7 +347,7 @@ pub async fn wait_for_rollout(
             {
                 match pod_problem(pod) {
                     Some(PodProblem::Stuck(why)) => {
-                        return Err(LabError::Failed(format!(
+                        return Err(crate::failed(format!(
                             "{} cannot become ready: {why}",
                             w.describe()
                         )));
@@ -374,7 +374,7 @@ pub async fn wait_for_rollout(
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "the rollout did not finish within {}s: {}",
                 timeout.as_secs(),
                 waiting.join(" | ")
@@ -418,7 +418,7 @@ pub async fn delete_objects(
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "still there {}s after deletion: {}",
                 timeout.as_secs(),
                 left.join(", ")
@@ -465,9 +465,8 @@ pub async fn serving_pod(
             .creation_timestamp
             .cmp(&b.metadata.creation_timestamp)
     });
-    pods.pop().ok_or_else(|| {
-        LabError::Failed(format!("no ready pod {selector} in namespace {namespace}"))
-    })
+    pods.pop()
+        .ok_or_else(|| crate::failed(format!("no ready pod {selector} in namespace {namespace}")))
 }
 
 /// The sensor pod on `node`.
@@ -479,7 +478,7 @@ pub async fn sensor_pod_on(client: &Client, namespace: &str, node: &str) -> Resu
             p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) && is_serving(p)
         })
         .ok_or_else(|| {
-            LabError::Failed(format!(
+            crate::failed(format!(
                 "no ready guardlab-sensor pod on node {node} in namespace {namespace}"
             ))
         })

@@ -245,7 +245,7 @@ impl KindLab {
                 };
                 let yaml = kind.kubeconfig(cluster).await?;
                 let kubeconfig = Kubeconfig::from_yaml(&yaml).map_err(|e| {
-                    LabError::Failed(format!("the kubeconfig of kind cluster {cluster}: {e}"))
+                    crate::failed(format!("the kubeconfig of kind cluster {cluster}: {e}"))
                 })?;
                 let options = KubeConfigOptions {
                     context: Some(format!("kind-{cluster}")),
@@ -254,10 +254,10 @@ impl KindLab {
                 let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
                     .map_err(|e| {
-                        LabError::Failed(format!("the kubeconfig of kind cluster {cluster}: {e}"))
+                        crate::failed(format!("the kubeconfig of kind cluster {cluster}: {e}"))
                     })?;
                 Client::try_from(config).map_err(|e| {
-                    LabError::Failed(format!("connecting to kind cluster {cluster}: {e}"))
+                    crate::failed(format!("connecting to kind cluster {cluster}: {e}"))
                 })
             }
             StateTarget::Context { context } => {
@@ -265,12 +265,11 @@ impl KindLab {
                     context: Some(context.clone()),
                     ..Default::default()
                 };
-                let config = kube::Config::from_kubeconfig(&options).await.map_err(|e| {
-                    LabError::Failed(format!("kubeconfig context `{context}`: {e}"))
-                })?;
-                Client::try_from(config).map_err(|e| {
-                    LabError::Failed(format!("connecting with context `{context}`: {e}"))
-                })
+                let config = kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|e| crate::failed(format!("kubeconfig context `{context}`: {e}")))?;
+                Client::try_from(config)
+                    .map_err(|e| crate::failed(format!("connecting with context `{context}`: {e}")))
             }
         }
     }
@@ -282,7 +281,7 @@ impl KindLab {
         if let Some(state) = &state
             && state.namespace != self.options.namespace
         {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "{} records a lab in namespace {}, not {}",
                 path.display(),
                 state.namespace,
@@ -304,7 +303,7 @@ impl KindLab {
             return self.client_for(&state.target, None).await;
         };
         if self.given_client.is_some() {
-            return Err(LabError::Failed(
+            return Err(crate::failed(
                 "a lab with a given client must target a context".into(),
             ));
         }
@@ -323,7 +322,7 @@ impl KindLab {
                 .state_dir
                 .join(format!("kind-{cluster}-cluster.yaml"));
             KindCluster::parse(CLUSTER_CONFIG.path, CLUSTER_CONFIG.text)
-                .map_err(|e| LabError::Failed(e.to_string()))?;
+                .map_err(|e| crate::failed(e.to_string()))?;
             std::fs::write(&config_path, CLUSTER_CONFIG.text)
                 .map_err(|e| io_error(format!("writing {}", config_path.display()), e))?;
             tools
@@ -407,7 +406,7 @@ impl KindLab {
                 "; the kind cluster {cluster} is kept for another try (`guardlab lab down --backend kind` removes it)"
             ));
         }
-        LabError::Failed(message)
+        crate::failed(message)
     }
 
     async fn info(&self, client: &Client) -> Result<LabInfo, LabError> {
@@ -417,7 +416,7 @@ impl KindLab {
             .map(|f| f.address().port())
             .unwrap_or(self.options.local_port);
         Ok(LabInfo {
-            backend: "kind".into(),
+            backend: guardlab_lab::Backend::Kind,
             notebook_url: format!("http://127.0.0.1:{port}/"),
             pods: notebook_pods(client, &self.options.namespace).await?,
         })
@@ -547,7 +546,7 @@ impl KindLab {
                 .last_error()
                 .map(|e| format!("; the stream's last error: {e}"))
                 .unwrap_or_default();
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "{sensor} did not confirm within {}s that it watches container {} of pod {namespace}/{} \
                  (no `container` event){last}; the notebook stays behind its start gate, unwatched \
                  containers are never started; the sensor's log: kubectl logs -n {namespace} -l {} -c sensor",
@@ -583,7 +582,7 @@ impl KindLab {
 
     async fn current_client(&self) -> Result<(Client, LabState), LabError> {
         let state = self.load_state()?.ok_or_else(|| {
-            LabError::Failed(format!(
+            crate::failed(format!(
                 "the kind lab is not up (no {}); run `guardlab lab up --backend kind` first",
                 self.options.state_file().display()
             ))
@@ -599,19 +598,19 @@ impl Drop for KindLab {
 }
 
 impl Lab for KindLab {
-    fn backend(&self) -> &'static str {
-        "kind"
+    fn backend(&self) -> guardlab_lab::Backend {
+        guardlab_lab::Backend::Kind
     }
 
     async fn up(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
-        check_namespace_name(&self.options.namespace).map_err(LabError::Failed)?;
+        check_namespace_name(&self.options.namespace).map_err(crate::failed)?;
         if self.given_client.is_some() && matches!(self.options.target, Target::Kind { .. }) {
-            return Err(LabError::Failed(
+            return Err(crate::failed(
                 "a lab with a given client must target a context".into(),
             ));
         }
         let objects = lab_objects(&self.options.namespace, &self.options.sensor_image)
-            .map_err(|e| LabError::Failed(e.to_string()))?;
+            .map_err(|e| crate::failed(e.to_string()))?;
         let path = self.options.state_file();
         let mut state = match self.load_state()? {
             Some(state) => state,
@@ -763,7 +762,7 @@ impl Lab for KindLab {
                 name,
             } => {
                 if ns != namespace {
-                    return Err(LabError::Failed(format!(
+                    return Err(crate::failed(format!(
                         "refusing to delete pod {ns}/{name}: it is outside the lab's namespace {namespace}"
                     )));
                 }

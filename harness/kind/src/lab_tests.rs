@@ -187,7 +187,7 @@ async fn up_applies_waits_and_forwards_then_down_removes_it_all() {
     assert_eq!(body["metadata"]["namespace"], "cryptominer");
 
     // What up reports.
-    assert_eq!(info.backend, "kind");
+    assert_eq!(info.backend.name(), "kind");
     let address = lab.notebook_address().unwrap();
     assert!(address.ip().is_loopback());
     assert_eq!(

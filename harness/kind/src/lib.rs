@@ -36,3 +36,16 @@ pub use lab::{KindLab, KindOptions, Target};
 pub use manifests::{ManifestError, lab_objects};
 pub use plan::{Plan, plan};
 pub use sensor_link::{SensorReply, SensorRequest, WatchedContainer};
+
+/// Bridge: kind errors (renovation, issue 12). guardlab-lab now re-exports the lab API's
+/// `LabError`, which has no free-text variant; until this crate has its own typed errors, its
+/// messages are this, the part "the kind lab" of a `LabError` ([`failed`]). Remove it with
+/// them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KindFailure(pub String);
+
+/// A failure of the kind lab, in words.
+pub(crate) fn failed(message: String) -> guardlab_lab::LabError {
+    guardlab_lab::LabError::backend("the kind lab", KindFailure(message))
+}

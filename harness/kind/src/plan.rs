@@ -30,16 +30,16 @@ pub struct Plan {
 
 /// The plan for `options`. Fails only when the options or the compiled-in manifests are wrong.
 pub fn plan(options: &KindOptions) -> Result<Plan, LabError> {
-    check_namespace_name(&options.namespace).map_err(LabError::Failed)?;
+    check_namespace_name(&options.namespace).map_err(crate::failed)?;
     let objects = lab_objects(&options.namespace, &options.sensor_image)
-        .map_err(|e| LabError::Failed(e.to_string()))?;
+        .map_err(|e| crate::failed(e.to_string()))?;
     let state = options.state_file();
     let mut steps = Vec::new();
     let (target, cluster_config) = match &options.target {
         Target::Kind { cluster } => {
             // The config is shown as it is in the file; parsing it checks it first.
             KindCluster::parse(CLUSTER_CONFIG.path, CLUSTER_CONFIG.text)
-                .map_err(|e| LabError::Failed(e.to_string()))?;
+                .map_err(|e| crate::failed(e.to_string()))?;
             steps.push(format!(
                 "check that a Docker engine answers at {} and that the `kind` CLI is on PATH \
                  (if not: stop, say what to install, exit code 2)",

@@ -185,7 +185,7 @@ pub async fn stream_events<S: AsyncRead + AsyncWrite + Unpin>(
                 if line.trim().is_empty() {
                     continue;
                 }
-                let mut event = parse_line(&line, line_number).map_err(|e| LabError::Failed(format!(
+                let mut event = parse_line(&line, line_number).map_err(|e| crate::failed(format!(
                     "the sensor on node {} sent an event guardlab cannot read: {e}", current.node
                 )))?;
                 enrich(&mut event, &current.containers, &current.node);
@@ -276,26 +276,26 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
     let line = match tokio::time::timeout(timeout, lines.next_line()).await {
         Ok(line) => line.map_err(io)?,
         Err(_) => {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "the sensor on node {node} did not answer {what} within {}s",
                 timeout.as_secs()
             )));
         }
     };
     let Some(line) = line else {
-        return Err(LabError::Failed(format!(
+        return Err(crate::failed(format!(
             "the sensor on node {node} closed the connection without answering {what}"
         )));
     };
     let reply: SensorReply = serde_json::from_str(&line).map_err(|e| {
-        LabError::Failed(format!(
+        crate::failed(format!(
             "the sensor on node {node} answered {what} with `{line}`: {e}"
         ))
     })?;
     if reply.ok {
         Ok(())
     } else {
-        Err(LabError::Failed(format!(
+        Err(crate::failed(format!(
             "the sensor on node {node} could not {verb}: {}",
             reply.error.unwrap_or_else(|| "no reason given".into())
         )))

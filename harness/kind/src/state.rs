@@ -90,14 +90,14 @@ impl LabState {
             Err(source) => return Err(io_error(format!("reading {}", path.display()), source)),
         };
         let state: LabState = serde_json::from_str(&text).map_err(|e| {
-            LabError::Failed(format!(
+            crate::failed(format!(
                 "{}:{}: {e} (the kind lab's state file; remove it only after removing what it lists by hand)",
                 path.display(),
                 e.line()
             ))
         })?;
         if state.version != STATE_VERSION {
-            return Err(LabError::Failed(format!(
+            return Err(crate::failed(format!(
                 "{}: state format version {} is not {STATE_VERSION}",
                 path.display(),
                 state.version

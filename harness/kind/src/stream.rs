@@ -383,7 +383,7 @@ async fn watch_of(
             Some(s) if !matches!(s.gate, GateState::Starting(_)) => s.gate.clone(),
             _ => match gate_state(client, pod).await {
                 Ok(gate) => gate,
-                Err(GateStateError::Refused(why)) => return Err(LabError::Failed(why)),
+                Err(GateStateError::Refused(why)) => return Err(crate::failed(why)),
                 // A log the API cannot give yet leaves the container out of this round only.
                 Err(GateStateError::NotYet(why)) => GateState::Starting(why),
             },

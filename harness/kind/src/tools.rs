@@ -131,7 +131,7 @@ impl KindCli {
         let out = self
             .run(&["get", "clusters"])
             .await
-            .map_err(LabError::Failed)?;
+            .map_err(crate::failed)?;
         Ok(out
             .lines()
             .map(str::trim)
@@ -156,28 +156,28 @@ impl KindCli {
         ])
         .await
         .map(drop)
-        .map_err(LabError::Failed)
+        .map_err(crate::failed)
     }
 
     pub async fn delete_cluster(&self, name: &str) -> Result<(), LabError> {
         self.run(&["delete", "cluster", "--name", name])
             .await
             .map(drop)
-            .map_err(LabError::Failed)
+            .map_err(crate::failed)
     }
 
     /// The cluster's kubeconfig (kind writes it to the user's kubeconfig too, as `kind-NAME`).
     pub async fn kubeconfig(&self, name: &str) -> Result<String, LabError> {
         self.run(&["get", "kubeconfig", "--name", name])
             .await
-            .map_err(LabError::Failed)
+            .map_err(crate::failed)
     }
 
     pub async fn load_image(&self, cluster: &str, image: &str) -> Result<(), LabError> {
         self.run(&["load", "docker-image", image, "--name", cluster])
             .await
             .map(drop)
-            .map_err(LabError::Failed)
+            .map_err(crate::failed)
     }
 }
 

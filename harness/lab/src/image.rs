@@ -48,7 +48,7 @@ pub use recipe::{
     LoadedRecipe, RECIPE_FILE, Recipe, load as load_recipe, load_unlocked as load_recipe_unlocked,
 };
 
-use crate::{LabError, Progress};
+use crate::{Progress, image_bridge::LegacyImageError as LabError}; // Bridge: image errors
 
 /// A finished image in the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]

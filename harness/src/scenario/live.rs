@@ -371,7 +371,7 @@ fn lab_err(what: &str) -> impl Fn(guardlab_lab::LabError) -> BackendError + '_ {
 
 impl<L: LiveLab> Backend for LabBackend<L> {
     fn name(&self) -> &'static str {
-        self.lab.backend()
+        self.lab.backend().name()
     }
 
     fn is_live(&self) -> bool {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use guardlab_lab::local::{ImageSource, LocalLab, LocalLabOptions, PodRuntime};
-use guardlab_lab::{DaemonOptions, Lab, LabError, Progress};
+use guardlab_lab::{DaemonOptions, IoContext, Lab, LabError, Progress};
 
 const HELP: &str = "\
 Runs guardlab's local lab (a Jupyter pod in namespaces on this host)
@@ -227,10 +227,7 @@ fn lab(args: &LabArgs) -> Result<LocalLab, LabError> {
         let recipe_dir = options.manifests_dir.join("image");
         options.image = ImageSource::Prebuilt(PodRuntime::prebuilt(rootfs, &recipe_dir)?);
     }
-    let exe = std::env::current_exe().map_err(|source| LabError::Io {
-        context: "finding this program".into(),
-        source,
-    })?;
+    let exe = std::env::current_exe().context(|| "finding this program")?;
     options.daemon_command = vec![exe.into_os_string(), "daemon".into()];
     LocalLab::new(options)
 }
@@ -285,10 +282,7 @@ fn main() -> ExitCode {
         Command::Daemon(options) => guardlab_lab::daemon_main(options),
         command => {
             guardlab_host::runtime(std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .map_err(|source| LabError::Io {
-                    context: "starting the runtime".into(),
-                    source,
-                })
+                .context(|| "starting the runtime")
                 .and_then(|runtime| runtime.block_on(run(command)))
         }
     };

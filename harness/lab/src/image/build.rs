@@ -18,7 +18,7 @@ use super::{
     BUILD_SCRATCH, ImageCache, ImageRecord, RECORD_FILE, ROOT_PATH, disk_usage, ensure_debootstrap,
     host, io, remove_stale_builds, remove_tree,
 };
-use crate::{LabError, Progress};
+use crate::{Progress, image_bridge::LegacyImageError as LabError}; // Bridge: image errors
 
 /// The build directory: removed on drop unless it was renamed into place.
 struct BuildDir {

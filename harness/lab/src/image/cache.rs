@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{RECORD_FILE, disk_usage, is_complete, remove_tree};
-use crate::{LabError, Progress};
+use crate::{Progress, image_bridge::LegacyImageError as LabError}; // Bridge: image errors
 
 /// Where local labs keep their state (`<dir>/<lab>/state.json`).
 pub const DEFAULT_LABS_DIR: &str = "/run/guardlab";

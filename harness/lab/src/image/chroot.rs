@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{LabError, Progress};
+use crate::{Progress, image_bridge::LegacyImageError as LabError}; // Bridge: image errors
 
 /// A bind mount made for one command: a host path onto a path inside the root filesystem.
 #[derive(Clone, Debug)]

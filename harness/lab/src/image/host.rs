@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::LabError;
+use crate::image_bridge::LegacyImageError as LabError; // Bridge: image errors
 
 /// A `deb` source of the host's apt configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use guardlab_services::PythonLock;
 
-use crate::LabError;
+use crate::image_bridge::LegacyImageError as LabError; // Bridge: image errors
 
 /// The recipe's file name inside the recipe directory.
 pub const RECIPE_FILE: &str = "recipe.yaml";

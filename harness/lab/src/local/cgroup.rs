@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use guardlab_host::{Pidfd, ProcStat};
 
-use crate::LabError;
+use crate::{IoContext, LabError};
 
 /// Where cgroup v2 is mounted on this host (`/sys/fs/cgroup` on most systems,
 /// `/sys/fs/cgroup/unified` on hybrid ones, guardlab's own mount on hosts that had none), as the
@@ -33,20 +33,14 @@ pub fn lab_cgroup(cgroup2: &Path, lab: &str) -> PathBuf {
 
 /// Create a cgroup directory (and its parents); fine when it exists.
 pub fn create(path: &Path) -> Result<(), LabError> {
-    fs::create_dir_all(path).map_err(|source| LabError::Io {
-        context: format!("creating cgroup {}", path.display()),
-        source,
-    })
+    fs::create_dir_all(path).context(|| format!("creating cgroup {}", path.display()))
 }
 
 /// The cgroup id the kernel (and the sensor) use: the inode number of the directory.
 pub fn cgroup_id(path: &Path) -> Result<u64, LabError> {
     fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| LabError::Io {
-            context: format!("reading cgroup {}", path.display()),
-            source,
-        })
+        .context(|| format!("reading cgroup {}", path.display()))
 }
 
 /// Pids in a cgroup and all its descendants.
@@ -96,11 +90,11 @@ pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
             }
         }
         if Instant::now() > deadline {
-            return Err(LabError::Failed(format!(
-                "processes {:?} of cgroup {} did not end within {timeout:?}",
-                pids_in_tree(path),
-                path.display()
-            )));
+            return Err(LabError::Timeout {
+                what: format!("the end of the processes of cgroup {}", path.display()),
+                limit: timeout,
+                detail: format!("still there: {:?}", pids_in_tree(path)),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -146,15 +140,16 @@ fn hold_members(tree: &Path, known: &[u32]) -> Vec<Pidfd> {
 /// shows up, so that nothing forks a new member while the group is killed. Each process is
 /// held by a pidfd opened before it is checked, so a pid reused in between is never hit.
 pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
+    let refused = |reason: String| LabError::Action {
+        action: format!("killing the process group of {pid}"),
+        reason,
+    };
     if !pids_in_tree(tree).contains(&pid) {
-        return Err(LabError::Failed(format!(
-            "process {pid} is not in cgroup {}",
-            tree.display()
-        )));
+        return Err(refused(not_in(tree, pid)));
     }
-    let pgid = live_process_group(pid).filter(|g| *g != 0).ok_or_else(|| {
-        LabError::Failed(format!("process {pid} ended before it could be killed"))
-    })?;
+    let pgid = live_process_group(pid)
+        .filter(|g| *g != 0)
+        .ok_or_else(|| refused(format!("process {pid} ended before it could be killed")))?;
     let mut members: Vec<Pidfd> = Vec::new();
     for _ in 0..100 {
         let known: Vec<u32> = members.iter().map(Pidfd::pid).collect();
@@ -171,7 +166,7 @@ pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
         }
     }
     if members.is_empty() {
-        return Err(LabError::Failed(format!(
+        return Err(refused(format!(
             "process {pid} ended before its group {pgid} could be killed"
         )));
     }
@@ -187,22 +182,25 @@ pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
 /// membership is checked: a process outside the tree is never signalled, nor one that reused
 /// the pid of a process that left.
 pub fn kill_in_tree(tree: &Path, pid: u32) -> Result<(), LabError> {
-    let ended = || LabError::Failed(format!("process {pid} ended before it could be killed"));
+    let refused = |reason: String| LabError::Action {
+        action: format!("killing process {pid}"),
+        reason,
+    };
+    let ended = || refused(format!("process {pid} ended before it could be killed"));
     let held = Pidfd::open(pid).map_err(|_| ended())?;
     if !pids_in_tree(tree).contains(&pid) {
-        return Err(LabError::Failed(format!(
-            "process {pid} is not in cgroup {}",
-            tree.display()
-        )));
+        return Err(refused(not_in(tree, pid)));
     }
     match held.send_signal(libc::SIGKILL) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ended()),
-        Err(source) => Err(LabError::Io {
-            context: format!("killing process {pid}"),
-            source,
-        }),
+        Err(e) => Err(e).context(|| format!("killing process {pid}")),
     }
+}
+
+/// Why a process is refused: it is not in the tree.
+fn not_in(tree: &Path, pid: u32) -> String {
+    format!("process {pid} is not in cgroup {}", tree.display())
 }
 
 /// Kill a process of the cgroup tree `tree` and all its descendants there with SIGKILL.
@@ -212,10 +210,10 @@ pub fn kill_in_tree(tree: &Path, pid: u32) -> Result<(), LabError> {
 /// killed; each process is held by a pidfd opened before it is checked to be in the tree.
 pub fn kill_process_tree_in(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
     if !pids_in_tree(tree).contains(&pid) {
-        return Err(LabError::Failed(format!(
-            "process {pid} is not in cgroup {}",
-            tree.display()
-        )));
+        return Err(LabError::Action {
+            action: format!("killing the process tree of {pid}"),
+            reason: not_in(tree, pid),
+        });
     }
     let mut members = hold_process_tree(tree, pid, &[]);
     for member in &members {
@@ -291,12 +289,7 @@ pub fn remove_tree(path: &Path) -> Result<(), LabError> {
             Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(source) => {
-                return Err(LabError::Io {
-                    context: format!("removing cgroup {}", path.display()),
-                    source,
-                });
-            }
+            Err(e) => return Err(e).context(|| format!("removing cgroup {}", path.display())),
         }
     }
 }

@@ -10,9 +10,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::LocalLab;
-use super::protocol::{DaemonStatus, Reply, Request, Visitors};
+use super::protocol::{ControlError, DaemonStatus, Reply, Request, Visitors};
 use super::state;
-use crate::LabError;
+use crate::{IoContext, LabError};
 
 impl LocalLab {
     /// Everything the daemon says about the lab; `None` when it is down or its daemon is not
@@ -70,61 +70,74 @@ impl LocalLab {
             .is_some_and(|d| d.is_alive()))
     }
 
-    /// One request to the daemon: its reply, and the connection for what follows.
-    pub(super) async fn request(
-        &self,
-        request: &Request,
-    ) -> Result<
-        (
-            Reply,
-            BufReader<tokio::net::unix::OwnedReadHalf>,
-            tokio::net::unix::OwnedWriteHalf,
-        ),
-        LabError,
-    > {
+    /// One request to the daemon: its reply (a refusal is an error), and the connection for
+    /// what follows.
+    pub(super) async fn request(&self, request: &Request) -> Result<Connection, LabError> {
+        let connection = self.exchange(request).await?;
+        if !connection.0.ok {
+            return Err(ControlError::Refused {
+                request: request.name(),
+                reason: refusal(&connection.0),
+            }
+            .into());
+        }
+        Ok(connection)
+    }
+
+    /// One request to the daemon and its reply, whether it did what was asked or refused.
+    pub(super) async fn exchange(&self, request: &Request) -> Result<Connection, LabError> {
         let path = self.socket_path();
-        let stream = UnixStream::connect(&path)
-            .await
-            .map_err(|source| LabError::Io {
-                context: format!(
-                    "connecting to the lab daemon at {} (is the lab up? `guardlab lab status`)",
-                    path.display()
-                ),
-                source,
-            })?;
+        let stream = UnixStream::connect(&path).await.context(|| {
+            format!(
+                "connecting to the lab daemon at {} (is the lab up? `guardlab lab status`)",
+                path.display()
+            )
+        })?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(request).map_err(|e| LabError::Failed(e.to_string()))?;
+        let mut line = serde_json::to_vec(request).map_err(|error| ControlError::Encode {
+            request: request.name(),
+            error,
+        })?;
         line.push(b'\n');
         write
             .write_all(&line)
             .await
-            .map_err(|source| LabError::Io {
-                context: "talking to the lab daemon".into(),
-                source,
-            })?;
+            .context(|| "talking to the lab daemon")?;
         let mut reader = BufReader::new(read);
         let mut answer = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut answer))
+        let limit = Duration::from_secs(30);
+        let n = tokio::time::timeout(limit, reader.read_line(&mut answer))
             .await
-            .map_err(|_| LabError::Failed("the lab daemon did not answer within 30 s".into()))?
-            .map_err(|source| LabError::Io {
-                context: "reading the lab daemon's answer".into(),
-                source,
-            })?;
+            .map_err(|_| LabError::Timeout {
+                what: "the lab daemon's answer".into(),
+                limit,
+                detail: String::new(),
+            })?
+            .context(|| "reading the lab daemon's answer")?;
         if n == 0 {
-            return Err(LabError::Failed(
-                "the lab daemon closed the connection".into(),
-            ));
+            return Err(ControlError::Closed.into());
         }
-        let reply: Reply = serde_json::from_str(answer.trim())
-            .map_err(|e| LabError::Failed(format!("the lab daemon's answer {answer:?}: {e}")))?;
-        if !reply.ok {
-            return Err(LabError::Failed(
-                reply
-                    .error
-                    .unwrap_or_else(|| "the lab daemon refused".into()),
-            ));
-        }
+        let reply: Reply =
+            serde_json::from_str(answer.trim()).map_err(|error| ControlError::BadAnswer {
+                answer: answer.clone(),
+                error,
+            })?;
         Ok((reply, reader, write))
     }
+}
+
+/// A reply, the rest of its connection to read from, and its write half (dropping it closes
+/// the connection).
+pub(super) type Connection = (
+    Reply,
+    BufReader<tokio::net::unix::OwnedReadHalf>,
+    tokio::net::unix::OwnedWriteHalf,
+);
+
+/// What a refusing reply says.
+pub(super) fn refusal(reply: &Reply) -> String {
+    reply
+        .error
+        .clone()
+        .unwrap_or_else(|| "no reason given".into())
 }

@@ -52,7 +52,9 @@ pub use config::{DaemonConfig, PodRuntime, ServicesConfig};
 pub use daemon::{DaemonOptions, daemon_main};
 pub use protocol::{DaemonStatus, Visitors};
 
-use crate::{Enforcement, Lab, LabAction, LabError, LabInfo, PodInfo, Progress};
+use crate::{
+    Backend, Enforcement, IoContext, Lab, LabAction, LabError, LabInfo, PodInfo, Progress,
+};
 use protocol::Request;
 use state::{LabLock, LabState, StateFile};
 
@@ -161,27 +163,30 @@ impl LocalLab {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-');
         if !valid {
-            return Err(LabError::Failed(format!(
-                "lab name {name:?}: use 1 to 40 lowercase letters, digits and '-' (not first)"
-            )));
+            return Err(bad_option(
+                "lab",
+                format!(
+                    "lab name {name:?}: use 1 to 40 lowercase letters, digits and '-' (not first)"
+                ),
+            ));
         }
         if let Some(address) = options.forward
             && !address.ip().is_loopback()
         {
-            return Err(LabError::Failed(format!(
-                "the notebook is forwarded to loopback only, never to {address}: use 127.0.0.1"
-            )));
+            return Err(bad_option(
+                "forward",
+                format!(
+                    "the notebook is forwarded to loopback only, never to {address}: use 127.0.0.1"
+                ),
+            ));
         }
         if options.daemon_command.is_empty() {
-            return Err(LabError::Failed("the daemon command is empty".into()));
+            return Err(bad_option("daemon_command", "the daemon command is empty"));
         }
         // Absolute, so that what the state file records (the image, the image registration)
         // means the same to a `down` or a prune run from another directory.
         let absolute = |path: &Path, what: &str| {
-            std::path::absolute(path).map_err(|source| LabError::Io {
-                context: format!("{what} {}", path.display()),
-                source,
-            })
+            std::path::absolute(path).context(|| format!("{what} {}", path.display()))
         };
         let mut options = options;
         options.state_dir = absolute(&options.state_dir, "the state directory")?;
@@ -221,6 +226,40 @@ impl LocalLab {
     }
 }
 
+/// A bad value of [`LocalLabOptions`]: the field and what to do.
+fn bad_option(field: &str, message: impl Into<String>) -> LabError {
+    LabError::Input {
+        file: None,
+        line: None,
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+/// `up` could not bring the lab up (part "the lab did not come up" of a [`LabError`]): why,
+/// with what the daemon logged last, or with why removing the lab failed too.
+#[derive(Debug, thiserror::Error)]
+pub enum UpFailed {
+    /// The lab was removed again; the daemon's log says what it did last.
+    #[error("{error}\nlab daemon log (last lines):\n  {}", daemon_log.join("\n  "))]
+    WithDaemonLog {
+        error: Box<LabError>,
+        daemon_log: Vec<String>,
+    },
+    /// Removing the half-made lab failed as well: `lab down` has to try again.
+    #[error("{error}; and removing the lab failed too: {teardown}")]
+    NotRemoved {
+        error: Box<LabError>,
+        teardown: Box<LabError>,
+    },
+}
+
+impl From<UpFailed> for LabError {
+    fn from(error: UpFailed) -> LabError {
+        LabError::backend("the lab did not come up", error)
+    }
+}
+
 /// Run blocking work from async code without stalling a multi-threaded runtime.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
@@ -240,18 +279,16 @@ impl Progress for Quiet {
 }
 
 impl Lab for LocalLab {
-    fn backend(&self) -> &'static str {
-        "local"
+    fn backend(&self) -> Backend {
+        Backend::Local
     }
 
     async fn up(&mut self, progress: &dyn Progress) -> Result<LabInfo, LabError> {
         LocalLab::require_root()?;
         // Before anything of the lab exists: a refusal leaves nothing behind.
         let host = blocking(|| self.preflight(progress))?;
-        std::fs::create_dir_all(&self.lab_dir).map_err(|source| LabError::Io {
-            context: format!("creating {}", self.lab_dir.display()),
-            source,
-        })?;
+        std::fs::create_dir_all(&self.lab_dir)
+            .context(|| format!("creating {}", self.lab_dir.display()))?;
         let _ = std::fs::set_permissions(
             &self.options.state_dir,
             std::fs::Permissions::from_mode(0o755),
@@ -285,10 +322,8 @@ impl Lab for LocalLab {
             }
             progress.phase("removing what is left of an earlier lab");
             teardown::teardown(&self.lab_dir, progress)?;
-            std::fs::create_dir_all(&self.lab_dir).map_err(|source| LabError::Io {
-                context: format!("creating {}", self.lab_dir.display()),
-                source,
-            })?;
+            std::fs::create_dir_all(&self.lab_dir)
+                .context(|| format!("creating {}", self.lab_dir.display()))?;
         }
         // The teardown removed the directory and with it the lock file: lock again.
         drop(lock);
@@ -300,27 +335,27 @@ impl Lab for LocalLab {
                 // Leave nothing behind; the daemon's log goes into the error.
                 let log = std::fs::read_to_string(self.lab_dir.join(state::DAEMON_LOG))
                     .unwrap_or_default();
-                let tail: Vec<&str> = log
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
+                let lines: Vec<&str> = log.lines().collect();
+                let daemon_log: Vec<String> = lines[lines.len().saturating_sub(20)..]
+                    .iter()
+                    .map(|line| line.to_string())
                     .collect();
-                if let Err(e) = blocking(|| teardown::teardown(&self.lab_dir, &Quiet)) {
-                    return Err(LabError::Failed(format!(
-                        "{error}; and removing the lab failed too: {e}"
-                    )));
+                if let Err(teardown) = blocking(|| teardown::teardown(&self.lab_dir, &Quiet)) {
+                    return Err(UpFailed::NotRemoved {
+                        error: Box::new(error),
+                        teardown: Box::new(teardown),
+                    }
+                    .into());
                 }
                 self.reap_daemon().await;
-                if tail.is_empty() {
+                if daemon_log.is_empty() {
                     Err(error)
                 } else {
-                    Err(LabError::Failed(format!(
-                        "{error}\nlab daemon log (last lines):\n  {}",
-                        tail.join("\n  ")
-                    )))
+                    Err(UpFailed::WithDaemonLog {
+                        error: Box::new(error),
+                        daemon_log,
+                    }
+                    .into())
                 }
             }
         }
@@ -352,11 +387,20 @@ impl Lab for LocalLab {
     }
 
     async fn carry_out(&mut self, action: &LabAction) -> Result<(), LabError> {
-        self.request(&Request::CarryOut {
-            action: action.clone(),
-        })
-        .await
-        .map(|_| ())
+        let (reply, _, _) = self
+            .exchange(&Request::CarryOut {
+                action: action.clone(),
+            })
+            .await?;
+        if reply.ok {
+            Ok(())
+        } else {
+            // The daemon answers why; the action is named here, as the caller knows it.
+            Err(LabError::Action {
+                action: protocol::action_text(action),
+                reason: client::refusal(&reply),
+            })
+        }
     }
 
     async fn enforce(&mut self, pod: &PodInfo, enforcement: &Enforcement) -> Result<(), LabError> {

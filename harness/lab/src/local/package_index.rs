@@ -15,8 +15,7 @@ impl LocalLab {
             .manifests_dir
             .join("image")
             .join(guardlab_services::INDEX_LOCK_FILE);
-        let lock = guardlab_services::PythonLock::read(&lock_path)
-            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+        let lock = guardlab_services::PythonLock::read(&lock_path).map_err(error)?;
         Ok((lock_path, lock))
     }
 
@@ -33,6 +32,11 @@ impl LocalLab {
             &Self::wheels_dir(&self.options.services_cache_dir, &lock),
             &lock,
         )
-        .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))
+        .map_err(error)
     }
+}
+
+/// A failure of the lab's package index (its lock, its wheels) as the lab's error.
+pub(super) fn error(error: guardlab_services::ServicesError) -> LabError {
+    LabError::backend("the lab's package index", error)
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::config::{DaemonConfig, PodRuntime, ServicesConfig};
-use super::protocol::StartMessage;
+use super::daemon::DaemonError;
+use super::protocol::{ReportedFailure, StartMessage};
 use super::state::{self, LabState, STATE_VERSION, StateFile};
-use super::{ImageSource, LocalLab, blocking, cgroup, manifest, preflight};
-use crate::{LabError, LabInfo, Progress};
+use super::{ImageSource, LocalLab, blocking, cgroup, manifest, package_index, preflight};
+use crate::{IoContext, LabError, LabInfo, Progress};
 
 impl LocalLab {
     /// The pod's image, built or taken from the cache; `user` is registered in a cached image.
@@ -97,7 +98,7 @@ impl LocalLab {
             ));
         }
         blocking(|| guardlab_services::fetch_wheels(&wheels_dir, &lock))
-            .map_err(|e| LabError::Failed(format!("the lab's package index: {e}")))?;
+            .map_err(package_index::error)?;
         let miner_tarball = match &self.options.miner_tarball {
             Some(path) => path.clone(),
             None => {
@@ -113,16 +114,10 @@ impl LocalLab {
                     hint: e.to_string(),
                 })?;
                 let tarball = self.lab_dir.join(guardlab_minerd::RELEASE_TARBALL_NAME);
-                let bytes = guardlab_minerd::pack_release_tarball(&minerd).map_err(|source| {
-                    LabError::Io {
-                        context: format!("packing {}", minerd.display()),
-                        source,
-                    }
-                })?;
-                std::fs::write(&tarball, bytes).map_err(|source| LabError::Io {
-                    context: format!("writing {}", tarball.display()),
-                    source,
-                })?;
+                let bytes = guardlab_minerd::pack_release_tarball(&minerd)
+                    .context(|| format!("packing {}", minerd.display()))?;
+                std::fs::write(&tarball, bytes)
+                    .context(|| format!("writing {}", tarball.display()))?;
                 tarball
             }
         };
@@ -209,19 +204,13 @@ impl LocalLab {
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(daemon_cgroup.join("cgroup.procs"))
-            .map_err(|source| LabError::Io {
-                context: format!("opening {}", daemon_cgroup.display()),
-                source,
-            })?;
+            .context(|| format!("opening {}", daemon_cgroup.display()))?;
         let log_path = self.lab_dir.join(state::DAEMON_LOG);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|source| LabError::Io {
-                context: format!("opening {}", log_path.display()),
-                source,
-            })?;
+            .context(|| format!("opening {}", log_path.display()))?;
 
         progress.phase("starting the lab daemon");
         let mut command = tokio::process::Command::new(&options.daemon_command[0]);
@@ -248,38 +237,46 @@ impl LocalLab {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|source| LabError::Io {
-            context: format!("starting the lab daemon {:?}", options.daemon_command[0]),
-            source,
-        })?;
+        let mut child = command
+            .spawn()
+            .context(|| format!("starting the lab daemon {:?}", options.daemon_command[0]))?;
         drop(procs);
         let stdout = child.stdout.take();
         self.daemon = Some(child);
         let Some(stdout) = stdout else {
-            return Err(LabError::Failed("the lab daemon has no stdout".into()));
+            return Err(DaemonError::NoStdout.into());
         };
         let mut lines = BufReader::new(stdout).lines();
         let limit = options.ready_timeout + Duration::from_secs(120);
+        // What the daemon was doing, to name where it failed.
+        let mut phase = String::from("starting the lab daemon");
         tokio::time::timeout(limit, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<StartMessage>(&line) {
-                    Ok(StartMessage::Phase { text }) => progress.phase(&text),
+                    Ok(StartMessage::Phase { text }) => {
+                        progress.phase(&text);
+                        phase = text;
+                    }
                     Ok(StartMessage::Detail { text }) => progress.detail(&text),
                     Ok(StartMessage::Ready { info }) => return Ok(info),
-                    Ok(StartMessage::Failed { error }) => return Err(LabError::Failed(error)),
+                    Ok(StartMessage::Failed { error }) => {
+                        return Err(LabError::backend(phase, ReportedFailure { said: error }));
+                    }
                     Err(_) => progress.detail(&line),
                 }
             }
-            Err(LabError::Failed(format!(
-                "the lab daemon ended without saying why; see {}",
-                log_path.display()
-            )))
+            Err(DaemonError::EndedSilently {
+                log: log_path.clone(),
+            }
+            .into())
         })
         .await
         .unwrap_or_else(|_| {
-            Err(LabError::Failed(format!(
-                "the lab did not come up within {limit:?}"
-            )))
+            Err(LabError::Timeout {
+                what: "the lab's start".into(),
+                limit,
+                detail: format!("see {}", log_path.display()),
+            })
         })
     }
 }

@@ -10,9 +10,8 @@ use tokio::sync::broadcast;
 
 use super::Daemon;
 use super::actions::carry_out;
-use crate::LabError;
-use crate::LabInfo;
 use crate::local::protocol::{DaemonStatus, Reply, Request};
+use crate::{Backend, LabError, LabInfo};
 
 pub(super) async fn accept_clients(
     control: UnixListener,
@@ -38,8 +37,9 @@ async fn handle_client(stream: UnixStream, daemon: Option<Arc<Daemon>>) {
                 status: Some(DaemonStatus {
                     phase: "starting".into(),
                     info: LabInfo {
-                        backend: "local".into(),
-                        ..Default::default()
+                        backend: Backend::Local,
+                        notebook_url: String::new(),
+                        pods: Vec::new(),
                     },
                     daemon_pid: std::process::id(),
                     services: Vec::new(),
@@ -96,6 +96,8 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>) {
         Request::CarryOut { action } => {
             let reply = match carry_out(&daemon, &action).await {
                 Ok(()) => Reply::ok(),
+                // The client names the action it asked for; the reply says why not.
+                Err(LabError::Action { reason, .. }) => Reply::error(reason),
                 Err(e) => Reply::error(e.to_string()),
             };
             let _ = send(&mut write, &reply).await;

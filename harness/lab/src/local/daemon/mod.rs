@@ -35,10 +35,11 @@ use crate::local::cgroup;
 use crate::local::config::DaemonConfig;
 use crate::local::events::EventBus;
 use crate::local::network::{self, LabNetwork};
+use crate::local::pod::ExitStatus;
 use crate::local::protocol::{DaemonStatus, StartMessage};
 use crate::local::services::{LabServices, ServiceSockets};
 use crate::local::state::{NetnsRecord, ProcessRecord, StateFile};
-use crate::{LabError, LabInfo};
+use crate::{Backend, IoContext, LabError, LabInfo};
 use control::accept_clients;
 use forward::forward_loop;
 use pods::{RunningPod, create_pod};
@@ -62,11 +63,55 @@ pub struct DaemonOptions {
 /// inside `block_on`).
 pub fn daemon_main(options: DaemonOptions) -> Result<(), LabError> {
     let config = DaemonConfig::read(&options.lab_dir)?;
-    let runtime = guardlab_host::runtime(2).map_err(|source| LabError::Io {
-        context: "starting the daemon's runtime".into(),
-        source,
-    })?;
+    let runtime = guardlab_host::runtime(2).context(|| "starting the daemon's runtime")?;
     runtime.block_on(run(config))
+}
+
+/// What went wrong in the lab daemon (part "the lab daemon" of a [`LabError`]), or with it as
+/// `lab up` sees it start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The daemon was started without the state file that `lab up` writes first.
+    #[error("{} is missing: the daemon is started by `lab up`", path.display())]
+    NoState { path: PathBuf },
+    /// The notebook's port-forward cannot listen on its address.
+    #[error(
+        "cannot listen on {address} for the notebook: {error}{}",
+        busy_hint(error)
+    )]
+    NotebookPort {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The pod's first process ended before the notebook answered its readiness probe.
+    #[error(
+        "the pod's first process ended ({status}) before the notebook answered; its log: {log}"
+    )]
+    PodEnded { status: ExitStatus, log: String },
+    /// A task of the daemon panicked or was cancelled.
+    #[error("a task ended abnormally: {0}")]
+    Task(tokio::task::JoinError),
+    /// The daemon was started without a stdout to report on.
+    #[error("it was started without a stdout to report on")]
+    NoStdout,
+    /// The daemon ended before it said the lab was ready or why it could not be.
+    #[error("it ended without saying why; see {}", log.display())]
+    EndedSilently { log: PathBuf },
+}
+
+impl From<DaemonError> for LabError {
+    fn from(error: DaemonError) -> LabError {
+        LabError::backend("the lab daemon", error)
+    }
+}
+
+/// What to do about an address in use.
+fn busy_hint(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        " (another lab or program uses it: `guardlab lab status`, or choose another port)"
+    } else {
+        ""
+    }
 }
 
 struct Daemon {
@@ -87,11 +132,8 @@ struct Daemon {
 async fn run(config: DaemonConfig) -> Result<(), LabError> {
     let reporter = Reporter;
     let file = StateFile::in_dir(&config.lab_dir);
-    let mut state = file.load()?.ok_or_else(|| {
-        LabError::Failed(format!(
-            "{} is missing: the daemon is started by `lab up`",
-            file.path().display()
-        ))
+    let mut state = file.load()?.ok_or_else(|| DaemonError::NoState {
+        path: file.path().to_path_buf(),
     })?;
     state.daemon = ProcessRecord::of(std::process::id());
     state.phase = "starting".into();
@@ -104,10 +146,8 @@ async fn run(config: DaemonConfig) -> Result<(), LabError> {
     // The control socket first, so `status` answers while the lab starts.
     let socket_path = config.lab_dir.join(crate::local::state::SOCKET_FILE);
     let _ = std::fs::remove_file(&socket_path);
-    let control = UnixListener::bind(&socket_path).map_err(|source| LabError::Io {
-        context: format!("binding {}", socket_path.display()),
-        source,
-    })?;
+    let control = UnixListener::bind(&socket_path)
+        .context(|| format!("binding {}", socket_path.display()))?;
 
     // Clients are answered from now on: "starting" until the lab is ready.
     let ready: Arc<std::sync::OnceLock<Arc<Daemon>>> = Arc::new(std::sync::OnceLock::new());
@@ -158,29 +198,15 @@ async fn start(
         Some(address) => match std::net::TcpListener::bind(address) {
             Ok(listener) => {
                 let _ = listener.set_nonblocking(true);
-                match TcpListener::from_std(listener) {
+                match TcpListener::from_std(listener).context(|| format!("listening on {address}"))
+                {
                     Ok(listener) => Some(listener),
-                    Err(source) => {
-                        return Err((
-                            LabError::Io {
-                                context: format!("listening on {address}"),
-                                source,
-                            },
-                            Some(recorder),
-                        ));
-                    }
+                    Err(e) => return Err((e, Some(recorder))),
                 }
             }
-            Err(source) => {
-                let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
-                    " (another lab or program uses it: `guardlab lab status`, or choose another port)"
-                } else {
-                    ""
-                };
+            Err(error) => {
                 return Err((
-                    LabError::Failed(format!(
-                        "cannot listen on {address} for the notebook: {source}{hint}"
-                    )),
+                    DaemonError::NotebookPort { address, error }.into(),
                     Some(recorder),
                 ));
             }
@@ -280,7 +306,7 @@ impl Daemon {
     fn info(&self) -> LabInfo {
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         LabInfo {
-            backend: "local".into(),
+            backend: Backend::Local,
             notebook_url: self.notebook_url(),
             pods: pods.iter().map(|p| p.info.clone()).collect(),
         }
@@ -292,7 +318,7 @@ impl Daemon {
         DaemonStatus {
             phase: state.phase,
             info: LabInfo {
-                backend: "local".into(),
+                backend: Backend::Local,
                 notebook_url: self.notebook_url(),
                 pods: pods.iter().map(|p| p.info.clone()).collect(),
             },
@@ -322,10 +348,7 @@ impl Daemon {
 /// Serve until SIGTERM, then stop the pods; `lab down` removes what remains.
 async fn until_terminated(daemon: Arc<Daemon>) -> Result<(), LabError> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| LabError::Io {
-        context: "handling SIGTERM".into(),
-        source,
-    })?;
+        .context(|| "handling SIGTERM")?;
     terminate.recv().await;
     log("SIGTERM: stopping the pods");
     let pods: Vec<PathBuf> = daemon

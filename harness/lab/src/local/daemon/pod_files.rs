@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::Daemon;
-use crate::LabError;
 use crate::local::{network, pod};
+use crate::{IoContext, LabError};
 
 /// Files a kubelet gives a container (hostname, hosts, resolv.conf), the lab CA in the system
 /// bundle and the pip configuration: written into the pod's writable layer before it starts.
@@ -15,10 +15,7 @@ pub(super) fn write_pod_files(
     name: &str,
 ) -> Result<(), LabError> {
     let upper = spec.upper_dir();
-    std::fs::create_dir_all(&upper).map_err(|source| LabError::Io {
-        context: format!("creating {}", upper.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(&upper).context(|| format!("creating {}", upper.display()))?;
     let mut files: Vec<(&str, String)> = vec![
         ("etc/hostname", format!("{name}\n")),
         ("etc/hosts", network::etc_hosts(&spec.hostname)),
@@ -54,15 +51,9 @@ pub(super) fn write_pod_files(
         if let Some(parent) = path.parent() {
             create_dirs_like_image(&upper, parent, &spec.lower_dirs)?;
         }
-        std::fs::write(&path, content).map_err(|source| LabError::Io {
-            context: format!("writing {}", path.display()),
-            source,
-        })?;
+        std::fs::write(&path, content).context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .map_err(|source| LabError::Io {
-                context: format!("chmod {}", path.display()),
-                source,
-            })?;
+            .context(|| format!("chmod {}", path.display()))?;
     }
     Ok(())
 }
@@ -82,28 +73,17 @@ fn create_dirs_like_image(
         if current.exists() {
             continue;
         }
-        std::fs::create_dir(&current).map_err(|source| LabError::Io {
-            context: format!("creating {}", current.display()),
-            source,
-        })?;
+        std::fs::create_dir(&current).context(|| format!("creating {}", current.display()))?;
         let in_image = lowers.iter().find_map(|l| {
             std::fs::metadata(l.join(current.strip_prefix(upper).unwrap_or(&current))).ok()
         });
         let (mode, uid, gid) = in_image
             .map(|m| (m.mode() & 0o7777, m.uid(), m.gid()))
             .unwrap_or((0o755, 0, 0));
-        std::fs::set_permissions(&current, std::fs::Permissions::from_mode(mode)).map_err(
-            |source| LabError::Io {
-                context: format!("chmod {}", current.display()),
-                source,
-            },
-        )?;
-        std::os::unix::fs::chown(&current, Some(uid), Some(gid)).map_err(|source| {
-            LabError::Io {
-                context: format!("chown {}", current.display()),
-                source,
-            }
-        })?;
+        std::fs::set_permissions(&current, std::fs::Permissions::from_mode(mode))
+            .context(|| format!("chmod {}", current.display()))?;
+        std::os::unix::fs::chown(&current, Some(uid), Some(gid))
+            .context(|| format!("chown {}", current.display()))?;
     }
     Ok(())
 }

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Daemon;
 use super::pod_files::write_pod_files;
 use super::readiness::wait_ready;
 use super::report::{Reporter, log};
-use crate::LabError;
-use crate::PodInfo;
+use super::{Daemon, DaemonError};
 use crate::local::cgroup;
 use crate::local::config::PodRuntime;
 use crate::local::pod::{self, ExitStatus};
 use crate::local::state::{PodRecord, ProcessRecord};
+use crate::{IoContext, LabError, PodInfo};
 
 /// A pod the daemon runs.
 pub(super) struct RunningPod {
@@ -52,14 +51,8 @@ pub(super) async fn create_pod(
         root: None,
     };
     daemon.recorder.update(|s| s.pods.push(record.clone()))?;
-    let io = |what: String| {
-        move |source| LabError::Io {
-            context: what,
-            source,
-        }
-    };
     std::fs::create_dir_all(&record.dir)
-        .map_err(io(format!("creating {}", record.dir.display())))?;
+        .context(|| format!("creating {}", record.dir.display()))?;
     // The pod's writable layer lives on its own tmpfs: it is thrown away with the pod, and
     // removing it is an unmount instead of deleting every file pip wrote.
     daemon
@@ -72,11 +65,12 @@ pub(super) async fn create_pod(
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
         Some(format!("mode=0700,size={}", POD_LAYER_SIZE).as_str()),
     )
-    .map_err(|e| {
-        LabError::Failed(format!(
-            "mounting the pod's writable layer on {}: {e}",
+    .map_err(std::io::Error::from)
+    .context(|| {
+        format!(
+            "mounting the pod's writable layer on {}",
             record.dir.display()
-        ))
+        )
     })?;
     cgroup::create(&record.cgroup)?;
 
@@ -159,10 +153,8 @@ pub(super) async fn create_pod(
             tokio::io::Interest::READABLE,
         )
     }
-    .map_err(|e| LabError::Io {
-        context: "watching the pod's first process".into(),
-        source: e.into_parts().1,
-    })?;
+    .map_err(|e| e.into_parts().1)
+    .context(|| "watching the pod's first process")?;
     let pid = process.pid;
     tokio::spawn(async move {
         let _ = pidfd.readable().await;
@@ -187,7 +179,7 @@ pub(super) async fn replace_pod(daemon: &Arc<Daemon>) -> Result<(), LabError> {
             cgroup::kill_tree(&cgroup_path, Duration::from_secs(20))
         })
         .await
-        .map_err(|e| LabError::Failed(e.to_string()))??;
+        .map_err(DaemonError::Task)??;
         let mut exited = old.exited.clone();
         while exited.borrow().is_none() {
             if exited.changed().await.is_err() {

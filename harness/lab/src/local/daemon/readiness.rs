@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
-use super::Daemon;
+use super::{Daemon, DaemonError};
 use crate::LabError;
 use crate::local::pod::ExitStatus;
 
@@ -22,19 +22,21 @@ pub(super) async fn wait_ready(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(status) = *exited.borrow() {
-            return Err(LabError::Failed(format!(
-                "the pod's first process ended ({status}) before the notebook answered; its log: {}",
-                log_tail(daemon)
-            )));
+            return Err(DaemonError::PodEnded {
+                status,
+                log: log_tail(daemon),
+            }
+            .into());
         }
         if probe(daemon, port).await {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(LabError::Failed(format!(
-                "the notebook did not answer on port {port} within {timeout:?}; its log: {}",
-                log_tail(daemon)
-            )));
+            return Err(LabError::Timeout {
+                what: format!("the notebook's answer on port {port}"),
+                limit: timeout,
+                detail: format!("its log: {}", log_tail(daemon)),
+            });
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}

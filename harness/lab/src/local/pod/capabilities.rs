@@ -74,11 +74,18 @@ pub fn capability_number(name: &str) -> Option<u32> {
         .map(|i| i as u32)
 }
 
+/// A capability name that Linux does not have.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown capability {name:?}")]
+pub struct UnknownCapability {
+    pub name: String,
+}
+
 /// The bounding set (a bit mask) of a container: the runtime's default set, minus `drop`, plus
 /// `add` (`ALL` in either means every capability). Unknown names are an error naming them.
-pub fn bounding_set(add: &[String], drop: &[String]) -> Result<u64, String> {
+pub fn bounding_set(add: &[String], drop: &[String]) -> Result<u64, UnknownCapability> {
     let all = (1u64 << CAPABILITY_NAMES.len()) - 1;
-    let mask_of = |names: &[String]| -> Result<u64, String> {
+    let mask_of = |names: &[String]| -> Result<u64, UnknownCapability> {
         let mut mask = 0;
         for name in names {
             if name.trim().eq_ignore_ascii_case("ALL") {
@@ -86,7 +93,7 @@ pub fn bounding_set(add: &[String], drop: &[String]) -> Result<u64, String> {
             } else {
                 mask |= 1
                     << capability_number(name)
-                        .ok_or_else(|| format!("unknown capability {name:?}"))?;
+                        .ok_or_else(|| UnknownCapability { name: name.clone() })?;
             }
         }
         Ok(mask)
@@ -118,6 +125,7 @@ mod tests {
         assert!(
             bounding_set(&["NET_FLY".into()], &[])
                 .unwrap_err()
+                .to_string()
                 .contains("NET_FLY")
         );
     }

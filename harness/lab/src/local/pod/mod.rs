@@ -36,11 +36,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::LabError;
-use child::{STEPS, child_main};
+use crate::{IoContext, LabError};
+use child::child_main;
 use plan::{ChildFds, ChildPlan};
 
-pub use capabilities::{RUNTIME_DEFAULT_CAPABILITIES, bounding_set, capability_number};
+pub use capabilities::{
+    RUNTIME_DEFAULT_CAPABILITIES, UnknownCapability, bounding_set, capability_number,
+};
+pub use child::Step;
 pub use image_users::{image_groups, image_user_name};
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -100,6 +103,38 @@ impl ContainerSpec {
     }
 }
 
+/// Why the pod's first process could not start (part "the pod sandbox" of a [`LabError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// A path, argument or environment entry holds a NUL byte, which no system call takes.
+    #[error("a NUL byte in {text:?}")]
+    NulByte { text: String },
+    /// The container has no command to run.
+    #[error("the container has no command (the Deployment gives none)")]
+    NoCommand,
+    /// The container has no image to run on.
+    #[error("the container has no image layer")]
+    NoImageLayer,
+    /// The first process reported a failed step (`None`: a step number no step has).
+    #[error(
+        "the pod's first process failed {}{}: {error}",
+        step.map_or("an unknown step", Step::describe),
+        program.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+    )]
+    StepFailed {
+        step: Option<Step>,
+        /// The command, when executing it failed.
+        program: Option<String>,
+        error: std::io::Error,
+    },
+}
+
+impl From<PodError> for LabError {
+    fn from(error: PodError) -> LabError {
+        LabError::backend("the pod sandbox", error)
+    }
+}
+
 /// The running container's first process.
 #[derive(Debug)]
 pub struct PodProcess {
@@ -108,19 +143,11 @@ pub struct PodProcess {
     pub pidfd: OwnedFd,
 }
 
-fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
-    let context = context.into();
-    move |source| LabError::Io { context, source }
-}
-
 fn pipe() -> Result<(OwnedFd, OwnedFd), LabError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(LabError::Io {
-            context: "creating a pipe".into(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(std::io::Error::last_os_error()).context(|| "creating a pipe");
     }
     // SAFETY: fresh descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -137,29 +164,27 @@ pub fn spawn(
 ) -> Result<PodProcess, LabError> {
     let (upper, work, rootfs) = (spec.upper_dir(), spec.work_dir(), spec.rootfs_dir());
     for dir in [&upper, &work, &rootfs] {
-        fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
     }
     // The overlay's root takes the upper dir's owner and mode.
     fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(io_error(format!("chmod {}", upper.display())))?;
+        .context(|| format!("chmod {}", upper.display()))?;
     if spec.argv.is_empty() {
-        return Err(LabError::Failed(
-            "the container has no command (the Deployment gives none)".into(),
-        ));
+        return Err(PodError::NoCommand.into());
     }
     if spec.lower_dirs.is_empty() {
-        return Err(LabError::Failed("the container has no image layer".into()));
+        return Err(PodError::NoImageLayer.into());
     }
 
     let cgroup_dir =
-        fs::File::open(cgroup).map_err(io_error(format!("opening cgroup {}", cgroup.display())))?;
+        fs::File::open(cgroup).context(|| format!("opening cgroup {}", cgroup.display()))?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
         .custom_flags(libc::O_CLOEXEC)
         .open(&spec.log_file)
-        .map_err(io_error(format!("opening {}", spec.log_file.display())))?;
+        .context(|| format!("opening {}", spec.log_file.display()))?;
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
 
@@ -194,10 +219,8 @@ pub fn spawn(
         )
     };
     if pid < 0 {
-        return Err(LabError::Io {
-            context: "clone3 of the pod's first process".into(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(std::io::Error::last_os_error())
+            .context(|| "clone3 of the pod's first process");
     }
     if pid == 0 {
         child_main(&plan);
@@ -215,10 +238,7 @@ pub fn spawn(
         if written == 1 {
             Ok(())
         } else {
-            Err(LabError::Io {
-                context: "starting the pod".into(),
-                source: std::io::Error::last_os_error(),
-            })
+            Err(std::io::Error::last_os_error()).context(|| "starting the pod")
         }
     });
     drop(go_write);
@@ -244,10 +264,7 @@ pub fn spawn(
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(LabError::Io {
-                context: "reading the pod's start report".into(),
-                source: e,
-            });
+            return Err(e).context(|| "reading the pod's start report");
         }
         if n == 0 {
             break;
@@ -257,19 +274,16 @@ pub fn spawn(
     if got == 0 {
         return Ok(PodProcess { pid, pidfd });
     }
-    let step = u32::from_le_bytes(report[..4].try_into().unwrap_or_default()) as usize;
+    let code = u32::from_le_bytes(report[..4].try_into().unwrap_or_default());
     let errno = i32::from_le_bytes(report[4..].try_into().unwrap_or_default());
     let _ = wait_pidfd(&pidfd);
-    let what = STEPS.get(step).copied().unwrap_or("an unknown step");
-    let detail = if step == 19 {
-        format!(" ({})", spec.argv[0])
-    } else {
-        String::new()
-    };
-    Err(LabError::Failed(format!(
-        "the pod's first process failed {what}{detail}: {}",
-        std::io::Error::from_raw_os_error(errno)
-    )))
+    let step = Step::from_code(code);
+    Err(PodError::StepFailed {
+        step,
+        program: (step == Some(Step::Exec)).then(|| spec.argv[0].clone()),
+        error: std::io::Error::from_raw_os_error(errno),
+    }
+    .into())
 }
 
 /// Reap a process by its pidfd (blocks until it exits). Returns the wait status.

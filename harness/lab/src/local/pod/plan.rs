@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::ContainerSpec;
+use super::{ContainerSpec, PodError};
 use crate::LabError;
 
 pub(super) struct MountStep {
@@ -237,10 +237,10 @@ impl ChildPlan {
 
 pub(super) fn cstring(text: impl AsRef<[u8]>) -> Result<CString, LabError> {
     CString::new(text.as_ref().to_vec()).map_err(|_| {
-        LabError::Failed(format!(
-            "a NUL byte in {:?}",
-            String::from_utf8_lossy(text.as_ref())
-        ))
+        PodError::NulByte {
+            text: String::from_utf8_lossy(text.as_ref()).into_owned(),
+        }
+        .into()
     })
 }
 
