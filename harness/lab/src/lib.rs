@@ -9,6 +9,7 @@
 pub mod image;
 #[doc(hidden)]
 pub mod image_bridge;
+pub mod lab_files;
 pub mod local;
 
 pub use guardlab_lab_api::{

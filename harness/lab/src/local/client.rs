@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 
 use super::LocalLab;
 use super::protocol::{ControlError, DaemonStatus, Reply, Request, Visitors};
-use super::state;
 use crate::{IoContext, LabError};
 
 impl LocalLab {
@@ -60,7 +59,7 @@ impl LocalLab {
     }
 
     pub(super) fn socket_path(&self) -> PathBuf {
-        self.lab_dir.join(state::SOCKET_FILE)
+        self.lab_dir.join(crate::lab_files::SOCKET_FILE)
     }
 
     pub(super) fn daemon_alive(&self) -> Result<bool, LabError> {

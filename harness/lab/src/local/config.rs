@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lab_files::CONFIG_FILE;
 use crate::local::manifest::PodTemplate;
 use crate::local::pod::{self, ContainerSpec};
-use crate::local::state::CONFIG_FILE;
 use crate::{IoContext, LabError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

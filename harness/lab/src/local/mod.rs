@@ -333,7 +333,7 @@ impl Lab for LocalLab {
             Ok(info) => Ok(info),
             Err(error) => {
                 // Leave nothing behind; the daemon's log goes into the error.
-                let log = std::fs::read_to_string(self.lab_dir.join(state::DAEMON_LOG))
+                let log = std::fs::read_to_string(self.lab_dir.join(crate::lab_files::DAEMON_LOG))
                     .unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 let daemon_log: Vec<String> = lines[lines.len().saturating_sub(20)..]

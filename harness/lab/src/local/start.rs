@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::config::{DaemonConfig, PodRuntime, ServicesConfig};
 use super::daemon::DaemonError;
 use super::protocol::{ReportedFailure, StartMessage};
-use super::state::{self, LabState, STATE_VERSION, StateFile};
+use super::state::{LabState, STATE_VERSION, StateFile};
 use super::{ImageSource, LocalLab, blocking, cgroup, manifest, package_index, preflight};
 use crate::{IoContext, LabError, LabInfo, Progress};
 
@@ -205,7 +205,7 @@ impl LocalLab {
             .write(true)
             .open(daemon_cgroup.join("cgroup.procs"))
             .context(|| format!("opening {}", daemon_cgroup.display()))?;
-        let log_path = self.lab_dir.join(state::DAEMON_LOG);
+        let log_path = self.lab_dir.join(crate::lab_files::DAEMON_LOG);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

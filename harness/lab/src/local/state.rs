@@ -20,11 +20,8 @@ use crate::{IoContext, LabError, LabInfo};
 /// Bumped when a field changes meaning; a newer state file is refused with a clear error.
 pub const STATE_VERSION: u32 = 1;
 
-pub const STATE_FILE: &str = "state.json";
-pub const CONFIG_FILE: &str = "config.json";
-pub const SOCKET_FILE: &str = "control.sock";
-pub const DAEMON_LOG: &str = "daemon.log";
-pub const LOCK_FILE: &str = "lock";
+// Where they were defined first; the image module still names them here.
+pub use crate::lab_files::{CONFIG_FILE, DAEMON_LOG, LOCK_FILE, SOCKET_FILE, STATE_FILE};
 
 /// A process, identified across pid reuse by its start time (clock ticks since boot, field 22
 /// of `/proc/<pid>/stat`).

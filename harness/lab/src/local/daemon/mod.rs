@@ -144,7 +144,7 @@ async fn run(config: DaemonConfig) -> Result<(), LabError> {
     };
 
     // The control socket first, so `status` answers while the lab starts.
-    let socket_path = config.lab_dir.join(crate::local::state::SOCKET_FILE);
+    let socket_path = config.lab_dir.join(crate::lab_files::SOCKET_FILE);
     let _ = std::fs::remove_file(&socket_path);
     let control = UnixListener::bind(&socket_path)
         .context(|| format!("binding {}", socket_path.display()))?;
