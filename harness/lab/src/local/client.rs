@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::LocalLab;
 use super::protocol::{ControlError, DaemonStatus, Reply, Request, Visitors};
-use crate::{IoContext, LabError};
+use crate::{Backend, IoContext, LabError};
 
 impl LocalLab {
     /// Everything the daemon says about the lab; `None` when it is down or its daemon is not
@@ -86,12 +86,33 @@ impl LocalLab {
     /// One request to the daemon and its reply, whether it did what was asked or refused.
     pub(super) async fn exchange(&self, request: &Request) -> Result<Connection, LabError> {
         let path = self.socket_path();
-        let stream = UnixStream::connect(&path).await.context(|| {
-            format!(
-                "connecting to the lab daemon at {} (is the lab up? `guardlab lab status`)",
-                path.display()
-            )
-        })?;
+        let stream = match UnixStream::connect(&path).await {
+            Ok(stream) => stream,
+            // No socket, or nobody listening on it: no daemon, so no lab.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(LabError::NotUp {
+                    backend: Backend::Local,
+                    detail: format!(
+                        "no lab daemon answers at {} ({e}): `guardlab lab up` starts one, \
+                         `guardlab lab status` says what is left",
+                        path.display()
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(e).context(|| {
+                    format!(
+                        "connecting to the lab daemon at {} (is the lab up? `guardlab lab status`)",
+                        path.display()
+                    )
+                });
+            }
+        };
         let (read, mut write) = stream.into_split();
         let mut line = serde_json::to_vec(request).map_err(|error| ControlError::Encode {
             request: request.name(),
