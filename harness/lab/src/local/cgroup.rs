@@ -2,6 +2,11 @@
 //!
 //! Every lab process is born in one of them (the daemon joins before it execs, pods are cloned
 //! straight into theirs), so `cgroup.kill` on the lab's directory ends every lab process at once.
+//!
+//! The response actions kill within a pod's tree only ([`kill_in_tree`],
+//! [`kill_process_tree_in`], [`kill_group_in_tree`]), and every signal goes through a pidfd
+//! opened *before* the process is checked to be in the tree: a process outside it, or one that
+//! took the pid of a process that left, is never signalled.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
