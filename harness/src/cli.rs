@@ -213,7 +213,15 @@ pub enum LabCommand {
     Status(LabArgs),
     /// The local lab's daemon (started by `lab up`; not for direct use).
     #[command(hide = true)]
-    Daemon(guardlab_lab::DaemonArgs),
+    Daemon(DaemonArgs),
+}
+
+/// `guardlab lab daemon`: what `lab up` starts; guardlab-lab takes them as `DaemonOptions`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The lab's directory, with the `config.json` that `lab up` wrote.
+    #[arg(long, value_name = "DIR")]
+    pub lab_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

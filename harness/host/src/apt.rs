@@ -211,6 +211,7 @@ mod tests {
         name: "gl-fake-tool",
         package: "gl-fake-pkg",
         purpose: "is what this test needs",
+        needed_by: "tests",
         probe: Probe::Program("gl-fake-tool"),
     };
 

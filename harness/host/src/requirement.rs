@@ -26,6 +26,8 @@ pub struct Requirement {
     pub package: &'static str,
     /// Why guardlab needs it, completing "it ...": "builds the pod's root filesystem".
     pub purpose: &'static str,
+    /// Which of guardlab's commands need it: "lab", "tests", "bpf build", "benchmark".
+    pub needed_by: &'static str,
     pub probe: Probe,
 }
 
@@ -73,6 +75,7 @@ pub mod catalog {
         name: "debootstrap",
         package: "debootstrap",
         purpose: "builds the pod's root filesystem from Debian packages",
+        needed_by: "lab (pod image), tests",
         probe: Probe::Program("debootstrap"),
     };
     /// The local lab's network plumbing.
@@ -80,6 +83,7 @@ pub mod catalog {
         name: "ip",
         package: "iproute2",
         purpose: "makes and removes the lab's network devices",
+        needed_by: "lab, tests",
         probe: Probe::Program("ip"),
     };
     /// The host's Python, for the lab's package index.
@@ -87,6 +91,7 @@ pub mod catalog {
         name: "python3",
         package: "python3",
         purpose: "fetches the wheels of the lab's package index",
+        needed_by: "lab (package index), tests",
         probe: Probe::Program("python3"),
     };
     /// `python3 -m pip`, for the lab's package index.
@@ -94,6 +99,7 @@ pub mod catalog {
         name: "python3 -m pip",
         package: "python3-pip",
         purpose: "fetches the wheels of the lab's package index",
+        needed_by: "lab (package index), tests",
         probe: Probe::PythonModule("pip"),
     };
     /// `python3 -m venv` (Debian splits ensurepip out of python3).
@@ -101,6 +107,7 @@ pub mod catalog {
         name: "python3 -m venv",
         package: "python3-venv",
         purpose: "makes the Python environments of the tests (Jupyter, spyctl)",
+        needed_by: "tests",
         probe: Probe::PythonModule("ensurepip"),
     };
     /// Loading kernel modules the kernel does not autoload.
@@ -108,6 +115,7 @@ pub mod catalog {
         name: "modprobe",
         package: "kmod",
         purpose: "loads the kernel modules the lab needs (overlay, veth)",
+        needed_by: "lab (to load a kernel module)",
         probe: Probe::Program("modprobe"),
     };
     /// The eBPF compiler (`sensor/bpf/build.sh` and the test that rebuilds the object).
@@ -115,6 +123,7 @@ pub mod catalog {
         name: "clang",
         package: "clang",
         purpose: "compiles the sensor's eBPF programs (sensor/bpf/build.sh)",
+        needed_by: "bpf build, tests",
         probe: Probe::Program("clang"),
     };
     /// Strips DWARF from the compiled eBPF object.
@@ -122,6 +131,7 @@ pub mod catalog {
         name: "llvm-strip",
         package: "llvm",
         purpose: "strips the compiled eBPF object (sensor/bpf/build.sh)",
+        needed_by: "bpf build, tests",
         probe: Probe::Program("llvm-strip"),
     };
     /// libbpf's BPF-side headers.
@@ -129,6 +139,7 @@ pub mod catalog {
         name: "/usr/include/bpf/bpf_helpers.h",
         package: "libbpf-dev",
         purpose: "the eBPF programs include libbpf's headers (sensor/bpf/build.sh)",
+        needed_by: "bpf build, tests",
         probe: Probe::File("/usr/include/bpf/bpf_helpers.h"),
     };
     /// bpftool: lists loaded programs and maps (tests), regenerates vmlinux.h.
@@ -136,6 +147,7 @@ pub mod catalog {
         name: "bpftool",
         package: "bpftool",
         purpose: "lists the kernel's eBPF programs and regenerates vmlinux.h",
+        needed_by: "tests, bpf build (vmlinux.h)",
         probe: Probe::Program("bpftool"),
     };
     /// `unshare`, for the tests that run a command in a mount namespace of its own.
@@ -143,19 +155,37 @@ pub mod catalog {
         name: "unshare",
         package: "util-linux",
         purpose: "runs the fresh-host checks in a mount namespace of their own",
+        needed_by: "tests",
         probe: Probe::Program("unshare"),
+    };
+    /// The services tests download from the lab's web hosts as the pod's programs do.
+    pub const CURL: Requirement = Requirement {
+        name: "curl",
+        package: "curl",
+        purpose: "downloads from the lab's web hosts in the services tests, as the pod does",
+        needed_by: "tests",
+        probe: Probe::Program("curl"),
+    };
+    pub const WGET: Requirement = Requirement {
+        name: "wget",
+        package: "wget",
+        purpose: "downloads from the lab's web hosts in the services tests, as the pod does",
+        needed_by: "tests",
+        probe: Probe::Program("wget"),
     };
     /// The sensor benchmark's comparison points.
     pub const AUDITCTL: Requirement = Requirement {
         name: "auditctl",
         package: "auditd",
         purpose: "the sensor benchmark compares guardlab's sensor with auditd",
+        needed_by: "benchmark",
         probe: Probe::Program("auditctl"),
     };
     pub const BPFTRACE: Requirement = Requirement {
         name: "bpftrace",
         package: "bpftrace",
         purpose: "the sensor benchmark compares guardlab's sensor with bpftrace",
+        needed_by: "benchmark",
         probe: Probe::Program("bpftrace"),
     };
 
@@ -163,7 +193,7 @@ pub mod catalog {
     pub const BPF_BUILD: [&Requirement; 3] = [&CLANG, &LLVM_STRIP, &LIBBPF_HEADERS];
 
     /// Every requirement, for `guardlab doctor`.
-    pub const ALL: [&Requirement; 13] = [
+    pub const ALL: [&Requirement; 15] = [
         &DEBOOTSTRAP,
         &IP,
         &PYTHON3,
@@ -175,6 +205,8 @@ pub mod catalog {
         &LIBBPF_HEADERS,
         &BPFTOOL,
         &UNSHARE,
+        &CURL,
+        &WGET,
         &AUDITCTL,
         &BPFTRACE,
     ];

@@ -10,23 +10,6 @@ use guardlab_lab::local::preflight::{KernelModule, kernel_module, kernel_release
 
 use crate::report::{CommandResult, Failure, Outcome};
 
-/// Which guardlab commands need each requirement, in `catalog::ALL`'s order.
-const NEEDED_BY: [(&Requirement, &str); 13] = [
-    (&catalog::DEBOOTSTRAP, "lab (pod image), tests"),
-    (&catalog::IP, "lab, tests"),
-    (&catalog::PYTHON3, "lab (package index), tests"),
-    (&catalog::PIP, "lab (package index), tests"),
-    (&catalog::VENV, "tests"),
-    (&catalog::MODPROBE, "lab (to load a kernel module)"),
-    (&catalog::CLANG, "bpf build, tests"),
-    (&catalog::LLVM_STRIP, "bpf build, tests"),
-    (&catalog::LIBBPF_HEADERS, "bpf build, tests"),
-    (&catalog::BPFTOOL, "tests, bpf build (vmlinux.h)"),
-    (&catalog::UNSHARE, "tests"),
-    (&catalog::AUDITCTL, "benchmark"),
-    (&catalog::BPFTRACE, "benchmark"),
-];
-
 /// What the local lab needs of the catalog whatever the host (modprobe only when a module must
 /// be loaded, see [`kernel_rows`]).
 const LAB_NEEDS: [&Requirement; 4] = [
@@ -423,9 +406,9 @@ pub fn run(no_install: bool) -> CommandResult {
         .filter(|e| e.kind == LedgerKind::Package)
         .map(|e| e.what.as_str())
         .collect();
-    let programs: Vec<Row> = NEEDED_BY
+    let programs: Vec<Row> = catalog::ALL
         .iter()
-        .map(|(requirement, needed_by)| {
+        .map(|requirement| {
             let lab_needs = LAB_NEEDS.contains(requirement)
                 || (**requirement == catalog::MODPROBE && facts.lab_loads_a_module());
             requirement_row(
@@ -434,7 +417,7 @@ pub fn run(no_install: bool) -> CommandResult {
                 packages_of_guardlab.contains(&requirement.package),
                 blocker,
                 lab_needs,
-                needed_by,
+                requirement.needed_by,
             )
         })
         .collect();
@@ -548,13 +531,10 @@ mod tests {
 
     #[test]
     fn every_requirement_says_which_commands_need_it() {
-        let listed: Vec<&Requirement> = NEEDED_BY.iter().map(|(r, _)| *r).collect();
-        assert_eq!(listed, catalog::ALL.to_vec());
-        assert!(NEEDED_BY.iter().all(|(_, by)| !by.is_empty()));
+        assert!(catalog::ALL.iter().all(|r| !r.needed_by.is_empty()));
         for needed in LAB_NEEDS {
-            let (_, by) = NEEDED_BY.iter().find(|(r, _)| *r == needed).unwrap();
             assert!(
-                by.starts_with("lab"),
+                needed.needed_by.starts_with("lab"),
                 "{} is needed by the lab",
                 needed.name
             );

@@ -36,7 +36,9 @@ pub fn run(command: Command, no_install: bool) -> CommandResult {
         Command::Doctor => doctor::run(no_install),
         Command::Clean(args) => clean::run(&args),
         Command::Lab(LabCommand::Daemon(args)) => {
-            guardlab_lab::daemon_main(args)?;
+            guardlab_lab::daemon_main(guardlab_lab::DaemonOptions {
+                lab_dir: args.lab_dir,
+            })?;
             Ok(Outcome::Clean)
         }
         Command::Scenario(args) => scenario::run(&args),

@@ -10,9 +10,7 @@ use guardlab_engine::deviation::Decision;
 use guardlab_engine::policy::PolicyError;
 use guardlab_events::Event;
 use guardlab_jupyter::JupyterError;
-// Bridge until guardlab-lab re-exports guardlab-lab-api: then these come from guardlab_lab_api.
-use guardlab_lab::{LabAction, LabError};
-use guardlab_lab_api::Backend;
+use guardlab_lab_api::{Backend, LabAction, LabError};
 use serde_json::Value as Json;
 
 use crate::console::{Console, seconds};
@@ -130,12 +128,13 @@ pub enum CheckFailure {
     /// The recording of this step lacks what the live run learned outside the events.
     #[error("{file}: the recording of this step has no `{fact}` fact")]
     NotRecorded { file: String, fact: &'static str },
-    /// The lab refused or failed a response action.
+    /// The lab refused or failed a response action (boxed: a lab error is large, and a
+    /// failed check is the common result).
     #[error("carrying out {action:?}: {source}")]
     Action {
         action: LabAction,
         #[source]
-        source: LabError,
+        source: Box<LabError>,
     },
 }
 

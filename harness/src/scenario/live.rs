@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use guardlab_engine::deviation::{ActionKind, Decision};
 use guardlab_events::Event;
 use guardlab_kind::{KindLab, KindOptions};
-// Bridge until guardlab-lab re-exports guardlab-lab-api: then these come from guardlab_lab_api.
-use guardlab_lab::{Lab, LabAction, LabError, LabInfo, LocalLab, LocalLabOptions};
-use guardlab_lab_api::Backend;
+use guardlab_lab::{LocalLab, LocalLabOptions};
+use guardlab_lab_api::{Backend, Lab, LabAction, LabError, LabInfo};
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
@@ -218,12 +217,7 @@ fn lab_err(what: &str) -> impl Fn(LabError) -> StepError + '_ {
 
 impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
     fn backend(&self) -> Backend {
-        // Bridge until guardlab-lab re-exports guardlab-lab-api: `Lab::backend()` is then a
-        // `Backend` and this is `self.lab.backend()`.
-        self.lab
-            .backend()
-            .parse()
-            .expect("a lab backend's name is a Backend's")
+        self.lab.backend()
     }
 
     fn begin_step(&mut self, _index: usize, _step: &Step) -> Result<(), StepError> {
@@ -315,7 +309,13 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
             .carry_out(&action)
             .await
             .map(|()| format!("carried out: {action:?}"))
-            .map_err(|source| CheckFailure::Action { action, source }.into())
+            .map_err(|source| {
+                CheckFailure::Action {
+                    action,
+                    source: Box::new(source),
+                }
+                .into()
+            })
     }
 
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {

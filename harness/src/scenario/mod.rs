@@ -28,10 +28,7 @@ pub mod workbench;
 
 use std::path::{Path, PathBuf};
 
-use guardlab_lab_api::Backend;
-
-// Bridge until guardlab-lab re-exports guardlab-lab-api: then this is guardlab_lab_api::LabError.
-use guardlab_lab::LabError;
+use guardlab_lab_api::{Backend, LabError};
 
 use crate::console::Console;
 use backend::ScenarioBackend;

@@ -34,13 +34,12 @@ use super::{RECORD_FILE, disk_usage, is_complete, remove_tree};
 
 /// Where local labs keep their state (`<dir>/<lab>/state.json`).
 pub const DEFAULT_LABS_DIR: &str = "/run/guardlab";
-/// A lab's state file in its directory (`<labs dir>/<lab>/state.json`): a registration counts
-/// while it exists, and its `image_rootfs` names the image the lab uses. The cache's side of
-/// what the local lab writes (its `state::STATE_FILE` is this name).
-pub const LAB_STATE_FILE: &str = "state.json";
 /// A lab's configuration in its directory, whose `runtime.rootfs` names the image of a lab
-/// started before labs recorded `image_rootfs` (the local lab's `state::CONFIG_FILE`).
-pub const LAB_CONFIG_FILE: &str = "config.json";
+/// started before labs recorded `image_rootfs`.
+pub use crate::lab_files::CONFIG_FILE as LAB_CONFIG_FILE;
+/// A lab's state file in its directory (`<labs dir>/<lab>/state.json`): a registration counts
+/// while it exists, and its `image_rootfs` names the image the lab uses.
+pub use crate::lab_files::STATE_FILE as LAB_STATE_FILE;
 
 /// Touched whenever a lab takes the image: its mtime is when the image was last used.
 const LAST_USED_FILE: &str = "last-used";

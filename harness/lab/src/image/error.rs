@@ -438,19 +438,6 @@ impl From<ImageError> for guardlab_lab_api::LabError {
     }
 }
 
-// Bridge until lib.rs adopts guardlab-lab-api; the integrator removes it.
-impl From<ImageError> for crate::LabError {
-    fn from(e: ImageError) -> Self {
-        if let Some((what, hint)) = e.missing() {
-            return crate::LabError::Missing { what, hint };
-        }
-        match e {
-            ImageError::Host(host) => crate::LabError::Host(host),
-            e => crate::LabError::Failed(e.to_string()),
-        }
-    }
-}
-
 /// `.context(...)` on I/O results: the I/O error becomes [`ImageError::Io`] with a sentence of
 /// what was being done.
 pub(super) trait IoContext<T> {

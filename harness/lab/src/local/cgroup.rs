@@ -2,14 +2,20 @@
 //!
 //! Every lab process is born in one of them (the daemon joins before it execs, pods are cloned
 //! straight into theirs), so `cgroup.kill` on the lab's directory ends every lab process at once.
+//!
+//! The response actions kill within a pod's tree only ([`kill_in_tree`],
+//! [`kill_process_tree_in`], [`kill_group_in_tree`]), and every signal goes through a pidfd
+//! opened *before* the process is checked to be in the tree: a process outside it, or one that
+//! took the pid of a process that left, is never signalled.
 
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::LabError;
+use guardlab_host::{Pidfd, ProcStat};
+
+use crate::{IoContext, LabError};
 
 /// Where cgroup v2 is mounted on this host (`/sys/fs/cgroup` on most systems,
 /// `/sys/fs/cgroup/unified` on hybrid ones, guardlab's own mount on hosts that had none), as the
@@ -32,20 +38,14 @@ pub fn lab_cgroup(cgroup2: &Path, lab: &str) -> PathBuf {
 
 /// Create a cgroup directory (and its parents); fine when it exists.
 pub fn create(path: &Path) -> Result<(), LabError> {
-    fs::create_dir_all(path).map_err(|source| LabError::Io {
-        context: format!("creating cgroup {}", path.display()),
-        source,
-    })
+    fs::create_dir_all(path).context(|| format!("creating cgroup {}", path.display()))
 }
 
 /// The cgroup id the kernel (and the sensor) use: the inode number of the directory.
 pub fn cgroup_id(path: &Path) -> Result<u64, LabError> {
     fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| LabError::Io {
-            context: format!("reading cgroup {}", path.display()),
-            source,
-        })
+        .context(|| format!("reading cgroup {}", path.display()))
 }
 
 /// Pids in a cgroup and all its descendants.
@@ -90,17 +90,16 @@ pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
             // Ends every process of the tree, also ones forking while we kill (kernel 5.14+).
             let _ = fs::write(&kill_file, "1");
         } else {
-            for pid in pids_in_tree(path) {
-                // SAFETY: kill(2) with a pid read from the cgroup.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            for member in hold_members(path, &[]) {
+                let _ = member.send_signal(libc::SIGKILL);
             }
         }
         if Instant::now() > deadline {
-            return Err(LabError::Failed(format!(
-                "processes {:?} of cgroup {} did not end within {timeout:?}",
-                pids_in_tree(path),
-                path.display()
-            )));
+            return Err(LabError::Timeout {
+                what: format!("the end of the processes of cgroup {}", path.display()),
+                limit: timeout,
+                detail: format!("still there: {:?}", pids_in_tree(path)),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -109,58 +108,32 @@ pub fn kill_tree(path: &Path, timeout: Duration) -> Result<(), LabError> {
 /// The process group of a process (`pgrp`, field 5 of `/proc/<pid>/stat`), as this host's pid
 /// namespace numbers it. `None` when the process is gone.
 pub fn process_group(pid: u32) -> Option<u32> {
-    stat_state_and_group(pid).map(|(_, group)| group)
+    ProcStat::read(pid).map(|stat| stat.pgrp)
 }
 
 /// The process group of a process that has not ended (a zombie has nothing left to kill).
 fn live_process_group(pid: u32) -> Option<u32> {
-    stat_state_and_group(pid)
-        .filter(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
-        .map(|(_, group)| group)
+    ProcStat::read(pid)
+        .filter(|stat| !matches!(stat.state, 'Z' | 'X' | 'x'))
+        .map(|stat| stat.pgrp)
 }
 
-fn stat_state_and_group(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid pgrp ...`: the command name may contain spaces and parentheses.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let group = fields.nth(1)?.parse().ok()?;
-    Some((state, group))
-}
-
-/// A process held by a pidfd: a signal through it reaches that process or nothing, never a
-/// process that reused its pid.
-struct HeldProcess {
-    pid: u32,
-    fd: OwnedFd,
-}
-
-impl HeldProcess {
-    fn open(pid: u32) -> Option<HeldProcess> {
-        // SAFETY: pidfd_open(2) with no flags returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        Some(HeldProcess {
-            pid,
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: pidfd_send_signal(2) on a pidfd we own, without siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-    }
+/// The processes of the cgroup tree `tree` (but those in `known`), each held by a pidfd that
+/// was opened before the tree was listed again: every one returned is a member, and a signal
+/// through it reaches that process or nothing, never a process that reused its pid.
+fn hold_members(tree: &Path, known: &[u32]) -> Vec<Pidfd> {
+    let candidates: Vec<Pidfd> = pids_in_tree(tree)
+        .into_iter()
+        .filter(|pid| !known.contains(pid))
+        .filter_map(|pid| Pidfd::open(pid).ok())
+        .collect();
+    // Checked after the pidfd was opened: what passes is the process the pidfd holds (or one
+    // that died since, which no signal reaches).
+    let listed = pids_in_tree(tree);
+    candidates
+        .into_iter()
+        .filter(|held| listed.contains(&held.pid()))
+        .collect()
 }
 
 /// Kill the process group of `pid` with SIGKILL, limited to the processes of the cgroup tree
@@ -172,48 +145,132 @@ impl HeldProcess {
 /// shows up, so that nothing forks a new member while the group is killed. Each process is
 /// held by a pidfd opened before it is checked, so a pid reused in between is never hit.
 pub fn kill_group_in_tree(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
+    let refused = |reason: String| LabError::Action {
+        action: format!("killing the process group of {pid}"),
+        reason,
+    };
     if !pids_in_tree(tree).contains(&pid) {
-        return Err(LabError::Failed(format!(
-            "process {pid} is not in cgroup {}",
-            tree.display()
-        )));
+        return Err(refused(not_in(tree, pid)));
     }
-    let pgid = live_process_group(pid).filter(|g| *g != 0).ok_or_else(|| {
-        LabError::Failed(format!("process {pid} ended before it could be killed"))
-    })?;
-    let mut members: Vec<HeldProcess> = Vec::new();
+    let pgid = live_process_group(pid)
+        .filter(|g| *g != 0)
+        .ok_or_else(|| refused(format!("process {pid} ended before it could be killed")))?;
+    let mut members: Vec<Pidfd> = Vec::new();
     for _ in 0..100 {
-        let candidates: Vec<HeldProcess> = pids_in_tree(tree)
+        let known: Vec<u32> = members.iter().map(Pidfd::pid).collect();
+        let fresh: Vec<Pidfd> = hold_members(tree, &known)
             .into_iter()
-            .filter(|p| !members.iter().any(|m| m.pid == *p))
-            .filter_map(HeldProcess::open)
-            .collect();
-        // Checked after the pidfd was opened: what passes is the process the pidfd holds
-        // (or one that died since, which no signal reaches).
-        let listed = pids_in_tree(tree);
-        let fresh: Vec<HeldProcess> = candidates
-            .into_iter()
-            .filter(|c| listed.contains(&c.pid) && live_process_group(c.pid) == Some(pgid))
+            .filter(|held| live_process_group(held.pid()) == Some(pgid))
             .collect();
         if fresh.is_empty() {
             break;
         }
         for member in fresh {
-            member.signal(libc::SIGSTOP);
+            let _ = member.send_signal(libc::SIGSTOP);
             members.push(member);
         }
     }
     if members.is_empty() {
-        return Err(LabError::Failed(format!(
+        return Err(refused(format!(
             "process {pid} ended before its group {pgid} could be killed"
         )));
     }
     for member in &members {
-        member.signal(libc::SIGKILL);
+        let _ = member.send_signal(libc::SIGKILL);
     }
-    let mut killed: Vec<u32> = members.iter().map(|m| m.pid).collect();
+    let mut killed: Vec<u32> = members.iter().map(Pidfd::pid).collect();
     killed.sort_unstable();
     Ok(killed)
+}
+
+/// Kill one process of the cgroup tree `tree` with SIGKILL, through a pidfd opened before its
+/// membership is checked: a process outside the tree is never signalled, nor one that reused
+/// the pid of a process that left.
+pub fn kill_in_tree(tree: &Path, pid: u32) -> Result<(), LabError> {
+    let refused = |reason: String| LabError::Action {
+        action: format!("killing process {pid}"),
+        reason,
+    };
+    let ended = || refused(format!("process {pid} ended before it could be killed"));
+    let held = Pidfd::open(pid).map_err(|_| ended())?;
+    if !pids_in_tree(tree).contains(&pid) {
+        return Err(refused(not_in(tree, pid)));
+    }
+    match held.send_signal(libc::SIGKILL) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ended()),
+        Err(e) => Err(e).context(|| format!("killing process {pid}")),
+    }
+}
+
+/// Why a process is refused: it is not in the tree.
+fn not_in(tree: &Path, pid: u32) -> String {
+    format!("process {pid} is not in cgroup {}", tree.display())
+}
+
+/// Kill a process of the cgroup tree `tree` and all its descendants there with SIGKILL.
+/// Returns the host pids that were signalled, in ascending order.
+///
+/// The tree is stopped first (SIGSTOP) and read again, so that nothing forks away while it is
+/// killed; each process is held by a pidfd opened before it is checked to be in the tree.
+pub fn kill_process_tree_in(tree: &Path, pid: u32) -> Result<Vec<u32>, LabError> {
+    if !pids_in_tree(tree).contains(&pid) {
+        return Err(LabError::Action {
+            action: format!("killing the process tree of {pid}"),
+            reason: not_in(tree, pid),
+        });
+    }
+    let mut members = hold_process_tree(tree, pid, &[]);
+    for member in &members {
+        let _ = member.send_signal(libc::SIGSTOP);
+    }
+    let known: Vec<u32> = members.iter().map(Pidfd::pid).collect();
+    members.extend(hold_process_tree(tree, pid, &known));
+    for member in &members {
+        let _ = member.send_signal(libc::SIGKILL);
+    }
+    let mut killed: Vec<u32> = members.iter().map(Pidfd::pid).collect();
+    killed.sort_unstable();
+    Ok(killed)
+}
+
+/// `root` and its descendants in the cgroup tree `tree` (but those in `known`), each held by a
+/// pidfd opened before the tree was read again.
+fn hold_process_tree(tree: &Path, root: u32, known: &[u32]) -> Vec<Pidfd> {
+    let candidates: Vec<Pidfd> = descendants(&pids_in_tree(tree), root)
+        .into_iter()
+        .filter(|pid| !known.contains(pid))
+        .filter_map(|pid| Pidfd::open(pid).ok())
+        .collect();
+    let now = descendants(&pids_in_tree(tree), root);
+    candidates
+        .into_iter()
+        .filter(|held| now.contains(&held.pid()))
+        .collect()
+}
+
+/// `root` and every process below it, among `candidates`.
+fn descendants(candidates: &[u32], root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, Option<u32>)> = candidates
+        .iter()
+        .map(|&pid| (pid, ProcStat::read(pid).map(|stat| stat.ppid)))
+        .collect();
+    let mut tree = vec![root];
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (pid, parent) in &parents {
+            if let Some(parent) = parent
+                && tree.contains(parent)
+                && !tree.contains(pid)
+            {
+                tree.push(*pid);
+                changed = true;
+            }
+        }
+    }
+    tree.retain(|pid| candidates.contains(pid));
+    tree
 }
 
 /// Remove a cgroup tree, leaves first. Fine when it does not exist. The processes must be gone.
@@ -237,12 +294,7 @@ pub fn remove_tree(path: &Path) -> Result<(), LabError> {
             Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(source) => {
-                return Err(LabError::Io {
-                    context: format!("removing cgroup {}", path.display()),
-                    source,
-                });
-            }
+            Err(e) => return Err(e).context(|| format!("removing cgroup {}", path.display())),
         }
     }
 }

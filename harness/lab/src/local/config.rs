@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::LabError;
+use crate::lab_files::CONFIG_FILE;
 use crate::local::manifest::PodTemplate;
 use crate::local::pod::{self, ContainerSpec};
-use crate::local::state::CONFIG_FILE;
+use crate::{IoContext, LabError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DaemonConfig {
@@ -36,22 +36,16 @@ impl DaemonConfig {
 
     pub fn read(lab_dir: &Path) -> Result<DaemonConfig, LabError> {
         let path = DaemonConfig::path(lab_dir);
-        let text = std::fs::read_to_string(&path).map_err(|source| LabError::Io {
-            context: format!("reading {}", path.display()),
-            source,
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|e| LabError::Failed(format!("{}: {e}", path.display())))
+        let text =
+            std::fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| LabError::input(&path, None, None, e.to_string()))
     }
 
     pub fn write(&self) -> Result<(), LabError> {
         let path = DaemonConfig::path(&self.lab_dir);
-        let text =
-            serde_json::to_string_pretty(self).map_err(|e| LabError::Failed(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|source| LabError::Io {
-            context: format!("writing {}", path.display()),
-            source,
-        })
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| LabError::backend(format!("encoding {}", path.display()), e))?;
+        std::fs::write(&path, text).context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -134,10 +128,13 @@ impl PodRuntime {
             argv.extend(self.cmd.iter().cloned());
         }
         if argv.is_empty() {
-            return Err(LabError::Failed(format!(
-                "container {}: neither the Deployment nor the image {} gives a command",
-                template.container_name, self.image
-            )));
+            return Err(template.error(
+                "spec.template.spec.containers[0].command",
+                format!(
+                    "container {}: neither the Deployment nor the image {} gives a command",
+                    template.container_name, self.image
+                ),
+            ));
         }
         let uid = template.run_as_user.unwrap_or(self.uid);
         let gid = template.run_as_group.unwrap_or(self.gid);
@@ -165,10 +162,10 @@ impl PodRuntime {
         let bounding_set =
             pod::bounding_set(&template.capabilities_add, &template.capabilities_drop).map_err(
                 |e| {
-                    LabError::Failed(format!(
-                        "container {}: securityContext.capabilities: {e}",
-                        template.container_name
-                    ))
+                    template.error(
+                        "spec.template.spec.containers[0].securityContext.capabilities",
+                        format!("container {}: {e}", template.container_name),
+                    )
                 },
             )?;
         let working_dir = template

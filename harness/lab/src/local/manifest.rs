@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::LabError;
+use crate::{IoContext, LabError};
 
 /// The Deployment file, relative to the manifests directory.
 pub const DEPLOYMENT_FILE: &str = "kubernetes/jupyter-notebook.yaml";
@@ -49,6 +49,9 @@ pub struct PodTemplate {
     /// Kubernetes' `pod-template-hash`: a short hash of the template, the middle part of pod
     /// names (`jupyter-notebook-<hash>-<suffix>`).
     pub template_hash: String,
+    /// The Deployment file it was read from, for messages about it.
+    #[serde(default)]
+    pub file: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +62,11 @@ pub struct ContainerPort {
 }
 
 impl PodTemplate {
+    /// Bad input in the Deployment this template was read from, at `field`.
+    pub fn error(&self, field: &str, message: impl Into<String>) -> LabError {
+        LabError::input(&self.file, None, Some(field), message)
+    }
+
     /// The first TCP port the container declares (8888 for the notebook).
     pub fn http_port(&self) -> Option<u16> {
         self.ports
@@ -192,30 +200,25 @@ struct Namespace {
     metadata: ObjectMeta,
 }
 
+/// Bad input in a manifest file (serde's messages carry the line and the field path).
 fn manifest_error(file: &Path, message: impl std::fmt::Display) -> LabError {
-    LabError::Manifest {
-        file: file.to_path_buf(),
-        message: message.to_string(),
-    }
+    LabError::input(file, None, None, message.to_string())
+}
+
+/// Bad input in a manifest file at `field`.
+fn field_error(file: &Path, field: &str, message: impl Into<String>) -> LabError {
+    LabError::input(file, None, Some(field), message)
 }
 
 /// Read the pod template from a manifests directory (`manifests/`).
 pub fn load(manifests_dir: &Path) -> Result<PodTemplate, LabError> {
     let file = manifests_dir.join(DEPLOYMENT_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|source| LabError::Io {
-        context: format!("reading {}", file.display()),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&file).context(|| format!("reading {}", file.display()))?;
     let namespace_file = manifests_dir.join(NAMESPACE_FILE);
     let namespace_text = match std::fs::read_to_string(&namespace_file) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(LabError::Io {
-                context: format!("reading {}", namespace_file.display()),
-                source,
-            });
-        }
+        Err(e) => return Err(e).context(|| format!("reading {}", namespace_file.display())),
     };
     parse(
         &file,
@@ -251,15 +254,17 @@ pub fn parse(
     let container = match template.spec.containers.as_slice() {
         [one] => one,
         [] => {
-            return Err(manifest_error(
+            return Err(field_error(
                 file,
-                "spec.template.spec.containers: no container",
+                "spec.template.spec.containers",
+                "no container",
             ));
         }
         _ => {
-            return Err(manifest_error(
+            return Err(field_error(
                 file,
-                "spec.template.spec.containers: the local backend runs one container per pod",
+                "spec.template.spec.containers",
+                "the local backend runs one container per pod",
             ));
         }
     };
@@ -288,10 +293,11 @@ pub fn parse(
                 }
             };
             if ns.metadata.name != namespace_name {
-                return Err(manifest_error(
+                return Err(field_error(
                     ns_file,
+                    "metadata.name",
                     format!(
-                        "metadata.name: namespace `{}` but the Deployment in {} is in `{namespace_name}`",
+                        "namespace `{}` but the Deployment in {} is in `{namespace_name}`",
                         ns.metadata.name,
                         file.display()
                     ),
@@ -308,16 +314,22 @@ pub fn parse(
         .chain(deployment.metadata.labels.keys())
     {
         if key.is_empty() {
-            return Err(manifest_error(file, "metadata.labels: empty label key"));
+            return Err(field_error(file, "metadata.labels", "empty label key"));
         }
     }
     if container.image.trim().is_empty() {
-        return Err(manifest_error(
+        return Err(field_error(
             file,
-            "spec.template.spec.containers[0].image: empty",
+            "spec.template.spec.containers[0].image",
+            "empty",
         ));
     }
-    let template_yaml = serde_yaml::to_string(template).map_err(|e| manifest_error(file, e))?;
+    let template_yaml = serde_yaml::to_string(template).map_err(|e| {
+        LabError::backend(
+            format!("encoding the pod template of {}", file.display()),
+            e,
+        )
+    })?;
     Ok(PodTemplate {
         namespace: namespace_name,
         namespace_labels,
@@ -348,6 +360,7 @@ pub fn parse(
         capabilities_add: capabilities.add,
         capabilities_drop: capabilities.drop,
         template_hash: kube_safe_hash(template_yaml.as_bytes(), 10),
+        file: file.to_path_buf(),
     })
 }
 

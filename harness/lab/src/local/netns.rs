@@ -14,9 +14,26 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-use crate::LabError;
+use crate::{IoContext, LabError};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// A namespace's thread failed (part "the lab network" of a [`LabError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The thread ended before it made its namespace.
+    #[error("the {role} namespace's thread ended before it made the namespace")]
+    ThreadEnded { role: String },
+    /// The thread is gone: nothing runs inside the namespace any more.
+    #[error("the {role} namespace's thread is gone")]
+    ThreadGone { role: String },
+}
+
+impl From<NetnsError> for LabError {
+    fn from(error: NetnsError) -> LabError {
+        LabError::backend("the lab network", error)
+    }
+}
 
 /// A network namespace and the thread that lives in it.
 pub struct Netns {
@@ -58,23 +75,16 @@ impl Netns {
                     job();
                 }
             })
-            .map_err(|source| LabError::Io {
-                context: format!("starting the {role} namespace thread"),
-                source,
-            })?;
+            .context(|| format!("starting the {role} namespace thread"))?;
         let (tid, fd) = ready_rx
             .recv()
-            .map_err(|_| LabError::Failed(format!("the {role} namespace thread ended early")))?
-            .map_err(|source| LabError::Io {
-                context: format!("creating the {role} network namespace"),
-                source,
-            })?;
+            .map_err(|_| NetnsError::ThreadEnded {
+                role: role.to_string(),
+            })?
+            .context(|| format!("creating the {role} network namespace"))?;
         let inode = fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map(|m| m.ino())
-            .map_err(|source| LabError::Io {
-                context: format!("reading the {role} namespace"),
-                source,
-            })?;
+            .context(|| format!("reading the {role} namespace"))?;
         Ok(Netns {
             role: role.to_string(),
             tid,
@@ -82,6 +92,14 @@ impl Netns {
             inode,
             jobs: jobs_tx,
         })
+    }
+
+    /// The namespace's thread is gone: it no longer runs what must happen inside it.
+    fn gone(&self) -> LabError {
+        NetnsError::ThreadGone {
+            role: self.role.clone(),
+        }
+        .into()
     }
 
     pub fn role(&self) -> &str {
@@ -112,9 +130,8 @@ impl Netns {
             .send(Box::new(move || {
                 let _ = tx.send(work());
             }))
-            .map_err(|_| LabError::Failed(format!("the {} namespace thread is gone", self.role)))?;
-        rx.recv()
-            .map_err(|_| LabError::Failed(format!("the {} namespace thread is gone", self.role)))
+            .map_err(|_| self.gone())?;
+        rx.recv().map_err(|_| self.gone())
     }
 
     /// Like [`Netns::run`] without blocking the async runtime.
@@ -127,9 +144,8 @@ impl Netns {
             .send(Box::new(move || {
                 let _ = tx.send(work());
             }))
-            .map_err(|_| LabError::Failed(format!("the {} namespace thread is gone", self.role)))?;
-        rx.await
-            .map_err(|_| LabError::Failed(format!("the {} namespace thread is gone", self.role)))
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())
     }
 
     /// A command that runs inside the namespace (it joins it before exec).
@@ -163,17 +179,16 @@ impl Netns {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| LabError::Io {
-                context: format!("running {} (iproute2)", program.display()),
-                source,
-            })?;
+            .context(|| format!("running {} (iproute2)", program.display()))?;
         if !output.status.success() {
-            return Err(LabError::Failed(format!(
-                "ip {} (in the {} namespace): {}",
-                args.join(" "),
-                self.role,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+            return Err(LabError::Command {
+                command: format!("ip {} (in the {} namespace)", args.join(" "), self.role),
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+            });
         }
         Ok(())
     }
@@ -184,10 +199,7 @@ impl Netns {
         let value = value.to_string();
         let shown = path.clone();
         self.run(move || fs::write(&path, value))?
-            .map_err(|source| LabError::Io {
-                context: format!("writing {shown} in the {} namespace", self.role),
-                source,
-            })
+            .context(|| format!("writing {shown} in the {} namespace", self.role))
     }
 
     /// Write a sysctl of this namespace when the kernel has it; `false` when it has not (the
@@ -202,10 +214,7 @@ impl Netns {
             }
             fs::write(&path, value).map(|()| true)
         })?
-        .map_err(|source| LabError::Io {
-            context: format!("writing {shown} in the {} namespace", self.role),
-            source,
-        })
+        .context(|| format!("writing {shown} in the {} namespace", self.role))
     }
 
     /// A TCP listener bound inside the namespace.
@@ -214,10 +223,7 @@ impl Netns {
         address: std::net::SocketAddr,
     ) -> Result<std::net::TcpListener, LabError> {
         self.run(move || std::net::TcpListener::bind(address))?
-            .map_err(|source| LabError::Io {
-                context: format!("binding TCP {address} in the {} namespace", self.role),
-                source,
-            })
+            .context(|| format!("binding TCP {address} in the {} namespace", self.role))
     }
 
     /// A UDP socket bound inside the namespace.
@@ -226,10 +232,7 @@ impl Netns {
         address: std::net::SocketAddr,
     ) -> Result<std::net::UdpSocket, LabError> {
         self.run(move || std::net::UdpSocket::bind(address))?
-            .map_err(|source| LabError::Io {
-                context: format!("binding UDP {address} in the {} namespace", self.role),
-                source,
-            })
+            .context(|| format!("binding UDP {address} in the {} namespace", self.role))
     }
 
     /// A new, unconnected TCP socket of this namespace, for the caller to connect (the
@@ -254,10 +257,7 @@ impl Netns {
                 }
             })
             .await?
-            .map_err(|source| LabError::Io {
-                context: format!("creating a socket in the {} namespace", self.role),
-                source,
-            })?;
+            .context(|| format!("creating a socket in the {} namespace", self.role))?;
         let stream = std::net::TcpStream::from(fd);
         Ok(tokio::net::TcpSocket::from_std_stream(stream))
     }

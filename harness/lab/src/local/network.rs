@@ -110,8 +110,12 @@ impl LabNetwork {
 /// The veth pair could not be made: when `ip` says the kernel does not know the device type,
 /// the error says that the kernel lacks the veth driver and how to get it.
 fn veth_error(error: LabError) -> LabError {
-    let text = error.to_string();
-    if lacks_device_type(&text) {
+    let said_no_driver = matches!(
+        &error,
+        LabError::Command { output, .. } if output.iter().any(|line| lacks_device_type(line))
+    );
+    if said_no_driver {
+        let text = error.to_string();
         LabError::Missing {
             what: "the kernel's veth driver".into(),
             hint: format!(
@@ -168,25 +172,31 @@ mod tests {
 
     #[test]
     fn a_kernel_without_veth_is_named_with_the_way_to_get_it() {
+        let ip_failed = |said: &str| LabError::Command {
+            command: "ip link add name eth0 type veth (in the pod namespace)".into(),
+            status: "exit status: 2".into(),
+            output: vec![said.to_string()],
+        };
         for said in [
-            "ip link add name eth0 type veth (in the pod namespace): Error: Unknown device type.",
-            "ip link add (in the pod namespace): RTNETLINK answers: Operation not supported",
+            "Error: Unknown device type.",
+            "RTNETLINK answers: Operation not supported",
         ] {
-            let err = veth_error(LabError::Failed(said.into())).to_string();
+            let failed = ip_failed(said);
+            let ip_text = failed.to_string();
+            let err = veth_error(failed).to_string();
             assert!(
                 err.contains("veth driver")
                     && err.contains("CONFIG_VETH")
                     && err.contains("modprobe veth")
                     && err.contains("kmod")
+                    && err.contains(&ip_text)
                     && err.contains(said),
                 "{err}"
             );
         }
-        let other = "ip link add (in the pod namespace): RTNETLINK answers: File exists";
-        assert_eq!(
-            veth_error(LabError::Failed(other.into())).to_string(),
-            other
-        );
+        let other = ip_failed("RTNETLINK answers: File exists");
+        let other_text = other.to_string();
+        assert_eq!(veth_error(other).to_string(), other_text);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Enforcement, LabAction, LabInfo};
+use crate::{Enforcement, LabAction, LabError, LabInfo};
 
 /// A line the daemon prints on stdout while it starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,6 +20,15 @@ pub enum StartMessage {
     Detail { text: String },
     Ready { info: LabInfo },
     Failed { error: String },
+}
+
+/// A failure the lab daemon reported on its stdout while it started ([`StartMessage::Failed`]),
+/// in its words: the daemon's own typed error does not cross the process boundary, its text
+/// does. `lab up` names the phase the daemon was in.
+#[derive(Debug, thiserror::Error)]
+#[error("{said}")]
+pub struct ReportedFailure {
+    pub said: String,
 }
 
 /// A client's request on the control socket.
@@ -43,6 +52,62 @@ pub enum Request {
         pod: String,
         enforcement: Enforcement,
     },
+}
+
+impl Request {
+    /// The request's name on the wire (its `op`), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Events { .. } => "events",
+            Request::CarryOut { .. } => "carry_out",
+            Request::Visitors => "visitors",
+            Request::Enforce { .. } => "enforce",
+        }
+    }
+}
+
+/// How an action is named in messages, on both ends of the socket: `killing process 4242`.
+pub fn action_text(action: &LabAction) -> String {
+    match action {
+        LabAction::KillProcess { pid } => format!("killing process {pid}"),
+        LabAction::KillProcessTree { pid } => format!("killing the process tree of {pid}"),
+        LabAction::KillProcessGroup { pid } => format!("killing the process group of {pid}"),
+        LabAction::KillPod { namespace, name } => format!("killing pod {namespace}/{name}"),
+    }
+}
+
+/// What went wrong between a client and the lab daemon once connected (part "the lab daemon"
+/// of a [`LabError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The daemon closed the connection before it answered.
+    #[error("it closed the connection before answering")]
+    Closed,
+    /// The daemon's answer is not a [`Reply`].
+    #[error("its answer {answer:?} is not a reply: {error}")]
+    BadAnswer {
+        answer: String,
+        error: serde_json::Error,
+    },
+    /// A request could not be written.
+    #[error("the `{request}` request could not be encoded: {error}")]
+    Encode {
+        request: &'static str,
+        error: serde_json::Error,
+    },
+    /// The daemon refused the request; `reason` is what it answered.
+    #[error("it refused `{request}`: {reason}")]
+    Refused {
+        request: &'static str,
+        reason: String,
+    },
+}
+
+impl From<ControlError> for LabError {
+    fn from(error: ControlError) -> LabError {
+        LabError::backend("the lab daemon", error)
+    }
 }
 
 /// The daemon's answer to one request.

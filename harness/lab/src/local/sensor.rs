@@ -10,12 +10,29 @@ use guardlab_events::ContainerInfo;
 use guardlab_sensor::{AllowedDestination, IpNet, Sensor, SensorConfig};
 use std::sync::Arc;
 
-use crate::local::daemon::EventBus;
+use crate::local::events::EventBus;
 
 use crate::{Enforcement, LabError, PodInfo};
 
 fn sensor_error(e: guardlab_sensor::SensorError) -> LabError {
-    LabError::Failed(format!("the sensor: {e}"))
+    LabError::backend("the sensor", e)
+}
+
+/// A pod the sensor cannot watch or enforce on (part "the sensor" of a [`LabError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The pod has no cgroup on this host.
+    #[error("pod {pod} has no cgroup to watch")]
+    NoCgroup { pod: String },
+    /// The sensor does not watch the pod.
+    #[error("pod {pod} is not watched by the sensor")]
+    NotWatched { pod: String },
+}
+
+impl From<WatchError> for LabError {
+    fn from(error: WatchError) -> LabError {
+        LabError::backend("the sensor", error)
+    }
 }
 
 pub struct SensorHandle {
@@ -56,10 +73,10 @@ impl SensorHandle {
         namespace_labels: &BTreeMap<String, String>,
     ) -> Result<(), LabError> {
         let Some(cgroup) = &pod.cgroup_path else {
-            return Err(LabError::Failed(format!(
-                "pod {} has no cgroup to watch",
-                pod.name
-            )));
+            return Err(WatchError::NoCgroup {
+                pod: pod.name.clone(),
+            }
+            .into());
         };
         let info = ContainerInfo {
             cgroup_id: pod.cgroup_id.unwrap_or(0),
@@ -89,9 +106,10 @@ impl SensorHandle {
     /// Apply a policy's enforcement to a pod.
     pub fn enforce(&mut self, pod: &str, enforcement: &Enforcement) -> Result<(), LabError> {
         let Some(&id) = self.watched.get(pod) else {
-            return Err(LabError::Failed(format!(
-                "pod {pod} is not watched by the sensor"
-            )));
+            return Err(WatchError::NotWatched {
+                pod: pod.to_string(),
+            }
+            .into());
         };
         let destinations = match &enforcement.destinations {
             None => None,
@@ -102,11 +120,14 @@ impl SensorHandle {
                             .network
                             .parse()
                             .or_else(|_| d.network.parse::<std::net::IpAddr>().map(IpNet::from))
-                            .map_err(|_| {
-                                LabError::Failed(format!(
+                            .map_err(|_| LabError::Input {
+                                file: None,
+                                line: None,
+                                field: Some("enforcement.destinations".into()),
+                                message: format!(
                                     "allowed destination {:?}: not an address or CIDR network",
                                     d.network
-                                ))
+                                ),
                             })?;
                         Ok(AllowedDestination::new(net, d.first_port..=d.last_port))
                     })

@@ -10,13 +10,13 @@ use guardlab_services::{
     SOURCEFORGE_HOST, ServiceAddress, Zone,
 };
 
-use crate::LabError;
 use crate::local::config::{DaemonConfig, ServicesConfig};
 use crate::local::netns::Netns;
 use crate::local::network::{
     DNS_ADDRESS, INDEX_ADDRESS, POOL_ADDRESS, POOL_HOST, POOL_PORT, SOURCEFORGE_ADDRESS,
 };
 use crate::local::protocol::Visitors;
+use crate::{IoContext, LabError};
 
 /// The lab hosts' names and addresses (the DNS zone).
 pub fn zone_records() -> Vec<(String, IpAddr)> {
@@ -79,8 +79,8 @@ impl ServiceSockets {
     }
 }
 
-fn services_error(e: impl std::fmt::Display) -> LabError {
-    LabError::Failed(format!("the lab's internet: {e}"))
+fn services_error(e: guardlab_services::ServicesError) -> LabError {
+    LabError::backend("the lab's internet", e)
 }
 
 /// The running services.
@@ -102,12 +102,11 @@ impl LabServices {
         } = sockets;
         let ca = LabCa::load_or_create(&config.ca_dir).map_err(services_error)?;
         let ca_pem = ca.ca_cert_pem();
-        let tarball = std::fs::read(&config.miner_tarball).map_err(|source| LabError::Io {
-            context: format!(
+        let tarball = std::fs::read(&config.miner_tarball).context(|| {
+            format!(
                 "reading the miner tarball {}",
                 config.miner_tarball.display()
-            ),
-            source,
+            )
         })?;
         let spec = InternetSpec {
             zone: Zone::new(zone_records()),
@@ -123,7 +122,7 @@ impl LabServices {
             .map_err(services_error)?;
         let pool = guardlab_minerd::start_pool(pool, guardlab_minerd::PoolConfig::default())
             .await
-            .map_err(|e| LabError::Failed(format!("the lab's mining pool: {e}")))?;
+            .map_err(|e| LabError::backend("the lab's mining pool", e))?;
         Ok(LabServices {
             internet,
             pool,

@@ -12,18 +12,16 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use guardlab_host::ProcStat;
 use serde::{Deserialize, Serialize};
 
-use crate::{LabError, LabInfo};
+use crate::{IoContext, LabError, LabInfo};
 
 /// Bumped when a field changes meaning; a newer state file is refused with a clear error.
 pub const STATE_VERSION: u32 = 1;
 
-pub const STATE_FILE: &str = "state.json";
-pub const CONFIG_FILE: &str = "config.json";
-pub const SOCKET_FILE: &str = "control.sock";
-pub const DAEMON_LOG: &str = "daemon.log";
-pub const LOCK_FILE: &str = "lock";
+// Where they were defined first; the image module still names them here.
+pub use crate::lab_files::{CONFIG_FILE, DAEMON_LOG, LOCK_FILE, SOCKET_FILE, STATE_FILE};
 
 /// A process, identified across pid reuse by its start time (clock ticks since boot, field 22
 /// of `/proc/<pid>/stat`).
@@ -41,31 +39,21 @@ impl ProcessRecord {
 
     /// The process still runs (same pid, same start time) and is not a zombie.
     pub fn is_alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => {
-                let fields = stat_fields(&stat);
-                fields
-                    .first()
-                    .map(|s| *s != "Z" && *s != "X")
-                    .unwrap_or(false)
-                    && fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(self.start_time)
-            }
-            Err(_) => false,
-        }
+        ProcStat::read(self.pid).is_some_and(|stat| {
+            !matches!(stat.state, 'Z' | 'X') && stat.start_ticks == self.start_time
+        })
+    }
+
+    /// Sends SIGKILL through a pidfd if this is still the recorded process (a reused pid is
+    /// never signalled); `false` when it has ended.
+    pub fn kill(&self) -> std::io::Result<bool> {
+        guardlab_host::process::signal_if_same(self.pid, self.start_time, libc::SIGKILL)
     }
 }
 
-/// Fields of `/proc/<pid>/stat` after the command name (field 3 is index 0).
-fn stat_fields(stat: &str) -> Vec<&str> {
-    match stat.rfind(')') {
-        Some(end) => stat[end + 1..].split_whitespace().collect(),
-        None => Vec::new(),
-    }
-}
-
+/// The start time of a process (clock ticks after boot), `None` when it is gone.
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_fields(&stat).get(19)?.parse().ok()
+    ProcStat::read(pid).map(|stat| stat.start_ticks)
 }
 
 /// One pod the daemon made.
@@ -131,6 +119,32 @@ pub struct LabState {
     pub info: Option<LabInfo>,
 }
 
+/// A state file that cannot be used (part "the lab's state file" of a [`LabError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not JSON of a [`LabState`].
+    #[error("{}: {error} (remove it by hand if it is not a guardlab state file)", path.display())]
+    Unreadable {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    /// Written by a build with another [`STATE_VERSION`].
+    #[error("{}: state version {found}, this build reads version {STATE_VERSION}", path.display())]
+    Version { path: PathBuf, found: u32 },
+    /// The state could not be encoded.
+    #[error("encoding {}: {error}", path.display())]
+    Encode {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+}
+
+impl From<StateError> for LabError {
+    fn from(error: StateError) -> LabError {
+        LabError::backend("the lab's state file", error)
+    }
+}
+
 /// The state file of one lab, in the lab's directory.
 #[derive(Clone, Debug)]
 pub struct StateFile {
@@ -153,25 +167,19 @@ impl StateFile {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(LabError::Io {
-                    context: format!("reading {}", self.path.display()),
-                    source,
-                });
-            }
+            Err(e) => return Err(e).context(|| format!("reading {}", self.path.display())),
         };
-        let state: LabState = serde_json::from_str(&text).map_err(|e| {
-            LabError::Failed(format!(
-                "{}: {e} (remove it by hand if it is not a guardlab state file)",
-                self.path.display()
-            ))
-        })?;
+        let state: LabState =
+            serde_json::from_str(&text).map_err(|error| StateError::Unreadable {
+                path: self.path.clone(),
+                error,
+            })?;
         if state.version != STATE_VERSION {
-            return Err(LabError::Failed(format!(
-                "{}: state version {}, this build reads version {STATE_VERSION}",
-                self.path.display(),
-                state.version
-            )));
+            return Err(StateError::Version {
+                path: self.path.clone(),
+                found: state.version,
+            }
+            .into());
         }
         Ok(Some(state))
     }
@@ -179,10 +187,7 @@ impl StateFile {
     /// Write the whole state atomically (temporary file, fsync, rename): a reader never sees
     /// half a file, and a crash leaves the previous or the new state.
     pub fn save(&self, state: &LabState) -> Result<(), LabError> {
-        let io = |source| LabError::Io {
-            context: format!("writing {}", self.path.display()),
-            source,
-        };
+        let writing = || format!("writing {}", self.path.display());
         let tmp = self
             .path
             .with_extension(format!("json.tmp{}", std::process::id()));
@@ -192,13 +197,15 @@ impl StateFile {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io)?;
-        let mut text =
-            serde_json::to_vec_pretty(state).map_err(|e| LabError::Failed(e.to_string()))?;
+            .context(writing)?;
+        let mut text = serde_json::to_vec_pretty(state).map_err(|error| StateError::Encode {
+            path: self.path.clone(),
+            error,
+        })?;
         text.push(b'\n');
-        file.write_all(&text).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
+        file.write_all(&text).context(writing)?;
+        file.sync_all().context(writing)?;
+        fs::rename(&tmp, &self.path).context(writing)?;
         Ok(())
     }
 }
@@ -220,17 +227,12 @@ impl LabLock {
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|source| LabError::Io {
-                context: format!("opening {}", path.display()),
-                source,
-            })?;
+            .context(|| format!("opening {}", path.display()))?;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
         if rc != 0 {
-            return Err(LabError::Io {
-                context: format!("locking {}", path.display()),
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(std::io::Error::last_os_error())
+                .context(|| format!("locking {}", path.display()));
         }
         Ok(LabLock { _file: file })
     }

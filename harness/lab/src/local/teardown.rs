@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::local::cgroup;
 use crate::local::state::{LabLock, LabState, StateFile};
-use crate::{LabError, Progress};
+use crate::{IoContext, LabError, Progress};
 
 /// Remove the lab whose directory is `lab_dir`. Fine when there is nothing to remove.
 pub fn teardown(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError> {
@@ -56,12 +56,7 @@ pub fn leftover_labs(labs_dir: &Path) -> Result<Vec<LeftoverLab>, LabError> {
     let entries = match fs::read_dir(labs_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(LabError::Io {
-                context: format!("reading {}", labs_dir.display()),
-                source,
-            });
-        }
+        Err(e) => return Err(e).context(|| format!("reading {}", labs_dir.display())),
     };
     let mut labs = Vec::new();
     for entry in entries.flatten() {
@@ -121,8 +116,9 @@ fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabEr
     for process in recorded {
         if process.is_alive() {
             progress.detail(&format!("ending process {}", process.pid));
-            // SAFETY: kill(2) of a process we recorded and checked by its start time.
-            unsafe { libc::kill(process.pid as libc::pid_t, libc::SIGKILL) };
+            // Through a pidfd of the recorded process: a pid reused since is never hit. It
+            // may end by itself meanwhile, which is what we want anyway.
+            let _ = process.kill();
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,13 +131,39 @@ fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabEr
             std::thread::sleep(Duration::from_millis(20));
         }
         if process.is_alive() {
-            return Err(LabError::Failed(format!(
-                "process {} of the lab did not end",
-                process.pid
-            )));
+            return Err(LabError::Timeout {
+                what: format!("the end of lab process {}", process.pid),
+                limit: Duration::from_secs(10),
+                detail: "it is still there after SIGKILL".into(),
+            });
         }
     }
     Ok(())
+}
+
+/// What `down` could not remove of a lab (the part of a [`LabError`] names the lab).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct LeftBehind(pub Vec<Leftover>);
+
+/// One thing `down` could not remove.
+#[derive(Debug, thiserror::Error)]
+pub enum Leftover {
+    /// A mount in the host's mount namespace.
+    #[error("unmounting {}: {error}", path.display())]
+    Mount {
+        path: PathBuf,
+        error: nix::errno::Errno,
+    },
+    /// A file or directory (a BPF pin, a pod's directory).
+    #[error("removing {}: {error}", path.display())]
+    File {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A cgroup of the lab.
+    #[error("{0}")]
+    Cgroup(LabError),
 }
 
 fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), LabError> {
@@ -151,7 +173,10 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
         if is_mount_point(mount) {
             progress.detail(&format!("unmounting {}", mount.display()));
             if let Err(e) = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH) {
-                errors.push(format!("unmounting {}: {e}", mount.display()));
+                errors.push(Leftover::Mount {
+                    path: mount.clone(),
+                    error: e,
+                });
             }
         }
     }
@@ -180,19 +205,22 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
         if pin.exists() {
             progress.detail(&format!("removing BPF pin {}", pin.display()));
             if let Err(e) = fs::remove_file(pin).or_else(|_| fs::remove_dir_all(pin)) {
-                errors.push(format!("removing {}: {e}", pin.display()));
+                errors.push(Leftover::File {
+                    path: pin.clone(),
+                    error: e,
+                });
             }
         }
     }
     // cgroups: pods and daemon below the lab's, then the lab's, then the shared parent if empty.
     for pod in &state.pods {
         if let Err(e) = cgroup::remove_tree(&pod.cgroup) {
-            errors.push(e.to_string());
+            errors.push(Leftover::Cgroup(e));
         }
     }
     if !state.cgroup.as_os_str().is_empty() {
         if let Err(e) = cgroup::remove_tree(&state.cgroup) {
-            errors.push(e.to_string());
+            errors.push(Leftover::Cgroup(e));
         }
         if let Some(parent) = state.cgroup.parent() {
             cgroup::remove_if_empty(parent);
@@ -204,18 +232,20 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
             // A mount left on the pod's root (the pod's mount namespace died, so none is
             // expected) would make removal fail loudly rather than cross into it.
             if let Err(e) = fs::remove_dir_all(dir) {
-                errors.push(format!("removing {}: {e}", dir.display()));
+                errors.push(Leftover::File {
+                    path: dir.clone(),
+                    error: e,
+                });
             }
         }
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(LabError::Failed(format!(
-            "lab {}: {}",
-            state.lab,
-            errors.join("; ")
-        )))
+        Err(LabError::backend(
+            format!("lab {}", state.lab),
+            LeftBehind(errors),
+        ))
     }
 }
 
@@ -243,10 +273,7 @@ fn remove_lab_dir(lab_dir: &Path) -> Result<(), LabError> {
     match fs::remove_dir_all(lab_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LabError::Io {
-            context: format!("removing {}", lab_dir.display()),
-            source,
-        }),
+        Err(e) => Err(e).context(|| format!("removing {}", lab_dir.display())),
     }
 }
 

@@ -156,6 +156,17 @@ pub async fn run(program: &str, args: &[&str], cwd: &Path, seconds: u64) -> Outp
     if program == "python3" {
         host_python();
     }
+    // The programs the pod downloads with, installed the way the lab gets its tools.
+    let tool = match program {
+        "curl" => Some(&guardlab_host::catalog::CURL),
+        "wget" => Some(&guardlab_host::catalog::WGET),
+        _ => None,
+    };
+    if let Some(tool) = tool {
+        guardlab_host::Host::new(false)
+            .ensure(&[tool], &guardlab_host::StderrProgress)
+            .unwrap_or_else(|e| panic!("these tests run {program}: {e}"));
+    }
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)

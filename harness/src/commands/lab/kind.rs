@@ -126,7 +126,7 @@ async fn up_and_hold<L: Lab, F: Future<Output = String>>(
 mod tests {
     use super::*;
     use guardlab_events::Event;
-    use guardlab_lab::{LabAction, LabError, PodInfo, Progress};
+    use guardlab_lab::{Backend, LabAction, LabError, PodInfo, Progress};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::{mpsc, oneshot};
@@ -145,16 +145,13 @@ mod tests {
     }
 
     impl Lab for CountingLab {
-        // Bridge until guardlab-lab re-exports guardlab-lab-api: then this returns
-        // `guardlab_lab_api::Backend::Kind`.
-        fn backend(&self) -> &'static str {
-            "kind"
+        fn backend(&self) -> Backend {
+            Backend::Kind
         }
         async fn up(&mut self, _: &dyn Progress) -> Result<LabInfo, LabError> {
             self.ups.fetch_add(1, Ordering::SeqCst);
             Ok(LabInfo {
-                // A `Backend` once guardlab-lab re-exports guardlab-lab-api.
-                backend: "kind".parse().unwrap(),
+                backend: Backend::Kind,
                 notebook_url: "http://127.0.0.1:1234/".into(),
                 pods: vec![PodInfo {
                     namespace: "cryptominer".into(),
@@ -171,9 +168,9 @@ mod tests {
             Ok(())
         }
         async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
-            Err(LabError::Missing {
-                what: "an event stream".into(),
-                hint: "this test lab has none".into(),
+            Err(LabError::NotUp {
+                backend: Backend::Kind,
+                detail: "not here".into(),
             })
         }
         async fn carry_out(&mut self, _: &LabAction) -> Result<(), LabError> {
@@ -232,7 +229,7 @@ mod tests {
     #[test]
     fn the_notice_says_where_the_notebook_is_and_what_ctrl_c_does() {
         let text = holding_notice(&LabInfo {
-            backend: "kind".parse().unwrap(),
+            backend: Backend::Kind,
             notebook_url: "http://127.0.0.1:1234/".into(),
             pods: vec![],
         });
