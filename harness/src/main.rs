@@ -1,4 +1,5 @@
 //! The `guardlab` binary: parse the command line, run the command, map the outcome to an exit code.
+#![allow(unsafe_code)] // the default SIGPIPE disposition, restored before any thread
 
 use std::process::ExitCode;
 

@@ -1,5 +1,6 @@
 //! The lab needs root (namespaces, cgroups, eBPF). Rather than fail deep inside a syscall,
 //! guardlab says so up front and re-runs itself through `sudo`.
+#![allow(unsafe_code)] // geteuid(2)
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;

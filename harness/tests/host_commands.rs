@@ -1,6 +1,7 @@
 //! `guardlab doctor` and `guardlab clean` through the real binary, on guardlab's directories
 //! pointed at temporary ones (`XDG_CACHE_HOME`, `GUARDLAB_HOST_STATE_DIR`, `--labs-dir`), so
 //! that nothing of this host's own guardlab state is read or removed.
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -267,6 +268,7 @@ fn clean_touches_nothing_outside_guardlabs_directories() {
 #[test]
 fn clean_takes_down_a_lab_left_behind() {
     assert!(
+        // SAFETY: geteuid has no preconditions and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "removing a lab needs root: run this test as root (sudo)"
     );
@@ -310,6 +312,7 @@ fn clean_takes_down_a_lab_left_behind() {
 #[test]
 fn clean_remove_packages_runs_apt_get_remove_and_forgets_them() {
     assert!(
+        // SAFETY: geteuid has no preconditions and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "removing packages needs root: run this test as root (sudo)"
     );

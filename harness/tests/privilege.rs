@@ -1,6 +1,7 @@
 //! Lab commands need root. Run by someone else, guardlab says why and re-runs itself through
 //! sudo; when that cannot work it says so and exits 2 instead of failing deep in a syscall.
 //! These tests drop to `nobody` with setpriv, so they need root themselves (CI is root).
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -15,8 +16,10 @@ fn guardlab_copy_for_nobody(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn as_nobody(guardlab: &std::path::Path, path: &str, env: &[(&str, &str)]) -> std::process::Output {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "this test drops to `nobody` and needs root to do so: run it with sudo"
     );
     // Absolute: the PATH given to the child below is also where a bare name would be looked up.

@@ -2,6 +2,7 @@
 //! notebook driven through Jupyter, the engine, and the committed snapshots. Never skipped:
 //! without root it fails and says to use sudo. One test in this file, so that no other test of
 //! this binary competes for the lab (test binaries run one after the other).
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 mod scenario_common;
 

@@ -17,6 +17,7 @@
 //! own user space (guardlab's reader threads; auditd and kauditd; bpftrace), their sum as a
 //! ratio to `none` (a busy shared machine disturbs CPU time less than wall time); events seen
 //! vs expected; and events lost.
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;

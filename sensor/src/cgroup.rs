@@ -1,5 +1,6 @@
 //! cgroup v2 helpers: where the hierarchy is mounted, a directory's cgroup id, starting a
 //! command inside a cgroup, and recognising container cgroups.
+#![allow(unsafe_code)] // open(2) and statfs(2) of cgroup directories
 
 use std::ffi::CString;
 use std::io;

@@ -1,4 +1,5 @@
 //! Ring buffer records to [`Event`]s: clock conversion, flags, user names, DNS parsing.
+#![allow(unsafe_code)] // clock_gettime(2), and kernel records read as the bytes they are
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};

@@ -28,6 +28,7 @@
 //! Modules: `loader` (the [`Sensor`] handle: load, attach, watch, stop), `allowlist` (the two
 //! enforcement allow-lists), `reader` (the ring buffer task), `decoder` (records to events),
 //! `raw` (the C structs' mirrors).
+#![allow(unsafe_code)] // geteuid(2) in the preflight
 
 mod allowlist;
 pub mod cgroup;

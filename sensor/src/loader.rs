@@ -1,5 +1,6 @@
 //! The [`Sensor`] handle: loads the object, attaches the host-wide programs, watches cgroups
 //! (per-cgroup programs and the `watched` map), and detaches everything on stop or drop.
+#![allow(unsafe_code)] // registering the ring buffer's fd with tokio (the RingBuf owns it)
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;

@@ -4,6 +4,7 @@
 //! `LAYOUT` lines that clang checks; [`LAYOUT`] and [`SIZES`] below give the Rust side's
 //! values, and the `layout_matches_the_c_side` test compares the two line by line. A layout
 //! change on one side fails until the other follows.
+#![allow(unsafe_code)] // kernel records copied from ring buffer bytes into the plain-old-data structs they are
 
 #[cfg(test)]
 use std::mem::offset_of;

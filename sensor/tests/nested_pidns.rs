@@ -8,6 +8,7 @@
 //! and /etc/passwd. Events carry host pids: `kill`, `kill` with `tree` and `kill_group` must find
 //! the right processes in the sensor's /proc, and nothing else. Needs root (eBPF, cgroups,
 //! namespaces) and util-linux (`unshare`, `nsenter`, `setsid`).
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! connect of its watched cgroup (the exec tracepoint, the socket-state tracepoint and the
 //! connect hook). The sensor's own mountinfo is read from outside while it runs, and the host's
 //! mounts must be the same afterwards.
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 mod common;
 
@@ -165,12 +166,13 @@ impl BareKernelMounts {
     }
 
     fn in_child(&self) -> std::io::Result<()> {
-        // SAFETY (all blocks below): plain system calls with valid arguments; the child is
-        // single-threaded and only this process's mount namespace changes.
+        // The child is single-threaded and only this process's mount namespace changes.
+        // SAFETY: a plain system call on values this code owns; failure is checked.
         if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
             return Err(self.failed(&[b"unshare(CLONE_NEWNS)"]));
         }
         self.say(&[b"in a mount namespace of its own"]);
+        // SAFETY: a plain system call on values this code owns; failure is checked.
         let rc = unsafe {
             libc::mount(
                 std::ptr::null(),
@@ -188,6 +190,7 @@ impl BareKernelMounts {
         self.mount(&self.tracefs_type, &self.tracing, TRACEFS_MAGIC)?;
         self.mount(&self.debugfs_type, &self.debug, DEBUGFS_MAGIC)?;
         // Entering debugfs's tracing directory mounts tracefs there (an automount).
+        // SAFETY: a plain system call on values this code owns; failure is checked.
         let fd = unsafe {
             libc::open(
                 self.debug_tracing.as_ptr(),
@@ -197,6 +200,7 @@ impl BareKernelMounts {
         if fd < 0 {
             return Err(self.failed(&[b"open ", self.debug_tracing.as_bytes()]));
         }
+        // SAFETY: a plain system call on values this code owns; failure is checked.
         unsafe { libc::close(fd) };
         if Self::fs_type(&self.debug_tracing) != Some(TRACEFS_MAGIC) {
             self.say(&[
@@ -211,6 +215,7 @@ impl BareKernelMounts {
             // Mounts can be stacked on one point: unmount until none is left there. A detach
             // also takes the mounts below it (the automount with its debugfs).
             for _ in 0..16 {
+                // SAFETY: a plain system call on values this code owns; failure is checked.
                 if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
                     self.say(&[b"unmounted ", target.as_bytes()]);
                     continue;

@@ -22,6 +22,7 @@
 //! [`ProcStat`] (`/proc/<pid>/stat`), [`Pidfd`] and [`process::signal_if_same`] (signals that
 //! cannot reach a process that reused a pid), [`unix_time_ns`], [`random_hex`] and
 //! [`runtime`] (the tokio runtime).
+#![allow(unsafe_code)] // geteuid(2): whether this process may install
 
 mod apt;
 mod clock;

@@ -1,6 +1,7 @@
 //! Processes of this host, read and signalled one way everywhere: `/proc/<pid>/stat` parsed
 //! once ([`ProcStat`]), signals sent through a pidfd of the very process that was looked at
 //! ([`Pidfd`]), so that a pid reused between the look and the kill is never signalled.
+#![allow(unsafe_code)] // pidfd_open(2) and pidfd_send_signal(2), which neither std nor nix wrap
 
 use std::fs;
 use std::io;

@@ -1,4 +1,5 @@
 //! Random names (lab ids, Jupyter session ids) from the kernel's generator.
+#![allow(unsafe_code)] // getrandom(2) into a buffer of ours
 
 /// `bytes` random bytes from getrandom(2), as lowercase hex.
 pub fn random_hex(bytes: usize) -> String {

@@ -26,6 +26,7 @@
 //! Everything here fails with an [`ImageError`], which says what went wrong in the image's own
 //! terms; it becomes the lab's `LabError` at the lab's boundary (bad recipe or lock input,
 //! something missing on the host, or a failure of "the pod image").
+#![allow(unsafe_code)] // geteuid(2) and umount2(2) of what a removed tree still has mounted
 
 mod build;
 mod cache;

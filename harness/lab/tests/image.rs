@@ -4,6 +4,7 @@
 //! machine (CI) the first test to need it takes the build path, and the tests check that it did;
 //! on a machine that has the image they check that the cache was used. Every command run inside
 //! the image here sees its root filesystem read-only, so tests never change the cached image.
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

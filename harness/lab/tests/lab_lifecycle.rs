@@ -3,6 +3,7 @@
 //! also after the harness or the daemon was killed with SIGKILL in the middle of `up`.
 //!
 //! Root only; the image comes from the cache (built once when it is missing).
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 mod common;
 

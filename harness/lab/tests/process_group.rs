@@ -3,6 +3,7 @@
 //! tree and the tree's other groups live on.
 //!
 //! Root only (it makes a cgroup and moves processes into it).
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! (`$XDG_CACHE_HOME/guardlab`), the labs' state directory, guardlab's own mount point
 //! ([`guardlab_host::OWN_CGROUP2_MOUNT`]) and the ledger's directory. A ledger line naming
 //! anything else is reported and left alone.
+#![allow(unsafe_code)] // umount2(2) of guardlab's own cgroup v2 mount
 
 use std::fs;
 use std::path::{Path, PathBuf};

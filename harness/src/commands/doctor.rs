@@ -2,6 +2,7 @@
 //! nothing; the exit code says whether the local lab can run here (0) or needs something that
 //! cannot be had (1): what guardlab installs or mounts itself when a command needs it counts as
 //! had, unless `--no-install` refuses it.
+#![allow(unsafe_code)] // geteuid(2) and uname(2)
 
 use std::path::Path;
 

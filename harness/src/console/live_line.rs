@@ -2,6 +2,7 @@
 //! with an [`indicatif`] bar drawn on stdout. The line is never redrawn by a timer (whatever
 //! the rest of guardlab prints between two phases would be written over), so its seconds move
 //! when a line arrives.
+#![allow(unsafe_code)] // the terminal's width (ioctl TIOCGWINSZ)
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -43,8 +44,13 @@ fn with_live_line<T>(work: impl FnOnce(&mut LiveLine) -> T) -> T {
 
 /// The terminal's rows and columns (24 by 80 when they cannot be told).
 fn terminal_size() -> (u16, u16) {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ fills the winsize we own; stdout may be anything, failure is handled.
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
     (
         if rc == 0 && size.ws_row > 0 {

@@ -3,6 +3,7 @@
 //!
 //! Results go to stdout as one line (`ok ...` or `err errno=N ...`); the exit status is 0 for
 //! `ok` and 1 for `err` (`spin-exit` and `threads` exit with the status they are given).
+#![allow(unsafe_code)] // the probe's memfd exec and socket options, which the tests need raw
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -7,6 +7,7 @@
 //! lists in this view ([`local_pid`]). Every process signalled after that is held by a pidfd
 //! opened in this view and checked against the start time read there
 //! (`Pidfd::open_checked`): a pid reused between the look and the signal is never hit.
+#![allow(unsafe_code)] // SIGSTOP and SIGKILL through pidfds
 
 use std::collections::HashSet;
 use std::io;

@@ -1,5 +1,7 @@
 //! Shared by the sensor's integration tests: root check, test cgroups, running commands inside
 //! them, collecting events with a deadline, and a client of the binary's control protocol.
+
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of this module"

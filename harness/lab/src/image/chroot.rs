@@ -4,6 +4,7 @@
 //! are made there, so they vanish with the command, whatever happens to the harness (even
 //! SIGKILL); nothing is ever mounted in the host's namespace. The command also dies with the
 //! harness thread that started it (PR_SET_PDEATHSIG).
+#![allow(unsafe_code)] // unshare, mount and chroot between fork and exec (pre_exec)
 
 use std::ffi::{CString, OsStr};
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,7 @@
 //! from any thread afterwards. The namespaces are unnamed (no bind mount under /run/netns):
 //! they live exactly as long as the daemon and the pod hold them, so nothing outlives a killed
 //! lab.
+#![allow(unsafe_code)] // setns(2) and unshare(2) in the threads that hold the namespaces
 
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1,6 +1,7 @@
 //! What `up` does once the host is ready: the pod's image, the lab internet's inputs, the
 //! daemon's config, and the daemon itself, started inside the lab's cgroup; then it follows the
 //! daemon's start messages until the lab is ready.
+#![allow(unsafe_code)] // the daemon's own session and cgroup, set between fork and exec (pre_exec)
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 //! live in namespaces that only lab processes hold), and every lab process is born in the lab's
 //! cgroup, so the heart of `down` is "kill the cgroup, then remove the directories". The rest is
 //! recorded so that `down` can check and remove it when it outlived its processes.
+#![allow(unsafe_code)] // flock(2) of the lab lock
 
 use std::fs;
 use std::io::Write;

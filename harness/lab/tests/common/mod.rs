@@ -1,7 +1,7 @@
 //! Helpers of the local lab's acceptance tests: options for a test lab, a lock for the shared
 //! notebook port, a record of what a running lab holds, and the check that nothing of it is
 //! left after `down`.
-
+#![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 #![allow(dead_code)] // Each test binary uses a part of it.
 
 use std::collections::BTreeSet;

@@ -1,6 +1,7 @@
 //! The miner threads: each takes the current work, searches its nonces at idle priority,
 //! reports its hash rate and submits the shares it finds, until the work moves or the run
 //! stops.
+#![allow(unsafe_code)] // setpriority(2): the miner threads run at idle priority
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

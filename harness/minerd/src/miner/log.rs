@@ -1,4 +1,5 @@
 //! The miner's log, in cpuminer's format: what the lab's learner (and the tests) read.
+#![allow(unsafe_code)] // time(2) and localtime_r(3) for cpuminer's log stamps
 
 use std::io::Write;
 

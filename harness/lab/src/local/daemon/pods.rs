@@ -1,5 +1,6 @@
 //! The daemon's pods: made (state recorded first, writable layer, cgroup, files, the sensor's
 //! watch, the first process), reaped when their first process ends, and replaced.
+#![allow(unsafe_code)] // waiting on a pod's pidfd with tokio (the AsyncFd owns it)
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! recorded it, then makes its namespaces, root and user from the [`ChildPlan`] with system
 //! calls only (the daemon is multi-threaded: the child is a copy of one thread, and may not
 //! allocate or take a lock), and reports a failed step as `(step, errno)` on a pipe.
+#![allow(unsafe_code)] // the pod's first process between clone3 and exec: system calls only
 
 use super::plan::ChildPlan;
 
@@ -117,7 +118,7 @@ fn fail(plan: &ChildPlan, step: Step) -> ! {
 
 /// The child, between clone and exec: system calls only.
 pub(super) fn child_main(plan: &ChildPlan) -> ! {
-    // SAFETY (whole function): plain system calls on pointers into `plan`, which this process's
+    // SAFETY: (the whole function) plain system calls on pointers into `plan`, which this process's
     // copy of the parent's memory keeps alive; nothing allocates or takes a lock.
     unsafe {
         let mut byte = 0u8;

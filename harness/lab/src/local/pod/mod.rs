@@ -25,6 +25,7 @@
 //! and `image_users` (the image's users and groups). This module makes the pod's directories
 //! and descriptors, clones, releases the child once its pid is recorded, reads its report and
 //! reaps it.
+#![allow(unsafe_code)] // clone3(2) into the pod's cgroup and namespaces
 
 mod capabilities;
 mod child;
