@@ -503,7 +503,12 @@ impl Drop for ThreadPlacement {
     fn drop(&mut self) {
         for tasks in self.back_to.iter().rev() {
             if let Err(e) = write_tid(tasks, self.tid) {
-                eprintln!("guardlab: could not move thread {} back: {e}", self.tid);
+                // Said on stderr (the daemon's log): nothing else can be done about it here.
+                eprintln!(
+                    "cgroup: could not move thread {} back to {}: {e}",
+                    self.tid,
+                    tasks.display()
+                );
             }
         }
     }
