@@ -4,7 +4,10 @@
 //! Optional fields are `Option` and skipped when absent, so that a document read and written
 //! again parses to the same value (the round-trip invariant the tests check on the public
 //! policy library). Unknown keys are refused (`deny_unknown_fields`) so that a typo such as
-//! `names:` is an error, not a silently ignored field.
+//! `names:` is an error, not a silently ignored field, except in `metadata`: documents
+//! exported from a Spyderbat organisation carry fields there that guardlab does not model
+//! (ids, versions, times...), which spyctl accepts; they are kept in [`Extra`] and written
+//! back as they were read.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +28,9 @@ pub const ROOT_ANCHOR: &str = "(root)";
 pub fn epoch_seconds(ns: u64) -> f64 {
     (ns / 1_000) as f64 / 1e6
 }
+
+/// Metadata fields guardlab does not model, in the order they were read.
+pub type Extra = serde_yaml::Mapping;
 
 /// A fingerprint or a policy: the same shape, told apart by `kind`. A fingerprint has no
 /// `enabled`, `mode` or `response`; a policy has a `mode` (files written before modes existed
@@ -63,7 +69,7 @@ impl Document {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
     /// `container` or `linux-service`.
@@ -93,6 +99,9 @@ pub struct Metadata {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
     pub image_id: Option<String>,
+    /// Fields guardlab does not model, kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -232,8 +241,9 @@ pub struct NetworkPolicy {
 pub struct IngressNode {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub from: Vec<Peer>,
-    /// Process ids from `processPolicy`; empty means any process.
-    #[serde(default)]
+    /// Process ids from `processPolicy`; empty means any process (and is not written: spyctl
+    /// refuses an empty list, and reads a missing one as any process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<String>,
     pub ports: Vec<PortSpec>,
 }
@@ -243,7 +253,8 @@ pub struct IngressNode {
 pub struct EgressNode {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub to: Vec<Peer>,
-    #[serde(default)]
+    /// As [`IngressNode::processes`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<String>,
     pub ports: Vec<PortSpec>,
 }
@@ -402,7 +413,7 @@ pub struct FingerprintGroup {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct GroupMetadata {
     pub image: String,
     /// Empty when the backend did not know it (then not written).
@@ -412,6 +423,9 @@ pub struct GroupMetadata {
     pub first_timestamp: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_timestamp: Option<f64>,
+    /// Fields guardlab does not model (`cgroup`...), kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -462,7 +476,6 @@ impl fmt::Display for DeviationType {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviationMetadata {
     #[serde(rename = "type")]
     pub kind: DeviationType,
@@ -470,6 +483,9 @@ pub struct DeviationMetadata {
     pub checksum: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// Fields guardlab does not model, kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

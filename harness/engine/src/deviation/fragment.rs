@@ -230,6 +230,7 @@ impl DeviationWriter<'_> {
                 policy_uid: self.policy.uid.clone(),
                 uid: Some(deviation_uid(&self.policy.uid, &checksum)),
                 checksum,
+                extra: Default::default(),
             },
             spec,
         }

@@ -530,6 +530,7 @@ fn deviation(
             policy_uid: policy_uid(policy),
             checksum: "x".into(),
             uid: None,
+            extra: Default::default(),
         },
         spec: DeviationSpec {
             process_policy: vec![DeviationProcess {
@@ -1015,6 +1016,7 @@ fn relevance_is_judged_with_the_policys_nodes_prepared_once() {
             policy_uid: uid.clone(),
             checksum: "x".into(),
             uid: None,
+            extra: Default::default(),
         },
         spec: DeviationSpec {
             process_policy: vec![],
