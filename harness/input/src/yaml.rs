@@ -211,6 +211,13 @@ pub fn syntax_error(text: &str, error: &ScanError) -> YamlError {
     {
         (line, column) = tab;
     }
+    // At the end of a text cut short the scanner stands on the line after the last one: show
+    // the end of the last line instead, which is where the text stops.
+    let lines = text.lines().count();
+    if lines > 0 && line > lines {
+        let last = text.lines().last().unwrap_or_default();
+        (line, column) = (lines, last.chars().count() + 1);
+    }
     YamlError::Syntax {
         line,
         column,
@@ -315,6 +322,14 @@ mod tests {
         let text = "spec:\n\tenabled: true\n";
         let err = scan(text).unwrap_err();
         assert_eq!((err.line(), err.column()), (2, 1), "{err}");
+    }
+
+    #[test]
+    fn a_text_cut_short_is_refused_at_its_end() {
+        let err = scan("a: 1\nb: {c: d").unwrap_err();
+        assert_eq!((err.line(), err.column()), (2, 9), "{err}");
+        let err = scan("a: 1\nb: {c: d\n").unwrap_err();
+        assert_eq!((err.line(), err.column()), (2, 9), "{err}");
     }
 
     #[test]
