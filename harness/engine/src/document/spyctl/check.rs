@@ -26,6 +26,9 @@ pub(super) struct Checker {
     pub refusals: Vec<Refusal>,
     /// The process ids of the document being checked, once a spec model has begun.
     ids: Option<HashSet<String>>,
+    /// The key whose value is checked next: a mapping's missing fields and failed checks are
+    /// shown there, where a person looks for the mapping.
+    key_pos: Option<Pos>,
 }
 
 impl Checker {
@@ -40,6 +43,7 @@ impl Checker {
     /// Checks `node` as a `model`; the validated value (a dict of the fields it set), or
     /// `None` when spyctl refuses it.
     pub fn model(&mut self, node: &PyNode, model: &'static Model, path: &FieldPath) -> Option<Py> {
+        let at = self.key_pos.take().unwrap_or(node.pos);
         let Py::Dict(entries) = &node.value else {
             self.refuse(
                 node.pos,
@@ -62,14 +66,17 @@ impl Checker {
                 .find(|(k, _)| matches!(&k.value, Py::Str(s) if s == field.key));
             match entry {
                 None if field.required => {
-                    self.refuse(node.pos, here, "field required");
+                    self.refuse(at, here, "field required");
                     valid = false;
                 }
                 None => {}
                 Some((key, value)) if !field.required && value.value == Py::None => {
                     set.push((key.clone(), value.clone()));
                 }
-                Some((key, value)) => match self.value(value, field.ty, &here) {
+                Some((key, value)) => match {
+                    self.key_pos = Some(key.pos);
+                    self.value(value, field.ty, &here)
+                } {
                     Some(checked) => set.push((
                         key.clone(),
                         PyNode {
@@ -107,7 +114,7 @@ impl Checker {
         let set = Py::Dict(set);
         for after in model.after {
             if let Err(message) = after_check(*after, &set) {
-                self.refuse(node.pos, path.clone(), message);
+                self.refuse(at, path.clone(), message);
                 return None;
             }
         }
@@ -115,6 +122,9 @@ impl Checker {
     }
 
     fn value(&mut self, node: &PyNode, ty: Ty, path: &FieldPath) -> Option<Py> {
+        if !matches!(ty, Ty::Model(_) | Ty::Union(_)) {
+            self.key_pos = None;
+        }
         let result = match ty {
             Ty::Model(model) => return self.model(node, model, path),
             Ty::Union(members) => return self.union(node, members, path),
@@ -268,7 +278,9 @@ impl Checker {
         };
         let mut valid = true;
         let mut checked = Vec::with_capacity(items.len());
+        self.key_pos = None;
         for (i, element) in items.iter().enumerate() {
+            self.key_pos = None;
             match self.value(element, item, &path.index(i)) {
                 Some(value) => checked.push(PyNode {
                     pos: element.pos,
@@ -303,11 +315,13 @@ impl Checker {
 
     /// A union: its members in order, the first that accepts wins.
     fn union(&mut self, node: &PyNode, members: &[Ty], path: &FieldPath) -> Option<Py> {
+        let key_pos = self.key_pos.take();
         let mut reasons = Vec::new();
         for member in members {
             let mut attempt = Checker {
                 refusals: Vec::new(),
                 ids: self.ids.take(),
+                key_pos,
             };
             let value = attempt.value(node, *member, path);
             // Ids added by an attempt stay added, also when it fails (as in spyctl).

@@ -82,7 +82,7 @@ fn a_complete_policy_and_deviation_are_accepted() {
 fn a_policy_without_mode_is_refused_as_the_library_s_are() {
     refused(
         &POLICY.replace("  mode: audit\n", ""),
-        8,
+        7,
         "spec.mode: field required",
     );
 }
