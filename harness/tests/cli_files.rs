@@ -632,6 +632,14 @@ fn exported_policy(dir: &Path, mode: bool) -> PathBuf {
     if mode {
         text = text.replacen("spec:\n", "spec:\n  mode: audit\n", 1);
     }
+    // spyctl ignores keys it does not know in `networkPolicy` and `response` too.
+    text = text
+        .replacen(
+            "  networkPolicy:\n",
+            "  networkPolicy:\n    comment: reviewed\n",
+            1,
+        )
+        .replacen("  response:\n", "  response:\n    ticket: 42\n", 1);
     let path = dir.join(if mode {
         "exported.yaml"
     } else {
@@ -687,6 +695,8 @@ fn exported_metadata_survives_a_merge() {
         merged.contains("  orgUid: spyderbatuid\n  version: 7\nspec:\n"),
         "{merged}"
     );
+    assert!(merged.contains("    comment: reviewed\n"), "{merged}");
+    assert!(merged.contains("    ticket: 42\n"), "{merged}");
 }
 
 #[test]

@@ -4,10 +4,11 @@
 //! Optional fields are `Option` and skipped when absent, so that a document read and written
 //! again parses to the same value (the round-trip invariant the tests check on the public
 //! policy library). Unknown keys are refused (`deny_unknown_fields`) so that a typo such as
-//! `names:` is an error, not a silently ignored field, except in `metadata`: documents
-//! exported from a Spyderbat organisation carry fields there that guardlab does not model
-//! (ids, versions, times...), which spyctl accepts; they are kept in [`Extra`] and written
-//! back as they were read.
+//! `names:` is an error, not a silently ignored field, except where spyctl's own models
+//! ignore keys they do not know: `metadata` (documents exported from a Spyderbat organisation
+//! carry ids, versions, times... there), `networkPolicy`, `response` and a selector's
+//! `matchExpressions` items. There they are kept in [`Extra`] and written back as they were
+//! read, after the fields guardlab models.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +30,7 @@ pub fn epoch_seconds(ns: u64) -> f64 {
     (ns / 1_000) as f64 / 1e6
 }
 
-/// Metadata fields guardlab does not model, in the order they were read.
+/// Fields guardlab does not model, in the order they were read.
 pub type Extra = serde_yaml::Mapping;
 
 /// A fingerprint or a policy: the same shape, told apart by `kind`. A fingerprint has no
@@ -201,14 +202,17 @@ pub struct LabelSelector {
     pub match_expressions: Vec<LabelExpression>,
 }
 
+/// One of a selector's `matchExpressions`; keys spyctl ignores here are kept, as read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LabelExpression {
     pub key: String,
     /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
     pub operator: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// One node of the process forest.
@@ -229,11 +233,14 @@ pub struct ProcessNode {
     pub children: Option<Vec<ProcessNode>>,
 }
 
+/// A policy's network rules. spyctl ignores keys it does not know here: they are kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkPolicy {
     pub ingress: Vec<IngressNode>,
     pub egress: Vec<EgressNode>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,13 +291,16 @@ pub struct PortSpec {
     pub end_port: Option<u32>,
 }
 
+/// A policy's response. spyctl ignores keys it does not know here: they are kept.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Response {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub default: Vec<ResponseAction>,
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub actions: Vec<ResponseAction>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// One response action; exactly one key per list item, as in the public format
@@ -512,13 +522,16 @@ pub struct PolicyNodeRef {
     pub children: Vec<ProcessNode>,
 }
 
+/// A deviation's network rules; keys spyctl ignores here are kept, as in [`NetworkPolicy`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviationNetwork {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<IngressNode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressNode>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[cfg(test)]

@@ -100,6 +100,66 @@ fn an_unknown_field_in_spec_is_still_refused_and_a_spyctl_one_is_named_as_such()
     );
 }
 
+#[test]
+fn keys_spyctl_ignores_in_spec_are_kept_and_written_back() {
+    // spyctl's models of `networkPolicy`, `response` and a selector expression ignore keys they
+    // do not know; guardlab keeps them where they were, after the fields it models.
+    let text = exported_policy()
+        .replacen("spec:\n", "spec:\n  mode: audit\n", 1)
+        .replacen(
+            "  networkPolicy:\n",
+            "  networkPolicy:\n    comment: reviewed by ops\n",
+            1,
+        )
+        .replacen(
+            "  response:\n",
+            "  response:\n    reviewer: {team: sre, ticket: 42}\n",
+            1,
+        )
+        .replacen(
+            "  namespaceSelector:\n",
+            "  namespaceSelector:\n    matchExpressions:\n    - {key: tier, operator: In, values: [dns], note: kept}\n",
+            1,
+        );
+    let doc = load_document("kept.yaml", &text).unwrap_or_else(|d| panic!("{}", show(&d)));
+    let Document::Policy(policy) = &doc else {
+        panic!("a policy: {doc:?}")
+    };
+    assert_eq!(
+        policy.spec.network_policy.extra.get("comment"),
+        Some(&"reviewed by ops".into())
+    );
+    let written = to_yaml(&doc);
+    for kept in [
+        "    comment: reviewed by ops\n",
+        "    reviewer:\n      team: sre\n      ticket: 42\n",
+        "      note: kept\n",
+    ] {
+        assert!(written.contains(kept), "{kept:?} lost:\n{written}");
+    }
+    assert_eq!(load_document("again", &written).unwrap(), doc);
+    // spyctl accepts them too.
+    assert_eq!(
+        spyctl::check_file("kept.yaml", &text),
+        [],
+        "spyctl's verdict"
+    );
+    // Where spyctl refuses an unknown key (an egress rule), guardlab still does.
+    let refused = text.replacen(
+        "    egress: []\n",
+        "    egress:\n    - weight: 3\n      to: [{dnsSelector: [example.com]}]\n      ports: [{protocol: TCP, port: 443}]\n",
+        1,
+    );
+    assert_ne!(refused, text, "the policy has an egress list");
+    let d = load_document("refused.yaml", &refused).unwrap_err();
+    assert!(
+        d[0].message.starts_with("unknown field `weight`"),
+        "{}",
+        show(&d)
+    );
+    assert!(!spyctl::check_file("refused.yaml", &refused).is_empty());
+}
+
 fn as_item(doc: &str) -> String {
     let mut lines = doc.lines();
     let first = lines.next().unwrap_or_default();

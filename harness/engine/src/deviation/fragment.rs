@@ -198,6 +198,7 @@ impl DeviationWriter<'_> {
                                 ports,
                             }],
                             ingress: Vec::new(),
+                            ..DeviationNetwork::default()
                         },
                     ),
                     Direction::Ingress => (
@@ -209,6 +210,7 @@ impl DeviationWriter<'_> {
                                 ports,
                             }],
                             egress: Vec::new(),
+                            ..DeviationNetwork::default()
                         },
                     ),
                 };

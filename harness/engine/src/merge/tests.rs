@@ -575,6 +575,7 @@ fn merging_a_deviation_adds_exactly_its_fragment() {
                 vec![tcp(3333)],
             )],
             ingress: vec![],
+            ..DeviationNetwork::default()
         }),
     );
     assert!(is_relevant(&policy, &dev));
@@ -630,6 +631,7 @@ fn deviation_ids_are_renumbered_when_they_clash() {
                 vec![tcp(80)],
             )],
             ingress: vec![],
+            ..DeviationNetwork::default()
         }),
     );
     let m = merge_deviation(&policy, &dev).unwrap();
@@ -740,6 +742,7 @@ fn relevance_agrees_with_merging() {
         Some(DeviationNetwork {
             egress: vec![egress(to, procs, vec![tcp(port)])],
             ingress: vec![],
+            ..DeviationNetwork::default()
         })
     };
     let cases = [
@@ -1023,6 +1026,7 @@ fn relevance_is_judged_with_the_policys_nodes_prepared_once() {
             network_policy: Some(DeviationNetwork {
                 egress: vec![egress(vec![to], &["app_0"], vec![tcp(443)])],
                 ingress: vec![],
+                ..DeviationNetwork::default()
             }),
         },
     };
