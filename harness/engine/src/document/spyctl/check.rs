@@ -73,19 +73,19 @@ impl Checker {
                 Some((key, value)) if !field.required && value.value == Py::None => {
                     set.push((key.clone(), value.clone()));
                 }
-                Some((key, value)) => match {
+                Some((key, value)) => {
                     self.key_pos = Some(key.pos);
-                    self.value(value, field.ty, &here)
-                } {
-                    Some(checked) => set.push((
-                        key.clone(),
-                        PyNode {
-                            pos: value.pos,
-                            value: checked,
-                        },
-                    )),
-                    None => valid = false,
-                },
+                    match self.value(value, field.ty, &here) {
+                        Some(checked) => set.push((
+                            key.clone(),
+                            PyNode {
+                                pos: value.pos,
+                                value: checked,
+                            },
+                        )),
+                        None => valid = false,
+                    }
+                }
             }
         }
         if model.extra == Extra::Forbid {
