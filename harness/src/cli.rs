@@ -32,12 +32,16 @@ pub struct Cli {
 pub enum Command {
     /// Check spyctl YAML files (policies, fingerprints, groups, deviations).
     #[command(
-        after_help = "Example:\n  guardlab validate policy.yaml fingerprints.yaml\n\nExit codes: 0 all valid, 1 a file has problems, 2 a file could not be read."
+        after_help = "Examples:\n  guardlab validate policy.yaml fingerprints.yaml\n  guardlab validate --strict policy.yaml   # what `spyctl validate -f policy.yaml` would say\n\nA file holds one document, several separated by `---`, or spyctl's list form (`apiVersion: spyderbat/v1` and `items:`). Plain validate reads what guardlab reads, which is more than spyctl 0.24.2 does in a few places (policies without `spec.mode`, several documents in one stream...; README lists them); --strict says what spyctl would.\n\nFiles are read up to 16 MiB (GUARDLAB_MAX_INPUT_BYTES raises it), YAML nested up to 128 levels, with up to 1000 aliases standing for up to 100000 nodes.\n\nExit codes: 0 all valid, 1 a file has problems, 2 a file could not be read or goes beyond a limit."
     )]
     Validate {
         /// Files to check; each may hold several documents separated by `---`.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Say what spyctl 0.24.2 would say of each file (`spyctl validate -f FILE`): one
+        /// document per file, a `spec.mode` on every policy, spyctl's own types and ranges.
+        #[arg(long)]
+        strict: bool,
     },
 
     /// Learn fingerprints (one per container, grouped per image) from a sensor event stream.
@@ -146,7 +150,8 @@ pub enum ImageCommand {
 /// An event stream and a time window over it.
 #[derive(Debug, Args)]
 pub struct WindowedEvents {
-    /// NDJSON events written by the sensor or by `scenario --record`.
+    /// NDJSON events written by the sensor, or a `scenario --record` recording (its step
+    /// markers are skipped). Read up to 256 MiB (GUARDLAB_MAX_INPUT_BYTES raises it).
     #[arg(long = "events", value_name = "FILE")]
     pub path: PathBuf,
     /// Learn only from events at or after TIME (see below), e.g. `+30s` or

@@ -542,3 +542,375 @@ fn a_fileless_exec_deviates_and_the_output_says_why() {
             "1 exec(s) ran an executable the sensor could not resolve to a path",
         ));
 }
+
+/// The repository's root (the binary's tests run in `harness/`).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn stderr_of(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.assert().code(code).get_output().clone();
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn a_scenario_recording_is_read_as_its_events() {
+    // `scenario --record` writes step markers between the events; the file commands skip them.
+    let recording = repo().join("scenarios/cryptominer.ndjson");
+    let groups = run_ok(guardlab().args(["fingerprint", "--events"]).arg(&recording));
+    assert!(groups.contains("kind: FingerprintGroup"), "{groups}");
+    assert!(
+        groups.contains("image: jupyter/minimal-notebook:latest"),
+        "{groups}"
+    );
+}
+
+#[test]
+fn several_deviations_are_written_as_one_list_spyctl_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (baseline, _, attack) = streams(dir.path());
+    let fingerprints = dir.path().join("fingerprints.yaml");
+    std::fs::write(
+        &fingerprints,
+        run_ok(guardlab().args(["fingerprint", "--events"]).arg(&baseline)),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        run_ok(
+            guardlab()
+                .args(["policy", "create", "--from"])
+                .arg(&fingerprints),
+        ),
+    )
+    .unwrap();
+    let out = guardlab()
+        .args(["deviations", "--policy"])
+        .arg(&policy)
+        .arg("--events")
+        .arg(&attack)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let deviations = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        deviations.starts_with("apiVersion: spyderbat/v1\nitems:\n- apiVersion: spyderbat/v1\n  kind: GuardianDeviation\n"),
+        "{deviations}"
+    );
+    assert!(!deviations.contains("\n---"), "{deviations}");
+    let file = dir.path().join("deviations.yaml");
+    std::fs::write(&file, &deviations).unwrap();
+    // spyctl would read every file guardlab wrote here.
+    for written in [&fingerprints, &policy, &file] {
+        guardlab()
+            .args(["validate", "--strict"])
+            .arg(written)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("spyctl 0.24.2 would accept it"));
+    }
+}
+
+/// The library's CoreDNS policy, as an organisation exports it: metadata guardlab does not
+/// model, and (with `mode`) what spyctl 0.24.2 accepts.
+fn exported_policy(dir: &Path, mode: bool) -> PathBuf {
+    let library =
+        repo().join("../shared/peer-data/spyctl/policy_library/container/coredns-policy.yaml");
+    let mut text = std::fs::read_to_string(&library)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the `shared/` folder must sit beside the repository)",
+                library.display()
+            )
+        })
+        .replace(
+            "  type: container\n",
+            "  type: container\n  uid: pol:Xk2f9aQ\n  orgUid: spyderbatuid\n  version: 7\n",
+        );
+    if mode {
+        text = text.replacen("spec:\n", "spec:\n  mode: audit\n", 1);
+    }
+    // spyctl ignores keys it does not know in `networkPolicy` and `response` too.
+    text = text
+        .replacen(
+            "  networkPolicy:\n",
+            "  networkPolicy:\n    comment: reviewed\n",
+            1,
+        )
+        .replacen("  response:\n", "  response:\n    ticket: 42\n", 1);
+    let path = dir.join(if mode {
+        "exported.yaml"
+    } else {
+        "library.yaml"
+    });
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn validate_strict_says_what_spyctl_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = exported_policy(dir.path(), false);
+    // guardlab reads a policy that predates `spec.mode`; spyctl 0.24.2 does not.
+    guardlab()
+        .arg("validate")
+        .arg(&library)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "library.yaml: ok (SpyderbatPolicy)",
+        ));
+    let stderr = stderr_of(guardlab().args(["validate", "--strict"]).arg(&library), 1);
+    assert!(
+        stderr.contains("library.yaml:10:1: spec.mode: field required")
+            && stderr.contains("spyctl 0.24.2 would refuse"),
+        "{stderr}"
+    );
+    guardlab()
+        .args(["validate", "--strict"])
+        .arg(exported_policy(dir.path(), true))
+        .assert()
+        .success();
+}
+
+#[test]
+fn exported_metadata_survives_a_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = exported_policy(dir.path(), true);
+    let merged = run_ok(
+        guardlab()
+            .args(["merge", "--policy"])
+            .arg(&policy)
+            .arg("--with")
+            .arg(&policy),
+    );
+    // The modelled fields in their place, the others after them as they were read.
+    assert!(
+        merged.contains("  type: container\n  uid: pol:Xk2f9aQ\n"),
+        "{merged}"
+    );
+    assert!(
+        merged.contains("  orgUid: spyderbatuid\n  version: 7\nspec:\n"),
+        "{merged}"
+    );
+    assert!(merged.contains("    comment: reviewed\n"), "{merged}");
+    assert!(merged.contains("    ticket: 42\n"), "{merged}");
+}
+
+#[test]
+fn policy_create_given_a_policy_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = exported_policy(dir.path(), true);
+    let stderr = stderr_of(
+        guardlab().args(["policy", "create", "--from"]).arg(&policy),
+        2,
+    );
+    assert!(
+        stderr.contains(
+            "exported.yaml:1:1: a SpyderbatPolicy: `policy create` makes a policy from fingerprints"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Ten levels of aliases, each naming the one below ten times: a few hundred bytes that stand
+/// for ten billion strings.
+fn billion_laughs() -> String {
+    let mut text = String::from(
+        "apiVersion: spyderbat/v1\nkind: SpyderbatPolicy\nmetadata:\n  name: lol\n  type: container\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 10].join(", ");
+        text.push_str(&format!("  l{i}: &l{i} [{refs}]\n"));
+    }
+    text
+}
+
+#[test]
+fn hostile_files_are_refused_with_their_limit_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let bomb = write("bomb.yaml", &billion_laughs());
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1000);
+    let flow = write("flow.yaml", &"[".repeat(50_000));
+    let block = write("block.yaml", &format!("{}x\n", "- ".repeat(50_000)));
+    let cases = [
+        (&bomb, "bomb.yaml:10:", "billion laughs"),
+        (&flow, "flow.yaml:1:", "nested deeper than 128"),
+        (&block, "block.yaml:1:", "nested deeper than 128"),
+    ];
+    for (file, place, words) in cases {
+        for args in [
+            vec!["validate"],
+            vec!["validate", "--strict"],
+            vec!["policy", "create", "--from"],
+            vec!["investigate", "--events", "x.ndjson", "--policy"],
+        ] {
+            let stderr = stderr_of(guardlab().args(&args).arg(file), 2);
+            assert!(
+                stderr.contains(place) && stderr.contains(words),
+                "{args:?} {place}: {stderr}"
+            );
+        }
+    }
+
+    // A 1 GB file is refused before it is read (a sparse file: no disk used).
+    let huge_yaml = dir.path().join("huge.yaml");
+    std::fs::File::create(&huge_yaml)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let stderr = stderr_of(guardlab().arg("validate").arg(&huge_yaml), 2);
+    assert!(
+        stderr.contains("huge.yaml: 1 GiB is more than the 16 MiB guardlab reads from one file (GUARDLAB_MAX_INPUT_BYTES raises the limit)"),
+        "{stderr}"
+    );
+    let huge_events = dir.path().join("huge.ndjson");
+    std::fs::File::create(&huge_events)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let stderr = stderr_of(
+        guardlab()
+            .args(["fingerprint", "--events"])
+            .arg(&huge_events),
+        2,
+    );
+    assert!(
+        stderr.contains("huge.ndjson: 1 GiB is more than the 256 MiB"),
+        "{stderr}"
+    );
+
+    // The limit is the user's to set, and a setting that is no size is said.
+    let (baseline, _, _) = streams(dir.path());
+    let stderr = stderr_of(
+        guardlab()
+            .env("GUARDLAB_MAX_INPUT_BYTES", "1000")
+            .args(["fingerprint", "--events"])
+            .arg(&baseline),
+        2,
+    );
+    assert!(stderr.contains("is more than the 1000 bytes"), "{stderr}");
+    let stderr = stderr_of(
+        guardlab()
+            .env("GUARDLAB_MAX_INPUT_BYTES", "lots")
+            .args(["fingerprint", "--events"])
+            .arg(&baseline),
+        2,
+    );
+    assert!(
+        stderr.contains("GUARDLAB_MAX_INPUT_BYTES=\"lots\" is not a number of bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn empty_cut_short_and_non_utf8_files_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let lost = br#"{"v":1,"ts":1,"type":"lost","count":1}"#;
+
+    let empty = write("empty.ndjson", b"");
+    let stderr = stderr_of(guardlab().args(["fingerprint", "--events"]).arg(&empty), 2);
+    assert!(
+        stderr.contains("empty.ndjson:1: no event in this file"),
+        "{stderr}"
+    );
+
+    let mut cut = lost.to_vec();
+    cut.extend(b"\n{\"v\":1,\"ts\":2,\"type\":\"lo");
+    let cut = write("cut.ndjson", &cut);
+    let stderr = stderr_of(guardlab().args(["fingerprint", "--events"]).arg(&cut), 2);
+    assert!(
+        stderr.contains("cut.ndjson:2:") && stderr.contains("EOF"),
+        "{stderr}"
+    );
+
+    let mut bad = lost.to_vec();
+    bad.extend(b"\n{\"v\":1,\xff}\n");
+    let bad = write("bad.ndjson", &bad);
+    let stderr = stderr_of(guardlab().args(["fingerprint", "--events"]).arg(&bad), 2);
+    assert!(stderr.contains("bad.ndjson:2:8: not UTF-8"), "{stderr}");
+
+    let bad = write(
+        "bad.yaml",
+        b"apiVersion: spyderbat/v1\nkind: \xffSpyderbatPolicy\n",
+    );
+    let stderr = stderr_of(guardlab().arg("validate").arg(&bad), 2);
+    assert!(
+        stderr.contains("bad.yaml:2:7: not UTF-8 text (byte 0xff)"),
+        "{stderr}"
+    );
+
+    let empty = write("empty.yaml", b"");
+    let stderr = stderr_of(guardlab().arg("validate").arg(&empty), 1);
+    assert!(
+        stderr.contains("empty.yaml:1:1: no document in this file"),
+        "{stderr}"
+    );
+
+    let cut = write(
+        "cut.yaml",
+        b"apiVersion: spyderbat/v1\nkind: SpyderbatPolicy\nmetadata: {name: p, type: cont",
+    );
+    let stderr = stderr_of(guardlab().arg("validate").arg(&cut), 1);
+    assert!(
+        stderr.contains("cut.yaml:3:") && stderr.contains("invalid YAML"),
+        "{stderr}"
+    );
+
+    let tab = write("tab.yaml", b"apiVersion: spyderbat/v1\nkind: SpyderbatPolicy\nmetadata:\n  name: x\n\ttype: container\n");
+    let stderr = stderr_of(guardlab().arg("validate").arg(&tab), 1);
+    assert!(
+        stderr.contains("tab.yaml:5:1: invalid YAML") && stderr.contains("tab"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_50_mb_recording_of_one_repeated_event_is_read() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut notebook = Notebook::start(&FIRST);
+    notebook.baseline_cells(&FIRST);
+    let events = &notebook.s.events;
+    let line = |event: &guardlab_events::Event| {
+        let mut out = Vec::new();
+        guardlab_events::write_ndjson(&mut out, event).unwrap();
+        out
+    };
+    // The same DNS answer over and over: reading holds each one, the engine only its name.
+    let repeated = line(
+        events
+            .iter()
+            .find(|e| matches!(e.body, guardlab_events::EventBody::Dns(_)))
+            .unwrap(),
+    );
+    let path = dir.path().join("big.ndjson");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    out.write_all(b"{\"recording\":{\"format\":1,\"scenario\":\"big\",\"events_format\":1,\"backend\":\"local\"}}\n{\"step\":{\"index\":0,\"name\":\"all\",\"at\":\"begin\"}}\n").unwrap();
+    for event in events {
+        out.write_all(&line(event)).unwrap();
+    }
+    let mut written = 0;
+    while written < 50 << 20 {
+        out.write_all(&repeated).unwrap();
+        written += repeated.len();
+    }
+    out.write_all(b"{\"step\":{\"index\":0,\"name\":\"all\",\"at\":\"end\"}}\n")
+        .unwrap();
+    out.flush().unwrap();
+    drop(out);
+    let groups = run_ok(guardlab().args(["fingerprint", "--events"]).arg(&path));
+    assert!(groups.contains("kind: FingerprintGroup"), "{groups}");
+}

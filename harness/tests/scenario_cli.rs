@@ -231,3 +231,54 @@ fn step_needs_a_terminal_to_read_enter_from() {
         .stdout(predicate::str::contains("[ 1/").not())
         .stderr(predicate::str::contains("--step").and(predicate::str::contains("not one")));
 }
+
+#[test]
+fn a_scenario_file_that_does_not_parse_is_bad_input_not_a_lab_that_could_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(scenario_file())
+        .unwrap()
+        .replace("steps:\n", "steps:\n  - bogus\n");
+    let bad = dir.path().join("broken.yaml");
+    std::fs::write(&bad, &text).unwrap();
+    let json = dir.path().join("report.json");
+    let junit = dir.path().join("report.xml");
+    let out = guardlab()
+        .args(["scenario", bad.to_str().unwrap(), "--backend", "replay"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let line = text.lines().position(|l| l == "  - bogus").unwrap() + 1;
+    assert!(
+        stderr.contains(&format!("broken.yaml:{line}:")) && stderr.contains("steps[0]"),
+        "{stderr}"
+    );
+    for said in [&stdout, &stderr] {
+        assert!(
+            !said.contains("could not run") && !said.contains("Scenario ?"),
+            "{stdout}\n{stderr}"
+        );
+    }
+    // The reports asked for are written, and name the scenario by its file.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["scenario"], "broken", "{report}");
+    assert_eq!(report["result"], "error", "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("broken.yaml:{line}:")),
+        "{report}"
+    );
+    assert!(
+        std::fs::read_to_string(&junit).unwrap().contains("broken"),
+        "the JUnit report names it too"
+    );
+}

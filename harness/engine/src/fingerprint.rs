@@ -651,6 +651,7 @@ fn group(items: impl IntoIterator<Item = (Fingerprint, String)>) -> Vec<Fingerpr
                     image_id,
                     first_timestamp: first,
                     latest_timestamp: latest,
+                    ..GroupMetadata::default()
                 },
                 data: GroupData {
                     fingerprints: fps,

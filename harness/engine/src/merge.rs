@@ -208,6 +208,7 @@ pub fn merge_deviation(
         let other = NetworkPolicy {
             ingress: net.ingress.clone(),
             egress: net.egress.clone(),
+            ..NetworkPolicy::default()
         };
         merge_network(&mut out.spec.network_policy, &other, &map, false);
     }

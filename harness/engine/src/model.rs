@@ -4,7 +4,11 @@
 //! Optional fields are `Option` and skipped when absent, so that a document read and written
 //! again parses to the same value (the round-trip invariant the tests check on the public
 //! policy library). Unknown keys are refused (`deny_unknown_fields`) so that a typo such as
-//! `names:` is an error, not a silently ignored field.
+//! `names:` is an error, not a silently ignored field, except where spyctl's own models
+//! ignore keys they do not know: `metadata` (documents exported from a Spyderbat organisation
+//! carry ids, versions, times... there), `networkPolicy`, `response` and a selector's
+//! `matchExpressions` items. There they are kept in [`Extra`] and written back as they were
+//! read, after the fields guardlab models.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +29,9 @@ pub const ROOT_ANCHOR: &str = "(root)";
 pub fn epoch_seconds(ns: u64) -> f64 {
     (ns / 1_000) as f64 / 1e6
 }
+
+/// Fields guardlab does not model, in the order they were read.
+pub type Extra = serde_yaml::Mapping;
 
 /// A fingerprint or a policy: the same shape, told apart by `kind`. A fingerprint has no
 /// `enabled`, `mode` or `response`; a policy has a `mode` (files written before modes existed
@@ -63,7 +70,7 @@ impl Document {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
     /// `container` or `linux-service`.
@@ -93,6 +100,9 @@ pub struct Metadata {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
     pub image_id: Option<String>,
+    /// Fields guardlab does not model, kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -192,14 +202,17 @@ pub struct LabelSelector {
     pub match_expressions: Vec<LabelExpression>,
 }
 
+/// One of a selector's `matchExpressions`; keys spyctl ignores here are kept, as read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LabelExpression {
     pub key: String,
     /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
     pub operator: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// One node of the process forest.
@@ -220,11 +233,14 @@ pub struct ProcessNode {
     pub children: Option<Vec<ProcessNode>>,
 }
 
+/// A policy's network rules. spyctl ignores keys it does not know here: they are kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkPolicy {
     pub ingress: Vec<IngressNode>,
     pub egress: Vec<EgressNode>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,8 +248,9 @@ pub struct NetworkPolicy {
 pub struct IngressNode {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub from: Vec<Peer>,
-    /// Process ids from `processPolicy`; empty means any process.
-    #[serde(default)]
+    /// Process ids from `processPolicy`; empty means any process (and is not written: spyctl
+    /// refuses an empty list, and reads a missing one as any process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<String>,
     pub ports: Vec<PortSpec>,
 }
@@ -243,7 +260,8 @@ pub struct IngressNode {
 pub struct EgressNode {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub to: Vec<Peer>,
-    #[serde(default)]
+    /// As [`IngressNode::processes`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<String>,
     pub ports: Vec<PortSpec>,
 }
@@ -273,13 +291,16 @@ pub struct PortSpec {
     pub end_port: Option<u32>,
 }
 
+/// A policy's response. spyctl ignores keys it does not know here: they are kept.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Response {
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub default: Vec<ResponseAction>,
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub actions: Vec<ResponseAction>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// One response action; exactly one key per list item, as in the public format
@@ -402,7 +423,7 @@ pub struct FingerprintGroup {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct GroupMetadata {
     pub image: String,
     /// Empty when the backend did not know it (then not written).
@@ -412,6 +433,9 @@ pub struct GroupMetadata {
     pub first_timestamp: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_timestamp: Option<f64>,
+    /// Fields guardlab does not model (`cgroup`...), kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -462,7 +486,6 @@ impl fmt::Display for DeviationType {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviationMetadata {
     #[serde(rename = "type")]
     pub kind: DeviationType,
@@ -470,6 +493,9 @@ pub struct DeviationMetadata {
     pub checksum: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// Fields guardlab does not model, kept as read.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -496,13 +522,16 @@ pub struct PolicyNodeRef {
     pub children: Vec<ProcessNode>,
 }
 
+/// A deviation's network rules; keys spyctl ignores here are kept, as in [`NetworkPolicy`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviationNetwork {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<IngressNode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressNode>,
+    /// Keys guardlab does not model, kept as read (spyctl ignores them).
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub fn default_response() -> Response {
     Response {
         default: vec![ResponseAction::MakeRedFlag(FlagAction::new(Severity::High))],
         actions: Vec::new(),
+        ..Response::default()
     }
 }
 

@@ -53,6 +53,39 @@ impl FieldPath {
         Self(segments)
     }
 
+    /// The path of the field that holds this one; `None` for the root.
+    pub fn parent(&self) -> Option<Self> {
+        let (_, parent) = self.0.split_last()?;
+        Some(Self(parent.to_vec()))
+    }
+
+    /// This path followed by all of `other`.
+    pub fn join(&self, other: &FieldPath) -> Self {
+        let mut segments = self.0.clone();
+        segments.extend(other.0.iter().cloned());
+        Self(segments)
+    }
+
+    /// Reads a path as [`fmt::Display`] writes it (`spec.processPolicy[0].exe`). A key with a
+    /// dot in it reads as two keys: use it to find a field, not to name a label.
+    pub fn parse(text: &str) -> Self {
+        let mut segments = Vec::new();
+        for part in text.split('.').filter(|p| !p.is_empty()) {
+            let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+            if !key.is_empty() {
+                segments.push(PathSegment::Key(key.to_owned()));
+            }
+            while let Some((index, after)) = rest.split_once(']') {
+                match index.parse() {
+                    Ok(i) => segments.push(PathSegment::Index(i)),
+                    Err(_) => segments.push(PathSegment::Key(index.to_owned())),
+                }
+                rest = after.strip_prefix('[').unwrap_or(after);
+            }
+        }
+        Self(segments)
+    }
+
     pub fn segments(&self) -> &[PathSegment] {
         &self.0
     }

@@ -58,15 +58,22 @@ pub struct PythonLock {
 impl PythonLock {
     /// Reads and parses `file`.
     pub fn read(file: &Path) -> Result<PythonLock, ServicesError> {
-        let bytes = std::fs::read(file).map_err(|e| ServicesError::file("read", file, e))?;
-        let text = String::from_utf8(bytes).map_err(|e| ServicesError::Lock {
+        let lock_error = |line, message: String| ServicesError::Lock {
             file: file.to_path_buf(),
-            line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count(),
-            message: "not UTF-8".into(),
-        })?;
+            line,
+            message,
+        };
+        let text = match guardlab_input::read_text(file, guardlab_input::MaxBytes::LOCK) {
+            Ok(text) => text,
+            Err(guardlab_input::FileError::Io { source, .. }) => {
+                return Err(ServicesError::file("read", file, source));
+            }
+            Err(guardlab_input::FileError::NotUtf8 { line, column, .. }) => {
+                return Err(lock_error(line, format!("column {column}: not UTF-8")));
+            }
+            // A lock of pins is a few hundred lines: a file this big is not one.
+            Err(other) => return Err(lock_error(1, other.to_string())),
+        };
         PythonLock::parse(file, &text)
     }
 
@@ -364,5 +371,30 @@ mod tests {
             ("pandoc-filters", "1.5.1")
         );
         assert!(pin_of_file(&dir.path().join("notes.txt")).is_err());
+    }
+
+    #[test]
+    fn a_lock_that_is_too_big_or_not_utf8_is_refused_with_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.lock");
+        std::fs::write(
+            &bad,
+            format!("pip==26.3 --hash=sha256:{A}\n# \u{e9}\u{e9}")
+                .as_bytes()
+                .iter()
+                .copied()
+                .chain([0xff])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let err = PythonLock::read(&bad).unwrap_err().to_string();
+        assert!(err.ends_with("bad.lock:2: column 5: not UTF-8"), "{err}");
+        let big = dir.path().join("big.lock");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let err = PythonLock::read(&big).unwrap_err().to_string();
+        assert!(err.contains("1 GiB is more than the 4 MiB"), "{err}");
     }
 }

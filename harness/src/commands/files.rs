@@ -7,36 +7,89 @@ use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
-use guardlab_engine::document::{self, Diagnostics, Document};
+use guardlab_engine::document::{self, Diagnostics, Document, Located, YamlLimits};
 use guardlab_engine::model::{Mode, Policy};
 use guardlab_engine::window::{TimeWindow, rfc3339_ns};
 use guardlab_engine::{deviation, fingerprint, merge, policy, trace};
 use guardlab_events::Event;
+use guardlab_events::ReadLimits;
+use guardlab_input::MaxBytes;
+use guardlab_input::file::Size;
 
 use crate::cli::{ModeArg, WindowedEvents};
 use crate::console;
 use crate::report::{CommandResult, Failure, Outcome};
 
-/// Read a file as text, with the file named in the error.
+/// Read a file as text: no bigger than the YAML limit, UTF-8, with the file (and the line of
+/// a bad byte) named in the error.
 fn read_text(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))
-        .map_err(Failure)
+    let max = MaxBytes::from_env_or(MaxBytes::YAML).map_err(|e| Failure(e.into()))?;
+    guardlab_input::read_text(path, max).map_err(|e| Failure(e.into()))
 }
 
-/// Read and validate every document of a YAML file.
-pub fn load_yaml(path: &Path) -> Result<Vec<Document>, Failure> {
+/// Read a YAML file and refuse it, as bad input, when its nesting or its aliases go beyond
+/// guardlab's limits (a syntax error is left to the document's own diagnostics).
+fn read_yaml_text(path: &Path) -> Result<String, Failure> {
     let text = read_text(path)?;
-    document::load_documents(&path.display().to_string(), &text)
+    if let Err(e) = guardlab_input::scan_yaml(&text, &YamlLimits::default())
+        && e.limit().is_some()
+    {
+        return Err(Failure(anyhow!(
+            "{}:{}:{}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )));
+    }
+    Ok(text)
+}
+
+/// Read and validate every document of a YAML file (one, several separated by `---`, or
+/// spyctl's `items:` list), each with where it starts.
+pub fn load_yaml(path: &Path) -> Result<Vec<Located>, Failure> {
+    let text = read_yaml_text(path)?;
+    document::load_located(&path.display().to_string(), &text)
         .map_err(|d| Failure(Diagnostics(d).into()))
 }
 
-/// Read an NDJSON event stream; errors name the file and line.
+/// Where a document of a file starts, as messages show it: `policy.yaml:3:1` (and its place
+/// in a list: `policy.yaml:3:3: items[1]`).
+fn place(path: &Path, doc: &Located) -> String {
+    let at = format!("{}:{}:{}", path.display(), doc.line, doc.column);
+    if doc.field.is_empty() {
+        at
+    } else {
+        format!("{at}: {}", doc.field)
+    }
+}
+
+/// Read an NDJSON event stream (a sensor's, or a `scenario --record` recording, whose step
+/// markers are skipped); errors name the file and line. A stream without events is bad input:
+/// no command has anything to say about it.
 pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
-    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut events = guardlab_events::read_ndjson(BufReader::new(file)).map_err(|e| {
+    let p = path.display();
+    let max = MaxBytes::from_env_or(MaxBytes::EVENTS).map_err(|e| Failure(e.into()))?;
+    let file = File::open(path).with_context(|| format!("cannot read {p}"))?;
+    // A file known to be too big is refused before a byte of it is read.
+    if let Ok(meta) = file.metadata()
+        && meta.is_file()
+        && meta.len() > max.0
+    {
+        return Err(Failure(
+            guardlab_input::FileError::TooLarge {
+                file: p.to_string(),
+                size: Some(meta.len()),
+                limit: max,
+            }
+            .into(),
+        ));
+    }
+    let limits = ReadLimits {
+        max_bytes: max.0,
+        ..ReadLimits::default()
+    };
+    let mut events = guardlab_events::read_ndjson_with(BufReader::new(file), &limits).map_err(|e| {
         use guardlab_events::ReadError;
-        let p = path.display();
         Failure(match e {
             // Each line is its own JSON document, so serde's "line 1" says nothing: give the
             // stream's line, and the field when the line is JSON (then serde's column is
@@ -62,9 +115,26 @@ pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
                 "{p}:{line}: event format version {found}; this guardlab reads version {}",
                 guardlab_events::FORMAT_VERSION
             ),
+            ReadError::LineTooLong { line, limit } => anyhow!(
+                "{p}:{line}: not an event: the line is longer than {} (no event is this long)",
+                Size(limit as u64)
+            ),
+            ReadError::TooLarge { line, limit } => anyhow!(
+                "{p}:{line}: the stream goes on past {}, the most guardlab reads from one file ({} raises the limit)",
+                Size(limit),
+                guardlab_input::ENV_MAX_INPUT_BYTES
+            ),
+            ReadError::NotUtf8 { line, column } => anyhow!(
+                "{p}:{line}:{column}: not UTF-8 text; an event stream is UTF-8 JSON, one event per line"
+            ),
             ReadError::Io(source) => anyhow!("cannot read {p}: {source}"),
         })
     })?;
+    if events.is_empty() {
+        return Err(Failure(anyhow!(
+            "{p}:1: no event in this file: expected NDJSON events, one per line, as the sensor or `guardlab scenario --record` writes them"
+        )));
+    }
     // The engine reads a stream in time order (a fork before its exec). A sensor with several
     // CPUs can write slightly out of order; sorting here keeps the engine's input honest, and
     // saying so keeps the user's.
@@ -83,26 +153,26 @@ pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
 fn load_policy(path: &Path) -> Result<Policy, Failure> {
     let mut policies = Vec::new();
     for doc in load_yaml(path)? {
-        match doc {
-            Document::Policy(p) => policies.push(p),
+        let at = place(path, &doc);
+        match doc.document {
+            Document::Policy(p) => policies.push((p, at)),
             other => {
                 return Err(Failure(anyhow!(
-                    "{}: expected a SpyderbatPolicy, found a {}",
-                    path.display(),
+                    "{at}: expected a SpyderbatPolicy, found a {}",
                     other.kind()
                 )));
             }
         }
     }
     match policies.len() {
-        1 => Ok(policies.pop().expect("one policy")),
+        1 => Ok(policies.pop().expect("one policy").0),
         0 => Err(Failure(anyhow!(
             "{}: holds no SpyderbatPolicy",
             path.display()
         ))),
         n => Err(Failure(anyhow!(
-            "{}: holds {n} policies; give one policy per file",
-            path.display()
+            "{}: the second of {n} policies; give one policy per file",
+            policies[1].1
         ))),
     }
 }
@@ -121,16 +191,28 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     print(&serde_json::to_string_pretty(value).context("cannot write JSON")?)
 }
 
-/// `guardlab validate FILE...`: every problem of every file, then 0 (all valid) or 1.
-pub fn validate(files: &[PathBuf]) -> CommandResult {
+/// `guardlab validate [--strict] FILE...`: every problem of every file, then 0 (all valid)
+/// or 1. With `strict`, what spyctl 0.24.2 would say of each file instead.
+pub fn validate(files: &[PathBuf], strict: bool) -> CommandResult {
     let mut problems = 0usize;
     for path in files {
-        let text = read_text(path)?;
-        match document::load_documents(&path.display().to_string(), &text) {
-            Ok(docs) => {
-                let kinds: Vec<&str> = docs.iter().map(Document::kind).collect();
-                println!("{}: ok ({})", path.display(), kinds.join(", "));
+        let text = read_yaml_text(path)?;
+        let name = path.display().to_string();
+        let outcome = if strict {
+            match document::spyctl::check_file(&name, &text) {
+                diagnostics if diagnostics.is_empty() => {
+                    Ok("spyctl 0.24.2 would accept it".to_owned())
+                }
+                diagnostics => Err(diagnostics),
             }
+        } else {
+            document::load_documents(&name, &text).map(|docs| {
+                let kinds: Vec<&str> = docs.iter().map(Document::kind).collect();
+                kinds.join(", ")
+            })
+        };
+        match outcome {
+            Ok(what) => println!("{name}: ok ({what})"),
             Err(diagnostics) => {
                 problems += diagnostics.len();
                 for d in diagnostics {
@@ -141,6 +223,9 @@ pub fn validate(files: &[PathBuf]) -> CommandResult {
     }
     if problems == 0 {
         Ok(Outcome::Clean)
+    } else if strict {
+        eprintln!("{problems} problem(s) found: spyctl 0.24.2 would refuse the file(s)");
+        Ok(Outcome::Findings)
     } else {
         eprintln!("{problems} problem(s) found");
         Ok(Outcome::Findings)
@@ -226,7 +311,7 @@ pub fn fingerprint(input: &WindowedEvents, ungrouped: bool) -> CommandResult {
             "no container in the event stream: it has no `container` event, so no process can be attributed"
         )));
     }
-    print(&document::to_yaml_documents(&docs))?;
+    print(&document::to_spyctl_yaml(&docs))?;
     Ok(Outcome::Clean)
 }
 
@@ -234,7 +319,18 @@ pub fn fingerprint(input: &WindowedEvents, ungrouped: bool) -> CommandResult {
 pub fn policy_create(from: &[PathBuf], name: Option<&str>, mode: ModeArg) -> CommandResult {
     let mut inputs = Vec::new();
     for path in from {
-        inputs.extend(load_yaml(path)?);
+        for doc in load_yaml(path)? {
+            // A policy is made from what was observed; a policy or a deviation changes one.
+            if matches!(doc.document, Document::Policy(_) | Document::Deviation(_)) {
+                return Err(Failure(anyhow!(
+                    "{}: a {}: `policy create` makes a policy from fingerprints or fingerprint groups (to change a policy, `guardlab merge --policy {} --with ...`)",
+                    place(path, &doc),
+                    doc.document.kind(),
+                    path.display()
+                )));
+            }
+            inputs.push(doc.document);
+        }
     }
     let mode = match mode {
         ModeArg::Audit => Mode::Audit,
@@ -250,10 +346,10 @@ pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
     let mut policy = load_policy(policy_path)?;
     for path in with {
         for doc in load_yaml(path)? {
-            policy = merge::merge_document(&policy, &doc).with_context(|| {
+            policy = merge::merge_document(&policy, &doc.document).with_context(|| {
                 format!(
                     "cannot merge {} into {}",
-                    path.display(),
+                    place(path, &doc),
                     policy_path.display()
                 )
             })?;
@@ -318,7 +414,8 @@ pub fn deviations(policy_path: &Path, events_path: &Path, json: bool) -> Command
             .map(Document::Deviation)
             .collect();
         if !docs.is_empty() {
-            print(&document::to_yaml_documents(&docs))?;
+            // What spyctl writes, and reads: one document alone, several as an `items:` list.
+            print(&document::to_spyctl_yaml(&docs))?;
         }
         for line in &report.audit_log {
             eprintln!("{line}");

@@ -14,7 +14,10 @@ use lab::LabVerb;
 /// `no_install`: the global `--no-install` (installs, mounts and module loads refused).
 pub fn run(command: Command, no_install: bool) -> CommandResult {
     match command {
-        Command::Validate { files: paths } => files::validate(&paths),
+        Command::Validate {
+            files: paths,
+            strict,
+        } => files::validate(&paths, strict),
         Command::Fingerprint { events, ungrouped } => files::fingerprint(&events, ungrouped),
         Command::Policy(PolicyCommand::Create { from, name, mode }) => {
             files::policy_create(&from, name.as_deref(), mode)

@@ -21,6 +21,18 @@ pub fn run(args: &ScenarioArgs) -> CommandResult {
         return Err(Failure(anyhow!("name a scenario, or use --list")));
     };
     let options = options(args, name)?;
+    // A scenario file that cannot be read is bad input, not a lab that could not run: it is
+    // said as such (before any sudo), and the reports asked for name the scenario by its file.
+    if let Err(e) = file::load_scenario(&options.scenario_file) {
+        let name = file::name_of_file(&options.scenario_file);
+        let report = RunReport::failed(&name, options.backend, &e);
+        let write_errors = write_reports(&report, &options);
+        return Err(Failure(if write_errors.is_empty() {
+            anyhow!(e)
+        } else {
+            anyhow!("{e}; {}", write_errors.join("; "))
+        }));
+    }
     if options.step && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(Failure(anyhow!(
             "--step waits for Enter before each step, typed in a terminal, and standard input is not one: run it from a terminal, or leave --step out"
@@ -31,21 +43,28 @@ pub fn run(args: &ScenarioArgs) -> CommandResult {
     }
     let report = scenario::run_blocking(&options);
     summary::print_summary(&report, &Console { quiet: false });
-    let mut write_errors = Vec::new();
-    if let Some(path) = &options.json
-        && let Err(e) = summary::write_json(&report, path)
-    {
-        write_errors.push(format!("--json {}: {e}", path.display()));
-    }
-    if let Some(path) = &options.junit
-        && let Err(e) = summary::write_junit(&report, path)
-    {
-        write_errors.push(format!("--junit {}: {e}", path.display()));
-    }
+    let write_errors = write_reports(&report, &options);
     if !write_errors.is_empty() {
         return Err(Failure(anyhow!("{}", write_errors.join("; "))));
     }
     outcome(&report)
+}
+
+/// Writes the JSON and JUnit reports `--json` and `--junit` ask for; what could not be
+/// written, said.
+fn write_reports(report: &RunReport, options: &RunOptions) -> Vec<String> {
+    let mut write_errors = Vec::new();
+    if let Some(path) = &options.json
+        && let Err(e) = summary::write_json(report, path)
+    {
+        write_errors.push(format!("--json {}: {e}", path.display()));
+    }
+    if let Some(path) = &options.junit
+        && let Err(e) = summary::write_junit(report, path)
+    {
+        write_errors.push(format!("--junit {}: {e}", path.display()));
+    }
+    write_errors
 }
 
 /// Everything a run needs, from the command line and the environment (see [`scenario`]).

@@ -130,7 +130,10 @@ pub enum SetupError {
 pub async fn run(options: &RunOptions) -> RunReport {
     let scenario = match file::load_scenario(&options.scenario_file) {
         Ok(s) => s,
-        Err(e) => return RunReport::failed("?", options.backend, SetupError::from(e)),
+        Err(e) => {
+            let name = file::name_of_file(&options.scenario_file);
+            return RunReport::failed(&name, options.backend, SetupError::from(e));
+        }
     };
     match run_scenario(options, &scenario).await {
         Ok(report) => report,

@@ -198,6 +198,7 @@ impl DeviationWriter<'_> {
                                 ports,
                             }],
                             ingress: Vec::new(),
+                            ..DeviationNetwork::default()
                         },
                     ),
                     Direction::Ingress => (
@@ -209,6 +210,7 @@ impl DeviationWriter<'_> {
                                 ports,
                             }],
                             egress: Vec::new(),
+                            ..DeviationNetwork::default()
                         },
                     ),
                 };
@@ -230,6 +232,7 @@ impl DeviationWriter<'_> {
                 policy_uid: self.policy.uid.clone(),
                 uid: Some(deviation_uid(&self.policy.uid, &checksum)),
                 checksum,
+                extra: Default::default(),
             },
             spec,
         }

@@ -365,6 +365,7 @@ mod tests {
                     ..ActionSelectors::default()
                 }),
             ],
+            ..Response::default()
         };
         let e = effective(&response, &subject(&i, "/tmp/minerd"));
         assert_eq!(
@@ -394,6 +395,7 @@ mod tests {
         let response = Response {
             default: vec![flag(Severity::Low)],
             actions: vec![flag(Severity::Medium), flag(Severity::Critical)],
+            ..Response::default()
         };
         let e = effective(&response, &subject(&i, "/tmp/minerd"));
         assert_eq!(e.red.map(|f| f.severity), Some(Severity::Critical));
@@ -408,6 +410,7 @@ mod tests {
                 ResponseAction::AgentKillProcess(ActionSelectors::default()),
             ],
             actions: vec![],
+            ..Response::default()
         };
         let e = effective(&response, &subject(&i, "/usr/bin/ls"));
         assert_eq!(e.kills, vec![ActionKind::AgentKillProcess]);

@@ -331,6 +331,7 @@ fn enforcing(mut policy: Policy, actions: Vec<ResponseAction>) -> Policy {
     policy.spec.response = Some(Response {
         default: vec![ResponseAction::MakeRedFlag(FlagAction::new(Severity::High))],
         actions,
+        ..Response::default()
     });
     policy
 }

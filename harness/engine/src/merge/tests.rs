@@ -530,6 +530,7 @@ fn deviation(
             policy_uid: policy_uid(policy),
             checksum: "x".into(),
             uid: None,
+            extra: Default::default(),
         },
         spec: DeviationSpec {
             process_policy: vec![DeviationProcess {
@@ -574,6 +575,7 @@ fn merging_a_deviation_adds_exactly_its_fragment() {
                 vec![tcp(3333)],
             )],
             ingress: vec![],
+            ..DeviationNetwork::default()
         }),
     );
     assert!(is_relevant(&policy, &dev));
@@ -629,6 +631,7 @@ fn deviation_ids_are_renumbered_when_they_clash() {
                 vec![tcp(80)],
             )],
             ingress: vec![],
+            ..DeviationNetwork::default()
         }),
     );
     let m = merge_deviation(&policy, &dev).unwrap();
@@ -739,6 +742,7 @@ fn relevance_agrees_with_merging() {
         Some(DeviationNetwork {
             egress: vec![egress(to, procs, vec![tcp(port)])],
             ingress: vec![],
+            ..DeviationNetwork::default()
         })
     };
     let cases = [
@@ -1015,12 +1019,14 @@ fn relevance_is_judged_with_the_policys_nodes_prepared_once() {
             policy_uid: uid.clone(),
             checksum: "x".into(),
             uid: None,
+            extra: Default::default(),
         },
         spec: DeviationSpec {
             process_policy: vec![],
             network_policy: Some(DeviationNetwork {
                 egress: vec![egress(vec![to], &["app_0"], vec![tcp(443)])],
                 ingress: vec![],
+                ..DeviationNetwork::default()
             }),
         },
     };

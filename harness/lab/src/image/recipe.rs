@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use guardlab_input::{FileError, MaxBytes, YamlLimits};
 use guardlab_services::PythonLock;
 
 use super::error::{ImageError, IoContext};
@@ -385,16 +386,35 @@ pub fn load_unlocked(dir: &Path) -> Result<LoadedRecipe, ImageError> {
     load_with(dir, false)
 }
 
+/// The recipe's text: UTF-8, no bigger than any YAML file guardlab reads, its nesting and
+/// aliases within guardlab's limits (a recipe is a few lines; anything else is no recipe).
+fn read_recipe(file: &Path) -> Result<String, ImageError> {
+    let refused = |line, message: String| ImageError::Recipe {
+        file: file.to_path_buf(),
+        line,
+        field: None,
+        message,
+    };
+    let text = match guardlab_input::read_text(file, MaxBytes::YAML) {
+        Ok(text) => text,
+        Err(FileError::Io { source, .. }) => {
+            return Err(source).context(|| format!("reading the image recipe {}", file.display()));
+        }
+        Err(FileError::NotUtf8 { line, column, .. }) => {
+            return Err(refused(Some(line), format!("column {column}: not UTF-8")));
+        }
+        Err(other) => return Err(refused(None, other.to_string())),
+    };
+    match guardlab_input::scan_yaml(&text, &YamlLimits::default()) {
+        Err(e) if e.limit().is_some() => Err(refused(Some(e.line()), e.to_string())),
+        _ => Ok(text),
+    }
+}
+
 fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, ImageError> {
     let file = dir.join(RECIPE_FILE);
-    let bytes =
-        std::fs::read(&file).context(|| format!("reading the image recipe {}", file.display()))?;
-    let text = String::from_utf8(bytes.clone()).map_err(|e| ImageError::Recipe {
-        file: file.clone(),
-        line: None,
-        field: None,
-        message: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-    })?;
+    let text = read_recipe(&file)?;
+    let bytes = text.as_bytes();
     let recipe: Recipe = serde_yaml::from_str(&text).map_err(|source| match source.location() {
         Some(at) => ImageError::RecipeYaml {
             file: file.clone(),
@@ -413,7 +433,7 @@ fn load_with(dir: &Path, locked: bool) -> Result<LoadedRecipe, ImageError> {
 
     let mut hasher = Sha256::new();
     hash_part(&mut hasher, "builder", BUILDER_VERSION.as_bytes());
-    hash_part(&mut hasher, RECIPE_FILE, &bytes);
+    hash_part(&mut hasher, RECIPE_FILE, bytes);
     let mut file_contents = Vec::with_capacity(recipe.files.len());
     for f in &recipe.files {
         let source = dir.join(&f.source.0);
@@ -571,6 +591,15 @@ config: {working_dir: /home/jovyan, env: {PATH: /bin}}
                 8,
                 "files.source",
             ),
+            (
+                GOOD.replace(
+                    "packages: [bash]",
+                    &format!("packages: {}", "[".repeat(50_000)),
+                ),
+                4,
+                "nested deeper than 128",
+            ),
+            (GOOD.replace("bookworm", "book\u{fffd}worm"), 3, "suite"),
         ] {
             write_recipe(&dir, &bad);
             let err = load(&dir).unwrap_err().to_string();
@@ -581,6 +610,22 @@ config: {working_dir: /home/jovyan, env: {PATH: /bin}}
             );
             assert!(err.contains(words), "{err} should mention {words}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_recipe_that_is_not_utf8_is_refused_with_its_line() {
+        let dir = scratch();
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("bookworm").unwrap();
+        bytes[at] = 0xff;
+        std::fs::write(dir.join(RECIPE_FILE), bytes).unwrap();
+        let err = load(&dir).unwrap_err().to_string();
+        let file = dir.join(RECIPE_FILE).display().to_string();
+        assert!(
+            err.starts_with(&format!("{file}:3: column 10: not UTF-8")),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -31,6 +31,7 @@ mod wait;
 
 use std::path::{Path, PathBuf};
 
+use guardlab_input::{FileError, MaxBytes};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use action::{
@@ -86,6 +87,9 @@ pub enum ScenarioError {
         #[source]
         source: std::io::Error,
     },
+    /// Too big, or not UTF-8 (its line and column).
+    #[error(transparent)]
+    Input(#[from] guardlab_input::FileError),
     /// `file:line:column: path: message`.
     #[error("{file}:{line}:{column}: {message}")]
     Syntax {
@@ -111,13 +115,26 @@ impl ScenarioError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ScenarioError::Syntax { line, .. } => Some(*line),
+            ScenarioError::Input(e) => e.line(),
             _ => None,
         }
     }
 }
 
-/// Parse a scenario from text; `file` names it in errors.
+/// Parse a scenario from text; `file` names it in errors. Nesting and aliases beyond
+/// [`guardlab_input::YamlLimits`] are refused before anything is built.
 pub fn parse_scenario(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+    if let Err(e) = guardlab_input::scan_yaml(text, &guardlab_input::YamlLimits::default()) {
+        // A tab is reported on its own line here; serde_yaml reports what else is wrong.
+        if e.limit().is_some() || e.to_string().contains("tab") {
+            return Err(ScenarioError::Syntax {
+                file: file.to_string(),
+                line: e.line(),
+                column: e.column(),
+                message: e.to_string(),
+            });
+        }
+    }
     let scenario: Scenario = serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e
             .location()
@@ -211,14 +228,27 @@ fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
     Ok(())
 }
 
-/// Read and parse a scenario file.
+/// Read and parse a scenario file (up to [`MaxBytes::YAML`], UTF-8).
 pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
     let file = display_path(path);
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-        file: file.clone(),
-        source,
+    let max = MaxBytes::from_env_or(MaxBytes::YAML)?;
+    let text = guardlab_input::read_text(path, max).map_err(|e| match e {
+        FileError::Io { source, .. } => ScenarioError::Read {
+            file: file.clone(),
+            source,
+        },
+        other => ScenarioError::Input(other),
     })?;
     parse_scenario(&file, &text)
+}
+
+/// The name a scenario file goes by before it is read (for reports about a file that cannot
+/// be): its file name without `.yaml`.
+pub fn name_of_file(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || display_path(path),
+        |stem| stem.to_string_lossy().into_owned(),
+    )
 }
 
 /// A path as errors show it: relative to the current directory when it is inside it.
@@ -437,5 +467,49 @@ steps:
             err.contains("steps[2].backends") && err.contains("every backend"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_and_tabs_are_refused_with_their_line() {
+        let bomb = "name: demo\na: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
+        let err = parse_scenario("bomb.yaml", bomb).unwrap_err();
+        assert_eq!(err.line(), Some(6), "{err}");
+        assert!(err.to_string().contains("billion laughs"), "{err}");
+
+        let deep = format!("name: demo\nsteps: {}\n", "[".repeat(50_000));
+        let err = parse_scenario("deep.yaml", &deep).unwrap_err();
+        assert!(err.to_string().starts_with("deep.yaml:2:"), "{err}");
+        assert!(err.to_string().contains("nested deeper than 128"), "{err}");
+
+        let tab = GOOD.replace("    explain: Type.\n", "\texplain: Type.\n");
+        let line = tab.lines().position(|l| l.starts_with('\t')).unwrap() + 1;
+        let err = parse_scenario("tab.yaml", &tab).unwrap_err();
+        assert_eq!(err.line(), Some(line), "{err}");
+        assert!(err.to_string().contains("tab"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_or_too_big_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, b"name: demo\ndescription: \xff\n").unwrap();
+        let err = load_scenario(&bad).unwrap_err();
+        assert_eq!(err.line(), Some(2), "{err}");
+        assert!(
+            err.to_string().contains("bad.yaml:2:14: not UTF-8"),
+            "{err}"
+        );
+
+        let big = dir.path().join("big.yaml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let err = load_scenario(&big).unwrap_err();
+        assert!(
+            err.to_string().contains("1 GiB is more than the 16 MiB"),
+            "{err}"
+        );
+        assert_eq!(name_of_file(&big), "big");
     }
 }
