@@ -263,13 +263,11 @@ impl Investigator {
                 }
             }
             Step::Fork { key, parent } => {
-                let followed = self
-                    .matcher
-                    .tracker()
-                    .container_of(event)
-                    .is_some_and(|c| self.matcher.tracker().follows(key, c));
-                if followed {
-                    let freed = self.lineage.fork(*key, *parent);
+                let container = self.matcher.tracker().container_of(event);
+                if let Some(c) = container
+                    && self.matcher.tracker().follows(key, c)
+                {
+                    let freed = self.lineage.fork(*key, *parent, c);
                     self.credit(freed);
                 }
             }
@@ -280,13 +278,19 @@ impl Investigator {
                     (None, Some(c)) => format!("exit {c}"),
                     (None, None) => "exited".to_string(),
                 };
-                for (trace, i) in self.watched_ends.remove(key).unwrap_or_default() {
-                    if let Some(c) = self.captures.get_mut(&trace) {
-                        c.chain[i].ended = Some(ended.clone());
+                // Only the process of the container the exit is tagged with (see the tracker).
+                let Some(container) = self.matcher.tracker().container_of(event) else {
+                    return findings;
+                };
+                if self.lineage.running(key, container).is_some() {
+                    for (trace, i) in self.watched_ends.remove(key).unwrap_or_default() {
+                        if let Some(c) = self.captures.get_mut(&trace) {
+                            c.chain[i].ended = Some(ended.clone());
+                        }
                     }
+                    self.watched_connections.remove(key);
                 }
-                self.watched_connections.remove(key);
-                let freed = self.lineage.exit(key);
+                let freed = self.lineage.exit(key, container);
                 self.credit(freed);
             }
             _ => {}
@@ -307,10 +311,10 @@ impl Investigator {
 
     /// An exec the tracker followed: its entry, under the exec its process or its parent ran.
     fn follow_exec(&mut self, obs: &ExecObs, exec: &ProcessExec) {
-        let parent = self
-            .lineage
-            .running(&exec.key)
-            .or_else(|| exec.parent.and_then(|p| self.lineage.running(&p)));
+        let parent = self.lineage.running(&exec.key, obs.container).or_else(|| {
+            exec.parent
+                .and_then(|p| self.lineage.running(&p, obs.container))
+        });
         let limit = self.matcher.limits().trace_args_bytes as usize;
         let args = cut_args(&exec.argv, exec.argv_truncated, limit);
         let bytes = ENTRY_BYTES
@@ -366,14 +370,16 @@ impl Investigator {
             (c.direction, c.protocol, &c.ip, c.port)
                 == (conn.direction, conn.protocol, &conn.ip, conn.port)
         };
-        if let Some(p) = self.lineage.procs.get(&obs.key)
-            && p.connections.len() < max
-            && !p.connections.iter().any(same)
+        let room = self
+            .lineage
+            .process_mut(&obs.key, obs.container)
+            .is_some_and(|p| p.connections.len() < max && !p.connections.iter().any(same));
+        if room
             && self
                 .matcher
                 .tracker_mut()
                 .charge(obs.container, CONNECTION_BYTES, obs.ts)
-            && let Some(p) = self.lineage.procs.get_mut(&obs.key)
+            && let Some(p) = self.lineage.process_mut(&obs.key, obs.container)
         {
             p.connections.push(conn.clone());
         }
@@ -384,6 +390,10 @@ impl Investigator {
                 let Some(c) = self.captures.get_mut(trace) else {
                     return false;
                 };
+                if c.container != obs.container {
+                    // Another container's process of the same key: not this trace's.
+                    return true;
+                }
                 if !c.connections.iter().any(same) {
                     c.connections.push(conn.clone());
                 }
@@ -428,7 +438,7 @@ impl Investigator {
             ),
             _ => return,
         };
-        let running = self.lineage.running(&f.process);
+        let running = self.lineage.running(&f.process, container);
         let (chain, omitted) = match running {
             Some(entry) => {
                 let (chain, omitted) = self.lineage.chain(entry);

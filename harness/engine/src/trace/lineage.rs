@@ -77,9 +77,20 @@ impl Lineage {
             .expect("a kept entry is not freed")
     }
 
-    /// The exec a running process runs.
-    pub fn running(&self, key: &ProcessKey) -> Option<EntryId> {
-        self.procs.get(key).map(|p| p.entry)
+    /// The exec a running process of `container` runs: never one of another container's, so
+    /// that an event naming another container's process (a sensor bug, a forged recording)
+    /// ties no two containers' lineages together (as in the tracker).
+    pub fn running(&self, key: &ProcessKey, container: ContainerId) -> Option<EntryId> {
+        self.procs
+            .get(key)
+            .map(|p| p.entry)
+            .filter(|&e| self.entry(e).container == container)
+    }
+
+    /// A running process of `container`, with its connections so far.
+    pub fn process_mut(&mut self, key: &ProcessKey, container: ContainerId) -> Option<&mut Proc> {
+        self.running(key, container)?;
+        self.procs.get_mut(key)
     }
 
     /// An exec by `key`, whose parent exec is `parent`: the process runs it from now on.
@@ -123,9 +134,14 @@ impl Lineage {
         }
     }
 
-    /// A fork: `key` runs its parent's exec.
-    pub fn fork(&mut self, key: ProcessKey, parent: ProcessKey) -> Vec<Entry> {
-        let Some(entry) = self.running(&parent) else {
+    /// A fork in `container`: `key` runs its parent's exec.
+    pub fn fork(
+        &mut self,
+        key: ProcessKey,
+        parent: ProcessKey,
+        container: ContainerId,
+    ) -> Vec<Entry> {
+        let Some(entry) = self.running(&parent, container) else {
             return Vec::new();
         };
         self.entry_mut(entry).refs += 1;
@@ -141,8 +157,11 @@ impl Lineage {
         }
     }
 
-    /// A process exits: the entries kept by it alone are freed (and returned).
-    pub fn exit(&mut self, key: &ProcessKey) -> Vec<Entry> {
+    /// A process of `container` exits: the entries kept by it alone are freed (and returned).
+    pub fn exit(&mut self, key: &ProcessKey, container: ContainerId) -> Vec<Entry> {
+        if self.running(key, container).is_none() {
+            return Vec::new();
+        }
         match self.procs.remove(key) {
             Some(p) => self.release(p.entry),
             None => Vec::new(),
@@ -209,10 +228,14 @@ impl Lineage {
 mod tests {
     use super::*;
 
+    fn c() -> ContainerId {
+        ContainerId::new(0)
+    }
+
     fn entry(key: u32, parent: Option<EntryId>) -> Entry {
         Entry {
             key: ProcessKey(key, u64::from(key)),
-            container: ContainerId::new(0),
+            container: c(),
             pid: key,
             ns_pid: key,
             name: "sh".into(),
@@ -237,22 +260,22 @@ mod tests {
         let mut parent = None;
         for pid in 1..=100 {
             l.exec(entry(pid, parent), 5);
-            parent = l.running(&ProcessKey(pid, u64::from(pid)));
+            parent = l.running(&ProcessKey(pid, u64::from(pid)), c());
         }
         let (chain, omitted) = l.chain(parent.unwrap());
         let pids: Vec<u32> = chain.iter().map(|e| e.pid).collect();
         assert_eq!(pids, [1, 2, 3, 4, 100]);
         assert_eq!(omitted, 95);
-        let (chain, omitted) = l.chain(l.running(&ProcessKey(3, 3)).unwrap());
+        let (chain, omitted) = l.chain(l.running(&ProcessKey(3, 3), c()).unwrap());
         assert_eq!(chain.iter().map(|e| e.pid).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(omitted, 0);
         // The innermost exits first: each frees its own entry, the rest are kept by the
         // processes still running.
         for pid in (2..=100).rev() {
-            let freed = l.exit(&ProcessKey(pid, u64::from(pid)));
+            let freed = l.exit(&ProcessKey(pid, u64::from(pid)), c());
             assert_eq!(freed.len(), 1, "{pid}");
         }
-        assert_eq!(l.exit(&ProcessKey(1, 1)).len(), 1);
+        assert_eq!(l.exit(&ProcessKey(1, 1), c()).len(), 1);
         assert!(l.procs.is_empty());
         assert_eq!(l.free.len(), 100, "every slot free again");
     }
@@ -263,31 +286,31 @@ mod tests {
         l.exec(entry(1, None), 4);
         let key = ProcessKey(1, 1);
         for _ in 0..1000 {
-            let previous = l.running(&key);
+            let previous = l.running(&key, c());
             l.exec(entry(1, previous), 4);
         }
         let kept = l.entries.iter().flatten().count();
         assert_eq!(kept, 4, "three levels and the one it runs");
-        let (chain, omitted) = l.chain(l.running(&key).unwrap());
+        let (chain, omitted) = l.chain(l.running(&key, c()).unwrap());
         assert_eq!((chain.len(), omitted), (4, 997));
-        assert_eq!(l.exit(&key).len(), 4);
+        assert_eq!(l.exit(&key, c()).len(), 4);
     }
 
     #[test]
     fn an_ancestry_kept_only_by_a_descendant_is_freed_with_it() {
         let mut l = Lineage::default();
         l.exec(entry(1, None), 8);
-        let top = l.running(&ProcessKey(1, 1));
-        l.fork(ProcessKey(2, 2), ProcessKey(1, 1));
+        let top = l.running(&ProcessKey(1, 1), c());
+        l.fork(ProcessKey(2, 2), ProcessKey(1, 1), c());
         l.exec(entry(2, top), 8);
         // The parent exits first: its exec stays, kept by the child's.
-        assert!(l.exit(&ProcessKey(1, 1)).is_empty());
-        let (chain, _) = l.chain(l.running(&ProcessKey(2, 2)).unwrap());
+        assert!(l.exit(&ProcessKey(1, 1), c()).is_empty());
+        let (chain, _) = l.chain(l.running(&ProcessKey(2, 2), c()).unwrap());
         assert_eq!(chain.len(), 2);
         // Exec again: the old exec is the parent of the new one, nothing is freed.
-        let previous = l.running(&ProcessKey(2, 2));
+        let previous = l.running(&ProcessKey(2, 2), c());
         assert!(l.exec(entry(2, previous), 8).is_empty());
-        assert_eq!(l.exit(&ProcessKey(2, 2)).len(), 3);
+        assert_eq!(l.exit(&ProcessKey(2, 2), c()).len(), 3);
         assert_eq!(l.free.len(), 3);
     }
 }
