@@ -55,6 +55,10 @@ doctor:
 bench:
     cargo bench -p guardlab-engine --bench replay
 
+# The engine under attack: time and peak memory of deep shell chains, exec storms, floods.
+bench-attacks:
+    cargo bench -p guardlab-engine --bench attacks
+
 # The sensor benchmark (root): exec and connect storms with no sensor, guardlab's, auditd and bpftrace.
 bench-sensor:
     cargo bench -p guardlab-sensor --bench overhead

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use guardlab_engine::limits::{LimitSetting, Limits};
 use guardlab_engine::window::TimeBound;
 use guardlab_lab_api::Backend;
 
@@ -55,6 +56,8 @@ pub enum Command {
         /// Print one SpyderbatFingerprint per container instead of FingerprintGroups.
         #[arg(long)]
         ungrouped: bool,
+        #[command(flatten)]
+        limits: EngineLimits,
     },
 
     /// Policies: create one from fingerprints.
@@ -78,7 +81,7 @@ pub enum Command {
 
     /// Match an event stream against a policy and print the deviations.
     #[command(
-        after_help = "Example:\n  guardlab deviations --policy policy.yaml --events attack.ndjson\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input."
+        after_help = "Examples:\n  guardlab deviations --policy policy.yaml --events attack.ndjson\n  guardlab deviations --policy policy.yaml --events attack.ndjson --limit process-depth=40\n\nExit codes: 0 no deviation, 1 deviations found, 2 bad input."
     )]
     Deviations {
         #[arg(long, value_name = "FILE")]
@@ -88,6 +91,8 @@ pub enum Command {
         /// Print JSON instead of YAML.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        limits: EngineLimits,
     },
 
     /// Rebuild the causal trace of every deviation: root process to deviant process.
@@ -102,6 +107,8 @@ pub enum Command {
         /// Print JSON instead of a text tree.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        limits: EngineLimits,
     },
 
     /// Bring the lab up, tear it down, or say what runs. Needs root.
@@ -145,6 +152,30 @@ pub enum ImageCommand {
         #[arg(long, value_name = "DIR", default_value = "manifests/image")]
         recipe: PathBuf,
     },
+}
+
+/// `--limit NAME=VALUE`: the limits of the engine that runs the command.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineLimits {
+    /// Change one of the engine's limits, e.g. `--limit process-depth=40` (repeatable).
+    #[arg(long = "limit", value_name = "NAME=VALUE", long_help = limit_help())]
+    pub settings: Vec<LimitSetting>,
+}
+
+impl EngineLimits {
+    pub fn limits(&self) -> Limits {
+        Limits::with(&self.settings)
+    }
+}
+
+fn limit_help() -> String {
+    format!(
+        "Change one of the engine's limits (repeatable), e.g. `--limit process-depth=40`. \
+         Everything the engine keeps that grows with what a pod does has one; past it the \
+         engine warns once per limit and pod and keeps guarding. The limits, with their \
+         defaults:\n{}",
+        Limits::help()
+    )
 }
 
 /// An event stream and a time window over it.
@@ -286,6 +317,8 @@ pub struct ScenarioArgs {
     /// Enter stop there). Learners can look at the notebook in between.
     #[arg(long)]
     pub step: bool,
+    #[command(flatten)]
+    pub limits: EngineLimits,
 }
 
 #[cfg(test)]
@@ -317,6 +350,33 @@ mod tests {
             err.contains("invalid value 'docker'") && err.contains("local, kind, replay"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_are_taken_by_name_and_a_bad_one_is_refused_naming_it() {
+        let cli = Cli::try_parse_from([
+            "guardlab",
+            "deviations",
+            "--policy",
+            "p.yaml",
+            "--events",
+            "e.ndjson",
+            "--limit",
+            "process-depth=40",
+            "--limit",
+            "deviations=100",
+        ])
+        .unwrap();
+        let Command::Deviations { limits, .. } = cli.command else {
+            panic!("deviations");
+        };
+        let limits = limits.limits();
+        assert_eq!((limits.process_depth, limits.deviations), (40, 100));
+        let err =
+            Cli::try_parse_from(["guardlab", "scenario", "cryptominer", "--limit", "depth=3"])
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("unknown limit \"depth\""), "{err}");
     }
 
     #[test]

@@ -914,3 +914,71 @@ fn a_50_mb_recording_of_one_repeated_event_is_read() {
     let groups = run_ok(guardlab().args(["fingerprint", "--events"]).arg(&path));
     assert!(groups.contains("kind: FingerprintGroup"), "{groups}");
 }
+
+#[test]
+fn a_limit_met_is_one_warning_and_the_command_still_finds_the_attack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (baseline, _, attack) = streams(dir.path());
+    let fingerprints = dir.path().join("fingerprints.yaml");
+    std::fs::write(
+        &fingerprints,
+        run_ok(guardlab().arg("fingerprint").arg("--events").arg(&baseline)),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        run_ok(
+            guardlab()
+                .args(["policy", "create", "--from"])
+                .arg(&fingerprints),
+        ),
+    )
+    .unwrap();
+
+    // Two levels of programs: the terminal's children sit on the last level, one warning
+    // says so, and the miner still deviates (exit 1).
+    let out = guardlab()
+        .args(["deviations", "--policy"])
+        .arg(&policy)
+        .arg("--events")
+        .arg(&attack)
+        .args(["--limit", "process-depth=2"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stdout.contains("/home/jovyan/minerd"), "{stdout}");
+    assert_eq!(
+        stderr.matches("limit process-depth=2 met").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("--limit process-depth=N"), "{stderr}");
+
+    // Under the defaults, nothing is met.
+    guardlab()
+        .args(["deviations", "--policy"])
+        .arg(&policy)
+        .arg("--events")
+        .arg(&attack)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("limit").not());
+
+    // A limit that is not one is refused, naming it and the ones there are.
+    guardlab()
+        .args(["investigate", "--policy"])
+        .arg(&policy)
+        .arg("--events")
+        .arg(&attack)
+        .args(["--limit", "depth=3"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("unknown limit \"depth\"")
+                .and(predicate::str::contains("process-depth")),
+        );
+}

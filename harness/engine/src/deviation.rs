@@ -26,36 +26,46 @@
 //!   allows it (fail closed)``. The matcher's cache of verdicts is keyed by the exe's text,
 //!   so an untrusted exec bypasses it: a resolved exec with the same text neither lends it
 //!   its node nor takes its refusal. It is another deviation than a resolved exec whose
-//!   fragment reads the same: the chain of deviant processes is keyed by exe status too, and
-//!   the checksum covers the id and status of each untrusted node of the fragment (one with
-//!   none has the checksum it always had). Merging it records the node (it is then no longer
+//!   fragment reads the same: a deviant program is keyed by exe status too, and the checksum
+//!   covers the id and status of its node when it is untrusted (one with none has the
+//!   checksum of its fragment alone). Merging it records the node (it is then no longer
 //!   `relevant`) but allows nothing: the next such exec deviates again. A fingerprint that
 //!   saw such an exec records it as reported (see [`crate::fingerprint`]), and a policy made
 //!   from it is bound by the same rule.
 //! * **Effective users in deviations.** The same program under another user is the *same*
 //!   deviation: the fragment carries the effective user of its first occurrence (so that it
 //!   merges into a valid policy), but the user takes no part in telling deviations apart
-//!   (the chain of deviant programs is keyed by parent, name and exe) nor in the checksum
+//!   (a deviant program is keyed by what it hangs under, name and exe) nor in the checksum
 //!   (computed over the fragment with every `euser` left out), so its count covers every
 //!   user. Merging it adds the node with its first user; the others are then covered too,
 //!   since a user never makes a deviation.
-//! * **Descendants of a deviant process** are deviant too and reported under the deviant
-//!   parent: each deviant process is its own deviation, whose `policyNode` is the nearest
-//!   policy node and whose fragment is the whole chain of deviant processes from there down
-//!   to it (`python3_0 -> bash -> wget`). Merging the deviations of a chain one by one gives
-//!   the chain; the ids of new nodes are `<name>_<n>` with the first `n` free in the policy.
+//! * **Descendants of a deviant process** are deviant too, and each deviant program is its own
+//!   deviation carrying **its own node only**, hung under the node its parent maps to: the
+//!   nearest policy node for the first deviant program of a chain (`policyNode: python3_0`,
+//!   `bash`), and the deviant parent's node, by the id the parent's own deviation gives it,
+//!   for the ones below (`policyNode: bash_0`, `wget`). This is how a Spyderbat deviation is
+//!   shaped (one process node under `policyNode`), and it keeps a deviation's size fixed
+//!   however deep a chain goes, where carrying the ancestry made a chain of n deviant
+//!   processes cost n²/2 nodes. Deviations are listed in the order of the events that first
+//!   showed them, so a parent's comes before its children's, and merging them in that order
+//!   with a [`crate::merge::Merger`] (as `guardlab merge --with` does with a file of them;
+//!   `spyctl merge` too keeps its merged nodes from one deviation to the next) gives the
+//!   chain, even where a node merged into a policy node of another id. A deviation hung under
+//!   a deviant node does not merge on its own: [`crate::merge::merge_deviation`] says which
+//!   node it needs. The ids of new nodes are `<name>_<n>` with the first `n` that neither the policy
+//!   nor another of its deviations has, so that the id a deviation hangs under is unambiguous.
 //! * **Connections** (loopback left out, ports as in fingerprints): egress and ingress are
 //!   deviations when no network node of that direction allows the remote (**any** of the DNS
 //!   names earlier answers in the container gave for the address matching a `dnsSelector`,
 //!   or the address inside an `ipBlock`), the port and protocol, and the process (the node it
 //!   maps to is listed, or the list is empty). The fragment is one network node naming the
 //!   remote as fingerprints do (every name of the address, sorted, one `dnsSelector` each);
-//!   when the process is itself deviant its chain is in the fragment too, so that the
-//!   deviation merges into a valid policy on its own.
+//!   when the process is itself deviant its node is in the fragment too (hung as its process
+//!   deviation hangs), so that the deviation names a process the merged policy has.
 //! * **Name lookups of deviant processes.** A deviant process that resolves a name sends a
 //!   datagram to the resolver (UDP 53) before it connects; the policy allows the resolver
 //!   only for the processes that used it in the baseline, so each deviant process that
-//!   looks a name up is also an egress deviation to the resolver, with its own chain (in the
+//!   looks a name up is also an egress deviation to the resolver, with its own node (in the
 //!   tutorial: `curl`, `wget` and `minerd` each). That is faithful (the process did reach
 //!   the resolver) and deterministic: deviations are listed in the order of the events that
 //!   first showed them, and a process's lookup comes before its connection. Merged into the
@@ -66,8 +76,11 @@
 //!   untrusted executables, see above), which holds
 //!   no time, pid or container id, so the same behaviour again is the same deviation seen
 //!   once more (`count`). Its uid is `dev:` and 16 hex digits of SHA-256 over policy uid
-//!   and checksum. It is `relevant` while merging it into the policy would still change the
-//!   policy.
+//!   and checksum. It is `relevant` while merging it into the policy (after the deviations it
+//!   hangs under) would still change the policy.
+//! * **Limits.** Past `deviations` unique deviations, a new one is still found, flagged and
+//!   decided on, but not kept in the report; flags, decisions and audit-log lines past
+//!   `log-entries` are returned with their [`Finding`] but not kept (see [`crate::limits`]).
 //! * **Modes.** Audit mode records deviations and logs what it would have done (the public
 //!   wording) for each kill, and that it would have raised a flag; it raises nothing.
 //!   Enforce mode records them, raises the flags of the policy's response once per unique
@@ -78,6 +91,7 @@
 mod compiled;
 mod fragment;
 mod policy_state;
+mod relevance;
 mod response;
 mod selector;
 
@@ -85,14 +99,15 @@ use guardlab_events::{Event, ProcessKey};
 use serde::Serialize;
 
 use crate::error::PolicyError;
-use crate::merge::is_relevant_to_canonical;
+use crate::limits::{Limits, StateSize};
 use crate::model::{Deviation, DeviationType, Mode, Policy, epoch_seconds};
 use crate::policy::{default_response, status_in_stream};
-use crate::tracker::{Stats, Step, Tracker};
+use crate::tracker::{ContainerId, ExecObs, Stats, Step, Tracker};
 use compiled::CompiledPolicy;
 pub use fragment::untrusted_exe_reason;
 use fragment::{PeerRef, RecordKey};
-use policy_state::{OccurredConnection, Occurrence, PState, PolicyState};
+use policy_state::{Occurrence, PState, PolicyState, Program, Recorded, Verdict};
+pub(crate) use relevance::Relevance;
 pub use response::{ActionKind, Decision, Flag, FlagClass, Target};
 use response::{Subject, effective};
 
@@ -199,16 +214,38 @@ pub struct DeviationMatcher {
     audit_log: Vec<String>,
 }
 
+/// A deviation as [`DeviationMatcher::occur`] counts it: a kept record, or one past the
+/// `deviations` limit.
+enum Deviated {
+    Key(RecordKey),
+    Unkept(Box<Deviation>, Option<String>),
+}
+
+/// The subject of an occurrence: its process and program, as the response's selectors see
+/// them.
+struct Who<'a> {
+    key: ProcessKey,
+    name: Option<&'a str>,
+    exe: Option<&'a str>,
+    euser: Option<&'a str>,
+}
+
 impl DeviationMatcher {
     /// Prepare policies for matching. Fails on a policy the engine cannot use (a duplicate
     /// process id, an `ipBlock` that is not a block).
     pub fn new(policies: &[Policy]) -> Result<Self, PolicyError> {
+        Self::with_limits(policies, Limits::default())
+    }
+
+    /// [`Self::new`] within other limits than the defaults (see [`crate::limits`]).
+    pub fn with_limits(policies: &[Policy], limits: Limits) -> Result<Self, PolicyError> {
+        let max_records = limits.deviations as usize;
         let policies = policies
             .iter()
-            .map(|p| CompiledPolicy::new(p).map(PolicyState::new))
+            .map(|p| CompiledPolicy::new(p).map(|c| PolicyState::new(c, max_records)))
             .collect::<Result<_, _>>()?;
         Ok(DeviationMatcher {
-            tracker: Tracker::default(),
+            tracker: Tracker::new(limits),
             policies,
             flags: Vec::new(),
             decisions: Vec::new(),
@@ -227,7 +264,8 @@ impl DeviationMatcher {
                 i
             }
             None => {
-                self.policies.push(PolicyState::new(compiled));
+                let max_records = self.tracker.limits.deviations as usize;
+                self.policies.push(PolicyState::new(compiled, max_records));
                 self.policies.len() - 1
             }
         };
@@ -244,8 +282,29 @@ impl DeviationMatcher {
         &self.tracker.stats
     }
 
+    /// The limits it keeps.
+    pub fn limits(&self) -> &Limits {
+        &self.tracker.limits
+    }
+
     pub(crate) fn tracker(&self) -> &Tracker {
         &self.tracker
+    }
+
+    pub(crate) fn tracker_mut(&mut self) -> &mut Tracker {
+        &mut self.tracker
+    }
+
+    /// How much state the matcher keeps (see [`StateSize`]): it depends on the distinct
+    /// programs, connections and deviations of the stream, within the limits, not on its
+    /// length.
+    pub fn state_size(&self) -> StateSize {
+        let logged: usize = self.audit_log.iter().map(String::len).sum();
+        self.tracker.size()
+            + self.policies.iter().map(PolicyState::size).sum()
+            + StateSize::table(self.flags.len(), size_of::<Flag>() + 256, 0)
+            + StateSize::table(self.decisions.len(), size_of::<Decision>() + 256, 0)
+            + StateSize::table(self.audit_log.len(), size_of::<String>(), logged)
     }
 
     /// Take one event into account; returns the deviations it is (usually none).
@@ -254,7 +313,7 @@ impl DeviationMatcher {
     }
 
     /// [`Self::observe`], also giving what the tracker made of the event (for investigation).
-    pub(crate) fn observe_step(&mut self, event: &Event) -> (Step, Vec<Finding>) {
+    pub(crate) fn observe_step<'e>(&mut self, event: &'e Event) -> (Step<'e>, Vec<Finding>) {
         let mut findings = Vec::new();
         let step = self.tracker.observe(event);
         match &step {
@@ -268,24 +327,7 @@ impl DeviationMatcher {
                     p.selected[c.index()] = selects;
                 }
             }
-            &Step::Exec(image) => {
-                for pi in 0..self.policies.len() {
-                    let p = &mut self.policies[pi];
-                    let state = p.map_image(&self.tracker, image);
-                    p.states.push(state);
-                    if let PState::Deviant(ch) = state {
-                        let img = self.tracker.image(image);
-                        let occurrence = Occurrence {
-                            container: img.container,
-                            image: Some(image),
-                            key: img.key,
-                            ts: img.ts,
-                            connection: None,
-                        };
-                        findings.push(self.occur(pi, RecordKey::Process(ch), occurrence));
-                    }
-                }
-            }
+            Step::Exec(obs) => self.exec(obs, &mut findings),
             Step::Net(obs) => {
                 for pi in 0..self.policies.len() {
                     let p = &mut self.policies[pi];
@@ -307,27 +349,93 @@ impl DeviationMatcher {
                         protocol: obs.protocol,
                         port: obs.port,
                     };
-                    let occurrence = Occurrence {
-                        container: obs.container,
-                        image: obs.image,
+                    let image = obs.image.map(|i| self.tracker.image(i));
+                    let syms = &self.tracker.syms;
+                    let who = Who {
                         key: obs.key,
-                        ts: obs.ts,
-                        connection: Some(OccurredConnection {
-                            direction: obs.direction,
-                            protocol: obs.protocol,
-                            ip: obs.ip,
-                            port: obs.port,
-                            remote_port: obs.remote_port,
-                            dns: self.tracker.dns_text(obs.dns),
-                            refused: obs.refused,
-                        }),
+                        name: image.map(|i| syms.get(i.name)),
+                        exe: image.map(|i| syms.get(i.exe)),
+                        euser: image.map(|i| syms.get(i.euser)),
                     };
-                    findings.push(self.occur(pi, key, occurrence));
+                    let who = owned_who(&who);
+                    findings.push(self.occur(
+                        pi,
+                        Deviated::Key(key),
+                        obs.container,
+                        obs.ts,
+                        &who.as_who(),
+                    ));
                 }
             }
             _ => {}
         }
         (step, findings)
+    }
+
+    /// An exec: the state of a new program node for each policy, and a finding for each
+    /// policy it deviates from.
+    fn exec(&mut self, obs: &ExecObs, findings: &mut Vec<Finding>) {
+        if obs.new
+            && let Some(image) = obs.image
+        {
+            for p in &mut self.policies {
+                debug_assert_eq!(p.states.len(), image.index());
+                let state = p.map_image(&self.tracker, image);
+                p.states.push(state);
+            }
+        }
+        for pi in 0..self.policies.len() {
+            if !self.policies[pi].watches(obs.container) {
+                continue;
+            }
+            let deviated = if obs.placed {
+                let image = obs.image.expect("a placed exec has its node");
+                match self.policies[pi].states[image.index()] {
+                    PState::Deviant(ch) => Deviated::Key(RecordKey::Process(ch)),
+                    PState::Node(_) | PState::Outside => continue,
+                }
+            } else {
+                match self.judge_unplaced(pi, obs) {
+                    Some(deviated) => deviated,
+                    None => continue,
+                }
+            };
+            let euser = self.tracker.syms.get(obs.euser).to_string();
+            let who = Who {
+                key: obs.key,
+                name: Some(obs.name),
+                exe: Some(obs.exe),
+                euser: Some(&euser),
+            };
+            findings.push(self.occur(pi, deviated, obs.container, obs.ts, &who));
+        }
+    }
+
+    /// An exec a limit kept from having a node of its own: judged against the policy from
+    /// the state of its parent's node (see [`crate::limits`]). None when it is allowed.
+    fn judge_unplaced(&mut self, pi: usize, obs: &ExecObs) -> Option<Deviated> {
+        let p = &self.policies[pi];
+        let parent = obs.image.map(|i| p.states[i.index()]);
+        let program = Program {
+            parent,
+            name: obs.name,
+            exe: obs.exe,
+            exe_status: obs.exe_status,
+            euser: obs.euser,
+        };
+        // Kept when the policy has room for its deviation and the pod for its name and exe.
+        let syms = if p.has_room() {
+            self.tracker
+                .intern_program(obs.container, obs.name, obs.exe, obs.ts)
+        } else {
+            None
+        };
+        let p = &mut self.policies[pi];
+        match p.judge(&self.tracker, &program, syms, syms.is_some()) {
+            Verdict::Allowed(_) => None,
+            Verdict::Deviant(ch) => Some(Deviated::Key(RecordKey::Process(ch))),
+            Verdict::DeviantUnkept(deviation, reason) => Some(Deviated::Unkept(deviation, reason)),
+        }
     }
 
     /// Take every event of a stream into account; returns all findings.
@@ -339,63 +447,117 @@ impl DeviationMatcher {
         all
     }
 
-    fn occur(&mut self, pi: usize, key: RecordKey, occurrence: Occurrence) -> Finding {
-        let t = &self.tracker;
-        let p = &mut self.policies[pi];
-        let (container, image, pkey, ts) = (
-            occurrence.container,
-            occurrence.image,
-            occurrence.key,
-            occurrence.ts,
+    /// Keep an entry for the report when `log-entries` has room (the finding carries it in any
+    /// case).
+    fn log_room(&mut self, kept: usize, container: ContainerId, ts: u64) -> bool {
+        let limit = self.tracker.limits.log_entries;
+        if kept < limit as usize {
+            return true;
+        }
+        self.tracker.limit_met(
+            "log-entries",
+            u64::from(limit),
+            container,
+            ts,
+            "further flags, decisions and audit-log lines are returned with their findings but not kept for the report",
         );
-        let (r, new) = p.record(t, key, occurrence);
-        let rec = &mut p.records[r.index()];
-        rec.count += 1;
-        rec.first_ts = rec.first_ts.min(ts);
-        rec.last_ts = rec.last_ts.max(ts);
+        false
+    }
 
-        let info = &t.container(container).info;
-        let (name, exe, euser) = match image {
-            None => (None, None, None),
-            Some(image) => {
-                let img = t.image(image);
+    fn occur(
+        &mut self,
+        pi: usize,
+        deviated: Deviated,
+        container: ContainerId,
+        ts: u64,
+        who: &Who,
+    ) -> Finding {
+        let occurrence = Occurrence { container, ts };
+        // The record (kept) or the document (past the `deviations` limit), and whether the
+        // flag of this deviation and container is still to be raised.
+        let (record, new, unkept) = match deviated {
+            Deviated::Key(key) => {
+                let t = &self.tracker;
+                match self.policies[pi].record(t, key, occurrence) {
+                    Recorded::Kept(r, new) => (Some(r), new, None),
+                    Recorded::Unkept { deviation, reason } => {
+                        (None, true, Some((deviation, reason)))
+                    }
+                }
+            }
+            Deviated::Unkept(deviation, reason) => (None, true, Some((deviation, reason))),
+        };
+        if unkept.is_some() {
+            let limit = self.tracker.limits.deviations;
+            let name = self.policies[pi].c.name.clone();
+            self.tracker.limit_met(
+                "deviations",
+                u64::from(limit),
+                container,
+                ts,
+                &format!(
+                    "new unique deviations of policy {name} are still found, flagged and decided on, but not kept in the report"
+                ),
+            );
+        }
+        let enforce = self.policies[pi].c.mode == Mode::Enforce;
+        let p = &mut self.policies[pi];
+        let (uid, checksum, kind, reason, first_here) = match (record, &unkept) {
+            (Some(r), _) => {
+                let rec = &mut p.records[r.index()];
+                rec.count += 1;
+                rec.first_ts = rec.first_ts.min(ts);
+                rec.last_ts = rec.last_ts.max(ts);
+                let first_here = if enforce {
+                    rec.flagged.insert(container)
+                } else {
+                    rec.audited.insert(container)
+                };
                 (
-                    Some(t.syms.get(img.name)),
-                    Some(t.syms.get(img.exe)),
-                    Some(t.syms.get(img.euser)),
+                    rec.uid.clone(),
+                    rec.deviation.metadata.checksum.clone(),
+                    rec.deviation.metadata.kind,
+                    rec.reason.clone(),
+                    first_here,
                 )
             }
+            (None, Some((deviation, reason))) => (
+                deviation.metadata.uid.clone().unwrap_or_default(),
+                deviation.metadata.checksum.clone(),
+                deviation.metadata.kind,
+                reason.clone(),
+                // Not kept: no memory of having flagged it.
+                true,
+            ),
+            (None, None) => unreachable!("a deviation is kept or not"),
         };
+
+        let t = &self.tracker;
+        let info = &t.container(container).info;
         let subject = Subject {
             info,
-            name,
-            exe,
-            euser,
+            name: who.name,
+            exe: who.exe,
+            euser: who.euser,
         };
         let default = default_response();
         let response = p.c.policy.spec.response.as_ref().unwrap_or(&default);
         let decided = effective(response, &subject);
-        let enforce = p.c.mode == Mode::Enforce;
-        let kind = rec.deviation.metadata.kind;
         let mut finding = Finding {
             policy_uid: p.c.uid.clone(),
             policy_name: p.c.name.clone(),
-            deviation_uid: rec.uid.clone(),
-            checksum: rec.deviation.metadata.checksum.clone(),
+            deviation_uid: uid,
+            checksum,
             kind,
             new,
-            reason: rec.reason.clone(),
-            process: pkey,
+            reason,
+            process: who.key,
             cgroup_id: info.cgroup_id,
             timestamp: epoch_seconds(ts),
             flags: Vec::new(),
             decisions: Vec::new(),
         };
-        let first_here = if enforce {
-            rec.flagged.insert(container)
-        } else {
-            rec.audited.insert(container)
-        };
+        let mut audit = Vec::new();
         if first_here {
             for (class, flag) in [
                 (FlagClass::Red, &decided.red),
@@ -417,9 +579,9 @@ impl DeviationMatcher {
                         container_name: info.container_name.clone(),
                         namespace: info.namespace.clone(),
                         pod: info.pod_name.clone(),
-                        pid: pkey.pid(),
-                        process: name.unwrap_or_default().to_string(),
-                        exe: exe.unwrap_or_default().to_string(),
+                        pid: who.key.pid(),
+                        process: who.name.unwrap_or_default().to_string(),
+                        exe: who.exe.unwrap_or_default().to_string(),
                         reason: finding.reason.clone(),
                         timestamp: finding.timestamp,
                     });
@@ -429,7 +591,7 @@ impl DeviationMatcher {
                         .as_deref()
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default();
-                    self.audit_log.push(format!(
+                    audit.push(format!(
                         "(audit mode): Would have raised a \"{}\" {class} flag for {kind} deviation {}{why}. Not raised due to \"audit\" mode.",
                         flag.severity,
                         finding.deviation_uid
@@ -443,13 +605,13 @@ impl DeviationMatcher {
                 container_id: info.container_id.clone(),
                 namespace: info.namespace.clone(),
                 pod: info.pod_name.clone(),
-                pid: pkey.pid(),
-                process: pkey,
-                name: name.unwrap_or_default().to_string(),
+                pid: who.key.pid(),
+                process: who.key,
+                name: who.name.unwrap_or_default().to_string(),
             };
             let message = Decision::message(action, &target, enforce);
             if !enforce {
-                self.audit_log.push(message.clone());
+                audit.push(message.clone());
             }
             finding.decisions.push(Decision {
                 action,
@@ -462,8 +624,21 @@ impl DeviationMatcher {
                 timestamp: finding.timestamp,
             });
         }
-        self.flags.extend(finding.flags.iter().cloned());
-        self.decisions.extend(finding.decisions.iter().cloned());
+        for line in audit {
+            if self.log_room(self.audit_log.len(), container, ts) {
+                self.audit_log.push(line);
+            }
+        }
+        for flag in &finding.flags {
+            if self.log_room(self.flags.len(), container, ts) {
+                self.flags.push(flag.clone());
+            }
+        }
+        for decision in &finding.decisions {
+            if self.log_room(self.decisions.len(), container, ts) {
+                self.decisions.push(decision.clone());
+            }
+        }
         finding
     }
 
@@ -473,12 +648,13 @@ impl DeviationMatcher {
             .policies
             .iter()
             .map(|p| {
+                let relevance = Relevance::new(p);
                 let deviations: Vec<DeviationRecord> = p
                     .records
                     .iter()
                     .map(|r| DeviationRecord {
                         uid: r.uid.clone(),
-                        relevant: is_relevant_to_canonical(&p.c.policy, &p.c.nets, &r.deviation),
+                        relevant: relevance.of(&r.deviation),
                         count: r.count,
                         reason: r.reason.clone(),
                         first_timestamp: epoch_seconds(r.first_ts),
@@ -510,6 +686,34 @@ impl DeviationMatcher {
             decisions: self.decisions.clone(),
             audit_log: self.audit_log.clone(),
             stats: self.tracker.stats.clone(),
+        }
+    }
+}
+
+/// A [`Who`] whose strings are owned, so that it outlives the borrows it was made from.
+struct OwnedWho {
+    key: ProcessKey,
+    name: Option<String>,
+    exe: Option<String>,
+    euser: Option<String>,
+}
+
+fn owned_who(who: &Who) -> OwnedWho {
+    OwnedWho {
+        key: who.key,
+        name: who.name.map(str::to_string),
+        exe: who.exe.map(str::to_string),
+        euser: who.euser.map(str::to_string),
+    }
+}
+
+impl OwnedWho {
+    fn as_who(&self) -> Who<'_> {
+        Who {
+            key: self.key,
+            name: self.name.as_deref(),
+            exe: self.exe.as_deref(),
+            euser: self.euser.as_deref(),
         }
     }
 }

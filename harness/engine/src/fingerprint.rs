@@ -18,11 +18,15 @@
 //! A process forked by a parent the engine did not know yet takes, at its exec, the parent
 //! the exec names, when that one is known by then.
 //!
-//! **Process forest.** A node is an exec'd program image. A process whose parent is not a
+//! **Process forest.** A node is an exec'd program. A process whose parent is not a
 //! known process of the same container (the container's first process, whose parent is the
 //! runtime, or a `kubectl exec` shell) is a root. Under a parent node there is one node per
 //! distinct `(name, exe)`: the same program started again by the same parent collapses into
-//! the node it already has, with its effective users unioned.
+//! the node it already has, with its effective users unioned. The forest is bounded (see
+//! [`crate::limits`]): it is at most `process-depth` nodes deep (a deeper program is taken as
+//! a child of its ancestor one level above the limit), and a program past `children` (under
+//! one node) or `processes` (in the pod) has no node and is left out, so that a policy made
+//! from the fingerprint does not allow it.
 //! A process that **forks without exec** runs its parent's image, so it is not a node: it is
 //! transparent, and what it does (its connections, the programs its children exec) hangs under
 //! the nearest exec'd ancestor. A process that **execs again** (`exec` in a shell script)
@@ -65,7 +69,9 @@
 //!
 //! **Network nodes.** For each remote, the set of processes that reached it and the set of
 //! ports is collected; remotes with the same process set and port set share one node. Nodes
-//! are in canonical order (see [`crate::canonical`]).
+//! are in canonical order (see [`crate::canonical`]). A pod's distinct connections (process,
+//! remote, port) past `connections` are left out, and so not allowed by a policy made from
+//! the fingerprint; names past the DNS limits are not kept, and the address names the remote.
 //!
 //! **Untrusted executables.** An exec whose `exe_status` is not `resolved` (fileless: a memfd
 //! or a file outside the process's root, `exe` being `memfd:NAME`; a truncated path; an
@@ -110,6 +116,7 @@ use serde::Serialize;
 
 use crate::canonical::canonicalize;
 use crate::id::typed_id;
+use crate::limits::{Limits, StateSize};
 pub use crate::model::epoch_seconds;
 use crate::model::{
     API_VERSION, ContainerSelector, EgressNode, Fingerprint, FingerprintGroup, GroupData,
@@ -142,12 +149,16 @@ struct FpNode {
     parent: Option<FpNodeId>,
     name: Sym,
     exe: Sym,
-    /// The effective users of its recorded images.
+    /// The effective users of its recorded execs.
     eusers: Vec<Sym>,
     sockets: Vec<(u16, Protocol)>,
-    /// One of its images is recorded: the node is in the fingerprint.
+    /// One of its program nodes is recorded: the node is in the fingerprint.
     recorded: bool,
 }
+
+/// The bytes charged to a pod for a node of the fingerprint, and for a connection.
+const FP_NODE_BYTES: u64 = 96;
+const FACT_BYTES: u64 = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerFact {
@@ -184,13 +195,15 @@ pub struct FingerprintBuilder {
     counts: WindowCounts,
     /// Per container: its first and last event in the window (kept only with a window).
     window_times: Vec<Option<(u64, u64)>>,
-    /// The node of each image of the tracker.
+    /// The node of each program node of the tracker.
     image_node: Vec<FpNodeId>,
-    /// Per image of the tracker: recorded (see the module documentation).
+    /// Per program node of the tracker: recorded (see the module documentation).
     image_recorded: Vec<bool>,
     nodes: Vec<FpNode>,
     node_index: FxHashMap<(ContainerId, Option<FpNodeId>, Sym, Sym), FpNodeId>,
     facts: FxHashSet<NetFact>,
+    /// Per container: its connections in `facts`, against `connections`.
+    facts_of: Vec<u32>,
 }
 
 impl FingerprintBuilder {
@@ -207,26 +220,67 @@ impl FingerprintBuilder {
         }
     }
 
+    /// The same builder, within other limits than the defaults (see [`crate::limits`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.tracker = Tracker::new(limits);
+        self
+    }
+
+    /// How much state the builder keeps (see [`StateSize`]): it depends on the distinct
+    /// programs and connections of the stream, within the limits, not on its length.
+    pub fn state_size(&self) -> StateSize {
+        let users: usize = self.nodes.iter().map(|n| n.eusers.len()).sum();
+        let sockets: usize = self.nodes.iter().map(|n| n.sockets.len()).sum();
+        self.tracker.size()
+            + StateSize::table(self.image_node.len(), size_of::<FpNodeId>() + 1, 0)
+            + StateSize::table(
+                self.nodes.len(),
+                size_of::<FpNode>()
+                    + size_of::<((ContainerId, Option<FpNodeId>, Sym, Sym), FpNodeId)>()
+                    + 8,
+                users * size_of::<Sym>() + sockets * size_of::<(u16, Protocol)>(),
+            )
+            + StateSize::table(self.facts.len(), size_of::<NetFact>() + 8, 0)
+    }
+
     /// How many events so far fell before, in and after the window.
     pub fn window_counts(&self) -> WindowCounts {
         self.counts
     }
 
-    /// Record an image, and its ancestors that are not recorded yet: the fingerprint's
-    /// forest then reaches it from its container's root.
-    fn record(&mut self, image: ImageId) {
+    /// Add a user to the node of a program node, charged to its pod.
+    fn add_user(&mut self, image: ImageId, euser: Sym, ts: u64) {
+        let container = self.tracker.image(image).container;
+        let node = self.image_node[image.index()].index();
+        if self.nodes[node].eusers.contains(&euser) || !self.tracker.charge(container, 8, ts) {
+            return;
+        }
+        self.nodes[node].eusers.push(euser);
+    }
+
+    /// Record a program node, with the user of the exec that recorded it when there is one,
+    /// and its ancestors that are not recorded yet, each with the user of its first exec: the
+    /// fingerprint's forest then reaches it from its container's root.
+    fn record(&mut self, image: ImageId, euser: Option<Sym>, ts: u64) {
         let mut next = Some(image);
+        if let Some(euser) = euser {
+            self.add_user(image, euser, ts);
+            if self.image_recorded[image.index()] {
+                return;
+            }
+            self.image_recorded[image.index()] = true;
+            self.nodes[self.image_node[image.index()].index()].recorded = true;
+            next = self.tracker.image(image).parent;
+        }
         while let Some(image) = next
             && !self.image_recorded[image.index()]
         {
             self.image_recorded[image.index()] = true;
+            self.nodes[self.image_node[image.index()].index()].recorded = true;
             let img = self.tracker.image(image);
-            let n = &mut self.nodes[self.image_node[image.index()].index()];
-            n.recorded = true;
-            if !n.eusers.contains(&img.euser) {
-                n.eusers.push(img.euser);
-            }
-            next = img.parent;
+            let (first_user, parent) = (img.euser, img.parent);
+            self.add_user(image, first_user, ts);
+            next = parent;
         }
     }
 
@@ -252,28 +306,37 @@ impl FingerprintBuilder {
             *times = (times.0.min(event.ts), times.1.max(event.ts));
         }
         match step {
-            Step::Exec(image) => {
-                let img = self.tracker.image(image);
-                let parent = img.parent.map(|p| self.image_node[p.index()]);
-                let key = (img.container, parent, img.name, img.exe);
-                let next = FpNodeId::new(self.nodes.len());
-                let node = *self.node_index.entry(key).or_insert(next);
-                if node == next {
-                    self.nodes.push(FpNode {
-                        container: img.container,
-                        parent,
-                        name: img.name,
-                        exe: img.exe,
-                        eusers: Vec::new(),
-                        sockets: Vec::new(),
-                        recorded: false,
-                    });
+            Step::Exec(obs) => {
+                let Some(image) = obs.image.filter(|_| obs.placed) else {
+                    // A limit kept the exec from having a node: left out (the tracker flagged it).
+                    return;
+                };
+                if obs.new {
+                    let img = self.tracker.image(image);
+                    let parent = img.parent.map(|p| self.image_node[p.index()]);
+                    let key = (img.container, parent, img.name, img.exe);
+                    let next = FpNodeId::new(self.nodes.len());
+                    let node = *self.node_index.entry(key).or_insert(next);
+                    if node == next {
+                        let (container, name, exe) = (img.container, img.name, img.exe);
+                        // The tracker's node was charged already; this one rides on it.
+                        self.nodes.push(FpNode {
+                            container,
+                            parent,
+                            name,
+                            exe,
+                            eusers: Vec::new(),
+                            sockets: Vec::new(),
+                            recorded: false,
+                        });
+                        self.tracker.charge(container, FP_NODE_BYTES, event.ts);
+                    }
+                    debug_assert_eq!(self.image_node.len(), image.index());
+                    self.image_node.push(node);
+                    self.image_recorded.push(false);
                 }
-                debug_assert_eq!(self.image_node.len(), image.index());
-                self.image_node.push(node);
-                self.image_recorded.push(false);
                 if within {
-                    self.record(image);
+                    self.record(image, Some(obs.euser), event.ts);
                 }
             }
             Step::Listen {
@@ -281,29 +344,57 @@ impl FingerprintBuilder {
                 protocol,
                 port,
             } if within => {
-                self.record(image);
-                let n = &mut self.nodes[self.image_node[image.index()].index()];
-                if !n.sockets.contains(&(port, protocol)) {
-                    n.sockets.push((port, protocol));
+                self.record(image, None, event.ts);
+                let container = self.tracker.image(image).container;
+                let n = &self.nodes[self.image_node[image.index()].index()];
+                if !n.sockets.contains(&(port, protocol))
+                    && self.tracker.charge(container, 8, event.ts)
+                {
+                    self.nodes[self.image_node[image.index()].index()]
+                        .sockets
+                        .push((port, protocol));
                 }
             }
             Step::Net(obs) if within => {
                 let node = obs.image.map(|image| {
-                    self.record(image);
+                    self.record(image, None, event.ts);
                     self.image_node[image.index()]
                 });
                 let peer = match obs.dns {
                     Some(set) => PeerFact::Dns(set),
                     None => PeerFact::Ip(obs.ip),
                 };
-                self.facts.insert(NetFact {
+                let fact = NetFact {
                     container: obs.container,
                     node,
                     direction: obs.direction,
                     peer,
                     protocol: obs.protocol,
                     port: obs.port,
-                });
+                };
+                if self.facts.contains(&fact) {
+                    return;
+                }
+                let c = obs.container.index();
+                if self.facts_of.len() <= c {
+                    self.facts_of.resize(c + 1, 0);
+                }
+                let limit = self.tracker.limits.connections;
+                if self.facts_of[c] >= limit {
+                    self.tracker.limit_met(
+                        "connections",
+                        u64::from(limit),
+                        obs.container,
+                        event.ts,
+                        "further connections are left out of the fingerprint: a policy made from it does not allow them",
+                    );
+                    return;
+                }
+                if !self.tracker.charge(obs.container, FACT_BYTES, event.ts) {
+                    return;
+                }
+                self.facts_of[c] += 1;
+                self.facts.insert(fact);
             }
             _ => {}
         }

@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod error;
 pub mod glob;
 mod id;
+pub mod limits;
 pub mod model;
 pub mod names;
 pub mod net;

@@ -19,7 +19,12 @@
 //!   matches it and one of whose exes matches each of its exes; covered nodes only add their
 //!   effective users and listening sockets (an attribute, never a deviation), uncovered ones
 //!   are added, with their subtree, under the policy node their parent matched. A deviation
-//!   adds exactly its fragment, under `policyNode.id`.
+//!   adds exactly its fragment, under `policyNode.id`. A deviation of a deviant program's
+//!   descendant hangs under the deviant parent's node, by the id the parent's deviation gave it
+//!   (see [`crate::deviation`]): [`Merger`] merges documents in order and remembers the id each
+//!   merged node ended up with (its own, or the one of the policy node that covered it), so
+//!   that a later deviation hung under an earlier one's node finds it; [`merge_deviation`]
+//!   alone needs the node in the policy already.
 //! * Network nodes, both ways: a node is covered by one of the same direction whose ports
 //!   contain its ports (same protocol), whose peers cover its peers (an `ipBlock` inside a
 //!   supernet, not in its `except`; a DNS name matching a `dnsSelector` glob) and whose
@@ -170,9 +175,22 @@ pub fn merge_document(
 
 /// Merge a deviation into the policy it was found against: its fragment is added under
 /// `policyNode.id` (or as a new root), its network nodes are added, and nothing else changes.
+/// The node it hangs under must be in the policy: a deviation hung under another deviation's
+/// node merges after it, through a [`Merger`].
 pub fn merge_deviation(
     policy: &GuardDocument,
     deviation: &Deviation,
+) -> Result<GuardDocument, PolicyError> {
+    merge_deviation_mapped(policy, deviation, &mut IdMap::new())
+}
+
+/// [`merge_deviation`], with the ids earlier merges gave the nodes of earlier deviations
+/// (`map`, their id in the deviation to their id in the policy); the ids this one gives are
+/// added to it.
+fn merge_deviation_mapped(
+    policy: &GuardDocument,
+    deviation: &Deviation,
+    map: &mut IdMap,
 ) -> Result<GuardDocument, PolicyError> {
     let uid = policy_uid(policy);
     if deviation.metadata.policy_uid != uid {
@@ -184,16 +202,18 @@ pub fn merge_deviation(
     let mut ids = collect_ids(&policy.spec.process_policy, &policy.metadata.name)?;
     let mut out = policy.clone();
     resolve_eusers(&mut out.spec.process_policy, None);
-    let mut map = IdMap::new();
     for item in &deviation.spec.process_policy {
         let anchor = &item.policy_node;
         let mut fragment = anchor.children.clone();
         if anchor.id == ROOT_ANCHOR {
             resolve_eusers(&mut fragment, None);
-            asym_merge_nodes(&mut out.spec.process_policy, &fragment, &mut ids, &mut map);
+            asym_merge_nodes(&mut out.spec.process_policy, &fragment, &mut ids, map);
             continue;
         }
-        let node = find_node_mut(&mut out.spec.process_policy, &anchor.id).ok_or_else(|| {
+        // The node it hangs under, by the id an earlier deviation's merge gave it (a fragment's
+        // node merged into a node of another id, or renamed), else by its own.
+        let id = map.get(&anchor.id).unwrap_or(&anchor.id).clone();
+        let node = find_node_mut(&mut out.spec.process_policy, &id).ok_or_else(|| {
             PolicyError::UnknownPolicyNode {
                 policy: policy.metadata.name.clone(),
                 id: anchor.id.clone(),
@@ -201,7 +221,7 @@ pub fn merge_deviation(
         })?;
         resolve_eusers(&mut fragment, node.euser.as_ref());
         let mut kids = node.children.take().unwrap_or_default();
-        asym_merge_nodes(&mut kids, &fragment, &mut ids, &mut map);
+        asym_merge_nodes(&mut kids, &fragment, &mut ids, map);
         node.children = (!kids.is_empty()).then_some(kids);
     }
     if let Some(net) = &deviation.spec.network_policy {
@@ -210,10 +230,49 @@ pub fn merge_deviation(
             egress: net.egress.clone(),
             ..NetworkPolicy::default()
         };
-        merge_network(&mut out.spec.network_policy, &other, &map, false);
+        merge_network(&mut out.spec.network_policy, &other, map, false);
     }
     canonicalize(&mut out);
     Ok(out)
+}
+
+/// Merges documents into a policy one after the other, as `guardlab merge --with` does: each
+/// with [`merge_document`], except that a deviation hung under the node of an earlier
+/// deviation finds it by the id that merge gave it (see the module documentation).
+pub struct Merger {
+    policy: GuardDocument,
+    /// Ids of deviations' nodes to the ids of the policy's nodes they merged into.
+    map: IdMap,
+}
+
+impl Merger {
+    /// Start from a policy (in canonical form from the first merge on).
+    pub fn new(policy: GuardDocument) -> Self {
+        Merger {
+            policy,
+            map: IdMap::new(),
+        }
+    }
+
+    /// Merge one more document.
+    pub fn merge(&mut self, with: &Document) -> Result<(), PolicyError> {
+        self.policy = match with {
+            Document::Deviation(deviation) => {
+                merge_deviation_mapped(&self.policy, deviation, &mut self.map)?
+            }
+            other => merge_document(&self.policy, other)?,
+        };
+        Ok(())
+    }
+
+    /// The policy so far.
+    pub fn policy(&self) -> &GuardDocument {
+        &self.policy
+    }
+
+    pub fn finish(self) -> GuardDocument {
+        self.policy
+    }
 }
 
 #[cfg(test)]

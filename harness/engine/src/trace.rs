@@ -9,21 +9,28 @@
 //! and deviation. Render it with [`Investigation::render_text`] for a terminal or serialize
 //! it (serde) as JSON.
 //!
-//! The chain is made of exec'd images as the policy sees them: a process that forked without
-//! exec is transparent (its exec'd child follows its nearest exec'd ancestor), and a process
-//! that exec'd twice shows as two steps with the same pid.
+//! The chain is made of execs as the policy sees them: a process that forked without exec is
+//! transparent (its exec'd child follows its nearest exec'd ancestor), and a process that
+//! exec'd twice shows as two steps with the same pid. It is copied when the deviation is first
+//! found (the investigator follows only running processes and their ancestry, so what it keeps
+//! does not grow with the stream), then kept up to date with how its processes end and the
+//! deviant process's connections; the policy node each maps to is the one at the end. A chain
+//! deeper than `trace-processes` shows its first processes from the root and the deviant one
+//! (`omitted` says how many between); see [`crate::limits`].
 
-use std::fmt::Write as _;
+mod lineage;
+mod render;
 
-use guardlab_events::{Event, EventBody, ExeStatus, ProcessKey, Protocol};
+use guardlab_events::{Event, EventBody, ExeStatus, ProcessExec, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, untrusted_exe_reason};
+use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, Relevance};
 use crate::error::PolicyError;
-use crate::merge::is_relevant_to_canonical;
+use crate::limits::{Limits, StateSize};
 use crate::model::{DeviationType, Policy, Severity, epoch_seconds};
-use crate::tracker::{Direction, Step};
+use crate::tracker::{ContainerId, Direction, ExecObs, ImageId, NetObs, Step};
+use lineage::Lineage;
 
 /// One program image on the way to a deviant process.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -97,15 +104,24 @@ pub struct DeviationTrace {
     pub reason: Option<String>,
     pub container: ContainerRef,
     /// From the container's root process to the deviant process. Empty when the process was
-    /// running before the sensor saw it start.
+    /// running before the sensor saw it start. At most `trace-processes` long (see
+    /// [`crate::limits`]): the first processes from the root, then the deviant one.
     pub chain: Vec<TraceProcess>,
+    /// Processes of the ancestry the chain leaves out, between its last two.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted: u32,
     /// The deviant process, by key, even when the chain is empty.
     pub process: ProcessKey,
     /// The connection that deviated (ingress and egress deviations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection: Option<TraceConnection>,
-    /// Every connection of the deviant process across the pod's boundary.
+    /// The connections of the deviant process across the pod's boundary,
+    /// each remote and port once, at most `trace-connections`.
     pub connections: Vec<TraceConnection>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -136,27 +152,69 @@ pub struct Investigation {
     pub decisions: Vec<Decision>,
 }
 
-struct ImageDetails {
+/// A trace, copied from what the investigator followed when its deviation was first found,
+/// and kept up to date with the ends and connections of the processes it shows.
+struct Capture {
+    container: ContainerId,
+    process: ProcessKey,
+    chain: Vec<CapturedProcess>,
+    omitted: u32,
+    connection: Option<TraceConnection>,
+    connections: Vec<TraceConnection>,
+    /// The deviant process's node id in the deviation, for an exec a limit kept from having a
+    /// program node of its own (see [`crate::limits`]).
+    unplaced_label: Option<String>,
+}
+
+struct CapturedProcess {
+    key: ProcessKey,
     pid: u32,
     ns_pid: u32,
+    name: String,
+    exe: String,
+    exe_status: ExeStatus,
     args: Vec<String>,
+    euser: String,
+    ts: u64,
+    /// Its program node, for the label at the end; none when it had none of its own.
+    image: Option<ImageId>,
+    ended: Option<String>,
 }
+
+/// Bytes charged to a pod for a trace, beyond what it copies.
+const CAPTURE_BYTES: u64 = 256;
+/// And for an exec followed, and a connection kept.
+const ENTRY_BYTES: u64 = 160;
+const CONNECTION_BYTES: u64 = 96;
+
+/// A trace's key: its policy (by index) and its deviation's uid.
+type TraceKey = (usize, String);
 
 /// A deviation matcher that keeps what an investigation shows.
 pub struct Investigator {
     matcher: DeviationMatcher,
-    details: Vec<ImageDetails>,
-    connections: FxHashMap<ProcessKey, Vec<TraceConnection>>,
-    ends: FxHashMap<ProcessKey, String>,
+    lineage: Lineage,
+    captures: FxHashMap<TraceKey, Capture>,
+    /// The traces that show a running process, and its place in each chain: how it ends is
+    /// written there.
+    watched_ends: FxHashMap<ProcessKey, Vec<(TraceKey, usize)>>,
+    /// The traces whose connections are those of a running process, while they have room.
+    watched_connections: FxHashMap<ProcessKey, Vec<TraceKey>>,
 }
 
 impl Investigator {
     pub fn new(policies: &[Policy]) -> Result<Self, PolicyError> {
+        Self::with_limits(policies, Limits::default())
+    }
+
+    /// [`Self::new`] within other limits than the defaults (see [`crate::limits`]).
+    pub fn with_limits(policies: &[Policy], limits: Limits) -> Result<Self, PolicyError> {
         Ok(Investigator {
-            matcher: DeviationMatcher::new(policies)?,
-            details: Vec::new(),
-            connections: FxHashMap::default(),
-            ends: FxHashMap::default(),
+            matcher: DeviationMatcher::with_limits(policies, limits)?,
+            lineage: Lineage::default(),
+            captures: FxHashMap::default(),
+            watched_ends: FxHashMap::default(),
+            watched_connections: FxHashMap::default(),
         })
     }
 
@@ -165,84 +223,336 @@ impl Investigator {
         &mut self.matcher
     }
 
+    /// How much state the investigator keeps, its matcher's included (see [`StateSize`]).
+    pub fn state_size(&self) -> StateSize {
+        let copied: usize = self
+            .captures
+            .values()
+            .map(|c| {
+                c.chain
+                    .iter()
+                    .map(|p| {
+                        size_of::<CapturedProcess>()
+                            + p.name.len()
+                            + p.exe.len()
+                            + p.euser.len()
+                            + p.args.iter().map(String::len).sum::<usize>()
+                    })
+                    .sum::<usize>()
+                    + c.connections.len() * size_of::<TraceConnection>()
+            })
+            .sum();
+        let watching: usize = self.watched_ends.values().map(Vec::len).sum::<usize>()
+            + self
+                .watched_connections
+                .values()
+                .map(Vec::len)
+                .sum::<usize>();
+        self.matcher.state_size()
+            + self.lineage.size()
+            + StateSize::table(self.captures.len(), size_of::<Capture>() + 64, copied)
+            + StateSize::table(watching, 48, 0)
+    }
+
     pub fn observe(&mut self, event: &Event) -> Vec<Finding> {
         let (step, findings) = self.matcher.observe_step(event);
-        match step {
-            Step::Exec(image) => {
+        match &step {
+            Step::Exec(obs) => {
                 if let EventBody::Exec(exec) = &event.body {
-                    debug_assert_eq!(self.details.len(), image.index());
-                    let mut args = exec.argv.clone();
-                    if exec.argv_truncated {
-                        args.push("...".into());
-                    }
-                    self.details.push(ImageDetails {
-                        pid: exec.pid,
-                        ns_pid: exec.ns_pid,
-                        args,
-                    });
+                    self.follow_exec(obs, exec);
                 }
             }
-            Step::Net(obs) => {
-                let dns = self.matcher.tracker().dns_text(obs.dns);
-                self.connections
-                    .entry(obs.key)
-                    .or_default()
-                    .push(TraceConnection {
-                        direction: obs.direction,
-                        protocol: obs.protocol,
-                        ip: obs.ip.to_string(),
-                        dns,
-                        port: obs.port,
-                        remote_port: obs.remote_port,
-                        refused: obs.refused,
-                        timestamp: epoch_seconds(obs.ts),
-                    });
+            Step::Fork { key, parent } => {
+                let container = self.matcher.tracker().container_of(event);
+                if let Some(c) = container
+                    && self.matcher.tracker().follows(key, c)
+                {
+                    let freed = self.lineage.fork(*key, *parent, c);
+                    self.credit(freed);
+                }
             }
-            Step::Exit {
-                key, code, signal, ..
-            } => {
+            Step::Net(obs) => self.connection(obs),
+            Step::Exit { key, code, signal } => {
                 let ended = match (signal, code) {
                     (Some(s), _) => format!("signal {s}"),
                     (None, Some(c)) => format!("exit {c}"),
                     (None, None) => "exited".to_string(),
                 };
-                self.ends.insert(key, ended);
+                // Only the process of the container the exit is tagged with (see the tracker).
+                let Some(container) = self.matcher.tracker().container_of(event) else {
+                    return findings;
+                };
+                if self.lineage.running(key, container).is_some() {
+                    for (trace, i) in self.watched_ends.remove(key).unwrap_or_default() {
+                        if let Some(c) = self.captures.get_mut(&trace) {
+                            c.chain[i].ended = Some(ended.clone());
+                        }
+                    }
+                    self.watched_connections.remove(key);
+                }
+                let freed = self.lineage.exit(key, container);
+                self.credit(freed);
             }
             _ => {}
         }
+        for f in findings.iter().filter(|f| f.new) {
+            self.capture(f, &step);
+        }
         findings
+    }
+
+    /// Give back to their pods the bytes of entries no longer kept.
+    fn credit(&mut self, freed: Vec<lineage::Entry>) {
+        let t = self.matcher.tracker_mut();
+        for e in freed {
+            t.credit(e.container, e.bytes);
+        }
+    }
+
+    /// An exec the tracker followed: its entry, under the exec its process or its parent ran.
+    fn follow_exec(&mut self, obs: &ExecObs, exec: &ProcessExec) {
+        let parent = self.lineage.running(&exec.key, obs.container).or_else(|| {
+            exec.parent
+                .and_then(|p| self.lineage.running(&p, obs.container))
+        });
+        let limit = self.matcher.limits().trace_args_bytes as usize;
+        let args = cut_args(&exec.argv, exec.argv_truncated, limit);
+        let bytes = ENTRY_BYTES
+            + (obs.name.len() + obs.exe.len() + args.iter().map(String::len).sum::<usize>()) as u64;
+        let levels = self.matcher.limits().trace_processes;
+        let t = self.matcher.tracker_mut();
+        if !t.follows(&exec.key, obs.container) || !t.charge(obs.container, bytes, obs.ts) {
+            // Not followed (past `live-processes` or `state-mb`): the trace of what it does
+            // shows what came before it.
+            return;
+        }
+        let euser = t.syms.get(obs.euser).into();
+        let freed = self.lineage.exec(
+            lineage::Entry {
+                key: exec.key,
+                container: obs.container,
+                pid: exec.pid,
+                ns_pid: exec.ns_pid,
+                name: obs.name.into(),
+                exe: obs.exe.into(),
+                exe_status: obs.exe_status,
+                euser,
+                args,
+                ts: obs.ts,
+                image: obs.image,
+                placed: obs.placed,
+                parent,
+                depth: 0,
+                level: 0,
+                refs: 0,
+                bytes,
+            },
+            levels,
+        );
+        self.credit(freed);
+    }
+
+    /// A connection (or a lookup): kept with its process, and with the traces that show it.
+    fn connection(&mut self, obs: &NetObs) {
+        let t = self.matcher.tracker();
+        let conn = TraceConnection {
+            direction: obs.direction,
+            protocol: obs.protocol,
+            ip: obs.ip.to_string(),
+            dns: t.dns_text(obs.dns),
+            port: obs.port,
+            remote_port: obs.remote_port,
+            refused: obs.refused,
+            timestamp: epoch_seconds(obs.ts),
+        };
+        let max = self.matcher.limits().trace_connections as usize;
+        let same = |c: &TraceConnection| {
+            (c.direction, c.protocol, &c.ip, c.port)
+                == (conn.direction, conn.protocol, &conn.ip, conn.port)
+        };
+        let room = self
+            .lineage
+            .process_mut(&obs.key, obs.container)
+            .is_some_and(|p| p.connections.len() < max && !p.connections.iter().any(same));
+        if room
+            && self
+                .matcher
+                .tracker_mut()
+                .charge(obs.container, CONNECTION_BYTES, obs.ts)
+            && let Some(p) = self.lineage.process_mut(&obs.key, obs.container)
+        {
+            p.connections.push(conn.clone());
+        }
+        if let Some(watchers) = self.watched_connections.get_mut(&obs.key) {
+            // A trace whose connections are full stops watching them, so that a process with
+            // many deviations costs each connection only the traces still filling.
+            watchers.retain(|trace| {
+                let Some(c) = self.captures.get_mut(trace) else {
+                    return false;
+                };
+                if c.container != obs.container {
+                    // Another container's process of the same key: not this trace's.
+                    return true;
+                }
+                if !c.connections.iter().any(same) {
+                    c.connections.push(conn.clone());
+                }
+                c.connections.len() < max
+            });
+        }
+    }
+
+    /// The trace of a deviation first found now, copied while its processes are followed.
+    fn capture(&mut self, f: &Finding, step: &Step) {
+        let Some(pi) = self
+            .matcher
+            .policies
+            .iter()
+            .position(|p| p.c.uid == f.policy_uid)
+        else {
+            return;
+        };
+        // A deviation past the `deviations` limit is not kept, and has no trace.
+        let kept = self.matcher.policies[pi]
+            .records
+            .last()
+            .is_some_and(|r| r.uid == f.deviation_uid);
+        if !kept {
+            return;
+        }
+        let (container, ts, connection) = match step {
+            Step::Exec(obs) => (obs.container, obs.ts, None),
+            Step::Net(obs) => (
+                obs.container,
+                obs.ts,
+                Some(TraceConnection {
+                    direction: obs.direction,
+                    protocol: obs.protocol,
+                    ip: obs.ip.to_string(),
+                    dns: self.matcher.tracker().dns_text(obs.dns),
+                    port: obs.port,
+                    remote_port: obs.remote_port,
+                    refused: obs.refused,
+                    timestamp: epoch_seconds(obs.ts),
+                }),
+            ),
+            _ => return,
+        };
+        let running = self.lineage.running(&f.process, container);
+        let (chain, omitted) = match running {
+            Some(entry) => {
+                let (chain, omitted) = self.lineage.chain(entry);
+                let chain = chain
+                    .into_iter()
+                    .map(|e| CapturedProcess {
+                        key: e.key,
+                        pid: e.pid,
+                        ns_pid: e.ns_pid,
+                        name: e.name.to_string(),
+                        exe: e.exe.to_string(),
+                        exe_status: e.exe_status,
+                        args: e.args.clone(),
+                        euser: e.euser.to_string(),
+                        ts: e.ts,
+                        image: e.image.filter(|_| e.placed),
+                        ended: None,
+                    })
+                    .collect::<Vec<_>>();
+                (chain, omitted)
+            }
+            None => (Vec::new(), 0),
+        };
+        let unplaced_label = match step {
+            Step::Exec(obs) if !obs.placed => self.matcher.policies[pi]
+                .records
+                .last()
+                .and_then(|r| r.deviation.spec.process_policy.first())
+                .and_then(|item| item.policy_node.children.first())
+                .map(|n| n.id.clone()),
+            _ => None,
+        };
+        let connections = running
+            .and_then(|_| self.lineage.procs.get(&f.process))
+            .map(|p| p.connections.clone())
+            .unwrap_or_default();
+        let copied: usize = chain
+            .iter()
+            .map(|p| p.args.iter().map(String::len).sum::<usize>() + 128)
+            .sum();
+        if !self
+            .matcher
+            .tracker_mut()
+            .charge(container, CAPTURE_BYTES + copied as u64, ts)
+        {
+            return;
+        }
+        let trace = (pi, f.deviation_uid.clone());
+        for (i, p) in chain.iter().enumerate() {
+            self.watched_ends
+                .entry(p.key)
+                .or_default()
+                .push((trace.clone(), i));
+        }
+        let max = self.matcher.limits().trace_connections as usize;
+        if connections.len() < max {
+            self.watched_connections
+                .entry(f.process)
+                .or_default()
+                .push(trace.clone());
+        }
+        self.captures.insert(
+            trace,
+            Capture {
+                container,
+                process: f.process,
+                chain,
+                omitted,
+                connection,
+                connections,
+                unplaced_label,
+            },
+        );
     }
 
     pub fn finish(&self) -> Investigation {
         let t = self.matcher.tracker();
         let mut deviations = Vec::new();
-        for p in &self.matcher.policies {
+        for (pi, p) in self.matcher.policies.iter().enumerate() {
+            let relevance = Relevance::new(p);
             for r in &p.records {
-                let occ = &r.first;
-                let mut chain = Vec::new();
-                let mut image = occ.image;
-                while let Some(id) = image {
-                    let img = t.image(id);
-                    let d = &self.details[id.index()];
-                    let label = p.label(id);
-                    chain.push(TraceProcess {
-                        pid: d.pid,
-                        ns_pid: d.ns_pid,
-                        name: t.syms.get(img.name).to_string(),
-                        exe: t.syms.get(img.exe).to_string(),
-                        exe_status: img.exe_status,
-                        args: d.args.clone(),
-                        euser: t.syms.get(img.euser).to_string(),
-                        start_time: epoch_seconds(img.ts),
-                        started: rfc3339(img.ts),
-                        deviant: label.as_ref().is_some_and(|(_, deviant)| *deviant),
-                        node: label.map(|(id, _)| id),
-                        ended: self.ends.get(&img.key).cloned(),
-                    });
-                    image = img.parent;
-                }
-                chain.reverse();
-                let info = &t.container(occ.container).info;
+                let capture = self.captures.get(&(pi, r.uid.clone()));
+                let last = capture.map_or(0, |c| c.chain.len().saturating_sub(1));
+                let chain = capture
+                    .map(|c| {
+                        c.chain
+                            .iter()
+                            .enumerate()
+                            .map(|(i, cp)| {
+                                let label = match (cp.image, &c.unplaced_label) {
+                                    (_, Some(id)) if i == last => Some((id.clone(), true)),
+                                    (Some(image), _) => p.label(image),
+                                    (None, _) => None,
+                                };
+                                TraceProcess {
+                                    pid: cp.pid,
+                                    ns_pid: cp.ns_pid,
+                                    name: cp.name.clone(),
+                                    exe: cp.exe.clone(),
+                                    exe_status: cp.exe_status,
+                                    args: cp.args.clone(),
+                                    euser: cp.euser.clone(),
+                                    start_time: epoch_seconds(cp.ts),
+                                    started: rfc3339(cp.ts),
+                                    deviant: label.as_ref().is_some_and(|(_, deviant)| *deviant),
+                                    node: label.map(|(id, _)| id),
+                                    ended: cp.ended.clone(),
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let container = capture.map_or(r.first.container, |c| c.container);
+                let info = &t.container(container).info;
                 deviations.push(DeviationTrace {
                     policy_name: p.c.name.clone(),
                     policy_uid: p.c.uid.clone(),
@@ -250,7 +560,7 @@ impl Investigator {
                     checksum: r.deviation.metadata.checksum.clone(),
                     kind: r.deviation.metadata.kind,
                     count: r.count,
-                    relevant: is_relevant_to_canonical(&p.c.policy, &p.c.nets, &r.deviation),
+                    relevant: relevance.of(&r.deviation),
                     reason: r.reason.clone(),
                     container: ContainerRef {
                         container_id: info.container_id.clone(),
@@ -260,18 +570,10 @@ impl Investigator {
                         pod: info.pod_name.clone(),
                     },
                     chain,
-                    process: occ.key,
-                    connection: occ.connection.as_ref().map(|c| TraceConnection {
-                        direction: c.direction,
-                        protocol: c.protocol,
-                        ip: c.ip.to_string(),
-                        dns: c.dns.clone(),
-                        port: c.port,
-                        remote_port: c.remote_port,
-                        refused: c.refused,
-                        timestamp: epoch_seconds(occ.ts),
-                    }),
-                    connections: self.connections.get(&occ.key).cloned().unwrap_or_default(),
+                    omitted: capture.map_or(0, |c| c.omitted),
+                    process: capture.map_or(ProcessKey(0, 0), |c| c.process),
+                    connection: capture.and_then(|c| c.connection.clone()),
+                    connections: capture.map(|c| c.connections.clone()).unwrap_or_default(),
                 });
             }
         }
@@ -300,6 +602,34 @@ impl Investigator {
             decisions: self.matcher.decisions.clone(),
         }
     }
+}
+
+/// A command line cut at `limit` bytes as the sensor cuts it (each argument with its NUL),
+/// `...` last when anything was cut, here or by the sensor.
+fn cut_args(argv: &[String], truncated: bool, limit: usize) -> Vec<String> {
+    let mut left = limit;
+    let mut out = Vec::new();
+    let mut cut = truncated;
+    for arg in argv {
+        if arg.len() < left {
+            left -= arg.len() + 1;
+            out.push(arg.clone());
+            continue;
+        }
+        let mut end = left.saturating_sub(1);
+        while !arg.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end > 0 {
+            out.push(arg[..end].to_string());
+        }
+        cut = true;
+        break;
+    }
+    if cut {
+        out.push("...".into());
+    }
+    out
 }
 
 /// Investigate a whole stream against policies, in one call.
@@ -337,163 +667,6 @@ pub fn rfc3339(ns: u64) -> String {
     )
 }
 
-fn connection_line(c: &TraceConnection) -> String {
-    let remote = match &c.dns {
-        Some(name) => format!("{name} ({})", c.ip),
-        None => c.ip.clone(),
-    };
-    let dir = match c.direction {
-        Direction::Egress => "egress to",
-        Direction::Ingress => "ingress from",
-    };
-    let port = match c.direction {
-        Direction::Egress => format!("{}/{}", c.protocol, c.port),
-        Direction::Ingress => format!("{}/{} (peer port {})", c.protocol, c.port, c.remote_port),
-    };
-    let refused = if c.refused { " refused" } else { "" };
-    format!("{dir} {remote} {port}{refused}")
-}
-
-impl Investigation {
-    /// A text tree for terminals.
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        if self.deviations.is_empty() {
-            out.push_str("No deviations.\n");
-        }
-        for d in &self.deviations {
-            let _ = writeln!(
-                out,
-                "{} deviation {} (policy {}, seen {}x{})",
-                d.kind,
-                d.deviation_uid,
-                d.policy_name,
-                d.count,
-                if d.relevant {
-                    ""
-                } else {
-                    ", no longer relevant"
-                }
-            );
-            if let Some(reason) = &d.reason {
-                let _ = writeln!(out, "  why: {reason}");
-            }
-            let c = &d.container;
-            let _ = writeln!(
-                out,
-                "  container {} ({}) image {} pod {} namespace {}",
-                or_dash(&c.container_name),
-                or_dash(&c.container_id),
-                or_dash(&c.image),
-                or_dash(&c.pod),
-                or_dash(&c.namespace)
-            );
-            if d.chain.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  process {} (started before the sensor saw it)",
-                    d.process.pid()
-                );
-            }
-            let last = d.chain.len().saturating_sub(1);
-            for (depth, p) in d.chain.iter().enumerate() {
-                let indent = "   ".repeat(depth);
-                let branch = if depth == 0 { "" } else { "└─ " };
-                let node = match (&p.node, p.deviant) {
-                    (Some(id), false) => format!(" [{id}]"),
-                    (Some(id), true) => format!(" [NEW {id}]"),
-                    (None, _) => String::new(),
-                };
-                let marker = if depth == last && d.kind == DeviationType::Process {
-                    "  <== deviation"
-                } else {
-                    ""
-                };
-                let ended = p
-                    .ended
-                    .as_deref()
-                    .map(|e| format!(", {e}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {indent}{branch}{} pid {} ({} in container) user {} at {}{ended}{node}{marker}",
-                    p.name, p.pid, p.ns_pid, p.euser, p.started
-                );
-                // The command line, and the exe when the command line does not show it or it
-                // is not a path the sensor could vouch for.
-                let exe = match untrusted_exe_reason(p.exe_status) {
-                    Some(why) => format!("  (exe {}: {why})", p.exe),
-                    None if p.args.first() == Some(&p.exe) => String::new(),
-                    None => format!("  (exe {})", p.exe),
-                };
-                let _ = writeln!(
-                    out,
-                    "  {indent}{}   $ {}{exe}",
-                    if depth == 0 { "" } else { "   " },
-                    quote_args(&p.args)
-                );
-            }
-            let indent = "   ".repeat(d.chain.len());
-            if let Some(conn) = &d.connection {
-                let _ = writeln!(out, "  {indent}{}  <== deviation", connection_line(conn));
-            }
-            for conn in d
-                .connections
-                .iter()
-                .filter(|c| Some(*c) != d.connection.as_ref())
-            {
-                let _ = writeln!(out, "  {indent}{}", connection_line(conn));
-            }
-            out.push('\n');
-        }
-        if !self.flags.is_empty() {
-            out.push_str("Flags:\n");
-            for f in &self.flags {
-                let why = f
-                    .reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {} {} flag: {} deviation {} of policy {} ({} pid {}){why}",
-                    f.severity,
-                    f.class,
-                    f.kind,
-                    f.deviation_uid,
-                    f.policy_name,
-                    or_dash(&f.process),
-                    f.pid
-                );
-            }
-        }
-        if !self.decisions.is_empty() {
-            out.push_str("Actions:\n");
-            for d in &self.decisions {
-                let _ = writeln!(out, "  {} (pid {})", d.message, d.target.pid);
-            }
-        }
-        out
-    }
-}
-
-fn or_dash(s: &str) -> &str {
-    if s.is_empty() { "-" } else { s }
-}
-
-fn quote_args(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if a.is_empty() || a.contains(char::is_whitespace) {
-                format!("{a:?}")
-            } else {
-                a.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,14 +682,6 @@ mod tests {
         assert_eq!(
             rfc3339(4_102_444_799_999_999_999),
             "2099-12-31T23:59:59.999Z"
-        );
-    }
-
-    #[test]
-    fn args_with_spaces_are_quoted() {
-        assert_eq!(
-            quote_args(&["sh".into(), "-c".into(), "ls -la".into()]),
-            "sh -c \"ls -la\""
         );
     }
 }

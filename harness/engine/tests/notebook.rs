@@ -234,17 +234,18 @@ fn the_terminal_and_the_attack_deviate_as_expected() {
         lines,
         [
             "process | jupyter-lab_0 > bash",
-            "process | jupyter-lab_0 > bash > ls",
-            "process | jupyter-lab_0 > bash > id",
-            "process | jupyter-lab_0 > bash > wget",
-            "egress | jupyter-lab_0 > bash > wget | egress [\"wget_0\"] to 198.18.0.53/32 UDP/53",
-            "egress | jupyter-lab_0 > bash > wget | egress [\"wget_0\"] to sourceforge.net TCP/443",
-            "process | jupyter-lab_0 > bash > tar",
-            "process | jupyter-lab_0 > bash > tar > gzip",
-            "process | jupyter-lab_0 > bash > minerd",
-            "egress | jupyter-lab_0 > bash > minerd | egress [\"minerd_0\"] to 198.18.0.53/32 UDP/53",
-            "egress | jupyter-lab_0 > bash > minerd | egress [\"minerd_0\"] to fakeminingpool.example.com TCP/3333",
-        ]
+            "process | bash_0 > ls",
+            "process | bash_0 > id",
+            "process | bash_0 > wget",
+            "egress | bash_0 > wget | egress [\"wget_0\"] to 198.18.0.53/32 UDP/53",
+            "egress | bash_0 > wget | egress [\"wget_0\"] to sourceforge.net TCP/443",
+            "process | bash_0 > tar",
+            "process | tar_0 > gzip",
+            "process | bash_0 > minerd",
+            "egress | bash_0 > minerd | egress [\"minerd_0\"] to 198.18.0.53/32 UDP/53",
+            "egress | bash_0 > minerd | egress [\"minerd_0\"] to fakeminingpool.example.com TCP/3333",
+        ],
+        "each deviant program alone, under its parent's node"
     );
     let p = &s.report.policies[0];
     assert_eq!(p.status, "Enforcing");

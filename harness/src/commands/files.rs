@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use guardlab_engine::document::{self, Diagnostics, Document, Located, YamlLimits};
+use guardlab_engine::limits::Limits;
 use guardlab_engine::model::{Mode, Policy};
 use guardlab_engine::window::{TimeWindow, rfc3339_ns};
 use guardlab_engine::{deviation, fingerprint, merge, policy, trace};
@@ -267,11 +268,11 @@ fn span(events: &[Event]) -> String {
 }
 
 /// `guardlab fingerprint --events FILE [--since TIME] [--until TIME]`
-pub fn fingerprint(input: &WindowedEvents, ungrouped: bool) -> CommandResult {
+pub fn fingerprint(input: &WindowedEvents, ungrouped: bool, limits: Limits) -> CommandResult {
     let path = input.path.display();
     let events = load_events(&input.path)?;
     let window = event_window(input, &events)?;
-    let mut builder = fingerprint::FingerprintBuilder::with_window(window);
+    let mut builder = fingerprint::FingerprintBuilder::with_window(window).with_limits(limits);
     builder.observe_all(&events);
     warn_about_stream(builder.stats());
     if !window.is_all() {
@@ -343,10 +344,11 @@ pub fn policy_create(from: &[PathBuf], name: Option<&str>, mode: ModeArg) -> Com
 
 /// `guardlab merge --policy FILE --with FILE...`
 pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
-    let mut policy = load_policy(policy_path)?;
+    // One merger for all: a deviation hung under an earlier one's node finds it.
+    let mut merger = merge::Merger::new(load_policy(policy_path)?);
     for path in with {
         for doc in load_yaml(path)? {
-            policy = merge::merge_document(&policy, &doc.document).with_context(|| {
+            merger.merge(&doc.document).with_context(|| {
                 format!(
                     "cannot merge {} into {}",
                     place(path, &doc),
@@ -355,7 +357,7 @@ pub fn merge(policy_path: &Path, with: &[PathBuf]) -> CommandResult {
             })?;
         }
     }
-    print(&document::to_yaml(&Document::Policy(policy)))?;
+    print(&document::to_yaml(&Document::Policy(merger.finish())))?;
     Ok(Outcome::Clean)
 }
 
@@ -395,14 +397,30 @@ fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
             stats.unknown_container_events
         ));
     }
+    for flag in &stats.limits {
+        console::warning(&format!(
+            "{} ({} time(s); --limit {}=N changes it)",
+            flag.message, flag.count, flag.limit
+        ));
+    }
 }
 
 /// `guardlab deviations --policy FILE --events FILE`: 1 when there are deviations.
-pub fn deviations(policy_path: &Path, events_path: &Path, json: bool) -> CommandResult {
+pub fn deviations(
+    policy_path: &Path,
+    events_path: &Path,
+    json: bool,
+    limits: Limits,
+) -> CommandResult {
     let policy = load_policy(policy_path)?;
     let events = load_events(events_path)?;
-    let report = deviation::find_deviations(std::slice::from_ref(&policy), &events)
-        .map_err(|e| Failure(e.into()))?;
+    let mut matcher =
+        deviation::DeviationMatcher::with_limits(std::slice::from_ref(&policy), limits)
+            .map_err(|e| Failure(e.into()))?;
+    for event in &events {
+        matcher.observe(event);
+    }
+    let report = matcher.report();
     warn_about_stream(&report.stats);
     require_applied(&report, policy_path, events_path)?;
     if json {
@@ -442,11 +460,16 @@ pub fn deviations(policy_path: &Path, events_path: &Path, json: bool) -> Command
 }
 
 /// `guardlab investigate --policy FILE --events FILE`: 1 when there are deviations.
-pub fn investigate(policy_path: &Path, events_path: &Path, json: bool) -> CommandResult {
+pub fn investigate(
+    policy_path: &Path,
+    events_path: &Path,
+    json: bool,
+    limits: Limits,
+) -> CommandResult {
     let policy = load_policy(policy_path)?;
     let events = load_events(events_path)?;
-    let mut investigator =
-        trace::Investigator::new(std::slice::from_ref(&policy)).map_err(|e| Failure(e.into()))?;
+    let mut investigator = trace::Investigator::with_limits(std::slice::from_ref(&policy), limits)
+        .map_err(|e| Failure(e.into()))?;
     for event in &events {
         investigator.observe(event);
     }

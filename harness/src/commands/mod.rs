@@ -18,7 +18,11 @@ pub fn run(command: Command, no_install: bool) -> CommandResult {
             files: paths,
             strict,
         } => files::validate(&paths, strict),
-        Command::Fingerprint { events, ungrouped } => files::fingerprint(&events, ungrouped),
+        Command::Fingerprint {
+            events,
+            ungrouped,
+            limits,
+        } => files::fingerprint(&events, ungrouped, limits.limits()),
         Command::Policy(PolicyCommand::Create { from, name, mode }) => {
             files::policy_create(&from, name.as_deref(), mode)
         }
@@ -27,12 +31,14 @@ pub fn run(command: Command, no_install: bool) -> CommandResult {
             policy,
             events,
             json,
-        } => files::deviations(&policy, &events, json),
+            limits,
+        } => files::deviations(&policy, &events, json, limits.limits()),
         Command::Investigate {
             policy,
             events,
             json,
-        } => files::investigate(&policy, &events, json),
+            limits,
+        } => files::investigate(&policy, &events, json, limits.limits()),
         Command::Lab(LabCommand::Up(args)) => lab::run(LabVerb::Up, &args, no_install),
         Command::Lab(LabCommand::Down(args)) => lab::run(LabVerb::Down, &args, no_install),
         Command::Lab(LabCommand::Status(args)) => lab::run(LabVerb::Status, &args, no_install),

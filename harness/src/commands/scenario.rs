@@ -82,6 +82,7 @@ fn options(args: &ScenarioArgs, name: &str) -> Result<RunOptions, Failure> {
         keep_lab: args.keep_lab,
         step: args.step,
         quiet: false,
+        limits: args.limits.limits(),
     })
 }
 

@@ -76,6 +76,8 @@ pub struct RunOptions {
     pub step: bool,
     /// No progress output (tests).
     pub quiet: bool,
+    /// The engine's limits (`--limit`).
+    pub limits: guardlab_engine::limits::Limits,
 }
 
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
@@ -165,7 +167,8 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
             let header = backend.header().clone();
             let recorder = recorder(options, &header)?;
             Ok(drive(
-                Runner::new(scenario, backend, snapshots, recorder, console),
+                Runner::new(scenario, backend, snapshots, recorder, console)
+                    .with_limits(options.limits),
                 options,
             )
             .await)
@@ -174,7 +177,8 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
             let backend = live::LocalBackend::new(scenario)?;
             let recorder = recorder(options, &live_header(scenario, Backend::Local))?;
             Ok(drive(
-                Runner::new(scenario, backend, snapshots, recorder, console),
+                Runner::new(scenario, backend, snapshots, recorder, console)
+                    .with_limits(options.limits),
                 options,
             )
             .await)
@@ -190,7 +194,8 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
             let backend = live::KindBackend::new(scenario);
             let recorder = recorder(options, &live_header(scenario, Backend::Kind))?;
             Ok(drive(
-                Runner::new(scenario, backend, snapshots, recorder, console),
+                Runner::new(scenario, backend, snapshots, recorder, console)
+                    .with_limits(options.limits),
                 options,
             )
             .await)

@@ -1,6 +1,6 @@
-//! A small builder of hand-written event streams: each event 1 ms after the previous one, pids
-//! counting up from the first, process start times growing with the stream, so that a test
-//! writes only what a process does.
+//! A small builder of hand-written event streams: each event 1 ms after the previous one (or
+//! another spacing, for streams at a given rate), pids counting up from the first, process start
+//! times growing with the stream, so that a test writes only what a process does.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,12 +10,15 @@ use guardlab_events::{
     ProcessExit, ProcessFork, ProcessKey, Protocol,
 };
 
-/// Builds events in time order: every event is 1 ms after the previous one.
+/// Builds events in time order: every event is 1 ms after the previous one, unless
+/// [`Stream::set_spacing_ns`] says otherwise.
 pub struct Stream {
     pub events: Vec<Event>,
     ts: u64,
     next_pid: u32,
     boot_ns: u64,
+    /// The time from one event to the next.
+    spacing_ns: u64,
 }
 
 /// What an exec looks like.
@@ -56,12 +59,19 @@ impl Stream {
             ts: start_s * 1_000_000_000,
             next_pid: first_pid,
             boot_ns: 5_000_000_000,
+            spacing_ns: 1_000_000,
         }
     }
 
+    /// From now on, each event comes `ns` nanoseconds after the previous one (1 ms at first):
+    /// a stream at a given rate of events per second.
+    pub fn set_spacing_ns(&mut self, ns: u64) {
+        self.spacing_ns = ns;
+    }
+
     fn push(&mut self, body: EventBody) {
-        self.ts += 1_000_000;
-        self.boot_ns += 1_000_000;
+        self.ts += self.spacing_ns;
+        self.boot_ns += self.spacing_ns;
         self.events.push(Event::new(self.ts, body));
     }
 
@@ -150,9 +160,10 @@ impl Stream {
         key
     }
 
-    /// The time of the next event (the last one's plus 1 ms), in epoch nanoseconds.
+    /// The time of the next event (the last one's plus the spacing, 1 ms unless set), in epoch
+    /// nanoseconds.
     pub fn next_ts(&self) -> u64 {
-        self.ts + 1_000_000
+        self.ts + self.spacing_ns
     }
 
     pub fn exit(&mut self, cgroup: u64, key: ProcessKey, code: i32) {

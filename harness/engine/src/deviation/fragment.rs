@@ -1,6 +1,6 @@
-//! The deviation documents of one policy: a chain of deviant processes (the new nodes under
-//! the nearest policy node) and a connection, as the `GuardianDeviation` whose fragment would
-//! allow them, with its checksum and uid (see the rules in [`super`]).
+//! The deviation documents of one policy: a deviant program (one new node under the node its
+//! parent maps to) and a connection, as the `GuardianDeviation` whose fragment would allow
+//! them, with its checksum and uid (see the rules in [`super`]).
 
 use std::net::IpAddr;
 
@@ -8,6 +8,7 @@ use guardlab_events::{ExeStatus, Protocol};
 use sha2::{Digest, Sha256};
 
 use super::compiled::{CompiledPolicy, PolicyNodeId};
+use super::policy_state::Program;
 use crate::id::typed_id;
 use crate::model::{
     API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
@@ -17,7 +18,7 @@ use crate::model::{
 use crate::net::host_cidr;
 use crate::tracker::{Direction, NameSetId, Sym, Tracker};
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(super) struct FragNode {
     pub name: Sym,
     pub exe: Sym,
@@ -30,15 +31,23 @@ pub(super) struct FragNode {
 }
 
 typed_id!(
-    /// A [`Chain`] of one policy's.
+    /// A deviant program ([`Chain`]) of one policy's.
     pub(super) ChainId
 );
 
-/// A chain of deviant processes under the nearest policy node.
+/// What a deviant program hangs under: the policy node its allowed parent maps to (none: a new
+/// root), or its deviant parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Anchor {
+    Policy(Option<PolicyNodeId>),
+    Chain(ChainId),
+}
+
+/// A deviant program: the new node, and what it hangs under. Its deviant ancestors are
+/// programs of their own: a chain of deviant processes is a chain of these.
 pub(super) struct Chain {
-    /// The nearest policy node; none for a new root.
-    pub anchor: Option<PolicyNodeId>,
-    pub nodes: Vec<FragNode>,
+    pub anchor: Anchor,
+    pub node: FragNode,
 }
 
 /// The process of a connection as the policy sees it.
@@ -78,10 +87,11 @@ pub(super) struct DeviationWriter<'a> {
 }
 
 impl DeviationWriter<'_> {
-    fn anchor_id(&self, anchor: Option<PolicyNodeId>) -> String {
+    fn anchor_id(&self, anchor: Anchor) -> String {
         match anchor {
-            Some(node) => self.policy.node(node).id.clone(),
-            None => ROOT_ANCHOR.to_string(),
+            Anchor::Policy(Some(node)) => self.policy.node(node).id.clone(),
+            Anchor::Policy(None) => ROOT_ANCHOR.to_string(),
+            Anchor::Chain(parent) => self.chain(parent).node.id.clone(),
         }
     }
 
@@ -89,36 +99,42 @@ impl DeviationWriter<'_> {
         &self.chains[id.index()]
     }
 
-    fn chain_fragment(&self, ch: ChainId) -> DeviationProcess {
-        let chain = self.chain(ch);
-        let mut child: Option<ProcessNode> = None;
-        for (i, n) in chain.nodes.iter().enumerate().rev() {
-            let inherits = i > 0 && chain.nodes[i - 1].euser == n.euser;
-            child = Some(ProcessNode {
-                name: self.tracker.syms.get(n.name).to_string(),
-                exe: vec![self.tracker.syms.get(n.exe).to_string()],
-                id: n.id.clone(),
-                euser: (!inherits).then(|| vec![self.tracker.syms.get(n.euser).to_string()]),
-                listening_sockets: None,
-                children: child.map(|c| vec![c]),
-            });
-        }
+    /// The fragment of a deviant program: its node alone, under what it hangs under (as a
+    /// Spyderbat deviation names its process under `policyNode`).
+    fn fragment(&self, anchor: Anchor, node: ProcessNode) -> DeviationProcess {
         DeviationProcess {
             policy_node: PolicyNodeRef {
-                id: self.anchor_id(chain.anchor),
-                children: child.into_iter().collect(),
+                id: self.anchor_id(anchor),
+                children: vec![node],
             },
         }
     }
 
-    /// The untrusted executables of a chain: (node id, status), for the checksum.
+    fn chain_fragment(&self, ch: ChainId) -> DeviationProcess {
+        let chain = self.chain(ch);
+        let n = &chain.node;
+        let syms = &self.tracker.syms;
+        self.fragment(
+            chain.anchor,
+            ProcessNode {
+                name: syms.get(n.name).to_string(),
+                exe: vec![syms.get(n.exe).to_string()],
+                id: n.id.clone(),
+                euser: Some(vec![syms.get(n.euser).to_string()]),
+                listening_sockets: None,
+                children: None,
+            },
+        )
+    }
+
+    /// The untrusted executable of a deviant program: (node id, status), for the checksum.
     fn untrusted_of(&self, ch: ChainId) -> Vec<(&str, ExeStatus)> {
-        self.chain(ch)
-            .nodes
-            .iter()
-            .filter(|n| !n.exe_status.is_resolved())
-            .map(|n| (n.id.as_str(), n.exe_status))
-            .collect()
+        let n = &self.chain(ch).node;
+        if n.exe_status.is_resolved() {
+            Vec::new()
+        } else {
+            vec![(n.id.as_str(), n.exe_status)]
+        }
     }
 
     /// Why a deviation could not have been allowed: its process's executable is untrusted.
@@ -126,13 +142,52 @@ impl DeviationWriter<'_> {
         let RecordKey::Process(ch) = key else {
             return None;
         };
-        let last = self.chain(ch).nodes.last()?;
-        untrusted_exe_reason(last.exe_status).map(|why| {
-            format!(
-                "{why} `{}`: no exe glob allows it (fail closed)",
-                self.tracker.syms.get(last.exe)
-            )
-        })
+        let n = &self.chain(ch).node;
+        program_reason(n.exe_status, self.tracker.syms.get(n.exe))
+    }
+
+    /// The process deviation of a deviant program that is not kept (see
+    /// [`super::policy_state::Verdict::DeviantUnkept`]), with `id` for its node.
+    pub(super) fn unkept_process(&self, anchor: Anchor, p: &Program, id: &str) -> Deviation {
+        let node = ProcessNode {
+            name: p.name.to_string(),
+            exe: vec![p.exe.to_string()],
+            id: id.to_string(),
+            euser: Some(vec![self.tracker.syms.get(p.euser).to_string()]),
+            listening_sockets: None,
+            children: None,
+        };
+        let untrusted = if p.exe_status.is_resolved() {
+            Vec::new()
+        } else {
+            vec![(id, p.exe_status)]
+        };
+        let spec = DeviationSpec {
+            process_policy: vec![self.fragment(anchor, node)],
+            network_policy: None,
+        };
+        self.document(DeviationType::Process, spec, &untrusted)
+    }
+
+    fn document(
+        &self,
+        kind: DeviationType,
+        spec: DeviationSpec,
+        untrusted: &[(&str, ExeStatus)],
+    ) -> Deviation {
+        let checksum = checksum(kind, &spec, untrusted);
+        Deviation {
+            api_version: API_VERSION.into(),
+            kind: KIND_DEVIATION.into(),
+            metadata: DeviationMetadata {
+                kind,
+                policy_uid: self.policy.uid.clone(),
+                uid: Some(deviation_uid(&self.policy.uid, &checksum)),
+                checksum,
+                extra: Default::default(),
+            },
+            spec,
+        }
     }
 
     pub(super) fn deviation(&self, key: RecordKey) -> Deviation {
@@ -162,12 +217,7 @@ impl DeviationWriter<'_> {
                 let (process_policy, processes) = match process {
                     ProcRef::Node(n) => (Vec::new(), vec![self.policy.node(n).id.clone()]),
                     ProcRef::Chain(c) => {
-                        let id = self
-                            .chain(c)
-                            .nodes
-                            .last()
-                            .map(|n| n.id.clone())
-                            .unwrap_or_default();
+                        let id = self.chain(c).node.id.clone();
                         (vec![self.chain_fragment(c)], vec![id])
                     }
                     ProcRef::Unknown => (Vec::new(), Vec::new()),
@@ -223,20 +273,15 @@ impl DeviationWriter<'_> {
                 )
             }
         };
-        let checksum = checksum(kind, &spec, &untrusted);
-        Deviation {
-            api_version: API_VERSION.into(),
-            kind: KIND_DEVIATION.into(),
-            metadata: DeviationMetadata {
-                kind,
-                policy_uid: self.policy.uid.clone(),
-                uid: Some(deviation_uid(&self.policy.uid, &checksum)),
-                checksum,
-                extra: Default::default(),
-            },
-            spec,
-        }
+        self.document(kind, spec, &untrusted)
     }
+}
+
+/// Why an exec could not have been allowed: its executable is untrusted (see the rules in
+/// [`super`]); none for a resolved one.
+pub(super) fn program_reason(status: ExeStatus, exe: &str) -> Option<String> {
+    untrusted_exe_reason(status)
+        .map(|why| format!("{why} `{exe}`: no exe glob allows it (fail closed)"))
 }
 
 /// Why an exec with this status is never covered by a process node, or `None` for a

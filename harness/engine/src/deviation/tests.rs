@@ -3,8 +3,9 @@ use guardlab_test_support::stream::{Stream, pod_container, prog};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::document::Document;
 use crate::fingerprint::fingerprints;
-use crate::merge::merge_deviation;
+use crate::merge::{Merger, merge_deviation};
 use crate::model::{
     ActionSelectors, EgressNode, FlagAction, Peer, PortSpec, ProcessNode, ProcessSelector,
     Response, ResponseAction, Severity,
@@ -108,8 +109,8 @@ fn a_new_child_is_a_process_deviation_under_its_parents_node() {
     );
     assert_eq!(
         fragment(devs[1]),
-        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"],"children":[{"name":"ls","exe":["/usr/bin/ls"],"id":"ls_0"}]}]}}]}"#,
-        "a descendant of a deviant process is reported under it"
+        r#"{"processPolicy":[{"policyNode":{"id":"bash_0","children":[{"name":"ls","exe":["/usr/bin/ls"],"id":"ls_0","euser":["jovyan"]}]}}]}"#,
+        "a descendant of a deviant process hangs under the deviant parent's node, alone"
     );
     for d in &devs {
         assert_eq!(d.kind, "GuardianDeviation");
@@ -230,7 +231,7 @@ fn egress_deviations_name_the_remote_port_and_process() {
 }
 
 #[test]
-fn egress_of_a_deviant_process_carries_its_chain() {
+fn egress_of_a_deviant_process_carries_its_node() {
     let policy = baseline_policy();
     let mut l = lab(700, CG, "c1");
     let bash = l.s.spawn(
@@ -258,11 +259,18 @@ fn egress_of_a_deviant_process_carries_its_chain() {
     assert_eq!(egress.metadata.kind, DeviationType::Egress);
     assert_eq!(
         fragment(egress),
-        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"],"children":[{"name":"minerd","exe":["/home/jovyan/minerd"],"id":"minerd_0"}]}]}}],"networkPolicy":{"egress":[{"to":[{"dnsSelector":["fakeminingpool.example.com"]}],"processes":["minerd_0"],"ports":[{"protocol":"TCP","port":3333}]}]}}"#
+        r#"{"processPolicy":[{"policyNode":{"id":"bash_0","children":[{"name":"minerd","exe":["/home/jovyan/minerd"],"id":"minerd_0","euser":["jovyan"]}]}}],"networkPolicy":{"egress":[{"to":[{"dnsSelector":["fakeminingpool.example.com"]}],"processes":["minerd_0"],"ports":[{"protocol":"TCP","port":3333}]}]}}"#
     );
-    // On its own it merges into a policy that then allows all of it.
-    let merged = merge_deviation(&policy, egress).unwrap();
-    let (findings, _) = run(&merged, &l.s);
+    // It hangs under bash's node: on its own it does not merge, and says which node it needs.
+    let alone = merge_deviation(&policy, egress).unwrap_err().to_string();
+    assert!(alone.contains("\"bash_0\""), "{alone}");
+    // After bash's deviation it does (minerd's own deviation is not needed: the egress
+    // carries its node), and the policy then allows all of it.
+    let mut merger = Merger::new(policy.clone());
+    for d in [devs[0], egress] {
+        merger.merge(&Document::Deviation(d.clone())).unwrap();
+    }
+    let (findings, _) = run(merger.policy(), &l.s);
     assert!(findings.is_empty(), "{findings:#?}");
 }
 
@@ -608,7 +616,7 @@ fn the_same_program_under_another_user_is_the_same_deviation() {
     assert_eq!(counts, [2, 3]);
     assert_eq!(
         fragment(&p.deviations[1].deviation),
-        r#"{"processPolicy":[{"policyNode":{"id":"python3_0","children":[{"name":"bash","exe":["/usr/bin/bash"],"id":"bash_0","euser":["jovyan"],"children":[{"name":"id","exe":["/usr/bin/id"],"id":"id_0"}]}]}}]}"#,
+        r#"{"processPolicy":[{"policyNode":{"id":"bash_0","children":[{"name":"id","exe":["/usr/bin/id"],"id":"id_0","euser":["jovyan"]}]}}]}"#,
         "the fragment keeps the first occurrence's user"
     );
 
@@ -703,10 +711,11 @@ fn lookups_of_deviant_processes_merge_into_the_resolvers_one_node() {
         ],
         "in the order the events first showed them; both names of 198.18.2.10 for wget"
     );
-    let mut merged = policy.clone();
+    let mut merger = Merger::new(policy.clone());
     for d in report.deviations() {
-        merged = merge_deviation(&merged, d).unwrap();
+        merger.merge(&Document::Deviation(d.clone())).unwrap();
     }
+    let merged = merger.finish();
     let resolver: Vec<&EgressNode> = merged
         .spec
         .network_policy
@@ -920,9 +929,14 @@ fn an_untrusted_exec_is_another_deviation_than_a_resolved_one_that_reads_the_sam
     let devs: Vec<&Deviation> = report.deviations().collect();
     assert_eq!(
         fragment(devs[0]),
-        fragment(devs[1]),
-        "the public format has no word for an untrusted exe"
+        fragment(devs[1]).replace("foo_1", "foo_0"),
+        "the public format has no word for an untrusted exe: only the new node's id differs"
     );
+    // The untrusted exe is part of the checksum: it is not the fragment's alone.
+    let mut spec = devs[1].spec.clone();
+    spec.process_policy[0].policy_node.children[0].euser = None;
+    let text = serde_json::to_vec(&(DeviationType::Process, &spec)).unwrap();
+    assert_ne!(findings[1].checksum, hex::encode(Sha256::digest(&text)));
     assert_eq!(findings[0].reason, None);
     assert!(
         findings[1]
@@ -975,10 +989,11 @@ fn a_policy_learned_from_a_fileless_exec_never_allows_it() {
 
     // Merging the deviations, as a user would to allow them, allows nothing more: the policy
     // learns the fragment (so it is no longer relevant), but the exec still deviates.
-    let mut merged = policy.clone();
+    let mut merger = Merger::new(policy.clone());
     for d in report.deviations() {
-        merged = merge_deviation(&merged, d).unwrap();
+        merger.merge(&Document::Deviation(d.clone())).unwrap();
     }
+    let merged = merger.finish();
     let (findings, report) = run(&merged, &again.s);
     assert_eq!(findings.len(), 2, "{findings:#?}");
     assert!(

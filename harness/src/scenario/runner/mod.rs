@@ -120,6 +120,14 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self
     }
 
+    /// Run the engine within `limits` (`--limit`) rather than its defaults.
+    pub fn with_limits(mut self, limits: guardlab_engine::limits::Limits) -> Self {
+        self.engine.fingerprinter = Some(FingerprintBuilder::new().with_limits(limits));
+        self.engine.investigator =
+            Investigator::with_limits(&[], limits).expect("no policy is always valid");
+        self
+    }
+
     /// Run every step; then tear down (unless `keep_lab`). Never fails: what went wrong is in
     /// the report.
     pub async fn run(mut self, keep_lab: bool) -> RunReport {
