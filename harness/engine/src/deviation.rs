@@ -101,7 +101,7 @@ use serde::Serialize;
 use crate::error::PolicyError;
 use crate::limits::{Limits, StateSize};
 use crate::model::{Deviation, DeviationType, Mode, Policy, epoch_seconds};
-use crate::policy::{default_response, status_in_stream};
+use crate::policy::{PolicyStatus, default_response, status_in_stream};
 use crate::tracker::{ContainerId, ExecObs, Stats, Step, Tracker};
 use compiled::CompiledPolicy;
 pub use fragment::untrusted_exe_reason;
@@ -161,7 +161,7 @@ pub struct PolicyReport {
     pub uid: String,
     /// `Enforcing`, `Auditing`, `Disabled`, or `Not Applied` (enabled, but it selected no
     /// container of the stream).
-    pub status: String,
+    pub status: PolicyStatus,
     /// The policy is enabled and selected at least one container of the stream. When it is
     /// false and the policy is enabled, "no deviations" means nothing was checked.
     pub applied: bool,
@@ -671,7 +671,7 @@ impl DeviationMatcher {
                 PolicyReport {
                     name: p.c.name.clone(),
                     uid: p.c.uid.clone(),
-                    status: status_in_stream(&p.c.policy, containers > 0).to_string(),
+                    status: status_in_stream(&p.c.policy, containers > 0),
                     applied: p.c.enabled && containers > 0,
                     containers,
                     unique: deviations.len(),

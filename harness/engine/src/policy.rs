@@ -38,25 +38,53 @@ pub fn is_enabled(policy: &Policy) -> bool {
     policy.spec.enabled.unwrap_or(true)
 }
 
-/// The public status word of a policy as written: `Enforcing`, `Auditing` or `Disabled`.
-pub fn status(policy: &Policy) -> &'static str {
-    match (is_enabled(policy), mode(policy)) {
-        (false, _) => DISABLED,
-        (true, Mode::Enforce) => "Enforcing",
-        (true, Mode::Audit) => "Auditing",
+/// A policy's status, as the console's word for it (`Display` and serde give the word).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum PolicyStatus {
+    #[serde(rename = "Enforcing")]
+    Enforcing,
+    #[serde(rename = "Auditing")]
+    Auditing,
+    #[serde(rename = "Disabled")]
+    Disabled,
+    /// Enabled, but it selects no container of the stream, so it checked nothing.
+    #[serde(rename = "Not Applied")]
+    NotApplied,
+}
+
+impl PolicyStatus {
+    /// The public word: `Enforcing`, `Auditing`, `Disabled` or `Not Applied`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyStatus::Enforcing => "Enforcing",
+            PolicyStatus::Auditing => "Auditing",
+            PolicyStatus::Disabled => "Disabled",
+            PolicyStatus::NotApplied => "Not Applied",
+        }
     }
 }
 
-pub const DISABLED: &str = "Disabled";
-/// The status of an enabled policy that selects no container of the stream.
-pub const NOT_APPLIED: &str = "Not Applied";
+impl std::fmt::Display for PolicyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
-/// The public status word of a policy over an event stream: as [`status`], but
-/// [`NOT_APPLIED`] when it is enabled and `selects_any` is false (its selectors matched no
-/// container of the stream, so it checked nothing).
-pub fn status_in_stream(policy: &Policy, selects_any: bool) -> &'static str {
+/// The status of a policy as written: `Enforcing`, `Auditing` or `Disabled`.
+pub fn status(policy: &Policy) -> PolicyStatus {
+    match (is_enabled(policy), mode(policy)) {
+        (false, _) => PolicyStatus::Disabled,
+        (true, Mode::Enforce) => PolicyStatus::Enforcing,
+        (true, Mode::Audit) => PolicyStatus::Auditing,
+    }
+}
+
+/// The status of a policy over an event stream: as [`status`], but
+/// [`PolicyStatus::NotApplied`] when it is enabled and `selects_any` is false (its selectors
+/// matched no container of the stream, so it checked nothing).
+pub fn status_in_stream(policy: &Policy, selects_any: bool) -> PolicyStatus {
     if is_enabled(policy) && !selects_any {
-        NOT_APPLIED
+        PolicyStatus::NotApplied
     } else {
         status(policy)
     }
@@ -281,7 +309,7 @@ mod tests {
         );
         let policy = create_policy(&[fp], Some("web-policy"), Mode::Enforce).unwrap();
         assert_eq!(policy.metadata.name, "web-policy");
-        assert_eq!(status(&policy), "Enforcing");
+        assert_eq!(status(&policy), PolicyStatus::Enforcing);
     }
 
     #[test]
@@ -428,16 +456,16 @@ mod tests {
     fn modes_and_enabling() {
         let fp = fingerprint("app:1", "a", node("sh", "/bin/sh", "sh_0"));
         let mut policy = create_policy(&[fp], None, Mode::Audit).unwrap();
-        assert_eq!(status(&policy), "Auditing");
+        assert_eq!(status(&policy), PolicyStatus::Auditing);
         set_mode(&mut policy, Mode::Enforce);
         assert_eq!(mode(&policy), Mode::Enforce);
         set_enabled(&mut policy, false);
-        assert_eq!(status(&policy), "Disabled");
+        assert_eq!(status(&policy), PolicyStatus::Disabled);
         policy.spec.mode = None;
         policy.spec.enabled = None;
         assert_eq!(
             status(&policy),
-            "Auditing",
+            PolicyStatus::Auditing,
             "no mode means audit, no enabled means enabled"
         );
     }

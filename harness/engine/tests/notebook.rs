@@ -248,7 +248,7 @@ fn the_terminal_and_the_attack_deviate_as_expected() {
         "each deviant program alone, under its parent's node"
     );
     let p = &s.report.policies[0];
-    assert_eq!(p.status, "Enforcing");
+    assert_eq!(p.status, guardlab_engine::policy::PolicyStatus::Enforcing);
     assert_eq!((p.unique, p.total), (11, 11));
     assert!(p.deviations.iter().all(|d| d.relevant));
     assert!(s.report.deviations().all(|d| {

@@ -122,7 +122,7 @@ fn a_policy_for_another_image_is_not_applied() {
     policy.spec.container_selector.as_mut().unwrap().image = Some("nginx:1".into());
     let report = find_deviations(&[policy], &events).unwrap();
     let p = &report.policies[0];
-    assert_eq!(p.status, "Not Applied");
+    assert_eq!(p.status, guardlab_engine::policy::PolicyStatus::NotApplied);
     assert!(!p.applied);
     assert_eq!((p.unique, p.total, p.containers), (0, 0, 0));
 }

@@ -369,7 +369,7 @@ fn require_applied(
     events_path: &Path,
 ) -> Result<(), Failure> {
     for p in &report.policies {
-        if !p.applied && p.status != policy::DISABLED {
+        if !p.applied && p.status != policy::PolicyStatus::Disabled {
             return Err(Failure(anyhow!(
                 "{}: policy `{}` is {}: its selectors match no container in {}",
                 policy_path.display(),

@@ -32,7 +32,7 @@ pub struct DeviationsSnapshot<'r> {
 #[derive(Serialize)]
 struct PolicyCounts<'r> {
     policy: &'r str,
-    status: &'r str,
+    status: guardlab_engine::policy::PolicyStatus,
     unique: usize,
     total: u64,
 }
@@ -51,7 +51,7 @@ impl<'r> DeviationsSnapshot<'r> {
                 .iter()
                 .map(|p| PolicyCounts {
                     policy: &p.name,
-                    status: &p.status,
+                    status: p.status,
                     unique: p.unique,
                     total: p.total,
                 })

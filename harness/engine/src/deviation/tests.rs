@@ -80,7 +80,7 @@ fn the_baseline_replayed_against_its_policy_deviates_nowhere() {
     let (findings, report) = run(&policy, &lab(7000, 9, "c2").s);
     assert!(findings.is_empty(), "{findings:#?}");
     assert_eq!(report.unique(), 0);
-    assert_eq!(report.policies[0].status, "Auditing");
+    assert_eq!(report.policies[0].status, PolicyStatus::Auditing);
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn a_disabled_policy_or_an_unselected_container_produces_nothing() {
     set_enabled(&mut policy, false);
     let (findings, report) = run(&policy, &l.s);
     assert!(findings.is_empty());
-    assert_eq!(report.policies[0].status, "Disabled");
+    assert_eq!(report.policies[0].status, PolicyStatus::Disabled);
 
     let mut other = lab(900, CG, "c1");
     other.s.events[0] = guardlab_events::Event::new(
@@ -418,7 +418,7 @@ fn enforce_mode_raises_flags_and_decides_kills() {
     );
     let (findings, report) = run(&policy, &l.s);
     assert_eq!(findings.len(), 3);
-    assert_eq!(report.policies[0].status, "Enforcing");
+    assert_eq!(report.policies[0].status, PolicyStatus::Enforcing);
     // bash: the default flag; minerd: the critical flag, once for the two occurrences.
     let flags: Vec<(Severity, &str)> = report
         .flags
