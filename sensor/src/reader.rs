@@ -129,8 +129,12 @@ impl Reader {
 
     async fn send(&mut self, event: Event) {
         // A closed receiver means nobody listens any more: keep draining so the kernel side
-        // does not count drops that nobody would see.
-        let _ = self.tx.send(event).await;
+        // does not count drops that nobody would see, and count what nobody got.
+        let counter = match self.tx.send(event).await {
+            Ok(()) => &self.decoder.counters().delivered,
+            Err(_) => &self.decoder.counters().undelivered,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn drain(&mut self) {
