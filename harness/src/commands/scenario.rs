@@ -32,7 +32,7 @@ pub fn run(args: &ScenarioArgs) -> CommandResult {
         crate::privilege::ensure_root("the local lab")?;
     }
     let report = match scenario::run_stoppable_blocking(&options) {
-        RunEnd::Finished(report) => report,
+        RunEnd::Finished(report) => *report,
         RunEnd::Stopped(stopped) => {
             return Ok(Outcome::Stopped(Stopped {
                 signal: stopped.signal,

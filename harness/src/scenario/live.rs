@@ -56,6 +56,8 @@ pub trait LiveLab: Lab {
     const TEAR_DOWN: &'static str;
     /// How a person removes the lab: `` `guardlab lab down` ``.
     const DOWN: &'static str;
+    /// How a person looks at the lab: `` `guardlab lab status` ``.
+    const STATUS: &'static str;
     /// What becomes of a lab whose taking down a second signal stopped.
     const ABANDONED: &'static str;
 
@@ -93,6 +95,7 @@ impl LiveLab for LocalLab {
     const EVENTS_ENDED: &'static str = "the lab's event stream ended (did the lab daemon stop?)";
     const TEAR_DOWN: &'static str = "the lab";
     const DOWN: &'static str = "`guardlab lab down`";
+    const STATUS: &'static str = "`guardlab lab status`";
     const ABANDONED: &'static str = "the lab's daemon removes what is left once this run has \
          ended; `guardlab lab status` shows it, `guardlab lab down` removes it";
 
@@ -161,6 +164,7 @@ impl LiveLab for KindLab {
         "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)";
     const TEAR_DOWN: &'static str = "the kind lab";
     const DOWN: &'static str = "`guardlab lab down --backend kind`";
+    const STATUS: &'static str = "`guardlab lab status --backend kind`";
     const ABANDONED: &'static str =
         "what `up` applied stays on the cluster: `guardlab lab down --backend kind` removes it";
 
@@ -474,8 +478,9 @@ impl<L: LiveLab> Stoppable for LabBackend<L> {
         if keep_lab {
             return LabAfterStop::Kept {
                 how: format!(
-                    "{} stays (--keep-lab): `guardlab lab status` shows it, {} removes it",
+                    "{} stays (--keep-lab): {} shows it, {} removes it",
                     L::TEAR_DOWN,
+                    L::STATUS,
                     L::DOWN
                 ),
             };

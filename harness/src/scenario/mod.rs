@@ -120,21 +120,21 @@ pub fn run_stoppable_blocking(options: &RunOptions) -> RunEnd {
     let runtime = match guardlab_host::runtime(2) {
         Ok(runtime) => runtime,
         Err(e) => {
-            return RunEnd::Finished(RunReport::failed(
+            return RunEnd::Finished(Box::new(RunReport::failed(
                 "?",
                 options.backend,
                 format!("starting the async runtime: {e}"),
-            ));
+            )));
         }
     };
     let end = runtime.block_on(async {
         match StopSignals::listen() {
             Ok(mut signals) => run_until(options, &mut signals).await,
-            Err(e) => RunEnd::Finished(RunReport::failed(
+            Err(e) => RunEnd::Finished(Box::new(RunReport::failed(
                 "?",
                 options.backend,
                 format!("handling SIGINT and SIGTERM: {e}"),
-            )),
+            ))),
         }
     });
     // A stopped `--step` pause may still wait for a line on standard input: do not wait for it.
@@ -170,7 +170,7 @@ pub enum SetupError {
 /// Run a scenario to the end; never fails: errors are in the report.
 pub async fn run(options: &RunOptions) -> RunReport {
     match run_until(options, &mut StopSignals::never()).await {
-        RunEnd::Finished(report) => report,
+        RunEnd::Finished(report) => *report,
         // Nothing asks to stop, but the report would say so.
         RunEnd::Stopped(stopped) => {
             RunReport::failed(&stopped.scenario, options.backend, stopped.line())
@@ -184,12 +184,20 @@ pub async fn run_until(options: &RunOptions, signals: &mut StopSignals) -> RunEn
     let scenario = match file::load_scenario(&options.scenario_file) {
         Ok(s) => s,
         Err(e) => {
-            return RunEnd::Finished(RunReport::failed("?", options.backend, SetupError::from(e)));
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                "?",
+                options.backend,
+                SetupError::from(e),
+            )));
         }
     };
     match run_scenario(options, &scenario, signals).await {
         Ok(end) => end,
-        Err(e) => RunEnd::Finished(RunReport::failed(&scenario.name, options.backend, e)),
+        Err(e) => RunEnd::Finished(Box::new(RunReport::failed(
+            &scenario.name,
+            options.backend,
+            e,
+        ))),
     }
 }
 
@@ -203,18 +211,22 @@ pub async fn run_on<L: live::LiveLab>(
     let scenario = match file::load_scenario(&options.scenario_file) {
         Ok(s) => s,
         Err(e) => {
-            return RunEnd::Finished(RunReport::failed("?", options.backend, SetupError::from(e)));
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                "?",
+                options.backend,
+                SetupError::from(e),
+            )));
         }
     };
     let header = live_header(&scenario, backend.backend());
     let recorder = match recorder(options, &header) {
         Ok(recorder) => recorder,
         Err(e) => {
-            return RunEnd::Finished(RunReport::failed(
+            return RunEnd::Finished(Box::new(RunReport::failed(
                 &scenario.name,
                 options.backend,
                 SetupError::from(e),
-            ));
+            )));
         }
     };
     let parts = RunParts {

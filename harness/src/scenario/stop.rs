@@ -28,7 +28,7 @@ use super::{RunOptions, RunReport};
 #[derive(Debug)]
 pub enum RunEnd {
     /// It ran to the end (or stopped at `--step`'s `q`, or broke): its report.
-    Finished(RunReport),
+    Finished(Box<RunReport>),
     /// A signal stopped it.
     Stopped(StoppedRun),
 }
@@ -199,7 +199,7 @@ pub(super) async fn run_stoppable<B: Stoppable>(
         );
         let run = super::drive(runner, parts.options);
         tokio::select! {
-            report = run => return RunEnd::Finished(report),
+            report = run => return RunEnd::Finished(Box::new(report)),
             signal = signals.next() => signal,
         }
         // The runner (and with it the step it was in) is dropped here.

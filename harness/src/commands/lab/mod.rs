@@ -205,6 +205,9 @@ struct StatusLines {
 /// Whose the lab is, in a sentence.
 fn ownership(owner: &Option<OwnerRecord>) -> String {
     match owner {
+        Some(owner) if !owner.process.is_alive() => {
+            format!("It belongs to {owner}, which has ended: its daemon is about to remove it.")
+        }
         Some(owner) => format!(
             "It belongs to {owner}: it is removed when that run ends (`guardlab lab down` removes it now)."
         ),
@@ -375,6 +378,18 @@ mod tests {
         assert_eq!(
             coming.lines[0],
             "Lab cryptominer (local backend) is coming up (phase starting, daemon pid 77)."
+        );
+        let ended = OwnerRecord {
+            process: ProcessRecord {
+                start_time: run_owner().process.start_time + 1,
+                ..run_owner().process
+            },
+            ..run_owner()
+        };
+        let orphaned = running_status("cryptominer", &status("starting", Some(ended.clone())));
+        assert_eq!(
+            orphaned.lines[1],
+            format!("It belongs to {ended}, which has ended: its daemon is about to remove it.")
         );
         let removing = running_status(
             "cryptominer",
