@@ -147,6 +147,13 @@ async fn an_owned_lab_goes_with_its_owner_killed_at_any_point() {
             assert_eq!(status.owner.as_ref(), Some(&owner));
             assert!(status.counters.sensor_delivered > 0, "{status:?}");
             assert_eq!(status.counters.sensor_lost(), 0, "{status:?}");
+            // The daemon's log says what the sensor lost from the moment the lab is ready.
+            let log = std::fs::read_to_string(lab.lab_dir().join("daemon.log")).unwrap();
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("] events: ") && l.contains("events, none lost;")),
+                "{log}"
+            );
             let mut other = LocalLab::new(options.clone()).unwrap();
             let err = other.up(&NoProgress).await.unwrap_err().to_string();
             assert!(

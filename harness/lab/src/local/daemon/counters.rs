@@ -37,10 +37,17 @@ pub(super) fn of(daemon: &Daemon) -> LabCounters {
     counters
 }
 
-/// Logs the counters once, then each time something other than the delivered count changed.
-pub(super) async fn log_changes(daemon: Arc<Daemon>) {
-    let mut said = of(&daemon);
+/// Logs the counters now and returns what it said: called before the lab is said to be ready,
+/// so that the log holds the line by the time anyone can ask for the lab's status.
+pub(super) fn log_now(daemon: &Daemon) -> LabCounters {
+    let said = of(daemon);
     log(&format!("events: {}", said.describe()));
+    said
+}
+
+/// After [`log_now`] said `said`: logs the counters each time something other than the
+/// delivered count changed.
+pub(super) async fn log_changes(daemon: Arc<Daemon>, mut said: LabCounters) {
     let mut tick = tokio::time::interval(LOG_EVERY);
     loop {
         tick.tick().await;

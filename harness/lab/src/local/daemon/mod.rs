@@ -188,6 +188,8 @@ async fn serve(
         Ok((daemon, forward)) => {
             let daemon = Arc::new(daemon);
             let info = daemon.info();
+            // Logged before the state says ready: whoever sees the lab ready finds the line.
+            let said = counters::log_now(&daemon);
             daemon.recorder.update(|s| {
                 s.phase = "ready".into();
                 s.info = Some(info.clone());
@@ -196,7 +198,7 @@ async fn serve(
                 tokio::spawn(forward_loop(listener, daemon.clone()));
             }
             tokio::spawn(supervise(daemon.clone()));
-            tokio::spawn(counters::log_changes(daemon.clone()));
+            tokio::spawn(counters::log_changes(daemon.clone(), said));
             let _ = ready.set(daemon.clone());
             reporter.send(&StartMessage::Ready { info });
             until_terminated(daemon).await
