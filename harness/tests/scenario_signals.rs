@@ -4,7 +4,9 @@
 //! interface, cgroup, BPF program or directory of the lab is left. SIGINT and SIGTERM take the
 //! lab down before the command exits 130 or 143 with one line; after SIGKILL the lab's daemon
 //! removes it (the lab belongs to the run). When the daemon is killed too, `lab status` reports
-//! what is left and the next run says so, removes it, and passes.
+//! what is left and the next run says so, removes it, and passes. `lab up` stopped before the
+//! lab is up removes what it made; one that finished leaves a lab with no owner, until `lab
+//! down`.
 //!
 //! Root only (CI is root). Each run has its own lab name and an ephemeral notebook port, so
 //! nothing here meets another lab; the runs of this file go one at a time, to keep the load
@@ -83,8 +85,13 @@ fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 impl Run {
     fn start(lab: &str) -> Run {
+        Run::command(&["scenario", "cryptominer"], lab)
+    }
+
+    /// `guardlab ARGS` on the local lab `lab`, with an ephemeral notebook port.
+    fn command(args: &[&str], lab: &str) -> Run {
         let mut child = guardlab()
-            .args(["scenario", "cryptominer"])
+            .args(args)
             .env("GUARDLAB_LAB", lab)
             .env("GUARDLAB_NOTEBOOK_ADDRESS", "127.0.0.1:0")
             .stdin(Stdio::null())
@@ -385,5 +392,69 @@ fn what_a_killed_run_and_daemon_left_is_reported_and_the_next_run_removes_it_and
     );
     let (_, said) = lab_status(&lab_name);
     assert!(said.contains(DOWN), "{said}");
+    assert_nothing_left(&holdings);
+}
+
+#[test]
+fn lab_up_stopped_before_the_lab_is_up_removes_what_it_made_and_a_finished_one_stays() {
+    require_root();
+    build_minerd();
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab_name = format!("t-labup-{}", std::process::id());
+    let lab = LocalLab::new(LocalLabOptions::new(&lab_name)).unwrap();
+    let up = ["lab", "up", "--namespace", lab_name.as_str()];
+
+    // Stopped while the pod starts: what it made is removed.
+    let mut run = Run::command(&up, &lab_name);
+    let mut holdings = Holdings::gather(&lab);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !Point::Setup.reached(&run, &lab) {
+        holdings.merge(Holdings::gather(&lab));
+        assert!(run.child.try_wait().unwrap().is_none(), "{}", run.stderr());
+        assert!(Instant::now() < deadline, "the pod did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    holdings.merge(Holdings::gather(&lab));
+    run.signal(libc::SIGINT);
+    let status = run.wait(Duration::from_secs(120));
+    let stderr = run.stderr();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with(&format!(
+                "guardlab: stopped by SIGINT before the lab was up: removed lab {lab_name}: "
+            )),
+        "{stderr}"
+    );
+    let (code, said) = lab_status(&lab_name);
+    assert_eq!((code, said.contains(DOWN)), (Some(0), true), "{said}");
+    assert_nothing_left(&holdings);
+
+    // Up to the end: the lab has no owner and outlives the command, until `lab down`.
+    let mut run = Run::command(&up, &lab_name);
+    let status = run.wait(Duration::from_secs(600));
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    let holdings = Holdings::gather(&lab);
+    let (code, said) = lab_status(&lab_name);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("Lab (local backend) is up.")
+            && said.contains("It has no owner")
+            && said.contains("Sensor: "),
+        "{said}"
+    );
+    let down = guardlab()
+        .args(["lab", "down", "--namespace", &lab_name])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&down.stdout);
+    assert!(down.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("Removed lab {lab_name}: ")),
+        "{said}"
+    );
     assert_nothing_left(&holdings);
 }

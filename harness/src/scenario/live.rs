@@ -245,6 +245,20 @@ fn env_value(name: &str) -> Result<Option<String>, LabError> {
     }
 }
 
+/// Where `GUARDLAB_NOTEBOOK_ADDRESS` asks the local lab's notebook to be forwarded, if it does
+/// (`scenario` and `lab up` read it; tests set `127.0.0.1:0`, any free port).
+pub fn notebook_address_from_env() -> Result<Option<std::net::SocketAddr>, LabError> {
+    let Some(text) = env_value(super::ENV_NOTEBOOK_ADDRESS)? else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| {
+        bad_env(
+            super::ENV_NOTEBOOK_ADDRESS,
+            format!("{text:?} is not an address and port such as 127.0.0.1:1234"),
+        )
+    })
+}
+
 fn bad_env(name: &str, message: String) -> LabError {
     LabError::Input {
         file: None,
@@ -259,13 +273,7 @@ impl LabBackend<LocalLab> {
     pub fn new(scenario: &Scenario, keep_lab: bool) -> Result<Self, LabError> {
         let name = env_value(super::ENV_LAB)?.unwrap_or_else(|| lab_name(scenario));
         let mut options = LocalLabOptions::new(&name);
-        if let Some(text) = env_value(super::ENV_NOTEBOOK_ADDRESS)? {
-            let address = text.parse().map_err(|_| {
-                bad_env(
-                    super::ENV_NOTEBOOK_ADDRESS,
-                    format!("{text:?} is not an address and port such as 127.0.0.1:1234"),
-                )
-            })?;
+        if let Some(address) = notebook_address_from_env()? {
             options.forward = Some(address);
         }
         options.owned_by = owner_of_run(scenario, keep_lab);

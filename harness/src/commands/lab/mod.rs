@@ -42,6 +42,9 @@ pub fn run(verb: LabVerb, args: &LabArgs, no_install: bool) -> CommandResult {
             let name = args.namespace.as_deref().unwrap_or(DEFAULT_LAB);
             let mut options = LocalLabOptions::new(name);
             options.host = guardlab_host::Host::new(no_install);
+            if let Some(address) = crate::scenario::live::notebook_address_from_env()? {
+                options.forward = Some(address);
+            }
             let lab = LocalLab::new(options)?;
             block_on(async move {
                 match verb {
