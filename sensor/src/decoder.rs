@@ -87,6 +87,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// Now on CLOCK_BOOTTIME, the clock the kernel stamps records with, in ns.
+pub(crate) fn boot_now() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
 fn ip_of(bytes: [u8; 16]) -> IpAddr {
     Ipv6Addr::from(bytes).to_canonical()
 }
@@ -163,13 +168,14 @@ impl Decoder {
         self.cgroups.contains_key(&id)
     }
 
-    fn epoch(&self, boot_ns: u64) -> u64 {
+    /// A CLOCK_BOOTTIME time (the records' clock) in ns since the Unix epoch.
+    pub(crate) fn epoch(&self, boot_ns: u64) -> u64 {
         (i128::from(boot_ns) + self.epoch_offset).clamp(0, i128::from(u64::MAX)) as u64
     }
 
     /// Now, in ns since the Unix epoch, on the same clock as decoded events.
     pub(crate) fn now(&self) -> u64 {
-        self.epoch(clock_ns(libc::CLOCK_BOOTTIME) as u64)
+        self.epoch(boot_now())
     }
 
     /// The name of `uid` as the process `pid` (a record's init-namespace pid) in cgroup

@@ -340,7 +340,8 @@ impl Sensor {
         };
         // The per-cgroup programs report nothing until the id is in `watched`, so: attach,
         // queue the container event, then enable. The container event thus precedes every
-        // other event of the cgroup, and a failed attach leaves no trace.
+        // other event of the cgroup, in the stream and in time (it is stamped here, see the
+        // reader), and a failed attach leaves no trace.
         if let Err(e) = self.attach_cgroup(&dir, &mut watch) {
             self.detach_cgroup(id, &mut watch);
             return Err(e);
@@ -349,6 +350,9 @@ impl Sensor {
             id,
             path: cgroup_path.into(),
             info: Box::new(info),
+            // Before the kernel reports anything of the cgroup: the container event's time
+            // precedes every record's, however late the reader handles this message.
+            at_boot_ns: crate::decoder::boot_now(),
         });
         if let Err(e) = self.set_watch_flags(id, 0) {
             self.detach_cgroup(id, &mut watch);
