@@ -18,7 +18,7 @@ learns a fingerprint of what the pod does, turns it into a guard policy, runs an
 checks the deviations, red flags and process traces against snapshot files.\n\n\
 The file commands (validate, fingerprint, policy, merge, deviations, investigate) need no lab \
 and no privileges.",
-    after_help = "Examples:\n  guardlab doctor\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since +30s --until +2m > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run."
+    after_help = "Examples:\n  guardlab doctor\n  guardlab scenario cryptominer\n  guardlab validate policy.yaml\n  guardlab fingerprint --events run.ndjson > fingerprints.yaml\n  guardlab fingerprint --events run.ndjson --since +30s --until +2m > fingerprints.yaml\n\nExit codes: 0 ok, 1 deviations found or check failed, 2 bad input or the lab could not run (or a scenario run lost events), 130/143 stopped by SIGINT/SIGTERM (after taking down the lab it brought up)."
 )]
 pub struct Cli {
     /// Refuse to install Debian packages, mount filesystems or load kernel modules: say what is
@@ -129,7 +129,7 @@ pub enum Command {
 
     /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
     #[command(
-        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter"
+        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter\n\nThe lab a run brings up belongs to the run: Ctrl-C or SIGTERM takes it down before guardlab exits, and if the run is killed its lab's daemon removes it. With --keep-lab it stays until `guardlab lab down`.\n\nExit codes: 0 pass, 1 a snapshot or check failed, 2 the lab could not run, or events were lost (the run is incomplete: neither a pass nor a fail), 130/143 stopped by SIGINT/SIGTERM."
     )]
     Scenario(ScenarioArgs),
 
@@ -238,14 +238,16 @@ fn backend_help(backend: Backend) -> &'static str {
 pub enum LabCommand {
     /// Bring the lab up (harmless when it is already up).
     #[command(
-        after_help = "Examples:\n  guardlab lab up\n  guardlab lab up --backend kind --dry-run"
+        after_help = "Examples:\n  guardlab lab up\n  guardlab lab up --backend kind --dry-run\n\nThe local lab has no owner: it stays until `guardlab lab down`. Ctrl-C (or SIGTERM) before it is up removes what it made (exit 130/143)."
     )]
     Up(LabArgs),
     /// Remove everything the lab made, also after a crash.
     #[command(after_help = "Example:\n  guardlab lab down")]
     Down(LabArgs),
-    /// Say what runs and where to open the notebook.
-    #[command(after_help = "Example:\n  guardlab lab status")]
+    /// Say what runs and where to open the notebook, whose lab it is, and what it lost.
+    #[command(
+        after_help = "Example:\n  guardlab lab status\n\nA local lab either belongs to a scenario run (it goes when that run ends, however it ends) or has no owner (`lab up`, `scenario --keep-lab`: it stays until `lab down`). The sensor's line says how many events it delivered and lost.\n\nExit codes: 0 up, coming up or down, 1 a lab failed or was left behind by a killed one (`guardlab lab down` removes it), 2 status could not be read."
+    )]
     Status(LabArgs),
     /// The local lab's daemon (started by `lab up`; not for direct use).
     #[command(hide = true)]
@@ -310,7 +312,8 @@ pub struct ScenarioArgs {
     /// Write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Leave the lab up at the end.
+    /// Leave the lab up at the end (also when stopped by Ctrl-C): it then has no owner and
+    /// stays until `guardlab lab down`.
     #[arg(long)]
     pub keep_lab: bool,
     /// Workshop pace: show each step's explanation and wait for Enter before running it (q and

@@ -7,3 +7,4 @@ pub mod console;
 pub mod privilege;
 pub mod report;
 pub mod scenario;
+pub mod signals;

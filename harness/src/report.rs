@@ -1,19 +1,33 @@
 //! The reporting layer at the edge, and the only place that decides how errors look and what
 //! exit code a command gets: every command ends in an [`Outcome`] or a [`Failure`], and
 //! [`exit`] maps it to 0 ok, 1 the question asked was answered "no" (deviations found, a file
-//! invalid, a check or snapshot failed), 2 bad input or the lab could not run. Only this
-//! module writes `guardlab: ...` error lines ([`exit`], [`problem`]).
+//! invalid, a check or snapshot failed), 2 bad input or the lab could not run (a run whose
+//! sensor lost events too: it cannot answer either way), and 130 or 143 for a command stopped
+//! by SIGINT or SIGTERM (128 + the signal, as a shell reports it; see [`crate::signals`]).
+//! Only this module writes `guardlab: ...` lines ([`exit`], [`problem`]).
 
 use std::fmt;
 use std::process::ExitCode;
 
-/// How a command that ran to the end came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::signals::StopSignal;
+
+/// How a command that ran to the end (or was stopped) came out.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Nothing to report: exit 0.
     Clean,
     /// Deviations found, a file invalid, a snapshot differs: exit 1.
     Findings,
+    /// Stopped by a signal, after cleaning up: exit 128 + the signal.
+    Stopped(Stopped),
+}
+
+/// A command stopped by SIGINT or SIGTERM, and its one line: where it was and what it cleaned
+/// (or left, and how to remove it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    pub signal: StopSignal,
+    pub said: String,
 }
 
 /// A command that could not do its work: bad input, a missing tool, a lab that would not run.
@@ -45,6 +59,7 @@ pub fn exit_code(result: &CommandResult) -> u8 {
     match result {
         Ok(Outcome::Clean) => 0,
         Ok(Outcome::Findings) => 1,
+        Ok(Outcome::Stopped(stopped)) => stopped.signal.exit_code(),
         Err(_) => 2,
     }
 }
@@ -52,10 +67,17 @@ pub fn exit_code(result: &CommandResult) -> u8 {
 /// End a command: say its failure, if any, on stderr (the running phase's last output first,
 /// when the failure does not quote it), and give its exit code.
 pub fn exit(result: CommandResult) -> ExitCode {
-    if let Err(failure) = &result {
-        let text = failure.to_string();
-        crate::console::failure(&text);
-        eprintln!("guardlab: {text}");
+    match &result {
+        Err(failure) => {
+            let text = failure.to_string();
+            crate::console::failure(&text);
+            eprintln!("guardlab: {text}");
+        }
+        Ok(Outcome::Stopped(stopped)) => {
+            crate::console::failure(&stopped.said);
+            eprintln!("guardlab: {}", stopped.said);
+        }
+        Ok(_) => {}
     }
     ExitCode::from(exit_code(&result))
 }
@@ -75,6 +97,14 @@ mod tests {
         assert_eq!(exit_code(&Ok(Outcome::Clean)), 0);
         assert_eq!(exit_code(&Ok(Outcome::Findings)), 1);
         assert_eq!(exit_code(&Err(Failure(anyhow::anyhow!("no lab")))), 2);
+        let stopped = |signal| {
+            exit_code(&Ok(Outcome::Stopped(Stopped {
+                signal,
+                said: "stopped".into(),
+            })))
+        };
+        assert_eq!(stopped(StopSignal::Interrupt), 130);
+        assert_eq!(stopped(StopSignal::Terminate), 143);
     }
 
     #[test]

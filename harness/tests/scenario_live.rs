@@ -19,6 +19,29 @@ fn build_minerd() {
     assert!(status.success(), "building minerd failed");
 }
 
+/// The notebook's port 1234 is this host's: tests of other binaries and checkouts that use it
+/// (the local lab's) take the same lock, an abstract unix socket named after the port, which
+/// the kernel frees when its holder dies.
+fn lock_notebook_port() -> std::os::unix::net::UnixListener {
+    use std::os::linux::net::SocketAddrExt;
+    let address =
+        std::os::unix::net::SocketAddr::from_abstract_name(b"guardlab-test-port-1234").unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        match std::os::unix::net::UnixListener::bind_addr(&address) {
+            Ok(lock) => return lock,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(1800),
+                    "port 1234 stayed taken by another test"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("locking port 1234: {e}"),
+        }
+    }
+}
+
 #[test]
 fn cryptominer_runs_live_and_matches_the_snapshots() {
     // SAFETY: geteuid has no preconditions.
@@ -28,6 +51,7 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         "the live scenario test needs root (namespaces, cgroups, eBPF): run `sudo cargo test`"
     );
     build_minerd();
+    let _port = lock_notebook_port();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let recording = dir.path().join("run.ndjson");

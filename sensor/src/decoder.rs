@@ -16,15 +16,29 @@ use crate::dns::{self, Parsed};
 use crate::raw::*;
 use crate::{Event, EventBody, cgroup, users};
 
-/// Counts of records the decoder could not turn into events, shared with the
-/// [`Sensor`](crate::Sensor) handle.
+/// What user space did with the kernel's records, shared with the [`Sensor`](crate::Sensor)
+/// handle: records the decoder could not turn into events, and events the reader delivered.
 #[derive(Debug, Default)]
 pub(crate) struct DecoderCounters {
     dns_truncated: AtomicU64,
     dns_unreadable: AtomicU64,
+    /// Records too short for their kind, or of a kind this loader does not know: lost.
+    unreadable_records: AtomicU64,
+    /// Events handed to the consumer of `Sensor::events`.
+    pub(crate) delivered: AtomicU64,
+    /// Events decoded after the consumer had gone: nobody got them.
+    pub(crate) undelivered: AtomicU64,
 }
 
+/// A record the decoder cannot read: too short for its kind, or of an unknown kind.
+struct Unreadable;
+
 impl DecoderCounters {
+    /// Records that could not be read so far.
+    pub(crate) fn unreadable_records(&self) -> u64 {
+        self.unreadable_records.load(Ordering::Relaxed)
+    }
+
     /// (truncated, unreadable) DNS messages so far.
     pub(crate) fn dns(&self) -> (u64, u64) {
         (
@@ -71,6 +85,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     // timespec; clock_gettime writes nothing else.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Now on CLOCK_BOOTTIME, the clock the kernel stamps records with, in ns.
+pub(crate) fn boot_now() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
 
 fn ip_of(bytes: [u8; 16]) -> IpAddr {
@@ -135,6 +154,11 @@ impl Decoder {
         );
     }
 
+    /// What the decoder and its reader counted.
+    pub(crate) fn counters(&self) -> &DecoderCounters {
+        &self.counters
+    }
+
     /// Drops what was kept for an unwatched cgroup.
     pub(crate) fn forget(&mut self, id: u64) {
         self.cgroups.remove(&id);
@@ -144,13 +168,14 @@ impl Decoder {
         self.cgroups.contains_key(&id)
     }
 
-    fn epoch(&self, boot_ns: u64) -> u64 {
+    /// A CLOCK_BOOTTIME time (the records' clock) in ns since the Unix epoch.
+    pub(crate) fn epoch(&self, boot_ns: u64) -> u64 {
         (i128::from(boot_ns) + self.epoch_offset).clamp(0, i128::from(u64::MAX)) as u64
     }
 
     /// Now, in ns since the Unix epoch, on the same clock as decoded events.
     pub(crate) fn now(&self) -> u64 {
-        self.epoch(clock_ns(libc::CLOCK_BOOTTIME) as u64)
+        self.epoch(boot_now())
     }
 
     /// The name of `uid` as the process `pid` (a record's init-namespace pid) in cgroup
@@ -172,13 +197,27 @@ impl Decoder {
         }
     }
 
+    /// The event of a record; `None` for a record that makes none (a DNS message that answers
+    /// nothing, or one that cannot be read: counted).
     pub(crate) fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
-        let h: EvHdr = read_record(bytes, std::mem::size_of::<EvHdr>())?;
+        match self.decode_record(bytes) {
+            Ok(event) => event,
+            Err(Unreadable) => {
+                self.counters
+                    .unreadable_records
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn decode_record(&mut self, bytes: &[u8]) -> Result<Option<Event>, Unreadable> {
+        let h: EvHdr = read_record(bytes, std::mem::size_of::<EvHdr>()).ok_or(Unreadable)?;
         let ts = self.epoch(h.ts);
         let key = ProcessKey(h.pid, h.start);
         let body = match h.kind {
             EV_EXEC => {
-                let e: ExecEv = read_record(bytes, EXEC_FIXED)?;
+                let e: ExecEv = read_record(bytes, EXEC_FIXED).ok_or(Unreadable)?;
                 let args_len = (e.args_len as usize)
                     .min(ARGS_MAX)
                     .min(bytes.len().saturating_sub(EXEC_FIXED));
@@ -211,7 +250,8 @@ impl Decoder {
                 })
             }
             EV_FORK => {
-                let e: ForkEv = read_record(bytes, std::mem::size_of::<ForkEv>())?;
+                let e: ForkEv =
+                    read_record(bytes, std::mem::size_of::<ForkEv>()).ok_or(Unreadable)?;
                 EventBody::Fork(ProcessFork {
                     key,
                     cgroup_id: h.cgroup_id,
@@ -222,7 +262,8 @@ impl Decoder {
                 })
             }
             EV_EXIT => {
-                let e: ExitEv = read_record(bytes, std::mem::size_of::<ExitEv>())?;
+                let e: ExitEv =
+                    read_record(bytes, std::mem::size_of::<ExitEv>()).ok_or(Unreadable)?;
                 let signal = (e.exit_code & 0x7f) as i32;
                 EventBody::Exit(ProcessExit {
                     key,
@@ -233,7 +274,8 @@ impl Decoder {
                 })
             }
             EV_CONNECT | EV_ACCEPT => {
-                let e: SockEv = read_record(bytes, std::mem::size_of::<SockEv>())?;
+                let e: SockEv =
+                    read_record(bytes, std::mem::size_of::<SockEv>()).ok_or(Unreadable)?;
                 let protocol = if e.protocol == IPPROTO_UDP {
                     Protocol::Udp
                 } else {
@@ -257,7 +299,8 @@ impl Decoder {
                 }
             }
             EV_LISTEN => {
-                let e: SockEv = read_record(bytes, std::mem::size_of::<SockEv>())?;
+                let e: SockEv =
+                    read_record(bytes, std::mem::size_of::<SockEv>()).ok_or(Unreadable)?;
                 EventBody::Listen(Listen {
                     process: key,
                     cgroup_id: h.cgroup_id,
@@ -267,7 +310,7 @@ impl Decoder {
                 })
             }
             EV_DNS => {
-                let e: DnsEv = read_record(bytes, DNS_FIXED)?;
+                let e: DnsEv = read_record(bytes, DNS_FIXED).ok_or(Unreadable)?;
                 let len = (e.len as usize).min(DNS_MAX);
                 let truncated = h.flags & DNS_TRUNCATED != 0;
                 if truncated {
@@ -279,16 +322,16 @@ impl Decoder {
                         name,
                         addresses,
                     }),
-                    Parsed::Nothing => return None,
+                    Parsed::Nothing => return Ok(None),
                     Parsed::Unreadable => {
                         self.counters.dns_unreadable.fetch_add(1, Ordering::Relaxed);
-                        return None;
+                        return Ok(None);
                     }
                 }
             }
-            _ => return None,
+            _ => return Err(Unreadable),
         };
-        Some(Event::new(ts, body))
+        Ok(Some(Event::new(ts, body)))
     }
 }
 
@@ -436,6 +479,26 @@ mod tests {
             (converted - wall).abs() < 1_000_000_000,
             "{converted} vs wall clock {wall}"
         );
+    }
+
+    #[test]
+    fn records_that_cannot_be_read_are_counted_as_lost() {
+        let counters = Arc::new(DecoderCounters::default());
+        let mut d = Decoder::new(counters.clone());
+        // Shorter than a header; a fork record cut after its header; a kind nobody knows.
+        assert!(d.decode(&[1, 2, 3]).is_none());
+        let mut fork: ForkEv = zeroed();
+        fork.h.kind = EV_FORK;
+        let bytes = bytes_of(&fork);
+        assert!(d.decode(&bytes[..std::mem::size_of::<EvHdr>()]).is_none());
+        let mut unknown: ForkEv = zeroed();
+        unknown.h.kind = 200;
+        assert!(d.decode(&bytes_of(&unknown)).is_none());
+        assert_eq!(counters.unreadable_records(), 3);
+        // A whole record decodes, and counts nothing.
+        assert!(d.decode(&bytes).is_some());
+        assert_eq!(counters.unreadable_records(), 3);
+        assert_eq!(counters.dns(), (0, 0));
     }
 
     #[test]

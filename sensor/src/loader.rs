@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use aya::maps::lpm_trie::Key as LpmKey;
@@ -42,12 +43,22 @@ const EXIT_GROUP_DEAD: &str = "gl_exit";
 const EXIT_LIVE_COUNT: &str = "gl_exit_live";
 const SOCK_STATE_PROGRAM: &str = "gl_sock_state";
 
-/// What the sensor could not deliver or do, so far (all counts since start).
+/// What the sensor delivered, and what it could not deliver or do, so far (all counts since
+/// start). Events are lost when the kernel drops them (`dropped`), when user space cannot read
+/// a record (`unreadable_records`), or when nobody takes the event stream any more
+/// (`undelivered`); see [`SensorStats::lost`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SensorStats {
+    /// Events handed to the consumer of [`Sensor::events`] (`lost` events included).
+    pub delivered: u64,
     /// Records the kernel could not put in the ring buffer (each also reported as a `lost`
     /// event).
     pub dropped: u64,
+    /// Records user space could not read (too short for their kind, or of a kind this loader
+    /// does not know: the object and the loader disagree). Not reported as events.
+    pub unreadable_records: u64,
+    /// Events decoded after the receiver of [`Sensor::events`] was dropped.
+    pub undelivered: u64,
     /// Execs the allow-list meant to kill where `bpf_send_signal` failed: those programs ran.
     pub kill_failures: u64,
     /// DNS answers longer than the kernel copies (4 KiB): reported with the addresses of the
@@ -55,6 +66,15 @@ pub struct SensorStats {
     pub dns_truncated: u64,
     /// DNS messages from port 53 that could not be parsed: not reported.
     pub dns_unreadable: u64,
+}
+
+impl SensorStats {
+    /// Events lost between the kernel and whoever reads [`Sensor::events`]: dropped in the
+    /// kernel or unreadable in user space. (Events decoded after the receiver was dropped are
+    /// not counted: nobody was listening for them.)
+    pub fn lost(&self) -> u64 {
+        self.dropped + self.unreadable_records
+    }
 }
 
 #[derive(Debug)]
@@ -275,7 +295,10 @@ impl Sensor {
     pub fn stats(&self) -> SensorStats {
         let (dns_truncated, dns_unreadable) = self.counters.dns();
         SensorStats {
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
             dropped: self.drops(),
+            unreadable_records: self.counters.unreadable_records(),
+            undelivered: self.counters.undelivered.load(Ordering::Relaxed),
             kill_failures: sum_per_cpu(&self.kill_failures),
             dns_truncated,
             dns_unreadable,
@@ -317,7 +340,8 @@ impl Sensor {
         };
         // The per-cgroup programs report nothing until the id is in `watched`, so: attach,
         // queue the container event, then enable. The container event thus precedes every
-        // other event of the cgroup, and a failed attach leaves no trace.
+        // other event of the cgroup, in the stream and in time (it is stamped here, see the
+        // reader), and a failed attach leaves no trace.
         if let Err(e) = self.attach_cgroup(&dir, &mut watch) {
             self.detach_cgroup(id, &mut watch);
             return Err(e);
@@ -326,6 +350,9 @@ impl Sensor {
             id,
             path: cgroup_path.into(),
             info: Box::new(info),
+            // Before the kernel reports anything of the cgroup: the container event's time
+            // precedes every record's, however late the reader handles this message.
+            at_boot_ns: crate::decoder::boot_now(),
         });
         if let Err(e) = self.set_watch_flags(id, 0) {
             self.detach_cgroup(id, &mut watch);

@@ -272,6 +272,12 @@ fn report_new_problems(last: &mut SensorStats, now: SensorStats) {
             now.kill_failures - last.kill_failures
         );
     }
+    if now.unreadable_records > last.unreadable_records {
+        eprintln!(
+            "guardlab-sensor: {} kernel record(s) could not be read (the eBPF object and this program disagree): lost",
+            now.unreadable_records - last.unreadable_records
+        );
+    }
     if now.dns_truncated > last.dns_truncated {
         eprintln!(
             "guardlab-sensor: {} DNS answer(s) longer than 4 KiB: reported with the addresses that fit",

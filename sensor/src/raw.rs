@@ -290,6 +290,17 @@ pub fn read_record<T: Copy>(bytes: &[u8], min: usize) -> Option<T> {
     }
 }
 
+#[cfg(test)]
+/// The bytes of a record struct as the kernel sends them, for tests that feed the reader.
+pub fn record_bytes<T: Copy>(record: &T) -> Vec<u8> {
+    // SAFETY: `record` is a valid reference to `size_of::<T>()` bytes; the record structs of
+    // this module are `repr(C)` structs of integers and byte arrays without padding, so all of
+    // those bytes are initialised.
+    unsafe {
+        std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()).to_vec()
+    }
+}
+
 /// The text before the first NUL.
 pub fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());

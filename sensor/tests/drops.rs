@@ -57,12 +57,22 @@ async fn flooding_a_tiny_ring_buffer_reports_every_drop_as_lost_events() {
     while let Some(e) = events.rx.recv().await {
         events.seen.push(e);
     }
-    let total = stopping.await.unwrap().unwrap().dropped;
+    let stats = stopping.await.unwrap().unwrap();
+    let total = stats.dropped;
     assert_eq!(
         lost_sum(&events.seen),
         total,
         "lost events and the kernel's counters disagree"
     );
+    // Every event that arrived was counted as delivered, the `lost` ones too; nothing was
+    // unreadable, and the receiver was there to the end.
+    assert_eq!(stats.delivered, events.seen.len() as u64, "{stats:?}");
+    assert_eq!(
+        (stats.unreadable_records, stats.undelivered),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.lost(), total);
     assert!(
         events
             .seen

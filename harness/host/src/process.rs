@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The fields of `/proc/<pid>/stat` that guardlab uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +119,19 @@ impl Pidfd {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+}
+
+// The descriptor, for waiting on it: a pidfd becomes readable when its process has ended.
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Pidfd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use guardlab_events::EventBody;
 use guardlab_jupyter::{JupyterClient, Terminal};
+use guardlab_lab::local::state::process_start_time;
 use guardlab_lab::local::{DEFAULT_NOTEBOOK_PORT, ImageSource, LocalLab, cgroup};
 use guardlab_lab::{AllowedDestination, Enforcement, Lab, LabAction, LabInfo, NoProgress};
 
@@ -121,6 +122,14 @@ fn running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits until the process `pid` that started at `started` has been reaped by its parent (its
+/// /proc entry is gone, or is a later process's). A killed process leaves its cgroup's
+/// `cgroup.procs` and stops running before its parent learns of it; only once the terminal's
+/// bash has reaped its job is the job's end certain to be said before the next prompt.
+async fn wait_until_reaped(what: &str, pid: u32, started: u64) {
+    wait_until(what, || process_start_time(pid) != Some(started)).await;
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
@@ -155,6 +164,7 @@ async fn a_process_group_is_killed_and_nothing_else(
     .await;
     let (first, second, other) = (found.0[0], found.1[0], found.2[0]);
     let subshell = parent_of(first).unwrap();
+    let subshell_started = process_start_time(subshell).unwrap();
     assert_eq!(parent_of(second), Some(subshell));
     let shell = parent_of(subshell).unwrap();
     assert_eq!(
@@ -189,13 +199,20 @@ async fn a_process_group_is_killed_and_nothing_else(
         [subshell, first, second].iter().all(|p| !running(*p))
     })
     .await;
+    wait_until_reaped("bash to reap the killed job", subshell, subshell_started).await;
     assert!(running(other), "the other group's sleep lives on");
     assert!(running(shell), "the terminal's shell lives on");
-    let (output, code) = run(terminal, "kill $!; wait; echo still here").await;
+    // `jobs` says how the reaped job ended. Not `wait`'s notice: `wait` without arguments
+    // discards the status of every job already dead (POSIX allows it), so whether it said
+    // "Killed" depended on whether bash had reaped the other sleep, killed just before, by the
+    // time `wait` began.
+    let (output, code) = run(terminal, "jobs; kill $!; wait; echo still here").await;
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("still here"), "{output}");
     assert!(
-        output.contains("Killed") && output.contains("sleep 1202"),
+        output
+            .lines()
+            .any(|l| l.contains("Killed") && l.contains("sleep 1202")),
         "bash saw its job killed: {output}"
     );
     wait_until("the other sleep to end by the terminal's kill", || {
@@ -475,6 +492,7 @@ async fn responses_kill_the_pods_processes_only_and_a_killed_pod_is_replaced() {
             sleeper = find_sleeper();
         }
         let sleeper = sleeper.expect("the sleep in the pod's cgroup");
+        let sleeper_started = process_start_time(sleeper).unwrap();
 
         // Never anything outside the pod.
         let refused = lab
@@ -499,6 +517,9 @@ async fn responses_kill_the_pods_processes_only_and_a_killed_pod_is_replaced() {
             !cgroup::pids_in_tree(&cgroup_path).contains(&sleeper),
             "the sleep was killed"
         );
+        // Gone from the cgroup is not yet reaped: bash says its job was killed only before the
+        // first prompt after reaping it.
+        wait_until_reaped("bash to reap the killed sleep", sleeper, sleeper_started).await;
         let (output, code) = run(&mut terminal, "echo still here").await;
         assert_eq!(code, 0);
         assert!(
@@ -506,7 +527,9 @@ async fn responses_kill_the_pods_processes_only_and_a_killed_pod_is_replaced() {
             "the rest of the pod lives on: {output}"
         );
         assert!(
-            output.contains("Killed") && output.contains("sleep 1000"),
+            output
+                .lines()
+                .any(|l| l.contains("Killed") && l.contains("sleep 1000")),
             "bash saw its job killed: {output}"
         );
         a_process_group_is_killed_and_nothing_else(&mut lab, &mut terminal, &cgroup_path).await;

@@ -1,6 +1,8 @@
 //! `guardlab scenario ...`: list the scenarios, or run one, print its summary and write its
 //! reports. How the run came out becomes the command's outcome: pass 0, a snapshot or check
-//! failed 1, the lab could not run (or bad input) 2.
+//! failed 1, the lab could not run, or lost events so the run cannot answer (or bad input) 2;
+//! stopped by SIGINT or SIGTERM 130 or 143, after taking its lab down, with one line and no
+//! summary (see `crate::scenario::stop`).
 
 use std::path::PathBuf;
 
@@ -10,8 +12,8 @@ use guardlab_lab_api::Backend;
 
 use crate::cli::ScenarioArgs;
 use crate::console::Console;
-use crate::report::{self, CommandResult, Failure, Outcome};
-use crate::scenario::{self, RunOptions, RunReport, RunResult, StepResult, file, summary};
+use crate::report::{self, CommandResult, Failure, Outcome, Stopped};
+use crate::scenario::{self, RunEnd, RunOptions, RunReport, RunResult, StepResult, file, summary};
 
 pub fn run(args: &ScenarioArgs) -> CommandResult {
     if args.list {
@@ -41,7 +43,15 @@ pub fn run(args: &ScenarioArgs) -> CommandResult {
     if options.backend == Backend::Local {
         crate::privilege::ensure_root("the local lab")?;
     }
-    let report = scenario::run_blocking(&options);
+    let report = match scenario::run_stoppable_blocking(&options) {
+        RunEnd::Finished(report) => *report,
+        RunEnd::Stopped(stopped) => {
+            return Ok(Outcome::Stopped(Stopped {
+                signal: stopped.signal,
+                said: stopped.line(),
+            }));
+        }
+    };
     summary::print_summary(&report, &Console { quiet: false });
     let write_errors = write_reports(&report, &options);
     if !write_errors.is_empty() {
@@ -91,6 +101,12 @@ fn outcome(report: &RunReport) -> CommandResult {
     match report.result {
         RunResult::Pass => Ok(Outcome::Clean),
         RunResult::Mismatch => Ok(Outcome::Findings),
+        RunResult::Incomplete => Err(Failure(anyhow!(
+            "scenario {}: {}: what its steps checked may miss what was lost, so the run is not a \
+             pass (and a difference may come from the loss); run it again, on a less busy host",
+            report.scenario,
+            report.events.describe()
+        ))),
         RunResult::Error => {
             let scenario = if report.scenario == "?" {
                 String::new()

@@ -192,6 +192,12 @@ pub trait ScenarioBackend {
     async fn carry_out(&mut self, decision: &Decision) -> Result<String, StepError>;
     /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError>;
+    /// What the lab lost or could not do since it started (its sensor's counters), asked for
+    /// at the end of a run; `None` where the backend has no such counters (a recording, a
+    /// cluster: there the stream's `lost` events are all there is).
+    async fn lab_counters(&mut self) -> Option<guardlab_lab::local::LabCounters> {
+        None
+    }
     /// Tear down (unless `keep`).
     async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), StepError>;
 }

@@ -11,6 +11,11 @@
 //! A run always starts from a fresh pod, so that the baseline holds only the baseline: a lab
 //! that is already up (an earlier `--keep-lab`) is torn down and brought up again (the image
 //! is cached, so this is quick). At the end the lab is torn down unless `--keep-lab`.
+//!
+//! On the local backend the lab a run brings up belongs to the run (unless `--keep-lab`): if
+//! the run's process ends without taking it down (killed), the lab's daemon removes it. A lab
+//! that belongs to another run still going is refused, not taken from it. A run stopped by
+//! SIGINT or SIGTERM takes its lab down ([`Stoppable`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,9 +29,11 @@ use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use crate::console::Console;
+use crate::signals::StopSignals;
 
 use super::backend::{CheckFailure, ScenarioBackend, StepError};
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
+use super::stop::{LabAfterStop, Stoppable};
 use super::workbench::{JupyterWorkbench, Workbench};
 
 /// What differs between the live labs behind [`LabBackend`]: the words of their messages and
@@ -47,9 +54,28 @@ pub trait LiveLab: Lab {
     const EVENTS_ENDED: &'static str;
     /// The lab in `Tearing ... down.`: `the lab`, `the kind lab`.
     const TEAR_DOWN: &'static str;
+    /// How a person removes the lab: `` `guardlab lab down` ``.
+    const DOWN: &'static str;
+    /// How a person looks at the lab: `` `guardlab lab status` ``.
+    const STATUS: &'static str;
+    /// What becomes of a lab whose taking down a second signal stopped.
+    const ABANDONED: &'static str;
 
     /// Said at the end of a `--keep-lab` run, with the notebook's address.
     fn kept_up(notebook_url: &str) -> String;
+
+    /// Refuses a lab that another run still going owns (it would be taken from that run).
+    fn check_not_in_use(&self) -> Result<(), LabError> {
+        Ok(())
+    }
+
+    /// `down`, and what it removed in one phrase (`removed lab cryptominer: ...`).
+    async fn take_down(&mut self) -> Result<String, LabError>;
+
+    /// What the lab lost or could not do since it started, when it counts that.
+    async fn counters(&self) -> Option<guardlab_lab::local::LabCounters> {
+        None
+    }
 
     /// Why the event stream ended, when the lab knows (said after [`Self::EVENTS_ENDED`]).
     fn events_ended_why(&self) -> Option<String> {
@@ -68,11 +94,41 @@ impl LiveLab for LocalLab {
     const EVENTS_NOT_FLOWING: &'static str = "the lab's events are not flowing";
     const EVENTS_ENDED: &'static str = "the lab's event stream ended (did the lab daemon stop?)";
     const TEAR_DOWN: &'static str = "the lab";
+    const DOWN: &'static str = "`guardlab lab down`";
+    const STATUS: &'static str = "`guardlab lab status`";
+    const ABANDONED: &'static str = "the lab's daemon removes what is left once this run has \
+         ended; `guardlab lab status` shows it, `guardlab lab down` removes it";
 
     fn kept_up(notebook_url: &str) -> String {
         format!(
             "The lab stays up (--keep-lab): open {notebook_url} ; `guardlab lab down` removes it."
         )
+    }
+
+    fn check_not_in_use(&self) -> Result<(), LabError> {
+        match self.in_use_by_another()? {
+            Some(owner) => Err(guardlab_lab::local::InUse {
+                lab: self.options().lab.clone(),
+                owner,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn take_down(&mut self) -> Result<String, LabError> {
+        Ok(LocalLab::take_down(self, &guardlab_lab::NoProgress)
+            .await?
+            .to_string())
+    }
+
+    async fn counters(&self) -> Option<guardlab_lab::local::LabCounters> {
+        // A lab that cannot say (its daemon is gone) has no counters to give.
+        self.daemon_status()
+            .await
+            .ok()
+            .flatten()
+            .map(|status| status.counters)
     }
 
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
@@ -107,6 +163,23 @@ impl LiveLab for KindLab {
     const EVENTS_ENDED: &'static str =
         "the sensor's event stream ended (is the guardlab-sensor DaemonSet still running?)";
     const TEAR_DOWN: &'static str = "the kind lab";
+    const DOWN: &'static str = "`guardlab lab down --backend kind`";
+    const STATUS: &'static str = "`guardlab lab status --backend kind`";
+    const ABANDONED: &'static str =
+        "what `up` applied stays on the cluster: `guardlab lab down --backend kind` removes it";
+
+    async fn take_down(&mut self) -> Result<String, LabError> {
+        // What `up` created, as its state file records it, before `down` removes the record.
+        let created = guardlab_kind::state::LabState::load(&self.options().state_file())
+            .ok()
+            .flatten()
+            .map(|state| state.created_objects_newest_first().len())
+            .unwrap_or(0);
+        self.down(&guardlab_lab::NoProgress).await?;
+        Ok(format!(
+            "removed the kind lab: the {created} objects `up` created deleted"
+        ))
+    }
 
     fn events_ended_why(&self) -> Option<String> {
         self.event_stream_failure()
@@ -140,6 +213,11 @@ pub struct LabBackend<L> {
     started: bool,
 }
 
+/// Who a local lab belongs to: the run, unless it is kept (`--keep-lab`).
+fn owner_of_run(scenario: &Scenario, keep_lab: bool) -> Option<String> {
+    (!keep_lab).then(|| format!("guardlab scenario {}", scenario.name))
+}
+
 /// The local lab as a scenario backend.
 pub type LocalBackend = LabBackend<LocalLab>;
 
@@ -158,10 +236,48 @@ fn lab_name(scenario: &Scenario) -> String {
         .unwrap_or_else(|| scenario.name.clone())
 }
 
+/// An environment variable's value, when it is set.
+fn env_value(name: &str) -> Result<Option<String>, LabError> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(bad_env(name, "it is not UTF-8".into())),
+    }
+}
+
+/// Where `GUARDLAB_NOTEBOOK_ADDRESS` asks the local lab's notebook to be forwarded, if it does
+/// (`scenario` and `lab up` read it; tests set `127.0.0.1:0`, any free port).
+pub fn notebook_address_from_env() -> Result<Option<std::net::SocketAddr>, LabError> {
+    let Some(text) = env_value(super::ENV_NOTEBOOK_ADDRESS)? else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| {
+        bad_env(
+            super::ENV_NOTEBOOK_ADDRESS,
+            format!("{text:?} is not an address and port such as 127.0.0.1:1234"),
+        )
+    })
+}
+
+fn bad_env(name: &str, message: String) -> LabError {
+    LabError::Input {
+        file: None,
+        line: None,
+        field: Some(name.to_string()),
+        message,
+    }
+}
+
 impl LabBackend<LocalLab> {
-    pub fn new(scenario: &Scenario) -> Result<Self, LabError> {
-        let lab = LocalLab::new(LocalLabOptions::new(&lab_name(scenario)))?;
-        Ok(LabBackend::with_lab(lab))
+    /// The scenario's local lab; it belongs to the run unless `keep_lab`.
+    pub fn new(scenario: &Scenario, keep_lab: bool) -> Result<Self, LabError> {
+        let name = env_value(super::ENV_LAB)?.unwrap_or_else(|| lab_name(scenario));
+        let mut options = LocalLabOptions::new(&name);
+        if let Some(address) = notebook_address_from_env()? {
+            options.forward = Some(address);
+        }
+        options.owned_by = owner_of_run(scenario, keep_lab);
+        Ok(LabBackend::with_lab(LocalLab::new(options)?))
     }
 }
 
@@ -176,7 +292,8 @@ impl LabBackend<KindLab> {
 }
 
 impl<L: LiveLab> LabBackend<L> {
-    fn with_lab(lab: L) -> Self {
+    /// The scenario's backend on a lab made by the caller (tests: a kind lab on a fake API).
+    pub fn with_lab(lab: L) -> Self {
         LabBackend {
             lab,
             info: None,
@@ -228,6 +345,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
 
     async fn lab_up(&mut self, out: &Console) -> Result<(), StepError> {
         let progress = out.progress();
+        self.lab.check_not_in_use().map_err(lab_err(L::LAB))?;
         // A lab left up by `lab up` or --keep-lab is removed first: the baseline must start
         // from a fresh pod.
         if self.lab.status().await.map_err(lab_err(L::LAB))?.is_some() {
@@ -322,6 +440,14 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         self.lab.pool_clients(check).await
     }
 
+    async fn lab_counters(&mut self) -> Option<guardlab_lab::local::LabCounters> {
+        if self.started {
+            self.lab.counters().await
+        } else {
+            None
+        }
+    }
+
     async fn finish(&mut self, keep: bool, out: &Console) -> Result<(), StepError> {
         if let Some(mut w) = self.workbench.take() {
             w.close().await;
@@ -344,5 +470,41 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
                 what: format!("tearing {} down", L::TEAR_DOWN),
                 source,
             })
+    }
+}
+
+impl<L: LiveLab> Stoppable for LabBackend<L> {
+    async fn stop_lab(&mut self, keep_lab: bool, signals: &mut StopSignals) -> LabAfterStop {
+        if let Some(mut workbench) = self.workbench.take() {
+            // Closing the notebook's connections is a courtesy; the lab goes anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(2), workbench.close()).await;
+        }
+        self.events = None;
+        if !self.started {
+            return LabAfterStop::NoLab;
+        }
+        if keep_lab {
+            return LabAfterStop::Kept {
+                how: format!(
+                    "{} stays (--keep-lab): {} shows it, {} removes it",
+                    L::TEAR_DOWN,
+                    L::STATUS,
+                    L::DOWN
+                ),
+            };
+        }
+        tokio::select! {
+            removed = self.lab.take_down() => match removed {
+                Ok(what) => LabAfterStop::Removed { what },
+                Err(e) => LabAfterStop::NotRemoved {
+                    error: e.to_string(),
+                    how: format!("{} removes what is left", L::DOWN),
+                },
+            },
+            signal = signals.next() => LabAfterStop::Abandoned {
+                signal,
+                how: L::ABANDONED.to_string(),
+            },
+        }
     }
 }

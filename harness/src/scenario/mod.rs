@@ -3,14 +3,20 @@
 //! snapshot files ([`snapshot`]) in `snapshots/<name>/`.
 //!
 //! `guardlab scenario ...` (`crate::commands::scenario`) resolves a [`RunOptions`] and calls
-//! [`run_blocking`]; the [`RunReport`] it gets back says how the run came out.
+//! [`run_stoppable_blocking`]: the [`RunReport`] it gets back says how the run came out, or a
+//! [`StoppedRun`] says where SIGINT or SIGTERM stopped it and what became of its lab
+//! ([`stop`]). [`run_blocking`] runs to the end, whatever signals come (tests, tools).
 //!
 //! Where things are found (each can be moved with an environment variable, for tests and for
 //! scenarios kept elsewhere):
 //! - scenario files: `GUARDLAB_SCENARIOS_DIR`, else `./scenarios`, else the source tree's;
 //! - snapshots: `GUARDLAB_SNAPSHOT_DIR`, else `<scenarios>/../snapshots/<scenario>` (on the kind
 //!   backend `<scenario>-kind`: the real image's paths differ);
-//! - the recording a replay reads: `GUARDLAB_REPLAY_FILE`, else `<scenarios>/<scenario>.ndjson`.
+//! - the recording a replay reads: `GUARDLAB_REPLAY_FILE`, else `<scenarios>/<scenario>.ndjson`;
+//! - the local lab's name: `GUARDLAB_LAB`, else the scenario's namespace (its directory under
+//!   `/run/guardlab` and its cgroup; the pod's namespace stays the manifest's), and where its
+//!   notebook is forwarded: `GUARDLAB_NOTEBOOK_ADDRESS`, else 127.0.0.1:1234 (`127.0.0.1:0`: any
+//!   free port). Tests that run labs side by side set both.
 
 pub mod backend;
 pub mod file;
@@ -23,6 +29,7 @@ pub mod run_report;
 pub mod runner;
 pub mod snapshot;
 pub mod snapshot_text;
+pub mod stop;
 pub mod summary;
 pub mod workbench;
 
@@ -31,18 +38,23 @@ use std::path::{Path, PathBuf};
 use guardlab_lab_api::{Backend, LabError};
 
 use crate::console::Console;
+use crate::signals::StopSignals;
 use backend::ScenarioBackend;
 use file::Scenario;
 use pace::Pacer;
 use recording::RecordingWriter;
 use runner::{Runner, SnapshotMode};
+use stop::{RunParts, run_stoppable};
 
-pub use run_report::{RunReport, RunResult, StepResult};
+pub use run_report::{EventCounts, RunReport, RunResult, StepResult};
+pub use stop::{LabAfterStop, RunEnd, StoppedRun};
 
 /// Environment variables that move the scenario's files.
 pub const ENV_SCENARIOS_DIR: &str = "GUARDLAB_SCENARIOS_DIR";
 pub const ENV_SNAPSHOT_DIR: &str = "GUARDLAB_SNAPSHOT_DIR";
 pub const ENV_REPLAY_FILE: &str = "GUARDLAB_REPLAY_FILE";
+pub const ENV_LAB: &str = "GUARDLAB_LAB";
+pub const ENV_NOTEBOOK_ADDRESS: &str = "GUARDLAB_NOTEBOOK_ADDRESS";
 
 /// The scenario files' directory (see the module documentation).
 pub fn scenarios_dir() -> PathBuf {
@@ -92,15 +104,44 @@ pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
 }
 
 /// Run a scenario to the end on a fresh tokio runtime; never fails: errors are in the report.
+/// Signals keep their default action (no clean-up: see [`run_stoppable_blocking`]).
 pub fn run_blocking(options: &RunOptions) -> RunReport {
     match guardlab_host::runtime(2) {
         Ok(rt) => rt.block_on(run(options)),
         Err(e) => RunReport::failed(
-            "?",
+            &file::name_of_file(&options.scenario_file),
             options.backend,
             format!("starting the async runtime: {e}"),
         ),
     }
+}
+
+/// Run a scenario on a fresh tokio runtime until it ends or SIGINT or SIGTERM stops it; a
+/// stopped run takes its lab down (unless `--keep-lab`) before it returns.
+pub fn run_stoppable_blocking(options: &RunOptions) -> RunEnd {
+    let runtime = match guardlab_host::runtime(2) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                &file::name_of_file(&options.scenario_file),
+                options.backend,
+                format!("starting the async runtime: {e}"),
+            )));
+        }
+    };
+    let end = runtime.block_on(async {
+        match StopSignals::listen() {
+            Ok(mut signals) => run_until(options, &mut signals).await,
+            Err(e) => RunEnd::Finished(Box::new(RunReport::failed(
+                &file::name_of_file(&options.scenario_file),
+                options.backend,
+                format!("handling SIGINT and SIGTERM: {e}"),
+            ))),
+        }
+    });
+    // A stopped `--step` pause may still wait for a line on standard input: do not wait for it.
+    runtime.shutdown_background();
+    end
 }
 
 /// Why a run could not start: its scenario, its recording or its lab could not be had.
@@ -130,20 +171,83 @@ pub enum SetupError {
 
 /// Run a scenario to the end; never fails: errors are in the report.
 pub async fn run(options: &RunOptions) -> RunReport {
-    let scenario = match file::load_scenario(&options.scenario_file) {
-        Ok(s) => s,
-        Err(e) => {
-            let name = file::name_of_file(&options.scenario_file);
-            return RunReport::failed(&name, options.backend, SetupError::from(e));
+    match run_until(options, &mut StopSignals::never()).await {
+        RunEnd::Finished(report) => *report,
+        // Nothing asks to stop, but the report would say so.
+        RunEnd::Stopped(stopped) => {
+            RunReport::failed(&stopped.scenario, options.backend, stopped.line())
         }
-    };
-    match run_scenario(options, &scenario).await {
-        Ok(report) => report,
-        Err(e) => RunReport::failed(&scenario.name, options.backend, e),
     }
 }
 
-async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunReport, SetupError> {
+/// Run a scenario until it ends or `signals` asks to stop; never fails: errors are in the
+/// report.
+pub async fn run_until(options: &RunOptions, signals: &mut StopSignals) -> RunEnd {
+    let scenario = match file::load_scenario(&options.scenario_file) {
+        Ok(s) => s,
+        Err(e) => {
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                &file::name_of_file(&options.scenario_file),
+                options.backend,
+                SetupError::from(e),
+            )));
+        }
+    };
+    match run_scenario(options, &scenario, signals).await {
+        Ok(end) => end,
+        Err(e) => RunEnd::Finished(Box::new(RunReport::failed(
+            &scenario.name,
+            options.backend,
+            e,
+        ))),
+    }
+}
+
+/// Run a scenario on a live lab made by the caller (tests: a kind lab on a fake API) until it
+/// ends or `signals` asks to stop.
+pub async fn run_on<L: live::LiveLab>(
+    options: &RunOptions,
+    backend: &mut live::LabBackend<L>,
+    signals: &mut StopSignals,
+) -> RunEnd {
+    let scenario = match file::load_scenario(&options.scenario_file) {
+        Ok(s) => s,
+        Err(e) => {
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                &file::name_of_file(&options.scenario_file),
+                options.backend,
+                SetupError::from(e),
+            )));
+        }
+    };
+    let header = live_header(&scenario, backend.backend());
+    let recorder = match recorder(options, &header) {
+        Ok(recorder) => recorder,
+        Err(e) => {
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                &scenario.name,
+                options.backend,
+                SetupError::from(e),
+            )));
+        }
+    };
+    let parts = RunParts {
+        scenario: &scenario,
+        snapshots: snapshot_mode(options, &scenario),
+        recorder,
+        console: Console {
+            quiet: options.quiet,
+        },
+        options,
+    };
+    run_stoppable(backend, parts, signals).await
+}
+
+async fn run_scenario(
+    options: &RunOptions,
+    scenario: &Scenario,
+    signals: &mut StopSignals,
+) -> Result<RunEnd, SetupError> {
     let snapshots = snapshot_mode(options, scenario);
     let console = Console {
         quiet: options.quiet,
@@ -162,26 +266,30 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
                     shown: shown.clone(),
                     source,
                 })?;
-            let backend = replay::ReplayBackend::new(scenario, rec, &shown)?;
+            let mut backend = replay::ReplayBackend::new(scenario, rec, &shown)?;
             // A replay recorded again is the same recording.
             let header = backend.header().clone();
             let recorder = recorder(options, &header)?;
-            Ok(drive(
-                Runner::new(scenario, backend, snapshots, recorder, console)
-                    .with_limits(options.limits),
+            let parts = RunParts {
+                scenario,
+                snapshots,
+                recorder,
+                console,
                 options,
-            )
-            .await)
+            };
+            Ok(run_stoppable(&mut backend, parts, signals).await)
         }
         Backend::Local => {
-            let backend = live::LocalBackend::new(scenario)?;
+            let mut backend = live::LocalBackend::new(scenario, options.keep_lab)?;
             let recorder = recorder(options, &live_header(scenario, Backend::Local))?;
-            Ok(drive(
-                Runner::new(scenario, backend, snapshots, recorder, console)
-                    .with_limits(options.limits),
+            let parts = RunParts {
+                scenario,
+                snapshots,
+                recorder,
+                console,
                 options,
-            )
-            .await)
+            };
+            Ok(run_stoppable(&mut backend, parts, signals).await)
         }
         Backend::Kind => {
             if !options.update_snapshots && !snapshots.dir.dir.exists() {
@@ -191,14 +299,16 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
                     file::display_path(&snapshots.dir.dir)
                 ));
             }
-            let backend = live::KindBackend::new(scenario);
+            let mut backend = live::KindBackend::new(scenario);
             let recorder = recorder(options, &live_header(scenario, Backend::Kind))?;
-            Ok(drive(
-                Runner::new(scenario, backend, snapshots, recorder, console)
-                    .with_limits(options.limits),
+            let parts = RunParts {
+                scenario,
+                snapshots,
+                recorder,
+                console,
                 options,
-            )
-            .await)
+            };
+            Ok(run_stoppable(&mut backend, parts, signals).await)
         }
     }
 }

@@ -84,6 +84,10 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         }
     }
     out.line("");
+    out.line(format!("Events: {}", report.events.describe()));
+    if let Some(lab) = &report.events.lab {
+        out.line(format!("Sensor: {}", lab.describe()));
+    }
     if let Some(e) = &report.error {
         out.line(format!("Error: {e}"));
     }
@@ -127,6 +131,16 @@ pub fn print_summary(report: &RunReport, out: &Console) {
             report.steps.len(),
         )),
         RunResult::Mismatch => out.line(format!("FAIL: {}", failed.join(", "))),
+        RunResult::Incomplete => out.line(format!(
+            "INCOMPLETE: at least {} events were lost, so the checks saw a stream with holes: \
+             not a pass{}",
+            report.events.lost_total(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" (and {})", failed.join(", "))
+            }
+        )),
         RunResult::Error => out.line(format!(
             "ERROR: the lab could not run{}",
             if failed.is_empty() {
@@ -186,6 +200,13 @@ pub fn junit(report: &RunReport) -> Report {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
         status.set_message(e.clone());
         let mut case = TestCase::new("lab", status);
+        case.set_classname(format!("scenario.{}", report.scenario));
+        suite.add_test_case(case);
+    }
+    if report.events.lost_total() > 0 {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+        status.set_message(format!("events lost: {}", report.events.describe()));
+        let mut case = TestCase::new("events", status);
         case.set_classname(format!("scenario.{}", report.scenario));
         suite.add_test_case(case);
     }

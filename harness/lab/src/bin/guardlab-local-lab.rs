@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use guardlab_lab::local::{ImageSource, LocalLab, LocalLabOptions, PodRuntime};
+use guardlab_lab::local::{ImageSource, LabCondition, LocalLab, LocalLabOptions, PodRuntime};
 use guardlab_lab::{DaemonOptions, IoContext, Lab, LabError, Progress};
 
 const HELP: &str = "\
@@ -32,6 +32,8 @@ Options (of every command):
   --miner-tarball FILE  The miner tarball served as the scenario's download
   --no-sensor           Run without the eBPF sensor
   --no-install          Refuse to install, mount or load what the host lacks; name it and its package instead
+  --hold                up: stay in the foreground; the lab belongs to this process and is removed
+                        when it ends (Ctrl-C, SIGTERM, or killed: then the lab's daemon removes it)
   -h, --help            Print help
 
 Examples:
@@ -70,6 +72,8 @@ struct LabArgs {
     miner_tarball: Option<PathBuf>,
     no_sensor: bool,
     no_install: bool,
+    /// `up --hold`: the lab belongs to this process.
+    hold: bool,
 }
 
 impl Default for LabArgs {
@@ -83,6 +87,7 @@ impl Default for LabArgs {
             miner_tarball: None,
             no_sensor: false,
             no_install: false,
+            hold: false,
         }
     }
 }
@@ -173,6 +178,7 @@ fn parse(words: impl IntoIterator<Item = OsString>) -> Result<Command, ArgsError
                     }
                     "--no-sensor" => args.no_sensor = true,
                     "--no-install" => args.no_install = true,
+                    "--hold" if command == "up" => args.hold = true,
                     _ => return Err(unknown(option)),
                 }
             }
@@ -214,6 +220,9 @@ fn lab(args: &LabArgs) -> Result<LocalLab, LabError> {
     options.sensor = !args.no_sensor;
     options.miner_tarball = args.miner_tarball.clone();
     options.host = guardlab_host::Host::new(args.no_install);
+    if args.hold {
+        options.owned_by = Some(format!("guardlab-local-lab up --hold --lab {}", args.lab));
+    }
     if let (Some(cache), ImageSource::Recipe { recipe_dir, .. }) =
         (&args.image_cache, &options.image)
     {
@@ -236,26 +245,45 @@ async fn run(command: Command) -> Result<(), LabError> {
     let progress = StderrProgress(Instant::now());
     match command {
         Command::Up(args) => {
-            let info = lab(&args)?.up(&progress).await?;
+            let mut lab = lab(&args)?;
+            let info = lab.up(&progress).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&info).unwrap_or_default()
             );
             eprintln!("open {}", info.notebook_url);
+            if args.hold {
+                // Until SIGINT or SIGTERM; killed otherwise, the daemon removes the lab.
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut terminate =
+                    signal(SignalKind::terminate()).context(|| "handling SIGTERM")?;
+                let mut interrupt =
+                    signal(SignalKind::interrupt()).context(|| "handling SIGINT")?;
+                eprintln!("holding the lab until Ctrl-C");
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                let removed = lab.take_down(&progress).await?;
+                eprintln!("{removed}");
+            }
         }
         Command::Down(args) => lab(&args)?.down(&progress).await?,
         Command::Status(args) => {
             let lab = lab(&args)?;
-            match lab.daemon_status().await? {
-                Some(status) => println!(
+            match lab.inspect().await? {
+                LabCondition::Running(status) => println!(
                     "{}",
                     serde_json::to_string_pretty(&status).unwrap_or_default()
                 ),
-                None if lab.state()?.is_some() => println!(
-                    "lab {} is not running but left state behind: run `down`",
+                LabCondition::LeftBehind {
+                    processes, mounts, ..
+                } => println!(
+                    "lab {} is not running but left things behind ({processes} processes, \
+                     {mounts} mounts, its state): run `down`",
                     args.lab
                 ),
-                None => println!("lab {} is down", args.lab),
+                LabCondition::Down => println!("lab {} is down", args.lab),
             }
         }
         Command::Daemon(_) | Command::Help(_) => {
@@ -339,6 +367,12 @@ mod tests {
             parse(words("status")).unwrap(),
             Command::Status(LabArgs::default())
         );
+        let Command::Up(held) = parse(words("up --hold")).unwrap() else {
+            panic!("not up")
+        };
+        assert!(held.hold);
+        let err = parse(words("down --hold")).unwrap_err().to_string();
+        assert!(err.contains("`down` has no option `--hold`"), "{err}");
         assert_eq!(
             parse(words("down --lab")).unwrap_err(),
             ArgsError::MissingValue("--lab".into())

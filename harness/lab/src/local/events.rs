@@ -12,6 +12,9 @@ use tokio::sync::broadcast;
 pub struct EventBus {
     inner: Mutex<History>,
     live: broadcast::Sender<Event>,
+    /// Events dropped for clients that took them too slowly (each client is told with a
+    /// `lost` event).
+    lagged: std::sync::atomic::AtomicU64,
 }
 
 /// Events kept for replay: every `container` event, and the latest others up to a bound.
@@ -29,6 +32,7 @@ impl EventBus {
         EventBus {
             inner: Mutex::new(History::default()),
             live: broadcast::channel(65536).0,
+            lagged: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -45,6 +49,21 @@ impl EventBus {
         }
         // No subscriber is fine.
         let _ = self.live.send(event);
+    }
+
+    /// A client was too slow and missed `count` events (its receiver lagged).
+    pub fn note_lagged(&self, count: u64) {
+        self.lagged
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (events dropped for slow clients, events no longer in the replay history) so far.
+    pub fn losses(&self) -> (u64, u64) {
+        let history = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            self.lagged.load(std::sync::atomic::Ordering::Relaxed),
+            history.dropped,
+        )
     }
 
     /// A live receiver, and (with `replay`) what came before it: containers first, a `lost`

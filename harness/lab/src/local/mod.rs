@@ -9,6 +9,11 @@
 //! socket (`client`). [`LocalLab::down`] kills the lab's cgroup and removes everything its
 //! state file records ([`teardown`]).
 //!
+//! A lab either belongs to a run ([`LocalLabOptions::owned_by`]: a scenario run brings up a lab
+//! for itself) and goes when that run's process ends, however it ends (its daemon watches the
+//! owner through a pidfd and removes the lab), or it has no owner (`lab up`, `--keep-lab`) and
+//! stays until `down`. [`LocalLab::inspect`] says which, and what a killed lab left behind.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), guardlab_lab::LabError> {
 //! use guardlab_lab::{Lab, LocalLab, LocalLabOptions, NoProgress};
@@ -53,13 +58,15 @@ use tokio::sync::mpsc;
 
 pub use config::{DaemonConfig, PodRuntime, ServicesConfig};
 pub use daemon::{DaemonOptions, daemon_main};
-pub use protocol::{DaemonStatus, Visitors};
+pub use protocol::{DaemonStatus, LabCounters, Visitors};
+pub use state::OwnerRecord;
+pub use teardown::Removed;
 
 use crate::{
     Backend, Enforcement, IoContext, Lab, LabAction, LabError, LabInfo, PodInfo, Progress,
 };
 use protocol::Request;
-use state::{LabLock, LabState, StateFile};
+use state::{LabLock, LabState, ProcessRecord, StateFile};
 
 /// The port a learner opens, as in the original lab.
 pub const DEFAULT_NOTEBOOK_PORT: u16 = 1234;
@@ -109,6 +116,12 @@ pub struct LocalLabOptions {
     /// install, mount and load modules (`--no-install` refuses), where it finds programs and
     /// records its changes. By default installs follow `GUARDLAB_NO_INSTALL`.
     pub host: guardlab_host::Host,
+    /// `Some(what)`: the lab belongs to the process that brings it up (`what` names it for
+    /// `lab status`, e.g. `guardlab scenario cryptominer`). When that process ends, however it
+    /// ends (SIGKILL too), the lab's daemon removes the lab; its `up` never reuses a lab that is
+    /// there, it starts afresh. `None` (`lab up`, `scenario --keep-lab`): the lab has no owner
+    /// and stays until `down`.
+    pub owned_by: Option<String>,
 }
 
 impl LocalLabOptions {
@@ -144,6 +157,7 @@ impl LocalLabOptions {
             daemon_command: vec![exe, "lab".into(), "daemon".into()],
             ready_timeout: Duration::from_secs(120),
             host: guardlab_host::Host::new(false),
+            owned_by: None,
         }
     }
 }
@@ -263,6 +277,59 @@ impl From<UpFailed> for LabError {
     }
 }
 
+/// A lab that belongs to another run that is still going (part "the lab" of a [`LabError`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lab {lab} belongs to {owner}, which is still running: it removes the lab when it ends \
+     (wait for it, or stop it)"
+)]
+pub struct InUse {
+    pub lab: String,
+    pub owner: OwnerRecord,
+}
+
+impl From<InUse> for LabError {
+    fn from(error: InUse) -> LabError {
+        LabError::backend("the lab", error)
+    }
+}
+
+/// What there is of a lab now ([`LocalLab::inspect`]).
+#[derive(Debug)]
+pub enum LabCondition {
+    /// No state file: nothing of the lab exists.
+    Down,
+    /// Its daemon answers: the phase says whether the lab is up (`ready`), coming up
+    /// (`preparing`, `starting`), broken (`failed: ...`) or being removed by its daemon
+    /// (`removing: ...`, its owner ended); `owner` whether it belongs to a run.
+    Running(Box<DaemonStatus>),
+    /// A state file and no daemon that answers: a lab whose daemon was killed or did not
+    /// start, left behind. `lab down` (or the next `up`) removes it.
+    LeftBehind {
+        state: Box<LabState>,
+        /// Lab processes still running (pods without their daemon).
+        processes: usize,
+        /// Recorded mounts still mounted in the host's mount namespace.
+        mounts: usize,
+    },
+}
+
+/// Why an earlier lab is being removed, for the phase line of `up`: who left it, and how.
+pub fn leftover_phrase(state: &LabState) -> String {
+    let daemon_alive = state.daemon.is_some_and(|d| d.is_alive());
+    match &state.owner {
+        Some(owner) if !owner.process.is_alive() => format!(
+            "lab {} was left behind by {owner}, which ended before it was removed: removing it",
+            state.lab
+        ),
+        _ if !daemon_alive => format!(
+            "lab {} was left half made (its daemon is not running): removing what is left",
+            state.lab
+        ),
+        _ => format!("removing lab {}, to start afresh", state.lab),
+    }
+}
+
 /// Run blocking work from async code without stalling a multi-threaded runtime.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
@@ -299,9 +366,18 @@ impl Lab for LocalLab {
         let _ = std::fs::set_permissions(&self.lab_dir, std::fs::Permissions::from_mode(0o700));
         let lock = LabLock::acquire(&self.lab_dir)?;
 
+        if let Some(owner) = self.in_use_by_another()? {
+            return Err(InUse {
+                lab: self.options.lab.clone(),
+                owner,
+            }
+            .into());
+        }
         if let Some(state) = self.state()? {
             let alive = state.daemon.is_some_and(|d| d.is_alive());
-            if alive {
+            // An owned lab is only ever its owner's; an owned `up` starts afresh.
+            let reusable = alive && state.owner.is_none() && self.options.owned_by.is_none();
+            if reusable {
                 // Up already, or coming up (another `up` was killed half-way): wait for it.
                 let deadline = tokio::time::Instant::now()
                     + self.options.ready_timeout
@@ -313,7 +389,9 @@ impl Lab for LocalLab {
                             return Ok(status.info);
                         }
                         Ok(Some(status))
-                            if status.phase.starts_with("failed") || status.phase == "stopped" =>
+                            if status.phase.starts_with("failed")
+                                || status.phase.starts_with("removing")
+                                || status.phase == "stopped" =>
                         {
                             break;
                         }
@@ -323,7 +401,7 @@ impl Lab for LocalLab {
                     }
                 }
             }
-            progress.phase("removing what is left of an earlier lab");
+            progress.phase(&leftover_phrase(&state));
             teardown::teardown(&self.lab_dir, progress)?;
             std::fs::create_dir_all(&self.lab_dir)
                 .context(|| format!("creating {}", self.lab_dir.display()))?;
@@ -373,16 +451,7 @@ impl Lab for LocalLab {
     }
 
     async fn down(&mut self, progress: &dyn Progress) -> Result<(), LabError> {
-        LocalLab::require_root()?;
-        if !self.lab_dir.exists() {
-            return Ok(());
-        }
-        let _lock = LabLock::acquire(&self.lab_dir)?;
-        blocking(|| teardown::teardown(&self.lab_dir, progress))?;
-        self.reap_daemon().await;
-        // The labs' directory too, when this was the last lab.
-        let _ = std::fs::remove_dir(&self.options.state_dir);
-        Ok(())
+        self.take_down(progress).await.map(|_| ())
     }
 
     async fn events(&mut self) -> Result<mpsc::Receiver<Event>, LabError> {
@@ -417,6 +486,69 @@ impl Lab for LocalLab {
 }
 
 impl LocalLab {
+    /// [`Lab::down`], saying what it removed.
+    pub async fn take_down(&mut self, progress: &dyn Progress) -> Result<Removed, LabError> {
+        LocalLab::require_root()?;
+        if !self.lab_dir.exists() {
+            return Ok(Removed::default());
+        }
+        let _lock = LabLock::acquire(&self.lab_dir)?;
+        let removed = blocking(|| teardown::teardown(&self.lab_dir, progress))?;
+        self.reap_daemon().await;
+        // The labs' directory too, when this was the last lab.
+        let _ = std::fs::remove_dir(&self.options.state_dir);
+        Ok(removed)
+    }
+
+    /// The run this lab belongs to, when that is another process and it still runs (the lab
+    /// is its own: `up` refuses it).
+    pub fn in_use_by_another(&self) -> Result<Option<OwnerRecord>, LabError> {
+        let Some(state) = self.state()? else {
+            return Ok(None);
+        };
+        let me = ProcessRecord::this_process()?;
+        Ok(state
+            .owner
+            .filter(|owner| owner.process != me && owner.process.is_alive()))
+    }
+
+    /// What there is of the lab now: nothing, a daemon that answers (up, coming up, failed,
+    /// being removed; owned or not), or what a killed lab left behind.
+    pub async fn inspect(&self) -> Result<LabCondition, LabError> {
+        if self.state()?.is_none() {
+            return Ok(LabCondition::Down);
+        }
+        match self.request(&Request::Status).await {
+            Ok((reply, _, _)) => match reply.status {
+                Some(status) => Ok(LabCondition::Running(Box::new(status))),
+                None => Err(protocol::ControlError::Closed.into()),
+            },
+            Err(e) if self.daemon_alive()? => Err(e),
+            // No daemon: what is there now (its daemon may have just finished removing it).
+            Err(_) => Ok(match self.state()? {
+                None => LabCondition::Down,
+                Some(state) => {
+                    let processes = if state.cgroup.as_os_str().is_empty() {
+                        0
+                    } else {
+                        cgroup::pids_in_tree(&state.cgroup).len()
+                    };
+                    let mounted = guardlab_host::mounts().unwrap_or_default();
+                    let mounts = state
+                        .host_mounts
+                        .iter()
+                        .filter(|m| mounted.iter().any(|info| &info.target == *m))
+                        .count();
+                    LabCondition::LeftBehind {
+                        state: Box::new(state),
+                        processes,
+                        mounts,
+                    }
+                }
+            }),
+        }
+    }
+
     /// Reap the daemon if this process started it and it has ended (no zombie left behind).
     async fn reap_daemon(&mut self) {
         if let Some(mut child) = self.daemon.take() {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::state::OwnerRecord;
 use crate::{Enforcement, LabAction, LabError, LabInfo};
 
 /// A line the daemon prints on stdout while it starts.
@@ -156,6 +157,77 @@ pub struct DaemonStatus {
     pub pod_log: Option<PathBuf>,
     /// Whether the sensor runs.
     pub sensor: bool,
+    /// The run the lab belongs to (it goes when that run ends); `None`: it stays until
+    /// `lab down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRecord>,
+    /// What the lab lost or could not do so far.
+    #[serde(default)]
+    pub counters: LabCounters,
+}
+
+/// What the lab lost or could not do since it started: the sensor's counters and the daemon's
+/// own. `lab status` shows them, the daemon logs them when they change, and a scenario run
+/// puts them in its report (a run that lost events is not a pass).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabCounters {
+    /// Events the sensor handed to the daemon.
+    pub sensor_delivered: u64,
+    /// Events the kernel could not put in the sensor's ring buffer (it was full): lost. Each
+    /// drop also reaches the event stream as a `lost` event.
+    pub sensor_dropped: u64,
+    /// Records of the kernel side the sensor could not read (it and its loader disagree): lost.
+    pub sensor_unreadable: u64,
+    /// Execs enforcement meant to kill where the kill failed: those programs ran (their exec
+    /// events say `killed: false`).
+    pub kill_failures: u64,
+    /// DNS answers longer than the kernel copies: reported with the addresses that fit.
+    pub dns_truncated: u64,
+    /// DNS messages from port 53 that could not be parsed: not reported.
+    pub dns_unreadable: u64,
+    /// Events a client of the daemon took too slowly and that were dropped for it (said to that
+    /// client as `lost` events).
+    pub client_lagged: u64,
+    /// Events the daemon's replay history no longer holds (a client subscribing with replay
+    /// gets a `lost` event for them).
+    pub history_dropped: u64,
+}
+
+impl LabCounters {
+    /// Events lost on their way from the kernel to the daemon (not counting slow clients or
+    /// the replay history, which each client learns about as `lost` events).
+    pub fn sensor_lost(&self) -> u64 {
+        self.sensor_dropped + self.sensor_unreadable
+    }
+
+    /// One line for a person: `1520 events, none lost; 0 failed kills; DNS: 0 cut short, 0
+    /// unreadable`.
+    pub fn describe(&self) -> String {
+        let lost = match self.sensor_lost() {
+            0 => "none lost".to_string(),
+            n => format!(
+                "{n} LOST ({} with the ring buffer full, {} unreadable)",
+                self.sensor_dropped, self.sensor_unreadable
+            ),
+        };
+        let mut text = format!(
+            "{} events, {lost}; {} failed kills; DNS answers: {} cut short, {} unreadable",
+            self.sensor_delivered, self.kill_failures, self.dns_truncated, self.dns_unreadable
+        );
+        if self.client_lagged > 0 {
+            text.push_str(&format!(
+                "; {} events dropped for slow clients",
+                self.client_lagged
+            ));
+        }
+        if self.history_dropped > 0 {
+            text.push_str(&format!(
+                "; {} events no longer in the replay history",
+                self.history_dropped
+            ));
+        }
+        text
+    }
 }
 
 /// Who reached the lab's services, for the scenario's checks.
@@ -197,5 +269,40 @@ mod tests {
         );
         let reply = serde_json::to_string(&Reply::error("no")).unwrap();
         assert_eq!(reply, r#"{"ok":false,"error":"no"}"#);
+    }
+
+    #[test]
+    fn counters_say_what_was_lost() {
+        let clean = LabCounters {
+            sensor_delivered: 1520,
+            ..Default::default()
+        };
+        assert_eq!(clean.sensor_lost(), 0);
+        assert_eq!(
+            clean.describe(),
+            "1520 events, none lost; 0 failed kills; DNS answers: 0 cut short, 0 unreadable"
+        );
+        let lossy = LabCounters {
+            sensor_delivered: 10,
+            sensor_dropped: 7,
+            sensor_unreadable: 1,
+            kill_failures: 2,
+            client_lagged: 3,
+            ..Default::default()
+        };
+        assert_eq!(lossy.sensor_lost(), 8);
+        assert_eq!(
+            lossy.describe(),
+            "10 events, 8 LOST (7 with the ring buffer full, 1 unreadable); 2 failed kills; \
+             DNS answers: 0 cut short, 0 unreadable; 3 events dropped for slow clients"
+        );
+        // A status from a daemon that did not count yet reads as zeros.
+        let status: DaemonStatus = serde_json::from_str(
+            r#"{"phase":"ready","info":{"backend":"local","notebook_url":"","pods":[]},
+                "daemon_pid":1,"services":[],"pod_exit":null,"pod_log":null,"sensor":true}"#,
+        )
+        .unwrap();
+        assert_eq!(status.counters, LabCounters::default());
+        assert_eq!(status.owner, None);
     }
 }

@@ -61,6 +61,11 @@ impl SensorHandle {
         self.sensor.program_ids().to_vec()
     }
 
+    /// What the sensor delivered and lost so far.
+    pub fn stats(&self) -> guardlab_sensor::SensorStats {
+        self.sensor.stats()
+    }
+
     /// Nothing is pinned in bpffs.
     pub fn pins(&self) -> Vec<PathBuf> {
         Vec::new()

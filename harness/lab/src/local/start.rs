@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::config::{DaemonConfig, PodRuntime, ServicesConfig};
 use super::daemon::DaemonError;
 use super::protocol::{ReportedFailure, StartMessage};
-use super::state::{LabState, STATE_VERSION, StateFile};
+use super::state::{LabState, OwnerRecord, ProcessRecord, STATE_VERSION, StateFile};
 use super::{ImageSource, LocalLab, blocking, cgroup, manifest, package_index, preflight};
 use crate::{IoContext, LabError, LabInfo, Progress};
 
@@ -154,12 +154,21 @@ impl LocalLab {
         // too), and the registration never exists without its state file, which is what
         // makes a prune keep the image (see `image::cache`).
         let state_file = StateFile::in_dir(&self.lab_dir);
+        // The owner too, before the daemon exists: it watches its owner from its start.
+        let owner = match &options.owned_by {
+            Some(command) => Some(OwnerRecord {
+                process: ProcessRecord::this_process()?,
+                command: command.clone(),
+            }),
+            None => None,
+        };
         let mut lab_state = LabState {
             version: STATE_VERSION,
             lab: options.lab.clone(),
             cgroup: lab_cgroup.clone(),
             image_rootfs: Some(image_rootfs),
             image_registration,
+            owner,
             phase: "preparing".into(),
             ..Default::default()
         };

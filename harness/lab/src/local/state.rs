@@ -38,6 +38,15 @@ impl ProcessRecord {
         process_start_time(pid).map(|start_time| ProcessRecord { pid, start_time })
     }
 
+    /// The record of this process.
+    pub fn this_process() -> Result<ProcessRecord, LabError> {
+        let pid = std::process::id();
+        ProcessRecord::of(pid).ok_or_else(|| LabError::Io {
+            context: format!("reading /proc/{pid}/stat (this process's start time)"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+
     /// The process still runs (same pid, same start time) and is not a zombie.
     pub fn is_alive(&self) -> bool {
         ProcStat::read(self.pid).is_some_and(|stat| {
@@ -55,6 +64,23 @@ impl ProcessRecord {
 /// The start time of a process (clock ticks after boot), `None` when it is gone.
 pub fn process_start_time(pid: u32) -> Option<u64> {
     ProcStat::read(pid).map(|stat| stat.start_ticks)
+}
+
+/// The process a lab belongs to: a scenario run that brought the lab up for itself. When it
+/// ends, however it ends (SIGKILL too), the lab's daemon removes the lab (it holds a pidfd of
+/// the owner, see `daemon::owner`). A lab without an owner (`lab up`, `scenario --keep-lab`)
+/// stays until `lab down`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub process: ProcessRecord,
+    /// The owner as a person knows it: `guardlab scenario cryptominer`.
+    pub command: String,
+}
+
+impl std::fmt::Display for OwnerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` (pid {})", self.command, self.process.pid)
+    }
 }
 
 /// One pod the daemon made.
@@ -110,6 +136,10 @@ pub struct LabState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_registration: Option<PathBuf>,
     pub daemon: Option<ProcessRecord>,
+    /// The run the lab belongs to; `None`: it stays until `down`. Recorded before the daemon
+    /// starts, so that the daemon knows whom to watch from its first instruction on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRecord>,
     pub pods: Vec<PodRecord>,
     pub netns: Vec<NetnsRecord>,
     pub veths: Vec<VethRecord>,
@@ -122,7 +152,8 @@ pub struct LabState {
     pub dirs: Vec<PathBuf>,
     /// BPF program ids the sensor loaded (for checks: they must be gone after `down`).
     pub bpf_programs: Vec<u32>,
-    /// `starting`, `ready` or `failed: <why>`.
+    /// `preparing`, `starting`, `ready`, `stopped`, `failed: <why>`, or `removing: <why>` (the
+    /// daemon removes the lab itself: its owner ended).
     pub phase: String,
     /// What `status` reports once ready.
     pub info: Option<LabInfo>,

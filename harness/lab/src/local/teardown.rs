@@ -2,29 +2,101 @@
 //! (running, half started, daemon killed with SIGKILL, harness killed with SIGKILL).
 //!
 //! Order matters: first end every lab process (the daemon included, so that nothing is added
-//! while we remove), then read the state again and remove what it records.
+//! while we remove), then read the state again and remove what it records. The daemon of a lab
+//! whose owner ended removes its own lab the same way ([`teardown_by_daemon`]), once it has
+//! stopped making anything and left the lab's cgroup.
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::local::cgroup;
-use crate::local::state::{LabLock, LabState, StateFile};
+use crate::local::state::{LabLock, LabState, ProcessRecord, StateFile};
 use crate::{IoContext, LabError, Progress};
 
+/// What a teardown removed: the one line a stopped run says about its lab.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// The lab's name; empty when there was nothing to remove.
+    pub lab: String,
+    /// Lab processes that were still running and were ended (daemon, pods, their children).
+    pub processes: usize,
+    /// Mounts in the host's mount namespace that were unmounted (the pods' writable layers).
+    pub mounts: usize,
+    /// Network namespaces the lab had made (they went with its processes).
+    pub network_namespaces: usize,
+    /// cgroup directories removed (the lab's, its daemon's, its pods').
+    pub cgroups: usize,
+}
+
+impl Removed {
+    /// Nothing of a lab was there.
+    pub fn nothing(&self) -> bool {
+        self.lab.is_empty()
+    }
+}
+
+impl fmt::Display for Removed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nothing() {
+            return write!(f, "nothing of a lab was left");
+        }
+        let count =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "removed lab {}: {} ended, {} unmounted, {} and {} gone, its state directory removed",
+            self.lab,
+            count(self.processes, "process", "processes"),
+            count(self.mounts, "mount", "mounts"),
+            count(
+                self.network_namespaces,
+                "network namespace",
+                "network namespaces"
+            ),
+            count(self.cgroups, "cgroup", "cgroups"),
+        )
+    }
+}
+
 /// Remove the lab whose directory is `lab_dir`. Fine when there is nothing to remove.
-pub fn teardown(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError> {
+pub fn teardown(lab_dir: &Path, progress: &dyn Progress) -> Result<Removed, LabError> {
+    teardown_sparing(lab_dir, progress, None)
+}
+
+/// The lab's daemon removes its own lab (its owner ended): as [`teardown`], but `daemon` (the
+/// calling process, which has left the lab's cgroup already) is not ended. The caller holds
+/// the lab's lock and has stopped everything that could make more of the lab.
+pub fn teardown_by_daemon(
+    lab_dir: &Path,
+    progress: &dyn Progress,
+    daemon: ProcessRecord,
+) -> Result<Removed, LabError> {
+    teardown_sparing(lab_dir, progress, Some(daemon))
+}
+
+fn teardown_sparing(
+    lab_dir: &Path,
+    progress: &dyn Progress,
+    spare: Option<ProcessRecord>,
+) -> Result<Removed, LabError> {
     let state_file = StateFile::in_dir(lab_dir);
     let Some(state) = state_file.load()? else {
         // No state: nothing was made (the state file is written before anything else).
         remove_lab_dir(lab_dir)?;
-        return Ok(());
+        return Ok(Removed::default());
     };
     progress.phase(&format!("removing lab {}", state.lab));
-    stop_processes(&state, progress)?;
+    let mut removed = Removed {
+        lab: state.lab.clone(),
+        ..Removed::default()
+    };
+    removed.processes = stop_processes(&state, progress, spare)?;
     // The daemon is gone: the state cannot change any more.
     let state = state_file.load()?.unwrap_or(state);
-    remove_resources(&state, progress)?;
+    removed.network_namespaces = state.netns.len();
+    remove_resources(&state, progress, &mut removed)?;
     // Nothing of the lab runs on its image any more: its registration goes, before the state
     // file (a crash in between leaves a state file of a lab that runs nothing, which the next
     // `down` removes; a registration left without its state file would be stale, and pruned).
@@ -36,7 +108,7 @@ pub fn teardown(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError>
         crate::image::remove_registration(registration)?;
     }
     remove_lab_dir(lab_dir)?;
-    Ok(())
+    Ok(removed)
 }
 
 /// A lab that left its state file in a labs directory: up, coming up, or left behind by a
@@ -91,14 +163,21 @@ pub fn leftover_labs(labs_dir: &Path) -> Result<Vec<LeftoverLab>, LabError> {
 
 /// Removes the lab in `lab_dir` as `lab down` does (under the lab's lock, so never while its
 /// `up` runs), whatever its name.
-pub fn remove_lab(lab_dir: &Path, progress: &dyn Progress) -> Result<(), LabError> {
+pub fn remove_lab(lab_dir: &Path, progress: &dyn Progress) -> Result<Removed, LabError> {
     let _lock = LabLock::acquire(lab_dir)?;
     teardown(lab_dir, progress)
 }
 
-fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabError> {
+/// Ends every process of the lab (but `spare`); how many were running.
+fn stop_processes(
+    state: &LabState,
+    progress: &dyn Progress,
+    spare: Option<ProcessRecord>,
+) -> Result<usize, LabError> {
+    let mut ended = 0;
     if !state.cgroup.as_os_str().is_empty() && state.cgroup.exists() {
         let count = cgroup::pids_in_tree(&state.cgroup).len();
+        ended += count;
         if count > 0 {
             progress.detail(&format!(
                 "ending {count} lab processes (cgroup {})",
@@ -109,12 +188,16 @@ fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabEr
     }
     // Processes recorded but somehow outside the cgroup (never expected): end them too, if
     // they are still the same processes.
-    let recorded = state
-        .daemon
-        .iter()
-        .chain(state.pods.iter().filter_map(|p| p.root.as_ref()));
-    for process in recorded {
+    let recorded = || {
+        state
+            .daemon
+            .iter()
+            .chain(state.pods.iter().filter_map(|p| p.root.as_ref()))
+            .filter(|p| Some(**p) != spare)
+    };
+    for process in recorded() {
         if process.is_alive() {
+            ended += 1;
             progress.detail(&format!("ending process {}", process.pid));
             // Through a pidfd of the recorded process: a pid reused since is never hit. It
             // may end by itself meanwhile, which is what we want anyway.
@@ -122,11 +205,7 @@ fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabEr
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for process in state
-        .daemon
-        .iter()
-        .chain(state.pods.iter().filter_map(|p| p.root.as_ref()))
-    {
+    for process in recorded() {
         while process.is_alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -138,7 +217,7 @@ fn stop_processes(state: &LabState, progress: &dyn Progress) -> Result<(), LabEr
             });
         }
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// What `down` could not remove of a lab (the part of a [`LabError`] names the lab).
@@ -166,17 +245,22 @@ pub enum Leftover {
     Cgroup(LabError),
 }
 
-fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), LabError> {
+fn remove_resources(
+    state: &LabState,
+    progress: &dyn Progress,
+    removed: &mut Removed,
+) -> Result<(), LabError> {
     let mut errors = Vec::new();
     // Host mounts: none in this design, but whatever is recorded is unmounted.
     for mount in state.host_mounts.iter().rev() {
         if is_mount_point(mount) {
             progress.detail(&format!("unmounting {}", mount.display()));
-            if let Err(e) = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH) {
-                errors.push(Leftover::Mount {
+            match nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => removed.mounts += 1,
+                Err(e) => errors.push(Leftover::Mount {
                     path: mount.clone(),
                     error: e,
-                });
+                }),
             }
         }
     }
@@ -213,6 +297,9 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
         }
     }
     // cgroups: pods and daemon below the lab's, then the lab's, then the shared parent if empty.
+    if !state.cgroup.as_os_str().is_empty() {
+        removed.cgroups = cgroup_dirs(&state.cgroup);
+    }
     for pod in &state.pods {
         for dir in std::iter::once(&pod.cgroup).chain(&pod.v1_cgroups) {
             if let Err(e) = cgroup::remove_tree(dir) {
@@ -258,6 +345,23 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
             LeftBehind(errors),
         ))
     }
+}
+
+/// The cgroup directories of a tree (0 when it does not exist).
+fn cgroup_dirs(tree: &Path) -> usize {
+    if !tree.is_dir() {
+        return 0;
+    }
+    let below: usize = fs::read_dir(tree)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| cgroup_dirs(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    1 + below
 }
 
 /// A host interface is only removed when it is a veth whose peer has the recorded name; the

@@ -301,6 +301,8 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 },
             });
         }
+        // What the lab lost, asked before it goes.
+        self.report.events.lab = self.backend.lab_counters().await;
         if let Err(e) = self.backend.finish(keep_lab, &self.out).await {
             self.report.error = Some(format!("tearing the lab down: {e}"));
         }
@@ -322,6 +324,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
 
     /// Take one event: engine, names, recording, responses.
     async fn observe(&mut self, event: Event) -> Result<(), StepError> {
+        self.report.events.observe(&event);
         if let Some(r) = self.recorder.as_mut() {
             r.event(&event)?;
         }

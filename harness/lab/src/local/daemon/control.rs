@@ -8,25 +8,32 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
-use super::Daemon;
 use super::actions::carry_out;
+use super::{Daemon, Recorder};
 use crate::local::protocol::{DaemonStatus, Reply, Request};
 use crate::{Backend, LabError, LabInfo};
 
 pub(super) async fn accept_clients(
     control: UnixListener,
     ready: Arc<std::sync::OnceLock<Arc<Daemon>>>,
+    recorder: Arc<Recorder>,
 ) {
     loop {
         if let Ok((stream, _)) = control.accept().await {
-            tokio::spawn(handle_client(stream, ready.get().cloned()));
+            tokio::spawn(handle_client(
+                stream,
+                ready.get().cloned(),
+                recorder.clone(),
+            ));
         }
     }
 }
 
-/// A client while the lab starts: `status` says so, everything else waits for `ready`.
-async fn handle_client(stream: UnixStream, daemon: Option<Arc<Daemon>>) {
+/// A client while the lab starts: `status` says so (the phase and the owner as recorded),
+/// everything else waits for `ready`.
+async fn handle_client(stream: UnixStream, daemon: Option<Arc<Daemon>>, recorder: Arc<Recorder>) {
     let Some(daemon) = daemon else {
+        let state = recorder.snapshot();
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         if BufReader::new(read).read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -35,7 +42,12 @@ async fn handle_client(stream: UnixStream, daemon: Option<Arc<Daemon>>) {
         let reply = match serde_json::from_str::<Request>(line.trim()) {
             Ok(Request::Status) => Reply {
                 status: Some(DaemonStatus {
-                    phase: "starting".into(),
+                    // Ready only once the daemon is: the info below is that of a starting lab.
+                    phase: if state.phase == "ready" {
+                        "starting".into()
+                    } else {
+                        state.phase
+                    },
                     info: LabInfo {
                         backend: Backend::Local,
                         notebook_url: String::new(),
@@ -46,6 +58,8 @@ async fn handle_client(stream: UnixStream, daemon: Option<Arc<Daemon>>) {
                     pod_exit: None,
                     pod_log: None,
                     sensor: false,
+                    owner: state.owner,
+                    counters: Default::default(),
                 }),
                 ..Reply::ok()
             },
@@ -142,10 +156,13 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>) {
                     event = events.recv() => {
                         let event = match event {
                             Ok(event) => event,
-                            Err(broadcast::error::RecvError::Lagged(count)) => Event::new(
-                                guardlab_host::unix_time_ns(),
-                                guardlab_events::EventBody::Lost(guardlab_events::Lost { count, cpu: None }),
-                            ),
+                            Err(broadcast::error::RecvError::Lagged(count)) => {
+                                daemon.events.note_lagged(count);
+                                Event::new(
+                                    guardlab_host::unix_time_ns(),
+                                    guardlab_events::EventBody::Lost(guardlab_events::Lost { count, cpu: None }),
+                                )
+                            }
                             Err(broadcast::error::RecvError::Closed) => return,
                         };
                         let mut line = Vec::new();

@@ -11,12 +11,15 @@
 //! `pod_files` (what a kubelet writes into a container) and `readiness` (the notebook's
 //! probe), `forward` (the notebook's loopback port-forward), `supervisor` (a pod whose
 //! first process ended is replaced), `control` (the control socket's server) and
-//! `actions` (response actions, on the pods' processes only). This module starts them in
-//! order and stops the pods on SIGTERM.
+//! `actions` (response actions, on the pods' processes only), `counters` (what the lab lost,
+//! for `status` and the log) and `owner` (a lab that belongs to a run goes when the run goes).
+//! This module starts them in order and stops the pods on SIGTERM.
 
 mod actions;
 mod control;
+mod counters;
 mod forward;
+mod owner;
 mod pod_files;
 mod pods;
 mod readiness;
@@ -64,7 +67,11 @@ pub struct DaemonOptions {
 pub fn daemon_main(options: DaemonOptions) -> Result<(), LabError> {
     let config = DaemonConfig::read(&options.lab_dir)?;
     let runtime = guardlab_host::runtime(2).context(|| "starting the daemon's runtime")?;
-    runtime.block_on(run(config))
+    let result = runtime.block_on(run(config));
+    // What still runs (clients, services, the sensor's reader) ends with the process: do not
+    // wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 /// What went wrong in the lab daemon (part "the lab daemon" of a [`LabError`]), or with it as
@@ -118,10 +125,10 @@ struct Daemon {
     config: DaemonConfig,
     /// Where the notebook is forwarded on the host, as bound.
     forward_address: Option<SocketAddr>,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     network: LabNetwork,
     pods: Mutex<Vec<RunningPod>>,
-    /// Serialises pod replacement.
+    /// Serialises pod replacement (and stops it for good while the daemon removes its lab).
     pod_lifecycle: tokio::sync::Mutex<()>,
     events: Arc<EventBus>,
     services: Mutex<Option<LabServices>>,
@@ -130,6 +137,11 @@ struct Daemon {
 }
 
 async fn run(config: DaemonConfig) -> Result<(), LabError> {
+    // Start messages go to `lab up`'s pipe; once `up` is gone (killed, or it stopped reading)
+    // a write must fail with EPIPE, not end the daemon with SIGPIPE (whose default action
+    // `guardlab`'s main restores). A handler replaces that action for the whole process.
+    let _sigpipe = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
+        .context(|| "handling SIGPIPE")?;
     let reporter = Reporter;
     let file = StateFile::in_dir(&config.lab_dir);
     let mut state = file.load()?.ok_or_else(|| DaemonError::NoState {
@@ -138,10 +150,8 @@ async fn run(config: DaemonConfig) -> Result<(), LabError> {
     state.daemon = ProcessRecord::of(std::process::id());
     state.phase = "starting".into();
     file.save(&state)?;
-    let recorder = Recorder {
-        file,
-        state: Mutex::new(state),
-    };
+    let owner = state.owner.clone();
+    let recorder = Arc::new(Recorder::new(file, state));
 
     // The control socket first, so `status` answers while the lab starts.
     let socket_path = config.lab_dir.join(crate::lab_files::SOCKET_FILE);
@@ -151,12 +161,35 @@ async fn run(config: DaemonConfig) -> Result<(), LabError> {
 
     // Clients are answered from now on: "starting" until the lab is ready.
     let ready: Arc<std::sync::OnceLock<Arc<Daemon>>> = Arc::new(std::sync::OnceLock::new());
-    let clients = tokio::spawn(accept_clients(control, ready.clone()));
+    let clients = tokio::spawn(accept_clients(control, ready.clone(), recorder.clone()));
 
-    match start(config, recorder, &reporter).await {
+    let lab_dir = config.lab_dir.clone();
+    let serve = serve(config, recorder.clone(), ready.clone(), clients, &reporter);
+    match &owner {
+        // The lab stays until `lab down` (or SIGTERM).
+        None => serve.await,
+        Some(owner) => tokio::select! {
+            result = serve => result,
+            () = owner::ended(owner) => owner::remove_lab(owner, &lab_dir, &recorder, &ready).await,
+        },
+    }
+}
+
+/// Start the lab, then serve until SIGTERM. (Dropped at an await point when the lab's owner
+/// ends: see [`owner`].)
+async fn serve(
+    config: DaemonConfig,
+    recorder: Arc<Recorder>,
+    ready: Arc<std::sync::OnceLock<Arc<Daemon>>>,
+    clients: tokio::task::JoinHandle<()>,
+    reporter: &Reporter,
+) -> Result<(), LabError> {
+    match start(config, recorder.clone(), reporter).await {
         Ok((daemon, forward)) => {
             let daemon = Arc::new(daemon);
             let info = daemon.info();
+            // Logged before the state says ready: whoever sees the lab ready finds the line.
+            let said = counters::log_now(&daemon);
             daemon.recorder.update(|s| {
                 s.phase = "ready".into();
                 s.info = Some(info.clone());
@@ -165,51 +198,42 @@ async fn run(config: DaemonConfig) -> Result<(), LabError> {
                 tokio::spawn(forward_loop(listener, daemon.clone()));
             }
             tokio::spawn(supervise(daemon.clone()));
+            tokio::spawn(counters::log_changes(daemon.clone(), said));
             let _ = ready.set(daemon.clone());
             reporter.send(&StartMessage::Ready { info });
             until_terminated(daemon).await
         }
-        Err((error, recorder)) => {
+        Err(error) => {
             clients.abort();
             reporter.send(&StartMessage::Failed {
                 error: error.to_string(),
             });
-            if let Some(recorder) = recorder {
-                let _ = recorder.update(|s| s.phase = format!("failed: {error}"));
-                // End the pods now; `down` (which `up` runs on failure) removes the rest.
-                for pod in &recorder.snapshot().pods {
-                    let _ = cgroup::kill_tree(&pod.cgroup, Duration::from_secs(10));
-                }
+            let _ = recorder.update(|s| s.phase = format!("failed: {error}"));
+            // End the pods now; `down` (which `up` runs on failure) removes the rest.
+            for pod in &recorder.snapshot().pods {
+                let _ = cgroup::kill_tree(&pod.cgroup, Duration::from_secs(10));
             }
             Err(error)
         }
     }
 }
 
-type StartFailure = (LabError, Option<Recorder>);
-
 async fn start(
     config: DaemonConfig,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     reporter: &Reporter,
-) -> Result<(Daemon, Option<TcpListener>), StartFailure> {
+) -> Result<(Daemon, Option<TcpListener>), LabError> {
     // The port-forward's listener early: a busy port fails before anything is made.
     let forward = match config.forward {
         Some(address) => match std::net::TcpListener::bind(address) {
             Ok(listener) => {
                 let _ = listener.set_nonblocking(true);
-                match TcpListener::from_std(listener).context(|| format!("listening on {address}"))
-                {
-                    Ok(listener) => Some(listener),
-                    Err(e) => return Err((e, Some(recorder))),
-                }
+                Some(
+                    TcpListener::from_std(listener)
+                        .context(|| format!("listening on {address}"))?,
+                )
             }
-            Err(error) => {
-                return Err((
-                    DaemonError::NotebookPort { address, error }.into(),
-                    Some(recorder),
-                ));
-            }
+            Err(error) => return Err(DaemonError::NotebookPort { address, error }.into()),
         },
         None => None,
     };
@@ -218,21 +242,16 @@ async fn start(
     let host_addresses = crate::local::services::host_addresses(&config);
     let network = {
         let mut record = |veth| recorder.update(|s| s.veths.push(veth));
-        match LabNetwork::create(&host_addresses, &mut record) {
-            Ok(network) => network,
-            Err(e) => return Err((e, Some(recorder))),
-        }
+        LabNetwork::create(&host_addresses, &mut record)?
     };
-    if let Err(e) = recorder.update(|s| {
+    recorder.update(|s| {
         for ns in [&network.internet, &network.pod] {
             s.netns.push(NetnsRecord {
                 role: ns.role().to_string(),
                 inode: ns.inode(),
             });
         }
-    }) {
-        return Err((e, Some(recorder)));
-    }
+    })?;
     reporter.detail(format!(
         "pod {} {}/{}, lab internet {} (no uplink)",
         network::POD_INTERFACE,
@@ -256,13 +275,8 @@ async fn start(
         pod_exit: Mutex::new(None),
         sensor: Mutex::new(None),
     };
-    match start_rest(&daemon, reporter).await {
-        Ok(()) => Ok((daemon, forward)),
-        Err(e) => {
-            let Daemon { recorder, .. } = daemon;
-            Err((e, Some(recorder)))
-        }
-    }
+    start_rest(&daemon, reporter).await?;
+    Ok((daemon, forward))
 }
 
 async fn start_rest(daemon: &Daemon, reporter: &Reporter) -> Result<(), LabError> {
@@ -314,6 +328,9 @@ impl Daemon {
 
     fn status(&self) -> DaemonStatus {
         let state = self.recorder.snapshot();
+        // Before the guards of the literal below, which live to its end: reading the counters
+        // takes the sensor's lock too.
+        let counters = counters::of(self);
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         DaemonStatus {
             phase: state.phase,
@@ -341,6 +358,8 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some(),
+            owner: state.owner,
+            counters,
         }
     }
 }
@@ -351,6 +370,7 @@ async fn until_terminated(daemon: Arc<Daemon>) -> Result<(), LabError> {
         .context(|| "handling SIGTERM")?;
     terminate.recv().await;
     log("SIGTERM: stopping the pods");
+    log(&format!("events: {}", counters::of(&daemon).describe()));
     let pods: Vec<PathBuf> = daemon
         .recorder
         .snapshot()
