@@ -282,3 +282,55 @@ fn a_scenario_file_that_does_not_parse_is_bad_input_not_a_lab_that_could_not_run
         "the JUnit report names it too"
     );
 }
+
+#[test]
+fn a_limit_met_in_a_run_is_said_in_the_summary_and_the_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    // Snapshots written afresh: the run's outcome is not the point, what it says is.
+    let out = guardlab()
+        .args([
+            "scenario",
+            "cryptominer",
+            "--backend",
+            "replay",
+            "--update-snapshots",
+        ])
+        .args(["--limit", "process-depth=2", "--json"])
+        .arg(&json)
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .env("GUARDLAB_SNAPSHOT_DIR", dir.path().join("snaps"))
+        .env("GUARDLAB_REPLAY_FILE", synthetic_recording())
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let said: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "Engine limits met:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(said.len(), 1, "{stdout}");
+    assert!(
+        said[0].contains("limit process-depth=2 met")
+            && said[0].contains("--limit process-depth=N changes it"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let limits = report["deviations"]["stats"]["limits"].as_array().unwrap();
+    assert_eq!(limits.len(), 1, "{limits:?}");
+    assert_eq!(limits[0]["limit"], "process-depth");
+
+    // Under the defaults nothing is met, and nothing is said.
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "replay"])
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .env("GUARDLAB_SNAPSHOT_DIR", synthetic_snapshots())
+        .env("GUARDLAB_REPLAY_FILE", synthetic_recording())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Engine limits met").not());
+}

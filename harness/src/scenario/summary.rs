@@ -73,6 +73,16 @@ pub fn print_summary(report: &RunReport, out: &Console) {
                 out.line(format!("  {}", a.message));
             }
         }
+        // A limit met is the engine guarding on with less detail: said here, not only in --json.
+        if !d.stats.limits.is_empty() {
+            out.line("Engine limits met:");
+            for flag in &d.stats.limits {
+                out.line(format!(
+                    "  {} ({} time(s); --limit {}=N changes it)",
+                    flag.message, flag.count, flag.limit
+                ));
+            }
+        }
     }
     if let Some(inv) = &report.investigation
         && !inv.deviations.is_empty()
