@@ -118,7 +118,7 @@ pub enum Command {
 
     /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
     #[command(
-        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter"
+        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter\n  guardlab scenario cryptominer --backend replay --out run-docs/   # the run's spyctl files"
     )]
     Scenario(ScenarioArgs),
 
@@ -271,6 +271,11 @@ pub struct ScenarioArgs {
     /// Write a JSON report to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the run's documents into DIR (new or empty), unredacted and one per file, for use
+    /// with spyctl: fingerprints/, policy/ (as made and after each change), deviations/, and the
+    /// trace (trace.yaml, trace.txt).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,

@@ -67,6 +67,7 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         keep_lab: false,
         step: false,
         quiet: true,
+        out: None,
     });
     assert_eq!(
         replay.result,

@@ -26,6 +26,7 @@ fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
         keep_lab: false,
         step: false,
         quiet: true,
+        out: None,
     }
 }
 

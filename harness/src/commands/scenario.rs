@@ -63,6 +63,7 @@ fn options(args: &ScenarioArgs, name: &str) -> Result<RunOptions, Failure> {
         keep_lab: args.keep_lab,
         step: args.step,
         quiet: false,
+        out: args.out.clone(),
     })
 }
 

@@ -13,6 +13,7 @@
 //! - the recording a replay reads: `GUARDLAB_REPLAY_FILE`, else `<scenarios>/<scenario>.ndjson`.
 
 pub mod backend;
+pub mod documents_out;
 pub mod file;
 pub mod live;
 pub mod names;
@@ -76,6 +77,8 @@ pub struct RunOptions {
     pub step: bool,
     /// No progress output (tests).
     pub quiet: bool,
+    /// Write the run's documents (fingerprints, policy, deviations, trace) here, unredacted.
+    pub out: Option<PathBuf>,
 }
 
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
@@ -124,6 +127,9 @@ pub enum SetupError {
     /// The local lab's options.
     #[error(transparent)]
     Lab(#[from] LabError),
+    /// The directory `--out` names.
+    #[error(transparent)]
+    Out(#[from] documents_out::OutError),
 }
 
 /// Run a scenario to the end; never fails: errors are in the report.
@@ -140,6 +146,11 @@ pub async fn run(options: &RunOptions) -> RunReport {
 
 async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunReport, SetupError> {
     let snapshots = snapshot_mode(options, scenario);
+    let out = options
+        .out
+        .as_deref()
+        .map(documents_out::DocumentsOut::create)
+        .transpose()?;
     let console = Console {
         quiet: options.quiet,
     };
@@ -164,6 +175,7 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
             Ok(drive(
                 Runner::new(scenario, backend, snapshots, recorder, console),
                 options,
+                out,
             )
             .await)
         }
@@ -173,6 +185,7 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
             Ok(drive(
                 Runner::new(scenario, backend, snapshots, recorder, console),
                 options,
+                out,
             )
             .await)
         }
@@ -189,6 +202,7 @@ async fn run_scenario(options: &RunOptions, scenario: &Scenario) -> Result<RunRe
             Ok(drive(
                 Runner::new(scenario, backend, snapshots, recorder, console),
                 options,
+                out,
             )
             .await)
         }
@@ -246,11 +260,19 @@ fn recorder(
 }
 
 /// Run the steps, pausing before each one with `--step`.
-async fn drive<B: ScenarioBackend>(runner: Runner<'_, B>, options: &RunOptions) -> RunReport {
+async fn drive<B: ScenarioBackend>(
+    runner: Runner<'_, B>,
+    options: &RunOptions,
+    out: Option<documents_out::DocumentsOut>,
+) -> RunReport {
     let runner = if options.step {
         runner.with_pacer(Pacer::stdin())
     } else {
         runner
+    };
+    let runner = match out {
+        Some(out) => runner.with_documents_out(out),
+        None => runner,
     };
     runner.run(options.keep_lab).await
 }
