@@ -44,6 +44,7 @@ pub struct Story {
 
 /// The stories, written under `dir`.
 pub fn stories(dir: &Path) -> Vec<Story> {
+    std::fs::create_dir_all(dir).unwrap();
     // The live run: the baseline is what the scenario fingerprints (the steps before `fingerprint`).
     let recording =
         guardlab::scenario::recording::read_recording(&root().join("scenarios/cryptominer.ndjson"))
