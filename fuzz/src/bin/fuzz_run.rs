@@ -127,7 +127,10 @@ fn run() -> Result<bool, RunError> {
     if options.targets.is_empty() {
         options.targets = guardlab_fuzz::TARGETS.map(String::from).to_vec();
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("fuzz/ is inside the workspace")
+        .to_path_buf();
     let tools = Tools::ensure()?;
     let bins = tools.build(&workspace, &options.targets)?;
     let mut all_clean = true;
