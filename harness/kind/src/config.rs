@@ -25,6 +25,10 @@ pub struct KindCluster {
     pub networking: Option<Networking>,
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// kubeadm and kubelet configuration patches (YAML documents), e.g. the kubelet's
+    /// `podPidsLimit`, which the local backend reads too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubeadm_config_patches: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +243,16 @@ mod tests {
             }
             assert!(node.extra_port_mappings.is_empty());
         }
+        // The pod's pids limit is the kubelet's; the local backend reads the same patch.
+        assert!(
+            cluster
+                .kubeadm_config_patches
+                .iter()
+                .any(|p| p.contains("kind: KubeletConfiguration")
+                    && p.contains("podPidsLimit: 1024")),
+            "{:?}",
+            cluster.kubeadm_config_patches
+        );
     }
 
     #[test]

@@ -517,6 +517,47 @@ mod tests {
             c.ports.as_ref().unwrap()[0].container_port,
             i32::from(NOTEBOOK_PORT)
         );
+        // The notebook answers loopback names only (allow_remote_access=False), so the
+        // kubelet's probe, which would send the pod's IP as Host, names localhost.
+        assert!(
+            args.contains(&"--ServerApp.allow_remote_access=False".to_string()),
+            "{args:?}"
+        );
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/api"));
+        let headers = probe.http_headers.as_deref().unwrap_or_default();
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("Host") && h.value == "localhost"),
+            "{headers:?}"
+        );
+        // The hardening the local backend applies too: the runtime's seccomp profile and
+        // limits (requests below them, so the pod fits a small kind node).
+        let security = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_ne!(
+            security.allow_privilege_escalation,
+            Some(false),
+            "no no_new_privs: `sudo -l` must ask for the password"
+        );
+        let resources = c.resources.as_ref().unwrap();
+        let limits = resources.limits.as_ref().unwrap();
+        assert_eq!(limits["cpu"].0, "1");
+        assert_eq!(limits["memory"].0, "1Gi");
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key("cpu"))
+        );
         let Object::Service(s) = find(&all, "Service", NOTEBOOK_DEPLOYMENT) else {
             unreachable!()
         };
@@ -532,6 +573,7 @@ mod tests {
             "start-notebook.py",
             "--IdentityProvider.token=",
             "--ServerApp.password=",
+            "--ServerApp.allow_remote_access=False",
         ];
         let container = |all: &[Manifest]| {
             let Object::Deployment(d) = find(all, "Deployment", NOTEBOOK_DEPLOYMENT) else {

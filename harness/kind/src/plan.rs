@@ -238,7 +238,7 @@ mod tests {
             "127.0.0.1:1234",
             "# ---- cluster config: manifests/kind/cluster.yaml",
             "apiVersion: kind.x-k8s.io/v1alpha4",
-            "# Deployment cryptominer/jupyter-notebook (from manifests/kubernetes/jupyter-notebook.yaml:9)",
+            "# Deployment cryptominer/jupyter-notebook (from manifests/kubernetes/jupyter-notebook.yaml:16)",
             "image: jupyter/minimal-notebook:latest",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");

@@ -1,5 +1,7 @@
 //! The pod sandbox on its own (no daemon, no image build): a tiny root filesystem made of this
-//! host's bash and coreutils, run as the pod's first process, checked from the inside.
+//! host's bash and coreutils, run as the pod's first process under the runtime's default
+//! seccomp profile and with limits in this host's cgroups (v1 or v2, wherever it keeps the
+//! controllers), checked from the inside.
 //! Root only (namespaces, cgroups, mounts); without root it fails and says to use sudo.
 
 use std::fs;
@@ -8,8 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use guardlab_lab::local::cgroup;
+use guardlab_lab::local::cgroup_limits::{CgroupLayout, Controller, Home, ResourceLimits};
+use guardlab_lab::local::manifest::default_manifests_dir;
 use guardlab_lab::local::netns::Netns;
 use guardlab_lab::local::pod::{self, ContainerSpec, ExitStatus};
+use guardlab_lab::local::seccomp::{Profile, RUNTIME_DEFAULT_FILE};
 
 fn require_root() {
     assert!(
@@ -70,24 +75,44 @@ fn the_first_process_is_pid_1_as_jovyan_without_capabilities_in_its_own_namespac
     let pod_dir = base.path().join("pod");
     fs::create_dir_all(&pod_dir).unwrap();
 
-    let lab_cgroup = cgroup::cgroup2_mount()
-        .unwrap()
-        .join("guardlab")
-        .join(format!("t-sandbox-{}", std::process::id()));
-    let pod_cgroup = lab_cgroup.join("pod");
-    cgroup::create(&pod_cgroup).unwrap();
+    let lab = format!("t-sandbox-{}", std::process::id());
+    let lab_cgroup = cgroup::cgroup2_mount().unwrap().join("guardlab").join(&lab);
+    let limits = ResourceLimits {
+        memory: Some(256 << 20),
+        cpu_millis: Some(500),
+        pids: Some(64),
+    };
+    let layout = CgroupLayout::of_this_process().unwrap();
+    layout.check(&limits).unwrap();
+    let cgroups = layout.pod_cgroups(&lab, "pod", &lab_cgroup.join("pod"), &limits);
+    // Where the pod sees its pids and memory limits: /sys/fs/cgroup is its own cgroup v2 on a
+    // v2 host, and holds its v1 hierarchies by name where the host keeps them in v1.
+    let seen_at =
+        |controller: Controller, v2_file: &str, v1_file: &str| match layout.home(controller) {
+            Some(Home::V1(h)) => format!(
+                "/sys/fs/cgroup/{}/{v1_file}",
+                h.mount.file_name().unwrap().to_string_lossy()
+            ),
+            _ => format!("/sys/fs/cgroup/{v2_file}"),
+        };
+    let pids_max = seen_at(Controller::Pids, "pids.max", "pids.max");
+    let memory_max = seen_at(Controller::Memory, "memory.max", "memory.limit_in_bytes");
+    cgroups.create().unwrap();
     let netns = Netns::create("pod").unwrap();
     netns.ip(&["link", "set", "lo", "up"]).unwrap();
 
-    let script = "echo pid=$$; id; hostname; \
-        while IFS= read -r l; do case $l in Cap*|NoNewPrivs*) echo \"$l\";; esac; done < /proc/self/status; \
+    let script = format!(
+        "echo pid=$$; id; hostname; \
+        while IFS= read -r l; do case $l in Cap*|NoNewPrivs*|Seccomp*) echo \"$l\";; esac; done < /proc/self/status; \
         cat /proc/self/cgroup; ls /dev; ls /dev/pts; \
-        touch /home/jovyan/written; echo mounts; cat /proc/self/mountinfo; echo end-of-mounts; echo done";
+        echo pids.max=$(cat {pids_max}); echo memory.max=$(cat {memory_max}); \
+        touch /home/jovyan/written; echo mounts; cat /proc/self/mountinfo; echo end-of-mounts; echo done"
+    );
     let spec = ContainerSpec {
         lower_dirs: vec![image.clone()],
         pod_dir: pod_dir.clone(),
         hostname: "jupyter-notebook-test-abcde".into(),
-        argv: vec!["bash".into(), "-c".into(), script.into()],
+        argv: vec!["bash".into(), "-c".into(), script],
         env: vec!["PATH=/usr/bin:/bin".into(), "HOME=/home/jovyan".into()],
         working_dir: "/home/jovyan".into(),
         uid: 1000,
@@ -95,14 +120,18 @@ fn the_first_process_is_pid_1_as_jovyan_without_capabilities_in_its_own_namespac
         supplementary_groups: vec![100],
         bounding_set: pod::bounding_set(&[], &[]).unwrap(),
         no_new_privs: false,
+        seccomp: Some(Profile::load(&default_manifests_dir().join(RUNTIME_DEFAULT_FILE)).unwrap()),
         log_file: pod_dir.join("container.log"),
     };
     let mut recorded = None;
-    let process = pod::spawn(&spec, &pod_cgroup, netns.raw_fd(), |pid| {
+    let thread_cgroups = || fs::read_to_string("/proc/thread-self/cgroup").unwrap();
+    let before = thread_cgroups();
+    let process = pod::spawn(&spec, &cgroups, netns.raw_fd(), |pid| {
         recorded = Some(pid);
         Ok(())
     })
     .unwrap();
+    let after = thread_cgroups();
     assert_eq!(recorded, Some(process.pid));
     let status = pod::wait_pidfd(&process.pidfd).unwrap();
     let log = fs::read_to_string(&spec.log_file).unwrap();
@@ -112,6 +141,11 @@ fn the_first_process_is_pid_1_as_jovyan_without_capabilities_in_its_own_namespac
     cgroup::kill_tree(&lab_cgroup, Duration::from_secs(5)).unwrap();
     cgroup::remove_tree(&lab_cgroup).unwrap();
     cgroup::remove_if_empty(lab_cgroup.parent().unwrap());
+    for dir in cgroups.v1_lab_dirs() {
+        cgroup::remove_tree(&dir).unwrap();
+        cgroup::remove_if_empty(dir.parent().unwrap());
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
     let upper_file = spec.upper_dir().join("home/jovyan/written");
     let written_in_upper = upper_file.exists();
     let image_untouched = !image.join("home/jovyan/written").exists();
@@ -134,6 +168,16 @@ fn the_first_process_is_pid_1_as_jovyan_without_capabilities_in_its_own_namespac
     assert!(log.contains("CapBnd:\t00000000a80425fb"), "{log}");
     // No no_new_privs: setuid binaries keep their meaning (sudo fails the learner's way).
     assert!(log.contains("NoNewPrivs:\t0"), "{log}");
+    // The runtime's default seccomp profile: a filter (mode 2), loaded without no_new_privs.
+    assert!(log.contains("Seccomp:\t2\n"), "{log}");
+    // Its limits, as the pod sees them where the host keeps the controllers.
+    assert!(log.contains("pids.max=64\n"), "{log}");
+    assert!(
+        log.contains(&format!("memory.max={}\n", 256 << 20)),
+        "{log}"
+    );
+    // The cloning thread went into the pod's v1 cgroups for the clone, and back.
+    assert_eq!(before, after, "the thread is back in its own cgroups");
     assert!(
         log.lines().any(|l| l == "0::/"),
         "the cgroup namespace is rooted at the pod's cgroup: {log}"

@@ -37,7 +37,8 @@ async fn the_gate_opens_after_the_sensors_container_event_and_readiness_is_await
             gate_program(GATE_PORT),
             "start-notebook.py",
             "--IdentityProvider.token=",
-            "--ServerApp.password="
+            "--ServerApp.password=",
+            "--ServerApp.allow_remote_access=False"
         ])
     );
     assert!(container.get("command").is_none(), "{container}");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::lab_files::CONFIG_FILE;
-use crate::local::manifest::PodTemplate;
+use crate::local::manifest::{PodTemplate, Seccomp};
 use crate::local::pod::{self, ContainerSpec};
 use crate::{IoContext, LabError};
 
@@ -189,6 +189,10 @@ impl PodRuntime {
             ),
             bounding_set,
             no_new_privs: template.allow_privilege_escalation == Some(false),
+            seccomp: match &template.seccomp {
+                Seccomp::RuntimeDefault(profile) => Some((**profile).clone()),
+                Seccomp::Unconfined => None,
+            },
             log_file: pod_dir.join("container.log"),
         })
     }
@@ -259,6 +263,9 @@ mod tests {
                 .contains(&"HOSTNAME=jupyter-notebook-abc-xyz".to_string())
         );
         assert_eq!(spec.working_dir, "/home/jovyan");
+        // The runtime's default seccomp profile, and no no_new_privs (sudo asks its password).
+        assert!(spec.seccomp.is_some());
+        assert!(!spec.no_new_privs);
         assert_eq!(
             spec.env.iter().filter(|e| e.starts_with("PATH=")).count(),
             1

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::local::cgroup_limits::ResourceLimits;
+use crate::local::manifest_limits::{self, KIND_CLUSTER_FILE};
+use crate::local::seccomp::{self, Profile};
 use crate::{IoContext, LabError};
 
 /// The Deployment file, relative to the manifests directory.
@@ -46,12 +49,29 @@ pub struct PodTemplate {
     /// `securityContext.capabilities`, names as Kubernetes writes them (`NET_RAW`, `ALL`).
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// `securityContext.seccompProfile` (the container's over the pod's).
+    #[serde(default)]
+    pub seccomp: Seccomp,
+    /// `resources.limits` of the container, and the kubelet's pids limit.
+    #[serde(default)]
+    pub limits: ResourceLimits,
     /// Kubernetes' `pod-template-hash`: a short hash of the template, the middle part of pod
     /// names (`jupyter-notebook-<hash>-<suffix>`).
     pub template_hash: String,
     /// The Deployment file it was read from, for messages about it.
     #[serde(default)]
     pub file: PathBuf,
+}
+
+/// The seccomp filter of the pod's processes, as `securityContext.seccompProfile` asks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Seccomp {
+    /// `Unconfined`, or no `seccompProfile` (Kubernetes' default): no filter.
+    #[default]
+    Unconfined,
+    /// `RuntimeDefault`: the container runtime's default profile
+    /// (`manifests/seccomp/runtime-default.json`, see [`seccomp`]).
+    RuntimeDefault(Box<Profile>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +162,17 @@ struct Container {
     ports: Vec<Port>,
     #[serde(default)]
     security_context: Option<SecurityContext>,
+    #[serde(default)]
+    resources: Option<Resources>,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+struct Resources {
+    /// Quantities as written (`1Gi`, `500m`, or a YAML number).
+    #[serde(default)]
+    limits: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    requests: BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -165,13 +196,24 @@ fn tcp() -> String {
     "TCP".into()
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Default)]
+#[derive(Deserialize, Serialize, Clone, Default)]
 #[serde(rename_all = "camelCase")]
 struct PodSecurityContext {
     #[serde(default)]
     run_as_user: Option<u32>,
     #[serde(default)]
     run_as_group: Option<u32>,
+    #[serde(default)]
+    seccomp_profile: Option<SeccompProfile>,
+}
+
+#[derive(Deserialize, Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct SeccompProfile {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    localhost_profile: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Default)]
@@ -185,6 +227,8 @@ struct SecurityContext {
     allow_privilege_escalation: Option<bool>,
     #[serde(default)]
     capabilities: Option<Capabilities>,
+    #[serde(default)]
+    seccomp_profile: Option<SeccompProfile>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Default)]
@@ -220,21 +264,34 @@ pub fn load(manifests_dir: &Path) -> Result<PodTemplate, LabError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).context(|| format!("reading {}", namespace_file.display())),
     };
-    parse(
+    let mut template = parse(
         &file,
         &text,
         namespace_text
             .as_deref()
             .map(|t| (namespace_file.as_path(), t)),
-    )
+        &|| Profile::load(&manifests_dir.join(seccomp::RUNTIME_DEFAULT_FILE)),
+    )?;
+    // Kubernetes sets a pod's pids limit from the kubelet's configuration: the kind cluster's.
+    let kind_file = manifests_dir.join(KIND_CLUSTER_FILE);
+    match std::fs::read_to_string(&kind_file) {
+        Ok(kind_text) => {
+            template.limits.pids = manifest_limits::pod_pids_limit(&kind_file, &kind_text)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(|| format!("reading {}", kind_file.display())),
+    }
+    Ok(template)
 }
 
 /// Parse a Deployment YAML (several documents allowed; the Deployment is the one used) and,
-/// optionally, the Namespace YAML. `file` only names the file in errors.
+/// optionally, the Namespace YAML. `file` only names the file in errors; `runtime_default`
+/// gives the runtime's default seccomp profile, when the Deployment asks for it.
 pub fn parse(
     file: &Path,
     text: &str,
     namespace: Option<(&Path, &str)>,
+    runtime_default: &dyn Fn() -> Result<Profile, LabError>,
 ) -> Result<PodTemplate, LabError> {
     let deployments = documents_of_kind(text, "Deployment").map_err(|e| manifest_error(file, e))?;
     let (offset, document) = match deployments.as_slice() {
@@ -269,7 +326,7 @@ pub fn parse(
         }
     };
     // A container's field wins over the pod's, field by field, as in Kubernetes.
-    let pod_security = template.spec.security_context.unwrap_or_default();
+    let pod_security = template.spec.security_context.clone().unwrap_or_default();
     let security = container.security_context.clone().unwrap_or_default();
     let capabilities = security.capabilities.clone().unwrap_or_default();
     let namespace_name = deployment
@@ -324,6 +381,52 @@ pub fn parse(
             "empty",
         ));
     }
+    let container_field = "spec.template.spec.containers[0]";
+    let seccomp = match security
+        .seccomp_profile
+        .as_ref()
+        .map(|p| {
+            (
+                p,
+                format!("{container_field}.securityContext.seccompProfile"),
+            )
+        })
+        .or_else(|| {
+            pod_security.seccomp_profile.as_ref().map(|p| {
+                (
+                    p,
+                    "spec.template.spec.securityContext.seccompProfile".to_string(),
+                )
+            })
+        }) {
+        None => Seccomp::Unconfined,
+        Some((profile, field)) => match profile.kind.as_str() {
+            "Unconfined" => Seccomp::Unconfined,
+            "RuntimeDefault" => Seccomp::RuntimeDefault(Box::new(runtime_default()?)),
+            other => {
+                return Err(field_error(
+                    file,
+                    &format!("{field}.type"),
+                    format!(
+                        "`{other}`{}: the local backend knows RuntimeDefault and Unconfined",
+                        profile
+                            .localhost_profile
+                            .as_ref()
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        },
+    };
+    let limits = match &container.resources {
+        Some(resources) => manifest_limits::limits_of(
+            file,
+            &format!("{container_field}.resources.limits"),
+            &resources.limits,
+        )?,
+        None => ResourceLimits::default(),
+    };
     let template_yaml = serde_yaml::to_string(template).map_err(|e| {
         LabError::backend(
             format!("encoding the pod template of {}", file.display()),
@@ -359,6 +462,8 @@ pub fn parse(
         allow_privilege_escalation: security.allow_privilege_escalation,
         capabilities_add: capabilities.add,
         capabilities_drop: capabilities.drop,
+        seccomp,
+        limits,
         template_hash: kube_safe_hash(template_yaml.as_bytes(), 10),
         file: file.to_path_buf(),
     })
@@ -439,6 +544,19 @@ pub fn default_manifests_dir() -> PathBuf {
 mod tests {
     use super::*;
 
+    fn no_profile() -> Result<Profile, LabError> {
+        panic!("this Deployment asks for no seccomp profile")
+    }
+
+    /// A Deployment of one container with these lines in the pod's spec (`pod`, indented by
+    /// 6) and in the container (`container`, indented by 8).
+    fn deployment(pod: &str, container: &str) -> String {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  template:\n    \
+             spec:\n{pod}      containers:\n      - name: c\n        image: i\n{container}"
+        )
+    }
+
     #[test]
     fn reads_the_project_deployment() {
         let pod = load(&default_manifests_dir()).unwrap();
@@ -462,6 +580,27 @@ mod tests {
         );
         assert_eq!((pod.run_as_user, pod.run_as_group), (Some(1000), Some(100)));
         assert_eq!(pod.template_hash.len(), 10);
+        // The hardening a runtime gives, written once in the Deployment (and the kubelet's
+        // pids limit in the kind config).
+        let Seccomp::RuntimeDefault(profile) = &pod.seccomp else {
+            panic!("the Deployment asks for the runtime's default seccomp profile")
+        };
+        assert!(profile.syscalls.len() > 10);
+        assert_eq!(
+            pod.limits,
+            ResourceLimits {
+                memory: Some(1 << 30),
+                cpu_millis: Some(1000),
+                pids: Some(1024),
+            }
+        );
+        assert!(
+            pod.args
+                .iter()
+                .any(|a| a == "--ServerApp.allow_remote_access=False"),
+            "the notebook refuses Host headers that are not loopback names: {:?}",
+            pod.args
+        );
         assert_eq!(
             pod.namespace_labels
                 .get("app.kubernetes.io/part-of")
@@ -473,7 +612,7 @@ mod tests {
     #[test]
     fn errors_name_the_file_the_line_and_the_field() {
         let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  template:\n    spec:\n      containers:\n      - name: c\n        image: i\n        ports:\n        - containerPort: notanumber\n";
-        let err = parse(Path::new("m/d.yaml"), text, None)
+        let err = parse(Path::new("m/d.yaml"), text, None, &no_profile)
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("m/d.yaml: "), "{err}");
@@ -487,6 +626,7 @@ mod tests {
             Path::new("x.yaml"),
             "kind: Service\nmetadata:\n  name: s\n",
             None,
+            &no_profile,
         )
         .unwrap_err();
         assert!(
@@ -502,5 +642,69 @@ mod tests {
         assert_eq!(a, kube_safe_hash(b"x", 10));
         assert!(a.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
         assert_ne!(a, kube_safe_hash(b"y", 10));
+    }
+
+    #[test]
+    fn the_containers_seccomp_profile_wins_over_the_pods() {
+        let profile = || {
+            Ok(Profile::parse(
+                Path::new("p.json"),
+                r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}"#,
+            )?)
+        };
+        let pod_runtime =
+            "      securityContext:\n        seccompProfile:\n          type: RuntimeDefault\n";
+        let container_unconfined =
+            "        securityContext:\n          seccompProfile:\n            type: Unconfined\n";
+        let parsed = |pod: &str, container: &str| {
+            parse(
+                Path::new("d.yaml"),
+                &deployment(pod, container),
+                None,
+                &profile,
+            )
+        };
+        assert!(matches!(
+            parsed(pod_runtime, "").unwrap().seccomp,
+            Seccomp::RuntimeDefault(p) if p.syscalls.len() == 1
+        ));
+        assert_eq!(
+            parsed(pod_runtime, container_unconfined).unwrap().seccomp,
+            Seccomp::Unconfined
+        );
+        assert_eq!(parsed("", "").unwrap().seccomp, Seccomp::Unconfined);
+        let localhost = "        securityContext:\n          seccompProfile:\n            type: Localhost\n            localhostProfile: my.json\n";
+        let err = parsed("", localhost).unwrap_err().to_string();
+        assert!(
+            err.contains("d.yaml")
+                && err.contains("containers[0].securityContext.seccompProfile.type")
+                && err.contains("my.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn resource_limits_are_read_and_bad_ones_named() {
+        let parsed = |container: &str| {
+            parse(
+                Path::new("d.yaml"),
+                &deployment("", container),
+                None,
+                &no_profile,
+            )
+        };
+        let limits = parsed("        resources:\n          limits:\n            cpu: 500m\n            memory: 256Mi\n")
+            .unwrap()
+            .limits;
+        assert_eq!(limits.cpu_millis, Some(500));
+        assert_eq!(limits.memory, Some(256 << 20));
+        assert_eq!(limits.pids, None, "parse alone reads no kind config");
+        let err = parsed("        resources:\n          limits:\n            memory: a lot\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.template.spec.containers[0].resources.limits.memory"),
+            "{err}"
+        );
     }
 }

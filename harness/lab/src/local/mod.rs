@@ -22,17 +22,20 @@
 //! ```
 
 pub mod cgroup;
+pub mod cgroup_limits;
 mod client;
 pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod manifest;
+pub mod manifest_limits;
 pub mod netns;
 pub mod network;
 mod package_index;
 pub mod pod;
 pub mod preflight;
 pub mod protocol;
+pub mod seccomp;
 pub mod sensor;
 pub mod services;
 mod start;

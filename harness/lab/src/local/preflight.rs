@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | root, BTF, Linux 5.17+ | the sensor | `guardlab_sensor::preflight` (refused) |
 //! | a cgroup v2 mount | the lab's cgroup, the sensor's hooks | `Host::ensure_cgroup2` (mounted) |
+//! | the `pids`, `memory`, `cpu` controllers (v2 or v1) | the pod's limits | `CgroupLayout::check` (refused when nowhere) |
 //! | the overlay filesystem | the pod's root | `Host::ensure_filesystem` (module loaded) |
 //! | the veth driver | the lab's link | built in or autoloaded (modprobe: kmod); refused when absent |
 //! | `ip` (iproute2) | the lab's network devices | `Host::ensure` |
@@ -23,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use guardlab_host::{Requirement, catalog};
 
-use crate::local::{ImageSource, LocalLab};
+use crate::local::cgroup_limits::CgroupLayout;
+use crate::local::{ImageSource, LocalLab, manifest};
 use crate::{LabError, Progress};
 
 /// What the preflight found, for the rest of `up`.
@@ -49,6 +51,9 @@ impl LocalLab {
             LocalLab::require_root()?;
         }
         let cgroup2 = host.ensure_cgroup2(progress)?;
+        // The controllers of the pod's limits, wherever this host keeps them.
+        let limits = manifest::load(&options.manifests_dir)?.limits;
+        CgroupLayout::of_this_process()?.check(&limits)?;
         host.ensure_filesystem(
             "overlay",
             "the pod's root filesystem is an overlay of its image",

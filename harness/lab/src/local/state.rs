@@ -67,6 +67,10 @@ pub struct PodRecord {
     pub dir: PathBuf,
     /// The container's first process, once started.
     pub root: Option<ProcessRecord>,
+    /// The pod's cgroups in cgroup v1 hierarchies, where the host keeps a limited controller
+    /// there (see `cgroup_limits`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub v1_cgroups: Vec<PathBuf>,
 }
 
 /// A network namespace the daemon made. Unnamed (no bind mount): it lives as long as a lab
@@ -91,6 +95,10 @@ pub struct LabState {
     pub lab: String,
     /// The lab's cgroup: the daemon's and the pods' cgroups are below it.
     pub cgroup: PathBuf,
+    /// The lab's cgroups in cgroup v1 hierarchies (`<hierarchy>/<own>/guardlab/<lab>`), the
+    /// pods' v1 cgroups are below them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub v1_cgroups: Vec<PathBuf>,
     /// The image root filesystem the lab's pods run on. Recorded before the image is looked up,
     /// so that pruning the image cache (`image::prune_images`) never removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

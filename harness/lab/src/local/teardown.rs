@@ -214,8 +214,19 @@ fn remove_resources(state: &LabState, progress: &dyn Progress) -> Result<(), Lab
     }
     // cgroups: pods and daemon below the lab's, then the lab's, then the shared parent if empty.
     for pod in &state.pods {
-        if let Err(e) = cgroup::remove_tree(&pod.cgroup) {
+        for dir in std::iter::once(&pod.cgroup).chain(&pod.v1_cgroups) {
+            if let Err(e) = cgroup::remove_tree(dir) {
+                errors.push(Leftover::Cgroup(e));
+            }
+        }
+    }
+    // The same in cgroup v1 hierarchies (empty once the lab's processes are gone).
+    for dir in &state.v1_cgroups {
+        if let Err(e) = cgroup::remove_tree(dir) {
             errors.push(Leftover::Cgroup(e));
+        }
+        if let Some(parent) = dir.parent() {
+            cgroup::remove_if_empty(parent);
         }
     }
     if !state.cgroup.as_os_str().is_empty() {

@@ -123,6 +123,8 @@ pub struct Holdings {
     pub lab_dir: PathBuf,
     pub lab_name: String,
     pub cgroup: Option<PathBuf>,
+    /// The lab's and its pods' cgroups in cgroup v1 hierarchies.
+    pub v1_cgroups: Vec<PathBuf>,
     pub processes: Vec<ProcessRecord>,
     /// Namespace inodes (`net:[..]`, `mnt:[..]`, ...) of the lab's processes that are not the host's.
     pub namespaces: BTreeSet<(String, u64)>,
@@ -148,6 +150,12 @@ impl Holdings {
         };
         let Some(state) = state else { return holdings };
         holdings.cgroup = Some(state.cgroup.clone());
+        holdings.v1_cgroups = state
+            .v1_cgroups
+            .iter()
+            .chain(state.pods.iter().flat_map(|p| &p.v1_cgroups))
+            .cloned()
+            .collect();
         let mut pids: Vec<u32> = cgroup::pids_in_tree(&state.cgroup);
         pids.extend(state.daemon.iter().map(|d| d.pid));
         pids.extend(state.pods.iter().filter_map(|p| p.root.map(|r| r.pid)));
@@ -194,6 +202,11 @@ impl Holdings {
         }
         if self.cgroup.is_none() {
             self.cgroup = other.cgroup;
+        }
+        for dir in other.v1_cgroups {
+            if !self.v1_cgroups.contains(&dir) {
+                self.v1_cgroups.push(dir);
+            }
         }
         for p in other.processes {
             if !self.processes.contains(&p) {
@@ -323,6 +336,12 @@ pub fn leftovers(holdings: &Holdings) -> Vec<String> {
         && cgroup.exists()
     {
         problems.push(format!("cgroup {} still exists", cgroup.display()));
+    }
+    for dir in holdings.v1_cgroups.iter().filter(|d| d.exists()) {
+        problems.push(format!(
+            "cgroup v1 directory {} still exists",
+            dir.display()
+        ));
     }
     let in_use = namespaces_in_use();
     for (kind, inode) in &holdings.namespaces {

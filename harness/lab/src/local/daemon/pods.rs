@@ -12,6 +12,7 @@ use super::readiness::wait_ready;
 use super::report::{Reporter, log};
 use super::{Daemon, DaemonError};
 use crate::local::cgroup;
+use crate::local::cgroup_limits::CgroupLayout;
 use crate::local::config::PodRuntime;
 use crate::local::pod::{self, ExitStatus};
 use crate::local::state::{PodRecord, ProcessRecord};
@@ -45,13 +46,29 @@ pub(super) async fn create_pod(
         template.template_hash,
         pod_suffix()
     );
+    // The pod's cgroups: v2 under the lab's, and v1 where this host keeps a limited controller.
+    let cgroup_name = format!("pod-{name}");
+    let cgroups = CgroupLayout::of_this_process()?.pod_cgroups(
+        &config.lab,
+        &cgroup_name,
+        &config.cgroup.join(&cgroup_name),
+        &template.limits,
+    );
     let record = PodRecord {
         name: name.clone(),
-        cgroup: config.cgroup.join(format!("pod-{name}")),
+        cgroup: cgroups.v2.clone(),
         dir: config.lab_dir.join("pods").join(&name),
         root: None,
+        v1_cgroups: cgroups.v1_dirs(),
     };
-    daemon.recorder.update(|s| s.pods.push(record.clone()))?;
+    daemon.recorder.update(|s| {
+        s.pods.push(record.clone());
+        for dir in cgroups.v1_lab_dirs() {
+            if !s.v1_cgroups.contains(&dir) {
+                s.v1_cgroups.push(dir);
+            }
+        }
+    })?;
     std::fs::create_dir_all(&record.dir)
         .context(|| format!("creating {}", record.dir.display()))?;
     // The pod's writable layer lives on its own tmpfs: it is thrown away with the pod, and
@@ -73,7 +90,7 @@ pub(super) async fn create_pod(
             record.dir.display()
         )
     })?;
-    cgroup::create(&record.cgroup)?;
+    cgroups.create()?;
 
     let runtime: &PodRuntime = &config.runtime;
     let spec = runtime.container_spec(template, &record.dir, &name)?;
@@ -110,12 +127,11 @@ pub(super) async fn create_pod(
     }
 
     let netns_fd = daemon.network.pod.raw_fd();
-    let cgroup_path = record.cgroup.clone();
     let recorder_state = &daemon.recorder;
     let pod_name = name.clone();
     // The clone runs on this thread: the child is a copy of it alone.
     let spawned = tokio::task::block_in_place(|| {
-        pod::spawn(&spec, &cgroup_path, netns_fd, |pid| {
+        pod::spawn(&spec, &cgroups, netns_fd, |pid| {
             recorder_state.update(|s| {
                 if let Some(p) = s.pods.iter_mut().find(|p| p.name == pod_name) {
                     p.root = ProcessRecord::of(pid);
@@ -196,6 +212,9 @@ pub(super) async fn replace_pod(daemon: &Arc<Daemon>) -> Result<(), LabError> {
             sensor.unwatch(&old.info);
         }
         cgroup::remove_tree(&old.record.cgroup)?;
+        for dir in &old.record.v1_cgroups {
+            cgroup::remove_tree(dir)?;
+        }
         let _ = nix::mount::umount2(&old.record.dir, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&old.record.dir);
         daemon

@@ -35,10 +35,11 @@ pub enum Step {
     Exec = 19,
     MountPoint = 20,
     ProcSysReadOnly = 21,
+    Seccomp = 22,
 }
 
 impl Step {
-    const ALL: [Step; 22] = [
+    const ALL: [Step; 23] = [
         Step::WaitForDaemon,
         Step::JoinNetwork,
         Step::CgroupNamespace,
@@ -61,6 +62,7 @@ impl Step {
         Step::Exec,
         Step::MountPoint,
         Step::ProcSysReadOnly,
+        Step::Seccomp,
     ];
 
     /// The step a child reported (`None` for a number no step has).
@@ -93,6 +95,7 @@ impl Step {
             Step::Exec => "executing the container's command",
             Step::MountPoint => "creating a mount point",
             Step::ProcSysReadOnly => "making /proc/sys read-only",
+            Step::Seccomp => "loading the seccomp filter",
         }
     }
 }
@@ -252,6 +255,21 @@ pub(super) fn child_main(plan: &ChildPlan) -> ! {
             0,
             0,
         );
+        // The seccomp filter, while this process is still root with CAP_SYS_ADMIN: without
+        // no_new_privs the kernel refuses a filter to a process without it, and the user change
+        // below empties every capability (runc loads it here too). From now on each call is
+        // filtered; the few left before the exec are ones the profile allows.
+        for filter in &plan.seccomp {
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                filter as *const libc::sock_fprog,
+            ) != 0
+            {
+                fail(plan, Step::Seccomp);
+            }
+        }
         if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
             fail(plan, Step::SupplementaryGroups);
         }

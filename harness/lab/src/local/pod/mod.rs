@@ -1,10 +1,13 @@
 //! The pod sandbox: the container's first process, cloned into new pid, mount, uts and ipc
-//! namespaces, straight into the pod's cgroup (`CLONE_INTO_CGROUP`, so it is never outside it),
-//! then moved into the pod's network namespace and a cgroup namespace rooted at its cgroup. It
-//! mounts an overlay (the cached image read-only, a per-pod writable layer), `/proc`, a minimal
-//! `/dev` (with its own devpts for the Jupyter terminals), a read-only `/sys`, pivots into it,
-//! sets its hostname, becomes the container's user with no capabilities and execs the
-//! container's command, which is then pid 1 of the pod, as in a Kubernetes pod.
+//! namespaces, straight into the pod's cgroups (`CLONE_INTO_CGROUP` for its v2 cgroup; the
+//! cloning thread enters its v1 cgroups, where the host keeps controllers there, for the
+//! clone: see [`crate::local::cgroup_limits`]), so it is never outside them, then moved into the
+//! pod's network namespace and a cgroup namespace rooted at its cgroups. It mounts an overlay
+//! (the cached image read-only, a per-pod writable layer), `/proc`, a minimal `/dev` (with its
+//! own devpts for the Jupyter terminals), a read-only `/sys` with its cgroups (read-only) at
+//! `/sys/fs/cgroup`, pivots into it, sets its hostname, loads its seccomp filter, becomes the
+//! container's user with no capabilities and execs the container's command, which is then
+//! pid 1 of the pod, as in a Kubernetes pod.
 //!
 //! The daemon is multi-threaded, so the clone is a fork of one thread: between the clone and the
 //! exec the child makes system calls only, on memory prepared before the clone (no allocation,
@@ -20,9 +23,18 @@
 //! `no_new_privs` (only when the Deployment says `allowPrivilegeEscalation: false`) with
 //! "effective uid is not 0": errors a learner never sees in the original lab.
 //!
-//! Its parts: `plan` (everything the child needs, built before the clone), `child` (the code
-//! between the clone and the exec, and its failure report), `capabilities` (the bounding set)
-//! and `image_users` (the image's users and groups). This module makes the pod's directories
+//! Seccomp as a runtime gives it: the Deployment's `RuntimeDefault` profile is compiled before
+//! the clone ([`crate::local::seccomp`]) and loaded by the child. Without no_new_privs the
+//! kernel lets only a process with CAP_SYS_ADMIN load a filter, so the child loads it while it
+//! is still root with every capability, after the bounding set is dropped and before it
+//! changes its user (which empties its capabilities), as runc does; the calls it makes after
+//! that (setgroups, setresgid, setresuid, capset, chdir, open, dup2, close_range, signal
+//! masks, execve) are ones the profile allows. The filter then holds for the container's
+//! command and everything it starts (`Seccomp: 2` in `/proc/<pid>/status`).
+//!
+//! Its parts: `plan` (everything the child needs, built before the clone: the compiled
+//! filter too), `child` (the code between the clone and the exec, and its failure report),
+//! `capabilities` (the bounding set) and `image_users` (the image's users and groups). This module makes the pod's directories
 //! and descriptors, clones, releases the child once its pid is recorded, reads its report and
 //! reaps it.
 #![allow(unsafe_code)] // clone3(2) into the pod's cgroup and namespaces
@@ -35,8 +47,10 @@ mod plan;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::local::cgroup_limits::PodCgroups;
+use crate::local::seccomp::Profile;
 use crate::{IoContext, LabError};
 use child::child_main;
 use plan::{ChildFds, ChildPlan};
@@ -88,6 +102,8 @@ pub struct ContainerSpec {
     pub bounding_set: u64,
     /// Set no_new_privs (Kubernetes' `allowPrivilegeEscalation: false`).
     pub no_new_privs: bool,
+    /// The seccomp profile of the container's processes (`None`: unconfined).
+    pub seccomp: Option<Profile>,
     /// The container's stdout and stderr go here (what `kubectl logs` would show).
     pub log_file: PathBuf,
 }
@@ -154,12 +170,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LabError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Prepare the pod's directories and start its first process. `record` is called with the
-/// pid as soon as it exists and before it does anything (the state file records it), then the
-/// process goes on; the call returns once the container's command is executing.
+/// Prepare the pod's directories and start its first process in the pod's cgroups (made, with
+/// their limits, by the caller). `record` is called with the pid as soon as it exists and
+/// before it does anything (the state file records it), then the process goes on; the call
+/// returns once the container's command is executing.
 pub fn spawn(
     spec: &ContainerSpec,
-    cgroup: &Path,
+    cgroups: &PodCgroups,
     netns_fd: RawFd,
     record: impl FnOnce(u32) -> Result<(), LabError>,
 ) -> Result<PodProcess, LabError> {
@@ -177,6 +194,7 @@ pub fn spawn(
         return Err(PodError::NoImageLayer.into());
     }
 
+    let cgroup = &cgroups.v2;
     let cgroup_dir =
         fs::File::open(cgroup).context(|| format!("opening cgroup {}", cgroup.display()))?;
     let log = fs::OpenOptions::new()
@@ -197,6 +215,7 @@ pub fn spawn(
             netns: netns_fd,
             log: log.as_raw_fd(),
         },
+        cgroups,
     )?;
 
     let mut pidfd: libc::c_int = -1;
@@ -210,6 +229,8 @@ pub fn spawn(
         cgroup: cgroup_dir.as_raw_fd() as u64,
         ..Default::default()
     };
+    // The pod's v1 cgroups (if any) hold this thread for the clone, so the child is born there.
+    let placement = cgroups.enter()?;
     // SAFETY: clone3 without CLONE_VM is a fork of this thread; the child only runs
     // `child_main`, which makes system calls on the prepared plan and never returns.
     let pid = unsafe {
@@ -219,12 +240,13 @@ pub fn spawn(
             std::mem::size_of::<CloneArgs>(),
         )
     };
+    if pid == 0 {
+        child_main(&plan);
+    }
+    drop(placement);
     if pid < 0 {
         return Err(std::io::Error::last_os_error())
             .context(|| "clone3 of the pod's first process");
-    }
-    if pid == 0 {
-        child_main(&plan);
     }
     let pid = pid as u32;
     // SAFETY: clone3 returned this pidfd for the child.

@@ -1,7 +1,7 @@
 //! The plan of the pod's first process: everything it needs between the clone and the exec
 //! (paths and strings as C strings, the mounts, devices and links of its root, its user and
-//! capabilities, the command and its environment), built before the clone so that the child
-//! allocates nothing.
+//! capabilities, its compiled seccomp filter, the command and its environment), built before
+//! the clone so that the child allocates nothing.
 
 use std::ffi::CString;
 use std::fs;
@@ -9,8 +9,11 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::capabilities::capability_number;
 use super::{ContainerSpec, PodError};
 use crate::LabError;
+use crate::local::cgroup_limits::PodCgroups;
+use crate::local::seccomp::{self, Container};
 
 pub(super) struct MountStep {
     pub(super) source: CString,
@@ -44,6 +47,10 @@ pub(super) struct ChildPlan {
     pub(super) cap_last: libc::c_ulong,
     pub(super) bounding_set: u64,
     pub(super) no_new_privs: bool,
+    /// The seccomp filters to load, in order (empty: unconfined); they point into
+    /// `_seccomp_programs`.
+    pub(super) seccomp: Vec<libc::sock_fprog>,
+    pub(super) _seccomp_programs: Vec<Vec<libc::sock_filter>>,
     pub(super) groups: Vec<libc::gid_t>,
     pub(super) uid: libc::uid_t,
     pub(super) gid: libc::gid_t,
@@ -71,7 +78,11 @@ pub(super) struct ChildFds {
 impl ChildPlan {
     /// The plan for `spec`'s first process, with its root at `spec.rootfs_dir()` (an overlay of
     /// the image layers and `spec.upper_dir()`).
-    pub(super) fn new(spec: &ContainerSpec, fds: ChildFds) -> Result<ChildPlan, LabError> {
+    pub(super) fn new(
+        spec: &ContainerSpec,
+        fds: ChildFds,
+        cgroups: &PodCgroups,
+    ) -> Result<ChildPlan, LabError> {
         let (upper, work, rootfs) = (spec.upper_dir(), spec.work_dir(), spec.rootfs_dir());
         let lower = spec
             .lower_dirs
@@ -86,7 +97,7 @@ impl ChildPlan {
         );
         let in_root = |relative: &str| path_cstring(&rootfs.join(relative));
         let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        let mounts = vec![
+        let mut mounts = vec![
             MountStep {
                 source: cstring("proc")?,
                 target: in_root("proc")?,
@@ -142,16 +153,8 @@ impl ChildPlan {
                 mkdir: Some(0o555),
                 optional: false,
             },
-            MountStep {
-                source: cstring("cgroup")?,
-                target: in_root("sys/fs/cgroup")?,
-                fstype: cstring("cgroup2")?,
-                flags: nosuid_nodev_noexec | libc::MS_RDONLY,
-                data: None,
-                mkdir: None,
-                optional: true,
-            },
         ];
+        mounts.extend(cgroup_mounts(&in_root, cgroups)?);
         let char_device = libc::S_IFCHR | 0o666;
         let devices = [
             ("null", 1, 3),
@@ -181,6 +184,31 @@ impl ChildPlan {
         .map(|(target, link)| Ok((cstring(target)?, in_root(link)?)))
         .collect::<Result<Vec<_>, LabError>>()?;
 
+        let seccomp_programs = match &spec.seccomp {
+            Some(profile) => {
+                let bounding_set = spec.bounding_set;
+                let has_capability = |name: &str| {
+                    capability_number(name).is_some_and(|n| n < 64 && bounding_set & (1 << n) != 0)
+                };
+                seccomp::compile(
+                    profile,
+                    &Container {
+                        has_capability: &has_capability,
+                        kernel: seccomp::running_kernel(),
+                    },
+                )?
+                .programs
+            }
+            None => Vec::new(),
+        };
+        let seccomp_filters = seccomp_programs
+            .iter()
+            .map(|program| libc::sock_fprog {
+                // seccompiler refuses programs over BPF_MAXINSNS (4096) instructions.
+                len: program.len() as libc::c_ushort,
+                filter: program.as_ptr().cast_mut(),
+            })
+            .collect();
         let cap_last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|t| t.trim().parse().ok())
@@ -219,6 +247,8 @@ impl ChildPlan {
             cap_last,
             bounding_set: spec.bounding_set,
             no_new_privs: spec.no_new_privs,
+            seccomp: seccomp_filters,
+            _seccomp_programs: seccomp_programs,
             groups: spec.supplementary_groups.clone(),
             uid: spec.uid,
             gid: spec.gid,
@@ -233,6 +263,65 @@ impl ChildPlan {
             _env_strings: env_c,
         })
     }
+}
+
+/// The pod's view of its cgroups at `/sys/fs/cgroup`, read-only and rooted at the pod's own
+/// (the cgroup namespace): cgroup v2 there when every limit is on v2; on a host that keeps
+/// controllers in cgroup v1, a tmpfs with each of the pod's v1 hierarchies and cgroup v2 at
+/// `unified` (as the host lays them out, and as Docker shows them). Optional, like a runtime's:
+/// the limits hold whether the pod sees them or not.
+fn cgroup_mounts(
+    in_root: &dyn Fn(&str) -> Result<CString, LabError>,
+    cgroups: &PodCgroups,
+) -> Result<Vec<MountStep>, LabError> {
+    let read_only = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    let cgroup2 = |at: &str, mkdir| -> Result<MountStep, LabError> {
+        Ok(MountStep {
+            source: cstring("cgroup")?,
+            target: in_root(at)?,
+            fstype: cstring("cgroup2")?,
+            flags: read_only,
+            data: None,
+            mkdir,
+            optional: true,
+        })
+    };
+    if cgroups.v1.is_empty() {
+        return Ok(vec![cgroup2("sys/fs/cgroup", None)?]);
+    }
+    let tmpfs = |flags| -> Result<MountStep, LabError> {
+        Ok(MountStep {
+            source: cstring("tmpfs")?,
+            target: in_root("sys/fs/cgroup")?,
+            fstype: cstring("tmpfs")?,
+            flags,
+            data: Some(cstring("mode=755,size=64k")?),
+            mkdir: None,
+            optional: true,
+        })
+    };
+    let mut steps = vec![tmpfs(libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC)?];
+    for cgroup in &cgroups.v1 {
+        let hierarchy = &cgroup.hierarchy;
+        let name = hierarchy
+            .mount
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| hierarchy.mount_options());
+        steps.push(MountStep {
+            source: cstring("cgroup")?,
+            target: in_root(&format!("sys/fs/cgroup/{name}"))?,
+            fstype: cstring("cgroup")?,
+            flags: read_only,
+            data: Some(cstring(hierarchy.mount_options())?),
+            mkdir: Some(0o555),
+            optional: true,
+        });
+    }
+    steps.push(cgroup2("sys/fs/cgroup/unified", Some(0o555))?);
+    // Then the tmpfs itself read-only, as the rest.
+    steps.push(tmpfs(libc::MS_REMOUNT | read_only)?);
+    Ok(steps)
 }
 
 pub(super) fn cstring(text: impl AsRef<[u8]>) -> Result<CString, LabError> {
