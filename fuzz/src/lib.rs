@@ -7,7 +7,7 @@
 //! - [`events`]: the NDJSON event stream (`guardlab_events`): whatever it accepts, written again,
 //!   reads back the same; and the engine turns it into fingerprint groups that guardlab's own
 //!   validator accepts.
-//! - [`scenario_file`]: the scenario file format (`harness/src/scenario/file`).
+//! - [`scenario_file`]: the scenario file format (`harness/scenario-file`).
 //! - [`control`]: the sensor's control protocol: a request line (`guardlab_events::control`)
 //!   round-trips, and the sensor's serve side (`guardlab_sensor::serve_connection`) takes any
 //!   client byte stream without a panic, with a reply for every kill it is asked.
@@ -20,13 +20,6 @@ use std::io::BufReader;
 
 use guardlab_engine::document::{self, Document};
 use guardlab_events::control::{SensorReply, SensorRequest};
-
-/// The scenario file parser, compiled here from its own source files: it depends only on serde
-/// and `guardlab-lab-api`, while the `guardlab` crate it lives in would bring the whole harness
-/// (Kubernetes clients included) into every instrumented build.
-#[allow(dead_code, clippy::all)]
-#[path = "../../harness/src/scenario/file/mod.rs"]
-pub mod scenario_file_format;
 
 /// The names of the targets, as `fuzz-run`, the seeds folders and the AFL++ binaries
 /// (`afl_<name>`) spell them.
@@ -105,7 +98,7 @@ pub fn scenario_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = scenario_file_format::parse_scenario("fuzz.yaml", text) {
+    if let Err(e) = guardlab_scenario_file::parse_scenario("fuzz.yaml", text) {
         // Formatting the error is part of what a user sees.
         let _ = e.to_string();
     }

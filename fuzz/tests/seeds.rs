@@ -53,7 +53,7 @@ fn the_seeds_are_accepted_input_so_fuzzing_starts_from_the_good_paths() {
     for entry in std::fs::read_dir(root.join("scenario_file")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        guardlab_fuzz::scenario_file_format::parse_scenario("seed.yaml", &text)
+        guardlab_scenario_file::parse_scenario("seed.yaml", &text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }

@@ -20,7 +20,8 @@
 
 pub mod backend;
 pub mod documents_out;
-pub mod file;
+/// The scenario file format (its own crate, so that the fuzz targets build it without the harness).
+pub use guardlab_scenario_file as file;
 pub mod live;
 pub mod names;
 pub mod pace;
