@@ -324,7 +324,9 @@ pub fn merge(policy: &Path, with: &Path) -> serde_yaml::Value {
 }
 
 /// Each document of a YAML stream (`---`-separated) in a file of its own under `dir`, named
-/// `<stem>-<n>.yaml`, byte for byte as written: spyctl reads one document per file.
+/// `<stem>-<n>.yaml`, byte for byte as written; each item of spyctl's list form (`items:`, as
+/// guardlab writes several documents) in a file of its own too: spyctl reads one document per
+/// file.
 pub fn split_documents(text: &str, dir: &Path, stem: &str) -> Vec<PathBuf> {
     let mut chunks = vec![String::new()];
     for line in text.split_inclusive('\n') {
@@ -339,9 +341,23 @@ pub fn split_documents(text: &str, dir: &Path, stem: &str) -> Vec<PathBuf> {
     }
     let mut files = Vec::new();
     for chunk in chunks.iter().filter(|c| !c.trim().is_empty()) {
-        let path = dir.join(format!("{stem}-{:02}.yaml", files.len()));
-        std::fs::write(&path, chunk).unwrap();
-        files.push(path);
+        let value: serde_yaml::Value = serde_yaml::from_str(chunk).unwrap();
+        let items = value
+            .get("items")
+            .filter(|_| value.get("kind").is_none())
+            .and_then(|items| items.as_sequence());
+        let texts = match items {
+            Some(items) => items
+                .iter()
+                .map(|item| serde_yaml::to_string(item).unwrap())
+                .collect(),
+            None => vec![chunk.clone()],
+        };
+        for text in texts {
+            let path = dir.join(format!("{stem}-{:02}.yaml", files.len()));
+            std::fs::write(&path, text).unwrap();
+            files.push(path);
+        }
     }
     files
 }
