@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use guardlab_events::{Event, ReadError};
@@ -281,13 +281,44 @@ pub fn read_recording(path: &Path) -> Result<Recording, RecordingError> {
     let mut steps: Vec<RecordedStep> = Vec::new();
     let mut open: Option<RecordedStep> = None;
     let mut last_line = 0;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    // A recording is an event stream with markers: the event reader's bounds hold for it too.
+    let limits = guardlab_events::ReadLimits::default();
+    let size = file
+        .metadata()
+        .map_err(|source| RecordingError::Io {
+            file: file_name.clone(),
+            source,
+        })?
+        .len();
+    if size > limits.max_bytes {
+        return Err(err(
+            1,
+            format!(
+                "the recording is {size} bytes, over the limit of {} bytes for an event stream",
+                limits.max_bytes
+            ),
+        ));
+    }
+    for (i, line) in BufReader::new(file.take(limits.max_bytes))
+        .lines()
+        .enumerate()
+    {
         let n = i + 1;
         last_line = n;
         let text = line.map_err(|source| RecordingError::Io {
             file: file_name.clone(),
             source,
         })?;
+        if text.len() > limits.max_line_bytes {
+            return Err(err(
+                n,
+                format!(
+                    "a line of {} bytes, over the limit of {} bytes for one event",
+                    text.len(),
+                    limits.max_line_bytes
+                ),
+            ));
+        }
         if text.trim().is_empty() {
             continue;
         }
@@ -456,6 +487,30 @@ mod tests {
             err.to_string().contains("unknown backend `docker`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_recording_past_the_event_streams_bounds_is_refused_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = guardlab_events::ReadLimits::default();
+        let h = serde_json::to_string(&Marker::Recording(header())).unwrap();
+        let long = dir.path().join("long.ndjson");
+        let line = format!(
+            "{{\"v\":1,\"pad\":\"{}\"}}",
+            "x".repeat(limits.max_line_bytes)
+        );
+        std::fs::write(&long, format!("{h}\n{line}\n")).unwrap();
+        let err = read_recording(&long).unwrap_err().to_string();
+        assert!(
+            err.contains("long.ndjson:2: a line of") && err.contains("over the limit"),
+            "{err}"
+        );
+        // A sparse file over the stream's limit is refused before a byte is read.
+        let big = dir.path().join("big.ndjson");
+        let file = File::create(&big).unwrap();
+        file.set_len(limits.max_bytes + 1).unwrap();
+        let err = read_recording(&big).unwrap_err().to_string();
+        assert!(err.contains("big.ndjson:1: the recording is"), "{err}");
     }
 
     #[test]
