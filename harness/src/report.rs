@@ -43,10 +43,17 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The error and its causes, one line each, as a user reads them.
-        write!(f, "{}", self.0)?;
+        // The error and its causes, one line each, as a user reads them; a cause whose text
+        // the line above already quotes (an error that says "part: cause") is not said twice.
+        let mut said = self.0.to_string();
+        write!(f, "{said}")?;
         for cause in self.0.chain().skip(1) {
-            write!(f, "\n  caused by: {cause}")?;
+            let text = cause.to_string();
+            if said.contains(&text) {
+                continue;
+            }
+            write!(f, "\n  caused by: {text}")?;
+            said = text;
         }
         Ok(())
     }
@@ -113,6 +120,17 @@ mod tests {
         assert_eq!(
             Failure(err).to_string(),
             "writing run.json\n  caused by: the disk is full"
+        );
+    }
+
+    #[test]
+    fn a_cause_the_error_already_quotes_is_not_said_again() {
+        let io = std::io::Error::other("connection refused");
+        let lab = guardlab_lab_api::LabError::backend("the lab daemon", io);
+        let err = anyhow::Error::new(lab).context("lab status");
+        assert_eq!(
+            Failure(err).to_string(),
+            "lab status\n  caused by: the lab daemon: connection refused"
         );
     }
 }
