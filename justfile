@@ -81,3 +81,9 @@ soak *args="":
 check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Fuzz the parsers (spyctl YAML, NDJSON events, scenario files, the sensor's control protocol)
+# with AFL++ on stable Rust, SECONDS each (default 10 minutes); `just fuzz 60 document` runs one.
+# Installs cargo-afl and AFL++ under the guardlab cache first (make, clang, llvm through apt).
+fuzz seconds="600" *targets="":
+    cargo run -q -p guardlab-fuzz --bin fuzz-run -- --seconds {{seconds}} {{targets}}

@@ -129,7 +129,7 @@ pub enum Command {
 
     /// Run a scenario end to end and check it against its snapshots. Needs root for the local backend.
     #[command(
-        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter\n\nThe lab a run brings up belongs to the run: Ctrl-C or SIGTERM takes it down before guardlab exits, and if the run is killed its lab's daemon removes it. With --keep-lab it stays until `guardlab lab down`.\n\nExit codes: 0 pass, 1 a snapshot or check failed, 2 the lab could not run, or events were lost (the run is incomplete: neither a pass nor a fail), 130/143 stopped by SIGINT/SIGTERM."
+        after_help = "Examples:\n  guardlab scenario cryptominer\n  guardlab scenario --list\n  guardlab scenario cryptominer --backend replay\n  guardlab scenario cryptominer --step --keep-lab   # a workshop: one step per Enter\n  guardlab scenario cryptominer --backend replay --out run-docs/   # the run's spyctl files\n\nThe lab a run brings up belongs to the run: Ctrl-C or SIGTERM takes it down before guardlab exits, and if the run is killed its lab's daemon removes it. With --keep-lab it stays until `guardlab lab down`.\n\nExit codes: 0 pass, 1 a snapshot or check failed, 2 the lab could not run, or events were lost (the run is incomplete: neither a pass nor a fail), 130/143 stopped by SIGINT/SIGTERM."
     )]
     Scenario(ScenarioArgs),
 
@@ -309,6 +309,11 @@ pub struct ScenarioArgs {
     /// Write a JSON report to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the run's documents into DIR (new or empty), unredacted and one per file, for use
+    /// with spyctl: fingerprints/, policy/ (as made and after each change), deviations/, and the
+    /// trace (trace.yaml, trace.txt).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,

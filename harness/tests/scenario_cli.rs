@@ -106,8 +106,8 @@ fn replay_passes_and_writes_json_and_junit() {
         .success()
         .stdout(
             predicate::str::contains("PASS: 13 steps")
-                .and(predicate::str::contains("16/16 deviations (unique/total)"))
-                .and(predicate::str::contains("Red flags: 14"))
+                .and(predicate::str::contains("13/13 deviations (unique/total)"))
+                .and(predicate::str::contains("Red flags: 11"))
                 .and(predicate::str::contains("└─ minerd")),
         );
     let report: serde_json::Value =

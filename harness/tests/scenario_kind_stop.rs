@@ -90,6 +90,7 @@ async fn run_stopped_at(
         step: false,
         quiet: true,
         limits: Default::default(),
+        out: None,
     };
     let end = tokio::time::timeout(
         Duration::from_secs(60),

@@ -92,6 +92,7 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         step: false,
         quiet: true,
         limits: Default::default(),
+        out: None,
     });
     assert_eq!(
         replay.result,

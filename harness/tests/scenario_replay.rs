@@ -27,6 +27,7 @@ fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
         step: false,
         quiet: true,
         limits: Default::default(),
+        out: None,
     }
 }
 

@@ -37,6 +37,7 @@ mod dns;
 mod loader;
 mod raw;
 mod reader;
+pub mod serve_connection;
 mod users;
 
 use std::path::{Path, PathBuf};

@@ -26,35 +26,11 @@ mod control;
 mod kill;
 
 pub use control::Control;
+pub use guardlab_sensor::serve_connection::Command;
 
-use guardlab_sensor::events::control::{SensorReply, SensorRequest, WatchedContainer};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-
-/// Lines buffered per connection before it counts as too slow (and is sent a `lost` event).
-const CONNECTION_BUFFER: usize = 65536;
-
-/// What a connection asks of the main loop.
-pub enum Command {
-    Subscribe {
-        conn: u64,
-        containers: Vec<WatchedContainer>,
-        out: mpsc::Sender<String>,
-    },
-    Disconnect {
-        conn: u64,
-    },
-    Kill {
-        pid: u32,
-        tree: bool,
-        reply: oneshot::Sender<SensorReply>,
-    },
-    KillGroup {
-        pid: u32,
-        reply: oneshot::Sender<SensorReply>,
-    },
-}
+use guardlab_sensor::serve_connection::connection;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 /// Accepts connections until the listener fails; each one gets a task.
 pub async fn accept(listener: TcpListener, commands: mpsc::Sender<Command>) -> std::io::Result<()> {
@@ -64,133 +40,11 @@ pub async fn accept(listener: TcpListener, commands: mpsc::Sender<Command>) -> s
         next += 1;
         let (id, commands) = (next, commands.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(id, conn, &commands).await {
+            let (reader, writer) = conn.into_split();
+            if let Err(e) = connection(id, reader, writer, &commands).await {
                 eprintln!("guardlab-sensor: client {peer}: {e}");
             }
             let _ = commands.send(Command::Disconnect { conn: id }).await;
         });
     }
-}
-
-async fn write_reply(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    reply: &SensorReply,
-) -> std::io::Result<()> {
-    let line = serde_json::to_string(reply).unwrap_or_default() + "\n";
-    writer.write_all(line.as_bytes()).await?;
-    writer.flush().await
-}
-
-/// Why a connection was ended (said on the sensor's stderr; a bad first line is also answered).
-#[derive(Debug, thiserror::Error)]
-enum ConnectionError {
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(
-        "request line {line} is not a guardlab-sensor request ({{\"op\":\"subscribe\",...}}, {{\"op\":\"kill\",...}} or {{\"op\":\"kill_group\",...}}): {source}"
-    )]
-    BadRequest {
-        line: usize,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// Replies would interleave with events: kills use their own connection.
-    #[error(
-        "request line {line}: a kill or kill_group must be the first line of its own connection, not sent on an event stream"
-    )]
-    KillOnEventStream { line: usize },
-}
-
-fn parse_request(line: &str, number: usize) -> Result<SensorRequest, ConnectionError> {
-    serde_json::from_str(line).map_err(|source| ConnectionError::BadRequest {
-        line: number,
-        source,
-    })
-}
-
-/// Hands a kill to the main loop and waits for its answer.
-async fn ask(
-    commands: &mpsc::Sender<Command>,
-    command: impl FnOnce(oneshot::Sender<SensorReply>) -> Command,
-) -> SensorReply {
-    let (reply, answer) = oneshot::channel();
-    let _ = commands.send(command(reply)).await;
-    answer
-        .await
-        .unwrap_or_else(|_| SensorReply::error("the sensor is stopping"))
-}
-
-async fn connection(
-    id: u64,
-    conn: TcpStream,
-    commands: &mpsc::Sender<Command>,
-) -> Result<(), ConnectionError> {
-    let (reader, mut writer) = conn.into_split();
-    let mut lines = BufReader::new(reader).lines();
-    let mut number = 0;
-    let first = loop {
-        let Some(line) = lines.next_line().await? else {
-            return Ok(());
-        };
-        number += 1;
-        if !line.trim().is_empty() {
-            break line;
-        }
-    };
-    let containers = match parse_request(&first, number) {
-        Ok(SensorRequest::Kill { pid, tree }) => {
-            let reply = ask(commands, |reply| Command::Kill { pid, tree, reply }).await;
-            return Ok(write_reply(&mut writer, &reply).await?);
-        }
-        Ok(SensorRequest::KillGroup { pid }) => {
-            let reply = ask(commands, |reply| Command::KillGroup { pid, reply }).await;
-            return Ok(write_reply(&mut writer, &reply).await?);
-        }
-        Ok(SensorRequest::Subscribe { containers }) => containers,
-        Err(e) => {
-            return Ok(write_reply(&mut writer, &SensorReply::error(e.to_string())).await?);
-        }
-    };
-    let (out, mut lines_out) = mpsc::channel::<String>(CONNECTION_BUFFER);
-    let subscribe = |containers| Command::Subscribe {
-        conn: id,
-        containers,
-        out: out.clone(),
-    };
-    if commands.send(subscribe(containers)).await.is_err() {
-        return Ok(());
-    }
-    let mut writer = tokio::io::BufWriter::new(writer);
-    loop {
-        tokio::select! {
-            line = lines.next_line() => {
-                let Some(line) = line? else { return Ok(()) };
-                number += 1;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match parse_request(&line, number) {
-                    Ok(SensorRequest::Subscribe { containers }) => {
-                        if commands.send(subscribe(containers)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(SensorRequest::Kill { .. } | SensorRequest::KillGroup { .. }) => {
-                        return Err(ConnectionError::KillOnEventStream { line: number });
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            line = lines_out.recv() => {
-                let Some(line) = line else { break };
-                writer.write_all(line.as_bytes()).await?;
-                // Batch what is already waiting into one write.
-                while let Ok(line) = lines_out.try_recv() {
-                    writer.write_all(line.as_bytes()).await?;
-                }
-                writer.flush().await?;
-            }
-        }
-    }
-    Ok(writer.flush().await?)
 }

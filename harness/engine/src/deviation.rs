@@ -62,15 +62,12 @@
 //!   remote as fingerprints do (every name of the address, sorted, one `dnsSelector` each);
 //!   when the process is itself deviant its node is in the fragment too (hung as its process
 //!   deviation hangs), so that the deviation names a process the merged policy has.
-//! * **Name lookups of deviant processes.** A deviant process that resolves a name sends a
-//!   datagram to the resolver (UDP 53) before it connects; the policy allows the resolver
-//!   only for the processes that used it in the baseline, so each deviant process that
-//!   looks a name up is also an egress deviation to the resolver, with its own node (in the
-//!   tutorial: `curl`, `wget` and `minerd` each). That is faithful (the process did reach
-//!   the resolver) and deterministic: deviations are listed in the order of the events that
-//!   first showed them, and a process's lookup comes before its connection. Merged into the
-//!   policy, they join the resolver's network node (same peer and ports: the processes are
-//!   unioned) rather than adding one node per process.
+//! * **Name lookups are not deviations.** A UDP datagram to port 53 is a DNS query, not a
+//!   connection (see **Name lookups** in [`crate::fingerprint`]), as in Spyderbat's policies:
+//!   a process that looks a name up deviates by the connection that follows, if that is not
+//!   allowed, named by the answer (`dnsSelector`), never by its query to the resolver. A
+//!   policy that does have a UDP/53 rule (an older guardlab wrote one per resolving process)
+//!   still reads and merges; its rule no longer has anything to allow.
 //! * **Unique deviations.** A deviation is unique per (policy uid, checksum); the checksum is
 //!   the SHA-256 (hex) of the deviation's type and fragment (less its users, plus its
 //!   untrusted executables, see above), which holds

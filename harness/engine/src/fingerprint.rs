@@ -32,13 +32,16 @@
 //! the nearest exec'd ancestor. A process that **execs again** (`exec` in a shell script)
 //! becomes a child of its previous image, so the chain `sh -> exec python` stays visible.
 //!
-//! **Names.** The node name is the kernel's `comm` after exec, which is what the public tool
-//! shows: the basename of the path that was exec'd (so `pip`, run as a script by
-//! `/opt/conda/bin/python3.11`, is named `pip` with exe python3.11, while `python -m
-//! ipykernel_launcher` is `python`). `comm` is cut at 15 bytes, so when it is exactly 15
-//! bytes long the basename of the exe, `argv[0]` or `argv[1]` (the script of an interpreter)
-//! that starts with it gives the full name. With no `comm`, the basename of `argv[0]`, then
-//! of the exe. See [`process_name`].
+//! **Names.** The node name is the kernel's `comm` after exec, as the kernel has it, which is
+//! what Spyderbat writes: the basename of the path that was exec'd (so `pip`, run as a script
+//! by `/opt/conda/bin/python3.11`, is named `pip` with exe python3.11, while `python -m
+//! ipykernel_launcher` is `python`), **cut at 15 bytes**: `jupyter-notebook` is
+//! `jupyter-noteboo`, `start-notebook.py` is `start-notebook.`. Spyderbat's public policies
+//! show it (`ip6tables-legac` for `ip6tables-legacy`, `systemd-tmpfile` for
+//! `systemd-tmpfiles`, `unattended-upgr` for the `unattended-upgrade` script: 28 names of
+//! exactly 15 bytes in the 64 policies of spyctl's library, none longer), so guardlab does
+//! not make a cut name whole from the exe or the arguments. With no `comm`, the basename of
+//! `argv[0]`, then of the exe, cut the same way. See [`process_name`].
 //!
 //! **Users.** `euser` is the effective user's name from the exec event, or the numeric euid
 //! when the sensor could not name it. Roots always carry `euser`; a child carries it only when
@@ -66,6 +69,12 @@
 //! not `listeningSockets`. Everything left out is counted in [`Stats`].
 //! A connection by a process whose start the sensor did not see names no process
 //! (`processes: []`, meaning any).
+//! **Name lookups are not connections.** A UDP datagram to port 53 is a DNS query: it is left
+//! out of the network policy, as Spyderbat leaves it out (no public fingerprint or policy has
+//! a UDP rule, not even those of resolvers and of programs that name their peers by
+//! `dnsSelector`; spyctl names an egress peer by the connection's `remote_hostname`). What a
+//! lookup brings is its answer, which names the connection that follows (`dnsSelector`).
+//! [`Stats::name_lookups`] counts them. DNS over TCP is a connection like any other.
 //!
 //! **Network nodes.** For each remote, the set of processes that reached it and the set of
 //! ports is collected; remotes with the same process set and port set share one node. Nodes

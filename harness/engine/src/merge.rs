@@ -31,9 +31,9 @@
 //!   processes include its processes (empty means any). A node that is not covered joins a
 //!   node with the same peers and ports (its processes are added there; empty, meaning any,
 //!   absorbs the others), else a node with the same ports and processes (its peers are added
-//!   there), else is added. So the deviations of three processes reaching the resolver merge
-//!   into the resolver's one node. Process ids are translated to the ids the merge gave
-//!   their nodes.
+//!   there), else is added. So the deviations of three processes reaching one remote on one
+//!   port merge into that remote's one node. Process ids are translated to the ids the merge
+//!   gave their nodes.
 //! * Every merge gives a document in canonical form (see [`crate::canonical`]).
 
 mod network;

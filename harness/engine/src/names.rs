@@ -20,29 +20,33 @@ fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// The name of a process node for an exec: its `comm`, made whole from the exe, `argv[0]` or
-/// `argv[1]` when the kernel cut it (see **Names** in [`crate::fingerprint`]).
+/// The name of a process node for an exec: its `comm` as the kernel has it, cut at 15 bytes
+/// like the kernel cuts it (`jupyter-noteboo`, not `jupyter-notebook`), because that is the
+/// name Spyderbat writes (see **Names** in [`crate::fingerprint`]). With no `comm`, the
+/// basename of `argv[0]`, then of the exe, cut the same way, so that a name never says more
+/// than the kernel's would.
 pub fn process_name(exec: &ProcessExec) -> &str {
     let comm = exec.comm.as_str();
     if !comm.is_empty() {
-        if comm.len() >= COMM_MAX {
-            let candidates = [
-                Some(exec.exe.as_str()),
-                exec.argv.first().map(String::as_str),
-                exec.argv.get(1).map(String::as_str),
-            ];
-            for candidate in candidates.into_iter().flatten().map(basename) {
-                if candidate.len() > comm.len() && candidate.starts_with(comm) {
-                    return candidate;
-                }
-            }
-        }
         return comm;
     }
-    match exec.argv.first().map(|a| basename(a)) {
+    let name = match exec.argv.first().map(|a| basename(a)) {
         Some(name) if !name.is_empty() => name,
         _ => basename(&exec.exe),
+    };
+    cut_like_comm(name)
+}
+
+/// `name` cut to at most [`COMM_MAX`] bytes, at a character boundary.
+fn cut_like_comm(name: &str) -> &str {
+    if name.len() <= COMM_MAX {
+        return name;
     }
+    let mut end = COMM_MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// The short name of an image reference: `docker.io/jupyter/minimal-notebook:latest` gives

@@ -2,7 +2,8 @@
 //!
 //! [`Investigator`] runs a [`DeviationMatcher`] and also keeps, per program image, the
 //! details a person needs (pid, pid in the container, exe, arguments, user, start time, how
-//! it ended) and every connection across the pod's boundary per process. [`Investigation`]
+//! it ended) and every connection across the pod's boundary per process, its name lookups
+//! too (UDP to port 53: never a deviation, but what the process did). [`Investigation`]
 //! then gives, for each unique deviation (its first occurrence), the chain of program images
 //! from the container's root process down to the deviant process, with the policy node each
 //! maps to, and that process's connections; and for each flag raised, its severity, policy
@@ -271,7 +272,7 @@ impl Investigator {
                     self.credit(freed);
                 }
             }
-            Step::Net(obs) => self.connection(obs),
+            Step::Net(obs) | Step::Lookup(obs) => self.connection(obs),
             Step::Exit { key, code, signal } => {
                 let ended = match (signal, code) {
                     (Some(s), _) => format!("signal {s}"),

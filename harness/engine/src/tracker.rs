@@ -152,6 +152,9 @@ pub(crate) enum Step<'e> {
         signal: Option<i32>,
     },
     Net(NetObs),
+    /// A name lookup: a UDP datagram to port 53. Not a connection (see **Name lookups** in
+    /// [`crate::fingerprint`]): fingerprints and deviations leave it out, traces list it.
+    Lookup(NetObs),
     Listen {
         image: Option<ImageId>,
         protocol: Protocol,
@@ -176,6 +179,10 @@ pub struct Stats {
     pub unknown_container_events: u64,
     /// Loopback or pod-internal connections and loopback listening sockets; left out by design.
     pub loopback_connections: u64,
+    /// Name lookups (UDP datagrams to port 53): not connections, so left out of fingerprints
+    /// and deviations, as Spyderbat leaves them out; their answers name the connections that
+    /// follow.
+    pub name_lookups: u64,
     /// Accepted connections without a local port; left out (no port to name).
     pub accepts_without_local_port: u64,
     /// Connections (kept, with no process ids: any) and listening sockets (left out) of a
@@ -217,6 +224,9 @@ fn intra_pod(remote: IpAddr, local: Option<IpAddr>) -> bool {
         || remote.is_unspecified()
         || local.map(|l| l.to_canonical()) == Some(remote)
 }
+
+/// The port of DNS queries: a UDP datagram to it is a name lookup, not a connection.
+const DNS_PORT: u16 = 53;
 
 /// The user written for an exec whose user the pod's state budget had no room for.
 const USER_OVER_BUDGET: &str = "?";
@@ -471,10 +481,15 @@ impl Tracker {
                 };
                 let image = self.image_of(&c.process, container);
                 let dns = self.dns.get(&(container, ip)).copied();
-                if image.is_none() {
+                let lookup = direction == Direction::Egress
+                    && c.protocol == Protocol::Udp
+                    && port == DNS_PORT;
+                if lookup {
+                    self.stats.name_lookups += 1;
+                } else if image.is_none() {
                     self.stats.unknown_process_connections += 1;
                 }
-                Step::Net(NetObs {
+                let obs = NetObs {
                     container,
                     image,
                     key: c.process,
@@ -486,7 +501,12 @@ impl Tracker {
                     dns,
                     ts: event.ts,
                     refused: c.refused,
-                })
+                };
+                if lookup {
+                    Step::Lookup(obs)
+                } else {
+                    Step::Net(obs)
+                }
             }
             EventBody::Listen(l) => {
                 if l.ip.to_canonical().is_loopback() {

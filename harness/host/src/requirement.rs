@@ -189,11 +189,31 @@ pub mod catalog {
         probe: Probe::Program("bpftrace"),
     };
 
+    /// `make`: builds AFL++ for the fuzz targets (`cargo afl config --build`).
+    pub const MAKE: Requirement = Requirement {
+        name: "make",
+        package: "make",
+        purpose: "builds AFL++ for the fuzz targets (fuzz-run)",
+        needed_by: "fuzzing",
+        probe: Probe::Program("make"),
+    };
+    /// `llvm-config`: AFL++ finds clang and LLVM through it to build its runtime.
+    pub const LLVM_CONFIG: Requirement = Requirement {
+        name: "llvm-config",
+        package: "llvm",
+        purpose: "AFL++ finds clang and LLVM through it to build its runtime (fuzz-run)",
+        needed_by: "fuzzing",
+        probe: Probe::Program("llvm-config"),
+    };
+
+    /// What `fuzz-run` needs to build AFL++ (clang builds its runtime object).
+    pub const FUZZ_BUILD: [&Requirement; 3] = [&MAKE, &CLANG, &LLVM_CONFIG];
+
     /// What `sensor/bpf/build.sh` needs.
     pub const BPF_BUILD: [&Requirement; 3] = [&CLANG, &LLVM_STRIP, &LIBBPF_HEADERS];
 
     /// Every requirement, for `guardlab doctor`.
-    pub const ALL: [&Requirement; 15] = [
+    pub const ALL: [&Requirement; 17] = [
         &DEBOOTSTRAP,
         &IP,
         &PYTHON3,
@@ -209,5 +229,7 @@ pub mod catalog {
         &WGET,
         &AUDITCTL,
         &BPFTRACE,
+        &MAKE,
+        &LLVM_CONFIG,
     ];
 }

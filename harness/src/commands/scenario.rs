@@ -93,6 +93,7 @@ fn options(args: &ScenarioArgs, name: &str) -> Result<RunOptions, Failure> {
         step: args.step,
         quiet: false,
         limits: args.limits.limits(),
+        out: args.out.clone(),
     })
 }
 

@@ -19,7 +19,9 @@
 //!   free port). Tests that run labs side by side set both.
 
 pub mod backend;
-pub mod file;
+pub mod documents_out;
+/// The scenario file format (its own crate, so that the fuzz targets build it without the harness).
+pub use guardlab_scenario_file as file;
 pub mod live;
 pub mod names;
 pub mod pace;
@@ -90,6 +92,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// The engine's limits (`--limit`).
     pub limits: guardlab_engine::limits::Limits,
+    /// Write the run's documents (fingerprints, policy, deviations, trace) here, unredacted.
+    pub out: Option<PathBuf>,
 }
 
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
@@ -167,6 +171,9 @@ pub enum SetupError {
     /// The local lab's options.
     #[error(transparent)]
     Lab(#[from] LabError),
+    /// The directory `--out` names.
+    #[error(transparent)]
+    Out(#[from] documents_out::OutError),
 }
 
 /// Run a scenario to the end; never fails: errors are in the report.
@@ -231,6 +238,21 @@ pub async fn run_on<L: live::LiveLab>(
             )));
         }
     };
+    let out = match options
+        .out
+        .as_deref()
+        .map(documents_out::DocumentsOut::create)
+        .transpose()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            return RunEnd::Finished(Box::new(RunReport::failed(
+                &scenario.name,
+                options.backend,
+                SetupError::from(e),
+            )));
+        }
+    };
     let parts = RunParts {
         scenario: &scenario,
         snapshots: snapshot_mode(options, &scenario),
@@ -239,6 +261,7 @@ pub async fn run_on<L: live::LiveLab>(
             quiet: options.quiet,
         },
         options,
+        out,
     };
     run_stoppable(backend, parts, signals).await
 }
@@ -249,6 +272,11 @@ async fn run_scenario(
     signals: &mut StopSignals,
 ) -> Result<RunEnd, SetupError> {
     let snapshots = snapshot_mode(options, scenario);
+    let out = options
+        .out
+        .as_deref()
+        .map(documents_out::DocumentsOut::create)
+        .transpose()?;
     let console = Console {
         quiet: options.quiet,
     };
@@ -276,6 +304,7 @@ async fn run_scenario(
                 recorder,
                 console,
                 options,
+                out,
             };
             Ok(run_stoppable(&mut backend, parts, signals).await)
         }
@@ -288,6 +317,7 @@ async fn run_scenario(
                 recorder,
                 console,
                 options,
+                out,
             };
             Ok(run_stoppable(&mut backend, parts, signals).await)
         }
@@ -307,6 +337,7 @@ async fn run_scenario(
                 recorder,
                 console,
                 options,
+                out,
             };
             Ok(run_stoppable(&mut backend, parts, signals).await)
         }
@@ -364,11 +395,19 @@ fn recorder(
 }
 
 /// Run the steps, pausing before each one with `--step`.
-async fn drive<B: ScenarioBackend>(runner: Runner<'_, B>, options: &RunOptions) -> RunReport {
+async fn drive<B: ScenarioBackend>(
+    runner: Runner<'_, B>,
+    options: &RunOptions,
+    out: Option<documents_out::DocumentsOut>,
+) -> RunReport {
     let runner = if options.step {
         runner.with_pacer(Pacer::stdin())
     } else {
         runner
+    };
+    let runner = match out {
+        Some(out) => runner.with_documents_out(out),
+        None => runner,
     };
     runner.run(options.keep_lab).await
 }

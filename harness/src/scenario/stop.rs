@@ -175,6 +175,8 @@ pub(super) struct RunParts<'a> {
     pub recorder: Option<RecordingWriter>,
     pub console: Console,
     pub options: &'a RunOptions,
+    /// Where the run's documents go (`--out`).
+    pub out: Option<super::documents_out::DocumentsOut>,
 }
 
 /// Run the scenario on `backend` until it ends or `signals` asks to stop; then take the lab
@@ -198,7 +200,7 @@ pub(super) async fn run_stoppable<B: Stoppable>(
             parts.console,
         )
         .with_limits(parts.options.limits);
-        let run = super::drive(runner, parts.options);
+        let run = super::drive(runner, parts.options, parts.out);
         tokio::select! {
             report = run => return RunEnd::Finished(Box::new(report)),
             signal = signals.next() => signal,

@@ -80,21 +80,22 @@ fn names_come_from_comm() {
 }
 
 #[test]
-fn a_cut_comm_is_completed_from_the_exe_or_the_script() {
+fn a_cut_comm_stays_cut_as_spyderbat_writes_it() {
+    // Spyderbat's policies name these `jupyter-labexte`-like: `kube-controller` for
+    // /usr/local/bin/kube-controllers, `unattended-upgr` for a python script.
     let script = "/opt/conda/bin/jupyter-labextension";
     assert_eq!(
         process_name(&exec("jupyter-labexte", PY, &[PY, script, "list"])),
-        "jupyter-labextension"
+        "jupyter-labexte"
     );
     assert_eq!(
         process_name(&exec(
             "kube-controller",
-            "/usr/local/bin/kube-controller-manager",
-            &["kube-controller-manager"]
+            "/usr/local/bin/kube-controllers",
+            &["/usr/local/bin/kube-controllers"]
         )),
-        "kube-controller-manager"
+        "kube-controller"
     );
-    // Nothing starts with it: keep comm.
     assert_eq!(
         process_name(&exec("abcdefghijklmno", "/bin/x", &["x"])),
         "abcdefghijklmno"
@@ -109,6 +110,24 @@ fn without_comm_the_name_is_argv0_then_the_exe() {
     );
     assert_eq!(process_name(&exec("", "/usr/bin/dash", &[])), "dash");
     assert_eq!(process_name(&exec("", "/usr/bin/dash", &[""])), "dash");
+    // Cut at 15 bytes as the kernel cuts comm, at a character boundary.
+    assert_eq!(
+        process_name(&exec(
+            "",
+            "/usr/local/bin/kube-controllers",
+            &["/usr/local/bin/kube-controllers"]
+        )),
+        "kube-controller"
+    );
+    assert_eq!(
+        process_name(&exec("", "/usr/bin/jupyter-notebook", &[])),
+        "jupyter-noteboo"
+    );
+    assert_eq!(
+        process_name(&exec("", "/bin/x", &["/tmp/ééééééééé"])),
+        "ééééééé",
+        "7 two-byte characters: 14 bytes, the 8th would make 16"
+    );
 }
 
 #[test]
@@ -459,13 +478,6 @@ fn remotes_are_named_by_earlier_dns_answers_of_the_same_container() {
         ("::ffff:198.18.0.2", 40004),
         ("::ffff:198.18.0.52", 443),
     );
-    s.connect(
-        CG,
-        pip,
-        Protocol::Udp,
-        ("198.18.0.2", 40005),
-        ("2001:db8::53", 53),
-    );
     let fps = fingerprints(&s.events);
     let fp = fps
         .iter()
@@ -480,9 +492,66 @@ fn remotes_are_named_by_earlier_dns_answers_of_the_same_container() {
         text,
         [
             r#"[[{"dnsSelector":["pypi.org"]},{"ipBlock":{"cidr":"198.18.0.50/32"}},{"ipBlock":{"cidr":"198.18.0.51/32"}},{"ipBlock":{"cidr":"198.18.0.52/32"}}],[{"protocol":"TCP","port":443}]]"#,
-            r#"[[{"ipBlock":{"cidr":"2001:db8::53/128"}}],[{"protocol":"UDP","port":53}]]"#,
         ]
     );
+}
+
+#[test]
+fn name_lookups_are_not_connections_their_answers_name_the_next_one() {
+    let mut s = stream();
+    let pip = s.spawn(CG, None, prog(PY, &["pip"], "jovyan"));
+    // The lookup (v4 and v6 resolvers), its answer, then the connection it named.
+    for resolver in ["198.18.1.53", "2001:db8::53"] {
+        s.connect(
+            CG,
+            pip,
+            Protocol::Udp,
+            ("198.18.0.2", 40000),
+            (resolver, 53),
+        );
+    }
+    s.dns(CG, "pypi.org", &["198.18.0.50"]);
+    s.connect(
+        CG,
+        pip,
+        Protocol::Tcp,
+        ("198.18.0.2", 40001),
+        ("198.18.0.50", 443),
+    );
+    // DNS over TCP is a connection, and UDP to another port is not a lookup.
+    s.connect(
+        CG,
+        pip,
+        Protocol::Tcp,
+        ("198.18.0.2", 40002),
+        ("198.18.1.53", 53),
+    );
+    s.connect(
+        CG,
+        pip,
+        Protocol::Udp,
+        ("198.18.0.2", 40003),
+        ("198.18.1.123", 123),
+    );
+    let mut b = FingerprintBuilder::new();
+    b.observe_all(&s.events);
+    let fp = b.finish().remove(0);
+    let text: Vec<String> = fp
+        .spec
+        .network_policy
+        .egress
+        .iter()
+        .map(|n| serde_json::to_string(&(&n.to, &n.ports)).unwrap())
+        .collect();
+    assert_eq!(
+        text,
+        [
+            r#"[[{"dnsSelector":["pypi.org"]}],[{"protocol":"TCP","port":443}]]"#,
+            r#"[[{"ipBlock":{"cidr":"198.18.1.53/32"}}],[{"protocol":"TCP","port":53}]]"#,
+            r#"[[{"ipBlock":{"cidr":"198.18.1.123/32"}}],[{"protocol":"UDP","port":123}]]"#,
+        ]
+    );
+    assert_eq!(b.stats().name_lookups, 2);
 }
 
 #[test]

@@ -179,19 +179,26 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                     *diff = self.check_snapshot(step, name, &text);
                 }
                 self.engine.policy = Some(policy);
+                self.write_policy_out(&step.name);
                 Ok(())
             }
             Action::SetMode(m) => {
                 self.drain().await?;
-                self.change_policy(|p| policy::set_mode(p, (*m).into()))
+                self.change_policy(|p| policy::set_mode(p, (*m).into()))?;
+                self.write_policy_out(&step.name);
+                Ok(())
             }
             Action::Enable(_) => {
                 self.drain().await?;
-                self.change_policy(|p| policy::set_enabled(p, true))
+                self.change_policy(|p| policy::set_enabled(p, true))?;
+                self.write_policy_out(&step.name);
+                Ok(())
             }
             Action::Disable(_) => {
                 self.drain().await?;
-                self.change_policy(|p| policy::set_enabled(p, false))
+                self.change_policy(|p| policy::set_enabled(p, false))?;
+                self.write_policy_out(&step.name);
+                Ok(())
             }
             Action::ExpectDeviations(s) => {
                 self.drain().await?;

@@ -24,6 +24,7 @@ use guardlab_events::{Event, EventBody};
 use crate::console::{Console, seconds, textwrap};
 
 use super::backend::{CheckFailure, ScenarioBackend, StepError};
+use super::documents_out::DocumentsOut;
 use super::file::{Condition, Scenario};
 use super::names::Names;
 use super::pace::{Pace, Pacer};
@@ -78,6 +79,8 @@ pub struct Runner<'a, B: ScenarioBackend> {
     history: Vec<Event>,
     /// Set: pause before each step (`--step`).
     pacer: Option<Pacer>,
+    /// Set: write the run's documents as files (`--out`).
+    documents_out: Option<DocumentsOut>,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -108,6 +111,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             terminals: Vec::new(),
             history: Vec::new(),
             pacer: None,
+            documents_out: None,
             messages: Vec::new(),
             failed: false,
             report,
@@ -126,6 +130,22 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self.engine.investigator =
             Investigator::with_limits(&[], limits).expect("no policy is always valid");
         self
+    }
+
+    /// Write the run's documents under a directory (`--out`).
+    pub fn with_documents_out(mut self, out: DocumentsOut) -> Self {
+        self.documents_out = Some(out);
+        self
+    }
+
+    /// The policy as `step` left it, into `--out`; a failure to write fails the step.
+    fn write_policy_out(&mut self, step: &str) {
+        if let (Some(out), Some(policy)) = (self.documents_out.as_mut(), &self.engine.policy)
+            && let Err(e) = out.policy(step, policy)
+        {
+            self.messages.push(e.to_string());
+            self.failed = true;
+        }
     }
 
     /// Run every step; then tear down (unless `keep_lab`). Never fails: what went wrong is in
@@ -315,6 +335,20 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             self.report.deviations = Some(self.engine.investigator.matcher_mut().report());
             if self.report.investigation.is_none() {
                 self.report.investigation = Some(self.engine.investigator.finish());
+            }
+        }
+        if let Some(out) = self.documents_out.take() {
+            match out.finish(
+                &self.engine.groups,
+                self.report.deviations.as_ref(),
+                self.report.investigation.as_ref(),
+            ) {
+                Ok(files) => self.out.line(format!(
+                    "wrote {} documents under {} (--out)",
+                    files.len(),
+                    out.dir().display()
+                )),
+                Err(e) => self.report.error = Some(e.to_string()),
             }
         }
         self.report.duration_ms = started.elapsed().as_millis() as u64;

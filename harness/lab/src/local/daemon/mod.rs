@@ -190,6 +190,9 @@ async fn serve(
             let info = daemon.info();
             // Logged before the state says ready: whoever sees the lab ready finds the line.
             let said = counters::log_now(&daemon);
+            // The control server answers from the daemon before the state says ready: whoever
+            // sees the state ready and asks gets "ready" too, not a starting lab's answer.
+            let _ = ready.set(daemon.clone());
             daemon.recorder.update(|s| {
                 s.phase = "ready".into();
                 s.info = Some(info.clone());
@@ -199,7 +202,6 @@ async fn serve(
             }
             tokio::spawn(supervise(daemon.clone()));
             tokio::spawn(counters::log_changes(daemon.clone(), said));
-            let _ = ready.set(daemon.clone());
             reporter.send(&StartMessage::Ready { info });
             until_terminated(daemon).await
         }
