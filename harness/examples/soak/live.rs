@@ -754,11 +754,18 @@ fn engine_on_recording(suite: &mut Suite, out: &Path, recording: &Path) -> Resul
         .map(|e| e.path())
         .collect();
     policies.sort();
-    let Some(policy) = policies.iter().rev().find(|p| {
-        std::fs::read_to_string(p)
-            .map(|t| t.contains("mode: enforce"))
-            .unwrap_or(false)
-    }) else {
+    // The policy as it stood when it enforced (a later one is disabled).
+    let enforcing = |path: &std::path::PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_yaml::from_str::<Yaml>(&t).ok())
+            .and_then(|doc| doc.get("spec").cloned())
+            .is_some_and(|spec| {
+                spec.get("mode").and_then(Yaml::as_str) == Some("enforce")
+                    && spec.get("enabled").and_then(Yaml::as_bool) != Some(false)
+            })
+    };
+    let Some(policy) = policies.iter().rev().find(|p| enforcing(p)) else {
         return Err("the run wrote no enforcing policy".into());
     };
     let size = std::fs::metadata(recording).map(|m| m.len()).unwrap_or(0);
