@@ -70,6 +70,13 @@ bpf *args="":
     cargo run -q -p guardlab-sensor --example bpf-tools -- {{args}}
     sensor/bpf/build.sh {{args}}
 
+# The reliability suite (root; the full form takes about 10 minutes): the attacks on the guard
+# from inside the pod during a live scenario, hostile files, runs stopped by signals at random
+# points, the pod's containment; prints the figures. `just soak --short` is the form CI runs.
+soak *args="":
+    cargo build -p guardlab -p guardlab-minerd --bins
+    cargo run -p guardlab --example soak -- {{args}}
+
 # Formatting and lints, as CI checks them.
 check:
     cargo fmt --all -- --check
