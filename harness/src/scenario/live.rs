@@ -17,7 +17,7 @@
 //! that belongs to another run still going is refused, not taken from it. A run stopped by
 //! SIGINT or SIGTERM takes its lab down ([`Stoppable`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use guardlab_engine::deviation::{ActionKind, Decision};
@@ -208,10 +208,20 @@ pub struct LabBackend<L> {
     lab: L,
     info: Option<LabInfo>,
     events: Option<mpsc::Receiver<Event>>,
+    /// Events read while a terminal command ran, not yet handed to the runner (see
+    /// [`MAX_PENDING_EVENTS`]).
+    pending: VecDeque<Event>,
     workbench: Option<JupyterWorkbench>,
     /// The lab was brought up by this run (so it is ours to tear down).
     started: bool,
 }
+
+/// Events kept while a terminal command runs. The runner hands events to the engine between
+/// commands; one command can make far more than the lab's channels hold (an exec storm makes
+/// ~130,000), so they are read into this queue as they come, rather than left to overflow the
+/// lab's channels and be lost. Past it (~1 GB at worst) the queue stops reading, and the lab
+/// counts what its channels then drop, as ever.
+const MAX_PENDING_EVENTS: usize = 1 << 21;
 
 /// Who a local lab belongs to: the run, unless it is kept (`--keep-lab`).
 fn owner_of_run(scenario: &Scenario, keep_lab: bool) -> Option<String> {
@@ -298,6 +308,7 @@ impl<L: LiveLab> LabBackend<L> {
             lab,
             info: None,
             events: None,
+            pending: VecDeque::new(),
             workbench: None,
             started: false,
         }
@@ -387,7 +398,25 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         command: &TerminalCommand,
         out: &Console,
     ) -> Result<String, StepError> {
-        let output = self.workbench()?.terminal_command(session, command).await?;
+        let workbench = self.workbench.as_mut().ok_or(StepError::BeforeLabUp {
+            what: "the notebook is not connected",
+        })?;
+        let run = workbench.terminal_command(session, command);
+        tokio::pin!(run);
+        // Read the lab's events while the command runs (see MAX_PENDING_EVENTS).
+        let output = loop {
+            match self.events.as_mut() {
+                Some(rx) if self.pending.len() < MAX_PENDING_EVENTS => tokio::select! {
+                    output = &mut run => break output?,
+                    event = rx.recv() => match event {
+                        Some(event) => self.pending.push_back(event),
+                        // The stream ended: the next read of events says so and why.
+                        None => break (&mut run).await?,
+                    },
+                },
+                _ => break (&mut run).await?,
+            }
+        };
         for line in output.lines().take(3) {
             out.detail(format!("| {line}"));
         }
@@ -400,6 +429,9 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
                 what: L::EVENTS_NOT_FLOWING,
             });
         };
+        if let Some(event) = self.pending.pop_front() {
+            return Ok(Some(event));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Some(e)) => Ok(Some(e)),
@@ -412,7 +444,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
     }
 
     async fn drain(&mut self) -> Result<Vec<Event>, StepError> {
-        let mut out = Vec::new();
+        let mut out: Vec<Event> = self.pending.drain(..).collect();
         if let Some(rx) = self.events.as_mut() {
             while let Ok(e) = rx.try_recv() {
                 out.push(e);
@@ -453,6 +485,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
             w.close().await;
         }
         self.events = None;
+        self.pending.clear();
         if keep {
             if let Some(info) = &self.info {
                 out.line(L::kept_up(&info.notebook_url));
@@ -480,6 +513,7 @@ impl<L: LiveLab> Stoppable for LabBackend<L> {
             let _ = tokio::time::timeout(Duration::from_secs(2), workbench.close()).await;
         }
         self.events = None;
+        self.pending.clear();
         if !self.started {
             return LabAfterStop::NoLab;
         }
