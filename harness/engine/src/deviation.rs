@@ -239,7 +239,10 @@ impl DeviationMatcher {
         let max_records = limits.deviations as usize;
         let policies = policies
             .iter()
-            .map(|p| CompiledPolicy::new(p).map(|c| PolicyState::new(c, max_records)))
+            .map(|p| {
+                CompiledPolicy::new(p)
+                    .map(|c| PolicyState::new(c, max_records, limits.deviations_per_process))
+            })
             .collect::<Result<_, _>>()?;
         Ok(DeviationMatcher {
             tracker: Tracker::new(limits),
@@ -262,7 +265,9 @@ impl DeviationMatcher {
             }
             None => {
                 let max_records = self.tracker.limits.deviations as usize;
-                self.policies.push(PolicyState::new(compiled, max_records));
+                let per_process = self.tracker.limits.deviations_per_process;
+                self.policies
+                    .push(PolicyState::new(compiled, max_records, per_process));
                 self.policies.len() - 1
             }
         };
@@ -477,26 +482,41 @@ impl DeviationMatcher {
                 let t = &self.tracker;
                 match self.policies[pi].record(t, key, occurrence) {
                     Recorded::Kept(r, new) => (Some(r), new, None),
-                    Recorded::Unkept { deviation, reason } => {
-                        (None, true, Some((deviation, reason)))
-                    }
+                    Recorded::Unkept {
+                        deviation,
+                        reason,
+                        limit,
+                    } => (None, true, Some((deviation, reason, limit))),
                 }
             }
-            Deviated::Unkept(deviation, reason) => (None, true, Some((deviation, reason))),
+            Deviated::Unkept(deviation, reason) => {
+                (None, true, Some((deviation, reason, "deviations")))
+            }
         };
-        if unkept.is_some() {
-            let limit = self.tracker.limits.deviations;
+        if let Some((_, _, limit)) = &unkept {
             let name = self.policies[pi].c.name.clone();
+            let (value, what) = if *limit == "deviations" {
+                (self.tracker.limits.deviations, "new unique deviations")
+            } else {
+                (
+                    self.tracker.limits.deviations_per_process,
+                    "new network deviations of a process with this many",
+                )
+            };
             self.tracker.limit_met(
-                "deviations",
-                u64::from(limit),
+                limit,
+                u64::from(value),
                 container,
                 ts,
                 &format!(
-                    "new unique deviations of policy {name} are still found, flagged and decided on, but not kept in the report"
+                    "{what} of policy {name} are still found, flagged and decided on, but not kept in the report"
                 ),
             );
         }
+        // What the report keeps of a deviation it does not keep: nothing (its flags and
+        // decisions are returned with the finding), so that a flood cannot fill the report's
+        // log and push out the deviations it does keep.
+        let kept = unkept.is_none();
         let enforce = self.policies[pi].c.mode == Mode::Enforce;
         let p = &mut self.policies[pi];
         let (uid, checksum, kind, reason, first_here) = match (record, &unkept) {
@@ -518,7 +538,7 @@ impl DeviationMatcher {
                     first_here,
                 )
             }
-            (None, Some((deviation, reason))) => (
+            (None, Some((deviation, reason, _))) => (
                 deviation.metadata.uid.clone().unwrap_or_default(),
                 deviation.metadata.checksum.clone(),
                 deviation.metadata.kind,
@@ -620,6 +640,9 @@ impl DeviationMatcher {
                 target,
                 timestamp: finding.timestamp,
             });
+        }
+        if !kept {
+            return finding;
         }
         for line in audit {
             if self.log_room(self.audit_log.len(), container, ts) {

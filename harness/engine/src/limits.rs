@@ -19,7 +19,8 @@
 //! | `dns-names`, `names-per-address`, `dns-addresses` | a name past them is not kept: a connection to its address is named by the address alone |
 //! | `connections` | a fingerprint leaves out new connections (a policy made from it does not allow them) |
 //! | `events-per-second` | events of a pod past this many in one second of their own timestamps are dropped, counted (exits are never dropped: they only free state) |
-//! | `deviations` | a new unique deviation of a policy with this many is still found, flagged and decided on, but not kept in the report |
+//! | `deviations` | a new unique deviation of a policy with this many is still found, flagged and decided on, but not kept in the report (nor its flags and decisions) |
+//! | `deviations-per-process` | the same, for a new network deviation of a process (a policy node, or a deviant program) that has this many: a flood of connections from one process cannot fill the report and push out what others did |
 //! | `log-entries` | flags, decisions and audit-log lines past this many are returned with their finding but not kept for the report |
 //! | `trace-processes`, `trace-connections`, `trace-args-bytes` | a trace shows the root and the processes nearest the deviant one (`omitted` says how many between), the first connections, the first bytes of each command line |
 //! | `state-mb` | a pod whose state reaches this many megabytes gets nothing new kept, as each limit above says for its own part |
@@ -58,6 +59,8 @@ pub struct Limits {
     pub events_per_second: u32,
     /// Unique deviations kept per policy.
     pub deviations: u32,
+    /// Unique network deviations kept per process (policy node or deviant program) and policy.
+    pub deviations_per_process: u32,
     /// Flags, decisions and audit-log lines kept for a report.
     pub log_entries: u32,
     /// Processes a trace shows.
@@ -83,6 +86,7 @@ impl Default for Limits {
             connections: 8_192,
             events_per_second: 100_000,
             deviations: 10_000,
+            deviations_per_process: 256,
             log_entries: 10_000,
             trace_processes: 32,
             trace_connections: 16,
@@ -162,6 +166,11 @@ pub const ALL: &[LimitInfo] = &[
         "deviations",
         deviations,
         "unique deviations kept per policy"
+    ),
+    limit!(
+        "deviations-per-process",
+        deviations_per_process,
+        "unique network deviations kept per process and policy"
     ),
     limit!(
         "log-entries",

@@ -284,7 +284,13 @@ fn a_flood_of_connections_is_kept_within_the_deviation_and_log_limits() {
             serde_yaml::from_str("processSelector: {name: [scan]}").unwrap(),
         ));
     let flood = attack::connect_flood(20_000);
-    let small = limits(&["deviations=2000", "log-entries=2000", "connections=1000"]);
+    // One process's connections fill the report here: its own budget is set above them.
+    let small = limits(&[
+        "deviations=2000",
+        "deviations-per-process=100000",
+        "log-entries=1000",
+        "connections=1000",
+    ]);
     let r = run(&flood.events, &policy, small);
     assert_eq!(r.unique, 2_000);
     assert!(flag(&r, "deviations").count >= 18_000);
@@ -314,20 +320,43 @@ fn a_flood_of_connections_is_kept_within_the_deviation_and_log_limits() {
 }
 
 #[test]
+fn a_flood_from_one_process_cannot_push_the_real_attack_out_of_the_report() {
+    let policy = policy(Mode::Enforce);
+    let r = run(
+        &attack::connect_flood_then_miner(20_000).events,
+        &policy,
+        Limits::default(),
+    );
+    let per_process = Limits::default().deviations_per_process as usize;
+    // What the terminal, the scanner's program and the miner deviate in, with the scanner's
+    // first connections.
+    let without_flood = run(
+        &attack::connect_flood_then_miner(0).events,
+        &policy,
+        Limits::default(),
+    );
+    assert_eq!(r.unique, without_flood.unique + per_process);
+    assert_eq!(
+        flag(&r, "deviations-per-process").count as usize,
+        20_000 - per_process
+    );
+    no_flag(&r, "deviations");
+    no_flag(&r, "log-entries");
+    assert!(r.deviations_yaml.contains("/home/jovyan/minerd"));
+    assert!(r.deviations_yaml.contains("198.18.2.30/32"));
+    // Every connection was still found and flagged as it came.
+    let flagged = r.findings.iter().filter(|f| !f.flags.is_empty()).count();
+    assert!(flagged > 20_000, "{flagged}");
+}
+
+#[test]
 fn output_grows_linearly_with_the_events() {
     // Below the limits, every connection is a deviation of its own: the report grows as the
     // stream does, by the same bytes per deviation.
     let policy = policy(Mode::Audit);
-    let a = run(
-        &attack::connect_flood(1_000).events,
-        &policy,
-        Limits::default(),
-    );
-    let b = run(
-        &attack::connect_flood(4_000).events,
-        &policy,
-        Limits::default(),
-    );
+    let one_process = limits(&["deviations-per-process=100000"]);
+    let a = run(&attack::connect_flood(1_000).events, &policy, one_process);
+    let b = run(&attack::connect_flood(4_000).events, &policy, one_process);
     let per = |r: &Run| r.deviations_yaml.len() as f64 / r.unique as f64;
     assert!(
         (per(&b) / per(&a) - 1.0).abs() < 0.05,
@@ -341,7 +370,12 @@ fn output_grows_linearly_with_the_events() {
 #[test]
 fn thousands_of_dns_names_are_kept_within_their_limits() {
     let policy = policy(Mode::Audit);
-    let small = limits(&["dns-names=1000", "names-per-address=8"]);
+    // One tool connects to every name: its own budget of deviations is set above them.
+    let small = limits(&[
+        "dns-names=1000",
+        "names-per-address=8",
+        "deviations-per-process=100000",
+    ]);
     let many = run(&attack::dns_names(3_000, false).events, &policy, small);
     // The baseline's two names, then 998 of the attack's.
     assert_eq!(flag(&many, "dns-names").count, 2_002);

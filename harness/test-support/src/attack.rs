@@ -167,6 +167,15 @@ pub fn exec_storm(execs: usize, per_second: u64, distinct: usize) -> Attack {
 /// 20,000 a second.
 pub fn connect_flood(count: usize) -> Attack {
     let (mut nb, bash) = terminal();
+    scan(&mut nb, bash, count);
+    Attack {
+        name: format!("{count} connects"),
+        events: nb.s.events,
+    }
+}
+
+/// A scanner started from `bash` that connects `count` times, each to a remote of its own.
+fn scan(nb: &mut Notebook, bash: ProcessKey, count: usize) {
     let tool = nb.s.spawn(
         CG,
         Some(bash),
@@ -184,8 +193,27 @@ pub fn connect_flood(count: usize) -> Attack {
             (&addr, port),
         );
     }
+}
+
+/// [`connect_flood`], then the real attack the flood was to hide: a miner started from the same
+/// shell connects to its pool.
+pub fn connect_flood_then_miner(count: usize) -> Attack {
+    let (mut nb, bash) = terminal();
+    scan(&mut nb, bash, count);
+    let miner = nb.s.spawn(
+        CG,
+        Some(bash),
+        prog("/home/jovyan/minerd", &["./minerd"], "jovyan"),
+    );
+    nb.s.connect(
+        CG,
+        miner,
+        Protocol::Tcp,
+        (POD_IP, 39_999),
+        ("198.18.2.30", 3333),
+    );
     Attack {
-        name: format!("{count} connects"),
+        name: format!("{count} connects, then a miner"),
         events: nb.s.events,
     }
 }

@@ -78,10 +78,13 @@ pub(crate) struct Record {
 pub(super) enum Recorded {
     /// A unique deviation kept in the report; true when this is its first occurrence.
     Kept(RecordId, bool),
-    /// A new unique deviation past the `deviations` limit: found and decided on, not kept.
+    /// A new unique deviation past the `deviations` or `deviations-per-process` limit: found
+    /// and decided on, not kept.
     Unkept {
         deviation: Box<Deviation>,
         reason: Option<String>,
+        /// The limit's name.
+        limit: &'static str,
     },
 }
 
@@ -93,6 +96,10 @@ pub(crate) struct PolicyState {
     pub c: CompiledPolicy,
     /// Unique deviations kept at most (the `deviations` limit).
     pub(super) max_records: usize,
+    /// Network deviations kept at most per process (the `deviations-per-process` limit).
+    pub(super) max_net_per_process: u32,
+    /// Network deviations kept, per process.
+    net_kept: FxHashMap<ProcRef, u32>,
     /// Per container of the tracker: watched by this policy.
     pub(super) selected: Vec<bool>,
     /// Per program node of the tracker.
@@ -131,10 +138,12 @@ pub(super) enum Verdict {
 }
 
 impl PolicyState {
-    pub(super) fn new(c: CompiledPolicy, max_records: usize) -> Self {
+    pub(super) fn new(c: CompiledPolicy, max_records: usize, max_net_per_process: u32) -> Self {
         PolicyState {
             c,
             max_records,
+            max_net_per_process,
+            net_kept: FxHashMap::default(),
             selected: Vec::new(),
             states: Vec::new(),
             child_cache: FxHashMap::default(),
@@ -372,7 +381,19 @@ impl PolicyState {
             return Recorded::Unkept {
                 deviation: Box::new(deviation),
                 reason,
+                limit: "deviations",
             };
+        }
+        if let RecordKey::Net { process, .. } = key {
+            let kept = self.net_kept.entry(process).or_default();
+            if *kept >= self.max_net_per_process {
+                return Recorded::Unkept {
+                    deviation: Box::new(deviation),
+                    reason,
+                    limit: "deviations-per-process",
+                };
+            }
+            *kept += 1;
         }
         let r = RecordId::new(self.records.len());
         self.by_checksum
