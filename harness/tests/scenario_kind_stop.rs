@@ -6,8 +6,7 @@
 //! signals are tested on the local lab (`scenario_signals.rs`).
 
 mod scenario_common;
-#[path = "../kind/tests/support/mod.rs"]
-mod support;
+use guardlab_kind_test_support as support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,8 +13,7 @@
 //! (and so the timings of the scenario's waits) that of one run.
 #![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill)
 
-#[path = "../lab/tests/common/leftovers.rs"]
-mod leftovers;
+use guardlab_lab_test_support as leftovers;
 mod scenario_common;
 
 use std::io::Read;

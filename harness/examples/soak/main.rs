@@ -31,8 +31,7 @@
 //! 0 when every check passed, 1 when one failed, 2 when the suite could not run.
 
 mod files;
-#[path = "../../lab/tests/common/leftovers.rs"]
-mod leftovers;
+use guardlab_lab_test_support as leftovers;
 mod live;
 mod measure;
 mod signals;

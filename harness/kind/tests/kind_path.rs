@@ -17,7 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
-mod support;
+use guardlab_kind_test_support as support;
 
 use guardlab_kind::manifests::CLUSTER_CONFIG;
 use guardlab_kind::state::{LabState, StateTarget};

@@ -2,8 +2,7 @@
 //! cleanup, port-forward, the start gate, events and kills through the sensor, pod deletion,
 //! the event stream's reconnections, down. One test binary, a module per subject.
 
-#[path = "../support/mod.rs"]
-mod support;
+use guardlab_kind_test_support as support;
 
 mod event_stream;
 mod responses;

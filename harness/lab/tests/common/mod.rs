@@ -4,7 +4,7 @@
 #![allow(unsafe_code)] // tests make the system calls they check (geteuid, kill, mount, setns...)
 #![allow(dead_code)] // Each test binary uses a part of it.
 
-pub mod leftovers;
+pub use guardlab_lab_test_support as leftovers;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! What a running lab holds ([`Holdings`]), gathered while it runs, and the check that none of
 //! it is left afterwards ([`assert_nothing_left`]): processes, namespaces (network devices go
 //! with them), mounts, host interfaces, cgroups, BPF programs and the lab's directory. Shared by
-//! the local lab's tests (through `common`) and the scenario's signal tests in `harness/tests`
-//! (by path), so it needs only `guardlab-lab`, `libc` and the standard library.
+//! the local lab's tests (through `common`), the scenario's signal tests in `harness/tests` and
+//! the reliability suite (`harness/examples/soak`).
 #![allow(unsafe_code)] // bpf(2), to ask whether a program id still exists
 #![allow(dead_code)] // Each test binary uses a part of it.
 
