@@ -153,20 +153,39 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>) {
             let mut sink = [0u8; 64];
             loop {
                 tokio::select! {
-                    event = events.recv() => {
-                        let event = match event {
-                            Ok(event) => event,
-                            Err(broadcast::error::RecvError::Lagged(count)) => {
-                                daemon.events.note_lagged(count);
-                                Event::new(
-                                    guardlab_host::unix_time_ns(),
-                                    guardlab_events::EventBody::Lost(guardlab_events::Lost { count, cpu: None }),
-                                )
+                    received = events.recv() => {
+                        // What else is already waiting goes in the same write: one system call
+                        // per event could not keep up with a burst (100,000 connects a second).
+                        let mut batch = Vec::new();
+                        let mut next = Some(received);
+                        let mut taken = 0;
+                        while let Some(received) = next.take() {
+                            let event = match received {
+                                Ok(event) => event,
+                                Err(broadcast::error::RecvError::Lagged(count)) => {
+                                    daemon.events.note_lagged(count);
+                                    Event::new(
+                                        guardlab_host::unix_time_ns(),
+                                        guardlab_events::EventBody::Lost(guardlab_events::Lost { count, cpu: None }),
+                                    )
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return,
+                            };
+                            if guardlab_events::write_ndjson(&mut batch, &event).is_err() {
+                                return;
                             }
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        };
-                        let mut line = Vec::new();
-                        if guardlab_events::write_ndjson(&mut line, &event).is_err() || write.write_all(&line).await.is_err() {
+                            taken += 1;
+                            if taken < WRITE_BATCH {
+                                next = match events.try_recv() {
+                                    Ok(event) => Some(Ok(event)),
+                                    Err(broadcast::error::TryRecvError::Lagged(count)) => {
+                                        Some(Err(broadcast::error::RecvError::Lagged(count)))
+                                    }
+                                    Err(_) => None,
+                                };
+                            }
+                        }
+                        if write.write_all(&batch).await.is_err() {
                             return;
                         }
                     }
@@ -180,6 +199,9 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>) {
         }
     }
 }
+
+/// Events written to a client in one write at most.
+const WRITE_BATCH: usize = 1024;
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
