@@ -17,7 +17,7 @@
 //! - nothing of the lab is left afterwards.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 use crate::Suite;
-use crate::measure::{self, Ended};
+use crate::measure::{self, Ended, tail};
+use crate::recording::read_recording;
 use crate::signals::{Running, Watch, left_behind};
 
 /// How big each attack is.
@@ -147,12 +148,6 @@ fn compose(suite: &Suite, sizes: &Sizes, layout: &CgroupLayout) -> Result<String
     serde_yaml::to_string(&scenario).map_err(|e| e.to_string())
 }
 
-/// The last `n` lines of `text`, on one line.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" / ")
-}
-
 /// Why a run did not pass, in a line: its `guardlab:` error line, or the last lines it printed.
 fn why(stdout: &str, stderr: &str) -> String {
     let said = stderr
@@ -194,85 +189,6 @@ fn red_flags(path: &Path) -> Result<Vec<String>, String> {
         .collect();
     lines.sort();
     Ok(lines)
-}
-
-/// One step of the recording: its events, their time span, what was lost, and its facts.
-#[derive(Default)]
-struct RecordedStep {
-    events: u64,
-    first_ts: Option<u64>,
-    last_ts: u64,
-    lost: u64,
-    execs: BTreeMap<String, u64>,
-    facts: Json,
-}
-
-impl RecordedStep {
-    fn seconds(&self) -> f64 {
-        self.first_ts
-            .map(|first| (self.last_ts.saturating_sub(first)) as f64 / 1e9)
-            .unwrap_or(0.0)
-    }
-
-    fn rate(&self) -> f64 {
-        self.events as f64 / self.seconds().max(1e-3)
-    }
-
-    /// The output of the step's `index`th terminal command.
-    fn output(&self, index: usize) -> String {
-        self.facts
-            .get("terminal_output")
-            .and_then(|o| o.get(index))
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-/// The recording, read line by line (it may be large): step by step.
-fn read_recording(path: &Path) -> Result<BTreeMap<String, RecordedStep>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut steps: BTreeMap<String, RecordedStep> = BTreeMap::new();
-    let mut current = String::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-        let Ok(value) = serde_json::from_str::<Json>(&line) else {
-            continue;
-        };
-        if let Some(step) = value.get("step") {
-            current = step
-                .get("name")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if step.get("at").and_then(Json::as_str) == Some("end")
-                && let Some(facts) = step.get("facts")
-            {
-                steps.entry(current.clone()).or_default().facts = facts.clone();
-            }
-            continue;
-        }
-        let Some(ts) = value.get("ts").and_then(Json::as_u64) else {
-            continue;
-        };
-        let step = steps.entry(current.clone()).or_default();
-        step.events += 1;
-        step.first_ts.get_or_insert(ts);
-        step.last_ts = step.last_ts.max(ts);
-        match value.get("type").and_then(Json::as_str) {
-            Some("lost") => step.lost += value.get("count").and_then(Json::as_u64).unwrap_or(0),
-            Some("exec") => {
-                let exe = value
-                    .get("exe")
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                *step.execs.entry(exe).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-    Ok(steps)
 }
 
 pub fn run(suite: &mut Suite) -> Result<(), String> {

@@ -34,6 +34,7 @@ mod files;
 use guardlab_lab_test_support as leftovers;
 mod live;
 mod measure;
+mod recording;
 mod signals;
 
 use std::path::{Path, PathBuf};

@@ -148,3 +148,9 @@ pub fn run(
     let child = command.spawn()?;
     wait(&child, started, deadline)
 }
+
+/// The last `n` lines of `text`, on one line.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}

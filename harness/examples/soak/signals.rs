@@ -288,7 +288,7 @@ fn reference_run(suite: &mut Suite) -> Result<Duration, String> {
             } else {
                 format!(
                     ": {}",
-                    crate::live::tail(&(run.stdout() + &run.stderr()), 4)
+                    crate::measure::tail(&(run.stdout() + &run.stderr()), 4)
                 )
             }
         ),

@@ -8,7 +8,6 @@ use guardlab_events::{ExeStatus, Protocol};
 use sha2::{Digest, Sha256};
 
 use super::compiled::{CompiledPolicy, PolicyNodeId};
-use super::policy_state::Program;
 use crate::id::typed_id;
 use crate::model::{
     API_VERSION, Deviation, DeviationMetadata, DeviationNetwork, DeviationProcess, DeviationSpec,
@@ -148,19 +147,25 @@ impl DeviationWriter<'_> {
 
     /// The process deviation of a deviant program that is not kept (see
     /// [`super::policy_state::Verdict::DeviantUnkept`]), with `id` for its node.
-    pub(super) fn unkept_process(&self, anchor: Anchor, p: &Program, id: &str) -> Deviation {
+    /// The program: its name, exe, how the exe was resolved, and its effective user.
+    pub(super) fn unkept_process(
+        &self,
+        anchor: Anchor,
+        (name, exe, exe_status, euser): (&str, &str, ExeStatus, Sym),
+        id: &str,
+    ) -> Deviation {
         let node = ProcessNode {
-            name: p.name.to_string(),
-            exe: vec![p.exe.to_string()],
+            name: name.to_string(),
+            exe: vec![exe.to_string()],
             id: id.to_string(),
-            euser: Some(vec![self.tracker.syms.get(p.euser).to_string()]),
+            euser: Some(vec![self.tracker.syms.get(euser).to_string()]),
             listening_sockets: None,
             children: None,
         };
-        let untrusted = if p.exe_status.is_resolved() {
+        let untrusted = if exe_status.is_resolved() {
             Vec::new()
         } else {
-            vec![(id, p.exe_status)]
+            vec![(id, exe_status)]
         };
         let spec = DeviationSpec {
             process_policy: vec![self.fragment(anchor, node)],

@@ -271,7 +271,7 @@ impl PolicyState {
             chains: &self.chains,
             tracker: t,
         };
-        let deviation = writer.unkept_process(anchor, p, &id);
+        let deviation = writer.unkept_process(anchor, (p.name, p.exe, p.exe_status, p.euser), &id);
         let reason = super::fragment::program_reason(p.exe_status, p.exe);
         Verdict::DeviantUnkept(Box::new(deviation), reason)
     }
