@@ -24,8 +24,33 @@ fn lab_options(name: &str, scratch: &std::path::Path) -> LocalLabOptions {
 }
 
 /// `guardlab-local-lab up --hold` for the lab of `options`: the lab belongs to that process.
-fn hold(options: &LocalLabOptions) -> Child {
-    Command::new(local_lab_exe())
+/// A holder process (`guardlab-local-lab up --hold`) that is killed when dropped: a test that
+/// fails half-way must not leave a held lab behind on the machine.
+struct Holder(Child);
+
+impl std::ops::Deref for Holder {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Holder {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // Its lab's daemon sees the owner gone and removes the lab.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hold(options: &LocalLabOptions) -> Holder {
+    let child = Command::new(local_lab_exe())
         .args([
             "up",
             "--hold",
@@ -39,7 +64,8 @@ fn hold(options: &LocalLabOptions) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Holder(child)
 }
 
 /// SIGTERM to a child.
