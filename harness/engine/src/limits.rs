@@ -309,6 +309,16 @@ pub struct LimitFlag {
     pub message: String,
 }
 
+impl LimitFlag {
+    /// One line for a person: what was exceeded, how often, and how to change the limit.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} time(s); --limit {}=N changes it)",
+            self.message, self.count, self.limit
+        )
+    }
+}
+
 /// How much state a part of the engine keeps: entries of its tables, and their bytes (the
 /// tables' sizes and the heap their entries own, as the engine counts them; not the process's
 /// memory). Deterministic: the same events give the same size.

@@ -398,10 +398,7 @@ fn warn_about_stream(stats: &guardlab_engine::fingerprint::Stats) {
         ));
     }
     for flag in &stats.limits {
-        console::warning(&format!(
-            "{} ({} time(s); --limit {}=N changes it)",
-            flag.message, flag.count, flag.limit
-        ));
+        console::warning(&flag.describe());
     }
 }
 

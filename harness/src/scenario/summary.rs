@@ -77,10 +77,7 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         if !d.stats.limits.is_empty() {
             out.line("Engine limits met:");
             for flag in &d.stats.limits {
-                out.line(format!(
-                    "  {} ({} time(s); --limit {}=N changes it)",
-                    flag.message, flag.count, flag.limit
-                ));
+                out.line(format!("  {}", flag.describe()));
             }
         }
     }
