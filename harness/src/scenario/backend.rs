@@ -107,6 +107,13 @@ pub enum CheckFailure {
         #[source]
         source: PolicyError,
     },
+    /// The policy store refused a step's change: `what` says which.
+    #[error("{what}: {source}")]
+    Store {
+        what: &'static str,
+        #[source]
+        source: guardlab_policy_store::StoreError,
+    },
     /// A policy step before any policy was made.
     #[error("no policy yet")]
     NoPolicy,

@@ -92,9 +92,11 @@ impl<B: ScenarioBackend> Runner<'_, B> {
             Action::WaitEvents(w) => self.wait_for(&w.wait_for, w.timeout.0, "waiting").await,
             Action::Fingerprint(s) => {
                 self.drain().await?;
-                let builder = self.engine.fingerprinter.take().unwrap_or_default();
-                self.engine.groups = builder.finish_grouped();
-                let fps = fingerprints_of_groups(&self.engine.groups);
+                let groups = self
+                    .engine
+                    .store
+                    .update(|store| store.finish_fingerprints().to_vec());
+                let fps = fingerprints_of_groups(&groups);
                 for fp in &fps {
                     self.out.detail(format!(
                         "fingerprint {} ({} processes, {} egress, {} ingress)",
@@ -107,9 +109,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 if fps.is_empty() {
                     return Err(CheckFailure::NoFingerprint.into());
                 }
-                let values: Vec<_> = self
-                    .engine
-                    .groups
+                let values: Vec<_> = groups
                     .iter()
                     .map(|g| self.engine.redactor.value(g))
                     .collect();
@@ -118,24 +118,24 @@ impl<B: ScenarioBackend> Runner<'_, B> {
             }
             Action::CreatePolicy(c) => {
                 self.drain().await?;
-                let mut fps = fingerprints_of_groups(&self.engine.groups);
-                if let Some(pattern) = &c.image {
-                    fps.retain(|f| {
-                        let image = f
-                            .spec
-                            .container_selector
-                            .as_ref()
-                            .and_then(|s| s.image.as_deref())
-                            .unwrap_or("");
-                        guardlab_engine::glob::glob_match(pattern, image)
-                    });
+                let store = self.engine.store.clone();
+                let policy = if let Some(made) = self.learner_made_policy.take() {
+                    // Made by the learner in the console (workshop mode): the run goes on with it.
+                    self.out
+                        .detail(format!("the policy made in the console: {made}"));
+                    store.read(|s| s.policy(&made).cloned())
+                } else {
+                    let selected =
+                        store.read(|s| s.fingerprint_names_for_image(c.image.as_deref()));
+                    store.update(|s| {
+                        s.create_policy(&selected, Some(&c.name), c.mode.into())
+                            .cloned()
+                    })
                 }
-                let policy = policy::create_policy(&fps, Some(&c.name), c.mode.into()).map_err(
-                    |source| CheckFailure::Policy {
-                        what: "creating the policy",
-                        source,
-                    },
-                )?;
+                .map_err(|source| CheckFailure::Store {
+                    what: "creating the policy",
+                    source,
+                })?;
                 self.out.detail(format!(
                     "policy {} ({}), uid {}",
                     policy.metadata.name,
@@ -143,9 +143,10 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                     policy::policy_uid(&policy)
                 ));
                 // The baseline, replayed against its own policy, must deviate nowhere.
+                let baseline = store.read(|s| s.baseline().to_vec());
                 let check = guardlab_engine::deviation::find_deviations(
                     std::slice::from_ref(&policy),
-                    &self.engine.baseline,
+                    &baseline,
                 )
                 .map_err(|source| CheckFailure::Policy {
                     what: "the new policy",
@@ -163,22 +164,13 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 } else {
                     self.out.detail(format!(
                         "the baseline ({} events) replayed against the policy: 0 deviations",
-                        self.engine.baseline.len()
+                        baseline.len()
                     ));
                 }
-                self.engine
-                    .investigator
-                    .matcher_mut()
-                    .set_policy(&policy)
-                    .map_err(|source| CheckFailure::Policy {
-                        what: "the new policy",
-                        source,
-                    })?;
                 if let Some(name) = &c.snapshot {
                     let text = yaml(&self.engine.redactor.value(&policy));
                     *diff = self.check_snapshot(step, name, &text);
                 }
-                self.engine.policy = Some(policy);
                 self.write_policy_out(&step.name);
                 Ok(())
             }
@@ -208,7 +200,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
             }
             Action::Investigate(s) => {
                 self.drain().await?;
-                let investigation = self.engine.investigator.finish();
+                let investigation = self.engine.store.read(|s| s.investigation());
                 for d in &investigation.deviations {
                     if d.chain.is_empty() {
                         self.failed = true;
@@ -265,32 +257,28 @@ impl<B: ScenarioBackend> Runner<'_, B> {
     }
 
     fn change_policy(&mut self, change: impl FnOnce(&mut Policy)) -> Result<(), StepError> {
-        let Some(policy) = self.engine.policy.as_mut() else {
+        let store = self.engine.store.clone();
+        let Some(uid) = store.read(|s| s.latest_policy().map(policy::policy_uid)) else {
             return Err(CheckFailure::NoPolicy.into());
         };
-        change(policy);
+        let changed = store
+            .update(|s| s.change_policy(&uid, change).cloned())
+            .map_err(|source| CheckFailure::Store {
+                what: "changing the policy",
+                source,
+            })?;
         self.out.detail(format!(
             "policy {} is now {}",
-            policy.metadata.name,
-            policy::status(policy)
+            changed.metadata.name,
+            policy::status(&changed)
         ));
-        self.engine
-            .investigator
-            .matcher_mut()
-            .set_policy(policy)
-            .map_err(|source| {
-                CheckFailure::Policy {
-                    what: "the policy",
-                    source,
-                }
-                .into()
-            })
+        Ok(())
     }
 
     /// The snapshot text of an `expect_deviations` step: the policy's counts, and what is new
     /// since the previous such step.
     fn deviations_since_last(&mut self) -> String {
-        let report = self.engine.investigator.matcher_mut().report();
+        let report = self.engine.store.update(|s| s.deviation_report());
         let snapshot = DeviationsSnapshot::since(&report, &mut self.engine.seen);
         for p in &report.policies {
             self.out.detail(format!(

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use guardlab_engine::deviation::Finding;
-use guardlab_engine::fingerprint::FingerprintBuilder;
-use guardlab_engine::model::{DeviationType, FingerprintGroup, Policy};
-use guardlab_engine::trace::Investigator;
+use guardlab_engine::model::DeviationType;
 use guardlab_events::{Event, EventBody};
+use guardlab_guard_console::SharedStore;
+use guardlab_policy_store::PolicyStore;
 
 use crate::console::{Console, seconds, textwrap};
 
@@ -49,12 +49,9 @@ enum StepDiff {
 
 /// The engine side of a run.
 struct Engine {
-    fingerprinter: Option<FingerprintBuilder>,
-    /// The events the fingerprints were learned from (the baseline window).
-    baseline: Vec<Event>,
-    groups: Vec<FingerprintGroup>,
-    investigator: Investigator,
-    policy: Option<Policy>,
+    /// Fingerprints, the policy, deviations, flags: the lab's one store, which a console
+    /// (`--console`) shares.
+    store: SharedStore,
     redactor: Redactor,
     names: Names,
     /// Where the previous `expect_deviations` left off.
@@ -81,6 +78,9 @@ pub struct Runner<'a, B: ScenarioBackend> {
     pacer: Option<Pacer>,
     /// Set: write the run's documents as files (`--out`).
     documents_out: Option<DocumentsOut>,
+    /// The policy the learner made in the console while the runner waited (workshop mode),
+    /// for the `create_policy` step to go on with.
+    learner_made_policy: Option<String>,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -99,11 +99,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             recorder,
             out,
             engine: Engine {
-                fingerprinter: Some(FingerprintBuilder::new()),
-                baseline: Vec::new(),
-                groups: Vec::new(),
-                investigator: Investigator::new(&[]).expect("no policy is always valid"),
-                policy: None,
+                store: SharedStore::new(PolicyStore::default()),
                 redactor: Redactor::default(),
                 names: Names::default(),
                 seen: SeenSoFar::default(),
@@ -112,6 +108,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             history: Vec::new(),
             pacer: None,
             documents_out: None,
+            learner_made_policy: None,
             messages: Vec::new(),
             failed: false,
             report,
@@ -126,9 +123,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
 
     /// Run the engine within `limits` (`--limit`) rather than its defaults.
     pub fn with_limits(mut self, limits: guardlab_engine::limits::Limits) -> Self {
-        self.engine.fingerprinter = Some(FingerprintBuilder::new().with_limits(limits));
-        self.engine.investigator =
-            Investigator::with_limits(&[], limits).expect("no policy is always valid");
+        self.engine.store = SharedStore::new(PolicyStore::new(limits));
+        self
+    }
+
+    /// Keep the run's fingerprints, policy and findings in `store` (a console shares it).
+    pub fn with_store(mut self, store: SharedStore) -> Self {
+        self.engine.store = store;
         self
     }
 
@@ -140,7 +141,8 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
 
     /// The policy as `step` left it, into `--out`; a failure to write fails the step.
     fn write_policy_out(&mut self, step: &str) {
-        if let (Some(out), Some(policy)) = (self.documents_out.as_mut(), &self.engine.policy)
+        let policy = self.engine.store.read(|s| s.latest_policy().cloned());
+        if let (Some(out), Some(policy)) = (self.documents_out.as_mut(), &policy)
             && let Err(e) = out.policy(step, policy)
         {
             self.messages.push(e.to_string());
@@ -331,15 +333,16 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         {
             self.report.error = Some(format!("recording: {e}"));
         }
-        if self.engine.policy.is_some() {
-            self.report.deviations = Some(self.engine.investigator.matcher_mut().report());
+        if self.engine.store.read(|s| !s.policies().is_empty()) {
+            self.report.deviations = Some(self.engine.store.update(|s| s.deviation_report()));
             if self.report.investigation.is_none() {
-                self.report.investigation = Some(self.engine.investigator.finish());
+                self.report.investigation = Some(self.engine.store.read(|s| s.investigation()));
             }
         }
         if let Some(out) = self.documents_out.take() {
+            let groups = self.engine.store.read(|s| s.fingerprint_groups());
             match out.finish(
-                &self.engine.groups,
+                &groups,
                 self.report.deviations.as_ref(),
                 self.report.investigation.as_ref(),
             ) {
@@ -367,11 +370,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         }
         self.engine.names.observe(&event);
         self.history.push(event.clone());
-        if let Some(fp) = self.engine.fingerprinter.as_mut() {
-            fp.observe(&event);
-            self.engine.baseline.push(event.clone());
-        }
-        let findings = self.engine.investigator.observe(&event);
+        let findings = self.engine.store.update(|s| s.observe(&event));
         for finding in findings {
             self.respond(&event, finding).await?;
         }
