@@ -60,6 +60,13 @@ pub enum Command {
         limits: EngineLimits,
     },
 
+    /// The guard console in a browser: fingerprints, policies, investigation and flags of a
+    /// running lab (`lab up`), live; every action the same as the scenario's steps.
+    #[command(
+        after_help = "Examples:\n  guardlab lab up && guardlab console        # then open http://127.0.0.1:1235/\n  guardlab console --events run.ndjson        # a recording, no root needed\n  guardlab scenario cryptominer --step --console --keep-lab   # a workshop\n\nThe console listens on loopback only; --listen-any allows another address, and then every request needs the token it prints. It loads nothing from anywhere but itself.\n\nExit codes: 0 stopped by Ctrl-C... (130), 2 it could not listen or read the lab."
+    )]
+    Console(ConsoleArgs),
+
     /// Policies: create one from fingerprints.
     #[command(
         subcommand,
@@ -322,9 +329,67 @@ pub struct ScenarioArgs {
     #[arg(long)]
     pub keep_lab: bool,
     /// Workshop pace: show each step's explanation and wait for Enter before running it (q and
-    /// Enter stop there). Learners can look at the notebook in between.
+    /// Enter stop there). Learners can look at the notebook in between. With --console, a step
+    /// the console can do (create the policy, set its mode, look at deviations, investigate,
+    /// disable) waits until the learner does it there, or Enter.
     #[arg(long)]
     pub step: bool,
+    /// Serve the guard console (Fingerprints, Policies, Investigation, Flags; live) over the
+    /// run, at http://127.0.0.1:1235/ unless --console-listen says otherwise.
+    #[arg(long)]
+    pub console: bool,
+    #[command(flatten)]
+    pub listen: ConsoleListen,
+    /// Write the run as one self-contained HTML page: its steps, the fingerprint and policy
+    /// YAML, the policy graph with the deviations, the investigation graph, the flags.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: EngineLimits,
+}
+
+/// Where the guard console listens, and who may ask it.
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleListen {
+    /// The console's address (loopback unless --listen-any).
+    #[arg(
+        long = "console-listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:1235"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Allow a console address that is not loopback; every request then needs the token
+    /// (printed, or --console-token).
+    #[arg(long)]
+    pub listen_any: bool,
+    /// The token a console on a non-loopback address requires (default: a random one).
+    #[arg(long, value_name = "TOKEN", requires = "listen_any")]
+    pub console_token: Option<String>,
+}
+
+impl ConsoleListen {
+    pub fn options(&self, title: String) -> guardlab_guard_console::ConsoleOptions {
+        guardlab_guard_console::ConsoleOptions {
+            listen: self.listen,
+            allow_remote: self.listen_any,
+            token: self.console_token.clone(),
+            title,
+        }
+    }
+}
+
+/// `guardlab console`: the guard console over a running lab, or over a recorded stream.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Show a recorded event stream (a `scenario --record` recording or sensor NDJSON) instead
+    /// of a running lab: needs no root.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// The lab's backend, when reading a running lab.
+    #[arg(long, value_parser = backend_parser(), default_value_t = Backend::Local)]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub listen: ConsoleListen,
     #[command(flatten)]
     pub limits: EngineLimits,
 }

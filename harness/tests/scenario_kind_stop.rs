@@ -90,6 +90,8 @@ async fn run_stopped_at(
         quiet: true,
         limits: Default::default(),
         out: None,
+        console: None,
+        html: None,
     };
     let end = tokio::time::timeout(
         Duration::from_secs(60),

@@ -93,6 +93,8 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         quiet: true,
         limits: Default::default(),
         out: None,
+        console: None,
+        html: None,
     });
     assert_eq!(
         replay.result,

@@ -28,6 +28,8 @@ fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
         quiet: true,
         limits: Default::default(),
         out: None,
+        console: None,
+        html: None,
     }
 }
 

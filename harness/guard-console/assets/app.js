@@ -44,19 +44,19 @@ async function refresh(soft = false) {
     if (p && $("#policy-status")) $("#policy-status").textContent = p.status;
     return;
   }
-  await render();
+  await render(soft);
 }
 
-async function render() {
+async function render(soft = false) {
   const { page, arg } = route();
   $$("header nav a").forEach((a) => a.classList.toggle("active", a.id === `nav-${page}`));
   const main = $("#page");
   try {
     if (page === "fingerprints") renderFingerprints(main);
-    else if (page === "policies" && arg) await renderPolicy(main, arg);
+    else if (page === "policies" && arg) await renderPolicy(main, arg, soft);
     else if (page === "policies") renderPolicies(main);
-    else if (page === "investigation") await renderInvestigation(main);
-    else if (page === "flags") await renderFlags(main);
+    else if (page === "investigation") await renderInvestigation(main, soft);
+    else if (page === "flags") { await renderFlags(main, soft); if (!soft) viewed("flags"); }
     else main.innerHTML = `<p>No page ${esc(page)}.</p>`;
   } catch (e) {
     main.innerHTML = `<p class="error" id="page-error">${esc(e.message)}</p>`;
@@ -156,7 +156,12 @@ function renderPolicies(main) {
       `<tr><td colspan="5" class="muted">No policy yet: make one from a fingerprint.</td></tr>`}</tbody></table>`;
 }
 
-async function renderPolicy(main, uid) {
+// Tell the console what the person opened (a workshop's "look at" steps wait for it).
+function viewed(page) {
+  if (page) api("/api/viewed", { method: "POST", body: { page } }).catch(() => {});
+}
+
+async function renderPolicy(main, uid, soft = false) {
   const p = await api(`/api/policies/${encodeURIComponent(uid)}`);
   const added = ui.graphDeviations[p.uid] || (ui.graphDeviations[p.uid] = new Set());
   const scroll = $(".graph", main)?.scrollLeft;
@@ -172,6 +177,7 @@ async function renderPolicy(main, uid) {
     b.addEventListener("click", () => { ui.tab = b.dataset.tab; renderPolicy(main, uid); });
   });
   const body = $("#tab-body");
+  if (!soft) viewed(ui.tab === "deviations" ? "deviations" : ui.tab === "graph" ? "policy-graph" : null);
   if (ui.tab === "graph") {
     body.innerHTML = `<p class="muted">The policy's processes, with their connections hanging off them;
       deviations you added are drawn in red.</p><div class="graph" id="policy-graph">${svg}</div>`;
@@ -223,7 +229,7 @@ async function renderPolicy(main, uid) {
 }
 
 // ---- Investigation and flags --------------------------------------------------------------
-async function renderInvestigation(main) {
+async function renderInvestigation(main, soft = false) {
   const q = ui.investigate ? `?deviations=${ui.investigate.join(",")}` : "";
   const [svg, inv] = await Promise.all([api(`/api/investigation.svg${q}`), api("/api/investigation")]);
   main.innerHTML = `<h2>Investigation</h2>
@@ -232,14 +238,15 @@ async function renderInvestigation(main) {
     replaced a process's program is drawn as a dashed <em>exec</em> edge, not as a child.</p>
     <div class="graph" id="investigation-graph">${svg}</div>
     <h3>As text</h3><pre id="investigation-text">${esc(inv.text)}</pre>`;
+  if (!soft) viewed("investigation");
 }
 
-async function renderFlags(main) {
+async function renderFlags(main, soft = false) {
   const { flags } = await api("/api/flags");
   main.innerHTML = `<h2>Flags</h2><p class="muted">Red flags, newest first.</p><ol id="flags">
     ${flags.map((f) => `<li class="flag" data-deviation="${esc(f.deviationUid)}">
       <strong class="deviant-text">${esc(f.severity)}</strong> ${esc(f.class)} — ${esc(f.process)} (pid ${f.pid})
-      ${esc(f.content || "")} — policy <a href="#/policies/${encodeURIComponent(f.policyUid)}">${esc(f.policyName)}</a>,
+      ${esc(f.content || "")} — shown ${Math.max(0, Date.now() - f.eventNs / 1e6).toFixed(0)} ms after its kernel event — policy <a href="#/policies/${encodeURIComponent(f.policyUid)}">${esc(f.policyName)}</a>,
       deviation <code>${esc(f.deviationUid)}</code>,
       <a href="#" class="flag-trace" data-deviation="${esc(f.deviationUid)}">trace</a></li>`).join("")}</ol>`;
   $$(".flag-trace").forEach((a) => a.addEventListener("click", (ev) => {
@@ -279,5 +286,5 @@ function live() {
   });
 }
 
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => render());
 refresh().then(live);

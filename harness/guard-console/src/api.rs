@@ -118,7 +118,7 @@ pub(crate) async fn state(State(app): State<AppState>) -> Json<Value> {
                 FingerprintSummary {
                     image: sel.image.unwrap_or_default(),
                     namespace: f.metadata.namespace.clone().unwrap_or_default(),
-                    container_name: sel.container_name.unwrap_or_default(),
+                    container_name: f.metadata.container_name.clone().unwrap_or_default(),
                     pod: f.metadata.pod.clone().unwrap_or_default(),
                     status: if learning { "learning" } else { "final" },
                     processes: count_nodes(&f.spec.process_policy),
@@ -431,6 +431,33 @@ pub(crate) async fn investigation_graph(
             .retain(|d| selected.contains(&d.deviation_uid));
     }
     svg(crate::graphs::investigation_svg(&investigation))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ViewedRequest {
+    page: String,
+}
+
+/// The page says what the person opened: a workshop's "look at" step waits for it.
+pub(crate) async fn viewed(
+    State(app): State<AppState>,
+    Json(request): Json<ViewedRequest>,
+) -> ApiResult<StatusCode> {
+    if !matches!(
+        request.page.as_str(),
+        "deviations" | "investigation" | "flags" | "policy-graph"
+    ) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "page {:?}: expected deviations, investigation, flags or policy-graph",
+                request.page
+            ),
+        ));
+    }
+    app.store.update(|s| s.viewed(&request.page));
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Red flags, newest first.

@@ -151,6 +151,7 @@ fn routes(state: AppState) -> Router {
         .route("/api/investigation", get(api::investigation))
         .route("/api/investigation.svg", get(api::investigation_graph))
         .route("/api/flags", get(api::flags))
+        .route("/api/viewed", post(api::viewed))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

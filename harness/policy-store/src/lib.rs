@@ -71,6 +71,11 @@ pub enum Change {
         kind: String,
         event_ns: u64,
     },
+    /// A person looked at a page of the console (`deviations`, `investigation`): what a
+    /// workshop's "look at" steps wait for.
+    Viewed {
+        page: String,
+    },
     /// A red flag raised (`event_ns`: the kernel's time of the event that raised it).
     Flag {
         index: usize,
@@ -396,6 +401,13 @@ impl PolicyStore {
     /// Each unique deviation's trace from its container's root process, as of now.
     pub fn investigation(&self) -> Investigation {
         self.investigator.finish()
+    }
+
+    /// Note that a person looked at a page of the console (see [`Change::Viewed`]).
+    pub fn viewed(&mut self, page: &str) {
+        self.record(Change::Viewed {
+            page: page.to_string(),
+        });
     }
 
     /// Counts up with every change: a reader that saw generation `g` has seen everything when

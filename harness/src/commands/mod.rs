@@ -3,6 +3,7 @@
 pub mod clean;
 pub mod doctor;
 pub mod files;
+pub mod guard_console;
 pub mod image;
 pub mod lab;
 pub mod scenario;
@@ -51,6 +52,7 @@ pub fn run(command: Command, no_install: bool) -> CommandResult {
             Ok(Outcome::Clean)
         }
         Command::Scenario(args) => scenario::run(&args),
+        Command::Console(args) => guard_console::run(&args, no_install),
         Command::Image(ImageCommand::Lock { recipe }) => image::lock(&recipe),
     }
 }

@@ -35,7 +35,11 @@ pub fn run(args: &ScenarioArgs) -> CommandResult {
             anyhow!("{e}; {}", write_errors.join("; "))
         }));
     }
-    if options.step && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    // With a console, the learner may answer there: no terminal needed.
+    if options.step
+        && options.console.is_none()
+        && !std::io::IsTerminal::is_terminal(&std::io::stdin())
+    {
         return Err(Failure(anyhow!(
             "--step waits for Enter before each step, typed in a terminal, and standard input is not one: run it from a terminal, or leave --step out"
         )));
@@ -94,7 +98,27 @@ fn options(args: &ScenarioArgs, name: &str) -> Result<RunOptions, Failure> {
         quiet: false,
         limits: args.limits.limits(),
         out: args.out.clone(),
+        console: console_options(args)?,
+        html: args.html.clone(),
     })
+}
+
+/// `--console`: the console's options, titled after the scenario.
+fn console_options(
+    args: &ScenarioArgs,
+) -> Result<Option<guardlab_guard_console::ConsoleOptions>, Failure> {
+    if !args.console {
+        if args.listen.listen_any || args.listen.console_token.is_some() {
+            return Err(Failure(anyhow!(
+                "--listen-any and --console-token go with --console"
+            )));
+        }
+        return Ok(None);
+    }
+    Ok(Some(args.listen.options(format!(
+        "guardlab — scenario {}",
+        args.name.as_deref().unwrap_or("?")
+    ))))
 }
 
 /// The command's outcome for how the run came out; an error names what broke.

@@ -94,6 +94,10 @@ pub struct RunOptions {
     pub limits: guardlab_engine::limits::Limits,
     /// Write the run's documents (fingerprints, policy, deviations, trace) here, unredacted.
     pub out: Option<PathBuf>,
+    /// Serve the guard console over the run's store (`--console`); with `step`, workshop mode.
+    pub console: Option<guardlab_guard_console::ConsoleOptions>,
+    /// Write the run as one self-contained HTML page (`--html`).
+    pub html: Option<PathBuf>,
 }
 
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.

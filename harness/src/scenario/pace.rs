@@ -15,6 +15,8 @@ pub enum Pace {
 /// while it waits.
 pub struct Pacer {
     input: Box<dyn tokio::io::AsyncBufRead + Unpin + Send>,
+    /// The input ended: no further answer will come.
+    closed: bool,
 }
 
 impl Pacer {
@@ -26,18 +28,36 @@ impl Pacer {
     pub fn from_reader(input: impl tokio::io::AsyncBufRead + Unpin + Send + 'static) -> Self {
         Pacer {
             input: Box::new(input),
+            closed: false,
+        }
+    }
+
+    /// The input ended earlier.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// One answer, without a prompt: `None` when the input is closed (workshop mode, where the
+    /// console may answer instead).
+    pub async fn wait_line(&mut self) -> Option<Pace> {
+        use tokio::io::AsyncBufReadExt;
+        if self.closed {
+            return None;
+        }
+        let mut line = String::new();
+        match self.input.read_line(&mut line).await {
+            Ok(0) | Err(_) => {
+                self.closed = true;
+                None
+            }
+            Ok(_) if matches!(line.trim(), "q" | "quit" | "stop") => Some(Pace::Stop),
+            Ok(_) => Some(Pace::Run),
         }
     }
 
     /// Enter runs the step; `q` (or the end of input) stops the run here.
     pub async fn ask(&mut self, out: &Console) -> Pace {
-        use tokio::io::AsyncBufReadExt;
         out.line("       Press Enter to run this step (q and Enter to stop here).");
-        let mut line = String::new();
-        match self.input.read_line(&mut line).await {
-            Ok(0) | Err(_) => Pace::Stop,
-            Ok(_) if matches!(line.trim(), "q" | "quit" | "stop") => Pace::Stop,
-            Ok(_) => Pace::Run,
-        }
+        self.wait_line().await.unwrap_or(Pace::Stop)
     }
 }

@@ -6,6 +6,8 @@
 //! The runner drives a [`Tracked`] borrow of the backend, so that the backend outlives the
 //! runner (its lab is still at hand to take down) and the step that was running is known.
 
+use guardlab_guard_console::{ConsoleServer, SharedStore};
+use guardlab_policy_store::PolicyStore;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -200,6 +202,27 @@ pub(super) async fn run_stoppable<B: Stoppable>(
             parts.console,
         )
         .with_limits(parts.options.limits);
+        // The console serves the run's store for as long as the run lasts.
+        let (runner, _console) = match &parts.options.console {
+            Some(options) => {
+                let store = SharedStore::new(PolicyStore::new(parts.options.limits));
+                match ConsoleServer::start(store.clone(), options.clone()).await {
+                    Ok(server) => {
+                        let url = server.url();
+                        parts.console.line(format!("guard console: {url}"));
+                        (runner.with_console(store, url), Some(server))
+                    }
+                    Err(e) => {
+                        return RunEnd::Finished(Box::new(RunReport::failed(
+                            &parts.scenario.name,
+                            parts.options.backend,
+                            format!("the guard console: {e}"),
+                        )));
+                    }
+                }
+            }
+            None => (runner, None),
+        };
         let run = super::drive(runner, parts.options, parts.out);
         tokio::select! {
             report = run => return RunEnd::Finished(Box::new(report)),

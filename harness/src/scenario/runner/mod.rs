@@ -11,6 +11,7 @@
 //! (see [`super::recording`]) so that a replay gives every step the same events.
 
 mod actions;
+mod workshop;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -81,6 +82,8 @@ pub struct Runner<'a, B: ScenarioBackend> {
     /// The policy the learner made in the console while the runner waited (workshop mode),
     /// for the `create_policy` step to go on with.
     learner_made_policy: Option<String>,
+    /// Set: a console serves the run's store at this address (workshop mode with `--step`).
+    console_url: Option<String>,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -109,6 +112,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             pacer: None,
             documents_out: None,
             learner_made_policy: None,
+            console_url: None,
             messages: Vec::new(),
             failed: false,
             report,
@@ -127,9 +131,11 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self
     }
 
-    /// Keep the run's fingerprints, policy and findings in `store` (a console shares it).
-    pub fn with_store(mut self, store: SharedStore) -> Self {
+    /// Keep the run's fingerprints, policy and findings in `store`, which the console at
+    /// `url` serves (`--console`).
+    pub fn with_console(mut self, store: SharedStore, url: String) -> Self {
         self.engine.store = store;
+        self.console_url = Some(url);
         self
     }
 
@@ -212,9 +218,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             for line in textwrap(&step.explain, 88) {
                 self.out.line(format!("       {line}"));
             }
-            if let Some(pacer) = self.pacer.as_mut()
-                && pacer.ask(&self.out).await == Pace::Stop
-            {
+            if self.pause(step).await == Pace::Stop {
                 self.report.stopped = Some(step.name.clone());
                 stopped = true;
                 self.report.steps.push(StepReport {

@@ -1,0 +1,156 @@
+//! Workshop mode (`--step --console`): before a step the console can do, the runner waits
+//! until the learner does it there, or presses Enter to have guardlab do it.
+//!
+//! What counts as done is read from the shared store, relative to where it was when the wait
+//! began: a new policy (`create_policy`), the newest policy in the step's mode (`set_mode`)
+//! or enabled state (`enable`, `disable`), a page looked at (`expect_deviations`: the
+//! Deviations tab; `investigate`: the Investigation page). The step then runs as always and
+//! checks the same snapshots; for `create_policy` it goes on with the learner's policy.
+
+use guardlab_engine::model::Mode;
+use guardlab_engine::policy;
+use guardlab_policy_store::{Change, PolicyStore};
+
+use super::super::backend::ScenarioBackend;
+use super::super::file::{Action, Step};
+use super::super::pace::{Pace, Pacer};
+use super::Runner;
+
+/// What the learner is asked to do in the console for a step, if the console can do it.
+fn console_task(action: &Action) -> Option<String> {
+    Some(match action {
+        Action::CreatePolicy(c) => {
+            return Some(format!(
+                "On Fingerprints, select the notebook's fingerprint, press Create policy, look at the preview, name it {}, and Save it (mode {}).",
+                c.name,
+                match Mode::from(c.mode) {
+                    Mode::Audit => "Audit",
+                    Mode::Enforce => "Enforcing",
+                }
+            ));
+        }
+        Action::SetMode(m) => match Mode::from(*m) {
+            Mode::Enforce => {
+                "On the policy's Policy info tab, set the mode to Enforcing and press Save."
+            }
+            Mode::Audit => "On the policy's Policy info tab, set the mode to Audit and press Save.",
+        },
+        Action::Enable(_) => "On the policy's Policy info tab, switch Enabled on and press Save.",
+        Action::Disable(_) => {
+            "On the policy's Policy info tab, switch Enabled off and press Save."
+        }
+        Action::ExpectDeviations(_) => "Open the policy's Deviations tab and look at what deviated.",
+        Action::Investigate(_) => "Open Investigation: one graph from the container's root process to the miner.",
+        _ => return None,
+    }
+    .to_string())
+}
+
+/// Whether the store shows the learner did `action` since `since` (a generation), with
+/// `policies` the number of policies then.
+fn done_in_console(
+    action: &Action,
+    store: &PolicyStore,
+    since: u64,
+    policies: usize,
+) -> Option<Learner> {
+    let latest = store.latest_policy();
+    let viewed = |page: &str| {
+        store.changes_since(since).is_some_and(|changes| {
+            changes
+                .iter()
+                .any(|(_, c)| matches!(c, Change::Viewed { page: p } if p == page))
+        })
+    };
+    match action {
+        Action::CreatePolicy(_) if store.policies().len() > policies => {
+            latest.map(|p| Learner::MadePolicy(p.metadata.name.clone()))
+        }
+        Action::SetMode(m) => latest
+            .filter(|p| policy::mode(p) == Mode::from(*m) && store.generation() > since)
+            .map(|_| Learner::Did),
+        Action::Enable(_) => latest
+            .filter(|p| policy::is_enabled(p) && store.generation() > since)
+            .map(|_| Learner::Did),
+        Action::Disable(_) => latest
+            .filter(|p| !policy::is_enabled(p))
+            .map(|_| Learner::Did),
+        Action::ExpectDeviations(_) if viewed("deviations") => Some(Learner::Did),
+        Action::Investigate(_) if viewed("investigation") => Some(Learner::Did),
+        _ => None,
+    }
+}
+
+enum Learner {
+    Did,
+    MadePolicy(String),
+}
+
+impl<B: ScenarioBackend> Runner<'_, B> {
+    /// Pause before `step` (`--step`): Enter runs it; with a console, the learner may do it
+    /// there instead. Stop ends the run here.
+    pub(super) async fn pause(&mut self, step: &Step) -> Pace {
+        let Some(mut pacer) = self.pacer.take() else {
+            return Pace::Run;
+        };
+        let pace = match (&self.console_url, console_task(&step.action)) {
+            (Some(url), Some(task)) => {
+                let url = url.clone();
+                self.wait_for_learner(&mut pacer, step, &task, &url).await
+            }
+            // Nothing to do in the console: Enter runs it, and so does a closed input (the
+            // console is where the person is).
+            (Some(_), None) => {
+                if !pacer.closed() {
+                    self.out
+                        .line("       Press Enter to run this step (q and Enter to stop here).");
+                }
+                pacer.wait_line().await.unwrap_or(Pace::Run)
+            }
+            _ => pacer.ask(&self.out).await,
+        };
+        self.pacer = Some(pacer);
+        pace
+    }
+
+    async fn wait_for_learner(
+        &mut self,
+        pacer: &mut Pacer,
+        step: &Step,
+        task: &str,
+        url: &str,
+    ) -> Pace {
+        let store = self.engine.store.clone();
+        let (since, policies) = store.read(|s| (s.generation(), s.policies().len()));
+        self.out
+            .line(format!("       In the console ({url}): {task}"));
+        self.out
+            .line("       Or press Enter to have guardlab do it (q and Enter to stop here).");
+        let mut watch = store.watch();
+        let ask = pacer.wait_line();
+        tokio::pin!(ask);
+        let mut input_open = true;
+        loop {
+            if let Some(did) = store.read(|s| done_in_console(&step.action, s, since, policies)) {
+                self.out.line("       Done in the console: checking it.");
+                if let Learner::MadePolicy(name) = did {
+                    self.learner_made_policy = Some(name);
+                }
+                return Pace::Run;
+            }
+            tokio::select! {
+                answer = &mut ask, if input_open => match answer {
+                    Some(Pace::Run) => return Pace::Run,
+                    Some(Pace::Stop) => return Pace::Stop,
+                    // The input closed: the console alone decides.
+                    None => input_open = false,
+                },
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        return Pace::Stop;
+                    }
+                }
+            }
+        }
+    }
+}
