@@ -23,6 +23,21 @@ pub mod render;
 
 use std::time::Duration;
 
+/// What [`Console::output`] shows of `text`: each line behind `| `, at most `max` of them, and
+/// a marker with the count of the lines left out.
+pub fn output_lines(text: &str, max: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut shown: Vec<String> = lines.iter().take(max).map(|l| format!("| {l}")).collect();
+    if lines.len() > max {
+        let left = lines.len() - max;
+        shown.push(format!(
+            "| … ({left} more line{} not shown)",
+            if left == 1 { "" } else { "s" }
+        ));
+    }
+    shown
+}
+
 /// Where a scenario's steps are written for a person: standard output, unless `quiet`.
 #[derive(Clone, Copy, Debug)]
 pub struct Console {
@@ -40,6 +55,14 @@ impl Console {
     /// A line of detail inside a step.
     pub fn detail(&self, text: impl AsRef<str>) {
         self.line(format!("       {}", text.as_ref()));
+    }
+
+    /// A command's output inside a step: its first `max` lines, then a marker that says how
+    /// many were left out (the whole output is in the recording and the JSON report).
+    pub fn output(&self, text: &str, max: usize) {
+        for line in output_lines(text, max) {
+            self.detail(line);
+        }
     }
 
     /// The lab's progress as this console shows it (silent when the console is quiet).
@@ -139,6 +162,20 @@ mod tests {
             "warning: the sensor lost 3 event(s)"
         );
         assert_eq!(note_line("sorted"), "note: sorted");
+    }
+
+    #[test]
+    fn long_output_is_cut_with_a_marker_that_counts_what_is_left_out() {
+        assert_eq!(
+            output_lines("a\nb\nc\nd\ne", 3),
+            ["| a", "| b", "| c", "| … (2 more lines not shown)"]
+        );
+        assert_eq!(
+            output_lines("a\nb\nc\nd", 3).last().unwrap(),
+            "| … (1 more line not shown)"
+        );
+        assert_eq!(output_lines("a\nb", 3), ["| a", "| b"]);
+        assert!(output_lines("", 3).is_empty());
     }
 
     #[test]

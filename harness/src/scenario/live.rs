@@ -386,9 +386,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
     ) -> Result<(), StepError> {
         let output =
             guardlab_jupyter::screen_text(&self.workbench()?.run_cell(code, timeout).await?);
-        for line in output.lines().take(5) {
-            out.detail(format!("| {line}"));
-        }
+        out.output(&output, 5);
         Ok(())
     }
 
@@ -417,9 +415,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
                 _ => break (&mut run).await?,
             }
         };
-        for line in output.lines().take(3) {
-            out.detail(format!("| {line}"));
-        }
+        out.output(&output, 3);
         Ok(output)
     }
 

@@ -156,9 +156,7 @@ impl ScenarioBackend for ReplayBackend {
                 .to_string(),
             _ => String::new(),
         };
-        for line in output.lines().take(3) {
-            out.detail(format!("| {line}"));
-        }
+        out.output(&output, 3);
         Ok(output)
     }
 
