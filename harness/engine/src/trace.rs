@@ -37,7 +37,9 @@ use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, Relevance
 use crate::error::PolicyError;
 use crate::limits::{Limits, StateSize};
 use crate::model::{DeviationType, Policy, Severity, epoch_seconds};
-use crate::tracker::{ContainerId, Direction, ExecObs, ImageId, NetObs, Step};
+/// Which way a connection went (of [`TraceConnection`]), for code outside the engine.
+pub use crate::tracker::Direction;
+use crate::tracker::{ContainerId, ExecObs, ImageId, NetObs, Step};
 use lineage::Lineage;
 
 /// One program image on the way to a deviant process.

@@ -67,12 +67,11 @@ pub struct TreeNode {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum TreeItem {
-    Process(TreeProcess),
+    /// Boxed: a process is large, a marker a count.
+    Process(Box<TreeProcess>),
     /// Processes a chain cut by `trace-processes` leaves out (see [`crate::limits`]); the
     /// process the chain ends with is its child.
-    Omitted {
-        count: u32,
-    },
+    Omitted { count: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -230,11 +229,11 @@ impl Builder {
             };
             let key = ChildKey::Process(p.pid, p.start_time.to_bits());
             let at = self.node(parent, key, relation, || {
-                TreeItem::Process(TreeProcess {
+                TreeItem::Process(Box::new(TreeProcess {
                     process: p.clone(),
                     deviations: Vec::new(),
                     connections: Vec::new(),
-                })
+                }))
             });
             if let TreeItem::Process(tp) = &mut self.nodes[at].item {
                 // The same process in another deviation's chain: what one chain knows (its
