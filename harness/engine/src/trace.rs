@@ -7,8 +7,9 @@
 //! then gives, for each unique deviation (its first occurrence), the chain of program images
 //! from the container's root process down to the deviant process, with the policy node each
 //! maps to, and that process's connections; and for each flag raised, its severity, policy
-//! and deviation. Render it with [`Investigation::render_text`] for a terminal or serialize
-//! it (serde) as JSON.
+//! and deviation. [`Investigation::tree`] merges the chains into one tree per container
+//! ([`tree`]); render that with [`Investigation::render_text`] for a terminal, or serialize
+//! either (serde) as JSON.
 //!
 //! The chain is made of execs as the policy sees them: a process that forked without exec is
 //! transparent (its exec'd child follows its nearest exec'd ancestor), and a process that
@@ -21,6 +22,12 @@
 
 mod lineage;
 mod render;
+pub mod tree;
+
+pub use tree::{
+    ContainerTree, DeviationMark, InvestigationTree, Relation, TreeConnection, TreeItem, TreeNode,
+    TreeProcess, UnrootedProcess,
+};
 
 use guardlab_events::{Event, EventBody, ExeStatus, ProcessExec, ProcessKey, Protocol};
 use rustc_hash::FxHashMap;
@@ -30,7 +37,9 @@ use crate::deviation::{Decision, DeviationMatcher, Finding, FlagClass, Relevance
 use crate::error::PolicyError;
 use crate::limits::{Limits, StateSize};
 use crate::model::{DeviationType, Policy, Severity, epoch_seconds};
-use crate::tracker::{ContainerId, Direction, ExecObs, ImageId, NetObs, Step};
+/// Which way a connection went (of [`TraceConnection`]), for code outside the engine.
+pub use crate::tracker::Direction;
+use crate::tracker::{ContainerId, ExecObs, ImageId, NetObs, Step};
 use lineage::Lineage;
 
 /// One program image on the way to a deviant process.

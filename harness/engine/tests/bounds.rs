@@ -153,7 +153,7 @@ fn deep_fork_chains_cost_the_same_at_1000_and_10000_levels() {
     // The trace of `true`, under the deepest shell, shows the first levels and what it left
     // out of the 10,003 processes from the server down to it.
     assert!(
-        b.trace_text.contains("... 9971 processes left out ..."),
+        b.trace_text.contains("… 9971 processes omitted …"),
         "{}",
         &b.trace_text[b.trace_text.len().saturating_sub(3000)..]
     );

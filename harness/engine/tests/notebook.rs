@@ -14,7 +14,7 @@ use guardlab_engine::model::{
     ResponseAction, Severity,
 };
 use guardlab_engine::policy::{create_policy, set_enabled, set_mode};
-use guardlab_engine::trace::{Investigation, Investigator};
+use guardlab_engine::trace::{Investigation, Investigator, TreeItem};
 use guardlab_test_support::notebook::{CG, FIRST, Notebook, PY, REPLAY, Run, baseline};
 use guardlab_test_support::stream::{Exec, prog};
 
@@ -367,9 +367,26 @@ fn the_investigation_traces_the_miner_to_the_root() {
 
     let text = inv.render_text();
     assert!(
-        text.contains("egress to fakeminingpool.example.com (198.18.0.70) TCP/3333  <== deviation"),
+        text.contains(
+            "egress to fakeminingpool.example.com (198.18.0.70) TCP/3333  <== egress deviation"
+        ),
         "{text}"
     );
+    // One tree: the server once, the shell once, the attack's commands its children.
+    assert_eq!(text.matches("jupyter-lab pid").count(), 1, "{text}");
+    assert_eq!(text.matches("bash pid").count(), 1, "{text}");
+    let tree = inv.tree();
+    assert_eq!(tree.containers.len(), 1);
+    let t = &tree.containers[0];
+    assert_eq!(t.roots.len(), 1);
+    let name = |i: usize| match &t.nodes[i].item {
+        TreeItem::Process(p) => p.process.name.as_str(),
+        TreeItem::Omitted { .. } => "omitted",
+    };
+    let bash = t.nodes[t.roots[0]].children[0];
+    assert_eq!(name(bash), "bash");
+    let commands: Vec<&str> = t.nodes[bash].children.iter().map(|&c| name(c)).collect();
+    assert_eq!(commands, ["ls", "id", "wget", "tar", "minerd"]);
     snapshots().bind(|| {
         let mut settings = insta::Settings::clone_current();
         settings.add_filter(

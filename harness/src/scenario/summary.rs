@@ -85,7 +85,9 @@ pub fn print_summary(report: &RunReport, out: &Console) {
         && !inv.deviations.is_empty()
     {
         out.line("");
-        out.line("Investigation (root process -> deviant process):");
+        out.line(
+            "Investigation (one tree per container, from its root process to every deviation):",
+        );
         for line in inv.render_text().lines() {
             out.line(format!("  {line}"));
         }

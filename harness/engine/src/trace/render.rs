@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::tree::{ContainerTree, DeviationMark, Relation, TreeConnection, TreeItem, TreeProcess};
 use super::{Investigation, TraceConnection};
 use crate::deviation::untrusted_exe_reason;
 use crate::model::DeviationType;
@@ -25,98 +26,16 @@ fn connection_line(c: &TraceConnection) -> String {
 }
 
 impl Investigation {
-    /// A text tree for terminals.
+    /// A text tree for terminals: one tree per container from its root process down to every
+    /// deviant process, connections under their process ([`Investigation::tree`]), then the
+    /// flags and actions.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         if self.deviations.is_empty() {
             out.push_str("No deviations.\n");
         }
-        for d in &self.deviations {
-            let _ = writeln!(
-                out,
-                "{} deviation {} (policy {}, seen {}x{})",
-                d.kind,
-                d.deviation_uid,
-                d.policy_name,
-                d.count,
-                if d.relevant {
-                    ""
-                } else {
-                    ", no longer relevant"
-                }
-            );
-            if let Some(reason) = &d.reason {
-                let _ = writeln!(out, "  why: {reason}");
-            }
-            let c = &d.container;
-            let _ = writeln!(
-                out,
-                "  container {} ({}) image {} pod {} namespace {}",
-                or_dash(&c.container_name),
-                or_dash(&c.container_id),
-                or_dash(&c.image),
-                or_dash(&c.pod),
-                or_dash(&c.namespace)
-            );
-            if d.chain.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  process {} (started before the sensor saw it)",
-                    d.process.pid()
-                );
-            }
-            let last = d.chain.len().saturating_sub(1);
-            for (depth, p) in d.chain.iter().enumerate() {
-                let indent = "   ".repeat(depth);
-                let branch = if depth == 0 { "" } else { "└─ " };
-                let node = match (&p.node, p.deviant) {
-                    (Some(id), false) => format!(" [{id}]"),
-                    (Some(id), true) => format!(" [NEW {id}]"),
-                    (None, _) => String::new(),
-                };
-                let marker = if depth == last && d.kind == DeviationType::Process {
-                    "  <== deviation"
-                } else {
-                    ""
-                };
-                let ended = p
-                    .ended
-                    .as_deref()
-                    .map(|e| format!(", {e}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {indent}{branch}{} pid {} ({} in container) user {} at {}{ended}{node}{marker}",
-                    p.name, p.pid, p.ns_pid, p.euser, p.started
-                );
-                // The command line, and the exe when the command line does not show it or it
-                // is not a path the sensor could vouch for.
-                let exe = match untrusted_exe_reason(p.exe_status) {
-                    Some(why) => format!("  (exe {}: {why})", p.exe),
-                    None if p.args.first() == Some(&p.exe) => String::new(),
-                    None => format!("  (exe {})", p.exe),
-                };
-                let _ = writeln!(
-                    out,
-                    "  {indent}{}   $ {}{exe}",
-                    if depth == 0 { "" } else { "   " },
-                    quote_args(&p.args)
-                );
-                if depth + 1 == last && d.omitted > 0 {
-                    let _ = writeln!(out, "  {indent}   ... {} processes left out ...", d.omitted);
-                }
-            }
-            let indent = "   ".repeat(d.chain.len());
-            if let Some(conn) = &d.connection {
-                let _ = writeln!(out, "  {indent}{}  <== deviation", connection_line(conn));
-            }
-            for conn in d
-                .connections
-                .iter()
-                .filter(|c| Some(*c) != d.connection.as_ref())
-            {
-                let _ = writeln!(out, "  {indent}{}", connection_line(conn));
-            }
+        for t in &self.tree().containers {
+            render_container(&mut out, t);
             out.push('\n');
         }
         if !self.flags.is_empty() {
@@ -147,6 +66,183 @@ impl Investigation {
             }
         }
         out
+    }
+}
+
+/// `  <== process deviation dev:… (policy …, seen 1x)`, one per deviation.
+fn marks(marks: &[DeviationMark]) -> String {
+    if marks.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = marks
+        .iter()
+        .map(|m| {
+            format!(
+                "{} deviation {} (policy {}, seen {}x{})",
+                m.kind,
+                m.uid,
+                m.policy_name,
+                m.count,
+                if m.relevant {
+                    ""
+                } else {
+                    ", no longer relevant"
+                }
+            )
+        })
+        .collect();
+    format!("  <== {}", each.join("; "))
+}
+
+fn reasons(marks: &[DeviationMark]) -> impl Iterator<Item = &str> {
+    marks.iter().filter_map(|m| m.reason.as_deref())
+}
+
+fn render_container(out: &mut String, t: &ContainerTree) {
+    let c = &t.container;
+    let _ = writeln!(
+        out,
+        "container {} ({}) image {} pod {} namespace {}",
+        or_dash(&c.container_name),
+        or_dash(&c.container_id),
+        or_dash(&c.image),
+        or_dash(&c.pod),
+        or_dash(&c.namespace)
+    );
+    // Depth first with an explicit stack: (node, the prefix of its own lines, of its
+    // children's lines, its branch).
+    let mut stack: Vec<(usize, String, &str)> = Vec::new();
+    for &r in t.roots.iter().rev() {
+        stack.push((r, "  ".to_string(), ""));
+    }
+    while let Some((i, prefix, branch)) = stack.pop() {
+        let n = &t.nodes[i];
+        // What goes under this node's line: its details, connections and children.
+        let below = match branch {
+            "├─ " => format!("{prefix}│  "),
+            "└─ " => format!("{prefix}   "),
+            _ => prefix.clone(),
+        };
+        match &n.item {
+            TreeItem::Omitted { count } => {
+                let _ = writeln!(out, "{prefix}{branch}… {count} processes omitted …");
+            }
+            TreeItem::Process(p) => {
+                let more = !n.children.is_empty() || !p.connections.is_empty();
+                let detail = format!("{below}{}", if more { "│  " } else { "   " });
+                process_lines(out, &prefix, branch, n.relation, p, &detail);
+                let last_conn = p.connections.len();
+                for (k, conn) in p.connections.iter().enumerate() {
+                    let b = if k + 1 == last_conn && n.children.is_empty() {
+                        "└─ "
+                    } else {
+                        "├─ "
+                    };
+                    connection_lines(out, &below, b, conn);
+                }
+            }
+        }
+        let count = n.children.len();
+        for (k, &child) in n.children.iter().enumerate().rev() {
+            let b = if k + 1 == count { "└─ " } else { "├─ " };
+            stack.push((child, below.clone(), b));
+        }
+    }
+    if !t.without_ancestry.is_empty() {
+        let _ = writeln!(
+            out,
+            "  processes seen without their ancestry (running before the sensor saw them start):"
+        );
+        let count = t.without_ancestry.len();
+        for (k, u) in t.without_ancestry.iter().enumerate() {
+            let (b, below) = if k + 1 == count {
+                ("└─ ", "     ")
+            } else {
+                ("├─ ", "  │  ")
+            };
+            let _ = writeln!(
+                out,
+                "  {b}process {}{}",
+                u.process.pid(),
+                marks(&process_marks(&u.deviations))
+            );
+            for why in reasons(&u.deviations) {
+                let _ = writeln!(out, "{below}   why: {why}");
+            }
+            let last = u.connections.len();
+            for (j, conn) in u.connections.iter().enumerate() {
+                connection_lines(out, below, if j + 1 == last { "└─ " } else { "├─ " }, conn);
+            }
+        }
+    }
+}
+
+/// The deviations of a process itself; its connections' are marked on them.
+fn process_marks(all: &[DeviationMark]) -> Vec<DeviationMark> {
+    all.iter()
+        .filter(|m| m.kind == DeviationType::Process)
+        .cloned()
+        .collect()
+}
+
+fn process_lines(
+    out: &mut String,
+    prefix: &str,
+    branch: &str,
+    relation: Relation,
+    tp: &TreeProcess,
+    detail: &str,
+) {
+    let p = &tp.process;
+    let own = process_marks(&tp.deviations);
+    let node = match (&p.node, p.deviant) {
+        (Some(id), false) => format!(" [{id}]"),
+        (Some(id), true) => format!(" [NEW {id}]"),
+        (None, _) => String::new(),
+    };
+    let exec = if relation == Relation::Exec {
+        "⇢ exec "
+    } else {
+        ""
+    };
+    let ended = p
+        .ended
+        .as_deref()
+        .map(|e| format!(", {e}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{prefix}{branch}{exec}{} pid {} ({} in container) user {} at {}{ended}{node}{}",
+        p.name,
+        p.pid,
+        p.ns_pid,
+        p.euser,
+        p.started,
+        marks(&own)
+    );
+    // The command line, and the exe when the command line does not show it or it is not a
+    // path the sensor could vouch for.
+    let exe = match untrusted_exe_reason(p.exe_status) {
+        Some(why) => format!("  (exe {}: {why})", p.exe),
+        None if p.args.first() == Some(&p.exe) => String::new(),
+        None => format!("  (exe {})", p.exe),
+    };
+    let _ = writeln!(out, "{detail}$ {}{exe}", quote_args(&p.args));
+    for why in reasons(&own) {
+        let _ = writeln!(out, "{detail}why: {why}");
+    }
+}
+
+fn connection_lines(out: &mut String, prefix: &str, branch: &str, c: &TreeConnection) {
+    let _ = writeln!(
+        out,
+        "{prefix}{branch}{}{}",
+        connection_line(&c.connection),
+        marks(&c.deviations)
+    );
+    let below = if branch == "└─ " { "   " } else { "│  " };
+    for why in reasons(&c.deviations) {
+        let _ = writeln!(out, "{prefix}{below}   why: {why}");
     }
 }
 
