@@ -35,7 +35,10 @@ fn keep_in(file: &Path, dir: &Path) -> Result<PathBuf, BrowserTestError> {
     })?;
     let copy = dir.join(name);
     std::fs::copy(file, &copy).map_err(|e| {
-        BrowserTestError::io(format!("copying {} to {}", file.display(), copy.display()), e)
+        BrowserTestError::io(
+            format!("copying {} to {}", file.display(), copy.display()),
+            e,
+        )
     })?;
     Ok(copy)
 }

@@ -76,9 +76,7 @@ impl NetworkLog {
                 Some(host) => {
                     !(host == "localhost"
                         || host == "[::1]"
-                        || host
-                            .parse::<Ipv4Addr>()
-                            .is_ok_and(|ip| ip.is_loopback())
+                        || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
                         || allowed.contains(&host))
                 }
             })
@@ -116,7 +114,10 @@ impl Browser {
     /// Starts chromedriver on a free loopback port of `netns` and a headless chromium session
     /// through it. Call from the body of [`crate::LoopbackNetns::run`], which has installed
     /// chromium, chromedriver and the fonts.
-    pub async fn start(netns: &Netns, options: BrowserOptions) -> Result<Browser, BrowserTestError> {
+    pub async fn start(
+        netns: &Netns,
+        options: BrowserOptions,
+    ) -> Result<Browser, BrowserTestError> {
         let start = Instant::now();
         let host = Host::new(true);
         let program = |name: &str| {
@@ -163,8 +164,18 @@ impl Browser {
             "--metrics-recording-only".to_string(),
             "--safebrowsing-disable-auto-update".to_string(),
             "--password-store=basic".to_string(),
-            "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,InterestFeedContentSuggestions,CertificateTransparencyComponentUpdater".to_string(),
+            // The network time queries of the component updater, and the preconnection to the
+            // default search engine when a page is opened.
+            "--disable-features=Translate,OptimizationHints,MediaRouter,NetworkTimeServiceQuerying,PreconnectToSearch,SearchPrefetchServicePrefetching,AutofillServerCommunication,InterestFeedContentSuggestions,CertificateTransparencyComponentUpdater".to_string(),
+            // --disable-component-update still lets on-demand components (the optimization
+            // guide's model manifest) ask the update server: send those to a dead loopback
+            // port, so they fail in the namespace and show as loopback in the net log.
+            "--component-updater=url-source=http://127.0.0.1:9/".to_string(),
             "--hide-scrollbars".to_string(),
+            // Debian's initial preferences open a search engine's start page in the first
+            // window (a main-frame request outside): open a blank page instead.
+            "--homepage=about:blank".to_string(),
+            "about:blank".to_string(),
         ];
         // Root cannot use chromium's sandbox (it refuses to start); an unprivileged user can,
         // through user namespaces.
@@ -174,7 +185,18 @@ impl Browser {
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".to_string(),
-            json!({ "binary": chromium, "args": args }),
+            json!({
+                "binary": chromium,
+                "args": args,
+                // The first window shows a blank page, not the start page of Debian's default
+                // search engine (a request outside).
+                "prefs": {
+                    "homepage": "about:blank",
+                    "homepage_is_newtabpage": false,
+                    "session": { "restore_on_startup": 4, "startup_urls": ["about:blank"] },
+                    "default_search_provider": { "enabled": false },
+                },
+            }),
         );
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
@@ -393,12 +415,9 @@ impl Browser {
         css: &str,
         name: &str,
     ) -> Result<PathBuf, BrowserTestError> {
-        let png = self
-            .find(css)
-            .await?
-            .screenshot()
-            .await
-            .map_err(|e| BrowserTestError::webdriver(format!("taking a screenshot of `{css}`"), e))?;
+        let png = self.find(css).await?.screenshot().await.map_err(|e| {
+            BrowserTestError::webdriver(format!("taking a screenshot of `{css}`"), e)
+        })?;
         self.save_screenshot(name, &png)
     }
 
@@ -428,7 +447,9 @@ impl Browser {
         // chromium completes its net log as it exits; the log lives in chromedriver's home,
         // which goes with it. A browser that does not exit in time is killed with the
         // driver, and its log, cut short, still yields what it holds.
-        driver.wait_for_group_to_leave(Duration::from_secs(10)).await;
+        driver
+            .wait_for_group_to_leave(Duration::from_secs(10))
+            .await;
         let log = read_network_log(&net_log);
         drop(driver);
         log
@@ -459,7 +480,10 @@ mod tests {
     #[test]
     fn hosts_are_read_from_network_urls_only() {
         assert_eq!(url_host("http://127.0.0.1:1235/x"), Some("127.0.0.1"));
-        assert_eq!(url_host("https://u@example.invalid/"), Some("example.invalid"));
+        assert_eq!(
+            url_host("https://u@example.invalid/"),
+            Some("example.invalid")
+        );
         assert_eq!(url_host("http://[::1]:80/"), Some("[::1]"));
         assert_eq!(url_host("data:text/html,hi"), None);
         assert_eq!(url_host("about:blank"), None);

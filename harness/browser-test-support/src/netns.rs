@@ -149,9 +149,7 @@ pub fn processes_in(inode: u64) -> Vec<(i32, String)> {
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == inode)
-        })
+        .filter(|pid| fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == inode))
         .map(|pid| {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             (pid, format!("{pid} {}", comm.trim()))
@@ -308,10 +306,7 @@ impl ProcessHome {
 
     fn give_to(&self, path: &Path, user: RunAs) -> Result<(), BrowserTestError> {
         std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
-            BrowserTestError::io(
-                format!("giving {} to uid {}", path.display(), user.uid),
-                e,
-            )
+            BrowserTestError::io(format!("giving {} to uid {}", path.display(), user.uid), e)
         })
     }
 
@@ -413,7 +408,11 @@ impl Process {
             }
             if start.elapsed() > timeout {
                 return Err(BrowserTestError::Timeout {
-                    what: format!("{} to listen on {addr}; its log:\n{}", self.name, self.log_tail(20)),
+                    what: format!(
+                        "{} to listen on {addr}; its log:\n{}",
+                        self.name,
+                        self.log_tail(20)
+                    ),
                     waited: timeout,
                 });
             }

@@ -44,7 +44,9 @@ pub fn census(path: &Path) -> Result<PixelCensus, BrowserTestError> {
         .output_buffer_size()
         .ok_or_else(|| bad("the image is too large".into()))?;
     let mut buffer = vec![0; size];
-    let frame = reader.next_frame(&mut buffer).map_err(|e| bad(e.to_string()))?;
+    let frame = reader
+        .next_frame(&mut buffer)
+        .map_err(|e| bad(e.to_string()))?;
     let channels = frame.color_type.samples();
     let mut counts: HashMap<[u8; 4], u64> = HashMap::new();
     for row in buffer[..frame.buffer_size()].chunks_exact(frame.line_size) {
@@ -116,12 +118,19 @@ mod tests {
         let blank = dir.path().join("blank.png");
         write_png(&blank, 20, 10, |_, _| [255, 255, 255]);
         let err = assert_not_blank(&blank, 0.01).unwrap_err().to_string();
-        assert!(err.contains("blank.png") && err.contains("blank: 0 of its 20x10"), "{err}");
+        assert!(
+            err.contains("blank.png") && err.contains("blank: 0 of its 20x10"),
+            "{err}"
+        );
 
         // A dark 5x5 square on white: 25 of 200 pixels.
         let drawn = dir.path().join("drawn.png");
         write_png(&drawn, 20, 10, |x, y| {
-            if x < 5 && y < 5 { [10, 20, 30] } else { [255, 255, 255] }
+            if x < 5 && y < 5 {
+                [10, 20, 30]
+            } else {
+                [255, 255, 255]
+            }
         });
         let found = assert_not_blank(&drawn, 0.1).unwrap();
         assert_eq!(found.background, [255, 255, 255, 255]);

@@ -45,9 +45,15 @@ async fn drive_demo_page(netns: &Netns, browser: &Browser, url: &str, shots: &Pa
         .unwrap();
     assert_eq!(status, STATUS_AFTER);
 
-    assert_eq!(browser.svg_text_labels("svg#graph").await.unwrap(), DEMO_LABELS);
+    assert_eq!(
+        browser.svg_text_labels("svg#graph").await.unwrap(),
+        DEMO_LABELS
+    );
 
-    let graph = browser.screenshot_element("svg#graph", "graph").await.unwrap();
+    let graph = browser
+        .screenshot_element("svg#graph", "graph")
+        .await
+        .unwrap();
     assert!(graph.starts_with(shots), "{}", graph.display());
     let census = assert_not_blank(&graph, 0.05).unwrap();
     // The element's screenshot is the SVG's box (520x220 CSS pixels), not the window.
@@ -160,7 +166,9 @@ fn unprivileged_browser_and_server_run_as_nobody() {
             .filter(|(pid, _)| *pid as u32 != server.pid())
             .collect();
         assert!(
-            browser_processes.iter().any(|(_, what)| what.contains("chrom")),
+            browser_processes
+                .iter()
+                .any(|(_, what)| what.contains("chrom")),
             "{browser_processes:?}"
         );
         for (pid, what) in &browser_processes {
@@ -176,11 +184,13 @@ fn unprivileged_browser_and_server_run_as_nobody() {
 }
 
 #[test]
+#[allow(clippy::zombie_processes)] // The leftover is never waited for, on purpose.
 fn a_process_left_in_the_namespace_is_killed_and_reported() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
     let result = LoopbackNetns::run(|netns| async move {
-        // Started outside any Process guard, so nothing kills it when the body ends.
+        // Started outside any Process guard and never waited for, on purpose: nothing kills
+        // it when the body ends, so only the namespace's sweep can.
         let mut sleeper = Command::new("sleep");
         sleeper.arg("600");
         let child = sleeper.spawn().unwrap();

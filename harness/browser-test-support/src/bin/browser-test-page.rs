@@ -24,9 +24,9 @@ fn main() {
     };
     let result: std::io::Result<()> = guardlab_host::runtime(1).and_then(|runtime| {
         runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        eprintln!("browser-test-page: serving on {addr}");
-        axum::serve(listener, demo_router(RequestCount::default())).await
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            eprintln!("browser-test-page: serving on {addr}");
+            axum::serve(listener, demo_router(RequestCount::default())).await
         })
     });
     if let Err(e) = result {
