@@ -206,6 +206,36 @@ pub mod catalog {
         probe: Probe::Program("llvm-config"),
     };
 
+    /// The browser the web console's tests drive (headless; Debian's build, not a downloaded one).
+    pub const CHROMIUM: Requirement = Requirement {
+        name: "chromium",
+        package: "chromium",
+        purpose: "renders the web console in the browser tests",
+        needed_by: "tests (browser)",
+        probe: Probe::Program("chromium"),
+    };
+    /// The WebDriver server of Debian's chromium (same version as the browser).
+    pub const CHROMEDRIVER: Requirement = Requirement {
+        name: "chromedriver",
+        package: "chromium-driver",
+        purpose: "lets the browser tests drive chromium through WebDriver",
+        needed_by: "tests (browser)",
+        probe: Probe::Program("chromedriver"),
+    };
+    /// A font for the browser's text: chromium depends on fontconfig but on no font, and
+    /// without one the labels of the console's graphs render as nothing (or boxes) in the tests'
+    /// screenshots.
+    pub const FONTS: Requirement = Requirement {
+        name: "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        package: "fonts-dejavu-core",
+        purpose: "renders the text of the web console's pages in the browser tests",
+        needed_by: "tests (browser)",
+        probe: Probe::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    };
+
+    /// What the browser tests need (`guardlab-browser-test-support`).
+    pub const BROWSER_TEST: [&Requirement; 3] = [&CHROMIUM, &CHROMEDRIVER, &FONTS];
+
     /// What `fuzz-run` needs to build AFL++ (clang builds its runtime object).
     pub const FUZZ_BUILD: [&Requirement; 3] = [&MAKE, &CLANG, &LLVM_CONFIG];
 
@@ -213,7 +243,7 @@ pub mod catalog {
     pub const BPF_BUILD: [&Requirement; 3] = [&CLANG, &LLVM_STRIP, &LIBBPF_HEADERS];
 
     /// Every requirement, for `guardlab doctor`.
-    pub const ALL: [&Requirement; 17] = [
+    pub const ALL: [&Requirement; 20] = [
         &DEBOOTSTRAP,
         &IP,
         &PYTHON3,
@@ -231,5 +261,8 @@ pub mod catalog {
         &BPFTRACE,
         &MAKE,
         &LLVM_CONFIG,
+        &CHROMIUM,
+        &CHROMEDRIVER,
+        &FONTS,
     ];
 }
