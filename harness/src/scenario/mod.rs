@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod documents_out;
+pub mod html_report;
 /// The scenario file format (its own crate, so that the fuzz targets build it without the harness).
 pub use guardlab_scenario_file as file;
 pub mod live;
@@ -411,6 +412,10 @@ async fn drive<B: ScenarioBackend>(
     };
     let runner = match out {
         Some(out) => runner.with_documents_out(out),
+        None => runner,
+    };
+    let runner = match &options.html {
+        Some(path) => runner.with_html(path.clone()),
         None => runner,
     };
     runner.run(options.keep_lab).await

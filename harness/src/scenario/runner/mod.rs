@@ -84,6 +84,8 @@ pub struct Runner<'a, B: ScenarioBackend> {
     learner_made_policy: Option<String>,
     /// Set: a console serves the run's store at this address (workshop mode with `--step`).
     console_url: Option<String>,
+    /// Set: write the run as one HTML page (`--html`).
+    html: Option<std::path::PathBuf>,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -113,6 +115,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             documents_out: None,
             learner_made_policy: None,
             console_url: None,
+            html: None,
             messages: Vec::new(),
             failed: false,
             report,
@@ -136,6 +139,12 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
     pub fn with_console(mut self, store: SharedStore, url: String) -> Self {
         self.engine.store = store;
         self.console_url = Some(url);
+        self
+    }
+
+    /// Write the run as one self-contained HTML page (`--html`).
+    pub fn with_html(mut self, path: std::path::PathBuf) -> Self {
+        self.html = Some(path);
         self
     }
 
@@ -360,6 +369,27 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         }
         self.report.duration_ms = started.elapsed().as_millis() as u64;
         self.report.settle();
+        if let Some(path) = self.html.take() {
+            let (groups, policy) = self
+                .engine
+                .store
+                .read(|s| (s.fingerprint_groups(), s.latest_policy().cloned()));
+            let inputs = super::html_report::HtmlInputs {
+                report: &self.report,
+                groups: &groups,
+                policy: policy.as_ref(),
+            };
+            match super::html_report::write(&path, &inputs) {
+                Ok(()) => self
+                    .out
+                    .line(format!("wrote the run's page {} (--html)", path.display())),
+                Err(e) => {
+                    // The run's answer stands; the page that could not be written is said.
+                    self.report.error = Some(format!("--html {}: {e}", path.display()));
+                    self.report.settle();
+                }
+            }
+        }
         self.report
     }
 
