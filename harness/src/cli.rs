@@ -63,7 +63,7 @@ pub enum Command {
     /// The guard console in a browser: fingerprints, policies, investigation and flags of a
     /// running lab (`lab up`), live; every action the same as the scenario's steps.
     #[command(
-        after_help = "Examples:\n  guardlab lab up && guardlab console        # then open http://127.0.0.1:1235/\n  guardlab console --events run.ndjson        # a recording, no root needed\n  guardlab scenario cryptominer --step --console --keep-lab   # a workshop\n\nThe console listens on loopback only; --listen-any allows another address, and then every request needs the token it prints. It loads nothing from anywhere but itself.\n\nExit codes: 0 stopped by Ctrl-C... (130), 2 it could not listen or read the lab."
+        after_help = "Examples:\n  guardlab lab up && guardlab console        # then open http://127.0.0.1:1235/\n  guardlab scenario cryptominer --step --console --keep-lab   # a workshop\n  guardlab scenario cryptominer --backend replay --console --step   # the same on a recording, no root\n\nThe console reads the lab's events from its start (the lab keeps them), learns the fingerprints, and keeps the lab's policies while it runs; what an enforcing policy decides (kills) it carries out. It listens on loopback only; --listen-any allows another address, and then every request needs the token it prints. The page loads nothing from anywhere but the console.\n\nExit codes: 130/143 stopped by Ctrl-C or SIGTERM (the lab stays up), 2 it could not listen or no lab is up."
     )]
     Console(ConsoleArgs),
 
@@ -381,13 +381,12 @@ impl ConsoleListen {
 /// `guardlab console`: the guard console over a running lab, or over a recorded stream.
 #[derive(Debug, Args)]
 pub struct ConsoleArgs {
-    /// Show a recorded event stream (a `scenario --record` recording or sensor NDJSON) instead
-    /// of a running lab: needs no root.
-    #[arg(long, value_name = "FILE")]
-    pub events: Option<PathBuf>,
     /// The lab's backend, when reading a running lab.
     #[arg(long, value_parser = backend_parser(), default_value_t = Backend::Local)]
     pub backend: Backend,
+    /// The lab to read (as `lab up --namespace` named it).
+    #[arg(long, env = "GUARDLAB_LAB", default_value = "cryptominer")]
+    pub namespace: String,
     #[command(flatten)]
     pub listen: ConsoleListen,
     #[command(flatten)]

@@ -12,6 +12,7 @@
 
 pub mod artifacts;
 pub mod browser;
+pub mod http;
 pub mod netns;
 pub mod page;
 pub mod pixels;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use guardlab_browser_test_support::http;
 use guardlab_guard_console::{
     ConsoleError, ConsoleOptions, ConsoleServer, PolicyStore, SharedStore,
 };
@@ -12,7 +13,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// One HTTP/1.1 request, the connection closed after it: (status, headers, body).
 async fn request(
     addr: SocketAddr,
     method: &str,
@@ -20,50 +20,17 @@ async fn request(
     body: Option<Value>,
     extra: &str,
 ) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (headers, rest) = text.split_once("\r\n\r\n").unwrap();
-    let status = headers[9..12].parse().unwrap();
-    // Small bodies come chunked or whole; take the JSON or SVG out of either.
-    let body = if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, headers.to_string(), body)
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&tail[..size]);
-        rest = &tail[size + 2..];
-    }
-    out
+    let reply = http::request(addr, method, path, body.as_ref(), extra)
+        .await
+        .unwrap();
+    (reply.status, reply.headers, reply.body)
 }
 
 async fn json_of(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (status, _, text) = request(addr, method, path, body, "").await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let reply = http::request(addr, method, path, body.as_ref(), "")
+        .await
+        .unwrap();
+    (reply.status, reply.json())
 }
 
 fn learned_store() -> SharedStore {

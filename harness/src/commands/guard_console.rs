@@ -10,7 +10,6 @@ use guardlab_lab_api::Backend;
 use guardlab_policy_store::PolicyStore;
 
 use crate::cli::ConsoleArgs;
-use crate::commands::lab::DEFAULT_LAB;
 use crate::report::{CommandResult, Failure, Outcome, Stopped};
 use crate::signals::StopSignals;
 
@@ -23,7 +22,7 @@ pub fn run(args: &ConsoleArgs, no_install: bool) -> CommandResult {
         )));
     }
     crate::privilege::ensure_root("reading the local lab's events")?;
-    let mut options = LocalLabOptions::new(DEFAULT_LAB);
+    let mut options = LocalLabOptions::new(&args.namespace);
     options.host = guardlab_host::Host::new(no_install);
     let lab = LocalLab::new(options)?;
     let runtime = guardlab_host::runtime(2)
@@ -43,7 +42,8 @@ async fn serve(mut lab: LocalLab, args: &ConsoleArgs) -> CommandResult {
     let store = SharedStore::new(PolicyStore::new(args.limits.limits()));
     let server = ConsoleServer::start(
         store.clone(),
-        args.listen.options(format!("guardlab — lab {DEFAULT_LAB}")),
+        args.listen
+            .options(format!("guardlab — lab {}", args.namespace)),
     )
     .await
     .map_err(|e| Failure(anyhow!(e)))?;
