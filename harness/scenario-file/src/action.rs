@@ -32,6 +32,9 @@ pub enum Action {
     Enable(NoArgs),
     /// Disable the policy: it produces nothing from here on.
     Disable(NoArgs),
+    /// Merge the deviations found so far into the policy (the tutorial's "add the processes
+    /// to the policy"): what they did is allowed from here on.
+    MergeDeviations(MergeDeviations),
     /// Compare the deviations found since the previous such step with a snapshot.
     ExpectDeviations(SnapshotRef),
     /// Rebuild the causal trace of every deviation and compare it with a snapshot.
@@ -53,6 +56,7 @@ impl Action {
             Action::SetMode(_) => "set_mode",
             Action::Enable(_) => "enable",
             Action::Disable(_) => "disable",
+            Action::MergeDeviations(_) => "merge_deviations",
             Action::ExpectDeviations(_) => "expect_deviations",
             Action::Investigate(_) => "investigate",
             Action::CheckPoolReached(_) => "check_pool_reached",
@@ -66,6 +70,7 @@ impl Action {
                 Some(s.snapshot.as_str())
             }
             Action::CreatePolicy(c) => c.snapshot.as_deref(),
+            Action::MergeDeviations(m) => m.snapshot.as_deref(),
             _ => None,
         }
     }
@@ -81,6 +86,7 @@ pub(super) const ACTION_KEYS: &[&str] = &[
     "set_mode",
     "enable",
     "disable",
+    "merge_deviations",
     "expect_deviations",
     "investigate",
     "check_pool_reached",
@@ -243,6 +249,17 @@ pub struct WaitEvents {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRef {
     pub snapshot: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeDeviations {
+    /// Only the deviations of these types (`process`, `egress`, `ingress`); all when left out.
+    #[serde(default)]
+    pub types: Vec<guardlab_engine::model::DeviationType>,
+    /// The policy after the merge is checked against this snapshot.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

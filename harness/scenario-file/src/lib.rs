@@ -213,6 +213,7 @@ fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
             Action::SetMode(_)
             | Action::Enable(_)
             | Action::Disable(_)
+            | Action::MergeDeviations(_)
             | Action::ExpectDeviations(_)
             | Action::Investigate(_)
                 if !policy =>
@@ -351,6 +352,33 @@ steps:
         assert!(t.commands[2].wait_for.is_empty());
         assert_eq!(s.steps[4].action, Action::Disable(NoArgs));
         assert_eq!(s.steps[2].action.snapshot(), Some("fingerprints"));
+    }
+
+    #[test]
+    fn merge_deviations_takes_types_and_a_snapshot_and_needs_a_policy() {
+        let text = GOOD.replace(
+            "  - name: off\n",
+            "  - name: merge\n    explain: Allow what the terminal did.\n    merge_deviations: {types: [process], snapshot: merged}\n  - name: off\n",
+        );
+        let s = parse_scenario("demo.yaml", &text).unwrap();
+        let Action::MergeDeviations(m) = &s.steps[4].action else {
+            panic!("{:?}", s.steps[4].action)
+        };
+        assert_eq!(m.types, [guardlab_engine::model::DeviationType::Process]);
+        assert_eq!(s.steps[4].action.snapshot(), Some("merged"));
+        let bare = GOOD.replace(
+            "  - name: off\n    explain: Off.\n    disable:\n",
+            "  - name: m\n    explain: M.\n    merge_deviations: {}\n",
+        );
+        assert!(parse_scenario("demo.yaml", &bare).is_ok());
+        let early = GOOD.replace(
+            "    create_policy: {name: p, mode: audit}\n",
+            "    merge_deviations: {}\n",
+        );
+        let err = parse_scenario("demo.yaml", &early).unwrap_err().to_string();
+        assert!(err.contains("merge_deviations: needs a policy"), "{err}");
+        let bad = text.replace("types: [process]", "types: [files]");
+        assert!(parse_scenario("demo.yaml", &bad).is_err());
     }
 
     #[test]

@@ -192,6 +192,46 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 self.write_policy_out(&step.name);
                 Ok(())
             }
+            Action::MergeDeviations(m) => {
+                self.drain().await?;
+                let store = self.engine.store.clone();
+                let Some(uid) = store.read(|s| s.latest_policy().map(policy::policy_uid)) else {
+                    return Err(CheckFailure::NoPolicy.into());
+                };
+                let report = store.update(|s| s.deviation_report());
+                let chosen: Vec<String> = report
+                    .policies
+                    .iter()
+                    .filter(|p| p.uid == uid)
+                    .flat_map(|p| &p.deviations)
+                    .filter(|d| m.types.is_empty() || m.types.contains(&d.deviation.metadata.kind))
+                    .map(|d| d.uid.clone())
+                    .collect();
+                if chosen.is_empty() {
+                    self.out.detail("no deviation to merge");
+                } else {
+                    let (merged, count) = store
+                        .update(|s| {
+                            s.merge_deviations(&uid, &chosen)
+                                .map(|(p, n)| (p.clone(), n))
+                        })
+                        .map_err(|source| CheckFailure::Store {
+                            what: "merging the deviations",
+                            source,
+                        })?;
+                    self.out.detail(format!(
+                        "{count} deviations merged into policy {}: what they did is allowed from here on",
+                        merged.metadata.name
+                    ));
+                }
+                if let Some(name) = &m.snapshot {
+                    let policy = store.read(|s| s.latest_policy().cloned());
+                    let text = yaml(&self.engine.redactor.value(&policy));
+                    *diff = self.check_snapshot(step, name, &text);
+                }
+                self.write_policy_out(&step.name);
+                Ok(())
+            }
             Action::ExpectDeviations(s) => {
                 self.drain().await?;
                 let text = self.deviations_since_last();

@@ -39,6 +39,9 @@ fn console_task(action: &Action) -> Option<String> {
         Action::Disable(_) => {
             "On the policy's Policy info tab, switch Enabled off and press Save."
         }
+        Action::MergeDeviations(_) => {
+            "On the policy's Deviations tab, select the deviations and press Merge into policy."
+        }
         Action::ExpectDeviations(_) => "Open the policy's Deviations tab and look at what deviated.",
         Action::Investigate(_) => "Open Investigation: one graph from the container's root process to the miner.",
         _ => return None,
@@ -62,6 +65,13 @@ fn done_in_console(
                 .any(|(_, c)| matches!(c, Change::Viewed { page: p } if p == page))
         })
     };
+    let changed_policy = || {
+        store.changes_since(since).is_some_and(|changes| {
+            changes
+                .iter()
+                .any(|(_, c)| matches!(c, Change::PolicyChanged { .. }))
+        })
+    };
     match action {
         Action::CreatePolicy(_) if store.policies().len() > policies => {
             latest.map(|p| Learner::MadePolicy(p.metadata.name.clone()))
@@ -75,6 +85,7 @@ fn done_in_console(
         Action::Disable(_) => latest
             .filter(|p| !policy::is_enabled(p))
             .map(|_| Learner::Did),
+        Action::MergeDeviations(_) if changed_policy() => Some(Learner::Did),
         Action::ExpectDeviations(_) if viewed("deviations") => Some(Learner::Did),
         Action::Investigate(_) if viewed("investigation") => Some(Learner::Did),
         _ => None,
