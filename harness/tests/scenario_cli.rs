@@ -334,3 +334,26 @@ fn a_limit_met_in_a_run_is_said_in_the_summary_and_the_json_report() {
         .success()
         .stdout(predicate::str::contains("Engine limits met").not());
 }
+
+#[test]
+fn a_scenario_that_does_not_run_on_a_backend_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(scenario_file()).unwrap().replacen(
+        "\nsteps:",
+        "\nruns_on: {backends: [local], why: \"it needs in-kernel prevention, which the kind backend does not have\"}\nsteps:",
+        1,
+    );
+    std::fs::write(dir.path().join("cryptominer.yaml"), text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    guardlab()
+        .args(["scenario", "cryptominer", "--backend", "kind"])
+        .env("GUARDLAB_SCENARIOS_DIR", dir.path())
+        .env("XDG_STATE_HOME", state.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "scenario cryptominer runs on the local backend only: it needs in-kernel prevention, which the kind backend does not have",
+        ));
+    // Nothing was started for it.
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+}

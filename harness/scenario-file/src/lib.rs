@@ -52,7 +52,51 @@ pub struct Scenario {
     /// What the live backends bring up.
     #[serde(default)]
     pub lab: LabSpec,
+    /// The live backends the scenario runs on, and why not on the others; every backend when
+    /// left out. A replay runs what a live run on one of them recorded.
+    #[serde(default)]
+    pub runs_on: Option<RunsOn>,
     pub steps: Vec<Step>,
+}
+
+/// `runs_on:` of a scenario: `{backends: [local], why: "..."}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsOn {
+    #[serde(deserialize_with = "live_backends")]
+    pub backends: Vec<guardlab_lab_api::Backend>,
+    /// Why the others cannot run it: said when one is asked to.
+    pub why: String,
+}
+
+fn live_backends<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<guardlab_lab_api::Backend>, D::Error> {
+    let list: Vec<step::LiveBackend> = serde::Deserialize::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(
+            "runs_on.backends: name at least one backend (local, kind)",
+        ));
+    }
+    Ok(list.into_iter().map(|b| b.0).collect())
+}
+
+impl Scenario {
+    /// Whether `backend` may run this scenario; when not, why (from `runs_on.why`).
+    pub fn refuses(&self, backend: guardlab_lab_api::Backend) -> Option<String> {
+        let runs_on = self.runs_on.as_ref()?;
+        if !backend.is_live() || runs_on.backends.contains(&backend) {
+            return None;
+        }
+        let names: Vec<_> = runs_on.backends.iter().map(|b| b.name()).collect();
+        Some(format!(
+            "scenario {} runs on the {} backend{} only: {}",
+            self.name,
+            names.join(", "),
+            if names.len() == 1 { "" } else { "s" },
+            runs_on.why
+        ))
+    }
 }
 
 /// The lab the scenario runs in (informational for the runner; the lab reads `manifests/`).
@@ -352,6 +396,34 @@ steps:
         assert!(t.commands[2].wait_for.is_empty());
         assert_eq!(s.steps[4].action, Action::Disable(NoArgs));
         assert_eq!(s.steps[2].action.snapshot(), Some("fingerprints"));
+    }
+
+    #[test]
+    fn a_scenario_says_the_backends_it_runs_on_and_why_not_the_others() {
+        let text = GOOD.replacen(
+            "steps:",
+            "runs_on: {backends: [local], why: the kind backend has no in-kernel prevention}\nsteps:",
+            1,
+        );
+        let s = parse_scenario("demo.yaml", &text).unwrap();
+        assert_eq!(s.refuses(Backend::Local), None);
+        assert_eq!(s.refuses(Backend::Replay), None);
+        let why = s.refuses(Backend::Kind).unwrap();
+        assert!(
+            why.ends_with(
+                "runs on the local backend only: the kind backend has no in-kernel prevention"
+            ),
+            "{why}"
+        );
+        assert_eq!(
+            parse_scenario("demo.yaml", GOOD)
+                .unwrap()
+                .refuses(Backend::Kind),
+            None
+        );
+        let bad = text.replace("backends: [local]", "backends: [replay]");
+        let err = parse_scenario("demo.yaml", &bad).unwrap_err().to_string();
+        assert!(err.contains("replay"), "{err}");
     }
 
     #[test]

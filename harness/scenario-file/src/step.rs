@@ -30,8 +30,8 @@ impl Step {
 /// backend it recorded).
 pub(super) const LIVE_BACKENDS: &[&str] = &["local", "kind"];
 
-/// A live backend, as a step's `backends:` names it.
-struct LiveBackend(Backend);
+/// A live backend, as a step's `backends:` (or a scenario's `runs_on.backends`) names it.
+pub(super) struct LiveBackend(pub(super) Backend);
 
 impl<'de> Deserialize<'de> for LiveBackend {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -179,6 +179,9 @@ pub enum SetupError {
     /// The directory `--out` names.
     #[error(transparent)]
     Out(#[from] documents_out::OutError),
+    /// The scenario says it does not run on this backend (`runs_on`).
+    #[error("{0}")]
+    NotOnBackend(String),
 }
 
 /// Run a scenario to the end; never fails: errors are in the report.
@@ -232,6 +235,13 @@ pub async fn run_on<L: live::LiveLab>(
             )));
         }
     };
+    if let Some(why) = scenario.refuses(backend.backend()) {
+        return RunEnd::Finished(Box::new(RunReport::failed(
+            &scenario.name,
+            options.backend,
+            SetupError::NotOnBackend(why),
+        )));
+    }
     let header = live_header(&scenario, backend.backend());
     let recorder = match recorder(options, &header) {
         Ok(recorder) => recorder,
@@ -276,6 +286,9 @@ async fn run_scenario(
     scenario: &Scenario,
     signals: &mut StopSignals,
 ) -> Result<RunEnd, SetupError> {
+    if let Some(why) = scenario.refuses(options.backend) {
+        return Err(SetupError::NotOnBackend(why));
+    }
     let snapshots = snapshot_mode(options, scenario);
     let out = options
         .out
