@@ -13,8 +13,8 @@ use crate::canonical::canonicalize;
 pub use crate::error::PolicyError;
 use crate::merge::symmetric_merge;
 use crate::model::{
-    API_VERSION, Document, FlagAction, GuardDocument, KIND_FINGERPRINT, KIND_POLICY, Metadata,
-    Mode, Policy, Response, ResponseAction, Severity,
+    API_VERSION, ActionSelectors, Document, FlagAction, GuardDocument, KIND_FINGERPRINT,
+    KIND_POLICY, Metadata, Mode, Policy, Response, ResponseAction, Severity,
 };
 use crate::names::image_short_name;
 pub use crate::names::policy_uid;
@@ -96,6 +96,38 @@ pub fn set_mode(policy: &mut Policy, mode: Mode) {
 
 pub fn set_enabled(policy: &mut Policy, enabled: bool) {
     policy.spec.enabled = Some(enabled);
+}
+
+/// The kill a policy's response may take for a deviation of its own containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KillAction {
+    AgentKillProcess,
+    AgentKillProcessGroup,
+    AgentKillProcessTree,
+    AgentKillPod,
+}
+
+/// Add `kill` to the policy's response actions, for the containers the policy selects (an
+/// action needs a selector: the policy's own container selector, else its pod's and
+/// namespace's). Adding one that is there already changes nothing.
+pub fn add_kill_action(policy: &mut Policy, kill: KillAction) {
+    let selectors = ActionSelectors {
+        namespace_selector: policy.spec.namespace_selector.clone(),
+        pod_selector: policy.spec.pod_selector.clone(),
+        container_selector: policy.spec.container_selector.clone(),
+        ..ActionSelectors::default()
+    };
+    let action = match kill {
+        KillAction::AgentKillProcess => ResponseAction::AgentKillProcess(selectors),
+        KillAction::AgentKillProcessGroup => ResponseAction::AgentKillProcessGroup(selectors),
+        KillAction::AgentKillProcessTree => ResponseAction::AgentKillProcessTree(selectors),
+        KillAction::AgentKillPod => ResponseAction::AgentKillPod(selectors),
+    };
+    let response = policy.spec.response.get_or_insert_with(default_response);
+    if !response.actions.contains(&action) {
+        response.actions.push(action);
+    }
 }
 
 /// Make a policy from fingerprints of one workload (see the module documentation).
@@ -226,6 +258,31 @@ fn order_key(fp: &GuardDocument) -> (String, String, String, String, f64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_kill_action_is_added_once_for_the_policys_own_containers() {
+        let fp = crate::fingerprint::fingerprints(
+            &guardlab_test_support::notebook::baseline(&guardlab_test_support::notebook::FIRST)
+                .s
+                .events,
+        );
+        let mut policy = super::create_policy(&fp, None, super::Mode::Enforce).unwrap();
+        super::add_kill_action(&mut policy, super::KillAction::AgentKillProcess);
+        super::add_kill_action(&mut policy, super::KillAction::AgentKillProcess);
+        let actions = &policy.spec.response.as_ref().unwrap().actions;
+        assert_eq!(actions.len(), 1);
+        let super::ResponseAction::AgentKillProcess(selectors) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(selectors.container_selector, policy.spec.container_selector);
+        assert!(
+            selectors.container_selector.is_some(),
+            "an action needs a selector"
+        );
+        assert!(
+            crate::validate::validate(&crate::model::Document::Policy(policy.clone())).is_empty()
+        );
+    }
+
     use super::*;
     use crate::model::{ContainerSelector, LabelSelector, NetworkPolicy, ProcessNode, Spec};
 

@@ -324,6 +324,9 @@ pub(crate) struct SaveRequest {
     mode: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
+    /// A kill to add to the response actions (`agentKillProcess`...).
+    #[serde(default)]
+    add_kill: Option<policy::KillAction>,
 }
 
 /// Policy info's Save: the mode and the Enabled switch.
@@ -342,6 +345,9 @@ pub(crate) async fn save_policy(
         }
         if let Some(enabled) = request.enabled {
             s.set_enabled(&id, enabled)?;
+        }
+        if let Some(kill) = request.add_kill {
+            s.add_kill_action(&id, kill)?;
         }
         Ok::<_, StoreError>(policy::status(s.policy(&id)?).to_string())
     })?;

@@ -351,6 +351,15 @@ impl PolicyStore {
         self.change_policy(uid_or_name, |p| policy::set_enabled(p, enabled))
     }
 
+    /// Add a kill to a policy's response (see [`policy::add_kill_action`]).
+    pub fn add_kill_action(
+        &mut self,
+        uid_or_name: &str,
+        kill: policy::KillAction,
+    ) -> Result<&Policy, StoreError> {
+        self.change_policy(uid_or_name, |p| policy::add_kill_action(p, kill))
+    }
+
     /// Merge deviations found against a policy into it (all of them when `uids` is empty), in
     /// the order they were found, so that one hung under another's node finds it.
     pub fn merge_deviations(

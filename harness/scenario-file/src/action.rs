@@ -32,6 +32,9 @@ pub enum Action {
     Enable(NoArgs),
     /// Disable the policy: it produces nothing from here on.
     Disable(NoArgs),
+    /// Add a kill to the policy's response (`agentKillProcess`, its group or tree, or the
+    /// pod), for the policy's own containers.
+    AddResponse(guardlab_engine::policy::KillAction),
     /// Merge the deviations found so far into the policy (the tutorial's "add the processes
     /// to the policy"): what they did is allowed from here on.
     MergeDeviations(MergeDeviations),
@@ -56,6 +59,7 @@ impl Action {
             Action::SetMode(_) => "set_mode",
             Action::Enable(_) => "enable",
             Action::Disable(_) => "disable",
+            Action::AddResponse(_) => "add_response",
             Action::MergeDeviations(_) => "merge_deviations",
             Action::ExpectDeviations(_) => "expect_deviations",
             Action::Investigate(_) => "investigate",
@@ -86,6 +90,7 @@ pub(super) const ACTION_KEYS: &[&str] = &[
     "set_mode",
     "enable",
     "disable",
+    "add_response",
     "merge_deviations",
     "expect_deviations",
     "investigate",

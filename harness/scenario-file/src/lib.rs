@@ -258,6 +258,7 @@ fn check(file: &str, s: &Scenario) -> Result<(), ScenarioError> {
             | Action::Enable(_)
             | Action::Disable(_)
             | Action::MergeDeviations(_)
+            | Action::AddResponse(_)
             | Action::ExpectDeviations(_)
             | Action::Investigate(_)
                 if !policy =>
@@ -449,6 +450,12 @@ steps:
         );
         let err = parse_scenario("demo.yaml", &early).unwrap_err().to_string();
         assert!(err.contains("merge_deviations: needs a policy"), "{err}");
+        let kill = GOOD.replace("    disable:\n", "    add_response: agentKillProcess\n");
+        let s = parse_scenario("demo.yaml", &kill).unwrap();
+        assert_eq!(
+            s.steps[4].action,
+            Action::AddResponse(guardlab_engine::policy::KillAction::AgentKillProcess)
+        );
         let bad = text.replace("types: [process]", "types: [files]");
         assert!(parse_scenario("demo.yaml", &bad).is_err());
     }

@@ -105,6 +105,7 @@ impl<'de> Deserialize<'de> for Step {
                         "set_mode" => Action::SetMode(map.next_value()?),
                         "enable" => Action::Enable(map.next_value()?),
                         "disable" => Action::Disable(map.next_value()?),
+                        "add_response" => Action::AddResponse(map.next_value()?),
                         "merge_deviations" => Action::MergeDeviations(map.next_value()?),
                         "expect_deviations" => Action::ExpectDeviations(map.next_value()?),
                         "investigate" => Action::Investigate(map.next_value()?),

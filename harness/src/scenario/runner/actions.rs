@@ -192,6 +192,12 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 self.write_policy_out(&step.name);
                 Ok(())
             }
+            Action::AddResponse(kill) => {
+                self.drain().await?;
+                self.change_policy(|p| policy::add_kill_action(p, *kill))?;
+                self.write_policy_out(&step.name);
+                Ok(())
+            }
             Action::MergeDeviations(m) => {
                 self.drain().await?;
                 let store = self.engine.store.clone();

@@ -39,6 +39,9 @@ fn console_task(action: &Action) -> Option<String> {
         Action::Disable(_) => {
             "On the policy's Policy info tab, switch Enabled off and press Save."
         }
+        Action::AddResponse(_) => {
+            "On the policy's Policy info tab, add the kill to the response actions and press Save."
+        }
         Action::MergeDeviations(_) => {
             "On the policy's Deviations tab, select the deviations and press Merge into policy."
         }
@@ -85,7 +88,9 @@ fn done_in_console(
         Action::Disable(_) => latest
             .filter(|p| !policy::is_enabled(p))
             .map(|_| Learner::Did),
-        Action::MergeDeviations(_) if changed_policy() => Some(Learner::Did),
+        Action::MergeDeviations(_) | Action::AddResponse(_) if changed_policy() => {
+            Some(Learner::Did)
+        }
         Action::ExpectDeviations(_) if viewed("deviations") => Some(Learner::Did),
         Action::Investigate(_) if viewed("investigation") => Some(Learner::Did),
         _ => None,
