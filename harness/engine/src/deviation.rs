@@ -131,6 +131,11 @@ pub struct Finding {
     pub timestamp: f64,
     pub flags: Vec<Flag>,
     pub decisions: Vec<Decision>,
+    /// The kernel stopped it already (the exec was killed before its first instruction, the
+    /// connect refused): the deviation is the same, with the same uid; this says it did not
+    /// happen. Absent on the wire when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prevented: bool,
 }
 
 /// A unique deviation with its counts.
@@ -314,6 +319,15 @@ impl DeviationMatcher {
         self.observe_step(event).1
     }
 
+    /// Whether the kernel stopped what `event` tells (see [`Finding::prevented`]).
+    pub(crate) fn prevented_by_kernel(event: &Event) -> bool {
+        match &event.body {
+            guardlab_events::EventBody::Exec(e) => e.killed,
+            guardlab_events::EventBody::Connect(c) => c.refused,
+            _ => false,
+        }
+    }
+
     /// [`Self::observe`], also giving what the tracker made of the event (for investigation).
     pub(crate) fn observe_step<'e>(&mut self, event: &'e Event) -> (Step<'e>, Vec<Finding>) {
         let mut findings = Vec::new();
@@ -370,6 +384,11 @@ impl DeviationMatcher {
                 }
             }
             _ => {}
+        }
+        if Self::prevented_by_kernel(event) {
+            for finding in &mut findings {
+                finding.prevented = true;
+            }
         }
         (step, findings)
     }
@@ -573,6 +592,7 @@ impl DeviationMatcher {
             timestamp: epoch_seconds(ts),
             flags: Vec::new(),
             decisions: Vec::new(),
+            prevented: false,
         };
         let mut audit = Vec::new();
         if first_here {

@@ -469,3 +469,50 @@ fn a_kernel_restart_is_not_a_new_behaviour() {
     let new = fingerprints(&nb.s.events).remove(0);
     assert_eq!(new.spec, old.spec);
 }
+
+/// What the kernel stopped (an exec killed before its first instruction, a connect refused) is
+/// the same deviation, with the same uid, marked as prevented.
+#[test]
+fn a_deviation_the_kernel_prevented_keeps_its_uid_and_says_so() {
+    let policy = enforcing(&baseline_policy());
+    let run = |stop: bool| {
+        let mut nb = baseline(&FIRST);
+        let bash = nb.terminal();
+        nb.attack(bash);
+        if stop {
+            for e in &mut nb.s.events {
+                match &mut e.body {
+                    guardlab_events::EventBody::Exec(x) if x.comm == "minerd" => x.killed = true,
+                    guardlab_events::EventBody::Connect(c) if c.remote_port == 443 => {
+                        c.refused = true
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut matcher = DeviationMatcher::new(std::slice::from_ref(&policy)).unwrap();
+        nb.s.events
+            .iter()
+            .flat_map(|e| matcher.observe(e))
+            .filter(|f| f.new)
+            .map(|f| (f.deviation_uid, f.kind, f.prevented))
+            .collect::<Vec<_>>()
+    };
+    let free = run(false);
+    let stopped = run(true);
+    assert!(free.iter().all(|(_, _, prevented)| !prevented));
+    use guardlab_engine::model::DeviationType;
+    let uids =
+        |v: &[(String, DeviationType, bool)]| v.iter().map(|d| d.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        uids(&free),
+        uids(&stopped),
+        "the same deviations, the same uids"
+    );
+    let prevented: Vec<_> = stopped.iter().filter(|d| d.2).map(|d| d.1).collect();
+    assert_eq!(
+        prevented,
+        [DeviationType::Egress, DeviationType::Process],
+        "wget's HTTPS connect and the miner's exec: {stopped:?}"
+    );
+}

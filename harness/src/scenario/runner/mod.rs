@@ -432,8 +432,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 }
                 _ => String::new(),
             };
+            let stopped = match (finding.prevented, finding.kind) {
+                (false, _) => "",
+                (true, DeviationType::Process) => " (prevented: the kernel killed it at exec)",
+                (true, _) => " (prevented: the kernel refused the connection)",
+            };
             self.out.detail(format!(
-                "new {} deviation {}: {what}",
+                "new {} deviation {}: {what}{stopped}",
                 kind_word(finding.kind),
                 finding.deviation_uid
             ));
@@ -443,6 +448,14 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 .detail(format!("raised: {} (pid {})", flag_line(flag), flag.pid));
         }
         for decision in &finding.decisions {
+            if finding.prevented && decision.initiated {
+                // The kernel stopped it before user space could: nothing is left to kill.
+                self.out.detail(format!(
+                    "{} -> not needed: the kernel stopped it",
+                    decision.message
+                ));
+                continue;
+            }
             if !decision.initiated {
                 self.out.detail(decision.message.clone());
                 continue;
