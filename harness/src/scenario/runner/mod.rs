@@ -448,7 +448,10 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 .detail(format!("raised: {} (pid {})", flag_line(flag), flag.pid));
         }
         for decision in &finding.decisions {
-            if finding.prevented && decision.initiated {
+            if finding.prevented
+                && decision.initiated
+                && decision.action == guardlab_engine::deviation::ActionKind::AgentKillProcess
+            {
                 // The kernel stopped it before user space could: nothing is left to kill.
                 self.out.detail(format!(
                     "{} -> not needed: the kernel stopped it",
