@@ -47,6 +47,9 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                     .await
             }
             Action::Terminal(t) => {
+                if self.typed_by_person(t).await? {
+                    return Ok(());
+                }
                 if !self.terminals.contains(&t.session) {
                     self.terminals.push(t.session.clone());
                 }

@@ -12,7 +12,12 @@ use guardlab_engine::policy;
 use guardlab_policy_store::{Change, PolicyStore};
 
 use super::super::backend::ScenarioBackend;
-use super::super::file::{Action, Step};
+use std::time::{Duration, Instant};
+
+use guardlab_events::EventBody;
+
+use super::super::backend::StepError;
+use super::super::file::{Action, Condition, Step, Terminal, TerminalCommand};
 use super::super::pace::{Pace, Pacer};
 use super::Runner;
 
@@ -114,6 +119,13 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 let url = url.clone();
                 self.wait_for_learner(&mut pacer, step, &task, &url).await
             }
+            // On a live lab the learner may type a terminal step's commands: the step itself
+            // waits for them or for Enter (see `typed_by_person`).
+            (Some(_), None)
+                if matches!(step.action, Action::Terminal(_)) && self.backend.is_live() =>
+            {
+                Pace::Run
+            }
             // Nothing to do in the console: Enter runs it, and so does a closed input (the
             // console is where the person is).
             (Some(_), None) => {
@@ -168,5 +180,80 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 }
             }
         }
+    }
+}
+
+impl<B: ScenarioBackend> Runner<'_, B> {
+    /// Workshop mode on a live lab: the learner may type a terminal step's commands in the
+    /// notebook's terminal themselves. The step is theirs once every condition its commands
+    /// wait for is met by what the pod did; Enter has guardlab type them instead (`false`).
+    /// What else the learner ran is said as extra, not a failure.
+    pub(super) async fn typed_by_person(&mut self, terminal: &Terminal) -> Result<bool, StepError> {
+        if self.console_url.is_none() || !self.backend.is_live() {
+            return Ok(false);
+        }
+        let Some(mut pacer) = self.pacer.take() else {
+            return Ok(false);
+        };
+        let result = self.await_person(&mut pacer, terminal).await;
+        self.pacer = Some(pacer);
+        result
+    }
+
+    async fn await_person(
+        &mut self,
+        pacer: &mut Pacer,
+        terminal: &Terminal,
+    ) -> Result<bool, StepError> {
+        let programs: Vec<String> = terminal
+            .commands
+            .iter()
+            .map(|c| TerminalCommand::program(&c.run))
+            .collect();
+        let mut pending: Vec<Condition> = terminal
+            .commands
+            .iter()
+            .flat_map(|c| c.wait_for.iter().cloned())
+            .collect();
+        self.out.line(
+            "       Type these in a terminal of the notebook (http://127.0.0.1:1234, New > Terminal), or press Enter to have guardlab type them:",
+        );
+        for command in &terminal.commands {
+            self.out.line(format!("         $ {}", command.run));
+        }
+        let mut extra: Vec<String> = Vec::new();
+        let ask = pacer.wait_line();
+        tokio::pin!(ask);
+        let mut input_open = true;
+        while !pending.is_empty() {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            tokio::select! {
+                answer = &mut ask, if input_open => match answer {
+                    Some(_) => return Ok(false),
+                    None => input_open = false,
+                },
+                event = self.backend.next_event(deadline) => {
+                    let Some(event) = event? else { continue };
+                    self.engine.names.observe(&event);
+                    pending.retain(|c| !self.engine.names.matches(c, &event));
+                    if let EventBody::Exec(exec) = &event.body
+                        && !programs.iter().any(|p| exec.comm.starts_with(p.as_str()))
+                        && !extra.contains(&exec.comm)
+                    {
+                        extra.push(exec.comm.clone());
+                    }
+                    self.observe(event).await?;
+                }
+            }
+        }
+        self.out
+            .detail("typed by the learner: every command the step expects ran");
+        if !extra.is_empty() {
+            self.out.detail(format!(
+                "extra (not part of the step, not a failure): {}",
+                extra.join(", ")
+            ));
+        }
+        Ok(true)
     }
 }
