@@ -180,7 +180,7 @@ async function renderPolicy(main, uid, soft = false) {
   if (!soft) viewed(ui.tab === "deviations" ? "deviations" : ui.tab === "graph" ? "policy-graph" : null);
   if (ui.tab === "graph") {
     body.innerHTML = `<p class="muted">The policy's processes, with their connections hanging off them;
-      deviations you added are drawn in red.</p><div class="graph" id="policy-graph">${svg}</div>`;
+      deviations you added are drawn in red. Click the graph for its actual size.</p><div class="graph" id="policy-graph">${svg}</div>`;
     if (scroll) $(".graph", main).scrollLeft = scroll;
   } else if (ui.tab === "deviations") {
     body.innerHTML = `
@@ -235,7 +235,8 @@ async function renderInvestigation(main, soft = false) {
   main.innerHTML = `<h2>Investigation</h2>
     <p class="muted">One causal graph from the container's root process to every deviant process and
     connection${ui.investigate ? ` (the ${ui.investigate.length} selected deviations)` : ""}. An exec that
-    replaced a process's program is drawn as a dashed <em>exec</em> edge, not as a child.</p>
+    replaced a process's program is drawn as a dashed <em>exec</em> edge, not as a child. Click the
+    graph for its actual size.</p>
     <div class="graph" id="investigation-graph">${svg}</div>
     <h3>As text</h3><pre id="investigation-text">${esc(inv.text)}</pre>`;
   if (!soft) viewed("investigation");
@@ -285,6 +286,11 @@ function live() {
     softRefresh();
   });
 }
+
+// A click on a graph switches every graph between fitting its box and its actual size.
+document.addEventListener("click", (ev) => {
+  if (ev.target.closest && ev.target.closest(".graph")) document.body.classList.toggle("graphs-actual-size");
+});
 
 window.addEventListener("hashchange", () => render());
 refresh().then(live);
