@@ -603,7 +603,10 @@ async fn drive_tutorial(netns: Netns, tutorial: Tutorial, shots: PathBuf) -> Scr
         .unwrap_or_else(|e| panic!("{}: {e}", report_path.display()));
     assert_eq!(report["result"], "pass", "{report:#}");
     assert_eq!(report["backend"], tutorial.backend);
-    eprintln!("[{:?}] guardlab passed", started.elapsed());
+    eprintln!(
+        "[{:?}] guardlab passed; its output:\n{out}",
+        started.elapsed()
+    );
 
     let errors = page_errors(&browser).await;
     assert!(errors.is_empty(), "the page's script failed: {errors:?}");
