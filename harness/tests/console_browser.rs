@@ -194,6 +194,20 @@ async fn assert_no_page_error(browser: &Browser, at: &str) {
     assert_eq!(shown, json!([]), "the page shows an error at {at}");
 }
 
+/// Clicks the element matching `css`, finding it again if the page redrew it between the
+/// finding and the click (the graph tab is redrawn, tabs and all, on every live change).
+async fn click_fresh(browser: &Browser, css: &str) {
+    for attempt in 1.. {
+        match browser.click(css).await {
+            Ok(()) => return,
+            Err(e) if attempt < 5 && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// Clicks the policy page's tab `tab` and waits until the page has drawn it (it fetches the
 /// policy first).
 async fn open_tab(browser: &Browser, tab: &str) {
@@ -211,7 +225,7 @@ async fn open_tab(browser: &Browser, tab: &str) {
         )
         .await
         .unwrap();
-    browser.click(&format!("#tab-{tab}")).await.unwrap();
+    click_fresh(browser, &format!("#tab-{tab}")).await;
     wait_for(
         browser,
         &format!("#tab-body:not([data-stale]) {shown}"),
