@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use guardlab_host::{Host, Progress, catalog};
@@ -384,6 +384,34 @@ impl Process {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process's exit status if it has exited (it is reaped then), `None` while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, BrowserTestError> {
+        self.child
+            .try_wait()
+            .map_err(|e| BrowserTestError::io(format!("waiting for {}", self.name), e))
+    }
+
+    /// Waits for the process to exit (polling), for at most `timeout`; returns its status.
+    /// The timeout's error ends with the end of its log.
+    pub async fn wait_for_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<ExitStatus, BrowserTestError> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                return Err(BrowserTestError::Timeout {
+                    what: format!("{} to exit; its log:\n{}", self.name, self.log_tail(20)),
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

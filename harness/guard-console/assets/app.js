@@ -52,6 +52,8 @@ async function render(soft = false) {
   $$("header nav a").forEach((a) => a.classList.toggle("active", a.id === `nav-${page}`));
   const main = $("#page");
   try {
+    // Pages drawn at once still end any draw begun before (it would replace them).
+    if (page === "fingerprints" || (page === "policies" && !arg)) beginDraw(true);
     if (page === "fingerprints") renderFingerprints(main);
     else if (page === "policies" && arg) await renderPolicy(main, arg, soft);
     else if (page === "policies") renderPolicies(main);
@@ -161,11 +163,24 @@ function viewed(page) {
   if (page) api("/api/viewed", { method: "POST", body: { page } }).catch(() => {});
 }
 
+// Pages are drawn after fetches: a draw that a newer one began after (a live refresh, a
+// click) is dropped, so an older answer never replaces what the person is using. A dropped
+// draw the person asked for leaves its "viewed" to the one that replaced it.
+let drawing = 0;
+function beginDraw(soft) {
+  if (!soft) ui.wantViewed = true;
+  return ++drawing;
+}
+function superseded(ticket) { return ticket !== drawing; }
+function takeViewed() { const want = ui.wantViewed; ui.wantViewed = false; return want; }
+
 async function renderPolicy(main, uid, soft = false) {
+  const ticket = beginDraw(soft);
   const p = await api(`/api/policies/${encodeURIComponent(uid)}`);
   const added = ui.graphDeviations[p.uid] || (ui.graphDeviations[p.uid] = new Set());
   const scroll = $(".graph", main)?.scrollLeft;
   const svg = await api(`/api/policies/${encodeURIComponent(p.uid)}/graph.svg?deviations=${[...added].join(",")}`);
+  if (superseded(ticket)) return;
   main.innerHTML = `
     <h2 id="policy-title">${esc(p.name)} <span class="badge ${esc(p.status)}" id="policy-status">${esc(p.status)}</span></h2>
     <div class="tabs"><button data-tab="graph" id="tab-graph">Graph</button>
@@ -177,10 +192,10 @@ async function renderPolicy(main, uid, soft = false) {
     b.addEventListener("click", () => { ui.tab = b.dataset.tab; renderPolicy(main, uid); });
   });
   const body = $("#tab-body");
-  if (!soft) viewed(ui.tab === "deviations" ? "deviations" : ui.tab === "graph" ? "policy-graph" : null);
+  if (takeViewed()) viewed(ui.tab === "deviations" ? "deviations" : ui.tab === "graph" ? "policy-graph" : null);
   if (ui.tab === "graph") {
     body.innerHTML = `<p class="muted">The policy's processes, with their connections hanging off them;
-      deviations you added are drawn in red.</p><div class="graph" id="policy-graph">${svg}</div>`;
+      deviations you added are drawn in red. Click the graph for its actual size.</p><div class="graph" id="policy-graph">${svg}</div>`;
     if (scroll) $(".graph", main).scrollLeft = scroll;
   } else if (ui.tab === "deviations") {
     body.innerHTML = `
@@ -231,18 +246,23 @@ async function renderPolicy(main, uid, soft = false) {
 // ---- Investigation and flags --------------------------------------------------------------
 async function renderInvestigation(main, soft = false) {
   const q = ui.investigate ? `?deviations=${ui.investigate.join(",")}` : "";
+  const ticket = beginDraw(soft);
   const [svg, inv] = await Promise.all([api(`/api/investigation.svg${q}`), api("/api/investigation")]);
+  if (superseded(ticket)) return;
   main.innerHTML = `<h2>Investigation</h2>
     <p class="muted">One causal graph from the container's root process to every deviant process and
     connection${ui.investigate ? ` (the ${ui.investigate.length} selected deviations)` : ""}. An exec that
-    replaced a process's program is drawn as a dashed <em>exec</em> edge, not as a child.</p>
+    replaced a process's program is drawn as a dashed <em>exec</em> edge, not as a child. Click the
+    graph for its actual size.</p>
     <div class="graph" id="investigation-graph">${svg}</div>
     <h3>As text</h3><pre id="investigation-text">${esc(inv.text)}</pre>`;
-  if (!soft) viewed("investigation");
+  if (takeViewed()) viewed("investigation");
 }
 
 async function renderFlags(main, soft = false) {
+  const ticket = beginDraw(true);
   const { flags } = await api("/api/flags");
+  if (superseded(ticket)) return;
   main.innerHTML = `<h2>Flags</h2><p class="muted">Red flags, newest first.</p><ol id="flags">
     ${flags.map((f) => `<li class="flag" data-deviation="${esc(f.deviationUid)}">
       <strong class="deviant-text">${esc(f.severity)}</strong> ${esc(f.class)} — ${esc(f.process)} (pid ${f.pid})
@@ -285,6 +305,11 @@ function live() {
     softRefresh();
   });
 }
+
+// A click on a graph switches every graph between fitting its box and its actual size.
+document.addEventListener("click", (ev) => {
+  if (ev.target.closest && ev.target.closest(".graph")) document.body.classList.toggle("graphs-actual-size");
+});
 
 window.addEventListener("hashchange", () => render());
 refresh().then(live);
