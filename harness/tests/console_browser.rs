@@ -668,6 +668,33 @@ fn the_replayed_tutorial_is_done_in_the_console_by_nobody() {
     }
 }
 
+/// `lab up` and `lab down` of a lab of its own, outside the test's namespace, with `cache`.
+fn warm_up_lab(cache: &str) {
+    let name = format!("t-console-warm-{}", std::process::id());
+    let guardlab = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_guardlab"));
+        command
+            .env("XDG_CACHE_HOME", cache)
+            .env("GUARDLAB_NOTEBOOK_ADDRESS", "127.0.0.1:0")
+            .current_dir(repository_root());
+        command
+    };
+    let up = guardlab()
+        .args(["lab", "up", "--namespace", &name])
+        .output()
+        .unwrap();
+    let down = guardlab()
+        .args(["lab", "down", "--namespace", &name])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success() && down.status.success(),
+        "warming the lab's caches up: {}{}",
+        String::from_utf8_lossy(&up.stderr),
+        String::from_utf8_lossy(&down.stderr)
+    );
+}
+
 #[test]
 fn the_local_lab_tutorial_is_done_in_the_console() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -678,6 +705,9 @@ fn the_local_lab_tutorial_is_done_in_the_console() {
         .ok()
         .filter(|c| c.starts_with('/'))
         .unwrap_or_else(|| format!("{}/.cache", std::env::var("HOME").unwrap()));
+    // The namespace has no way out: what a first lab fetches (Debian packages, the pod image,
+    // the index's wheels) is fetched here first, by a lab brought up and down outside it.
+    warm_up_lab(&cache);
     run(Tutorial {
         backend: "local",
         run_as: None,
