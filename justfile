@@ -63,6 +63,12 @@ bench-attacks:
 bench-sensor:
     cargo bench -p guardlab-sensor --bench overhead
 
+# Latency under load (root, the local lab): an exec storm with a trickle of deviant execs in the
+# pod; p50/p99/max of exec->flag and exec->kill, user-space kill beside in-kernel, the rate reached.
+bench-latency *args="":
+    cargo build -p guardlab -p guardlab-minerd --bins
+    cargo run -p guardlab --example bench_latency -- {{args}}
+
 # Rebuild the eBPF object from its C sources; commit the result. Installs clang, llvm and
 # libbpf-dev first when missing (through guardlab-host, saying so); `just bpf --regen-vmlinux`
 # also regenerates vmlinux.h from this kernel's BTF (bpftool).

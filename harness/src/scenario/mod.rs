@@ -21,6 +21,7 @@
 pub mod backend;
 pub mod documents_out;
 pub mod html_report;
+pub mod latency;
 /// The scenario file format (its own crate, so that the fuzz targets build it without the harness).
 pub use guardlab_scenario_file as file;
 pub mod live;

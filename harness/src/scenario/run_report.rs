@@ -161,6 +161,10 @@ pub struct RunReport {
     pub stopped: Option<String>,
     /// What the event stream carried and lost: a run that lost events is [`RunResult::Incomplete`].
     pub events: EventCounts,
+    /// How long each deviation took to be decided, flagged and killed (set at the end of a
+    /// run; never in a snapshot: it differs from run to run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<super::latency::LatencyReport>,
 }
 
 impl RunReport {
@@ -177,6 +181,7 @@ impl RunReport {
             snapshots: BTreeMap::new(),
             stopped: None,
             events: EventCounts::default(),
+            latency: None,
         }
     }
 

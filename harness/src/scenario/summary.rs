@@ -97,6 +97,9 @@ pub fn print_summary(report: &RunReport, out: &Console) {
     if let Some(lab) = &report.events.lab {
         out.line(format!("Sensor: {}", lab.describe()));
     }
+    for line in report.latency.iter().flat_map(|l| l.describe()) {
+        out.line(line);
+    }
     if let Some(e) = &report.error {
         out.line(format!("Error: {e}"));
     }

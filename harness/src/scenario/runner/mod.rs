@@ -27,6 +27,7 @@ use crate::console::{Console, seconds, textwrap};
 use super::backend::{CheckFailure, ScenarioBackend, StepError};
 use super::documents_out::DocumentsOut;
 use super::file::{Condition, Scenario};
+use super::latency::{EntryId, LatencyClock, LatencyRecorder};
 use super::names::Names;
 use super::pace::{Pace, Pacer};
 use super::recording::RecordingWriter;
@@ -86,6 +87,8 @@ pub struct Runner<'a, B: ScenarioBackend> {
     console_url: Option<String>,
     /// Set: write the run as one HTML page (`--html`).
     html: Option<std::path::PathBuf>,
+    /// Each deviation's times, from its kernel event to its flag and kill.
+    latency: LatencyRecorder,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -97,6 +100,11 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         out: Console,
     ) -> Self {
         let report = RunReport::new(&scenario.name, backend.backend());
+        let latency = LatencyRecorder::new(if backend.is_live() {
+            LatencyClock::Live
+        } else {
+            LatencyClock::Recording
+        });
         Runner {
             scenario,
             backend,
@@ -116,6 +124,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             learner_made_policy: None,
             console_url: None,
             html: None,
+            latency,
             messages: Vec::new(),
             failed: false,
             report,
@@ -139,6 +148,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
     pub fn with_console(mut self, store: SharedStore, url: String) -> Self {
         self.engine.store = store;
         self.console_url = Some(url);
+        self
+    }
+
+    /// Keep the run's fingerprints, policy and findings in `store`, which the caller shares
+    /// (a program that changes the policy while the run goes, as `just bench-latency` does).
+    pub fn with_store(mut self, store: SharedStore) -> Self {
+        self.engine.store = store;
         self
     }
 
@@ -368,6 +384,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             }
         }
         self.report.duration_ms = started.elapsed().as_millis() as u64;
+        self.report.latency = Some(self.latency.report());
         self.report.settle();
         if let Some(path) = self.html.take() {
             let (groups, policy) = self
@@ -405,14 +422,28 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self.engine.names.observe(&event);
         self.history.push(event.clone());
         let findings = self.engine.store.update(|s| s.observe(&event));
+        let decided = self.clock();
+        self.latency.event(&event);
         for finding in findings {
-            self.respond(&event, finding).await?;
+            let entry = self.latency.finding(&event, &finding, decided);
+            self.respond(&event, finding, entry).await?;
         }
         Ok(())
     }
 
+    /// The wall clock, for the latency figures: a live run's only (a replay has no clock of
+    /// the run it replays).
+    fn clock(&self) -> Option<u64> {
+        self.backend.is_live().then(guardlab_host::unix_time_ns)
+    }
+
     /// Say what a finding is, and carry out what the policy decided.
-    async fn respond(&mut self, event: &Event, finding: Finding) -> Result<(), StepError> {
+    async fn respond(
+        &mut self,
+        event: &Event,
+        finding: Finding,
+        entry: Option<EntryId>,
+    ) -> Result<(), StepError> {
         if finding.new {
             let what = match (&event.body, finding.kind) {
                 (EventBody::Connect(c) | EventBody::Accept(c), _) => {
@@ -447,6 +478,11 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             self.out
                 .detail(format!("raised: {} (pid {})", flag_line(flag), flag.pid));
         }
+        if let Some(entry) = entry
+            && !finding.flags.is_empty()
+        {
+            self.latency.flagged(entry, self.clock());
+        }
         for decision in &finding.decisions {
             if finding.prevented
                 && decision.initiated
@@ -464,7 +500,12 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 continue;
             }
             match self.backend.carry_out(decision).await {
-                Ok(done) => self.out.detail(format!("{} -> {done}", decision.message)),
+                Ok(done) => {
+                    if let Some(entry) = entry {
+                        self.latency.killed(entry, self.clock());
+                    }
+                    self.out.detail(format!("{} -> {done}", decision.message))
+                }
                 Err(StepError::Check(failure)) => {
                     self.messages
                         .push(format!("{}: {failure}", decision.message));
@@ -566,6 +607,24 @@ mod tests {
         assert_eq!(report.stopped, None);
         assert_eq!(report.result, RunResult::Pass, "{:?}", report.steps);
         assert!(report.steps.iter().all(|s| s.result == StepResult::Passed));
+
+        // A replay has no clock of the live run: its deviations are there, without times.
+        let latency = report
+            .latency
+            .as_ref()
+            .expect("a finished run has latency figures");
+        assert_eq!(
+            latency.clock,
+            crate::scenario::latency::LatencyClock::Recording
+        );
+        assert!(!latency.deviations.is_empty());
+        assert!(
+            latency
+                .deviations
+                .iter()
+                .all(|d| d.decided_ms.is_none() && d.flag_ms.is_none() && d.kill_ms.is_none())
+        );
+        assert_eq!((latency.to_decision, latency.to_flag), (None, None));
 
         // The end of the input stops too (a closed terminal must not run the rest unasked).
         let report = paced_replay(b"\n");
