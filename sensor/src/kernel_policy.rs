@@ -47,6 +47,9 @@ pub struct KernelPolicy {
     pub resolver: Option<IpAddr>,
 }
 
+/// A `dns_names` entry: ((prefix length, key), the ports its answers allow).
+pub(crate) type DnsNameEntry = ((u32, DnsNameKey), NetAllowVal);
+
 const POLICY_FLAGS: u32 = WATCH_TREE_ENFORCE | WATCH_CONNECT_ENFORCE | WATCH_DNS_ALLOW;
 
 impl Sensor {
@@ -288,12 +291,12 @@ fn dns_pattern(name: &str) -> Result<(Vec<u8>, bool), SensorError> {
 fn compile_dns_names(
     cgroup_id: u64,
     names: &[AllowedDnsName],
-) -> Result<Vec<((u32, DnsNameKey), NetAllowVal)>, SensorError> {
+) -> Result<Vec<DnsNameEntry>, SensorError> {
     let patterns = names
         .iter()
         .map(|n| dns_pattern(&n.name).map(|(bytes, exact)| (bytes, exact, n)))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut out: Vec<((u32, DnsNameKey), NetAllowVal)> = Vec::new();
+    let mut out: Vec<DnsNameEntry> = Vec::new();
     for (bytes, exact, allowed) in &patterns {
         let covers = |(b, e, _): &&(Vec<u8>, bool, &AllowedDnsName)| {
             if *e {

@@ -96,7 +96,7 @@ pub(crate) struct Watch {
     /// (prefix length, key) in `exec_tree` for this cgroup.
     pub(crate) tree_keys: HashSet<(u32, ExecTreeKey)>,
     /// ((prefix length, key), value) in `dns_names` for this cgroup.
-    pub(crate) dns_names: Vec<((u32, DnsNameKey), NetAllowVal)>,
+    pub(crate) dns_names: Vec<crate::kernel_policy::DnsNameEntry>,
     /// Whether `resolvers` has an entry for this cgroup.
     pub(crate) has_resolver: bool,
 }
