@@ -100,6 +100,20 @@ SIZE(proc_key, 16);
 LAYOUT(proc_key, pid, 0);
 LAYOUT(proc_key, _pad, 4);
 LAYOUT(proc_key, start, 8);
+SIZE(exec_tree_key, 260);
+LAYOUT(exec_tree_key, prefixlen, 0);
+LAYOUT(exec_tree_key, cgroup_id, 4);
+LAYOUT(exec_tree_key, parent, 12);
+LAYOUT(exec_tree_key, path, 16);
+SIZE(dns_name_key, 260);
+LAYOUT(dns_name_key, prefixlen, 0);
+LAYOUT(dns_name_key, cgroup_id, 4);
+LAYOUT(dns_name_key, name, 12);
+SIZE(dns_allow_key, 24);
+LAYOUT(dns_allow_key, cgroup_id, 0);
+LAYOUT(dns_allow_key, addr, 8);
+SIZE(resolver, 16);
+LAYOUT(resolver, addr, 0);
 _Static_assert(__builtin_offsetof(struct exec_ev, path) ==
 		       __builtin_offsetof(struct exec_ev, key_cgroup) + 8,
 	       "key_cgroup and path must be contiguous: they are the exec_allow key");
@@ -177,10 +191,66 @@ struct {
 	__type(value, __u8);
 } udp_seen SEC(".maps");
 
+/*
+ * (cgroup id, parent node, exe path) -> the node an exec becomes under WATCH_TREE_ENFORCE
+ * (struct exec_tree_key says how exact paths and `prefix*` globs are keyed). Node 0 is the
+ * container's root context: a task of the cgroup that no allowed exec has given a node yet.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct exec_tree_key);
+	__type(value, __u32);
+} exec_tree SEC(".maps");
+
+/* Each task's policy node; threads and children inherit it at fork, an allowed exec moves it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_node);
+} task_nodes SEC(".maps");
+
+/* (cgroup id, DNS name) -> the ports its addresses may be reached on, under WATCH_DNS_ALLOW.
+ * User space copies the ports of every covering `*.` entry into longer ones, as for net_allow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dns_name_key);
+	__type(value, struct net_allow_val);
+} dns_names SEC(".maps");
+
+/* (cgroup id, address) -> ports: what answers for allowed names gave. LRU: a pod resolving
+ * ever new names cannot fill it; user space removes a cgroup's entries when it lifts them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dns_allow_key);
+	__type(value, struct net_allow_val);
+} dns_allow SEC(".maps");
+
+/* cgroup id -> its pod's resolver (always reachable on port 53 under WATCH_CONNECT_ENFORCE). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct resolver);
+} resolvers SEC(".maps");
+
 struct exec_scratch {
 	struct exec_ev ev;
 	__u64 dents[PATH_DEPTH];
 };
+
+/* exec_tree's key, too big for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_tree_key);
+} tree_key_scratch SEC(".maps");
 
 /* An exec record is too big for the 512-byte stack: it is built here, then copied out. */
 struct {
@@ -401,6 +471,43 @@ static __always_inline bool resolve_path(struct exec_scratch *s, struct task_str
 /* Flags that make the resolved path unfit to compare with an allow-list: enforcement kills. */
 #define EXEC_PATH_UNTRUSTED (EXEC_PATH_TRUNCATED | EXEC_PATH_FROM_FILENAME | EXEC_PATH_DETACHED)
 
+/*
+ * Under WATCH_TREE_ENFORCE: may the current task, as the policy node it runs as, exec the
+ * resolved path in s->ev.path? If so the task becomes the child node the policy names. A task
+ * with no node in this cgroup (its first exec here, or a node given in another cgroup) is in
+ * the container's root context, node 0. Untrusted paths never match.
+ */
+__noinline int tree_exec_allowed(__u64 cgroup_id)
+{
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!s || (s->ev.h.flags & EXEC_PATH_UNTRUSTED))
+		return false;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 parent = 0;
+	struct task_node *tn = bpf_task_storage_get(&task_nodes, task, 0, 0);
+	if (tn && tn->cgroup_id == cgroup_id)
+		parent = tn->node;
+	struct exec_tree_key *k = bpf_map_lookup_elem(&tree_key_scratch, &zero);
+	if (!k)
+		return false;
+	k->prefixlen = 8 * (12 + TREE_PATH);
+	__builtin_memcpy(k->cgroup_id, &cgroup_id, 8);
+	__builtin_memcpy(k->parent, &parent, 4);
+	__builtin_memcpy(k->path, s->ev.path, TREE_PATH);
+	__u32 *child = bpf_map_lookup_elem(&exec_tree, k);
+	if (!child)
+		return false;
+	__u32 node = *child;
+	tn = bpf_task_storage_get(&task_nodes, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!tn)
+		return false; /* the node could not be recorded: its children would be misjudged */
+	tn->cgroup_id = cgroup_id;
+	tn->node = node;
+	tn->_pad = 0;
+	return true;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -452,8 +559,12 @@ int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 
 	/* Fail closed: a path that is incomplete, unresolved or detached cannot be shown to be
 	 * on the allow-list, so it is killed like one that is not. */
-	if ((watch & WATCH_EXEC_ENFORCE) &&
-	    ((e->h.flags & EXEC_PATH_UNTRUSTED) || !bpf_map_lookup_elem(&exec_allow, &e->key_cgroup))) {
+	bool deny = (watch & WATCH_EXEC_ENFORCE) &&
+		    ((e->h.flags & EXEC_PATH_UNTRUSTED) ||
+		     !bpf_map_lookup_elem(&exec_allow, &e->key_cgroup));
+	if ((watch & WATCH_TREE_ENFORCE) && !tree_exec_allowed(cgroup_id))
+		deny = true;
+	if (deny) {
 		/* Pending SIGKILL is acted on before the return to user space: the new image never
 		 * runs an instruction. */
 		if (bpf_send_signal(SIGKILL) == 0) {
@@ -476,11 +587,25 @@ int BPF_PROG(gl_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(gl_fork, struct task_struct *parent, struct task_struct *child)
 {
+	__u64 cgroup_id = BPF_CORE_READ(child, cgroups, dfl_cgrp, kn, id);
+	__u32 *flags = watch_flags(cgroup_id);
+	if (!flags)
+		return 0;
+	/* Threads and processes both run as their parent's policy node until they exec. */
+	if (*flags & WATCH_TREE_ENFORCE) {
+		struct task_node *pn = bpf_task_storage_get(&task_nodes, parent, 0, 0);
+		if (pn) {
+			struct task_node *cn = bpf_task_storage_get(&task_nodes, child, 0,
+								    BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (cn) {
+				cn->cgroup_id = pn->cgroup_id;
+				cn->node = pn->node;
+				cn->_pad = 0;
+			}
+		}
+	}
 	/* Threads share their process's identity: only new thread groups are processes. */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
-		return 0;
-	__u64 cgroup_id = BPF_CORE_READ(child, cgroups, dfl_cgrp, kn, id);
-	if (!watch_flags(cgroup_id))
 		return 0;
 	struct fork_ev *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -586,14 +711,16 @@ static __always_inline bool is_loopback(const __u8 *a)
 	return a[15] == 1; /* ::1 */
 }
 
-static __always_inline bool destination_allowed(__u64 cgroup_id, const __u8 *addr, __u16 port)
+static __always_inline bool same_addr(const __u8 *a, const __u8 *b)
 {
-	struct net_allow_key key = {.prefixlen = 64 + 128};
-	__builtin_memcpy(key.cgroup_id, &cgroup_id, 8);
-	__builtin_memcpy(key.addr, addr, 16);
-	struct net_allow_val *v = bpf_map_lookup_elem(&net_allow, &key);
-	if (!v)
-		return false;
+	for (int i = 0; i < 16; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
+}
+
+static __always_inline bool port_in(const struct net_allow_val *v, __u16 port)
+{
 	for (int i = 0; i < PORT_RANGES; i++) {
 		if (i >= v->count)
 			break;
@@ -601,6 +728,26 @@ static __always_inline bool destination_allowed(__u64 cgroup_id, const __u8 *add
 			return true;
 	}
 	return false;
+}
+
+static __always_inline bool destination_allowed(__u64 cgroup_id, const __u8 *addr, __u16 port)
+{
+	struct net_allow_key key = {.prefixlen = 64 + 128};
+	__builtin_memcpy(key.cgroup_id, &cgroup_id, 8);
+	__builtin_memcpy(key.addr, addr, 16);
+	struct net_allow_val *v = bpf_map_lookup_elem(&net_allow, &key);
+	if (v && port_in(v, port))
+		return true;
+	/* The pod's resolver, whatever the policy says about DNS. */
+	if (port == 53) {
+		struct resolver *r = bpf_map_lookup_elem(&resolvers, &cgroup_id);
+		if (r && same_addr(r->addr, addr))
+			return true;
+	}
+	struct dns_allow_key dk = {.cgroup_id = cgroup_id};
+	__builtin_memcpy(dk.addr, addr, 16);
+	v = bpf_map_lookup_elem(&dns_allow, &dk);
+	return v && port_in(v, port);
 }
 
 /* Shared by connect4/6 and sendmsg4/6: report, and decide under WATCH_CONNECT_ENFORCE. */
@@ -761,6 +908,192 @@ int BPF_PROG(gl_sock_state, struct sock *sk, int oldstate, int newstate)
 }
 
 /*
+ * Under WATCH_DNS_ALLOW: an answer from the cgroup's resolver to a question for a name in
+ * dns_names adds its A/AAAA addresses to dns_allow, with that name's ports. This runs when the
+ * datagram is delivered to the socket, before the application can read it: a connect right
+ * after the lookup finds the addresses allowed. Only UDP answers are read (a lookup over TCP
+ * allows nothing), and an address stays allowed while the policy is (TTLs are not followed).
+ */
+struct dns_scratch {
+	__u8 msg[DNS_MAX + 64]; /* slack: reads at a masked offset plus a few bytes stay inside */
+	char name[256];
+	struct dns_name_key key;
+	struct net_allow_val ports;
+	/*
+	 * The parse's state lives here, not in a loop context on the stack: the verifier does
+	 * not track values read from a map, so each step is checked once instead of once per
+	 * distinct offset (which ran past its budget).
+	 */
+	__u64 cgroup_id;
+	__u32 off;     /* next byte of the message */
+	__u32 len;     /* bytes of the message copied */
+	__u32 left;    /* question: bytes left in the label; answers: records left */
+	__u32 n;       /* bytes of the name written */
+	__u32 done;
+	__u32 in_name; /* reading a record's owner name (else its fixed part) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_scratch);
+} dns_scratch SEC(".maps");
+
+/* One byte of the question's name per step: lower-cased labels joined with dots. */
+static long qname_step(__u64 index, void *unused)
+{
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s || s->off >= s->len)
+		return 1;
+	__u8 b = s->msg[MASK(s->off, 4095)];
+	s->off++;
+	if (s->left == 0) {
+		if (b == 0) {
+			s->done = 1;
+			return 1;
+		}
+		if (b > 63) /* a compression pointer has no place in a question */
+			return 1;
+		if (s->n > 0) {
+			if (s->n >= DNS_NAME - 1)
+				return 1;
+			s->name[MASK(s->n, 255)] = '.';
+			s->n++;
+		}
+		s->left = b;
+		return 0;
+	}
+	/* A dot or NUL inside a label would make its name read as another one. */
+	if (b == '.' || b == 0 || s->n >= DNS_NAME - 1)
+		return 1;
+	if (b >= 'A' && b <= 'Z')
+		b += 'a' - 'A';
+	s->name[MASK(s->n, 255)] = b;
+	s->n++;
+	s->left--;
+	return 0;
+}
+
+/* The name's bytes reversed into the dns_names key, one per step. */
+static long rev_step(__u64 index, void *unused)
+{
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s || index >= s->n)
+		return 1;
+	s->key.name[MASK(s->n - 1 - index, 255)] = s->name[MASK(index, 255)];
+	return 0;
+}
+
+/* One label of an owner name, or one record's fixed part and data, per step. */
+static long answer_step(__u64 index, void *unused)
+{
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s || s->left == 0 || s->off + 10 > s->len)
+		return 1;
+	__u32 o = MASK(s->off, 4095);
+	if (s->in_name) {
+		__u8 b = s->msg[o];
+		if ((b & 0xc0) == 0xc0) {
+			s->off += 2;
+			s->in_name = 0;
+		} else if (b == 0) {
+			s->off += 1;
+			s->in_name = 0;
+		} else if (b > 63) {
+			return 1;
+		} else {
+			s->off += 1 + b;
+		}
+		return 0;
+	}
+	__u16 type = ((__u16)s->msg[o] << 8) | s->msg[o + 1];
+	__u16 class = ((__u16)s->msg[o + 2] << 8) | s->msg[o + 3];
+	__u16 rdlen = ((__u16)s->msg[o + 8] << 8) | s->msg[o + 9];
+	__u32 rd = s->off + 10;
+	if (rd + rdlen > s->len)
+		return 1;
+	struct dns_allow_key key = {.cgroup_id = s->cgroup_id};
+	__u32 r = MASK(rd, 4095);
+	bool found = true;
+	if (class == 1 && type == 1 && rdlen == 4) {
+		__u32 v4;
+		__builtin_memcpy(&v4, &s->msg[r], 4);
+		v4_mapped(key.addr, v4);
+	} else if (class == 1 && type == 28 && rdlen == 16) {
+		__builtin_memcpy(key.addr, &s->msg[r], 16);
+	} else {
+		found = false;
+	}
+	if (found)
+		bpf_map_update_elem(&dns_allow, &key, &s->ports, BPF_ANY);
+	s->off = rd + rdlen;
+	s->in_name = 1;
+	s->left--;
+	return 0;
+}
+
+static __always_inline void allow_answer(struct __sk_buff *skb, __u32 l4off, __u64 cgroup_id)
+{
+	struct resolver *r = bpf_map_lookup_elem(&resolvers, &cgroup_id);
+	if (!r)
+		return;
+	__u8 src[16];
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 v4;
+		if (bpf_skb_load_bytes(skb, 12, &v4, 4))
+			return;
+		v4_mapped(src, v4);
+	} else if (bpf_skb_load_bytes(skb, 8, src, 16)) {
+		return;
+	}
+	if (!same_addr(src, r->addr))
+		return;
+	if (skb->len <= l4off + 8 + 12)
+		return;
+	__u32 len = skb->len - l4off - 8;
+	if (len > DNS_MAX)
+		len = DNS_MAX;
+	len = MASK(len - 1, 4095) + 1;
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s || bpf_skb_load_bytes(skb, l4off + 8, s->msg, len))
+		return;
+	/* A response, no error, one question. */
+	if (!(s->msg[2] & 0x80) || (s->msg[3] & 0x0f) || s->msg[4] != 0 || s->msg[5] != 1)
+		return;
+	__u32 answers = ((__u32)s->msg[6] << 8) | s->msg[7];
+	if (answers == 0)
+		return;
+
+	s->cgroup_id = cgroup_id;
+	s->off = 12;
+	s->len = len;
+	s->left = 0;
+	s->n = 0;
+	s->done = 0;
+	if (bpf_loop(256, qname_step, NULL, 0) < 0 || !s->done || s->n == 0)
+		return;
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	s->key.prefixlen = 8 * (8 + DNS_NAME);
+	__builtin_memcpy(s->key.cgroup_id, &cgroup_id, 8);
+	if (bpf_loop(DNS_NAME, rev_step, NULL, 0) < 0)
+		return;
+	struct net_allow_val *ports = bpf_map_lookup_elem(&dns_names, &s->key);
+	if (!ports)
+		return;
+	__builtin_memcpy(&s->ports, ports, sizeof(s->ports));
+
+	s->off += 4; /* past QTYPE and QCLASS */
+	s->left = answers;
+	s->in_name = 1;
+	bpf_loop(1024, answer_step, NULL, 0);
+}
+
+/*
  * DNS answers: UDP datagrams from port 53 delivered to a socket of a watched cgroup. The
  * message is copied whole (up to DNS_MAX) and parsed in user space.
  */
@@ -789,8 +1122,11 @@ int gl_dns_ingress(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, l4off, &sport, 2) || sport != bpf_htons(53))
 		return 1;
 	__u64 cgroup_id = bpf_skb_cgroup_id(skb);
-	if (!watch_flags(cgroup_id))
+	__u32 *flags = watch_flags(cgroup_id);
+	if (!flags)
 		return 1;
+	if (*flags & WATCH_DNS_ALLOW)
+		allow_answer(skb, l4off, cgroup_id);
 	if (skb->len <= l4off + 8)
 		return 1;
 	__u32 len = skb->len - l4off - 8;

@@ -31,6 +31,9 @@
 /* Values of the `watched` map: what to do for a watched cgroup. */
 #define WATCH_EXEC_ENFORCE 1    /* kill execs whose path is not in exec_allow */
 #define WATCH_CONNECT_ENFORCE 2 /* refuse connect/sendmsg to destinations not in net_allow */
+#define WATCH_TREE_ENFORCE 4    /* kill execs the process tree of exec_tree does not allow */
+#define WATCH_DNS_ALLOW 8       /* DNS answers from the resolver for names in dns_names allow
+				 * their addresses (dns_allow) before the answer reaches the pod */
 
 #define PATH_MAX_LEN 256  /* resolved exe path, including the NUL */
 #define PATH_BUF 512      /* twice PATH_MAX_LEN: lets the verifier prove every write in bounds */
@@ -38,6 +41,8 @@
 #define ARGS_MAX 1024     /* bytes of the argv block copied from the new image's stack */
 #define DNS_MAX 4096      /* bytes of a DNS message copied (EDNS answers rarely exceed it) */
 #define PORT_RANGES 16    /* port ranges per allowed network */
+#define TREE_PATH 244     /* path bytes of an exec_tree key: an LPM key holds 256 data bytes */
+#define DNS_NAME 248      /* name bytes of a dns_names key (the same limit) */
 
 struct ev_hdr {
 	__u32 kind;
@@ -139,6 +144,49 @@ struct udp_seen_key {
 	__u8 addr[16];
 	__u32 port;
 	__u32 refused;
+};
+
+/*
+ * LPM trie key of exec_tree: (cgroup id, parent node) always matched whole, then the resolved
+ * exe path, zero-padded. An exact path is an entry of its bytes and the NUL after them; a
+ * `prefix*` glob is an entry of the prefix's bytes alone, so it also matches paths that did
+ * not exist when the policy was set. The longest match wins: an exact path before a glob.
+ */
+struct exec_tree_key {
+	__u32 prefixlen; /* 8 * (12 + matched path bytes) */
+	__u8 cgroup_id[8];
+	__u8 parent[4];
+	char path[TREE_PATH];
+};
+
+/* Per task (BPF task storage): the policy node it runs as, in the cgroup it was given in. */
+struct task_node {
+	__u64 cgroup_id;
+	__u32 node;
+	__u32 _pad;
+};
+
+/*
+ * LPM trie key of dns_names: cgroup id matched whole, then the lower-case name with its bytes
+ * reversed ("moc.elpmaxe"), zero-padded. An exact name is an entry of its reversed bytes and
+ * the NUL after them; `*.example.com` is an entry of "moc.elpmaxe." alone.
+ */
+struct dns_name_key {
+	__u32 prefixlen; /* 8 * (8 + matched name bytes) */
+	__u8 cgroup_id[8];
+	char name[DNS_NAME];
+};
+
+/* Key of dns_allow: an address a DNS answer gave for an allowed name. */
+struct dns_allow_key {
+	__u64 cgroup_id;
+	__u8 addr[16];
+};
+
+/* Value of `resolvers`: the pod's DNS server, reachable on port 53 whatever the policy says,
+ * and the only source whose answers fill dns_allow. */
+struct resolver {
+	__u8 addr[16];
 };
 
 #endif

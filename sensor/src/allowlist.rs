@@ -176,7 +176,7 @@ fn exec_path_key(path: &str) -> Result<[u8; PATH_MAX_LEN], SensorError> {
     Ok(key)
 }
 
-fn to_v6_bytes(ip: IpAddr) -> [u8; 16] {
+pub(crate) fn to_v6_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
@@ -186,7 +186,7 @@ fn to_v6_bytes(ip: IpAddr) -> [u8; 16] {
 /// One LPM trie entry per distinct network: (address, prefix over 128 bits, port ranges). Each
 /// entry carries the port ranges of every listed network that contains it, so that the longest
 /// match the kernel finds is enough to decide.
-fn compile_destinations(
+pub(crate) fn compile_destinations(
     list: &[AllowedDestination],
 ) -> Result<Vec<([u8; 16], u8, NetAllowVal)>, SensorError> {
     // (address bits, prefix over 128 bits, original net, ports)
@@ -218,36 +218,41 @@ fn compile_destinations(
     nets.dedup();
     let mut out = Vec::new();
     for (addr, prefix, net) in nets {
-        let mut ranges: Vec<(u16, u16)> = norm
+        let ranges: Vec<(u16, u16)> = norm
             .iter()
             .filter(|(a, p, _, _)| *p <= prefix && addr & mask(*p) == *a)
             .filter(|(_, _, _, r)| r.start() <= r.end())
             .map(|(_, _, _, r)| (*r.start(), *r.end()))
             .collect();
-        ranges.sort();
-        let mut merged: Vec<(u16, u16)> = Vec::new();
-        for (lo, hi) in ranges {
-            match merged.last_mut() {
-                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
-                _ => merged.push((lo, hi)),
-            }
-        }
-        if merged.len() > PORT_RANGES {
-            return Err(SensorError::TooManyPortRanges {
-                net,
-                count: merged.len(),
-            });
-        }
-        let mut value = NetAllowVal {
-            count: merged.len() as u32,
-            ..Default::default()
-        };
-        for (slot, (lo, hi)) in value.ranges.iter_mut().zip(merged) {
-            *slot = PortRange { lo, hi };
-        }
+        let value =
+            port_value(ranges).map_err(|count| SensorError::TooManyPortRanges { net, count })?;
         out.push((addr.to_be_bytes(), prefix, value));
     }
     Ok(out)
+}
+
+/// The map value for a set of port ranges, merged; `Err(count)` when more than
+/// [`PORT_RANGES`] remain after merging.
+pub(crate) fn port_value(mut ranges: Vec<(u16, u16)>) -> Result<NetAllowVal, usize> {
+    ranges.sort();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    if merged.len() > PORT_RANGES {
+        return Err(merged.len());
+    }
+    let mut value = NetAllowVal {
+        count: merged.len() as u32,
+        ..Default::default()
+    };
+    for (slot, (lo, hi)) in value.ranges.iter_mut().zip(merged) {
+        *slot = PortRange { lo, hi };
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

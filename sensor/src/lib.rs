@@ -34,6 +34,7 @@ mod allowlist;
 pub mod cgroup;
 mod decoder;
 mod dns;
+mod kernel_policy;
 mod loader;
 mod raw;
 mod reader;
@@ -50,6 +51,7 @@ pub use guardlab_events::{ContainerInfo, Event, EventBody};
 pub use ipnet::IpNet;
 
 pub use allowlist::AllowedDestination;
+pub use kernel_policy::{AllowedDnsName, ExecRule, KernelPolicy};
 pub use loader::{Sensor, SensorStats};
 
 /// The oldest kernel the object loads on: bpf_loop (5.17) is the newest feature it uses.
@@ -122,6 +124,13 @@ pub enum SensorError {
         raw::PORT_RANGES
     )]
     TooManyPortRanges { net: IpNet, count: usize },
+    #[error("kernel policy: exe pattern {pattern:?}: {reason}")]
+    BadExecPattern {
+        pattern: String,
+        reason: &'static str,
+    },
+    #[error("kernel policy: DNS name {name:?}: {reason}")]
+    BadDnsName { name: String, reason: String },
     #[error("the event stream was already taken (Sensor::events can be called once)")]
     EventsTaken,
 }

@@ -93,6 +93,12 @@ pub(crate) struct Watch {
     pub(crate) exec_keys: BTreeSet<[u8; PATH_MAX_LEN]>,
     /// (prefix length, key) in `net_allow` for this cgroup.
     pub(crate) net_keys: HashSet<(u32, NetAllowKey)>,
+    /// (prefix length, key) in `exec_tree` for this cgroup.
+    pub(crate) tree_keys: HashSet<(u32, ExecTreeKey)>,
+    /// ((prefix length, key), value) in `dns_names` for this cgroup.
+    pub(crate) dns_names: Vec<crate::kernel_policy::DnsNameEntry>,
+    /// Whether `resolvers` has an entry for this cgroup.
+    pub(crate) has_resolver: bool,
 }
 
 /// The loaded, attached sensor. Dropping it detaches and unloads everything; [`Sensor::stop`]
@@ -191,6 +197,8 @@ impl Sensor {
         let mut bpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries("events", size)
+            // task_nodes (BPF task storage) has no aya type; only the kernel side uses it.
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(SensorError::Load)?;
 
@@ -337,6 +345,9 @@ impl Sensor {
             flags: 0,
             exec_keys: BTreeSet::new(),
             net_keys: HashSet::new(),
+            tree_keys: HashSet::new(),
+            dns_names: Vec::new(),
+            has_resolver: false,
         };
         // The per-cgroup programs report nothing until the id is in `watched`, so: attach,
         // queue the container event, then enable. The container event thus precedes every
@@ -416,6 +427,7 @@ impl Sensor {
                 let _ = allow.remove(&LpmKey::new(prefix, key));
             }
         }
+        crate::kernel_policy::remove_policy_entries(bpf, id, watch);
         // Listeners still open in the cgroup: their close would remove them, but the owner
         // they name is of no use once the cgroup is not watched.
         if let Ok(mut listeners) = map::<BpfHashMap<_, ListenerKey, ProcKey>>(bpf, "listeners") {

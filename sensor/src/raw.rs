@@ -29,12 +29,16 @@ pub const DNS_TRUNCATED: u32 = 1;
 
 pub const WATCH_EXEC_ENFORCE: u32 = 1;
 pub const WATCH_CONNECT_ENFORCE: u32 = 2;
+pub const WATCH_TREE_ENFORCE: u32 = 4;
+pub const WATCH_DNS_ALLOW: u32 = 8;
 
 pub const PATH_MAX_LEN: usize = 256;
 pub const PATH_BUF: usize = 512;
 pub const ARGS_MAX: usize = 1024;
 pub const DNS_MAX: usize = 4096;
 pub const PORT_RANGES: usize = 16;
+pub const TREE_PATH: usize = 244;
+pub const DNS_NAME: usize = 248;
 
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -142,6 +146,38 @@ pub struct NetAllowVal {
     pub ranges: [PortRange; PORT_RANGES],
 }
 
+/// Key of `exec_tree` after aya's LPM prefix length: (cgroup, parent node) then path bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecTreeKey {
+    pub cgroup_id: [u8; 8],
+    pub parent: [u8; 4],
+    pub path: [u8; TREE_PATH],
+}
+
+/// Key of `dns_names` after aya's LPM prefix length: cgroup, then the reversed name's bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsNameKey {
+    pub cgroup_id: [u8; 8],
+    pub name: [u8; DNS_NAME],
+}
+
+/// Key of `dns_allow`: an address an allowed name resolved to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsAllowKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+
+/// Value of `resolvers`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolver {
+    pub addr: [u8; 16],
+}
+
 /// Key of the `listeners` map: a listening socket's cgroup and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +209,14 @@ unsafe impl aya::Pod for NetAllowVal {}
 unsafe impl aya::Pod for ListenerKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProcKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ExecTreeKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsNameKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsAllowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Resolver {}
 
 #[cfg(test)]
 /// The bytes aya's `lpm_trie::Key` puts in front of [`NetAllowKey`]: the u32 prefix length,
@@ -253,6 +297,40 @@ pub const LAYOUT: &[(&str, &str, usize)] = &[
     ("proc_key", "pid", offset_of!(ProcKey, pid)),
     ("proc_key", "_pad", offset_of!(ProcKey, _pad)),
     ("proc_key", "start", offset_of!(ProcKey, start)),
+    ("exec_tree_key", "prefixlen", 0),
+    (
+        "exec_tree_key",
+        "cgroup_id",
+        LPM_PREFIX + offset_of!(ExecTreeKey, cgroup_id),
+    ),
+    (
+        "exec_tree_key",
+        "parent",
+        LPM_PREFIX + offset_of!(ExecTreeKey, parent),
+    ),
+    (
+        "exec_tree_key",
+        "path",
+        LPM_PREFIX + offset_of!(ExecTreeKey, path),
+    ),
+    ("dns_name_key", "prefixlen", 0),
+    (
+        "dns_name_key",
+        "cgroup_id",
+        LPM_PREFIX + offset_of!(DnsNameKey, cgroup_id),
+    ),
+    (
+        "dns_name_key",
+        "name",
+        LPM_PREFIX + offset_of!(DnsNameKey, name),
+    ),
+    (
+        "dns_allow_key",
+        "cgroup_id",
+        offset_of!(DnsAllowKey, cgroup_id),
+    ),
+    ("dns_allow_key", "addr", offset_of!(DnsAllowKey, addr)),
+    ("resolver", "addr", offset_of!(Resolver, addr)),
 ];
 
 #[cfg(test)]
@@ -270,6 +348,10 @@ pub const SIZES: &[(&str, usize)] = &[
     ("net_allow_val", size_of::<NetAllowVal>()),
     ("listener_key", size_of::<ListenerKey>()),
     ("proc_key", size_of::<ProcKey>()),
+    ("exec_tree_key", LPM_PREFIX + size_of::<ExecTreeKey>()),
+    ("dns_name_key", LPM_PREFIX + size_of::<DnsNameKey>()),
+    ("dns_allow_key", size_of::<DnsAllowKey>()),
+    ("resolver", size_of::<Resolver>()),
 ];
 
 /// Reads a `T` from the front of a ring buffer record, zero-filling what the kernel did not

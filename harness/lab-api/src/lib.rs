@@ -74,6 +74,49 @@ pub struct Enforcement {
     pub executables: Option<Vec<String>>,
     /// Destinations the pod may connect to (loopback is always allowed).
     pub destinations: Option<Vec<AllowedDestination>>,
+    /// A whole policy compiled for the kernel (`guardlab-kernel-policy`): the process tree,
+    /// destinations, DNS names and resolver. When set it replaces `executables` and
+    /// `destinations`; `None` lifts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KernelPolicy>,
+}
+
+/// A policy as the kernel enforces it: which executable each process node may start as which
+/// child node, and where the pod may connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelPolicy {
+    /// Edges of the process tree. Node 0 is the container's root context (a process no
+    /// allowed exec has placed yet); the policy's nodes are numbered from 1.
+    pub nodes: Vec<KernelNode>,
+    pub destinations: Vec<AllowedDestination>,
+    /// Names (`pypi.org`, `*.example.com`) whose DNS answers allow their addresses.
+    pub dns_names: Vec<AllowedDnsName>,
+    /// The pod's resolver (an address); `None`: the backend's own (the lab's DNS server).
+    pub resolver: Option<String>,
+    /// Where the kernel allows more than the policy says (a glob it cannot match exactly,
+    /// an `except` it cannot subtract...), one sentence each. The engine still reports those
+    /// deviations.
+    pub widened: Vec<String>,
+}
+
+/// A task running as policy node `parent` may exec a file matching `exe` (an absolute path, or
+/// a prefix ending in `*`) and then runs as `node`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelNode {
+    pub parent: u32,
+    pub exe: String,
+    pub node: u32,
+    /// The process node's `id` in the policy (`python3_0`): numbers stay with their nodes
+    /// when the policy is edited.
+    pub policy_node: String,
+}
+
+/// A DNS name or `*.` domain, and the ports the addresses its answers give may be reached on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedDnsName {
+    pub name: String,
+    pub first_port: u16,
+    pub last_port: u16,
 }
 
 /// One allowed destination: an address or CIDR network, and a port range.

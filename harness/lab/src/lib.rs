@@ -11,7 +11,7 @@ pub mod lab_files;
 pub mod local;
 
 pub use guardlab_lab_api::{
-    AllowedDestination, Backend, Enforcement, IoContext, Lab, LabAction, LabError, LabInfo,
-    NoProgress, PodInfo, Progress,
+    AllowedDestination, AllowedDnsName, Backend, Enforcement, IoContext, KernelNode, KernelPolicy,
+    Lab, LabAction, LabError, LabInfo, NoProgress, PodInfo, Progress,
 };
 pub use local::{DaemonOptions, LocalLab, LocalLabOptions, daemon_main};

@@ -656,6 +656,7 @@ async fn enforcement_reaches_the_sensor_and_can_be_lifted() {
                 first_port: 53,
                 last_port: 53,
             }]),
+            policy: None,
         };
         lab.enforce(&pod, &enforcement).await.expect("enforce");
         let (output, code) = run(

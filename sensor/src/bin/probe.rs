@@ -65,6 +65,15 @@ enum Cmd {
     },
     /// Open and close N TCP connections to ADDR, one after the other.
     ConnectStorm { n: usize, addr: SocketAddr },
+    /// N times: ask SERVER for the A record of `q<i>.DOMAIN`, then connect to the first
+    /// address on PORT at once; print `ok resolved N refused K failed F` (K: connects that got
+    /// EPERM, F: other failures).
+    DnsConnect {
+        n: usize,
+        server: SocketAddr,
+        domain: String,
+        port: u16,
+    },
 }
 
 fn errno_line(what: &str, e: &std::io::Error) -> ExitCode {
@@ -113,6 +122,12 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Dns { server, name } => dns(server, &name),
+        Cmd::DnsConnect {
+            n,
+            server,
+            domain,
+            port,
+        } => dns_connect(n, server, &domain, port),
         Cmd::Listen { addr } => {
             let listener = match TcpListener::bind(addr) {
                 Ok(l) => l,
@@ -305,6 +320,62 @@ fn udp_lines(addr: SocketAddr) -> ExitCode {
         line.clear();
     }
     ExitCode::SUCCESS
+}
+
+fn dns_connect(n: usize, server: SocketAddr, domain: &str, port: u16) -> ExitCode {
+    let (mut resolved, mut refused, mut failed) = (0, 0, 0);
+    for i in 0..n {
+        let addrs = match lookup(server, &format!("q{i}.{domain}")) {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                println!("err errno=0 lookup {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Some(ip) = addrs.first() else {
+            println!("err errno=0 lookup {i}: no address");
+            return ExitCode::FAILURE;
+        };
+        resolved += 1;
+        match TcpStream::connect((*ip, port)) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    println!("ok resolved {resolved} refused {refused} failed {failed}");
+    ExitCode::SUCCESS
+}
+
+/// The A and AAAA addresses SERVER answers for NAME.
+fn lookup(server: SocketAddr, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    let qname = Name::from_str(name).map_err(|e| e.to_string())?;
+    let mut msg = Message::new();
+    msg.set_id(0x4243)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true);
+    msg.add_query(Query::query(qname, RecordType::A));
+    let bytes = msg.to_vec().map_err(|e| e.to_string())?;
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+    sock.send_to(&bytes, server).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).map_err(|e| e.to_string())?;
+    let answer = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
+    Ok(answer
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn dns(server: SocketAddr, name: &str) -> ExitCode {

@@ -32,6 +32,7 @@ mod client;
 pub mod config;
 pub mod daemon;
 pub mod events;
+mod exe_paths;
 pub mod manifest;
 pub mod manifest_limits;
 pub mod netns;

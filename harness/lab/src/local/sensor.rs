@@ -7,11 +7,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use guardlab_events::ContainerInfo;
-use guardlab_sensor::{AllowedDestination, IpNet, Sensor, SensorConfig};
+use guardlab_sensor::{
+    AllowedDestination, AllowedDnsName, ExecRule, IpNet, KernelPolicy, Sensor, SensorConfig,
+};
 use std::sync::Arc;
 
 use crate::local::events::EventBus;
 
+use crate::local::exe_paths::kernel_patterns;
+use crate::local::network::DNS_ADDRESS;
 use crate::{Enforcement, LabError, PodInfo};
 
 fn sensor_error(e: guardlab_sensor::SensorError) -> LabError {
@@ -37,8 +41,8 @@ impl From<WatchError> for LabError {
 
 pub struct SensorHandle {
     sensor: Sensor,
-    /// Pod name -> cgroup id.
-    watched: BTreeMap<String, u64>,
+    /// Pod name -> (cgroup id, cgroup directory).
+    watched: BTreeMap<String, (u64, PathBuf)>,
 }
 
 /// Load the sensor; its events go to `events` (and from there to every client).
@@ -98,46 +102,37 @@ impl SensorHandle {
                 .unwrap_or_default(),
         };
         let id = self.sensor.watch(cgroup, info).map_err(sensor_error)?;
-        self.watched.insert(pod.name.clone(), id);
+        self.watched.insert(pod.name.clone(), (id, cgroup.clone()));
         Ok(())
     }
 
     pub fn unwatch(&mut self, pod: &PodInfo) {
-        if let Some(id) = self.watched.remove(&pod.name) {
+        if let Some((id, _)) = self.watched.remove(&pod.name) {
             let _ = self.sensor.unwatch(id);
         }
     }
 
     /// Apply a policy's enforcement to a pod.
     pub fn enforce(&mut self, pod: &str, enforcement: &Enforcement) -> Result<(), LabError> {
-        let Some(&id) = self.watched.get(pod) else {
+        let Some((id, cgroup)) = self.watched.get(pod).cloned() else {
             return Err(WatchError::NotWatched {
                 pod: pod.to_string(),
             }
             .into());
         };
+        if let Some(policy) = &enforcement.policy {
+            let policy = kernel_policy(policy, &cgroup)?;
+            return self
+                .sensor
+                .set_kernel_policy(id, Some(policy))
+                .map_err(sensor_error);
+        }
+        self.sensor
+            .set_kernel_policy(id, None)
+            .map_err(sensor_error)?;
         let destinations = match &enforcement.destinations {
             None => None,
-            Some(list) => Some(
-                list.iter()
-                    .map(|d| {
-                        let net: IpNet = d
-                            .network
-                            .parse()
-                            .or_else(|_| d.network.parse::<std::net::IpAddr>().map(IpNet::from))
-                            .map_err(|_| LabError::Input {
-                                file: None,
-                                line: None,
-                                field: Some("enforcement.destinations".into()),
-                                message: format!(
-                                    "allowed destination {:?}: not an address or CIDR network",
-                                    d.network
-                                ),
-                            })?;
-                        Ok(AllowedDestination::new(net, d.first_port..=d.last_port))
-                    })
-                    .collect::<Result<Vec<_>, LabError>>()?,
-            ),
+            Some(list) => Some(destinations(list, "enforcement.destinations")?),
         };
         self.sensor
             .set_exec_allowlist(id, enforcement.executables.clone())
@@ -147,4 +142,77 @@ impl SensorHandle {
             .map_err(sensor_error)?;
         Ok(())
     }
+}
+
+fn destinations(
+    list: &[crate::AllowedDestination],
+    field: &str,
+) -> Result<Vec<AllowedDestination>, LabError> {
+    list.iter()
+        .map(|d| {
+            let net: IpNet = d
+                .network
+                .parse()
+                .or_else(|_| d.network.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| LabError::Input {
+                    file: None,
+                    line: None,
+                    field: Some(field.into()),
+                    message: format!(
+                        "allowed destination {:?}: not an address or CIDR network",
+                        d.network
+                    ),
+                })?;
+            Ok(AllowedDestination::new(net, d.first_port..=d.last_port))
+        })
+        .collect()
+}
+
+/// The pod's root as its processes see it (`/proc/PID/root` of one of them), to resolve a
+/// policy's executables the way the kernel reports them. `None` when the pod runs nothing.
+fn pod_root(cgroup: &std::path::Path) -> Option<PathBuf> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+    let pid: u32 = procs.lines().next()?.trim().parse().ok()?;
+    Some(PathBuf::from(format!("/proc/{pid}/root")))
+}
+
+/// What the sensor enforces for a compiled policy: its executables also as resolved in the
+/// pod (both forms allowed), and the lab's resolver unless the policy names one.
+fn kernel_policy(
+    policy: &crate::KernelPolicy,
+    cgroup: &std::path::Path,
+) -> Result<KernelPolicy, LabError> {
+    let root = pod_root(cgroup);
+    let mut exec = Vec::new();
+    for node in &policy.nodes {
+        for exe in kernel_patterns(root.as_deref(), &node.exe) {
+            exec.push(ExecRule {
+                parent: node.parent,
+                exe,
+                node: node.node,
+            });
+        }
+    }
+    let resolver = match &policy.resolver {
+        None => std::net::IpAddr::V4(DNS_ADDRESS),
+        Some(text) => text.parse().map_err(|_| LabError::Input {
+            file: None,
+            line: None,
+            field: Some("enforcement.policy.resolver".into()),
+            message: format!("resolver {text:?}: not an IP address"),
+        })?,
+    };
+    Ok(KernelPolicy {
+        exec,
+        destinations: destinations(&policy.destinations, "enforcement.policy.destinations")?,
+        dns_names: policy
+            .dns_names
+            .iter()
+            .map(|n| AllowedDnsName {
+                name: n.name.clone(),
+                ports: n.first_port..=n.last_port,
+            })
+            .collect(),
+        resolver: Some(resolver),
+    })
 }
