@@ -284,6 +284,7 @@ impl BenchBackend {
             let enforcement = Enforcement {
                 executables: Some(self.seen_exes.iter().cloned().collect()),
                 destinations: None,
+                policy: None,
             };
             for pod in &info.pods {
                 lab.enforce(pod, &enforcement).await?;

@@ -365,6 +365,7 @@ mod tests {
             timestamp: 0.0,
             flags: Vec::new(),
             decisions,
+            prevented: false,
         }
     }
 
