@@ -97,6 +97,29 @@ fn after_header(guardlab: &Process, name: &str) -> Option<String> {
     Some(text[found.end()..].to_string())
 }
 
+/// Waits until the output after step `name`'s header says `words`; fails early if guardlab
+/// exits.
+async fn wait_for_output(guardlab: &mut Process, name: &str, words: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if after_header(guardlab, name).is_some_and(|rest| rest.contains(words)) {
+            return;
+        }
+        if let Some(status) = guardlab.try_wait().unwrap() {
+            panic!(
+                "guardlab ended ({status}) before step {name} said {words:?}:\n{}",
+                output(guardlab)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step {name} did not say {words:?} within {timeout:?}:\n{}",
+            output(guardlab)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the runner waits for the learner at step `name` (it printed the step's console
 /// task); fails early if guardlab exits.
 async fn wait_for_console_task(guardlab: &mut Process, name: &str, timeout: Duration) {
@@ -356,6 +379,28 @@ async fn drive_tutorial(netns: Netns, tutorial: Tutorial, shots: PathBuf) -> Scr
     let status = browser.text("#policy-status").await.unwrap();
     assert_eq!(status, "Auditing");
 
+    // On a live lab the learner types the terminal's `ls` themselves, in a terminal of the
+    // notebook (through Jupyter's own terminal API, as its page does); the step is theirs.
+    if tutorial.backend == "local" {
+        wait_for_output(
+            &mut guardlab,
+            "terminal-ls",
+            "Type these in a terminal",
+            step,
+        )
+        .await;
+        let banner = browser
+            .wait_for_text("#workshop-banner", "terminal-ls", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(banner.contains("Have guardlab do it"), "{banner}");
+        let notebook = guardlab_jupyter::JupyterClient::new("http://127.0.0.1:1234/").unwrap();
+        let mut terminal = notebook.open_terminal().await.unwrap();
+        terminal.run("ls", Duration::from_secs(60)).await.unwrap();
+        wait_for_output(&mut guardlab, "terminal-ls", "typed by the learner", step).await;
+        eprintln!("[{:?}] terminal-ls typed by the learner", started.elapsed());
+    }
+
     // The terminal's deviations: bash and ls, on the Deviations tab.
     wait_for_console_task(&mut guardlab, "terminal-deviations", step).await;
     eprintln!("[{:?}] terminal-deviations", started.elapsed());
@@ -392,7 +437,18 @@ async fn drive_tutorial(netns: Netns, tutorial: Tutorial, shots: PathBuf) -> Scr
         .unwrap();
     assert_eq!(browser.text("#policy-status").await.unwrap(), "Enforcing");
 
-    // The attack: red flags come in live; the Flags page lists the miner.
+    // The attack: on a live lab the learner has guardlab type it, from the console.
+    if tutorial.backend == "local" {
+        wait_for_output(&mut guardlab, "attack", "Type these in a terminal", step).await;
+        browser
+            .wait_for_text("#workshop-banner", "attack", Duration::from_secs(10))
+            .await
+            .unwrap();
+        click_fresh(&browser, "#workshop-go").await;
+        wait_for_output(&mut guardlab, "attack", "guardlab types them", step).await;
+    }
+
+    // Red flags come in live; the Flags page lists the miner.
     wait_for_console_task(&mut guardlab, "attack-deviations", step).await;
     eprintln!("[{:?}] attack-deviations", started.elapsed());
     browser

@@ -37,6 +37,7 @@ async function refresh(soft = false) {
   state = await api("/api/state");
   $("#title").textContent = state.title;
   $("#flag-count").textContent = state.flags;
+  showWorkshop(state.workshop);
   const { page, arg } = route();
   if (soft && page === "policies" && arg && ui.tab !== "graph") {
     const p = state.policies.find((x) => x.uid === arg || x.name === arg);
@@ -229,6 +230,11 @@ async function renderPolicy(main, uid, soft = false) {
     body.innerHTML = `
       <p><label>Mode <select id="info-mode"><option value="audit">Audit</option><option value="enforce">Enforcing</option></select></label>
       <label><input type="checkbox" id="info-enabled"> Enabled</label>
+      <label>Add a response <select id="info-kill"><option value="">(none)</option>
+        <option value="agentKillProcess">kill the process</option>
+        <option value="agentKillProcessGroup">kill its process group</option>
+        <option value="agentKillProcessTree">kill its process tree</option>
+        <option value="agentKillPod">kill the pod</option></select></label>
       <button id="info-save" class="primary">Save</button> <span id="info-message" class="muted"></span></p>
       <h3>Response actions</h3><pre id="info-response">${esc(JSON.stringify(p.response, null, 2))}</pre>
       <h3>YAML</h3><pre id="policy-yaml">${esc(p.yaml)}</pre>`;
@@ -236,7 +242,8 @@ async function renderPolicy(main, uid, soft = false) {
     $("#info-enabled").checked = p.enabled;
     $("#info-save").addEventListener("click", async () => {
       const r = await api(`/api/policies/${encodeURIComponent(p.uid)}`, { method: "POST",
-        body: { mode: $("#info-mode").value, enabled: $("#info-enabled").checked } });
+        body: { mode: $("#info-mode").value, enabled: $("#info-enabled").checked,
+          ...($("#info-kill").value ? { addKill: $("#info-kill").value } : {}) } });
       $("#info-message").textContent = `saved: ${r.status}`;
       $("#policy-status").textContent = r.status;
     });
@@ -281,6 +288,28 @@ function softRefresh() {
   refresh(true).catch(() => {}).finally(() => {
     ui.busy = false;
     if (ui.again) { ui.again = false; softRefresh(); }
+  });
+}
+
+// ---- Workshop ---------------------------------------------------------------------------
+// A paced run (`--step --console`) waits at a step: what it is, what the learner may do, and a
+// button that has guardlab do it instead (as Enter in the trainer's terminal).
+function showWorkshop(step) {
+  const banner = $("#workshop-banner");
+  if (!step) { banner.hidden = true; banner.innerHTML = ""; return; }
+  if (banner.dataset.step === String(step.number) && !banner.hidden) return;
+  banner.dataset.step = String(step.number);
+  banner.hidden = false;
+  banner.innerHTML = `<h3>Step ${step.number} of ${step.of}: ${esc(step.name)}</h3>
+    <p>${esc(step.explain)}</p><p><strong id="workshop-task">${esc(step.task)}</strong></p>
+    <button id="workshop-go">Have guardlab do it</button> <span id="workshop-message" class="muted"></span>`;
+  $("#workshop-go").addEventListener("click", async () => {
+    try {
+      await api("/api/workshop/go", { method: "POST" });
+      $("#workshop-message").textContent = "guardlab does it…";
+    } catch (e) {
+      $("#workshop-message").textContent = e.message;
+    }
   });
 }
 

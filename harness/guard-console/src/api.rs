@@ -137,6 +137,7 @@ pub(crate) async fn state(State(app): State<AppState>) -> Json<Value> {
             "fingerprints": fingerprints,
             "policies": policies,
             "flags": report.flags.len(),
+            "workshop": store.workshop_step(),
         })
     });
     Json(value)
@@ -464,6 +465,25 @@ pub(crate) async fn viewed(
     }
     app.store.update(|s| s.viewed(&request.page));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// "Have guardlab do it": the workshop step the run waits at goes on, as at Enter.
+pub(crate) async fn workshop_go(State(app): State<AppState>) -> ApiResult<StatusCode> {
+    let waiting = app.store.update(|s| {
+        let waiting = s.workshop_step().is_some();
+        if waiting {
+            s.go();
+        }
+        waiting
+    });
+    if waiting {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(
+            StatusCode::CONFLICT,
+            "no workshop step is waiting (the run is not paced, or it is doing a step)".into(),
+        ))
+    }
 }
 
 /// Red flags, newest first.

@@ -152,6 +152,7 @@ fn routes(state: AppState) -> Router {
         .route("/api/investigation.svg", get(api::investigation_graph))
         .route("/api/flags", get(api::flags))
         .route("/api/viewed", post(api::viewed))
+        .route("/api/workshop/go", post(api::workshop_go))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

@@ -76,6 +76,12 @@ pub enum Change {
     Viewed {
         page: String,
     },
+    /// A workshop run waits at a step (or no longer waits: `None`).
+    Workshop {
+        step: Option<WorkshopStep>,
+    },
+    /// The learner asked guardlab to do the step it waits at.
+    Go,
     /// A red flag raised (`event_ns`: the kernel's time of the event that raised it).
     Flag {
         index: usize,
@@ -83,6 +89,19 @@ pub enum Change {
         severity: String,
         event_ns: u64,
     },
+}
+
+/// The step a workshop run waits at, for the console to show.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkshopStep {
+    /// 1-based.
+    pub number: usize,
+    pub of: usize,
+    pub name: String,
+    pub explain: String,
+    /// What the learner may do (in the console, or in the notebook's terminal).
+    pub task: String,
 }
 
 /// A red flag as the store keeps it: the engine's flag and the kernel time of its event.
@@ -109,6 +128,7 @@ pub struct PolicyStore {
     policies: Vec<Policy>,
     investigator: Investigator,
     flags: Vec<FlagEntry>,
+    workshop: Option<WorkshopStep>,
     events: u64,
     generation: u64,
     changes: VecDeque<(u64, Change)>,
@@ -132,6 +152,7 @@ impl PolicyStore {
             investigator: Investigator::with_limits(&[], limits)
                 .expect("no policy is always valid"),
             flags: Vec::new(),
+            workshop: None,
             events: 0,
             generation: 0,
             changes: VecDeque::new(),
@@ -417,6 +438,24 @@ impl PolicyStore {
         self.record(Change::Viewed {
             page: page.to_string(),
         });
+    }
+
+    /// Say the step a workshop run waits at (`None`: it no longer waits).
+    pub fn set_workshop_step(&mut self, step: Option<WorkshopStep>) {
+        if self.workshop != step {
+            self.workshop = step.clone();
+            self.record(Change::Workshop { step });
+        }
+    }
+
+    /// The step a workshop run waits at.
+    pub fn workshop_step(&self) -> Option<&WorkshopStep> {
+        self.workshop.as_ref()
+    }
+
+    /// The learner asks guardlab to do the step it waits at (as Enter in the terminal).
+    pub fn go(&mut self) {
+        self.record(Change::Go);
     }
 
     /// Counts up with every change: a reader that saw generation `g` has seen everything when

@@ -32,6 +32,7 @@ pub mod replay;
 pub mod run_report;
 pub mod runner;
 pub mod snapshot;
+pub mod snapshot_extra;
 pub mod snapshot_text;
 pub mod stop;
 pub mod summary;

@@ -47,7 +47,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                     .await
             }
             Action::Terminal(t) => {
-                if self.typed_by_person(t).await? {
+                if self.typed_by_person(step, t).await? {
                     return Ok(());
                 }
                 if !self.terminals.contains(&t.session) {
@@ -363,6 +363,19 @@ impl<B: ScenarioBackend> Runner<'_, B> {
         ) {
             Ok(Comparison::Matches) => None,
             Ok(Comparison::Written) => Some(StepDiff::Written),
+            Ok(Comparison::Differs { diff }) if self.person_acted && self.covered(name, text) => {
+                // What the learner did besides the step shows as extra, and passes.
+                self.out
+                    .detail("extra, from what the learner did beyond the step (not a failure):");
+                for line in diff.lines().filter(|l| {
+                    l.starts_with(['+', '-']) && !l.starts_with("+++") && !l.starts_with("---")
+                }) {
+                    self.out.detail(format!("  {line}"));
+                }
+                self.messages
+                    .push("extra from the learner's own actions (see the output)".into());
+                None
+            }
             Ok(Comparison::Differs { diff }) => Some(StepDiff::Differs(diff)),
             Ok(Comparison::Missing) => Some(StepDiff::Missing),
             Err(e) => {
@@ -373,6 +386,16 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 ));
                 None
             }
+        }
+    }
+}
+
+impl<B: ScenarioBackend> Runner<'_, B> {
+    /// The snapshot `name` has nothing `text` lacks (see [`super::super::snapshot_extra`]).
+    fn covered(&self, name: &str, text: &str) -> bool {
+        match self.snapshots.dir.read(name) {
+            Ok(Some(expected)) => super::super::snapshot_extra::covers(&expected, text),
+            _ => false,
         }
     }
 }

@@ -89,6 +89,11 @@ pub struct Runner<'a, B: ScenarioBackend> {
     html: Option<std::path::PathBuf>,
     /// Each deviation's times, from its kernel event to its flag and kill.
     latency: LatencyRecorder,
+    /// The step that runs (1-based) and how many there are, for the console's workshop banner.
+    step_at: (usize, usize),
+    /// A person typed in the pod (workshop mode): from then on a snapshot is met when what it
+    /// has is there, and the rest is said as extra.
+    person_acted: bool,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -125,6 +130,8 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             console_url: None,
             html: None,
             latency,
+            step_at: (0, 0),
+            person_acted: false,
             messages: Vec::new(),
             failed: false,
             report,
@@ -243,6 +250,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             for line in textwrap(&step.explain, 88) {
                 self.out.line(format!("       {line}"));
             }
+            self.step_at = (index + 1, total);
             if self.pause(step).await == Pace::Stop {
                 self.report.stopped = Some(step.name.clone());
                 stopped = true;

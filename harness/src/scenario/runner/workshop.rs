@@ -9,7 +9,7 @@
 
 use guardlab_engine::model::Mode;
 use guardlab_engine::policy;
-use guardlab_policy_store::{Change, PolicyStore};
+use guardlab_policy_store::{Change, PolicyStore, WorkshopStep};
 
 use super::super::backend::ScenarioBackend;
 use std::time::{Duration, Instant};
@@ -107,6 +107,13 @@ enum Learner {
     MadePolicy(String),
 }
 
+/// The learner pressed "Have guardlab do it" in the console since generation `since`.
+fn asked_to_go(store: &PolicyStore, since: u64) -> bool {
+    store
+        .changes_since(since)
+        .is_some_and(|changes| changes.iter().any(|(_, c)| matches!(c, Change::Go)))
+}
+
 impl<B: ScenarioBackend> Runner<'_, B> {
     /// Pause before `step` (`--step`): Enter runs it; with a console, the learner may do it
     /// there instead. Stop ends the run here.
@@ -149,6 +156,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
         url: &str,
     ) -> Pace {
         let store = self.engine.store.clone();
+        store.update(|s| s.set_workshop_step(Some(self.workshop_step(step, task))));
         let (since, policies) = store.read(|s| (s.generation(), s.policies().len()));
         self.out
             .line(format!("       In the console ({url}): {task}"));
@@ -158,27 +166,48 @@ impl<B: ScenarioBackend> Runner<'_, B> {
         let ask = pacer.wait_line();
         tokio::pin!(ask);
         let mut input_open = true;
-        loop {
+        let pace = loop {
             if let Some(did) = store.read(|s| done_in_console(&step.action, s, since, policies)) {
                 self.out.line("       Done in the console: checking it.");
                 if let Learner::MadePolicy(name) = did {
                     self.learner_made_policy = Some(name);
                 }
-                return Pace::Run;
+                break Pace::Run;
+            }
+            if store.read(|s| asked_to_go(s, since)) {
+                self.out
+                    .line("       Asked in the console: guardlab does it.");
+                break Pace::Run;
             }
             tokio::select! {
                 answer = &mut ask, if input_open => match answer {
-                    Some(Pace::Run) => return Pace::Run,
-                    Some(Pace::Stop) => return Pace::Stop,
+                    Some(pace) => break pace,
                     // The input closed: the console alone decides.
                     None => input_open = false,
                 },
                 changed = watch.changed() => {
                     if changed.is_err() {
-                        return Pace::Stop;
+                        break Pace::Stop;
                     }
                 }
             }
+        };
+        store.update(|s| s.set_workshop_step(None));
+        pace
+    }
+
+    /// What the console shows of the step the run waits at.
+    fn workshop_step(&self, step: &Step, task: &str) -> WorkshopStep {
+        WorkshopStep {
+            number: self.step_at.0,
+            of: self.step_at.1,
+            name: step.name.clone(),
+            explain: step
+                .explain
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            task: task.to_string(),
         }
     }
 }
@@ -188,14 +217,18 @@ impl<B: ScenarioBackend> Runner<'_, B> {
     /// notebook's terminal themselves. The step is theirs once every condition its commands
     /// wait for is met by what the pod did; Enter has guardlab type them instead (`false`).
     /// What else the learner ran is said as extra, not a failure.
-    pub(super) async fn typed_by_person(&mut self, terminal: &Terminal) -> Result<bool, StepError> {
+    pub(super) async fn typed_by_person(
+        &mut self,
+        step: &Step,
+        terminal: &Terminal,
+    ) -> Result<bool, StepError> {
         if self.console_url.is_none() || !self.backend.is_live() {
             return Ok(false);
         }
         let Some(mut pacer) = self.pacer.take() else {
             return Ok(false);
         };
-        let result = self.await_person(&mut pacer, terminal).await;
+        let result = self.await_person(&mut pacer, step, terminal).await;
         self.pacer = Some(pacer);
         result
     }
@@ -203,6 +236,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
     async fn await_person(
         &mut self,
         pacer: &mut Pacer,
+        step: &Step,
         terminal: &Terminal,
     ) -> Result<bool, StepError> {
         let programs: Vec<String> = terminal
@@ -221,11 +255,40 @@ impl<B: ScenarioBackend> Runner<'_, B> {
         for command in &terminal.commands {
             self.out.line(format!("         $ {}", command.run));
         }
+        let store = self.engine.store.clone();
+        let commands: Vec<&str> = terminal.commands.iter().map(|c| c.run.as_str()).collect();
+        let task = format!(
+            "Type these in a terminal of the notebook (http://127.0.0.1:1234, New > Terminal): {}",
+            commands.join(" ; ")
+        );
+        let shown = self.workshop_step(step, &task);
+        store.update(|s| s.set_workshop_step(Some(shown)));
+        let since = store.read(|s| s.generation());
+        let result = self
+            .await_typing(pacer, &programs, &mut pending, since)
+            .await;
+        store.update(|s| s.set_workshop_step(None));
+        result
+    }
+
+    async fn await_typing(
+        &mut self,
+        pacer: &mut Pacer,
+        programs: &[String],
+        pending: &mut Vec<Condition>,
+        since: u64,
+    ) -> Result<bool, StepError> {
+        let store = self.engine.store.clone();
         let mut extra: Vec<String> = Vec::new();
         let ask = pacer.wait_line();
         tokio::pin!(ask);
         let mut input_open = true;
         while !pending.is_empty() {
+            if store.read(|s| asked_to_go(s, since)) {
+                self.out
+                    .line("       Asked in the console: guardlab types them.");
+                return Ok(false);
+            }
             let deadline = Instant::now() + Duration::from_millis(500);
             tokio::select! {
                 answer = &mut ask, if input_open => match answer {
