@@ -311,6 +311,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
         }
         self.out
             .detail("typed by the learner: every command the step expects ran");
+        self.person_acted = true;
         if !extra.is_empty() {
             self.out.detail(format!(
                 "extra (not part of the step, not a failure): {}",
