@@ -128,6 +128,11 @@ pub fn load_events(path: &Path) -> Result<Vec<Event>, Failure> {
             ReadError::NotUtf8 { line, column } => anyhow!(
                 "{p}:{line}:{column}: not UTF-8 text; an event stream is UTF-8 JSON, one event per line"
             ),
+            ReadError::Invalid {
+                line,
+                field,
+                message,
+            } => anyhow!("{p}:{line}: {field}: {message}"),
             ReadError::Io(source) => anyhow!("cannot read {p}: {source}"),
         })
     })?;

@@ -65,6 +65,13 @@ pub enum ReadError {
     /// Bytes that are not UTF-8 (1-based column of the first bad byte, in characters).
     #[error("line {line}: column {column}: not UTF-8 text")]
     NotUtf8 { line: usize, column: usize },
+    /// An event that parses but says what no sensor writes (`field`: as for [`ReadError::Json`]).
+    #[error("line {line}: {field}: {message}")]
+    Invalid {
+        line: usize,
+        field: &'static str,
+        message: &'static str,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -77,7 +84,8 @@ impl ReadError {
             | ReadError::Version { line, .. }
             | ReadError::LineTooLong { line, .. }
             | ReadError::TooLarge { line, .. }
-            | ReadError::NotUtf8 { line, .. } => Some(*line),
+            | ReadError::NotUtf8 { line, .. }
+            | ReadError::Invalid { line, .. } => Some(*line),
             ReadError::Io(_) => None,
         }
     }
@@ -86,6 +94,7 @@ impl ReadError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ReadError::Json { field, .. } => field.as_deref(),
+            ReadError::Invalid { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -117,6 +126,17 @@ pub fn parse_line(text: &str, line: usize) -> Result<Event, ReadError> {
         return Err(ReadError::Version {
             line,
             found: event.v,
+        });
+    }
+    // A program has a name: the sensor writes the path it resolved, or the name given to
+    // execve, or `memfd:NAME`; never nothing (a policy could not say what an empty one is).
+    if let crate::EventBody::Exec(exec) = &event.body
+        && exec.exe.is_empty()
+    {
+        return Err(ReadError::Invalid {
+            line,
+            field: "exec.exe",
+            message: "must not be empty: an exec names its executable",
         });
     }
     Ok(event)
@@ -444,6 +464,21 @@ pub(crate) mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn an_exec_with_no_executable_is_refused_naming_line_and_field() {
+        let good = line_of(&exec());
+        let bad = good.replacen(r#""exe":"/usr/bin/id""#, r#""exe":"""#, 1);
+        assert_ne!(good, bad, "the exec's exe is in the line");
+        let err = parse_line(&bad, 7).unwrap_err();
+        assert_eq!(err.field(), Some("exec.exe"));
+        assert_eq!(err.line(), Some(7));
+        assert!(
+            err.to_string()
+                .starts_with("line 7: exec.exe: must not be empty"),
+            "{err}"
+        );
     }
 
     #[test]
