@@ -292,6 +292,13 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                         c.get("shares_accepted").and_then(Json::as_u64).unwrap_or(0)
                     ));
                 }
+                if check.clients == 0 && !matching.is_empty() {
+                    return Err(CheckFailure::PoolNotClean {
+                        seen: matching.len(),
+                        user: check.user.clone(),
+                    }
+                    .into());
+                }
                 if matching.len() < check.clients {
                     return Err(CheckFailure::PoolClients {
                         seen: matching.len(),

@@ -11,6 +11,7 @@
 //! (see [`super::recording`]) so that a replay gives every step the same events.
 
 mod actions;
+mod kernel;
 mod workshop;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,8 @@ pub struct Runner<'a, B: ScenarioBackend> {
     html: Option<std::path::PathBuf>,
     /// Each deviation's times, from its kernel event to its flag and kill.
     latency: LatencyRecorder,
+    /// What the kernel enforces of the policy.
+    kernel: kernel::KernelSync,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -125,6 +128,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             console_url: None,
             html: None,
             latency,
+            kernel: kernel::KernelSync::default(),
             messages: Vec::new(),
             failed: false,
             report,
@@ -270,7 +274,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     {
                         Err(StepError::Recording(e))
                     } else {
-                        self.step(step, &mut facts, &mut diff).await
+                        let outcome = self.step(step, &mut facts, &mut diff).await;
+                        // The step may have changed the policy (or the console did).
+                        match self.sync_kernel_policy().await {
+                            Err(e) if !e.is_check() => Err(e),
+                            Err(e) => outcome.and(Err(e)),
+                            Ok(()) => outcome,
+                        }
                     }
                 }
                 Err(e) => Err(e),
