@@ -19,6 +19,8 @@
 //! assert_eq!(policy.nodes[0].exe, "/opt/conda/bin/python3*");
 //! ```
 
+pub mod agreement;
+
 use std::collections::BTreeMap;
 
 use guardlab_engine::model::{Mode, Peer, PortSpec, ProcessNode, ResponseAction, Spec};

@@ -18,6 +18,10 @@ pub(super) struct KernelSync {
     last: Option<KernelPolicy>,
     /// A policy the kernel cannot enforce, said once: (name, error).
     refused: Option<(String, String)>,
+    /// Whether a policy was ever enforced in the kernel in this run.
+    pub(super) ever: bool,
+    /// What the kernel stopped, and whether the engine found each.
+    pub(super) agreement: guardlab_kernel_policy::agreement::Agreement,
 }
 
 impl<B: ScenarioBackend> Runner<'_, B> {
@@ -64,6 +68,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
             self.out.detail(format!("  wider in the kernel: {widened}"));
         }
         self.kernel.refused = None;
+        self.kernel.ever = true;
         self.kernel.last = Some(compiled.clone());
         self.kernel.applied = Some((name, compiled));
         Ok(())

@@ -393,6 +393,11 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 Err(e) => self.report.error = Some(e.to_string()),
             }
         }
+        // A replay has no kernel policy of its own, but the stopped events of its recording.
+        if self.kernel.ever || self.kernel.agreement.stopped > 0 {
+            self.out.line(self.kernel.agreement.summary());
+            self.report.agreement = Some(self.kernel.agreement.clone());
+        }
         self.report.duration_ms = started.elapsed().as_millis() as u64;
         self.report.latency = Some(self.latency.report());
         self.report.settle();
@@ -432,6 +437,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self.engine.names.observe(&event);
         self.history.push(event.clone());
         let findings = self.engine.store.update(|s| s.observe(&event));
+        self.kernel.agreement.observe(&event, &findings);
         let decided = self.clock();
         self.latency.event(&event);
         for finding in findings {
