@@ -77,7 +77,10 @@ impl Agreement {
         }
         self.flagged += 1;
         // Every response action is a kill (of the process, its group or tree, or the pod).
-        if findings.iter().any(|f| f.decisions.iter().any(|d| d.initiated)) {
+        if findings
+            .iter()
+            .any(|f| f.decisions.iter().any(|d| d.initiated))
+        {
             self.kill_decided += 1;
         }
         for f in findings {
