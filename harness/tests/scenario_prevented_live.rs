@@ -12,8 +12,9 @@ use scenario_common::*;
 #[test]
 fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
     // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
     assert!(
-        unsafe { libc::geteuid() } == 0,
+        root_user,
         "the live scenario test needs root (namespaces, cgroups, eBPF): run `sudo cargo test`"
     );
     let status = std::process::Command::new(env!("CARGO"))
