@@ -1,8 +1,9 @@
 //! Agreement of the kernel and the engine: every event the kernel stopped (an exec it killed,
 //! a connect it refused) must be a finding of the engine when the engine sees the same stream
 //! (a deviation of a policy, with its decisions). A stopped event the engine does not find is
-//! a difference, listed with its reason: the kernel enforced something the policy allows (a
-//! wider or older compiled policy, or a kernel bug), which a person must look at.
+//! a difference, listed with its reason: the kernel enforced something the policy allows (an
+//! older compiled policy, a DNS answer from before the policy reached the kernel, or a kernel
+//! bug), which a person must look at.
 //!
 //! The other way, while the kernel enforces a policy ([`Agreement::enforcing`]): an exec or
 //! connect the engine decides to kill that the kernel let run is a difference too, with the
@@ -102,7 +103,9 @@ impl Agreement {
                 event: described,
                 ts: event.ts,
                 reason: "the kernel stopped it, but no policy of the engine makes it a deviation \
-                         (the kernel enforced a wider or older policy than the engine holds)"
+                         (the kernel enforced an older policy than the engine holds, or, for a \
+                         connect, the address came from a DNS answer the kernel did not see: \
+                         one from before the policy reached it)"
                     .into(),
             });
             return;

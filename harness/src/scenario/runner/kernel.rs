@@ -32,6 +32,7 @@ impl<B: ScenarioBackend> Runner<'_, B> {
         let Some(policy) = wanted else {
             if let Some((name, _)) = self.kernel.applied.take() {
                 self.backend.apply_kernel_policy(None).await?;
+                self.kernel.agreement.enforcing(None);
                 self.out.detail(format!(
                     "the kernel no longer enforces policy {name}: lifted"
                 ));
@@ -63,6 +64,8 @@ impl<B: ScenarioBackend> Runner<'_, B> {
             return Ok(());
         }
         self.backend.apply_kernel_policy(Some(&compiled)).await?;
+        // From here on, a kill the engine decides that the kernel let run is a difference.
+        self.kernel.agreement.enforcing(Some(&compiled));
         self.out.detail(summary(&name, &compiled));
         for widened in &compiled.widened {
             self.out.detail(format!("  wider in the kernel: {widened}"));
