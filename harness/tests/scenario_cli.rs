@@ -22,9 +22,13 @@ fn list_names_every_scenario_with_its_description() {
         .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
         .assert()
         .success()
-        .stdout(predicate::str::contains(
-            "cryptominer  An unguarded Jupyter notebook is fingerprinted, guarded by a policy, and caught running a cryptominer.",
-        ));
+        .stdout(
+            predicate::str::is_match(
+                r"(?m)^cryptominer +An unguarded Jupyter notebook is fingerprinted, guarded by a policy, and caught running a cryptominer\.",
+            )
+            .unwrap()
+            .and(predicate::str::is_match(r"(?m)^cryptominer-prevented +").unwrap()),
+        );
 }
 
 #[test]

@@ -422,3 +422,49 @@ fn a_kind_recording_leaves_out_the_local_only_steps_and_keeps_their_places() {
         .unwrap();
     assert_eq!(pool.result, StepResult::Failed, "{:?}", pool.messages);
 }
+
+/// The prevented scenario from its live recording: the kernel killed each program of the
+/// attack at its exec, the engine found each as a deviation (they agree), and the snapshots
+/// say which deviations were prevented.
+#[test]
+fn the_prevented_recording_replays_and_kernel_and_engine_agree() {
+    let recording = root().join("scenarios/cryptominer-prevented.ndjson");
+    assert!(
+        !read_recording(&recording).unwrap().header.synthetic,
+        "the prevented recording comes from a live run"
+    );
+    let mut options = replay_options(&root().join("snapshots/cryptominer-prevented"), &recording);
+    options.scenario_file = root().join("scenarios/cryptominer-prevented.yaml");
+    let report = run_blocking(&options);
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
+    let agreement = report.agreement.as_ref().expect("an agreement section");
+    assert!(agreement.agrees(), "{}", agreement.summary());
+    assert_eq!(
+        (agreement.stopped, agreement.flagged, agreement.kill_decided),
+        (5, 5, 5)
+    );
+    let d = report.deviations.as_ref().unwrap();
+    let flagged: BTreeSet<&str> = d.flags.iter().map(|f| f.process.as_str()).collect();
+    assert_eq!(
+        flagged,
+        BTreeSet::from(["sudo", "curl", "ps", "wget", "tar"]),
+        "a red flag for each program of the attack the kernel stopped"
+    );
+    // Nothing was downloaded and nothing reached the pool: not one connection deviated.
+    assert!(
+        d.policies
+            .iter()
+            .flat_map(|p| &p.deviations)
+            .all(|r| r.deviation.metadata.kind == DeviationType::Process),
+        "an egress deviation in a run the kernel stopped at exec"
+    );
+    let deviations = report
+        .snapshots
+        .get("attack-deviations")
+        .expect("the attack's deviations snapshot");
+    assert_eq!(
+        deviations.matches("killed at exec").count(),
+        5,
+        "{deviations}"
+    );
+}

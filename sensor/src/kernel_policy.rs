@@ -156,7 +156,12 @@ impl Sensor {
             }
         }
         let flags = watch.flags | POLICY_FLAGS;
-        self.set_watch_flags(cgroup_id, flags)
+        // The processes already running take their nodes before enforcement is on, and
+        // again after, for those forked in between from a process that had none.
+        self.place_running_tasks(cgroup_id, &policy.exec)?;
+        self.set_watch_flags(cgroup_id, flags)?;
+        self.place_running_tasks(cgroup_id, &policy.exec)?;
+        Ok(())
     }
 
     fn watch_of(&self, cgroup_id: u64) -> Result<&Watch, SensorError> {

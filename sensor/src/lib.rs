@@ -39,6 +39,7 @@ mod loader;
 mod raw;
 mod reader;
 pub mod serve_connection;
+mod task_nodes;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use ipnet::IpNet;
 pub use allowlist::AllowedDestination;
 pub use kernel_policy::{AllowedDnsName, ExecRule, KernelPolicy};
 pub use loader::{Sensor, SensorStats};
+pub use task_nodes::{Placement, RunningProcess, place};
 
 /// The oldest kernel the object loads on: bpf_loop (5.17) is the newest feature it uses.
 pub const MIN_KERNEL: (u32, u32) = (5, 17);

@@ -377,3 +377,80 @@ async fn lifting_empties_the_maps_and_dropping_the_sensor_leaves_no_maps_or_prog
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A shell started before the policy is placed at its node when the policy is applied: a
+/// program the policy allows under the shell then runs, and one it does not is killed (without
+/// the placement the shell would be in the root context, and both would be killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_running_before_the_policy_is_placed_at_its_node() {
+    use std::io::{BufRead, BufReader, Write};
+    require_root();
+    let _serial = serial().await;
+    let cg = cgroup("placed");
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["b", "c"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::copy(PROBE, dir.path().join(sub).join("probe")).unwrap();
+    }
+    let b = real(dir.path().join("b/probe"));
+    let c = real(dir.path().join("c/probe"));
+    let shell = real("/bin/sh");
+    let marker = |name: &str| dir.path().join(name);
+    let m = |name: &str| marker(name).to_str().unwrap().to_string();
+
+    let (mut sensor, mut events) = start(SensorConfig::default());
+    let id = sensor.watch(cg.path(), info("placed")).unwrap();
+    // The shell waits for a line (`read` is built in: no exec), then runs b and c.
+    let script = format!(
+        "echo started; read go; '{b}' touch '{}'; echo \"b $?\"; '{c}' touch '{}'; echo \"c $?\"",
+        m("b-ran"),
+        m("c-ran")
+    );
+    let mut cmd = command_in(cg.path(), &shell, &["-c", &script]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+
+    // The shell at the root, b under the shell; c nowhere.
+    let policy = KernelPolicy {
+        exec: vec![rule(0, shell.clone(), 1), rule(1, b.clone(), 2)],
+        ..Default::default()
+    };
+    sensor.set_kernel_policy(id, Some(policy.clone())).unwrap();
+    // Applying again keeps the node (the kernel's own is not overwritten).
+    let again = sensor.place_running_tasks(id, &policy.exec).unwrap();
+    assert_eq!(
+        (again.kept, again.placed, again.unplaced),
+        (1, 0, 0),
+        "{again:?}"
+    );
+
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        (rest, status)
+    })
+    .await
+    .unwrap();
+    assert!(rest.1.success(), "the shell itself: {rest:?}");
+    assert!(
+        rest.0.contains("b 0"),
+        "b under the placed shell must run: {rest:?}"
+    );
+    assert!(rest.0.contains("c 137"), "c must be killed: {rest:?}");
+    assert!(marker("b-ran").exists() && !marker("c-ran").exists());
+    events
+        .wait_for("c's killed exec", WAIT, |seen| {
+            execs(seen).any(|x| x.exe == c && x.killed)
+        })
+        .await;
+    assert!(execs(&events.seen).any(|x| x.exe == b && !x.killed));
+    sensor.set_kernel_policy(id, None).unwrap();
+    assert_eq!(sensor.stop().await.unwrap().kill_failures, 0);
+}

@@ -394,6 +394,15 @@ impl ScenarioBackend for &mut BenchBackend {
         self.inner.pool_clients(check).await
     }
 
+    /// The benchmark switches the kernel's enforcement itself, per storm step: the policy's
+    /// compiled form would blur its user-space phase.
+    async fn apply_kernel_policy(
+        &mut self,
+        _policy: Option<&guardlab_lab_api::KernelPolicy>,
+    ) -> Result<(), StepError> {
+        Ok(())
+    }
+
     async fn lab_counters(&mut self) -> Option<guardlab_lab::local::LabCounters> {
         self.inner.lab_counters().await
     }

@@ -19,6 +19,8 @@
 //! assert_eq!(policy.nodes[0].exe, "/opt/conda/bin/python3*");
 //! ```
 
+pub mod agreement;
+
 use std::collections::BTreeMap;
 
 use guardlab_engine::model::{Mode, Peer, PortSpec, ProcessNode, ResponseAction, Spec};
@@ -75,22 +77,52 @@ pub fn compile(spec: &Spec, previous: Option<&KernelPolicy>) -> Result<KernelPol
             next - 1
         })
     };
+    // The node each (parent number, kernel pattern) leads to: the kernel keys its tree by
+    // these alone, so a later sibling with a pattern already there (told apart from the
+    // earlier one by its name only) shares the earlier one's node.
+    let mut edges: BTreeMap<(u32, String), (u32, String)> = BTreeMap::new();
     // Depth first, as written: (parent number, node).
     let mut stack: Vec<(u32, &ProcessNode)> =
         spec.process_policy.iter().rev().map(|n| (0, n)).collect();
     while let Some((parent, node)) = stack.pop() {
-        let number = number_of(&node.id);
-        for exe in &node.exe {
-            let pattern = kernel_pattern(exe).ok_or_else(|| CompileError::RelativeExe {
-                node: node.id.clone(),
-                exe: exe.clone(),
-            })?;
+        let patterns = node
+            .exe
+            .iter()
+            .map(|exe| {
+                kernel_pattern(exe)
+                    .map(|pattern| (exe, pattern))
+                    .ok_or_else(|| CompileError::RelativeExe {
+                        node: node.id.clone(),
+                        exe: exe.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = patterns
+            .iter()
+            .find_map(|(_, pattern)| edges.get(&(parent, pattern.clone())));
+        let number = match shared {
+            Some((number, earlier)) => {
+                out.widened.push(format!(
+                    "process nodes {earlier} and {}: the same exe under the same parent, told \
+                     apart by name only, are one node in the kernel, which allows the children \
+                     of both",
+                    node.id
+                ));
+                *number
+            }
+            None => number_of(&node.id),
+        };
+        for (exe, pattern) in patterns {
             if pattern != *exe {
                 out.widened.push(format!(
                     "process node {}: exe {exe:?} is matched in the kernel as {pattern:?}",
                     node.id
                 ));
             }
+            if edges.contains_key(&(parent, pattern.clone())) {
+                continue;
+            }
+            edges.insert((parent, pattern.clone()), (number, node.id.clone()));
             out.nodes.push(KernelNode {
                 parent,
                 exe: pattern,
@@ -102,6 +134,19 @@ pub fn compile(spec: &Spec, previous: Option<&KernelPolicy>) -> Result<KernelPol
             stack.push((number, child));
         }
     }
+
+    if spec.process_policy.iter().any(names_a_process) {
+        out.widened.push(
+            "process names are not checked in the kernel: a program rule allows its exe under \
+             any name"
+                .into(),
+        );
+    }
+    out.widened.push(
+        "loopback, and the pod's resolver on port 53, are reachable by every process in the \
+         kernel"
+            .into(),
+    );
 
     for (index, egress) in spec.network_policy.egress.iter().enumerate() {
         if !egress.processes.is_empty() {
@@ -153,6 +198,11 @@ pub fn compile(spec: &Spec, previous: Option<&KernelPolicy>) -> Result<KernelPol
         }
     }
     Ok(out)
+}
+
+/// Whether `node` or one of its children names its process (a name other than `*`).
+fn names_a_process(node: &ProcessNode) -> bool {
+    node.name != "*" || node.children.iter().flatten().any(names_a_process)
 }
 
 /// The pattern the kernel matches for a policy `exe`: the path itself, a prefix ending in `*`,

@@ -174,3 +174,38 @@ fn only_enforce_mode_with_a_kill_response_asks_for_the_kernel() {
     };
     assert!(!enforces_in_kernel(&flag_only));
 }
+
+#[test]
+fn siblings_told_apart_by_name_only_are_one_kernel_node_with_the_children_of_both() {
+    // jupyter-lab and python3 run the same exe under tini: the kernel keys its tree by
+    // (parent node, exe) alone, so one of them must not hide the other's children.
+    let mut spec = jupyter();
+    let mut python3 = node("python3_0", &["/opt/conda/bin/python3.11"], vec![]);
+    python3.children = Some(vec![node("curl_0", &["/usr/bin/curl"], vec![])]);
+    spec.process_policy[0]
+        .children
+        .as_mut()
+        .unwrap()
+        .push(python3);
+    let p = compile(&spec, None).unwrap();
+    assert_eq!(
+        edges(&p),
+        [
+            (0, "/usr/bin/tini", 1),
+            (1, "/opt/conda/bin/python3.11", 2),
+            (2, "/usr/bin/bash", 3),
+            (1, "/home/jovyan/*", 4),
+            (1, "/usr/bin/p*", 4),
+            (2, "/usr/bin/curl", 5),
+        ]
+    );
+    assert!(
+        p.widened
+            .iter()
+            .any(|w| w.starts_with("process nodes jupyter_0 and python3_0: ")),
+        "{:?}",
+        p.widened
+    );
+    // Compiled again after the edit: the same numbers.
+    assert_eq!(compile(&spec, Some(&p)).unwrap().nodes, p.nodes);
+}

@@ -300,7 +300,8 @@ impl From<ModeWord> for guardlab_engine::model::Mode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckPoolReached {
-    /// The pool must have seen at least this many clients.
+    /// The pool must have seen at least this many clients; `0`: the pool must have seen none
+    /// (the miner was stopped before it reached the pool), still none at the timeout.
     #[serde(default = "one")]
     pub clients: usize,
     /// ... that authorized as this user, when given.

@@ -10,7 +10,7 @@ use guardlab_engine::deviation::Decision;
 use guardlab_engine::policy::PolicyError;
 use guardlab_events::Event;
 use guardlab_jupyter::JupyterError;
-use guardlab_lab_api::{Backend, LabAction, LabError};
+use guardlab_lab_api::{Backend, KernelPolicy, LabAction, LabError};
 use serde_json::Value as Json;
 
 use crate::console::{Console, seconds};
@@ -114,6 +114,13 @@ pub enum CheckFailure {
         #[source]
         source: guardlab_policy_store::StoreError,
     },
+    /// The policy could not be compiled for the kernel (the engine still responds to it).
+    #[error("policy {policy} cannot be enforced in the kernel: {source}")]
+    KernelPolicy {
+        policy: String,
+        #[source]
+        source: guardlab_kernel_policy::CompileError,
+    },
     /// A policy step before any policy was made.
     #[error("no policy yet")]
     NoPolicy,
@@ -127,6 +134,12 @@ pub enum CheckFailure {
         user: Option<String>,
         expected: usize,
     },
+    /// The lab's mining pool saw a client where none was expected (`clients: 0`).
+    #[error(
+        "the pool saw {seen} client(s){}, expected none",
+        user.as_deref().map(|u| format!(" as user {u}")).unwrap_or_default()
+    )]
+    PoolNotClean { seen: usize, user: Option<String> },
     /// A lab with no mining pool of its own was asked about one.
     #[error(
         "the {backend} lab has no mining pool of its own to ask whether {clients} client(s) logged in: this check only runs on the local backend"
@@ -199,6 +212,12 @@ pub trait ScenarioBackend {
     async fn carry_out(&mut self, decision: &Decision) -> Result<String, StepError>;
     /// The lab's mining pool's clients, waiting up to the check's timeout for enough of them.
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError>;
+    /// Enforce a compiled policy in the kernel for every pod of the lab, replacing what was
+    /// enforced before (`None` lifts it). A replay does nothing: its recording holds what the
+    /// kernel did; a lab without kernel enforcement refuses (a scenario that needs it says
+    /// `runs_on`).
+    async fn apply_kernel_policy(&mut self, policy: Option<&KernelPolicy>)
+    -> Result<(), StepError>;
     /// What the lab lost or could not do since it started (its sensor's counters), asked for
     /// at the end of a run; `None` where the backend has no such counters (a recording, a
     /// cluster: there the stream's `lost` events are all there is).
@@ -244,6 +263,15 @@ mod tests {
             }
             .to_string(),
             "the pool saw 0 client(s) as user ME, expected at least 1"
+        );
+
+        assert_eq!(
+            CheckFailure::PoolNotClean {
+                seen: 1,
+                user: Some("ME".into())
+            }
+            .to_string(),
+            "the pool saw 1 client(s) as user ME, expected none"
         );
 
         let check = StepError::from(CheckFailure::NoPolicy);

@@ -146,6 +146,8 @@ impl LiveLab for LocalLab {
                 })
                 .count()
                 >= check.clients;
+            // Expecting none: only the whole timeout without a client says so.
+            let enough = enough && check.clients > 0;
             if enough || Instant::now() >= deadline {
                 return Ok(visitors.pool);
             }
@@ -466,6 +468,32 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
 
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         self.lab.pool_clients(check).await
+    }
+
+    async fn apply_kernel_policy(
+        &mut self,
+        policy: Option<&guardlab_lab_api::KernelPolicy>,
+    ) -> Result<(), StepError> {
+        const WHAT: &str = "enforcing the policy in the kernel";
+        // The pods running now (a killed pod is replaced under a new name).
+        let info = match self.lab.status().await.map_err(lab_err(WHAT))? {
+            Some(info) => info,
+            None => self.info.clone().ok_or(StepError::BeforeLabUp {
+                what: "no pod to enforce the policy on",
+            })?,
+        };
+        let enforcement = guardlab_lab_api::Enforcement {
+            executables: None,
+            destinations: None,
+            policy: policy.cloned(),
+        };
+        for pod in &info.pods {
+            self.lab
+                .enforce(pod, &enforcement)
+                .await
+                .map_err(lab_err(WHAT))?;
+        }
+        Ok(())
     }
 
     async fn lab_counters(&mut self) -> Option<guardlab_lab::local::LabCounters> {

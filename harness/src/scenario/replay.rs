@@ -186,6 +186,14 @@ impl ScenarioBackend for ReplayBackend {
         }
     }
 
+    async fn apply_kernel_policy(
+        &mut self,
+        _policy: Option<&guardlab_lab_api::KernelPolicy>,
+    ) -> Result<(), StepError> {
+        // The recording holds what the kernel did (killed execs, refused connects).
+        Ok(())
+    }
+
     async fn finish(&mut self, _keep: bool, _out: &Console) -> Result<(), StepError> {
         Ok(())
     }

@@ -165,6 +165,10 @@ pub struct RunReport {
     /// run; never in a snapshot: it differs from run to run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<super::latency::LatencyReport>,
+    /// Whether every event the kernel stopped is a finding of the engine (a run that
+    /// enforced a policy in the kernel, or a replay of one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<guardlab_kernel_policy::agreement::Agreement>,
 }
 
 impl RunReport {
@@ -182,6 +186,7 @@ impl RunReport {
             stopped: None,
             events: EventCounts::default(),
             latency: None,
+            agreement: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct DeviationsSnapshot<'r> {
     red_flags: Vec<String>,
     actions: Vec<&'r str>,
     audit_log: &'r [String],
+    /// The new deviations the kernel stopped, and how (`dev:... killed at exec`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prevented: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -66,6 +69,7 @@ impl<'r> DeviationsSnapshot<'r> {
                 .map(|d| d.message.as_str())
                 .collect(),
             audit_log: &report.audit_log[seen.audit.min(report.audit_log.len())..],
+            prevented: Vec::new(),
         };
         *seen = SeenSoFar {
             deviations: all.len(),
@@ -74,6 +78,16 @@ impl<'r> DeviationsSnapshot<'r> {
             audit: report.audit_log.len(),
         };
         snapshot
+    }
+
+    /// Marks the new deviations the kernel stopped (`how` says how, for a deviation uid).
+    pub fn with_prevented(mut self, how: impl Fn(&str) -> Option<&'static str>) -> Self {
+        self.prevented = self
+            .new_deviations
+            .iter()
+            .filter_map(|d| how(&d.uid).map(|h| format!("{}: {h}", d.uid)))
+            .collect();
+        self
     }
 
     /// How many deviations are new.

@@ -162,6 +162,12 @@ impl<B: ScenarioBackend> ScenarioBackend for Tracked<'_, B> {
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
         self.inner.pool_clients(check).await
     }
+    async fn apply_kernel_policy(
+        &mut self,
+        policy: Option<&guardlab_lab_api::KernelPolicy>,
+    ) -> Result<(), StepError> {
+        self.inner.apply_kernel_policy(policy).await
+    }
     async fn lab_counters(&mut self) -> Option<guardlab_lab::local::LabCounters> {
         self.inner.lab_counters().await
     }

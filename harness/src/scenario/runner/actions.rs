@@ -292,6 +292,13 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                         c.get("shares_accepted").and_then(Json::as_u64).unwrap_or(0)
                     ));
                 }
+                if check.clients == 0 && !matching.is_empty() {
+                    return Err(CheckFailure::PoolNotClean {
+                        seen: matching.len(),
+                        user: check.user.clone(),
+                    }
+                    .into());
+                }
                 if matching.len() < check.clients {
                     return Err(CheckFailure::PoolClients {
                         seen: matching.len(),
@@ -328,7 +335,9 @@ impl<B: ScenarioBackend> Runner<'_, B> {
     /// since the previous such step.
     fn deviations_since_last(&mut self) -> String {
         let report = self.engine.store.update(|s| s.deviation_report());
-        let snapshot = DeviationsSnapshot::since(&report, &mut self.engine.seen);
+        let agreement = &self.kernel.agreement;
+        let snapshot = DeviationsSnapshot::since(&report, &mut self.engine.seen)
+            .with_prevented(|uid| agreement.prevented(uid));
         for p in &report.policies {
             self.out.detail(format!(
                 "policy {} ({}): {}/{} deviations (unique/total), {} new",

@@ -11,6 +11,7 @@
 //! (see [`super::recording`]) so that a replay gives every step the same events.
 
 mod actions;
+mod kernel;
 mod workshop;
 
 use std::collections::BTreeMap;
@@ -94,6 +95,8 @@ pub struct Runner<'a, B: ScenarioBackend> {
     /// A person typed in the pod (workshop mode): from then on a snapshot is met when what it
     /// has is there, and the rest is said as extra.
     person_acted: bool,
+    /// What the kernel enforces of the policy.
+    kernel: kernel::KernelSync,
 }
 
 impl<'a, B: ScenarioBackend> Runner<'a, B> {
@@ -132,6 +135,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             latency,
             step_at: (0, 0),
             person_acted: false,
+            kernel: kernel::KernelSync::default(),
             messages: Vec::new(),
             failed: false,
             report,
@@ -278,7 +282,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                     {
                         Err(StepError::Recording(e))
                     } else {
-                        self.step(step, &mut facts, &mut diff).await
+                        let outcome = self.step(step, &mut facts, &mut diff).await;
+                        // The step may have changed the policy (or the console did).
+                        match self.sync_kernel_policy().await {
+                            Err(e) if !e.is_check() => Err(e),
+                            Err(e) => outcome.and(Err(e)),
+                            Ok(()) => outcome,
+                        }
                     }
                 }
                 Err(e) => Err(e),
@@ -391,6 +401,11 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
                 Err(e) => self.report.error = Some(e.to_string()),
             }
         }
+        // A replay has no kernel policy of its own, but the stopped events of its recording.
+        if self.kernel.ever || self.kernel.agreement.stopped > 0 {
+            self.out.line(self.kernel.agreement.summary());
+            self.report.agreement = Some(self.kernel.agreement.clone());
+        }
         self.report.duration_ms = started.elapsed().as_millis() as u64;
         self.report.latency = Some(self.latency.report());
         self.report.settle();
@@ -430,6 +445,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self.engine.names.observe(&event);
         self.history.push(event.clone());
         let findings = self.engine.store.update(|s| s.observe(&event));
+        self.kernel.agreement.observe(&event, &findings);
         let decided = self.clock();
         self.latency.event(&event);
         for finding in findings {
