@@ -199,6 +199,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use guardlab_engine::deviation::Decision;
+    use guardlab_engine::policy::KillAction;
+    use guardlab_guard_console::SharedStore;
     use guardlab_lab_api::Backend;
     use serde_json::Value as Json;
 
@@ -210,17 +212,24 @@ mod tests {
     use super::super::{Runner, SnapshotMode};
     use super::*;
 
-    /// A recording replayed as a live lab hands it over: every event of a step that is still
-    /// to come goes to the sink during the step's first action (cell or terminal command), and
-    /// the backend carries out the responses itself, counting them.
+    /// A recording replayed as a live lab hands it over (`hand_over`): every event of a step
+    /// that is still to come goes to the sink during the step's first action (cell or terminal
+    /// command), and the backend carries out the responses itself. Either way it counts the
+    /// responses, and before the step `kill_from` (if any) adds a kill to the policy.
     struct DuringActions {
         inner: ReplayBackend,
+        hand_over: bool,
+        store: SharedStore,
+        kill_from: Option<&'static str>,
         carried_out: usize,
         carried_out_in_actions: usize,
     }
 
     impl DuringActions {
         async fn hand_over(&mut self, sink: &mut dyn EventSink) -> Result<(), StepError> {
+            if !self.hand_over {
+                return Ok(());
+            }
             for event in self.inner.drain().await? {
                 for response in sink.event(event)? {
                     self.carried_out += 1;
@@ -241,6 +250,21 @@ mod tests {
             self.inner.runs(step)
         }
         fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), StepError> {
+            if Some(step.name.as_str()) == self.kill_from {
+                self.store
+                    .update(|s| {
+                        let uid = guardlab_engine::policy::policy_uid(s.latest_policy()?);
+                        s.change_policy(&uid, |p| {
+                            guardlab_engine::policy::add_kill_action(
+                                p,
+                                KillAction::AgentKillProcess,
+                            )
+                        })
+                        .ok()
+                        .map(|_| ())
+                    })
+                    .expect("a policy to add the kill to");
+            }
             self.inner.begin_step(index, step)
         }
         fn end_step(&mut self, index: usize, step: &Step, facts: &BTreeMap<String, Json>) {
@@ -299,11 +323,12 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
-    /// Run `name`'s committed recording on `backend`, recording it again at `again`.
-    fn run<B: ScenarioBackend>(
+    /// Run `name`'s committed recording on `backend` (with its store), recording it again at
+    /// `again`.
+    fn run(
         scenario: &Scenario,
         name: &str,
-        backend: B,
+        backend: &mut DuringActions,
         again: &Path,
     ) -> RunReport {
         let header = recording::read_recording(&root().join(format!("scenarios/{name}.ndjson")))
@@ -315,13 +340,15 @@ mod tests {
             update: false,
             source: format!("scenarios/{name}.yaml"),
         };
+        let store = backend.store.clone();
         let runner = Runner::new(
             scenario,
             backend,
             snapshots,
             Some(writer),
             Console { quiet: true },
-        );
+        )
+        .with_store(store);
         guardlab_host::runtime(1)
             .unwrap()
             .block_on(runner.run(false))
@@ -336,12 +363,18 @@ mod tests {
     }
 
     /// Events handed over while an action runs are taken as the runner's own reads would be:
-    /// the same results, snapshots, findings and responses, and a recording with the same
-    /// events in each step, in the same order (so that a replay of it lines up).
+    /// the same results, snapshots, findings and responses (carried out by the backend, in
+    /// the action), and a recording with the same events in each step, in the same order (so
+    /// that a replay of it lines up).
     #[test]
     fn events_handed_over_during_actions_count_as_read_by_the_runner() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["cryptominer", "cryptominer-prevented"] {
+        // The step from which the policy kills in user space (the prevented scenario's kernel
+        // kills leave nothing to carry out).
+        for (name, kill_from) in [
+            ("cryptominer", Some("attack")),
+            ("cryptominer-prevented", None),
+        ] {
             let scenario = crate::scenario::file::load_scenario(
                 &root().join(format!("scenarios/{name}.yaml")),
             )
@@ -350,18 +383,18 @@ mod tests {
                 recording::read_recording(&root().join(format!("scenarios/{name}.ndjson"))).unwrap()
             };
             let file = format!("{name}.ndjson");
-            let plain_at = dir.path().join(format!("{name}-plain.ndjson"));
-            let plain = run(
-                &scenario,
-                name,
-                ReplayBackend::new(&scenario, read(), &file).unwrap(),
-                &plain_at,
-            );
-            let mut during = DuringActions {
+            let backend = |hand_over| DuringActions {
                 inner: ReplayBackend::new(&scenario, read(), &file).unwrap(),
+                hand_over,
+                store: SharedStore::new(guardlab_policy_store::PolicyStore::default()),
+                kill_from,
                 carried_out: 0,
                 carried_out_in_actions: 0,
             };
+            let mut by_runner = backend(false);
+            let plain_at = dir.path().join(format!("{name}-plain.ndjson"));
+            let plain = run(&scenario, name, &mut by_runner, &plain_at);
+            let mut during = backend(true);
             let during_at = dir.path().join(format!("{name}-during.ndjson"));
             let report = run(&scenario, name, &mut during, &during_at);
 
@@ -377,7 +410,7 @@ mod tests {
             let deviations = |r: &RunReport| r.latency.as_ref().unwrap().deviations.len();
             assert_eq!(deviations(&report), deviations(&plain), "{name}");
             assert!(deviations(&report) > 0, "{name}: no deviation");
-            // Every event went to the sink somewhere, and the recordings agree step by step.
+            // The recordings agree step by step, with each other and with the one replayed.
             let recorded = recording::read_recording(&during_at).unwrap();
             assert_eq!(
                 events_by_step(&recorded),
@@ -385,14 +418,16 @@ mod tests {
                 "{name}"
             );
             assert_eq!(events_by_step(&recorded), events_by_step(&read()), "{name}");
+            // The same kills, all carried out by the backend during the attack's actions.
+            assert_eq!(by_runner.carried_out_in_actions, 0, "{name}");
             assert_eq!(
-                during.carried_out_in_actions, during.carried_out,
-                "{name}: a response of a terminal step carried out outside its action"
+                by_runner.carried_out > 0,
+                kill_from.is_some(),
+                "{name}: {} kills",
+                by_runner.carried_out
             );
-            eprintln!(
-                "{name}: {} responses carried out during actions",
-                during.carried_out
-            );
+            assert_eq!(during.carried_out, by_runner.carried_out, "{name}");
+            assert_eq!(during.carried_out_in_actions, during.carried_out, "{name}");
         }
     }
 }
