@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use guardlab::console::Console;
-use guardlab::scenario::backend::{ScenarioBackend, StepError};
+use guardlab::scenario::backend::{EventSink, Response, ScenarioBackend, StepError};
 use guardlab::scenario::file::{self, CheckPoolReached, Step, TerminalCommand};
 use guardlab::scenario::latency::{DeviationLatency, Spread};
 use guardlab::scenario::live::{LabBackend, LocalBackend};
@@ -201,26 +201,50 @@ enum Phase {
     InKernel,
 }
 
+/// What the benchmark counts of the kernel's events, as the runner takes them.
+struct Tally {
+    phase: Phase,
+    /// Every executable the pod ran, the probes excepted: the allow-list.
+    seen_exes: BTreeSet<String>,
+    storms: [Storm; 2],
+}
+
 /// The local lab's backend, with the benchmark's changes at its steps' starts: the kill
 /// action into the policy (user space), then the exec allow-list on and the kill out (kernel).
 struct BenchBackend {
     inner: LocalBackend,
     store: SharedStore,
     lab_name: String,
-    phase: Phase,
     /// The allow-list is still to be turned on (at the in-kernel step's first command).
     enforce_due: bool,
-    /// Every executable the pod ran, the probes excepted: the allow-list.
-    seen_exes: BTreeSet<String>,
-    storms: [Storm; 2],
+    tally: Tally,
     outputs: Vec<String>,
-    /// Events read before the allow-list went on, not yet handed to the runner.
-    held: Vec<Event>,
     /// What went wrong in a change this program made (said, and the bench fails).
     errors: Vec<String>,
 }
 
-impl BenchBackend {
+/// The runner's sink for the events of an action, with the benchmark counting each.
+struct Counted<'a> {
+    tally: &'a mut Tally,
+    sink: &'a mut dyn EventSink,
+}
+
+impl EventSink for Counted<'_> {
+    fn event(&mut self, event: Event) -> Result<Vec<Response>, StepError> {
+        self.tally.saw(&event);
+        self.sink.event(event)
+    }
+
+    fn carried_out(
+        &mut self,
+        response: Response,
+        outcome: Result<String, StepError>,
+    ) -> Result<(), StepError> {
+        self.sink.carried_out(response, outcome)
+    }
+}
+
+impl Tally {
     fn saw(&mut self, event: &Event) {
         let EventBody::Exec(exec) = &event.body else {
             return;
@@ -248,7 +272,9 @@ impl BenchBackend {
             self.seen_exes.insert(exec.exe.clone());
         }
     }
+}
 
+impl BenchBackend {
     fn set_kill(&mut self, on: bool) {
         let changed = self.store.update(|s| {
             s.change_policy("bench-policy", |p| {
@@ -282,7 +308,7 @@ impl BenchBackend {
                     })?;
             let mut lab = lab;
             let enforcement = Enforcement {
-                executables: Some(self.seen_exes.iter().cloned().collect()),
+                executables: Some(self.tally.seen_exes.iter().cloned().collect()),
                 destinations: None,
                 policy: None,
             };
@@ -295,7 +321,7 @@ impl BenchBackend {
         match result {
             Ok(pods) => println!(
                 "       bench: the exec allow-list is on ({} programs) in {pods} pod(s)",
-                self.seen_exes.len()
+                self.tally.seen_exes.len()
             ),
             Err(e) => self
                 .errors
@@ -310,7 +336,7 @@ impl ScenarioBackend for &mut BenchBackend {
     }
 
     fn begin_step(&mut self, index: usize, step: &Step) -> Result<(), StepError> {
-        self.phase = match step.name.as_str() {
+        self.tally.phase = match step.name.as_str() {
             "bench-user-space" => {
                 self.set_kill(true);
                 Phase::UserSpace
@@ -343,8 +369,15 @@ impl ScenarioBackend for &mut BenchBackend {
         code: &str,
         timeout: std::time::Duration,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<(), StepError> {
-        self.inner.notebook_cell(code, timeout, out).await
+        let mut counted = Counted {
+            tally: &mut self.tally,
+            sink: events,
+        };
+        self.inner
+            .notebook_cell(code, timeout, out, &mut counted)
+            .await
     }
 
     async fn terminal_command(
@@ -352,36 +385,43 @@ impl ScenarioBackend for &mut BenchBackend {
         session: &str,
         command: &TerminalCommand,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<String, StepError> {
         if self.enforce_due {
             // The events so far first: their programs belong on the allow-list.
             for event in self.inner.drain().await? {
-                self.saw(&event);
-                self.held.push(event);
+                self.tally.saw(&event);
+                for response in events.event(event)? {
+                    let outcome = self.inner.carry_out(response.decision()).await;
+                    events.carried_out(response, outcome)?;
+                }
             }
             self.enforce().await;
         }
-        let output = self.inner.terminal_command(session, command, out).await?;
+        let mut counted = Counted {
+            tally: &mut self.tally,
+            sink: events,
+        };
+        let output = self
+            .inner
+            .terminal_command(session, command, out, &mut counted)
+            .await?;
         self.outputs.push(output.clone());
         Ok(output)
     }
 
     async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, StepError> {
-        if !self.held.is_empty() {
-            return Ok(Some(self.held.remove(0)));
-        }
         let event = self.inner.next_event(deadline).await?;
         if let Some(e) = &event {
-            self.saw(e);
+            self.tally.saw(e);
         }
         Ok(event)
     }
 
     async fn drain(&mut self) -> Result<Vec<Event>, StepError> {
-        let mut events = std::mem::take(&mut self.held);
-        for event in self.inner.drain().await? {
-            self.saw(&event);
-            events.push(event);
+        let events = self.inner.drain().await?;
+        for event in &events {
+            self.tally.saw(event);
         }
         Ok(events)
     }
@@ -459,12 +499,13 @@ fn run_in(o: &Options, scratch: &Path) -> Result<bool, String> {
         inner: LabBackend::with_lab(local_lab(&lab_name)?),
         store: store.clone(),
         lab_name,
-        phase: Phase::Other,
         enforce_due: false,
-        seen_exes: BTreeSet::new(),
-        storms: Default::default(),
+        tally: Tally {
+            phase: Phase::Other,
+            seen_exes: BTreeSet::new(),
+            storms: Default::default(),
+        },
         outputs: Vec::new(),
-        held: Vec::new(),
         errors: Vec::new(),
     };
     let snapshots = SnapshotMode {
@@ -546,7 +587,7 @@ fn figures(o: &Options, report: &RunReport, bench: &BenchBackend) -> bool {
             .filter(|e| storm.probes.contains(&(e.pid, e.event_ts_ns)))
             .collect()
     };
-    let (user, kernel) = (of(&bench.storms[0]), of(&bench.storms[1]));
+    let (user, kernel) = (of(&bench.tally.storms[0]), of(&bench.tally.storms[1]));
     let flag = |es: &[&DeviationLatency]| Spread::of(es.iter().filter_map(|e| e.flag_ms));
     let gone = |es: &[&DeviationLatency]| Spread::of(es.iter().filter_map(|e| e.gone_ms));
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -584,7 +625,7 @@ fn figures(o: &Options, report: &RunReport, bench: &BenchBackend) -> bool {
         cell(gone(&user)),
         cell(gone(&kernel))
     );
-    let (ur, kr) = (bench.storms[0].rate(), bench.storms[1].rate());
+    let (ur, kr) = (bench.tally.storms[0].rate(), bench.tally.storms[1].rate());
     println!(
         "{:<28} {:>23.0}   {:>23.0}",
         "exec rate reached (/s)", ur, kr
@@ -592,8 +633,8 @@ fn figures(o: &Options, report: &RunReport, bench: &BenchBackend) -> bool {
     println!(
         "{:<28} {:>23}   {:>23}",
         "deviant execs (seen)",
-        bench.storms[0].probes.len(),
-        bench.storms[1].probes.len()
+        bench.tally.storms[0].probes.len(),
+        bench.tally.storms[1].probes.len()
     );
     let marks = |tag| counted(&bench.outputs, tag, "marks");
     let alive = |tag| counted(&bench.outputs, tag, "alive");
@@ -615,8 +656,8 @@ fn figures(o: &Options, report: &RunReport, bench: &BenchBackend) -> bool {
         failed.push(format!("{lost} events lost"));
     }
     for (name, storm, es) in [
-        ("user-space", &bench.storms[0], &user),
-        ("in-kernel", &bench.storms[1], &kernel),
+        ("user-space", &bench.tally.storms[0], &user),
+        ("in-kernel", &bench.tally.storms[1], &kernel),
     ] {
         if storm.probes.is_empty() {
             failed.push(format!("{name}: no deviant exec was seen"));
@@ -650,11 +691,11 @@ fn figures(o: &Options, report: &RunReport, bench: &BenchBackend) -> bool {
             ));
         }
     }
-    if bench.storms[1].killed_at_exec != bench.storms[1].probes.len() as u64 {
+    if bench.tally.storms[1].killed_at_exec != bench.tally.storms[1].probes.len() as u64 {
         failed.push(format!(
             "in-kernel: {} of {} probes killed at exec",
-            bench.storms[1].killed_at_exec,
-            bench.storms[1].probes.len()
+            bench.tally.storms[1].killed_at_exec,
+            bench.tally.storms[1].probes.len()
         ));
     }
     match (marks("u"), marks("k")) {

@@ -173,6 +173,39 @@ fn not_seen(within: &Option<Duration>) -> String {
     }
 }
 
+/// A response the engine decided on an event a backend handed over while an action ran: the
+/// backend carries it out at once (it holds the lab) and says what came of it
+/// ([`EventSink::carried_out`]).
+pub struct Response {
+    pub(crate) decision: Decision,
+    pub(crate) entry: Option<super::latency::EntryId>,
+}
+
+impl Response {
+    /// What the engine decided.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+/// Where a backend hands the events it reads while an action (a terminal command, a notebook
+/// cell) runs, as they come: the runner records each, has the engine observe it (flags are
+/// raised at once) and returns the responses to carry out. Without it the engine would see
+/// none of an action's events until the action returned (issue 16: an exec storm's deviant
+/// execs were flagged hundreds of milliseconds late).
+pub trait EventSink {
+    /// Take one event; the responses the engine decided on it, for the backend to carry out
+    /// now. An error stops the action (the run stops: the recording could not be written).
+    fn event(&mut self, event: Event) -> Result<Vec<Response>, StepError>;
+    /// What came of carrying out `response`: a failed check is noted (the run goes on); any
+    /// other error is given back, and stops the action.
+    fn carried_out(
+        &mut self,
+        response: Response,
+        outcome: Result<String, StepError>,
+    ) -> Result<(), StepError>;
+}
+
 /// Where events come from and where the scenario's actions go.
 #[allow(async_fn_in_trait)] // Used through generics only.
 pub trait ScenarioBackend {
@@ -191,17 +224,23 @@ pub trait ScenarioBackend {
     /// The step is over; `facts` are what it learned outside the event stream.
     fn end_step(&mut self, index: usize, step: &Step, facts: &BTreeMap<String, Json>);
     async fn lab_up(&mut self, out: &Console) -> Result<(), StepError>;
+    /// Run a notebook cell; the events read meanwhile go to `events` as they come (a replay
+    /// has none: its recording gives a step's events through [`Self::next_event`]).
     async fn notebook_cell(
         &mut self,
         code: &str,
         timeout: Duration,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<(), StepError>;
+    /// Type a terminal command; the events read meanwhile go to `events`, as for
+    /// [`Self::notebook_cell`].
     async fn terminal_command(
         &mut self,
         session: &str,
         command: &TerminalCommand,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<String, StepError>;
     /// The next event, or `None` when the deadline passed (live) or the step's recorded events
     /// are used up (replay).

@@ -17,7 +17,7 @@
 //! that belongs to another run still going is refused, not taken from it. A run stopped by
 //! SIGINT or SIGTERM takes its lab down ([`Stoppable`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use guardlab_engine::deviation::{ActionKind, Decision};
@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use crate::console::Console;
 use crate::signals::StopSignals;
 
-use super::backend::{CheckFailure, ScenarioBackend, StepError};
+use super::backend::{CheckFailure, EventSink, ScenarioBackend, StepError};
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use super::stop::{LabAfterStop, Stoppable};
 use super::workbench::{JupyterWorkbench, Workbench};
@@ -210,20 +210,10 @@ pub struct LabBackend<L> {
     lab: L,
     info: Option<LabInfo>,
     events: Option<mpsc::Receiver<Event>>,
-    /// Events read while a terminal command ran, not yet handed to the runner (see
-    /// [`MAX_PENDING_EVENTS`]).
-    pending: VecDeque<Event>,
     workbench: Option<JupyterWorkbench>,
     /// The lab was brought up by this run (so it is ours to tear down).
     started: bool,
 }
-
-/// Events kept while a terminal command runs. The runner hands events to the engine between
-/// commands; one command can make far more than the lab's channels hold (an exec storm makes
-/// ~130,000), so they are read into this queue as they come, rather than left to overflow the
-/// lab's channels and be lost. Past it (~1 GB at worst) the queue stops reading, and the lab
-/// counts what its channels then drop, as ever.
-const MAX_PENDING_EVENTS: usize = 1 << 21;
 
 /// Who a local lab belongs to: the run, unless it is kept (`--keep-lab`).
 fn owner_of_run(scenario: &Scenario, keep_lab: bool) -> Option<String> {
@@ -310,17 +300,17 @@ impl<L: LiveLab> LabBackend<L> {
             lab,
             info: None,
             events: None,
-            pending: VecDeque::new(),
             workbench: None,
             started: false,
         }
     }
+}
 
-    fn workbench(&mut self) -> Result<&mut JupyterWorkbench, StepError> {
-        self.workbench.as_mut().ok_or(StepError::BeforeLabUp {
-            what: "the notebook is not connected",
-        })
-    }
+/// The notebook, once a `lab_up` step connected it.
+fn connected(workbench: &mut Option<JupyterWorkbench>) -> Result<&mut JupyterWorkbench, StepError> {
+    workbench.as_mut().ok_or(StepError::BeforeLabUp {
+        what: "the notebook is not connected",
+    })
 }
 
 /// What the engine decided, as the lab interface says it (every response action has a word
@@ -335,6 +325,52 @@ pub fn lab_action(decision: &Decision) -> LabAction {
             name: t.pod.clone(),
         },
         ActionKind::AgentKillProcessGroup => LabAction::KillProcessGroup { pid: t.pid },
+    }
+}
+
+/// Carry out what the engine decided through the lab; returns what was done.
+async fn carry_out(lab: &mut impl Lab, decision: &Decision) -> Result<String, StepError> {
+    let action = lab_action(decision);
+    lab.carry_out(&action)
+        .await
+        .map(|()| format!("carried out: {action:?}"))
+        .map_err(|source| {
+            CheckFailure::Action {
+                action,
+                source: Box::new(source),
+            }
+            .into()
+        })
+}
+
+/// Run `action` (a cell, a terminal command), handing the lab's events to `sink` as they come
+/// and carrying out at once the responses it decides, so that the engine flags and kills while
+/// the action still runs. Events the action leaves in the channel are read by the runner after
+/// it, in order. A sink that fails stops the action (the run stops).
+async fn hand_over_while<T>(
+    action: impl std::future::Future<Output = Result<T, StepError>>,
+    lab: &mut impl Lab,
+    events: &mut Option<mpsc::Receiver<Event>>,
+    sink: &mut dyn EventSink,
+) -> Result<T, StepError> {
+    tokio::pin!(action);
+    let Some(rx) = events.as_mut() else {
+        return action.await;
+    };
+    loop {
+        tokio::select! {
+            done = &mut action => return done,
+            event = rx.recv() => match event {
+                Some(event) => {
+                    for response in sink.event(event)? {
+                        let outcome = carry_out(lab, response.decision()).await;
+                        sink.carried_out(response, outcome)?;
+                    }
+                }
+                // The stream ended: the next read of events says so and why.
+                None => return action.await,
+            },
+        }
     }
 }
 
@@ -385,10 +421,17 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         code: &str,
         timeout: Duration,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<(), StepError> {
-        let output =
-            guardlab_jupyter::screen_text(&self.workbench()?.run_cell(code, timeout).await?);
-        out.output(&output, 5);
+        let LabBackend {
+            lab,
+            events: rx,
+            workbench,
+            ..
+        } = self;
+        let workbench = connected(workbench)?;
+        let output = hand_over_while(workbench.run_cell(code, timeout), lab, rx, events).await?;
+        out.output(&guardlab_jupyter::screen_text(&output), 5);
         Ok(())
     }
 
@@ -397,26 +440,17 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
         session: &str,
         command: &TerminalCommand,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<String, StepError> {
-        let workbench = self.workbench.as_mut().ok_or(StepError::BeforeLabUp {
-            what: "the notebook is not connected",
-        })?;
+        let LabBackend {
+            lab,
+            events: rx,
+            workbench,
+            ..
+        } = self;
+        let workbench = connected(workbench)?;
         let run = workbench.terminal_command(session, command);
-        tokio::pin!(run);
-        // Read the lab's events while the command runs (see MAX_PENDING_EVENTS).
-        let output = loop {
-            match self.events.as_mut() {
-                Some(rx) if self.pending.len() < MAX_PENDING_EVENTS => tokio::select! {
-                    output = &mut run => break output?,
-                    event = rx.recv() => match event {
-                        Some(event) => self.pending.push_back(event),
-                        // The stream ended: the next read of events says so and why.
-                        None => break (&mut run).await?,
-                    },
-                },
-                _ => break (&mut run).await?,
-            }
-        };
+        let output = hand_over_while(run, lab, rx, events).await?;
         out.output(&output, 3);
         Ok(output)
     }
@@ -427,9 +461,6 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
                 what: L::EVENTS_NOT_FLOWING,
             });
         };
-        if let Some(event) = self.pending.pop_front() {
-            return Ok(Some(event));
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Some(e)) => Ok(Some(e)),
@@ -442,7 +473,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
     }
 
     async fn drain(&mut self) -> Result<Vec<Event>, StepError> {
-        let mut out: Vec<Event> = self.pending.drain(..).collect();
+        let mut out = Vec::new();
         if let Some(rx) = self.events.as_mut() {
             while let Ok(e) = rx.try_recv() {
                 out.push(e);
@@ -452,18 +483,7 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
     }
 
     async fn carry_out(&mut self, decision: &Decision) -> Result<String, StepError> {
-        let action = lab_action(decision);
-        self.lab
-            .carry_out(&action)
-            .await
-            .map(|()| format!("carried out: {action:?}"))
-            .map_err(|source| {
-                CheckFailure::Action {
-                    action,
-                    source: Box::new(source),
-                }
-                .into()
-            })
+        carry_out(&mut self.lab, decision).await
     }
 
     async fn pool_clients(&mut self, check: &CheckPoolReached) -> Result<Vec<Json>, StepError> {
@@ -509,7 +529,6 @@ impl<L: LiveLab> ScenarioBackend for LabBackend<L> {
             w.close().await;
         }
         self.events = None;
-        self.pending.clear();
         if keep {
             if let Some(info) = &self.info {
                 out.line(L::kept_up(&info.notebook_url));
@@ -537,7 +556,6 @@ impl<L: LiveLab> Stoppable for LabBackend<L> {
             let _ = tokio::time::timeout(Duration::from_secs(2), workbench.close()).await;
         }
         self.events = None;
-        self.pending.clear();
         if !self.started {
             return LabAfterStop::NoLab;
         }

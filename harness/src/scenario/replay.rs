@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::console::Console;
 
-use super::backend::{CheckFailure, ScenarioBackend, StepError};
+use super::backend::{CheckFailure, EventSink, ScenarioBackend, StepError};
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use super::recording::{FACT_POOL_CLIENTS, FACT_TERMINAL_OUTPUT, RecordedOn, Recording};
 
@@ -135,6 +135,7 @@ impl ScenarioBackend for ReplayBackend {
         _code: &str,
         _timeout: Duration,
         _out: &Console,
+        _events: &mut dyn EventSink,
     ) -> Result<(), StepError> {
         Ok(())
     }
@@ -145,6 +146,7 @@ impl ScenarioBackend for ReplayBackend {
         _session: &str,
         _command: &TerminalCommand,
         out: &Console,
+        _events: &mut dyn EventSink,
     ) -> Result<String, StepError> {
         let index = self.commands;
         self.commands += 1;

@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 use crate::console::Console;
 use crate::signals::{StopSignal, StopSignals};
 
-use super::backend::{ScenarioBackend, StepError};
+use super::backend::{EventSink, ScenarioBackend, StepError};
 use super::file::{CheckPoolReached, Scenario, Step, TerminalCommand};
 use super::recording::RecordingWriter;
 use super::runner::{Runner, SnapshotMode};
@@ -139,16 +139,20 @@ impl<B: ScenarioBackend> ScenarioBackend for Tracked<'_, B> {
         code: &str,
         timeout: Duration,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<(), StepError> {
-        self.inner.notebook_cell(code, timeout, out).await
+        self.inner.notebook_cell(code, timeout, out, events).await
     }
     async fn terminal_command(
         &mut self,
         session: &str,
         command: &TerminalCommand,
         out: &Console,
+        events: &mut dyn EventSink,
     ) -> Result<String, StepError> {
-        self.inner.terminal_command(session, command, out).await
+        self.inner
+            .terminal_command(session, command, out, events)
+            .await
     }
     async fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>, StepError> {
         self.inner.next_event(deadline).await

@@ -40,8 +40,9 @@ impl<B: ScenarioBackend> Runner<'_, B> {
             Action::NotebookCell(cell) => {
                 self.out
                     .detail(format!("cell: {}", cell.code.lines().next().unwrap_or("")));
-                self.backend
-                    .notebook_cell(&cell.code, cell.timeout.0, &self.out)
+                let (backend, mut taker) = self.taker();
+                backend
+                    .notebook_cell(&cell.code, cell.timeout.0, taker.out, &mut taker)
                     .await?;
                 self.wait_for(&cell.wait_for, cell.timeout.0, "after the cell")
                     .await
@@ -56,9 +57,9 @@ impl<B: ScenarioBackend> Runner<'_, B> {
                 let mut outputs = Vec::new();
                 for command in &t.commands {
                     self.out.detail(format!("$ {}", command.run));
-                    let output = self
-                        .backend
-                        .terminal_command(&t.session, command, &self.out)
+                    let (backend, mut taker) = self.taker();
+                    let output = backend
+                        .terminal_command(&t.session, command, taker.out, &mut taker)
                         .await?;
                     outputs.push(Json::String(clip(&output, RECORDED_OUTPUT)));
                     facts.insert(FACT_TERMINAL_OUTPUT.into(), Json::Array(outputs.clone()));

@@ -6,20 +6,21 @@
 //! traces, snapshots) happens here, the same way for every backend, so a replay checks the
 //! same things as a live run. What each action does is in [`actions`].
 //!
-//! Events are consumed step by step: a step takes the events that arrive while it waits for
-//! its conditions, and at its end those already there. A live run records exactly these
-//! (see [`super::recording`]) so that a replay gives every step the same events.
+//! Events are consumed step by step: a step takes the events that arrive while an action runs
+//! (the backend hands them over as they come, [`super::backend::EventSink`]), while it waits for its
+//! conditions, and at its end those already there. A live run records exactly these, in
+//! order (see [`super::recording`]), so that a replay gives every step the same events; a
+//! wait checks the events of the action before it first, as a replay reads them.
 
 mod actions;
 mod kernel;
+mod taker;
 mod workshop;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use guardlab_engine::deviation::Finding;
-use guardlab_engine::model::DeviationType;
-use guardlab_events::{Event, EventBody};
+use guardlab_events::Event;
 use guardlab_guard_console::SharedStore;
 use guardlab_policy_store::PolicyStore;
 
@@ -28,13 +29,13 @@ use crate::console::{Console, seconds, textwrap};
 use super::backend::{CheckFailure, ScenarioBackend, StepError};
 use super::documents_out::DocumentsOut;
 use super::file::{Condition, Scenario};
-use super::latency::{EntryId, LatencyClock, LatencyRecorder};
+use super::latency::{LatencyClock, LatencyRecorder};
 use super::names::Names;
 use super::pace::{Pace, Pacer};
 use super::recording::RecordingWriter;
 use super::run_report::{RunReport, StepReport, StepResult};
 use super::snapshot::{Redactor, SnapshotDir};
-use super::snapshot_text::{SeenSoFar, flag_line, kind_word};
+use super::snapshot_text::SeenSoFar;
 
 /// How to treat snapshots.
 pub struct SnapshotMode {
@@ -77,6 +78,9 @@ pub struct Runner<'a, B: ScenarioBackend> {
     report: RunReport,
     /// Every event taken so far, for conditions that may have been met before their step.
     history: Vec<Event>,
+    /// How many events of `history` were checked against conditions waited for: those
+    /// after came during an action (see [`super::backend::EventSink`]), and the next wait checks them first.
+    checked: usize,
     /// Set: pause before each step (`--step`).
     pacer: Option<Pacer>,
     /// Set: write the run's documents as files (`--out`).
@@ -127,6 +131,7 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
             },
             terminals: Vec::new(),
             history: Vec::new(),
+            checked: 0,
             pacer: None,
             documents_out: None,
             learner_made_policy: None,
@@ -433,118 +438,11 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
         self.report
     }
 
-    /// Take one event: engine, names, recording, responses.
-    async fn observe(&mut self, event: Event) -> Result<(), StepError> {
-        self.report.events.observe(&event);
-        if let Some(r) = self.recorder.as_mut() {
-            r.event(&event)?;
-        }
-        if let EventBody::Container(info) = &event.body {
-            self.engine.redactor.learn(info);
-        }
-        self.engine.names.observe(&event);
-        self.history.push(event.clone());
-        let findings = self.engine.store.update(|s| s.observe(&event));
-        self.kernel.agreement.observe(&event, &findings);
-        let decided = self.clock();
-        self.latency.event(&event);
-        for finding in findings {
-            let entry = self.latency.finding(&event, &finding, decided);
-            self.respond(&event, finding, entry).await?;
-        }
-        Ok(())
-    }
-
-    /// The wall clock, for the latency figures: a live run's only (a replay has no clock of
-    /// the run it replays).
-    fn clock(&self) -> Option<u64> {
-        self.backend.is_live().then(guardlab_host::unix_time_ns)
-    }
-
-    /// Say what a finding is, and carry out what the policy decided.
-    async fn respond(
-        &mut self,
-        event: &Event,
-        finding: Finding,
-        entry: Option<EntryId>,
-    ) -> Result<(), StepError> {
-        if finding.new {
-            let what = match (&event.body, finding.kind) {
-                (EventBody::Connect(c) | EventBody::Accept(c), _) => {
-                    format!(
-                        "{} {}:{}",
-                        self.engine.names.name(&c.process),
-                        self.engine.names.remote(&c.remote_ip),
-                        c.remote_port
-                    )
-                }
-                (_, DeviationType::Process) => {
-                    format!(
-                        "{} (pid {})",
-                        self.engine.names.name(&finding.process),
-                        finding.process.pid()
-                    )
-                }
-                _ => String::new(),
-            };
-            let stopped = match (finding.prevented, finding.kind) {
-                (false, _) => "",
-                (true, DeviationType::Process) => " (prevented: the kernel killed it at exec)",
-                (true, _) => " (prevented: the kernel refused the connection)",
-            };
-            self.out.detail(format!(
-                "new {} deviation {}: {what}{stopped}",
-                kind_word(finding.kind),
-                finding.deviation_uid
-            ));
-        }
-        for flag in &finding.flags {
-            self.out
-                .detail(format!("raised: {} (pid {})", flag_line(flag), flag.pid));
-        }
-        if let Some(entry) = entry
-            && !finding.flags.is_empty()
-        {
-            self.latency.flagged(entry, self.clock());
-        }
-        for decision in &finding.decisions {
-            if finding.prevented
-                && decision.initiated
-                && decision.action == guardlab_engine::deviation::ActionKind::AgentKillProcess
-            {
-                // The kernel stopped it before user space could: nothing is left to kill.
-                self.out.detail(format!(
-                    "{} -> not needed: the kernel stopped it",
-                    decision.message
-                ));
-                continue;
-            }
-            if !decision.initiated {
-                self.out.detail(decision.message.clone());
-                continue;
-            }
-            match self.backend.carry_out(decision).await {
-                Ok(done) => {
-                    if let Some(entry) = entry {
-                        self.latency.killed(entry, self.clock());
-                    }
-                    self.out.detail(format!("{} -> {done}", decision.message))
-                }
-                Err(StepError::Check(failure)) => {
-                    self.messages
-                        .push(format!("{}: {failure}", decision.message));
-                    self.failed = true;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     async fn drain(&mut self) -> Result<(), StepError> {
         for event in self.backend.drain().await? {
             self.observe(event).await?;
         }
+        self.checked = self.history.len();
         Ok(())
     }
 
@@ -557,6 +455,13 @@ impl<'a, B: ScenarioBackend> Runner<'a, B> {
     ) -> Result<(), StepError> {
         let mut pending: Vec<&Condition> = conditions.iter().collect();
         let deadline = Instant::now() + timeout;
+        // First the events a backend handed over during the action before, in order, as a
+        // replay reads them from its recording; up to the one that meets the last condition.
+        while !pending.is_empty() && self.checked < self.history.len() {
+            let event = &self.history[self.checked];
+            pending.retain(|c| !self.engine.names.matches(c, event));
+            self.checked += 1;
+        }
         while !pending.is_empty() {
             let Some(event) = self.backend.next_event(deadline).await? else {
                 return Err(CheckFailure::NotSeen {
