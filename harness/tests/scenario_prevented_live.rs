@@ -29,7 +29,8 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
     let lab = format!("prevented-{}", std::process::id());
     let output = Command::cargo_bin("guardlab")
         .unwrap()
-        .args(["scenario", "cryptominer-prevented", "--json"])
+        // The lab stays for a look at its sensor after the run (then `lab down`).
+        .args(["scenario", "cryptominer-prevented", "--keep-lab", "--json"])
         .arg(&json)
         .arg("--record")
         .arg(&recording)
@@ -43,6 +44,7 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let down = LabDown(lab.clone());
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -71,6 +73,41 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
         "{}",
         report["agreement"]
     );
+    // The run ended by disabling the policy: the kernel holds none of it any more.
+    let kept = guardlab_lab::local::LocalLab::new(guardlab_lab::local::LocalLabOptions::new(&lab))
+        .unwrap();
+    let holdings = guardlab_lab_test_support::Holdings::gather(&kept);
+    assert!(!holdings.bpf_programs.is_empty(), "the lab's sensor runs");
+    guardlab_host::Host::new(false)
+        .ensure(
+            &[&guardlab_host::catalog::BPFTOOL],
+            &guardlab_host::StderrProgress,
+        )
+        .unwrap();
+    for map in [
+        "exec_tree",
+        "net_allow",
+        "dns_names",
+        "dns_allow",
+        "resolvers",
+    ] {
+        let entries = map_entries(&holdings.bpf_programs, map);
+        assert_eq!(
+            entries, 0,
+            "{map} still has {entries} entries after `disable`"
+        );
+    }
+    // `lab down`: no program, map, process or anything else of the lab is left.
+    drop(down);
+    guardlab_lab_test_support::assert_nothing_left(&holdings);
+    let left: Vec<u32> = holdings
+        .bpf_programs
+        .iter()
+        .copied()
+        .filter(|p| bpftool(&["prog", "show", "id", &p.to_string()]).is_some())
+        .collect();
+    assert!(left.is_empty(), "programs left after `lab down`: {left:?}");
+
     let options = guardlab::scenario::RunOptions {
         scenario_file: root().join("scenarios/cryptominer-prevented.yaml"),
         backend: guardlab_lab_api::Backend::Replay,
@@ -95,4 +132,46 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
         "{:?}",
         replay.steps
     );
+}
+
+/// Takes the kept lab down however the test ends.
+struct LabDown(String);
+
+impl Drop for LabDown {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(assert_cmd::cargo::cargo_bin("guardlab"))
+            .args(["lab", "down", "--namespace", &self.0])
+            .current_dir(root())
+            .status();
+    }
+}
+
+/// `bpftool -j ARGS`, parsed; `None` when bpftool fails (no such object).
+fn bpftool(args: &[&str]) -> Option<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("bpftool writes JSON"))
+}
+
+/// How many entries the map `name` of the programs `programs` holds.
+fn map_entries(programs: &[u32], name: &str) -> usize {
+    for prog in programs {
+        let Some(info) = bpftool(&["prog", "show", "id", &prog.to_string()]) else {
+            continue;
+        };
+        for id in info["map_ids"].as_array().into_iter().flatten() {
+            let id = id.as_u64().unwrap().to_string();
+            let map = bpftool(&["map", "show", "id", &id]).unwrap_or_default();
+            if map["name"] == name {
+                let dump = bpftool(&["map", "dump", "id", &id]).unwrap_or_default();
+                return dump.as_array().map_or(0, Vec::len);
+            }
+        }
+    }
+    panic!("no map {name} among the maps of the lab's programs {programs:?}")
 }
