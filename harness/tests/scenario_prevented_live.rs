@@ -134,6 +134,72 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
     );
 }
 
+/// The second variant live: Python from the terminal's shell, allowed only under the notebook
+/// server, killed at its exec; the pool sees no client; its recording replays.
+#[test]
+fn the_python_variant_runs_live_and_the_kernel_stops_it_by_its_place() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the live scenario test needs root (namespaces, cgroups, eBPF): run `sudo cargo test`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("run.ndjson");
+    let lab = format!("prevented-py-{}", std::process::id());
+    let output = Command::cargo_bin("guardlab")
+        .unwrap()
+        .args(["scenario", "cryptominer-prevented-python", "--record"])
+        .arg(&recording)
+        .env("GUARDLAB_SCENARIOS_DIR", root().join("scenarios"))
+        .env("GUARDLAB_LAB", &lab)
+        .env("GUARDLAB_NOTEBOOK_ADDRESS", "127.0.0.1:0")
+        .env_remove("GUARDLAB_SNAPSHOT_DIR")
+        .env_remove("GUARDLAB_REPLAY_FILE")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("python3 (pid")
+            && stdout.contains("(prevented: the kernel killed it at exec)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kernel and engine agree: 2 stopped, 2 flagged"),
+        "{stdout}"
+    );
+    let options = guardlab::scenario::RunOptions {
+        scenario_file: root().join("scenarios/cryptominer-prevented-python.yaml"),
+        backend: guardlab_lab_api::Backend::Replay,
+        snapshot_dir: Some(root().join("snapshots/cryptominer-prevented-python")),
+        update_snapshots: false,
+        replay_file: Some(recording),
+        record: None,
+        json: None,
+        junit: None,
+        keep_lab: false,
+        step: false,
+        quiet: true,
+        limits: Default::default(),
+        out: None,
+        console: None,
+        html: None,
+    };
+    let replay = guardlab::scenario::run_blocking(&options);
+    assert_eq!(
+        replay.result,
+        guardlab::scenario::RunResult::Pass,
+        "{:?}",
+        replay.steps
+    );
+}
+
 /// Takes the kept lab down however the test ends.
 struct LabDown(String);
 

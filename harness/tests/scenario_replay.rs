@@ -468,3 +468,51 @@ fn the_prevented_recording_replays_and_kernel_and_engine_agree() {
         "{deviations}"
     );
 }
+
+/// The second prevented variant from its live recording: the attacker's Python, a program the
+/// policy allows under the notebook server, started from the terminal's shell, was killed at
+/// its exec by the kernel's check of its place in the policy's tree; nothing was fetched.
+#[test]
+fn the_python_variant_is_stopped_by_its_place_in_the_tree() {
+    let recording = root().join("scenarios/cryptominer-prevented-python.ndjson");
+    assert!(
+        !read_recording(&recording).unwrap().header.synthetic,
+        "the recording comes from a live run"
+    );
+    let mut options = replay_options(
+        &root().join("snapshots/cryptominer-prevented-python"),
+        &recording,
+    );
+    options.scenario_file = root().join("scenarios/cryptominer-prevented-python.yaml");
+    let report = run_blocking(&options);
+    assert_eq!(report.result, RunResult::Pass, "{}", failures(&report));
+    let agreement = report.agreement.as_ref().expect("an agreement section");
+    assert!(agreement.agrees(), "{}", agreement.summary());
+    assert_eq!((agreement.stopped, agreement.flagged), (2, 2));
+    let d = report.deviations.as_ref().unwrap();
+    let stopped: Vec<_> = d
+        .policies
+        .iter()
+        .flat_map(|p| &p.deviations)
+        .filter(|r| r.deviation.metadata.kind == DeviationType::Process)
+        .filter(|r| {
+            r.deviation.spec.process_policy.iter().any(|f| {
+                f.policy_node
+                    .children
+                    .iter()
+                    .any(|c| c.exe == ["/usr/bin/python3.11"])
+            })
+        })
+        .collect();
+    assert_eq!(stopped.len(), 1, "Python under the shell is one deviation");
+    // The policy allows that very program elsewhere: under the notebook server.
+    let policy = report.snapshots.get("policy-with-terminal").unwrap();
+    assert!(policy.contains("/usr/bin/python3.11"), "{policy}");
+    assert!(
+        d.policies
+            .iter()
+            .flat_map(|p| &p.deviations)
+            .all(|r| r.deviation.metadata.kind == DeviationType::Process),
+        "nothing was fetched: no connection deviated"
+    );
+}
