@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guardlab_browser_test_support::http;
+use guardlab_lab::Lab;
 use guardlab_lab::local::{LocalLab, LocalLabOptions};
 use guardlab_lab_test_support::{Holdings, assert_nothing_left};
 use scenario_common::root;
@@ -110,6 +111,57 @@ fn the_console_reads_a_lab_from_lab_up_and_leaves_it_up() {
             .unwrap();
         assert_eq!(policy["status"], "Auditing", "{policy}");
         assert!(policy["yaml"].as_str().unwrap().contains("start-notebook"));
+
+        // Enforcing with a kill, the policy goes into the kernel at once: a terminal's shell,
+        // which the baseline never ran, is killed at its exec.
+        let (status, saved) = http::post_json(
+            addr,
+            "/api/policies/lab-policy",
+            &json!({ "mode": "enforce", "addKill": "agentKillProcess" }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{saved}");
+        let said = lines.next().unwrap().unwrap();
+        assert!(
+            said.starts_with("the kernel now enforces policy lab-policy:"),
+            "{said}"
+        );
+        let info = lab.status().await.unwrap().expect("the lab is up");
+        let notebook = guardlab_jupyter::JupyterClient::new(&info.notebook_url).unwrap();
+        // The shell dies before it runs: the terminal may open and close, or fail.
+        if let Ok(mut terminal) = notebook.open_terminal().await {
+            let _ = terminal.run("ls", Duration::from_secs(5)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, policy) = http::get_json(addr, "/api/policies/lab-policy")
+                .await
+                .unwrap();
+            let bash = policy["deviations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["summary"].as_str().is_some_and(|s| s.contains("bash")));
+            if let Some(bash) = bash {
+                assert!(bash["count"].as_u64().unwrap() >= 1, "{bash}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no deviation for the shell: {policy}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let (_, flags) = http::get_json(addr, "/api/flags").await.unwrap();
+        assert!(
+            flags["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["process"] == "bash"),
+            "{flags}"
+        );
     });
 
     // Ctrl-C stops the console, not the lab.
@@ -117,6 +169,12 @@ fn the_console_reads_a_lab_from_lab_up_and_leaves_it_up() {
     unsafe { libc::kill(console.id() as i32, libc::SIGINT) };
     let status = console.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter()
+            .any(|l| l == "the kernel no longer enforces policy lab-policy: lifted"),
+        "the console's policy is lifted when it stops: {rest:?}"
+    );
     let still = guardlab(&name)
         .args(["lab", "status", "--namespace", &name])
         .output()
