@@ -139,8 +139,9 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
 #[test]
 fn the_python_variant_runs_live_and_the_kernel_stops_it_by_its_place() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "the live scenario test needs root (namespaces, cgroups, eBPF): run `sudo cargo test`"
     );
     let dir = tempfile::tempdir().unwrap();
