@@ -505,6 +505,15 @@ fn the_python_variant_is_stopped_by_its_place_in_the_tree() {
         })
         .collect();
     assert_eq!(stopped.len(), 1, "Python under the shell is one deviation");
+    // The investigation says what the kernel stopped, in the snapshot and in the text.
+    let trace = report.snapshots.get("trace").unwrap();
+    assert_eq!(
+        trace.matches("prevented: killed at exec").count(),
+        1,
+        "{trace}"
+    );
+    let text = report.investigation.as_ref().unwrap().render_text();
+    assert!(text.contains("prevented: killed at exec"), "{text}");
     // The policy allows that very program elsewhere: under the notebook server.
     let policy = report.snapshots.get("policy-with-terminal").unwrap();
     assert!(policy.contains("/usr/bin/python3.11"), "{policy}");

@@ -128,6 +128,10 @@ pub struct DeviationTrace {
     /// The connections of the deviant process across the pod's boundary,
     /// each remote and port once, at most `trace-connections`.
     pub connections: Vec<TraceConnection>,
+    /// The kernel stopped it when it was first found: the exec was killed before its first
+    /// instruction, or the connect refused (see [`Finding::prevented`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prevented: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -174,6 +178,8 @@ struct Capture {
     /// The deviant process's node id in the deviation, for an exec a limit kept from having a
     /// program node of its own (see [`crate::limits`]).
     unplaced_label: Option<String>,
+    /// The kernel stopped it (see [`Finding::prevented`]).
+    prevented: bool,
 }
 
 struct CapturedProcess {
@@ -520,6 +526,7 @@ impl Investigator {
                 connection,
                 connections,
                 unplaced_label,
+                prevented: f.prevented,
             },
         );
     }
@@ -584,6 +591,7 @@ impl Investigator {
                     process: capture.map_or(ProcessKey(0, 0), |c| c.process),
                     connection: capture.and_then(|c| c.connection.clone()),
                     connections: capture.map(|c| c.connections.clone()).unwrap_or_default(),
+                    prevented: capture.is_some_and(|c| c.prevented),
                 });
             }
         }

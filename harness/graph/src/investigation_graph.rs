@@ -42,6 +42,14 @@ fn process_node(id: String, tp: &TreeProcess) -> Node {
     if !third.is_empty() {
         lines.push(cut(&third.join(", "), LINE_CHARS));
     }
+    // What the kernel stopped says so on its box, not only in its tooltip.
+    if tp
+        .deviations
+        .iter()
+        .any(|d| d.prevented && d.kind == guardlab_engine::model::DeviationType::Process)
+    {
+        lines.push("prevented: killed at exec".into());
+    }
     let mut tooltip = format!(
         "{} pid {} ({} in container) user {}\nstarted {}\nexe {}\n$ {command}",
         p.name, p.pid, p.ns_pid, p.euser, p.started, p.exe

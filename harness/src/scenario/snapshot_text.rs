@@ -203,6 +203,10 @@ pub fn trace_snapshot(inv: &Investigation) -> TraceSnapshot {
                     }
                     lines
                 },
+                prevented: d.prevented.then_some(match d.kind {
+                    DeviationType::Process => "killed at exec",
+                    _ => "connect refused",
+                }),
             })
             .collect(),
         red_flags: inv
@@ -246,6 +250,9 @@ struct TracedDeviation {
     connection: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     connections: Vec<String>,
+    /// The kernel stopped it (`killed at exec`, `connect refused`); absent when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prevented: Option<&'static str>,
 }
 
 /// A deviation's type as messages and snapshots say it.

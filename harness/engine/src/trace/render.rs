@@ -78,7 +78,7 @@ fn marks(marks: &[DeviationMark]) -> String {
         .iter()
         .map(|m| {
             format!(
-                "{} deviation {} (policy {}, seen {}x{})",
+                "{} deviation {} (policy {}, seen {}x{}{})",
                 m.kind,
                 m.uid,
                 m.policy_name,
@@ -87,6 +87,11 @@ fn marks(marks: &[DeviationMark]) -> String {
                     ""
                 } else {
                     ", no longer relevant"
+                },
+                match (m.prevented, m.kind) {
+                    (false, _) => "",
+                    (true, DeviationType::Process) => ", prevented: killed at exec",
+                    (true, _) => ", prevented: the connection was refused",
                 }
             )
         })

@@ -108,6 +108,9 @@ pub struct DeviationMark {
     pub relevant: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The kernel stopped it (see [`DeviationTrace::prevented`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prevented: bool,
 }
 
 impl DeviationMark {
@@ -120,6 +123,7 @@ impl DeviationMark {
             count: d.count,
             relevant: d.relevant,
             reason: d.reason.clone(),
+            prevented: d.prevented,
         }
     }
 }

@@ -54,6 +54,7 @@ fn trace(uid: &str, kind: DeviationType, c: &str, chain: Vec<TraceProcess>) -> D
         process,
         connection: None,
         connections: Vec::new(),
+        prevented: false,
     }
 }
 
