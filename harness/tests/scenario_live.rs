@@ -79,23 +79,11 @@ fn cryptominer_runs_live_and_matches_the_snapshots() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["result"], "pass");
     // What was recorded replays to the same snapshots, without privileges.
-    let replay = guardlab::scenario::run_blocking(&guardlab::scenario::RunOptions {
-        scenario_file: scenario_file(),
-        backend: guardlab_lab_api::Backend::Replay,
-        snapshot_dir: Some(root().join("snapshots/cryptominer")),
-        update_snapshots: false,
-        replay_file: Some(recording),
-        record: None,
-        json: None,
-        junit: None,
-        keep_lab: false,
-        step: false,
-        quiet: true,
-        limits: Default::default(),
-        out: None,
-        console: None,
-        html: None,
-    });
+    let replay = guardlab::scenario::run_blocking(&guardlab::scenario::RunOptions::replay(
+        scenario_file(),
+        root().join("snapshots/cryptominer"),
+        recording,
+    ));
     assert_eq!(
         replay.result,
         guardlab::scenario::RunResult::Pass,

@@ -108,23 +108,11 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
         .collect();
     assert!(left.is_empty(), "programs left after `lab down`: {left:?}");
 
-    let options = guardlab::scenario::RunOptions {
-        scenario_file: root().join("scenarios/cryptominer-prevented.yaml"),
-        backend: guardlab_lab_api::Backend::Replay,
-        snapshot_dir: Some(root().join("snapshots/cryptominer-prevented")),
-        update_snapshots: false,
-        replay_file: Some(recording),
-        record: None,
-        json: None,
-        junit: None,
-        keep_lab: false,
-        step: false,
-        quiet: true,
-        limits: Default::default(),
-        out: None,
-        console: None,
-        html: None,
-    };
+    let options = guardlab::scenario::RunOptions::replay(
+        root().join("scenarios/cryptominer-prevented.yaml"),
+        root().join("snapshots/cryptominer-prevented"),
+        recording,
+    );
     let replay = guardlab::scenario::run_blocking(&options);
     assert_eq!(
         replay.result,
@@ -175,23 +163,11 @@ fn the_python_variant_runs_live_and_the_kernel_stops_it_by_its_place() {
         stdout.contains("kernel and engine agree: 2 stopped, 2 flagged"),
         "{stdout}"
     );
-    let options = guardlab::scenario::RunOptions {
-        scenario_file: root().join("scenarios/cryptominer-prevented-python.yaml"),
-        backend: guardlab_lab_api::Backend::Replay,
-        snapshot_dir: Some(root().join("snapshots/cryptominer-prevented-python")),
-        update_snapshots: false,
-        replay_file: Some(recording),
-        record: None,
-        json: None,
-        junit: None,
-        keep_lab: false,
-        step: false,
-        quiet: true,
-        limits: Default::default(),
-        out: None,
-        console: None,
-        html: None,
-    };
+    let options = guardlab::scenario::RunOptions::replay(
+        root().join("scenarios/cryptominer-prevented-python.yaml"),
+        root().join("snapshots/cryptominer-prevented-python"),
+        recording,
+    );
     let replay = guardlab::scenario::run_blocking(&options);
     assert_eq!(
         replay.result,

@@ -14,23 +14,11 @@ use guardlab_lab_api::Backend;
 use scenario_common::*;
 
 fn replay_options(snapshot_dir: &Path, recording: &Path) -> RunOptions {
-    RunOptions {
-        scenario_file: scenario_file(),
-        backend: Backend::Replay,
-        snapshot_dir: Some(snapshot_dir.to_path_buf()),
-        update_snapshots: false,
-        replay_file: Some(recording.to_path_buf()),
-        record: None,
-        json: None,
-        junit: None,
-        keep_lab: false,
-        step: false,
-        quiet: true,
-        limits: Default::default(),
-        out: None,
-        console: None,
-        html: None,
-    }
+    RunOptions::replay(
+        scenario_file(),
+        snapshot_dir.to_path_buf(),
+        recording.to_path_buf(),
+    )
 }
 
 fn replay_synthetic() -> RunReport {

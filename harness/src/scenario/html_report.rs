@@ -163,23 +163,12 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let dir = tempfile::tempdir().unwrap();
         let html = dir.path().join("run.html");
-        let options = RunOptions {
-            scenario_file: root.join("scenarios/cryptominer.yaml"),
-            backend: guardlab_lab_api::Backend::Replay,
-            snapshot_dir: None,
-            update_snapshots: false,
-            replay_file: None,
-            record: None,
-            json: None,
-            junit: None,
-            keep_lab: false,
-            step: false,
-            quiet: true,
-            limits: Default::default(),
-            out: None,
-            console: None,
-            html: Some(html.clone()),
-        };
+        let mut options = RunOptions::replay(
+            root.join("scenarios/cryptominer.yaml"),
+            root.join("snapshots/cryptominer"),
+            root.join("scenarios/cryptominer.ndjson"),
+        );
+        options.html = Some(html.clone());
         let report = run_blocking(&options);
         assert_eq!(report.error, None);
         let page = std::fs::read_to_string(&html).unwrap();

@@ -103,6 +103,30 @@ pub struct RunOptions {
     pub html: Option<PathBuf>,
 }
 
+impl RunOptions {
+    /// A quiet replay of `recording` by the scenario in `scenario_file`, checked against the
+    /// snapshots in `snapshot_dir`, with every other option as its default (what tests replay).
+    pub fn replay(scenario_file: PathBuf, snapshot_dir: PathBuf, recording: PathBuf) -> Self {
+        RunOptions {
+            scenario_file,
+            backend: Backend::Replay,
+            snapshot_dir: Some(snapshot_dir),
+            update_snapshots: false,
+            replay_file: Some(recording),
+            record: None,
+            json: None,
+            junit: None,
+            keep_lab: false,
+            step: false,
+            quiet: true,
+            limits: Default::default(),
+            out: None,
+            console: None,
+            html: None,
+        }
+    }
+}
+
 /// The default snapshot directory of a scenario: `snapshots/<name>` beside `scenarios/`.
 pub fn default_snapshot_dir(scenario_file: &Path, name: &str) -> PathBuf {
     let dir = scenario_file.parent().unwrap_or(Path::new("."));
