@@ -108,18 +108,7 @@ fn the_prevented_scenario_runs_live_and_the_kernel_stops_the_attack() {
         .collect();
     assert!(left.is_empty(), "programs left after `lab down`: {left:?}");
 
-    let options = guardlab::scenario::RunOptions::replay(
-        root().join("scenarios/cryptominer-prevented.yaml"),
-        root().join("snapshots/cryptominer-prevented"),
-        recording,
-    );
-    let replay = guardlab::scenario::run_blocking(&options);
-    assert_eq!(
-        replay.result,
-        guardlab::scenario::RunResult::Pass,
-        "{:?}",
-        replay.steps
-    );
+    assert_replays("cryptominer-prevented", recording);
 }
 
 /// The second variant live: Python from the terminal's shell, allowed only under the notebook
@@ -163,9 +152,14 @@ fn the_python_variant_runs_live_and_the_kernel_stops_it_by_its_place() {
         stdout.contains("kernel and engine agree: 2 stopped, 2 flagged"),
         "{stdout}"
     );
+    assert_replays("cryptominer-prevented-python", recording);
+}
+
+/// The live run's recording replays to the scenario's committed snapshots, without privileges.
+fn assert_replays(scenario: &str, recording: std::path::PathBuf) {
     let options = guardlab::scenario::RunOptions::replay(
-        root().join("scenarios/cryptominer-prevented-python.yaml"),
-        root().join("snapshots/cryptominer-prevented-python"),
+        root().join(format!("scenarios/{scenario}.yaml")),
+        root().join(format!("snapshots/{scenario}")),
         recording,
     );
     let replay = guardlab::scenario::run_blocking(&options);

@@ -90,31 +90,7 @@ impl Sensor {
             cgroup_id,
             WATCH_CONNECT_ENFORCE,
             destinations.is_some(),
-            |bpf, watch| {
-                let mut allow: LpmTrie<_, NetAllowKey, NetAllowVal> = map(bpf, "net_allow")?;
-                let mut wanted = HashSet::new();
-                for (addr, prefix, value) in &entries {
-                    let key = NetAllowKey {
-                        cgroup_id: cgroup_id.to_ne_bytes(),
-                        addr: *addr,
-                    };
-                    let prefix = 64 + u32::from(*prefix);
-                    allow
-                        .insert(&LpmKey::new(prefix, key), *value, 0)
-                        .map_err(|source| SensorError::Map {
-                            name: "net_allow",
-                            source,
-                        })?;
-                    watch.net_keys.insert((prefix, key));
-                    wanted.insert((prefix, key));
-                }
-                let stale: Vec<_> = watch.net_keys.difference(&wanted).copied().collect();
-                for (prefix, key) in stale {
-                    let _ = allow.remove(&LpmKey::new(prefix, key));
-                    watch.net_keys.remove(&(prefix, key));
-                }
-                Ok(())
-            },
+            |bpf, watch| replace_net_allow(bpf, watch, cgroup_id, &entries),
         )
     }
 
@@ -181,6 +157,40 @@ pub(crate) fn to_v6_bytes(ip: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// Makes the `net_allow` entries of `cgroup_id` exactly `entries` (from
+/// [`compile_destinations`]), recording each in `watch` as it goes in and forgetting each stale
+/// one as it goes out, so that unwatching removes whatever got in.
+pub(crate) fn replace_net_allow(
+    bpf: &mut Ebpf,
+    watch: &mut Watch,
+    cgroup_id: u64,
+    entries: &[([u8; 16], u8, NetAllowVal)],
+) -> Result<(), SensorError> {
+    let mut allow: LpmTrie<_, NetAllowKey, NetAllowVal> = map(bpf, "net_allow")?;
+    let mut wanted = HashSet::new();
+    for (addr, prefix, value) in entries {
+        let key = NetAllowKey {
+            cgroup_id: cgroup_id.to_ne_bytes(),
+            addr: *addr,
+        };
+        let prefix = 64 + u32::from(*prefix);
+        allow
+            .insert(&LpmKey::new(prefix, key), *value, 0)
+            .map_err(|source| SensorError::Map {
+                name: "net_allow",
+                source,
+            })?;
+        watch.net_keys.insert((prefix, key));
+        wanted.insert((prefix, key));
+    }
+    let stale: Vec<_> = watch.net_keys.difference(&wanted).copied().collect();
+    for (prefix, key) in stale {
+        let _ = allow.remove(&LpmKey::new(prefix, key));
+        watch.net_keys.remove(&(prefix, key));
+    }
+    Ok(())
 }
 
 /// One LPM trie entry per distinct network: (address, prefix over 128 bits, port ranges). Each

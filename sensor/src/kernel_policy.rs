@@ -10,7 +10,9 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap as BpfHashMap, LpmTrie};
 
-use crate::allowlist::{AllowedDestination, compile_destinations, port_value, to_v6_bytes};
+use crate::allowlist::{
+    AllowedDestination, compile_destinations, port_value, replace_net_allow, to_v6_bytes,
+};
 use crate::loader::{Watch, map};
 use crate::raw::*;
 use crate::{Sensor, SensorError};
@@ -98,25 +100,7 @@ impl Sensor {
             watch.tree_keys.remove(&(prefix, key));
         }
 
-        let mut net_allow: LpmTrie<_, NetAllowKey, NetAllowVal> = map(bpf, "net_allow")?;
-        let mut wanted = HashSet::new();
-        for (addr, prefix, value) in &nets {
-            let key = NetAllowKey {
-                cgroup_id: cgroup_id.to_ne_bytes(),
-                addr: *addr,
-            };
-            let prefix = 64 + u32::from(*prefix);
-            net_allow
-                .insert(&LpmKey::new(prefix, key), *value, 0)
-                .map_err(map_err("net_allow"))?;
-            watch.net_keys.insert((prefix, key));
-            wanted.insert((prefix, key));
-        }
-        let stale: Vec<_> = watch.net_keys.difference(&wanted).copied().collect();
-        for (prefix, key) in stale {
-            let _ = net_allow.remove(&LpmKey::new(prefix, key));
-            watch.net_keys.remove(&(prefix, key));
-        }
+        replace_net_allow(bpf, watch, cgroup_id, &nets)?;
 
         if watch.dns_names != names {
             let mut dns_names: LpmTrie<_, DnsNameKey, NetAllowVal> = map(bpf, "dns_names")?;
